@@ -1,0 +1,64 @@
+//! Verdicts: what the XDP program did with a packet. Every packet that enters the program is
+//! counted in exactly one verdict slot of the `VERDICTS` per-CPU array, indexed by the
+//! `#[repr(u32)]` value below.
+
+/// What the program did with one packet, and why.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Matched a binding and redirected to an AF_XDP socket.
+    Redirected = 0,
+    /// Parsed completely, but no binding matched: passed to the kernel.
+    PassNoMatch = 1,
+    /// Not IPv4 or IPv6 (ARP, LLDP, …): passed to the kernel.
+    PassNotIp = 2,
+    /// IPv4 or IPv6, but the transport is neither UDP nor TCP (ICMP, …): passed.
+    PassOtherProtocol = 3,
+    /// An IPv4 or IPv6 fragment: passed, the kernel reassembles.
+    PassFragment = 4,
+    /// Truncated or inconsistent headers: passed, the kernel decides.
+    PassMalformed = 5,
+    /// Matched, but the AF_XDP slot was empty (daemon gone, socket closed): passed.
+    PassNoSocket = 6,
+}
+
+impl Verdict {
+    /// Number of verdict slots: the `max_entries` of the `VERDICTS` map.
+    pub const COUNT: u32 = 7;
+
+    /// Every verdict, in slot order.
+    pub const ALL: [Verdict; Self::COUNT as usize] = [
+        Verdict::Redirected,
+        Verdict::PassNoMatch,
+        Verdict::PassNotIp,
+        Verdict::PassOtherProtocol,
+        Verdict::PassFragment,
+        Verdict::PassMalformed,
+        Verdict::PassNoSocket,
+    ];
+
+    /// Stable name, used in logs, statistics and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Redirected => "redirected",
+            Verdict::PassNoMatch => "pass_no_match",
+            Verdict::PassNotIp => "pass_not_ip",
+            Verdict::PassOtherProtocol => "pass_other_protocol",
+            Verdict::PassFragment => "pass_fragment",
+            Verdict::PassMalformed => "pass_malformed",
+            Verdict::PassNoSocket => "pass_no_socket",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_and_in_order() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{} is not in slot {i}", v.name());
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The one bounds-checked cursor through which the program reads packet bytes.
+//!
+//! Every read checks `position + size <= data_end` before it hands out a reference, in the form
+//! the verifier understands (a packet pointer compared against `data_end`). No other code in the
+//! program touches packet memory.
+
+use core::{
+    marker::PhantomData,
+    mem::{align_of, size_of},
+};
+
+use aya_ebpf::programs::XdpContext;
+
+/// A read position inside one packet; views it hands out live as long as the packet (`'a`).
+pub struct Cursor<'a> {
+    start: usize,
+    pos: usize,
+    end: usize,
+    packet: PhantomData<&'a XdpContext>,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            pos: ctx.data(),
+            end: ctx.data_end(),
+            packet: PhantomData,
+        }
+    }
+
+    /// A view of the next `T` in the packet, advancing past it; `None` when the packet ends
+    /// first. Header types have an alignment of at most 2 and XDP frames start 2-aligned.
+    #[inline(always)]
+    pub fn read<T>(&mut self) -> Option<&'a T> {
+        const { assert!(align_of::<T>() <= 2) };
+        let len = size_of::<T>();
+        if self.pos + len > self.end {
+            return None;
+        }
+        let item = self.pos as *const T;
+        self.pos += len;
+        // SAFETY: the bounds check above keeps [pos, pos + len) inside the packet.
+        Some(unsafe { &*item })
+    }
+
+    /// Advances `len` bytes; `None` when the packet ends first.
+    #[inline(always)]
+    pub fn skip(&mut self, len: usize) -> Option<()> {
+        if self.pos + len > self.end {
+            return None;
+        }
+        self.pos += len;
+        Some(())
+    }
+
+    /// Offset of the read position from the start of the packet.
+    #[inline(always)]
+    pub fn offset(&self) -> usize {
+        self.pos - self.start
+    }
+
+    /// Bytes left from the read position to the end of the packet.
+    #[inline(always)]
+    pub fn remaining(&self) -> usize {
+        self.end - self.pos
+    }
+}

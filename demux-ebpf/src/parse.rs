@@ -1,0 +1,188 @@
+//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6 (with a bounded
+//! walk over extension headers), then UDP or TCP.
+//!
+//! The result is the packet's socket address tuple and the offsets of its transport header and
+//! payload, or the verdict that explains why the packet is not ours: not IP, another transport,
+//! a fragment, or malformed (truncated or inconsistent headers). Only a packet that parsed
+//! completely can ever be redirected.
+
+use aya_ebpf::programs::XdpContext;
+use demux_common::Verdict;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+use crate::cursor::Cursor;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// VLAN tags read before the IP header (802.1ad outer + 802.1Q inner).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up (the packet then counts as malformed).
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// The socket address tuple of a packet that parsed completely. Addresses are 16 bytes; an
+/// IPv4 address sits in the first 4 bytes, the rest zero.
+#[expect(
+    dead_code,
+    reason = "the binding lookup reads the tuple; until it lands only the verdict is used"
+)]
+pub struct Packet {
+    pub family: u8,
+    pub protocol: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Offset of the UDP or TCP header from the start of the frame.
+    pub l4_offset: u16,
+    /// Offset of the transport payload from the start of the frame.
+    pub payload_offset: u16,
+}
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+    let mut cur = Cursor::new(ctx);
+    let eth = cur.read::<EthHdr>().ok_or(Verdict::PassMalformed)?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let vlan = cur.read::<VlanHdr>().ok_or(Verdict::PassMalformed)?;
+        ether_type = u16::from_be(vlan.ether_type);
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(&mut cur),
+        ETH_P_IPV6 => parse_ipv6(&mut cur),
+        _ => Err(Verdict::PassNotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(cur: &mut Cursor) -> Result<Packet, Verdict> {
+    let available = cur.remaining();
+    let ip = cur.read::<Ipv4Hdr>().ok_or(Verdict::PassMalformed)?;
+    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    if ip.vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN
+        || total_len < header_len
+        || total_len > available
+    {
+        return Err(Verdict::PassMalformed);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    // More-fragments flag (0x2000) or a non-zero offset (low 13 bits).
+    if frags & 0x3fff != 0 {
+        return Err(Verdict::PassFragment);
+    }
+    let protocol = ip.proto;
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    src_addr[..4].copy_from_slice(&ip.src_addr);
+    dst_addr[..4].copy_from_slice(&ip.dst_addr);
+    cur.skip(header_len - Ipv4Hdr::LEN)
+        .ok_or(Verdict::PassMalformed)?;
+    parse_l4(
+        cur,
+        FAMILY_IPV4,
+        protocol,
+        src_addr,
+        dst_addr,
+        total_len - header_len,
+    )
+}
+
+#[inline(always)]
+fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
+    let ip = cur.read::<Ipv6Hdr>().ok_or(Verdict::PassMalformed)?;
+    let mut payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    if ip.vcf[0] >> 4 != 6 || payload_len > cur.remaining() {
+        return Err(Verdict::PassMalformed);
+    }
+    let src_addr = ip.src_addr;
+    let dst_addr = ip.dst_addr;
+    let mut next = ip.next_hdr;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_FRAGMENT => return Err(Verdict::PassFragment),
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                // Generic extension header: next header, length in 8-octet units beyond the first.
+                let ext = cur.read::<[u8; 2]>().ok_or(Verdict::PassMalformed)?;
+                let len = (usize::from(ext[1]) + 1) * 8;
+                next = ext[0];
+                if len > payload_len {
+                    return Err(Verdict::PassMalformed);
+                }
+                payload_len -= len;
+                cur.skip(len - 2).ok_or(Verdict::PassMalformed)?;
+            }
+            _ => return parse_l4(cur, FAMILY_IPV6, next, src_addr, dst_addr, payload_len),
+        }
+    }
+    Err(Verdict::PassMalformed)
+}
+
+/// Parses the UDP or TCP header; `ip_payload_len` is what the IP header says follows it.
+#[inline(always)]
+fn parse_l4(
+    cur: &mut Cursor,
+    family: u8,
+    protocol: u8,
+    src_addr: [u8; 16],
+    dst_addr: [u8; 16],
+    ip_payload_len: usize,
+) -> Result<Packet, Verdict> {
+    let l4_offset = cur.offset();
+    let (src_port, dst_port) = match protocol {
+        IPPROTO_UDP => {
+            let udp = cur.read::<UdpHdr>().ok_or(Verdict::PassMalformed)?;
+            let udp_len = usize::from(u16::from_be_bytes(udp.len));
+            if udp_len < UdpHdr::LEN || udp_len > ip_payload_len {
+                return Err(Verdict::PassMalformed);
+            }
+            (u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst))
+        }
+        IPPROTO_TCP => {
+            let tcp = cur.read::<TcpHdr>().ok_or(Verdict::PassMalformed)?;
+            let header_len = usize::from(tcp.doff()) * 4;
+            if header_len < TcpHdr::LEN || header_len > ip_payload_len {
+                return Err(Verdict::PassMalformed);
+            }
+            let ports = (u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest));
+            cur.skip(header_len - TcpHdr::LEN)
+                .ok_or(Verdict::PassMalformed)?;
+            ports
+        }
+        _ => return Err(Verdict::PassOtherProtocol),
+    };
+    Ok(Packet {
+        family,
+        protocol,
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+        l4_offset: l4_offset as u16,
+        payload_offset: cur.offset() as u16,
+    })
+}

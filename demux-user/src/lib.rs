@@ -1,0 +1,9 @@
+//! demux: steers packets from XDP straight to user-space endpoints.
+//!
+//! This crate is the daemon side: it embeds and loads the XDP program built from `demux-ebpf`
+//! ([`program`]), attaches it to interfaces ([`attach`]) and reads its verdict counters
+//! ([`verdicts`]). The `demux` binary's command line lives in `cli`.
+
+pub mod attach;
+pub mod program;
+pub mod verdicts;

@@ -1,0 +1,75 @@
+//! The embedded XDP object: loading it into the kernel (verifier included) and handing out its
+//! program and maps.
+
+use aya::{
+    programs::{ProgramError, Xdp},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use demux_common::maps;
+use thiserror::Error;
+
+/// The XDP object built by `build.rs` from `demux-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/demux.bpf.o"));
+
+/// How much the program logs through aya-log. `Off` lets the verifier remove every log call,
+/// so logging costs nothing per packet unless asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfLogLevel {
+    #[default]
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+/// A failure while loading the object, naming the step that failed.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("parsing or creating the maps of the embedded XDP object failed: {0}")]
+    Object(#[source] EbpfError),
+    #[error("the embedded object has no XDP program named `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the kernel refused to load the XDP program (verifier or permissions): {0}")]
+    Verify(#[source] ProgramError),
+}
+
+/// The loaded object: the program is verified and ready to attach; its maps are open.
+pub struct Loaded {
+    ebpf: Ebpf,
+}
+
+impl Loaded {
+    /// Loads the embedded object and verifies its XDP program.
+    pub fn load(log_level: BpfLogLevel) -> Result<Self, LoadError> {
+        let level = log_level as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &level, false)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram(maps::PROGRAM))?;
+        program.load().map_err(LoadError::Verify)?;
+        Ok(Self { ebpf })
+    }
+
+    /// The verified XDP program.
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(maps::PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load()")
+    }
+
+    /// The underlying object, for its maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}

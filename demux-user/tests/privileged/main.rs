@@ -1,0 +1,93 @@
+//! Privileged tests: they load BPF programs and build network namespaces, so they need root
+//! (CAP_BPF, CAP_NET_ADMIN). A small harness of their own reports a test that cannot run as
+//! `skipped: <reason>`, and counts it as skipped, never as passed. It closes with
+//! `privileged: N passed, N failed, N skipped`.
+
+mod daemon;
+mod netns;
+mod packets;
+mod program;
+
+use std::{
+    fmt,
+    panic::{catch_unwind, AssertUnwindSafe},
+    process::ExitCode,
+};
+
+/// Returned (inside `anyhow::Error`) by a test that cannot run here.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
+type Test = fn() -> anyhow::Result<()>;
+
+const TESTS: &[(&str, Test)] = &[
+    (
+        "program::verifier_accepts_the_program",
+        program::verifier_accepts_the_program,
+    ),
+    ("program::test_run_verdicts", program::test_run_verdicts),
+    (
+        "daemon::counts_packets_on_a_veth_and_detaches",
+        daemon::counts_packets_on_a_veth_and_detaches,
+    ),
+    (
+        "daemon::unknown_interface_is_one_clear_line",
+        daemon::unknown_interface_is_one_clear_line,
+    ),
+];
+
+fn main() -> ExitCode {
+    // cargo passes a name filter and libtest flags (`--quiet`, `--nocapture`, …); keep the filter.
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let missing_privilege = missing_privilege();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, test) in TESTS {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let outcome = match &missing_privilege {
+            Some(reason) => Err(anyhow::Error::new(Skip(reason.clone()))),
+            None => catch_unwind(AssertUnwindSafe(test))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked (message above)"))),
+        };
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Err(error) => match error.downcast_ref::<Skip>() {
+                Some(skip) => {
+                    skipped += 1;
+                    println!("test {name} ... skipped: {skip}");
+                }
+                None => {
+                    failed += 1;
+                    println!("test {name} ... FAILED: {error:#}");
+                }
+            },
+        }
+    }
+    println!("privileged: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Why privileged tests cannot run here, if they cannot.
+fn missing_privilege() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (needs CAP_BPF and CAP_NET_ADMIN); run as root".into());
+    }
+    None
+}

@@ -1,0 +1,9 @@
+//! `cargo xtask build`: both sides, release. `demux-user/build.rs` builds the XDP program.
+
+use crate::{cargo, step};
+
+pub fn run() -> anyhow::Result<()> {
+    step(cargo().args(["build", "--release"]))?;
+    println!("built: target/release/demux (the daemon, with the XDP program embedded)");
+    Ok(())
+}

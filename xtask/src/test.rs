@@ -1,0 +1,137 @@
+//! `cargo xtask test`: rustfmt, clippy (both sides), then every test: unit tests and the
+//! privileged tests (BPF load, BPF_PROG_TEST_RUN, a veth in a network namespace).
+//!
+//! It reads the test binaries' closing lines and ends with one summary line,
+//! `summary: N passed, N failed, N skipped`, where a privileged test that could not run counts
+//! as skipped, never as passed.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+use crate::{cargo, show, step};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Run only the tests whose name contains this text (checks still run).
+    filter: Option<String>,
+}
+
+/// Tests counted over all test binaries.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    step(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The XDP crate is checked on the host; clippy needs panic=abort for a no_std binary.
+    step(
+        cargo()
+            .args([
+                "clippy",
+                "--package",
+                "demux-ebpf",
+                "--target-dir",
+                "target/clippy-ebpf",
+            ])
+            .args(["--", "-D", "warnings"])
+            .env("RUSTFLAGS", "-C panic=abort"),
+    )?;
+
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "demux-ebpf"]);
+    cmd.args(args.filter.as_deref());
+    cmd.stdout(Stdio::piped());
+    println!("$ {}", show(&cmd));
+    let mut child = cmd.spawn().context("could not start cargo test")?;
+    let mut tally = Tally::default();
+    let mut skips = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        tally.add_closing_line(&line);
+        if line.contains("skipped: ") {
+            skips.push(line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+
+    if !skips.is_empty() {
+        println!("\nskipped tests (not counted as passed):");
+        for skip in &skips {
+            println!("  {skip}");
+        }
+    }
+    println!(
+        "\nsummary: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
+    if !status.success() || tally.failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+impl Tally {
+    /// Adds the counts of a closing line: libtest's `test result: ok. 3 passed; 0 failed;
+    /// 1 ignored; …` (ignored counts as skipped) or the privileged harness's
+    /// `privileged: 3 passed, 0 failed, 1 skipped`.
+    fn add_closing_line(&mut self, line: &str) {
+        let counts = if let Some(rest) = line.strip_prefix("test result: ") {
+            rest.split_once(". ").map_or("", |(_, counts)| counts)
+        } else if let Some(rest) = line.strip_prefix("privileged: ") {
+            rest
+        } else {
+            return;
+        };
+        for part in counts.split([';', ',']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" | "skipped" => self.skipped += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libtest_and_privileged_closing_lines() {
+        let mut tally = Tally::default();
+        for line in [
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; \
+             finished in 0.00s",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+            "privileged: 4 passed, 0 failed, 2 skipped",
+            "test foo ... ok",
+            "running 3 tests",
+        ] {
+            tally.add_closing_line(line);
+        }
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 9,
+                failed: 1,
+                skipped: 3
+            }
+        );
+    }
+}
