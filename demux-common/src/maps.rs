@@ -1,7 +1,24 @@
-//! Names of the BPF maps and globals the daemon looks up in the loaded object.
+//! Names and sizes of the BPF maps the daemon looks up in the loaded object.
 
 /// Per-CPU array of `u64`, one slot per [`crate::Verdict`]: packets by verdict.
 pub const VERDICTS: &str = "VERDICTS";
+/// Hash map `ConnectedKey → Target`.
+pub const CONNECTED: &str = "CONNECTED";
+/// Hash map `BoundKey → Target`.
+pub const BOUND: &str = "BOUND";
+/// LPM trie `PrefixKey → Target`.
+pub const PREFIX: &str = "PREFIX";
+/// Hash map `WildcardKey → Target`.
+pub const WILDCARD: &str = "WILDCARD";
+/// Array `group id → Group`.
+pub const GROUPS: &str = "GROUPS";
+/// Per-CPU array `endpoint id → EndpointStats`.
+pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
+/// XSKMAP `rx queue → AF_XDP socket`.
+pub const XSKS: &str = "XSKS";
+
+/// Slots of `XSKS`: the highest rx queue index that can be steered, plus one.
+pub const MAX_QUEUES: u32 = 64;
 
 /// Name of the `#[xdp]` entry point in the object.
 pub const PROGRAM: &str = "demux";

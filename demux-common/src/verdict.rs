@@ -20,11 +20,13 @@ pub enum Verdict {
     PassMalformed = 5,
     /// Matched, but the AF_XDP slot was empty (daemon gone, socket closed): passed.
     PassNoSocket = 6,
+    /// Matched, but the driver cannot carry XDP metadata (`bpf_xdp_adjust_meta` failed): passed.
+    PassNoMetadata = 7,
 }
 
 impl Verdict {
     /// Number of verdict slots: the `max_entries` of the `VERDICTS` map.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Every verdict, in slot order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -35,6 +37,7 @@ impl Verdict {
         Verdict::PassFragment,
         Verdict::PassMalformed,
         Verdict::PassNoSocket,
+        Verdict::PassNoMetadata,
     ];
 
     /// Stable name, used in logs, statistics and metrics.
@@ -47,6 +50,7 @@ impl Verdict {
             Verdict::PassFragment => "pass_fragment",
             Verdict::PassMalformed => "pass_malformed",
             Verdict::PassNoSocket => "pass_no_socket",
+            Verdict::PassNoMetadata => "pass_no_metadata",
         }
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! Every read checks `position + size <= data_end` before it hands out a reference, in the form
 //! the verifier understands (a packet pointer compared against `data_end`). No other code in the
-//! program touches packet memory.
+//! program touches packet memory; [`write_meta`] does the same for the metadata area.
 
 use core::{
     marker::PhantomData,
     mem::{align_of, size_of},
 };
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_meta, programs::XdpContext};
 
 /// A read position inside one packet; views it hands out live as long as the packet (`'a`).
 pub struct Cursor<'a> {
@@ -66,4 +66,22 @@ impl<'a> Cursor<'a> {
     pub fn remaining(&self) -> usize {
         self.end - self.pos
     }
+}
+
+/// Grows the metadata area in front of the frame by `size_of::<T>()` and writes `value` there.
+/// `false` when the driver cannot carry metadata; the packet is then unchanged.
+#[inline(always)]
+pub fn write_meta<T: Copy>(ctx: &XdpContext, value: &T) -> bool {
+    let len = size_of::<T>();
+    // SAFETY: the helper only moves data_meta; it fails cleanly where metadata is unsupported.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(len as i32)) } != 0 {
+        return false;
+    }
+    let meta = ctx.metadata();
+    if meta + len > ctx.data() {
+        return false;
+    }
+    // SAFETY: the check above keeps [meta, meta + len) inside the metadata area.
+    unsafe { core::ptr::write_unaligned(meta as *mut T, *value) };
+    true
 }

@@ -1,18 +1,20 @@
 //! The demux XDP program: reads each packet's socket address tuple and decides its verdict.
 //!
-//! The entry point stays trivial: `classify` does the work, `counters::count` records the
-//! verdict, and the packet gets the matching XDP action. Anything that is not ours passes to
-//! the kernel untouched.
+//! The entry point stays trivial: `classify` parses (`parse`), finds the binding (`lookup`) and
+//! steers (`steer`); `counters::count` records the verdict, and the packet gets the matching XDP
+//! action. Anything that is not ours passes to the kernel untouched.
 #![no_std]
 #![no_main]
 
 mod counters;
 mod cursor;
+mod lookup;
 mod parse;
+mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
-use demux_common::Verdict;
+use demux_common::{hash::flow_hash, Verdict};
 
 #[xdp]
 pub fn demux(ctx: XdpContext) -> u32 {
@@ -24,16 +26,28 @@ pub fn demux(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The verdict for one packet. No bindings exist yet, so a packet that parses completely
-/// passes as "no match".
+/// The verdict for one packet.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {
-    match parse::parse(ctx) {
-        Ok(_packet) => Verdict::PassNoMatch,
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
         Err(verdict) => {
             debug!(ctx, "pass: {}", verdict.name());
-            verdict
+            return verdict;
         }
+    };
+    let Some(target) = lookup::lookup(&packet) else {
+        return Verdict::PassNoMatch;
+    };
+    let hash = flow_hash(
+        &packet.src_addr,
+        &packet.dst_addr,
+        packet.src_port,
+        packet.dst_port,
+    );
+    match lookup::resolve(target, hash) {
+        Some(endpoint) => steer::steer(ctx, &packet, endpoint, hash),
+        None => Verdict::PassNoMatch,
     }
 }
 

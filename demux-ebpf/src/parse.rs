@@ -7,7 +7,10 @@
 //! completely can ever be redirected.
 
 use aya_ebpf::programs::XdpContext;
-use demux_common::Verdict;
+use demux_common::{
+    binding::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
+    Verdict,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -23,8 +26,6 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -37,10 +38,6 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// The socket address tuple of a packet that parsed completely. Addresses are 16 bytes; an
 /// IPv4 address sits in the first 4 bytes, the rest zero.
-#[expect(
-    dead_code,
-    reason = "the binding lookup reads the tuple; until it lands only the verdict is used"
-)]
 pub struct Packet {
     pub family: u8,
     pub protocol: u8,
@@ -53,9 +50,6 @@ pub struct Packet {
     /// Offset of the transport payload from the start of the frame.
     pub payload_offset: u16,
 }
-
-pub const FAMILY_IPV4: u8 = 4;
-pub const FAMILY_IPV6: u8 = 6;
 
 /// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
 #[inline(always)]
@@ -123,23 +117,37 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
     let dst_addr = ip.dst_addr;
     let mut next = ip.next_hdr;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next {
-            IPPROTO_FRAGMENT => return Err(Verdict::PassFragment),
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                // Generic extension header: next header, length in 8-octet units beyond the first.
-                let ext = cur.read::<[u8; 2]>().ok_or(Verdict::PassMalformed)?;
-                let len = (usize::from(ext[1]) + 1) * 8;
-                next = ext[0];
-                if len > payload_len {
-                    return Err(Verdict::PassMalformed);
-                }
-                payload_len -= len;
-                cur.skip(len - 2).ok_or(Verdict::PassMalformed)?;
-            }
-            _ => return parse_l4(cur, FAMILY_IPV6, next, src_addr, dst_addr, payload_len),
+        if !is_extension(next) {
+            break;
         }
+        if next == IPPROTO_FRAGMENT {
+            return Err(Verdict::PassFragment);
+        }
+        // Generic extension header: next header, then length in 8-octet units beyond the first.
+        let ext = cur.read::<[u8; 2]>().ok_or(Verdict::PassMalformed)?;
+        let len = (usize::from(ext[1]) + 1) * 8;
+        if len > payload_len {
+            return Err(Verdict::PassMalformed);
+        }
+        next = ext[0];
+        payload_len -= len;
+        cur.skip(len - 2).ok_or(Verdict::PassMalformed)?;
     }
-    Err(Verdict::PassMalformed)
+    match next {
+        IPPROTO_FRAGMENT => Err(Verdict::PassFragment),
+        // More extension headers than the walk allows.
+        next if is_extension(next) => Err(Verdict::PassMalformed),
+        next => parse_l4(cur, FAMILY_IPV6, next, src_addr, dst_addr, payload_len),
+    }
+}
+
+/// IPv6 extension headers the walk steps over (or stops at, for a fragment).
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+    )
 }
 
 /// Parses the UDP or TCP header; `ip_payload_len` is what the IP header says follows it.
@@ -154,7 +162,7 @@ fn parse_l4(
 ) -> Result<Packet, Verdict> {
     let l4_offset = cur.offset();
     let (src_port, dst_port) = match protocol {
-        IPPROTO_UDP => {
+        PROTO_UDP => {
             let udp = cur.read::<UdpHdr>().ok_or(Verdict::PassMalformed)?;
             let udp_len = usize::from(u16::from_be_bytes(udp.len));
             if udp_len < UdpHdr::LEN || udp_len > ip_payload_len {
@@ -162,7 +170,7 @@ fn parse_l4(
             }
             (u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst))
         }
-        IPPROTO_TCP => {
+        PROTO_TCP => {
             let tcp = cur.read::<TcpHdr>().ok_or(Verdict::PassMalformed)?;
             let header_len = usize::from(tcp.doff()) * 4;
             if header_len < TcpHdr::LEN || header_len > ip_payload_len {

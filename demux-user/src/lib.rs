@@ -5,5 +5,10 @@
 //! ([`verdicts`]). The `demux` binary's command line lives in `cli`.
 
 pub mod attach;
+pub mod binding;
+pub mod endpoint_stats;
+pub mod frame;
+pub mod model;
 pub mod program;
+pub mod tables;
 pub mod verdicts;

@@ -3,6 +3,7 @@
 //! `skipped: <reason>`, and counts it as skipped, never as passed. It closes with
 //! `privileged: N passed, N failed, N skipped`.
 
+mod classifier;
 mod daemon;
 mod netns;
 mod packets;
@@ -34,6 +35,14 @@ const TESTS: &[(&str, Test)] = &[
         program::verifier_accepts_the_program,
     ),
     ("program::test_run_verdicts", program::test_run_verdicts),
+    (
+        "classifier::fixtures_agree_with_the_program",
+        classifier::fixtures_agree_with_the_program,
+    ),
+    (
+        "classifier::differential_100k_frames",
+        classifier::differential_100k_frames,
+    ),
     (
         "daemon::counts_packets_on_a_veth_and_detaches",
         daemon::counts_packets_on_a_veth_and_detaches,

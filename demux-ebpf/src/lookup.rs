@@ -1,0 +1,135 @@
+//! The binding tables and the lookup precedence, as the kernel's socket lookup would choose:
+//!
+//! 1. `CONNECTED`: the exact 5-tuple.
+//! 2. `BOUND`: the exact local address and port.
+//! 3. `PREFIX` (beyond the kernel): the longest local prefix; on equal length, the specific port
+//!    beats all-ports.
+//! 4. `WILDCARD`: the unspecified address of the packet's family on the port; for IPv4, then an
+//!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
+//!
+//! A group target picks its member by flow hash.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+};
+use demux_common::binding::{
+    BoundKey, ConnectedKey, Group, PrefixKey, Target, WildcardKey, FAMILY_IPV4, FAMILY_IPV6,
+    MAX_BINDINGS, MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
+};
+
+use crate::parse::Packet;
+
+/// Exact 5-tuple → target (connected sockets).
+#[map(name = "CONNECTED")]
+static CONNECTED: HashMap<ConnectedKey, Target> =
+    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// Local address and port → target (sockets bound to one address).
+#[map(name = "BOUND")]
+static BOUND: HashMap<BoundKey, Target> =
+    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// Protocol, family, port (0: all ports) and local prefix → target.
+#[map(name = "PREFIX")]
+static PREFIX: LpmTrie<PrefixKey, Target> =
+    LpmTrie::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// Protocol, family and port on the unspecified address → target.
+#[map(name = "WILDCARD")]
+static WILDCARD: HashMap<WildcardKey, Target> =
+    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// Group id → members (SO_REUSEPORT-style).
+#[map(name = "GROUPS")]
+static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
+
+/// The binding that receives `packet`, by precedence.
+#[inline(always)]
+pub fn lookup(packet: &Packet) -> Option<Target> {
+    let connected = ConnectedKey {
+        protocol: packet.protocol,
+        family: packet.family,
+        local_port: packet.dst_port,
+        remote_port: packet.src_port,
+        _pad: [0; 2],
+        local_addr: packet.dst_addr,
+        remote_addr: packet.src_addr,
+    };
+    if let Some(target) = CONNECTED.get_ptr(connected) {
+        // SAFETY: a valid map value pointer; `Target` is plain data.
+        return Some(unsafe { *target });
+    }
+    let bound = BoundKey {
+        protocol: packet.protocol,
+        family: packet.family,
+        local_port: packet.dst_port,
+        local_addr: packet.dst_addr,
+    };
+    if let Some(target) = BOUND.get_ptr(bound) {
+        // SAFETY: as above.
+        return Some(unsafe { *target });
+    }
+    if let Some(target) = lookup_prefix(packet) {
+        return Some(target);
+    }
+    let mut wildcard = WildcardKey {
+        protocol: packet.protocol,
+        family: packet.family,
+        local_port: packet.dst_port,
+    };
+    if let Some(target) = WILDCARD.get_ptr(wildcard) {
+        // SAFETY: as above.
+        return Some(unsafe { *target });
+    }
+    if packet.family == FAMILY_IPV4 {
+        wildcard.family = FAMILY_IPV6;
+        if let Some(target) = WILDCARD.get_ptr(wildcard) {
+            // SAFETY: as above.
+            let target = unsafe { *target };
+            if target.flags & TARGET_V6ONLY == 0 {
+                return Some(target);
+            }
+        }
+    }
+    None
+}
+
+/// Longest prefix on the packet's port and on all ports; the longer wins, the port on a tie.
+#[inline(always)]
+fn lookup_prefix(packet: &Packet) -> Option<Target> {
+    let address_bits = if packet.family == FAMILY_IPV4 {
+        32
+    } else {
+        128
+    };
+    let mut key = Key::new(
+        PREFIX_KEY_FIXED_BITS + address_bits,
+        PrefixKey {
+            protocol: packet.protocol,
+            family: packet.family,
+            local_port: packet.dst_port,
+            local_addr: packet.dst_addr,
+        },
+    );
+    let on_port = PREFIX.get(&key).copied();
+    key.data.local_port = 0;
+    let all_ports = PREFIX.get(&key).copied();
+    match (on_port, all_ports) {
+        (Some(port), Some(all)) if all.prefix_len > port.prefix_len => Some(all),
+        (Some(port), _) => Some(port),
+        (None, all) => all,
+    }
+}
+
+/// The endpoint a target sends this flow to: itself, or a group member by flow hash.
+#[inline(always)]
+pub fn resolve(target: Target, flow_hash: u32) -> Option<u32> {
+    let endpoint = if target.flags & TARGET_GROUP != 0 {
+        GROUPS.get(target.id)?.member(flow_hash)?
+    } else {
+        target.id
+    };
+    (endpoint != 0).then_some(endpoint)
+}

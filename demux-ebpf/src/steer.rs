@@ -1,0 +1,63 @@
+//! Steering a matched packet: metadata in front of the frame, then a redirect to the AF_XDP
+//! socket of the rx queue it arrived on (`XSKS[rx_queue]`), with XDP_PASS as the fallback when
+//! that slot is empty. Per-endpoint counters record what was redirected.
+//!
+//! Slot scheme: one AF_XDP socket per rx queue, the endpoint id travels in the metadata. A
+//! redirect only reaches a socket bound to the packet's own queue, and per-endpoint sockets
+//! would need endpoints × queues sockets on a shared UMEM; one per queue keeps the XSKMAP as
+//! small as the queue count and lets endpoints come and go without touching sockets.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::map,
+    maps::{PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use demux_common::{
+    binding::{EndpointStats, MAX_ENDPOINTS},
+    maps::MAX_QUEUES,
+    meta::PacketMeta,
+    Verdict,
+};
+
+use crate::{cursor, parse::Packet};
+
+/// Rx queue → the daemon's AF_XDP socket for that queue.
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+/// Endpoint id → packets and bytes redirected to it, per CPU.
+#[map(name = "ENDPOINT_STATS")]
+static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Sends `packet` towards `endpoint`; the verdict says whether it left for user space.
+#[inline(always)]
+pub fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash: u32) -> Verdict {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let meta = PacketMeta {
+        version: PacketMeta::VERSION,
+        protocol: packet.protocol,
+        family: packet.family,
+        endpoint,
+        flow_hash,
+        l4_offset: packet.l4_offset,
+        payload_offset: packet.payload_offset,
+    };
+    if !cursor::write_meta(ctx, &meta) {
+        return Verdict::PassNoMetadata;
+    }
+    if XSKS
+        .redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_PASS))
+        .is_err()
+    {
+        return Verdict::PassNoSocket;
+    }
+    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(endpoint) {
+        // SAFETY: per-CPU slot; XDP programs do not preempt each other on one CPU.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += frame_len;
+        }
+    }
+    Verdict::Redirected
+}

@@ -1,0 +1,394 @@
+//! The reference classifier: a plain Rust model of what the XDP program must decide, written
+//! independently of it (byte slices, ordinary collections, a linear prefix scan), and used as
+//! the oracle for testing the program with BPF_PROG_TEST_RUN.
+//!
+//! Its rules are the contract in docs/ARCHITECTURE.md: parse Ethernet, at most two VLAN tags,
+//! IPv4 (version, IHL >= 5, IHL*4 <= total length <= bytes present, then fragments) or IPv6
+//! (payload length <= bytes present, at most six hop-by-hop/routing/destination-options
+//! headers, any fragment header), then UDP or TCP with consistent lengths; then look up
+//! connected, bound, prefix (longest, then specific port), wildcard (IPv4, then dual-stack
+//! IPv6); a group picks `members[flow_hash % count]`.
+
+pub mod fixtures;
+
+use std::collections::{HashMap, HashSet};
+
+use demux_common::{
+    binding::{
+        BoundKey, ConnectedKey, PrefixKey, Target, WildcardKey, FAMILY_IPV4, FAMILY_IPV6,
+        PROTO_TCP, PROTO_UDP, TARGET_GROUP, TARGET_V6ONLY,
+    },
+    hash::flow_hash,
+    meta::PacketMeta,
+    Verdict,
+};
+
+use crate::binding::Entry;
+
+/// A frame's socket address tuple and offsets, as the model parsed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub family: u8,
+    pub protocol: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub l4_offset: u16,
+    pub payload_offset: u16,
+}
+
+/// What the program must do with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The metadata written in front of the frame: present whenever a binding matched.
+    pub meta: Option<PacketMeta>,
+}
+
+/// The binding tables, as plain collections, and which rx queues have an AF_XDP socket.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    connected: HashMap<ConnectedKey, Target>,
+    bound: HashMap<BoundKey, Target>,
+    prefixes: Vec<(PrefixKey, u8, Target)>,
+    wildcard: HashMap<WildcardKey, Target>,
+    groups: HashMap<u32, Vec<u32>>,
+    pub sockets: HashSet<u32>,
+}
+
+impl Model {
+    /// Adds a binding; `false` if its key is already bound (the map insert would fail too).
+    pub fn insert(&mut self, entry: Entry, target: Target) -> bool {
+        match entry {
+            Entry::Connected(key) => self.connected.try_insert_like(key, target),
+            Entry::Bound(key) => self.bound.try_insert_like(key, target),
+            Entry::Wildcard(key) => self.wildcard.try_insert_like(key, target),
+            Entry::Prefix(key, len) => {
+                if self.prefixes.iter().any(|(k, l, _)| *k == key && *l == len) {
+                    return false;
+                }
+                self.prefixes.push((key, len, target));
+                true
+            }
+        }
+    }
+
+    pub fn set_group(&mut self, id: u32, members: &[u32]) {
+        self.groups.insert(id, members.to_vec());
+    }
+
+    /// The outcome for `frame` arriving on `rx_queue`.
+    pub fn classify(&self, frame: &[u8], rx_queue: u32) -> Outcome {
+        let tuple = match parse(frame) {
+            Ok(tuple) => tuple,
+            Err(verdict) => {
+                return Outcome {
+                    verdict,
+                    meta: None,
+                }
+            }
+        };
+        let no_match = Outcome {
+            verdict: Verdict::PassNoMatch,
+            meta: None,
+        };
+        let Some(target) = self.lookup(&tuple) else {
+            return no_match;
+        };
+        let hash = flow_hash(
+            &tuple.src_addr,
+            &tuple.dst_addr,
+            tuple.src_port,
+            tuple.dst_port,
+        );
+        let endpoint = if target.flags & TARGET_GROUP != 0 {
+            match self.groups.get(&target.id) {
+                Some(members) if !members.is_empty() => members[hash as usize % members.len()],
+                _ => return no_match,
+            }
+        } else {
+            target.id
+        };
+        if endpoint == 0 {
+            return no_match;
+        }
+        let meta = PacketMeta {
+            version: PacketMeta::VERSION,
+            protocol: tuple.protocol,
+            family: tuple.family,
+            endpoint,
+            flow_hash: hash,
+            l4_offset: tuple.l4_offset,
+            payload_offset: tuple.payload_offset,
+        };
+        let verdict = if self.sockets.contains(&rx_queue) {
+            Verdict::Redirected
+        } else {
+            Verdict::PassNoSocket
+        };
+        Outcome {
+            verdict,
+            meta: Some(meta),
+        }
+    }
+
+    fn lookup(&self, t: &Tuple) -> Option<Target> {
+        let connected = ConnectedKey {
+            protocol: t.protocol,
+            family: t.family,
+            local_port: t.dst_port,
+            remote_port: t.src_port,
+            _pad: [0; 2],
+            local_addr: t.dst_addr,
+            remote_addr: t.src_addr,
+        };
+        let bound = BoundKey {
+            protocol: t.protocol,
+            family: t.family,
+            local_port: t.dst_port,
+            local_addr: t.dst_addr,
+        };
+        let wildcard = |family| WildcardKey {
+            protocol: t.protocol,
+            family,
+            local_port: t.dst_port,
+        };
+        self.connected
+            .get(&connected)
+            .or_else(|| self.bound.get(&bound))
+            .copied()
+            .or_else(|| self.longest_prefix(t))
+            .or_else(|| self.wildcard.get(&wildcard(t.family)).copied())
+            .or_else(|| {
+                let dual = self.wildcard.get(&wildcard(FAMILY_IPV6)).copied();
+                dual.filter(|d| t.family == FAMILY_IPV4 && d.flags & TARGET_V6ONLY == 0)
+            })
+    }
+
+    /// Longest matching prefix; on equal length the port-specific binding wins.
+    fn longest_prefix(&self, t: &Tuple) -> Option<Target> {
+        self.prefixes
+            .iter()
+            .filter(|(k, _, _)| k.protocol == t.protocol && k.family == t.family)
+            .filter(|(k, _, _)| k.local_port == t.dst_port || k.local_port == 0)
+            .filter(|(k, len, _)| prefix_matches(&k.local_addr, &t.dst_addr, *len))
+            .max_by_key(|(k, len, _)| (*len, k.local_port != 0))
+            .map(|(_, _, target)| *target)
+    }
+}
+
+trait TryInsertLike<K, V> {
+    fn try_insert_like(&mut self, key: K, value: V) -> bool;
+}
+
+impl<K: std::hash::Hash + Eq, V> TryInsertLike<K, V> for HashMap<K, V> {
+    fn try_insert_like(&mut self, key: K, value: V) -> bool {
+        if self.contains_key(&key) {
+            return false;
+        }
+        self.insert(key, value);
+        true
+    }
+}
+
+fn prefix_matches(prefix: &[u8; 16], addr: &[u8; 16], len: u8) -> bool {
+    (0..usize::from(len)).all(|bit| {
+        let mask = 0x80 >> (bit % 8);
+        prefix[bit / 8] & mask == addr[bit / 8] & mask
+    })
+}
+
+/// Parses a frame by the contract; `Err` is the pass verdict.
+pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
+    use Verdict::{PassFragment as Fragment, PassMalformed as Malformed};
+    let bytes = |at: usize, n: usize| frame.get(at..at + n).ok_or(Malformed);
+    let be16 = |at: usize| bytes(at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+
+    let mut ether_type = be16(12)?;
+    let mut at = 14;
+    for _ in 0..2 {
+        if ether_type != 0x8100 && ether_type != 0x88a8 {
+            break;
+        }
+        ether_type = be16(at + 2)?;
+        at += 4;
+    }
+    let (family, protocol, src, dst, l4_at, ip_payload) = match ether_type {
+        0x0800 => {
+            let ip = bytes(at, 20)?;
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            if ip[0] >> 4 != 4 || header_len < 20 || total < header_len || at + total > frame.len()
+            {
+                return Err(Malformed);
+            }
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return Err(Fragment);
+            }
+            let mut src = [0; 16];
+            let mut dst = [0; 16];
+            src[..4].copy_from_slice(&ip[12..16]);
+            dst[..4].copy_from_slice(&ip[16..20]);
+            (
+                FAMILY_IPV4,
+                ip[9],
+                src,
+                dst,
+                at + header_len,
+                total - header_len,
+            )
+        }
+        0x86dd => {
+            let ip = bytes(at, 40)?;
+            let mut payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if ip[0] >> 4 != 6 || at + 40 + payload > frame.len() {
+                return Err(Malformed);
+            }
+            let mut next = ip[6];
+            let mut cursor = at + 40;
+            let mut walked = 0;
+            loop {
+                match next {
+                    44 => return Err(Fragment),
+                    0 | 43 | 60 => {
+                        if walked == 6 {
+                            return Err(Malformed);
+                        }
+                        let ext = bytes(cursor, 2)?;
+                        let len = (usize::from(ext[1]) + 1) * 8;
+                        if len > payload {
+                            return Err(Malformed);
+                        }
+                        bytes(cursor, len)?;
+                        next = ext[0];
+                        payload -= len;
+                        cursor += len;
+                        walked += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+            let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+            (FAMILY_IPV6, next, src, dst, cursor, payload)
+        }
+        _ => return Err(Verdict::PassNotIp),
+    };
+    let payload_at = match protocol {
+        PROTO_UDP => {
+            let udp = bytes(l4_at, 8)?;
+            let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+            if len < 8 || len > ip_payload {
+                return Err(Malformed);
+            }
+            l4_at + 8
+        }
+        PROTO_TCP => {
+            let tcp = bytes(l4_at, 20)?;
+            let header_len = usize::from(tcp[12] >> 4) * 4;
+            if header_len < 20 || header_len > ip_payload {
+                return Err(Malformed);
+            }
+            bytes(l4_at, header_len)?;
+            l4_at + header_len
+        }
+        _ => return Err(Verdict::PassOtherProtocol),
+    };
+    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    Ok(Tuple {
+        family,
+        protocol,
+        src_addr: src,
+        dst_addr: dst,
+        src_port: port(l4_at),
+        dst_port: port(l4_at + 2),
+        l4_offset: l4_at as u16,
+        payload_offset: payload_at as u16,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        let mut failures = Vec::new();
+        for fixture in fixtures::all() {
+            let mut model = Model::default();
+            for (binding, receiver) in &fixture.bindings {
+                let (entry, target) = binding.encode(*receiver).expect(&fixture.name);
+                assert!(
+                    model.insert(entry, target),
+                    "{}: duplicate binding",
+                    fixture.name
+                );
+            }
+            for (id, members) in &fixture.groups {
+                model.set_group(*id, members);
+            }
+            let outcome = model.classify(&fixture.frame, 0);
+            let endpoint = outcome.meta.map(|m| m.endpoint);
+            if outcome.verdict != fixture.verdict || endpoint != fixture.endpoint {
+                failures.push(format!(
+                    "{}: got {:?} endpoint {:?}, want {:?} endpoint {:?}",
+                    fixture.name, outcome.verdict, endpoint, fixture.verdict, fixture.endpoint
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} fixtures failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn offsets_point_at_the_headers() {
+        use crate::frame::FrameSpec;
+        let spec = FrameSpec {
+            vlan_tags: vec![0x8100],
+            ipv4_options: 8,
+            ..FrameSpec::udp(
+                "198.18.0.1:1".parse().unwrap(),
+                "198.18.0.2:2".parse().unwrap(),
+                b"abc",
+            )
+        };
+        let frame = spec.build();
+        let tuple = parse(&frame).unwrap();
+        assert_eq!(
+            (tuple.l4_offset, tuple.payload_offset),
+            (14 + 4 + 28, 14 + 4 + 28 + 8)
+        );
+        assert_eq!(&frame[usize::from(tuple.payload_offset)..], b"abc");
+        assert_eq!((tuple.src_port, tuple.dst_port), (1, 2));
+    }
+
+    #[test]
+    fn sockets_decide_between_redirect_and_no_socket() {
+        let binding = crate::binding::Binding {
+            protocol: crate::binding::Protocol::Udp,
+            local: crate::binding::Local::Addr("0.0.0.0:2".parse().unwrap()),
+            remote: None,
+            v6only: false,
+        };
+        let (entry, target) = binding
+            .encode(crate::binding::Receiver::Endpoint(9))
+            .unwrap();
+        let mut model = Model::default();
+        model.insert(entry, target);
+        let frame = crate::frame::FrameSpec::udp(
+            "198.18.0.1:1".parse().unwrap(),
+            "198.18.0.2:2".parse().unwrap(),
+            b"",
+        )
+        .build();
+        assert_eq!(model.classify(&frame, 3).verdict, Verdict::PassNoSocket);
+        model.sockets.insert(3);
+        assert_eq!(model.classify(&frame, 3).verdict, Verdict::Redirected);
+        assert_eq!(model.classify(&frame, 4).verdict, Verdict::PassNoSocket);
+    }
+}
