@@ -9,12 +9,13 @@ pub mod binding;
 pub mod hash;
 pub mod maps;
 pub mod meta;
+pub mod ports;
 pub mod verdict;
 
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -10,6 +10,8 @@ pub const BOUND: &str = "BOUND";
 pub const PREFIX: &str = "PREFIX";
 /// Hash map `WildcardKey → Target`.
 pub const WILDCARD: &str = "WILDCARD";
+/// Array of `u32` bit sets: which tables hold bindings on a (protocol, port) (see `ports`).
+pub const PORTS: &str = "PORTS";
 /// Array `group id → Group`.
 pub const GROUPS: &str = "GROUPS";
 /// Per-CPU array `endpoint id → EndpointStats`.
@@ -22,3 +24,5 @@ pub const MAX_QUEUES: u32 = 64;
 
 /// Name of the `#[xdp]` entry point in the object.
 pub const PROGRAM: &str = "demux";
+/// A trivial XDP_PASS program in the same object: the benchmark baseline.
+pub const BASELINE_PROGRAM: &str = "baseline_pass";

@@ -68,13 +68,19 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Grows the metadata area in front of the frame by `size_of::<T>()` and writes `value` there.
+/// Sizes the metadata area in front of the frame to exactly `size_of::<T>()` and writes `value`
+/// there (idempotent: a frame that already carries metadata is resized, not stacked on).
 /// `false` when the driver cannot carry metadata; the packet is then unchanged.
 #[inline(always)]
 pub fn write_meta<T: Copy>(ctx: &XdpContext, value: &T) -> bool {
     let len = size_of::<T>();
+    // A driver without metadata support marks the area invalid with data_meta > data.
+    if ctx.metadata() > ctx.data() {
+        return false;
+    }
+    let grow = len as i32 - (ctx.data() - ctx.metadata()) as i32;
     // SAFETY: the helper only moves data_meta; it fails cleanly where metadata is unsupported.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(len as i32)) } != 0 {
+    if grow != 0 && unsafe { bpf_xdp_adjust_meta(ctx.ctx, -grow) } != 0 {
         return false;
     }
     let meta = ctx.metadata();

@@ -7,7 +7,8 @@
 //! 4. `WILDCARD`: the unspecified address of the packet's family on the port; for IPv4, then an
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
-//! A group target picks its member by flow hash.
+//! A group target picks its member by flow hash. The port index (`PORTS`) says which tables
+//! hold bindings on the packet's port and family; the others are not probed.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -17,6 +18,11 @@ use aya_ebpf::{
 use demux_common::binding::{
     BoundKey, ConnectedKey, Group, PrefixKey, Target, WildcardKey, FAMILY_IPV4, FAMILY_IPV6,
     MAX_BINDINGS, MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
+};
+
+use demux_common::ports::{
+    all_ports_index, port_bit, port_index, PORT_INDEX_ENTRIES, TABLE_BOUND, TABLE_CONNECTED,
+    TABLE_PREFIX, TABLE_WILDCARD,
 };
 
 use crate::parse::Packet;
@@ -41,6 +47,10 @@ static PREFIX: LpmTrie<PrefixKey, Target> =
 static WILDCARD: HashMap<WildcardKey, Target> =
     HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
+/// (protocol, port) → which tables hold bindings there, per family.
+#[map(name = "PORTS")]
+static PORTS: Array<u32> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
+
 /// Group id → members (SO_REUSEPORT-style).
 #[map(name = "GROUPS")]
 static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
@@ -48,57 +58,75 @@ static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 /// The binding that receives `packet`, by precedence.
 #[inline(always)]
 pub fn lookup(packet: &Packet) -> Option<Target> {
-    let connected = ConnectedKey {
-        protocol: packet.protocol,
-        family: packet.family,
-        local_port: packet.dst_port,
-        remote_port: packet.src_port,
-        _pad: [0; 2],
-        local_addr: packet.dst_addr,
-        remote_addr: packet.src_addr,
-    };
-    if let Some(target) = CONNECTED.get_ptr(connected) {
-        // SAFETY: a valid map value pointer; `Target` is plain data.
-        return Some(unsafe { *target });
-    }
-    let bound = BoundKey {
-        protocol: packet.protocol,
-        family: packet.family,
-        local_port: packet.dst_port,
-        local_addr: packet.dst_addr,
-    };
-    if let Some(target) = BOUND.get_ptr(bound) {
-        // SAFETY: as above.
-        return Some(unsafe { *target });
-    }
-    if let Some(target) = lookup_prefix(packet) {
-        return Some(target);
-    }
-    let mut wildcard = WildcardKey {
-        protocol: packet.protocol,
-        family: packet.family,
-        local_port: packet.dst_port,
-    };
-    if let Some(target) = WILDCARD.get_ptr(wildcard) {
-        // SAFETY: as above.
-        return Some(unsafe { *target });
-    }
-    if packet.family == FAMILY_IPV4 {
-        wildcard.family = FAMILY_IPV6;
-        if let Some(target) = WILDCARD.get_ptr(wildcard) {
-            // SAFETY: as above.
-            let target = unsafe { *target };
-            if target.flags & TARGET_V6ONLY == 0 {
-                return Some(target);
-            }
+    let on_port = PORTS
+        .get(port_index(packet.protocol, packet.dst_port))
+        .copied()
+        .unwrap_or(0);
+    let has = |table| on_port & port_bit(table, packet.family) != 0;
+    if has(TABLE_CONNECTED) {
+        let key = ConnectedKey {
+            protocol: packet.protocol,
+            family: packet.family,
+            local_port: packet.dst_port,
+            remote_port: packet.src_port,
+            _pad: [0; 2],
+            local_addr: packet.dst_addr,
+            remote_addr: packet.src_addr,
+        };
+        if let Some(target) = get(&CONNECTED, key) {
+            return Some(target);
         }
+    }
+    if has(TABLE_BOUND) {
+        let key = BoundKey {
+            protocol: packet.protocol,
+            family: packet.family,
+            local_port: packet.dst_port,
+            local_addr: packet.dst_addr,
+        };
+        if let Some(target) = get(&BOUND, key) {
+            return Some(target);
+        }
+    }
+    let all_ports = PORTS
+        .get(all_ports_index(packet.protocol))
+        .copied()
+        .unwrap_or(0)
+        & port_bit(TABLE_PREFIX, packet.family)
+        != 0;
+    if has(TABLE_PREFIX) || all_ports {
+        if let Some(target) = lookup_prefix(packet, has(TABLE_PREFIX), all_ports) {
+            return Some(target);
+        }
+    }
+    let mut key = WildcardKey {
+        protocol: packet.protocol,
+        family: packet.family,
+        local_port: packet.dst_port,
+    };
+    if has(TABLE_WILDCARD) {
+        if let Some(target) = get(&WILDCARD, key) {
+            return Some(target);
+        }
+    }
+    if packet.family == FAMILY_IPV4 && on_port & port_bit(TABLE_WILDCARD, FAMILY_IPV6) != 0 {
+        key.family = FAMILY_IPV6;
+        // Dual-stack: an IPv6 wildcard that is not v6-only also receives IPv4.
+        return get(&WILDCARD, key).filter(|target| target.flags & TARGET_V6ONLY == 0);
     }
     None
 }
 
+/// A copy of the value under `key`.
+#[inline(always)]
+fn get<K>(map: &HashMap<K, Target>, key: K) -> Option<Target> {
+    // SAFETY: a valid map value pointer; `Target` is plain data copied out at once.
+    map.get_ptr(key).map(|target| unsafe { *target })
+}
+
 /// Longest prefix on the packet's port and on all ports; the longer wins, the port on a tie.
 #[inline(always)]
-fn lookup_prefix(packet: &Packet) -> Option<Target> {
+fn lookup_prefix(packet: &Packet, on_port: bool, all_ports: bool) -> Option<Target> {
     let address_bits = if packet.family == FAMILY_IPV4 {
         32
     } else {
@@ -113,10 +141,18 @@ fn lookup_prefix(packet: &Packet) -> Option<Target> {
             local_addr: packet.dst_addr,
         },
     );
-    let on_port = PREFIX.get(&key).copied();
+    let port = if on_port {
+        PREFIX.get(&key).copied()
+    } else {
+        None
+    };
     key.data.local_port = 0;
-    let all_ports = PREFIX.get(&key).copied();
-    match (on_port, all_ports) {
+    let all = if all_ports {
+        PREFIX.get(&key).copied()
+    } else {
+        None
+    };
+    match (port, all) {
         (Some(port), Some(all)) if all.prefix_len > port.prefix_len => Some(all),
         (Some(port), _) => Some(port),
         (None, all) => all,

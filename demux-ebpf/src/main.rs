@@ -26,6 +26,13 @@ pub fn demux(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The benchmark baseline: passes every packet and does nothing else. It is built into the same
+/// object so that `cargo xtask bench classifier` measures both under identical conditions.
+#[xdp]
+pub fn baseline_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// The verdict for one packet.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {

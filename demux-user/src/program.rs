@@ -1,7 +1,10 @@
 //! The embedded XDP object: loading it into the kernel (verifier included) and handing out its
 //! program and maps.
 
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
 use aya::{
+    maps::MapInfo,
     programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -71,5 +74,28 @@ impl Loaded {
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Kernel memory of each of the program's maps (name, bytes), as the kernel accounts it
+    /// (`memlock` in the map's fdinfo: actual use for maps that allocate on demand).
+    pub fn map_memory(&mut self) -> Result<Vec<(String, u64)>, ProgramError> {
+        let ids = self.program_mut().info()?.map_ids()?.unwrap_or_default();
+        let mut sizes = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(info) = MapInfo::from_id(id) else {
+                continue;
+            };
+            let Ok(fd) = info.fd() else { continue };
+            let fdinfo =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
+                    .unwrap_or_default();
+            let bytes = fdinfo
+                .lines()
+                .find_map(|line| line.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            sizes.push((info.name_as_str().unwrap_or("?").to_owned(), bytes));
+        }
+        Ok(sizes)
     }
 }

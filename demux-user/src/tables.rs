@@ -1,6 +1,6 @@
-//! Writing bindings and groups into the loaded program's maps. One binding is one map entry,
-//! so each insert is atomic; a batch that fails part-way removes what it inserted, so the maps
-//! are never left half-updated.
+//! Writing bindings and groups into the loaded program's maps, and keeping the port index in
+//! step. One binding is one map entry, so each insert is atomic; a batch that fails part-way
+//! removes what it inserted, so the maps are never left half-updated.
 
 use aya::{
     maps::{
@@ -12,6 +12,10 @@ use aya::{
 use demux_common::{
     binding::{Group, Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS, PREFIX_KEY_FIXED_BITS},
     maps,
+    ports::{
+        all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX,
+        TABLE_WILDCARD,
+    },
 };
 use thiserror::Error;
 
@@ -53,8 +57,120 @@ impl Entry {
     }
 }
 
-/// Inserts one binding; fails with `Exists` if the same key is already bound.
-pub fn insert(ebpf: &mut Ebpf, entry: &Entry, target: Target) -> Result<(), TableError> {
+/// The daemon's view of the binding tables: writes bindings into the maps and keeps the port
+/// index (`PORTS`) in step, counting bindings per (port entry, bit). A bit is set before the
+/// first binding behind it is inserted and cleared after the last one is removed, so a packet
+/// can see a bit without a binding (one wasted probe) but never a binding without its bit.
+#[derive(Debug, Default)]
+pub struct Tables {
+    counts: std::collections::HashMap<(u32, u32), u32>,
+}
+
+impl Tables {
+    /// Inserts one binding; fails with `Exists` if the same key is already bound.
+    pub fn insert(
+        &mut self,
+        ebpf: &mut Ebpf,
+        entry: &Entry,
+        target: Target,
+    ) -> Result<(), TableError> {
+        let (index, bit) = entry.port_slot();
+        let count = self.counts.entry((index, bit)).or_default();
+        *count += 1;
+        if *count == 1 {
+            update_port_bits(ebpf, index, |bits| bits | bit)?;
+        }
+        let result = insert_entry(ebpf, entry, target);
+        if result.is_err() {
+            self.release(ebpf, index, bit)?;
+        }
+        result
+    }
+
+    /// Removes one binding.
+    pub fn remove(&mut self, ebpf: &mut Ebpf, entry: &Entry) -> Result<(), TableError> {
+        remove_entry(ebpf, entry)?;
+        let (index, bit) = entry.port_slot();
+        self.release(ebpf, index, bit)
+    }
+
+    /// Inserts every binding, or none: on the first failure the ones already inserted are
+    /// removed again.
+    pub fn insert_all(
+        &mut self,
+        ebpf: &mut Ebpf,
+        entries: &[(Entry, Target)],
+    ) -> Result<(), TableError> {
+        for (done, (entry, target)) in entries.iter().enumerate() {
+            if let Err(error) = self.insert(ebpf, entry, *target) {
+                for (entry, _) in &entries[..done] {
+                    // Best effort: these were inserted a moment ago by this call.
+                    let _ = self.remove(ebpf, entry);
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops one count of (index, bit), clearing the bit when none is left.
+    fn release(&mut self, ebpf: &mut Ebpf, index: u32, bit: u32) -> Result<(), TableError> {
+        let count = self.counts.entry((index, bit)).or_default();
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.counts.remove(&(index, bit));
+            update_port_bits(ebpf, index, |bits| bits & !bit)?;
+        }
+        Ok(())
+    }
+}
+
+impl Entry {
+    /// The port index entry and bit that announce this binding.
+    fn port_slot(&self) -> (u32, u32) {
+        match self {
+            Entry::Connected(k) => (
+                port_index(k.protocol, k.local_port),
+                port_bit(TABLE_CONNECTED, k.family),
+            ),
+            Entry::Bound(k) => (
+                port_index(k.protocol, k.local_port),
+                port_bit(TABLE_BOUND, k.family),
+            ),
+            Entry::Prefix(k, _) if k.local_port == 0 => (
+                all_ports_index(k.protocol),
+                port_bit(TABLE_PREFIX, k.family),
+            ),
+            Entry::Prefix(k, _) => (
+                port_index(k.protocol, k.local_port),
+                port_bit(TABLE_PREFIX, k.family),
+            ),
+            Entry::Wildcard(k) => (
+                port_index(k.protocol, k.local_port),
+                port_bit(TABLE_WILDCARD, k.family),
+            ),
+        }
+    }
+}
+
+fn update_port_bits(
+    ebpf: &mut Ebpf,
+    index: u32,
+    change: impl Fn(u32) -> u32,
+) -> Result<(), TableError> {
+    let table = maps::PORTS;
+    let map = ebpf.map_mut(table).ok_or_else(|| missing(table))?;
+    let mut array: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| TableError::Map { table, source })?;
+    let bits = array
+        .get(&index, 0)
+        .map_err(|source| classify(table, source))?;
+    array
+        .set(index, change(bits), 0)
+        .map_err(|source| classify(table, source))
+}
+
+fn insert_entry(ebpf: &mut Ebpf, entry: &Entry, target: Target) -> Result<(), TableError> {
     let table = entry.table();
     let result = match entry {
         Entry::Connected(key) => hash_map(ebpf, table)?.insert(*key, target, NOEXIST),
@@ -68,8 +184,7 @@ pub fn insert(ebpf: &mut Ebpf, entry: &Entry, target: Target) -> Result<(), Tabl
     result.map_err(|source| classify(table, source))
 }
 
-/// Removes one binding.
-pub fn remove(ebpf: &mut Ebpf, entry: &Entry) -> Result<(), TableError> {
+fn remove_entry(ebpf: &mut Ebpf, entry: &Entry) -> Result<(), TableError> {
     let table = entry.table();
     let result = match entry {
         Entry::Connected(key) => hash_map(ebpf, table)?.remove(key),
@@ -81,20 +196,6 @@ pub fn remove(ebpf: &mut Ebpf, entry: &Entry) -> Result<(), TableError> {
         }
     };
     result.map_err(|source| classify(table, source))
-}
-
-/// Inserts every binding, or none: on the first failure the ones already inserted are removed.
-pub fn insert_all(ebpf: &mut Ebpf, entries: &[(Entry, Target)]) -> Result<(), TableError> {
-    for (done, (entry, target)) in entries.iter().enumerate() {
-        if let Err(error) = insert(ebpf, entry, *target) {
-            for (entry, _) in &entries[..done] {
-                // Best effort: these were inserted a moment ago by this call.
-                let _ = remove(ebpf, entry);
-            }
-            return Err(error);
-        }
-    }
-    Ok(())
 }
 
 /// Sets the members of group `id` (an empty slice empties it).

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the developer commands of demux. Each command that needs the BPF toolchain
 //! first runs the idempotent toolchain check-and-install in `toolchain`.
 
+mod bench;
 mod build;
 mod run;
 mod test;
@@ -36,6 +37,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Run every check: rustfmt, clippy, unit tests and the privileged tests (as root).
     Test(test::TestArgs),
+    /// Run a benchmark (as root): `cargo xtask bench classifier [--quick]`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Cmd::Build => build::run(),
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
+        Cmd::Bench(args) => bench::run(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

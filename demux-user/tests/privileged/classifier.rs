@@ -11,7 +11,7 @@ use demux::{
     frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
     model::{fixtures, Model},
     program::{BpfLogLevel, Loaded},
-    tables,
+    tables::{self, Tables},
     verdicts::VerdictCounts,
 };
 use demux_common::{binding::Target, meta::PacketMeta, Verdict};
@@ -84,6 +84,7 @@ fn run_frame(loaded: &mut Loaded, frame: &[u8]) -> anyhow::Result<Observed> {
 /// Loads bindings and groups into both the program's maps and a model.
 fn install(
     loaded: &mut Loaded,
+    tables: &mut Tables,
     bindings: &[(Entry, Target)],
     groups: &[(u32, Vec<u32>)],
 ) -> anyhow::Result<Model> {
@@ -91,7 +92,7 @@ fn install(
     for (entry, target) in bindings {
         ensure!(model.insert(*entry, *target), "duplicate binding {entry:?}");
     }
-    tables::insert_all(loaded.ebpf_mut(), bindings)?;
+    tables.insert_all(loaded.ebpf_mut(), bindings)?;
     for (id, members) in groups {
         tables::set_group(loaded.ebpf_mut(), *id, members)?;
         model.set_group(*id, members);
@@ -101,11 +102,12 @@ fn install(
 
 fn uninstall(
     loaded: &mut Loaded,
+    tables: &mut Tables,
     bindings: &[(Entry, Target)],
     groups: &[(u32, Vec<u32>)],
 ) -> anyhow::Result<()> {
     for (entry, _) in bindings {
-        tables::remove(loaded.ebpf_mut(), entry)?;
+        tables.remove(loaded.ebpf_mut(), entry)?;
     }
     for (id, _) in groups {
         tables::set_group(loaded.ebpf_mut(), *id, &[])?;
@@ -115,6 +117,7 @@ fn uninstall(
 
 pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
     let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+    let mut tables = Tables::default();
     let mut failures = Vec::new();
     let all = fixtures::all();
     for fixture in &all {
@@ -124,7 +127,7 @@ pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
             .map(|(b, r)| b.encode(*r))
             .collect::<Result<_, _>>()
             .with_context(|| fixture.name.clone())?;
-        let model = install(&mut loaded, &bindings, &fixture.groups)?;
+        let model = install(&mut loaded, &mut tables, &bindings, &fixture.groups)?;
         let observed =
             run_frame(&mut loaded, &fixture.frame).with_context(|| fixture.name.clone())?;
         let expected = model.classify(&fixture.frame, 0);
@@ -144,7 +147,7 @@ pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
                 fixture.name, observed.meta, expected.meta
             ));
         }
-        uninstall(&mut loaded, &bindings, &fixture.groups)?;
+        uninstall(&mut loaded, &mut tables, &bindings, &fixture.groups)?;
     }
     ensure!(
         failures.is_empty(),
@@ -166,12 +169,13 @@ pub fn differential_100k_frames() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
     let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+    let mut tables = Tables::default();
     let mut rng = SplitMix64(seed);
     let mut failures = Vec::new();
     let mut by_verdict = [0u64; Verdict::COUNT as usize];
     for set in 0..TABLE_SETS {
         let (bindings, groups) = random_tables(&mut rng);
-        let model = install(&mut loaded, &bindings, &groups)?;
+        let model = install(&mut loaded, &mut tables, &bindings, &groups)?;
         for i in 0..FRAMES_PER_SET {
             let frame = random_frame(&mut rng);
             let expected = model.classify(&frame, 0);
@@ -187,7 +191,7 @@ pub fn differential_100k_frames() -> anyhow::Result<()> {
                 }
             }
         }
-        uninstall(&mut loaded, &bindings, &groups)?;
+        uninstall(&mut loaded, &mut tables, &bindings, &groups)?;
         if !failures.is_empty() {
             break;
         }
