@@ -12,3 +12,4 @@ pub mod model;
 pub mod program;
 pub mod tables;
 pub mod verdicts;
+pub mod xsk;

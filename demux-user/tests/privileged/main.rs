@@ -8,6 +8,7 @@ mod daemon;
 mod netns;
 mod packets;
 mod program;
+mod steer;
 
 use std::{
     fmt,
@@ -29,28 +30,21 @@ impl std::error::Error for Skip {}
 
 type Test = fn() -> anyhow::Result<()>;
 
-const TESTS: &[(&str, Test)] = &[
-    (
-        "program::verifier_accepts_the_program",
-        program::verifier_accepts_the_program,
-    ),
-    ("program::test_run_verdicts", program::test_run_verdicts),
-    (
-        "classifier::fixtures_agree_with_the_program",
-        classifier::fixtures_agree_with_the_program,
-    ),
-    (
-        "classifier::differential_100k_frames",
-        classifier::differential_100k_frames,
-    ),
-    (
-        "daemon::counts_packets_on_a_veth_and_detaches",
-        daemon::counts_packets_on_a_veth_and_detaches,
-    ),
-    (
-        "daemon::unknown_interface_is_one_clear_line",
-        daemon::unknown_interface_is_one_clear_line,
-    ),
+/// `module::function` paths, each listed with its own name.
+macro_rules! tests {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        &[$((concat!(stringify!($module), "::", stringify!($test)), $module::$test)),*]
+    };
+}
+
+const TESTS: &[(&str, Test)] = tests![
+    program::verifier_accepts_the_program,
+    program::test_run_verdicts,
+    classifier::fixtures_agree_with_the_program,
+    classifier::differential_100k_frames,
+    steer::datagrams_reach_an_af_xdp_socket_with_metadata,
+    daemon::counts_packets_on_a_veth_and_detaches,
+    daemon::unknown_interface_is_one_clear_line,
 ];
 
 fn main() -> ExitCode {

@@ -1,0 +1,235 @@
+//! One AF_XDP socket per (interface, rx queue): its UMEM, fill and rx rings, and the free list
+//! that keeps every frame accounted for.
+//!
+//! The XDP program redirects a steered frame to `XSKS[rx queue]` with its `PacketMeta` right in
+//! front of it; `receive` hands each frame and its metadata to a callback, then returns the frame
+//! to the free list and the free list to the fill ring. The kernel may take fewer frames than
+//! offered: the rest stay on the free list, never lost (design §5). veth supports copy mode only,
+//! which is what `open` asks for.
+
+use std::{
+    ffi::CString,
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+    ptr::NonNull,
+};
+
+use demux_common::meta::PacketMeta;
+use thiserror::Error;
+use xdpilone::{
+    xdp::XdpStatisticsV2, DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User,
+};
+
+/// Size of one UMEM frame.
+pub const FRAME_SIZE: u32 = 4096;
+
+/// A failed step while opening an AF_XDP socket.
+#[derive(Debug, Error)]
+pub enum XskError {
+    #[error("interface `{iface}`: {reason}")]
+    Interface { iface: String, reason: String },
+    #[error("allocating {bytes} bytes of UMEM: {source}")]
+    Mmap {
+        bytes: usize,
+        source: std::io::Error,
+    },
+    #[error("AF_XDP on `{iface}` queue {queue}: {step} failed: {errno}")]
+    Step {
+        iface: String,
+        queue: u32,
+        step: &'static str,
+        errno: String,
+    },
+}
+
+/// Anonymous, page-aligned memory for the UMEM, unmapped on drop.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> Result<Self, XskError> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(XskError::Mmap {
+                bytes: len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"),
+            len,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped; the rings that used it are dropped first.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// An AF_XDP socket bound to one rx queue, with its own UMEM.
+pub struct QueueSocket {
+    // Field order is drop order: rings and socket before the UMEM before its memory.
+    rx: RingRx,
+    device: DeviceQueue,
+    user: User,
+    _socket: Socket,
+    _umem: Umem,
+    area: Area,
+    /// Frame addresses the kernel does not hold: handed to the fill ring as it takes them.
+    free: Vec<u64>,
+    frames: u32,
+    pub iface: String,
+    pub queue: u32,
+}
+
+impl QueueSocket {
+    /// Opens a socket on `iface` rx queue `queue` with `frames` UMEM frames (a power of two),
+    /// and hands all of them to the fill ring.
+    pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
+        let step = |step: &'static str| {
+            let iface = iface.to_owned();
+            move |errno: xdpilone::Errno| XskError::Step {
+                iface: iface.clone(),
+                queue,
+                step,
+                errno: errno.to_string(),
+            }
+        };
+        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+        let config = UmemConfig {
+            fill_size: frames,
+            complete_size: frames,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let region = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: `area` is page aligned, `frames * FRAME_SIZE` long, and outlives the UMEM
+        // (field order).
+        let umem = unsafe { Umem::new(config, region) }.map_err(step("registering the UMEM"))?;
+        let mut info = IfInfo::invalid();
+        let name = CString::new(iface).map_err(|_| XskError::Interface {
+            iface: iface.to_owned(),
+            reason: "the name contains a NUL byte".into(),
+        })?;
+        info.from_name(&name).map_err(|e| XskError::Interface {
+            iface: iface.to_owned(),
+            reason: format!("not found ({e})"),
+        })?;
+        info.set_queue(queue);
+        let socket = Socket::with_shared(&info, &umem).map_err(step("creating the socket"))?;
+        let device = umem
+            .fq_cq(&socket)
+            .map_err(step("creating the fill/completion rings"))?;
+        let user = umem
+            .rx_tx(
+                &socket,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(frames),
+                    tx_size: None,
+                    bind_flags: SocketConfig::XDP_BIND_COPY,
+                },
+            )
+            .map_err(step("creating the rx ring"))?;
+        let rx = user.map_rx().map_err(step("mapping the rx ring"))?;
+        umem.bind(&user).map_err(step("binding (copy mode)"))?;
+        let mut socket = Self {
+            rx,
+            device,
+            user,
+            _socket: socket,
+            _umem: umem,
+            area,
+            free: (0..u64::from(frames))
+                .map(|i| i * u64::from(FRAME_SIZE))
+                .collect(),
+            frames,
+            iface: iface.to_owned(),
+            queue,
+        };
+        socket.refill();
+        Ok(socket)
+    }
+
+    /// Offers every free frame to the fill ring; what the kernel does not take stays free.
+    pub fn refill(&mut self) {
+        let mut writer = self.device.fill(self.free.len() as u32);
+        let taken = writer.insert(self.free.iter().rev().copied()) as usize;
+        writer.commit();
+        self.free.truncate(self.free.len() - taken);
+    }
+
+    /// Reads up to `max` frames: calls `each(frame, metadata)` for every one (metadata when the
+    /// 16 bytes in front carry the current ABI version), then recycles the frames. Returns how
+    /// many frames were read.
+    pub fn receive(&mut self, max: u32, mut each: impl FnMut(&[u8], Option<PacketMeta>)) -> u32 {
+        let mut read = 0;
+        let memory = self.area.bytes();
+        let mut reader = self.rx.receive(max);
+        while let Some(desc) = reader.read() {
+            let (start, len) = (desc.addr as usize, desc.len as usize);
+            let chunk = desc.addr - desc.addr % u64::from(FRAME_SIZE);
+            let meta = (start >= PacketMeta::LEN + chunk as usize)
+                .then(|| {
+                    // SAFETY: PacketMeta is plain data; the bytes lie inside this chunk.
+                    unsafe {
+                        std::ptr::read_unaligned(
+                            memory[start - PacketMeta::LEN..start]
+                                .as_ptr()
+                                .cast::<PacketMeta>(),
+                        )
+                    }
+                })
+                .filter(|meta| meta.version == PacketMeta::VERSION);
+            each(&memory[start..start + len], meta);
+            self.free.push(chunk);
+            read += 1;
+        }
+        reader.release();
+        drop(reader);
+        self.refill();
+        read
+    }
+
+    /// The socket's fd, for the XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.user.as_raw_fd()
+    }
+
+    /// The kernel's counters for this socket (XDP_STATISTICS: rx dropped, rx ring full, fill
+    /// ring empty, …).
+    pub fn statistics(&self) -> Result<XdpStatisticsV2, String> {
+        self.user.statistics_v2().map_err(|e| e.to_string())
+    }
+
+    /// Frames in the UMEM, and how many sit on the free list (not with the kernel).
+    pub fn frames(&self) -> (u32, usize) {
+        (self.frames, self.free.len())
+    }
+}
+
+impl AsRawFd for QueueSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd()
+    }
+}

@@ -1,0 +1,126 @@
+//! Steering for real: the program attached to a veth in a namespace, an AF_XDP socket on its
+//! queue in `XSKS`, a UDP binding, and datagrams sent from the peer namespace. Every datagram
+//! must arrive in the socket with its metadata, and the counters must add up.
+
+use std::{
+    net::UdpSocket,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _};
+use aya::maps::{MapData, XskMap};
+use demux::{
+    attach::{attach, AttachMode},
+    binding::{Binding, Local, Protocol, Receiver},
+    endpoint_stats,
+    program::{BpfLogLevel, Loaded},
+    tables::Tables,
+    verdicts::VerdictCounts,
+    xsk::QueueSocket,
+};
+use demux_common::{maps, Verdict};
+
+use crate::netns::{VethPair, A_ADDR, B_ADDR};
+
+const STEERED: u64 = 20;
+const UNBOUND: u64 = 3;
+const ENDPOINT: u32 = 7;
+
+pub fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
+    let net = VethPair::new()?;
+    thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<()> {
+                net.b.enter_thread()?;
+                let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+                attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
+                let mut socket = QueueSocket::open(&net.b_if, 0, 256)?;
+                let map = loaded.ebpf_mut().map_mut(maps::XSKS).context("XSKS map")?;
+                let mut xsks: XskMap<&mut MapData> = XskMap::try_from(map)?;
+                xsks.set(0, socket.fd(), 0)
+                    .context("putting the socket in XSKS")?;
+                let binding = Binding {
+                    protocol: Protocol::Udp,
+                    local: Local::Addr(format!("{B_ADDR}:9000").parse()?),
+                    remote: None,
+                    v6only: false,
+                };
+                let (entry, target) = binding.encode(Receiver::Endpoint(ENDPOINT))?;
+                Tables::default().insert(loaded.ebpf_mut(), &entry, target)?;
+
+                // Send from namespace a, on a thread of its own.
+                let a = &net.a;
+                thread::scope(|inner| {
+                    inner
+                        .spawn(|| -> anyhow::Result<()> {
+                            a.enter_thread()?;
+                            let sender = UdpSocket::bind((A_ADDR, 40000))?;
+                            for i in 0..STEERED {
+                                sender.send_to(format!("demux-{i}").as_bytes(), (B_ADDR, 9000))?;
+                            }
+                            for _ in 0..UNBOUND {
+                                sender.send_to(b"not steered", (B_ADDR, 9001))?;
+                            }
+                            Ok(())
+                        })
+                        .join()
+                        .expect("sender panicked")
+                })?;
+
+                let mut payloads = Vec::new();
+                let mut frame_bytes = 0u64;
+                let mut problems = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while (payloads.len() as u64) < STEERED && Instant::now() < deadline {
+                    let read = socket.receive(64, |frame, meta| match meta {
+                        Some(meta) if meta.endpoint == ENDPOINT => {
+                            frame_bytes += frame.len() as u64;
+                            payloads.push(frame[usize::from(meta.payload_offset)..].to_vec());
+                            if frame[usize::from(meta.l4_offset) + 2..][..2]
+                                != 9000u16.to_be_bytes()
+                            {
+                                problems
+                                    .push("l4_offset does not point at the UDP header".to_owned());
+                            }
+                        }
+                        other => problems.push(format!("frame without our metadata: {other:?}")),
+                    });
+                    if read == 0 {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                ensure!(problems.is_empty(), "{problems:?}");
+                let expected: Vec<Vec<u8>> = (0..STEERED)
+                    .map(|i| format!("demux-{i}").into_bytes())
+                    .collect();
+                ensure!(
+                    payloads == expected,
+                    "payloads differ: got {} of {STEERED}",
+                    payloads.len()
+                );
+
+                let verdicts = VerdictCounts::read(loaded.ebpf())?;
+                ensure!(verdicts.get(Verdict::Redirected) == STEERED, "{verdicts}");
+                ensure!(verdicts.get(Verdict::PassNoMatch) == UNBOUND, "{verdicts}");
+                let stats = endpoint_stats::read(loaded.ebpf(), ENDPOINT)?;
+                ensure!(
+                    stats.packets == STEERED && stats.bytes == frame_bytes,
+                    "endpoint stats {stats:?}, frames {STEERED} of {frame_bytes} bytes"
+                );
+                let xdp_stats = socket.statistics().map_err(anyhow::Error::msg)?;
+                ensure!(
+                    xdp_stats.rx_dropped == 0,
+                    "socket dropped frames: {xdp_stats:?}"
+                );
+                let (frames, free) = socket.frames();
+                ensure!(
+                    free == 0,
+                    "{free} of {frames} frames were not returned to the fill ring"
+                );
+                Ok(())
+            })
+            .join()
+            .expect("namespace thread panicked")
+    })
+}
