@@ -46,11 +46,24 @@ pub struct Loaded {
 impl Loaded {
     /// Loads the embedded object and verifies its XDP program.
     pub fn load(log_level: BpfLogLevel) -> Result<Self, LoadError> {
+        Self::load_with_capacity(log_level, None)
+    }
+
+    /// As [`Loaded::load`], with each binding table holding at most `bindings` entries instead
+    /// of `MAX_BINDINGS` (for tests of a full table).
+    pub fn load_with_capacity(
+        log_level: BpfLogLevel,
+        bindings: Option<u32>,
+    ) -> Result<Self, LoadError> {
         let level = log_level as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("AYA_LOG_LEVEL", &level, false)
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("AYA_LOG_LEVEL", &level, false);
+        if let Some(bindings) = bindings {
+            for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX, maps::WILDCARD] {
+                loader.map_max_entries(table, bindings);
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let program: &mut Xdp = ebpf
             .program_mut(maps::PROGRAM)
             .and_then(|p| p.try_into().ok())

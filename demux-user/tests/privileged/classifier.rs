@@ -396,3 +396,43 @@ impl SplitMix64 {
 }
 
 const _: () = assert!(size_of::<PacketMeta>() == PacketMeta::LEN);
+
+pub fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
+    let mut loaded = Loaded::load_with_capacity(BpfLogLevel::Off, Some(4))?;
+    let mut tables = Tables::default();
+    let bindings: Bindings = (1..=6u16)
+        .map(|port| {
+            let binding = Binding {
+                protocol: Protocol::Udp,
+                local: Local::Addr(format!("198.18.0.2:{port}").parse().expect("address")),
+                remote: None,
+                v6only: false,
+            };
+            binding
+                .encode(Receiver::Endpoint(1))
+                .expect("valid binding")
+        })
+        .collect();
+    let error = tables
+        .insert_all(loaded.ebpf_mut(), &bindings)
+        .expect_err("six bindings fit a table of four");
+    ensure!(
+        matches!(error, tables::TableError::Full { table: "BOUND" }),
+        "unexpected error: {error}"
+    );
+    ensure!(
+        error.to_string().contains("BOUND"),
+        "the message does not name the table: {error}"
+    );
+    // Nothing of the batch is left: a frame to the first binding's port is not matched.
+    let frame = FrameSpec::udp("198.18.0.1:40000".parse()?, "198.18.0.2:1".parse()?, b"").build();
+    let observed = run_frame(&mut loaded, &frame)?;
+    ensure!(
+        observed.verdict == Verdict::PassNoMatch,
+        "after rollback: {observed:?}"
+    );
+    // And the table is whole again: four bindings fit.
+    tables.insert_all(loaded.ebpf_mut(), &bindings[..4])?;
+    ensure!(run_frame(&mut loaded, &frame)?.verdict == Verdict::PassNoSocket);
+    Ok(())
+}

@@ -42,6 +42,7 @@ const TESTS: &[(&str, Test)] = tests![
     program::test_run_verdicts,
     classifier::fixtures_agree_with_the_program,
     classifier::differential_100k_frames,
+    classifier::full_table_is_refused_by_name_and_rolled_back,
     steer::datagrams_reach_an_af_xdp_socket_with_metadata,
     daemon::counts_packets_on_a_veth_and_detaches,
     daemon::unknown_interface_is_one_clear_line,
