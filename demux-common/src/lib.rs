@@ -15,7 +15,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -48,6 +48,6 @@ mod layout_tests {
         assert_eq!(size_of::<Target>(), 8);
         assert_eq!(size_of::<Group>(), 4 + 4 * MAX_GROUP_MEMBERS);
         assert_eq!(size_of::<EndpointStats>(), 16);
-        assert_eq!(size_of::<PacketMeta>(), 16);
+        assert_eq!(size_of::<PacketMeta>(), 20);
     }
 }

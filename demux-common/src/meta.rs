@@ -3,7 +3,7 @@
 
 use crate::ABI_VERSION;
 
-/// The 16 bytes right before the frame in its UMEM chunk. Offsets count from the first byte of
+/// The 20 bytes right before the frame in its UMEM chunk. Offsets count from the first byte of
 /// the Ethernet header.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub struct PacketMeta {
     pub l4_offset: u16,
     /// Offset of the transport payload.
     pub payload_offset: u16,
+    /// Offset of the IPv4 or IPv6 header.
+    pub l3_offset: u16,
+    pub _pad: u16,
 }
 
 impl PacketMeta {

@@ -49,6 +49,8 @@ pub struct Packet {
     pub l4_offset: u16,
     /// Offset of the transport payload from the start of the frame.
     pub payload_offset: u16,
+    /// Offset of the IP header from the start of the frame.
+    pub l3_offset: u16,
 }
 
 /// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
@@ -64,11 +66,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         let vlan = cur.read::<VlanHdr>().ok_or(Verdict::PassMalformed)?;
         ether_type = u16::from_be(vlan.ether_type);
     }
-    match ether_type {
+    let l3_offset = cur.offset() as u16;
+    let packet = match ether_type {
         ETH_P_IPV4 => parse_ipv4(&mut cur),
         ETH_P_IPV6 => parse_ipv6(&mut cur),
         _ => Err(Verdict::PassNotIp),
-    }
+    };
+    packet.map(|packet| Packet {
+        l3_offset,
+        ..packet
+    })
 }
 
 #[inline(always)]
@@ -192,5 +199,6 @@ fn parse_l4(
         dst_port,
         l4_offset: l4_offset as u16,
         payload_offset: cur.offset() as u16,
+        l3_offset: 0, // set by `parse`
     })
 }

@@ -42,6 +42,8 @@ pub fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash: u32) -
         flow_hash,
         l4_offset: packet.l4_offset,
         payload_offset: packet.payload_offset,
+        l3_offset: packet.l3_offset,
+        _pad: 0,
     };
     if !cursor::write_meta(ctx, &meta) {
         return Verdict::PassNoMetadata;

@@ -180,7 +180,7 @@ impl QueueSocket {
     }
 
     /// Reads up to `max` frames: calls `each(frame, metadata)` for every one (metadata when the
-    /// 16 bytes in front carry the current ABI version), then recycles the frames. Returns how
+    /// bytes in front carry the current ABI version), then recycles the frames. Returns how
     /// many frames were read.
     pub fn receive(&mut self, max: u32, mut each: impl FnMut(&[u8], Option<PacketMeta>)) -> u32 {
         let mut read = 0;

@@ -36,6 +36,7 @@ pub struct Tuple {
     pub dst_port: u16,
     pub l4_offset: u16,
     pub payload_offset: u16,
+    pub l3_offset: u16,
 }
 
 /// What the program must do with one frame.
@@ -121,6 +122,8 @@ impl Model {
             flow_hash: hash,
             l4_offset: tuple.l4_offset,
             payload_offset: tuple.payload_offset,
+            l3_offset: tuple.l3_offset,
+            _pad: 0,
         };
         let verdict = if self.sockets.contains(&rx_queue) {
             Verdict::Redirected
@@ -305,6 +308,7 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
         dst_port: port(l4_at + 2),
         l4_offset: l4_at as u16,
         payload_offset: payload_at as u16,
+        l3_offset: at as u16,
     })
 }
 
