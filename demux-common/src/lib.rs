@@ -15,7 +15,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -16,11 +16,15 @@ pub const PORTS: &str = "PORTS";
 pub const GROUPS: &str = "GROUPS";
 /// Per-CPU array `endpoint id → EndpointStats`.
 pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
-/// XSKMAP `rx queue → AF_XDP socket`.
+/// XSKMAP `slot → AF_XDP socket`, slot = `IFACE_SLOTS[ifindex] + rx queue`.
 pub const XSKS: &str = "XSKS";
+/// Hash map `ifindex → first XSKS slot of that interface` (a multiple of `MAX_QUEUES`).
+pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
 
-/// Slots of `XSKS`: the highest rx queue index that can be steered, plus one.
+/// Rx queues per interface that can be steered (queue index < this).
 pub const MAX_QUEUES: u32 = 64;
+/// Interfaces one daemon can attach to.
+pub const MAX_IFACES: u32 = 16;
 
 /// Name of the `#[xdp]` entry point in the object.
 pub const PROGRAM: &str = "demux";

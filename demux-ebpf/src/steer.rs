@@ -1,6 +1,7 @@
 //! Steering a matched packet: metadata in front of the frame, then a redirect to the AF_XDP
-//! socket of the rx queue it arrived on (`XSKS[rx_queue]`), with XDP_PASS as the fallback when
-//! that slot is empty. Per-endpoint counters record what was redirected.
+//! socket of the interface and rx queue it arrived on (`XSKS[IFACE_SLOTS[ifindex] + queue]`),
+//! with XDP_PASS as the fallback when there is none. Per-endpoint counters record what was
+//! redirected.
 //!
 //! Slot scheme: one AF_XDP socket per rx queue, the endpoint id travels in the metadata. A
 //! redirect only reaches a socket bound to the packet's own queue, and per-endpoint sockets
@@ -10,21 +11,25 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::map,
-    maps::{PerCpuArray, XskMap},
+    maps::{HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use demux_common::{
     binding::{EndpointStats, MAX_ENDPOINTS},
-    maps::MAX_QUEUES,
+    maps::{MAX_IFACES, MAX_QUEUES},
     meta::PacketMeta,
     Verdict,
 };
 
 use crate::{cursor, parse::Packet};
 
-/// Rx queue → the daemon's AF_XDP socket for that queue.
+/// Slot → the daemon's AF_XDP socket for one (interface, rx queue).
 #[map(name = "XSKS")]
-static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
+
+/// Interface index → its first slot in `XSKS`.
+#[map(name = "IFACE_SLOTS")]
+static IFACE_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// Endpoint id → packets and bytes redirected to it, per CPU.
 #[map(name = "ENDPOINT_STATS")]
@@ -48,8 +53,17 @@ pub fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash: u32) -
     if !cursor::write_meta(ctx, &meta) {
         return Verdict::PassNoMetadata;
     }
+    let queue = ctx.rx_queue_index();
+    let Some(base) = IFACE_SLOTS.get_ptr(ctx.ingress_ifindex() as u32) else {
+        return Verdict::PassNoSocket;
+    };
+    if queue >= MAX_QUEUES {
+        return Verdict::PassNoSocket;
+    }
+    // SAFETY: a valid map value pointer to a u32.
+    let slot = unsafe { *base } + queue;
     if XSKS
-        .redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_PASS))
+        .redirect(slot, u64::from(xdp_action::XDP_PASS))
         .is_err()
     {
         return Verdict::PassNoSocket;

@@ -57,6 +57,19 @@ pub enum AttachError {
     },
 }
 
+/// The index of interface `iface` in this network namespace.
+pub fn ifindex(iface: &str) -> Result<u32, AttachError> {
+    let unknown = || AttachError::UnknownInterface {
+        iface: iface.to_owned(),
+    };
+    let name = std::ffi::CString::new(iface).map_err(|_| unknown())?;
+    // SAFETY: a valid NUL-terminated name; the call only reads it.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(unknown()),
+        index => Ok(index),
+    }
+}
+
 /// Attaches `program` to `iface` in the requested mode.
 pub fn attach(program: &mut Xdp, iface: &str, mode: AttachMode) -> Result<Attachment, AttachError> {
     match mode {

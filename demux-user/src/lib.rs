@@ -6,10 +6,12 @@
 
 pub mod attach;
 pub mod binding;
+pub mod datagram;
 pub mod endpoint_stats;
 pub mod frame;
 pub mod model;
 pub mod program;
+pub mod sink;
 pub mod tables;
 pub mod verdicts;
 pub mod xsk;

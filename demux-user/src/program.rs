@@ -1,10 +1,10 @@
 //! The embedded XDP object: loading it into the kernel (verifier included) and handing out its
 //! program and maps.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
-    maps::MapInfo,
+    maps::{HashMap, MapData, MapError, MapInfo, XskMap},
     programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -36,6 +36,17 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("the kernel refused to load the XDP program (verifier or permissions): {0}")]
     Verify(#[source] ProgramError),
+}
+
+/// A failure to put an AF_XDP socket in its XSKMAP slot.
+#[derive(Debug, Error)]
+pub enum SocketSlotError {
+    #[error("interface number {iface_number} or queue {queue} is beyond the XSKMAP (at most {} interfaces of {} queues)", maps::MAX_IFACES, maps::MAX_QUEUES)]
+    OutOfRange { iface_number: u32, queue: u32 },
+    #[error("the object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("updating the socket slots: {0}")]
+    Map(#[from] MapError),
 }
 
 /// The loaded object: the program is verified and ready to attach; its maps are open.
@@ -87,6 +98,37 @@ impl Loaded {
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Steers (interface `ifindex`, rx `queue`) to the AF_XDP socket `fd`. `iface_number`
+    /// (0 to `MAX_IFACES - 1`) gives the interface its own block of `MAX_QUEUES` XSKMAP slots.
+    pub fn register_socket(
+        &mut self,
+        ifindex: u32,
+        iface_number: u32,
+        queue: u32,
+        fd: RawFd,
+    ) -> Result<(), SocketSlotError> {
+        if iface_number >= maps::MAX_IFACES || queue >= maps::MAX_QUEUES {
+            return Err(SocketSlotError::OutOfRange {
+                iface_number,
+                queue,
+            });
+        }
+        let base = iface_number * maps::MAX_QUEUES;
+        let slots = self
+            .ebpf
+            .map_mut(maps::IFACE_SLOTS)
+            .ok_or(SocketSlotError::MissingMap(maps::IFACE_SLOTS))?;
+        let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(slots)?;
+        slots.insert(ifindex, base, 0)?;
+        let xsks = self
+            .ebpf
+            .map_mut(maps::XSKS)
+            .ok_or(SocketSlotError::MissingMap(maps::XSKS))?;
+        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(xsks)?;
+        xsks.set(base + queue, fd, 0)?;
+        Ok(())
     }
 
     /// Kernel memory of each of the program's maps (name, bytes), as the kernel accounts it

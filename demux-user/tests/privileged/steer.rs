@@ -8,8 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context as _};
-use aya::maps::{MapData, XskMap};
+use anyhow::ensure;
 use demux::{
     attach::{attach, AttachMode},
     binding::{Binding, Local, Protocol, Receiver},
@@ -19,7 +18,7 @@ use demux::{
     verdicts::VerdictCounts,
     xsk::QueueSocket,
 };
-use demux_common::{maps, Verdict};
+use demux_common::Verdict;
 
 use crate::netns::{VethPair, A_ADDR, B_ADDR};
 
@@ -36,10 +35,8 @@ pub fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
                 let mut loaded = Loaded::load(BpfLogLevel::Off)?;
                 attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
                 let mut socket = QueueSocket::open(&net.b_if, 0, 256)?;
-                let map = loaded.ebpf_mut().map_mut(maps::XSKS).context("XSKS map")?;
-                let mut xsks: XskMap<&mut MapData> = XskMap::try_from(map)?;
-                xsks.set(0, socket.fd(), 0)
-                    .context("putting the socket in XSKS")?;
+                let ifindex = demux::attach::ifindex(&net.b_if)?;
+                loaded.register_socket(ifindex, 0, 0, socket.fd())?;
                 let binding = Binding {
                     protocol: Protocol::Udp,
                     local: Local::Addr(format!("{B_ADDR}:9000").parse()?),

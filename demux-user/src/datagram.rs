@@ -1,0 +1,132 @@
+//! A steered frame, as an endpoint receives it: the transport payload (UDP) or the whole segment
+//! (TCP), the peer and local socket addresses and the protocol, read at the offsets the XDP
+//! program put in the metadata, so nothing is parsed twice.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use demux_common::{
+    binding::{FAMILY_IPV4, PROTO_TCP, PROTO_UDP},
+    meta::PacketMeta,
+};
+
+/// One received datagram (UDP payload) or segment (TCP header and payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    pub protocol: u8,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Datagram<'a> {
+    /// Reads a steered frame. `None` if the metadata does not fit the frame (which the program
+    /// never produces; the worker counts it as a drop).
+    pub fn from_frame(frame: &'a [u8], meta: &PacketMeta) -> Option<Self> {
+        let l3 = usize::from(meta.l3_offset);
+        let l4 = usize::from(meta.l4_offset);
+        let (src, dst, ip_end) = if meta.family == FAMILY_IPV4 {
+            let ip = frame.get(l3..l3 + 20)?;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+            (src, dst, l3 + total)
+        } else {
+            let ip = frame.get(l3..l3 + 40)?;
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?));
+            let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?));
+            (src, dst, l3 + 40 + payload)
+        };
+        let l4_header = frame.get(l4..l4 + 4)?;
+        let src_port = u16::from_be_bytes([l4_header[0], l4_header[1]]);
+        let dst_port = u16::from_be_bytes([l4_header[2], l4_header[3]]);
+        let payload = match meta.protocol {
+            PROTO_UDP => {
+                let udp_len = usize::from(u16::from_be_bytes(
+                    frame.get(l4 + 4..l4 + 6)?.try_into().ok()?,
+                ));
+                frame.get(usize::from(meta.payload_offset)..l4 + udp_len)?
+            }
+            // The kernel's TCP never sees these segments: the endpoint gets all of it.
+            PROTO_TCP => frame.get(l4..ip_end)?,
+            _ => return None,
+        };
+        Some(Self {
+            protocol: meta.protocol,
+            peer: SocketAddr::new(src, src_port),
+            local: SocketAddr::new(dst, dst_port),
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{frame::FrameSpec, model::parse};
+
+    fn meta_for(frame: &[u8]) -> PacketMeta {
+        let t = parse(frame).expect("valid frame");
+        PacketMeta {
+            version: PacketMeta::VERSION,
+            protocol: t.protocol,
+            family: t.family,
+            endpoint: 1,
+            flow_hash: 0,
+            l4_offset: t.l4_offset,
+            payload_offset: t.payload_offset,
+            l3_offset: t.l3_offset,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn udp_payload_ignores_ethernet_padding_and_options() {
+        let spec = FrameSpec {
+            vlan_tags: vec![0x8100],
+            ipv4_options: 8,
+            ..FrameSpec::udp(
+                "198.18.0.1:4000".parse().unwrap(),
+                "198.18.0.2:53".parse().unwrap(),
+                b"hi",
+            )
+        };
+        let mut frame = spec.build();
+        frame.extend_from_slice(&[0xee; 10]); // padding to the minimum frame size
+        let d = Datagram::from_frame(&frame, &meta_for(&frame)).unwrap();
+        assert_eq!(d.payload, b"hi");
+        assert_eq!(d.peer, "198.18.0.1:4000".parse().unwrap());
+        assert_eq!(d.local, "198.18.0.2:53".parse().unwrap());
+    }
+
+    #[test]
+    fn tcp_gets_the_whole_segment_ipv6() {
+        let spec = FrameSpec {
+            tcp_options: 4,
+            ..FrameSpec::tcp(
+                "[2001:2::1]:4000".parse().unwrap(),
+                "[2001:2::2]:80".parse().unwrap(),
+                b"GET",
+            )
+        };
+        let frame = spec.build();
+        let d = Datagram::from_frame(&frame, &meta_for(&frame)).unwrap();
+        assert_eq!(d.payload.len(), 24 + 3);
+        assert_eq!(&d.payload[24..], b"GET");
+        assert_eq!(d.peer.port(), 4000);
+        assert_eq!(d.local, "[2001:2::2]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn metadata_beyond_the_frame_is_refused() {
+        let frame = FrameSpec::udp(
+            "198.18.0.1:1".parse().unwrap(),
+            "198.18.0.2:2".parse().unwrap(),
+            b"",
+        )
+        .build();
+        let mut meta = meta_for(&frame);
+        meta.l4_offset = 500;
+        assert_eq!(Datagram::from_frame(&frame, &meta), None);
+    }
+}
