@@ -8,7 +8,8 @@ use thiserror::Error;
 use tracing::warn;
 
 /// The XDP mode asked for on the command line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Driver mode, falling back to skb mode (with a warning) when the driver refuses.
     #[default]

@@ -13,7 +13,10 @@ use demux_common::binding::{
 use thiserror::Error;
 
 /// The transports demux steers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Udp,
     Tcp,
@@ -48,6 +51,63 @@ pub enum Local {
         len: u8,
         port: Option<u16>,
     },
+}
+
+impl std::str::FromStr for Local {
+    type Err = String;
+
+    /// `198.18.0.1:9000`, `0.0.0.0:53`, `[::]:53`, `[2001:2::1]:53`, a prefix on a port
+    /// `198.18.0.0/15:53` or `[2001:2::]/48:53`, or on all ports `198.18.0.0/15:*`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "local address `{text}`: {why}; write ADDR:PORT (198.18.0.1:9000, [::]:53) or \
+                 PREFIX/LEN:PORT (198.18.0.0/15:53, 198.18.0.0/15:* for all ports)"
+            )
+        };
+        let Some((net, len_port)) = text.split_once('/') else {
+            return text
+                .parse()
+                .map(Local::Addr)
+                .map_err(|_| bad("not a socket address"));
+        };
+        let (len, port) = len_port
+            .split_once(':')
+            .ok_or_else(|| bad("no port after the prefix"))?;
+        let addr: IpAddr = net
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| bad("not an IP prefix"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| bad("the prefix length is not a number"))?;
+        let port = match port {
+            "*" => None,
+            port => Some(
+                port.parse()
+                    .map_err(|_| bad("the port is not a number or *"))?,
+            ),
+        };
+        Ok(Local::Prefix { addr, len, port })
+    }
+}
+
+impl fmt::Display for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (addr, len, port) = match self {
+            Local::Addr(addr) => return write!(f, "{addr}"),
+            Local::Prefix { addr, len, port } => (addr, len, port),
+        };
+        match addr {
+            IpAddr::V6(v6) => write!(f, "[{v6}]/{len}:")?,
+            IpAddr::V4(v4) => write!(f, "{v4}/{len}:")?,
+        }
+        match port {
+            Some(port) => write!(f, "{port}"),
+            None => f.write_str("*"),
+        }
+    }
 }
 
 /// A binding request: what an endpoint (or group) claims.
@@ -292,6 +352,41 @@ mod tests {
     }
 
     const EP: Receiver = Receiver::Endpoint(7);
+
+    #[test]
+    fn local_forms_parse_and_print() {
+        for text in [
+            "198.18.0.1:9000",
+            "0.0.0.0:53",
+            "[::]:53",
+            "[2001:2::1]:53",
+            "198.18.0.0/15:53",
+            "198.18.0.0/15:*",
+            "[2001:2::]/48:53",
+        ] {
+            let local: Local = text.parse().unwrap();
+            assert_eq!(local.to_string(), text);
+        }
+        assert_eq!(
+            "198.18.0.0/15:*".parse::<Local>().unwrap(),
+            Local::Prefix {
+                addr: "198.18.0.0".parse().unwrap(),
+                len: 15,
+                port: None
+            }
+        );
+        for bad in [
+            "",
+            "198.18.0.1",
+            "198.18.0.0/15",
+            "198.18.0.0/x:1",
+            "host:53",
+            "1.2.3.4/8:-1",
+        ] {
+            let error = bad.parse::<Local>().unwrap_err();
+            assert!(error.contains("local address"), "{error}");
+        }
+    }
 
     #[test]
     fn each_form_lands_in_its_table() {

@@ -6,6 +6,9 @@
 
 pub mod attach;
 pub mod binding;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datagram;
 pub mod endpoint_stats;
 pub mod frame;

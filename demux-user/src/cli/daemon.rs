@@ -1,109 +1,75 @@
-//! `demux daemon`: load the XDP program, attach it, report verdicts, detach on SIGINT/SIGTERM.
+//! `demux daemon`: run the daemon (see `demux::daemon`), from flags and/or a config file.
 
-use std::{future::pending, io, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use aya_log::EbpfLogger;
 use clap::Args;
-use demux::{
-    attach::{attach, AttachMode},
-    program::{BpfLogLevel, Loaded},
-    verdicts::VerdictCounts,
-};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-    time::{interval, Interval, MissedTickBehavior},
-};
-use tracing::{info, warn};
+use demux::{attach::AttachMode, config, control::DEFAULT_SOCKET, daemon, program::BpfLogLevel};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Interface to attach the XDP program to; repeat for several.
-    #[arg(long = "iface", short = 'i', required = true, value_name = "IFACE")]
+    /// Interface to attach the XDP program to; repeat for several (adds to the config file's).
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
     ifaces: Vec<String>,
     /// XDP mode: `auto` tries driver mode and falls back to skb mode with a warning.
-    #[arg(long, value_enum, default_value_t)]
-    mode: AttachMode,
-    /// How often to log the verdict counters (e.g. 500ms, 5s); 0 turns it off.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::parse_duration)]
-    stats_interval: Duration,
+    #[arg(long, value_enum)]
+    mode: Option<AttachMode>,
+    /// Config file (TOML): interfaces, control socket, endpoints to create at start.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Control socket path [default: /run/demux/control.sock].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Group that may use the control socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// How often to log the verdict counters (e.g. 500ms, 5s); 0 turns it off [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
+    stats_interval: Option<Duration>,
     /// Log level of the XDP program's own records (aya-log). `off` compiles logging out.
     #[arg(long, value_enum, default_value_t)]
     bpf_log: BpfLogLevel,
+    /// UMEM frames per rx queue (a power of two) [default: 4096].
+    #[arg(long, value_name = "N")]
+    frames: Option<u32>,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::File::default(),
+    };
+    let stats_interval = match (args.stats_interval, &file.stats_interval) {
+        (Some(interval), _) => interval,
+        (None, Some(text)) => super::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("config stats_interval: {e}"))?,
+        (None, None) => Duration::from_secs(5),
+    };
+    let mut ifaces = file.interfaces;
+    ifaces.extend(args.ifaces);
+    if ifaces.is_empty() {
+        anyhow::bail!("no interface: give --iface IFACE (repeatable) or `interfaces` in --config");
+    }
+    let frames = args.frames.or(file.frames).unwrap_or(4096);
+    if !frames.is_power_of_two() || frames < 64 {
+        anyhow::bail!("--frames: {frames} is not a power of two of at least 64");
+    }
+    let config = daemon::Config {
+        ifaces,
+        mode: args.mode.or(file.mode).unwrap_or_default(),
+        control: args
+            .control
+            .or(file.control)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        control_group: args.control_group.or(file.control_group),
+        stats_interval,
+        bpf_log: args.bpf_log,
+        frames,
+        endpoints: file.endpoints,
+    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(args))
-}
-
-async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
-    let mut loaded = Loaded::load(args.bpf_log)?;
-    info!(
-        bytes = demux::program::OBJECT.len(),
-        "XDP program loaded and verified"
-    );
-    let logger =
-        EbpfLogger::init(loaded.ebpf_mut()).context("opening the XDP program's log ring")?;
-    // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, until dropped.
-    let mut bpf_log = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("watching the XDP program's log ring")?;
-
-    let mut attachments = Vec::with_capacity(args.ifaces.len());
-    for iface in &args.ifaces {
-        // On error, `loaded` drops and detaches what was attached so far.
-        let attachment = attach(loaded.program_mut(), iface, args.mode)?;
-        info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
-        attachments.push(attachment);
-    }
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut ticker = (!args.stats_interval.is_zero()).then(|| {
-        let mut ticker = interval(args.stats_interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticker
-    });
-    let mut last = VerdictCounts::default();
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            ready = bpf_log.readable_mut() => {
-                let mut ready = ready.context("reading the XDP program's log ring")?;
-                ready.get_inner_mut().flush();
-                ready.clear_ready();
-            }
-            _ = tick(&mut ticker) => {
-                let now = VerdictCounts::read(loaded.ebpf()).context("reading verdict counters")?;
-                info!("verdicts: {now} (+{} packets)", now.since(&last).total());
-                last = now;
-            }
-        }
-    }
-
-    for attachment in attachments {
-        match loaded.program_mut().detach(attachment.link) {
-            Ok(()) => info!(iface = %attachment.iface, "detached"),
-            Err(e) => warn!(iface = %attachment.iface, "detaching failed: {e}"),
-        }
-    }
-    let last = VerdictCounts::read(loaded.ebpf()).context("reading verdict counters")?;
-    info!("final verdicts: {last}");
-    Ok(())
-}
-
-/// The next stats tick, or never when stats are off.
-async fn tick(ticker: &mut Option<Interval>) {
-    match ticker {
-        Some(ticker) => {
-            ticker.tick().await;
-        }
-        None => pending().await,
-    }
+        .block_on(daemon::run(config))
 }

@@ -1,15 +1,23 @@
 //! The `demux` command line: one file per verb.
 
+pub mod bind;
+pub mod close;
 pub mod daemon;
+pub mod list;
+pub mod recv;
+pub mod stats;
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use demux::control::{client::Client, DEFAULT_SOCKET};
 
 /// Exit codes, shown in `--help`.
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 the command failed (the message says why), \
-                          2 bad command line.\nLog filter: DEMUX_LOG (default `info`), e.g. \
-                          DEMUX_LOG=debug.";
+                          2 bad command line.\nEnvironment: DEMUX_LOG log filter (default `info`, \
+                          e.g. debug); DEMUX_CONTROL control socket path.";
 
 /// demux: an eBPF-accelerated packet demultiplexer. An XDP program reads the socket address
 /// of every incoming packet and steers packets that match a binding to user-space endpoints;
@@ -23,15 +31,70 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: load the XDP program, attach it to interfaces and report its verdicts
-    /// until SIGINT or SIGTERM, then detach. Needs root (CAP_BPF and CAP_NET_ADMIN).
+    /// Run the daemon: load the XDP program, attach it to interfaces, open an AF_XDP socket per
+    /// rx queue, serve the control socket, until SIGINT or SIGTERM. Needs root.
     Daemon(daemon::DaemonArgs),
+    /// Create an endpoint with a binding and print its descriptor.
+    Bind(bind::BindArgs),
+    /// Bind an endpoint for this command's lifetime and print what it receives.
+    Recv(recv::RecvArgs),
+    /// Close an endpoint.
+    Close(close::CloseArgs),
+    /// List the endpoints.
+    List(list::ListArgs),
+    /// Show verdicts, per-endpoint and per-socket counters, and the accounting.
+    Stats(stats::StatsArgs),
+    /// Print a shell completion script: `demux completions bash > /etc/bash_completion.d/demux`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
+        Command::Bind(args) => bind::run(args),
+        Command::Recv(args) => recv::run(args),
+        Command::Close(args) => close::run(args),
+        Command::List(args) => list::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "demux", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// Where the daemon's control socket is.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", env = "DEMUX_CONTROL", default_value = DEFAULT_SOCKET)]
+    pub control: PathBuf,
+}
+
+impl ControlArgs {
+    pub fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.control)?)
+    }
+}
+
+/// Blocks until SIGINT or SIGTERM.
+pub fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            Ok(())
+        })
 }
 
 /// Parses `0`, `250ms`, `5s` or `2m`.
@@ -67,7 +130,6 @@ mod tests {
 
     #[test]
     fn cli_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,204 @@
+//! The daemon: loads and attaches the XDP program, opens an AF_XDP socket for every rx queue of
+//! every interface and runs a worker for each, serves the control socket, logs the verdicts,
+//! and on SIGINT/SIGTERM detaches, stops the workers and removes the control socket.
+
+pub mod server;
+pub mod state;
+pub mod worker;
+
+use std::{
+    fs,
+    future::pending,
+    io,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya_log::EbpfLogger;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    time::{interval, Interval, MissedTickBehavior},
+};
+use tracing::{info, warn};
+
+use crate::{
+    attach::{attach, ifindex, AttachMode},
+    control::{BindRequest, SocketInfo},
+    program::{BpfLogLevel, Loaded},
+};
+
+use state::{Caller, State};
+
+/// Everything the daemon needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub control: PathBuf,
+    pub control_group: Option<String>,
+    pub stats_interval: Duration,
+    pub bpf_log: BpfLogLevel,
+    /// UMEM frames per rx queue (a power of two).
+    pub frames: u32,
+    /// Endpoints to create at start (persistent, owned by root).
+    pub endpoints: Vec<BindRequest>,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut loaded = Loaded::load(config.bpf_log)?;
+    info!(
+        bytes = crate::program::OBJECT.len(),
+        "XDP program loaded and verified"
+    );
+    let logger =
+        EbpfLogger::init(loaded.ebpf_mut()).context("opening the XDP program's log ring")?;
+    // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, until dropped.
+    let mut bpf_log = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("watching the XDP program's log ring")?;
+
+    // Sockets and workers first, so that no steered frame arrives before its queue has a socket.
+    let state = Arc::new(Mutex::new(State::new(loaded, Vec::new())));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    {
+        let mut state = state.lock().expect("state lock");
+        for (number, iface) in config.ifaces.iter().enumerate() {
+            let index = ifindex(iface)?;
+            for queue in 0..rx_queues(iface) {
+                let cell = Arc::new(Mutex::new(SocketInfo {
+                    iface: iface.clone(),
+                    queue,
+                    ..SocketInfo::default()
+                }));
+                let (worker, fd) = worker::spawn(
+                    iface,
+                    queue,
+                    config.frames,
+                    state.directory.clone(),
+                    state.workers.clone(),
+                    cell.clone(),
+                    stop.clone(),
+                )?;
+                workers.push(worker);
+                state.sockets.push(cell);
+                state
+                    .loaded_mut()
+                    .register_socket(index, number as u32, queue, fd)
+                    .with_context(|| format!("registering the socket of {iface} queue {queue}"))?;
+            }
+        }
+    }
+    let links = {
+        let mut state = state.lock().expect("state lock");
+        let mut links = Vec::new();
+        for iface in &config.ifaces {
+            let attachment = attach(state.loaded_mut().program_mut(), iface, config.mode)?;
+            info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
+            links.push(attachment);
+        }
+        links
+    };
+    for request in config.endpoints.clone() {
+        let local = request.local.clone();
+        let id = state
+            .lock()
+            .expect("state lock")
+            .bind(
+                BindRequest {
+                    persistent: true,
+                    ..request
+                },
+                Caller::DAEMON,
+            )
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("creating the configured endpoint {local}"))?;
+        info!(id, %local, "configured endpoint ready");
+    }
+    let listener = server::listen(&config.control, config.control_group.as_deref())?;
+    info!(control = %config.control.display(), "control socket ready");
+    let server = tokio::spawn(server::serve(listener, state.clone()));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut ticker = (!config.stats_interval.is_zero()).then(|| {
+        let mut ticker = interval(config.stats_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    });
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            ready = bpf_log.readable_mut() => {
+                let mut ready = ready.context("reading the XDP program's log ring")?;
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+            }
+            _ = tick(&mut ticker) => log_stats(&state.lock().expect("state lock").stats()),
+        }
+    }
+
+    // Detach first: from here on every packet goes to the kernel.
+    server.abort();
+    {
+        let mut state = state.lock().expect("state lock");
+        for link in links {
+            match state.loaded_mut().program_mut().detach(link.link) {
+                Ok(()) => info!(iface = %link.iface, "detached"),
+                Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    if let Err(e) = fs::remove_file(&config.control) {
+        warn!("removing {}: {e}", config.control.display());
+    }
+    log_stats(&state.lock().expect("state lock").stats());
+    Ok(())
+}
+
+/// One log line with the verdicts and the accounting: seen = delivered + passed + dropped
+/// (+ frames still between the program and a sink).
+fn log_stats(stats: &crate::control::Stats) {
+    let verdicts: Vec<String> = stats
+        .verdicts
+        .iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    info!(
+        "verdicts: total={} {} | delivered={} dropped={}",
+        stats.seen(),
+        verdicts.join(" "),
+        stats.delivered(),
+        stats.dropped()
+    );
+}
+
+/// Rx queues of `iface` (from sysfs; 1 when it cannot tell).
+pub fn rx_queues(iface: &str) -> u32 {
+    fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => pending().await,
+    }
+}

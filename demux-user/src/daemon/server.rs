@@ -1,0 +1,114 @@
+//! The control socket: accepts connections, identifies each caller with SO_PEERCRED, answers
+//! one JSON request per line, and closes a connection's endpoints when it goes away.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context as _};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{debug, info, warn};
+
+use crate::control::{Envelope, Response, VERSION};
+
+use super::state::{Caller, State};
+
+/// Creates the control socket at `path` (mode 0660, group `group` if given), replacing a stale
+/// one that nobody listens on.
+pub fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use: another daemon is running (stop it first)",
+                path.display()
+            );
+        }
+        fs::remove_file(path).with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    if let Some(group) = group {
+        let gid = group_id(group)?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {group}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c_name = std::ffi::CString::new(name).context("the group name contains a NUL byte")?;
+    // SAFETY: a valid C string; getgrnam returns null or a pointer to static storage read at once.
+    let entry = unsafe { libc::getgrnam(c_name.as_ptr()) };
+    if entry.is_null() {
+        bail!("control group: `{name}` is not a group on this system (see /etc/group)");
+    }
+    // SAFETY: non-null, just returned by getgrnam.
+    Ok(unsafe { (*entry).gr_gid })
+}
+
+/// Serves connections until the task is dropped.
+pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
+    let mut next_connection = 1u64;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let connection = next_connection;
+                next_connection += 1;
+                tokio::spawn(connection_task(stream, state.clone(), connection));
+            }
+            Err(e) => warn!("accepting a control connection: {e}"),
+        }
+    }
+}
+
+async fn connection_task(stream: UnixStream, state: Arc<Mutex<State>>, connection: u64) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            warn!("control connection without peer credentials ({e}): refused");
+            return;
+        }
+    };
+    debug!(connection, uid, "control connection");
+    let caller = Caller { uid, connection };
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Envelope>(&line) {
+            Err(e) => Response::Error {
+                message: format!("request: {e}; see `demux --help` for the protocol"),
+            },
+            Ok(envelope) if envelope.version != VERSION => Response::Error {
+                message: format!(
+                    "protocol version {} is not supported: this daemon speaks version {VERSION}",
+                    envelope.version
+                ),
+            },
+            Ok(envelope) => state
+                .lock()
+                .expect("state lock")
+                .handle(envelope.request, caller),
+        };
+        let mut answer = serde_json::to_string(&response).expect("responses always serialize");
+        answer.push('\n');
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    state
+        .lock()
+        .expect("state lock")
+        .connection_closed(connection);
+    info!(connection, uid, "control connection closed");
+}

@@ -1,0 +1,126 @@
+//! A queue worker: one thread per AF_XDP socket, which it opens itself (the UMEM's memory stays
+//! with the thread that uses it). It waits for frames (poll), reads them in batches, finds each
+//! frame's endpoint from its metadata, delivers the datagram to the endpoint's sink, and returns
+//! every frame to the fill ring.
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    control::SocketInfo,
+    datagram::Datagram,
+    sink::DropReason,
+    xsk::{QueueSocket, XskError},
+};
+
+use super::state::{Directory, WorkerCounters};
+
+/// Frames read per batch.
+const BATCH: u32 = 64;
+/// How long a worker sleeps in poll when its ring is empty; also how soon it notices `stop`.
+const POLL_MS: i32 = 100;
+
+/// Starts the worker of (`iface`, `queue`); returns it and its socket's fd, for the XSKMAP.
+pub fn spawn(
+    iface: &str,
+    queue: u32,
+    frames: u32,
+    directory: Arc<Directory>,
+    counters: Arc<WorkerCounters>,
+    cell: Arc<Mutex<SocketInfo>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(JoinHandle<()>, RawFd)> {
+    let (opened, fd) = mpsc::channel::<Result<RawFd, XskError>>();
+    let iface = iface.to_owned();
+    let worker = thread::Builder::new()
+        .name(format!("demux-{iface}-q{queue}"))
+        .spawn(move || {
+            let mut socket = match QueueSocket::open(&iface, queue, frames) {
+                Ok(socket) => {
+                    let _ = opened.send(Ok(socket.fd()));
+                    socket
+                }
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                    return;
+                }
+            };
+            let mut published = Instant::now();
+            while !stop.load(Relaxed) {
+                let mut pollfd = libc::pollfd {
+                    fd: socket.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; the timeout bounds the wait.
+                unsafe { libc::poll(&mut pollfd, 1, POLL_MS) };
+                loop {
+                    let now = SystemTime::now();
+                    let endpoints = directory.read().expect("directory lock");
+                    let read = socket.receive(BATCH, |frame, meta| {
+                        let Some(meta) = meta else {
+                            counters.dropped_bad_metadata.fetch_add(1, Relaxed);
+                            return;
+                        };
+                        let Some(endpoint) = endpoints.get(&meta.endpoint) else {
+                            counters.dropped_no_endpoint.fetch_add(1, Relaxed);
+                            return;
+                        };
+                        let Some(datagram) = Datagram::from_frame(frame, &meta) else {
+                            counters.dropped_bad_metadata.fetch_add(1, Relaxed);
+                            return;
+                        };
+                        match endpoint.sink.deliver(meta.endpoint, &datagram, frame, now) {
+                            Ok(()) => {
+                                endpoint.delivered.fetch_add(1, Relaxed);
+                                endpoint
+                                    .delivered_bytes
+                                    .fetch_add(datagram.payload.len() as u64, Relaxed);
+                            }
+                            Err(DropReason::SinkFull) => {
+                                endpoint.dropped_sink_full.fetch_add(1, Relaxed);
+                            }
+                            Err(DropReason::SinkError) => {
+                                endpoint.dropped_sink_error.fetch_add(1, Relaxed);
+                            }
+                        }
+                    });
+                    drop(endpoints);
+                    if read < BATCH {
+                        break;
+                    }
+                }
+                if published.elapsed() > Duration::from_millis(100) {
+                    publish(&socket, &cell);
+                    published = Instant::now();
+                }
+            }
+            publish(&socket, &cell);
+        })?;
+    let fd = fd.recv().map_err(|_| {
+        anyhow::anyhow!("the worker of queue {queue} died while opening its socket")
+    })??;
+    Ok((worker, fd))
+}
+
+/// Copies the socket's kernel counters where `stats` can read them.
+fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>) {
+    let (frames, free) = socket.frames();
+    let mut info = cell.lock().expect("socket cell");
+    info.frames = frames;
+    info.frames_free = free as u64;
+    if let Ok(stats) = socket.statistics() {
+        info.rx_dropped = stats.rx_dropped;
+        info.rx_ring_full = stats.rx_ring_full;
+        info.rx_fill_ring_empty = stats.rx_fill_ring_empty_descs;
+        info.rx_invalid_descs = stats.rx_invalid_descs;
+    }
+}
