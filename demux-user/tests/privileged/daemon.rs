@@ -12,17 +12,27 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::netns::{ChildGuard, NetNs, VethPair, A_ADDR, B_ADDR};
+use crate::netns::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_demux");
 const DATAGRAMS: u64 = 5;
 
 pub fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
     let net = VethPair::new()?;
+    let dir = TempDir::new()?;
+    let control = dir.join("control.sock");
     let mut daemon = ChildGuard(
         net.b
             .command(DAEMON)
-            .args(["daemon", "--iface", &net.b_if, "--stats-interval", "100ms"])
+            .args([
+                "daemon",
+                "--iface",
+                &net.b_if,
+                "--stats-interval",
+                "100ms",
+                "--control",
+            ])
+            .arg(&control)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -57,8 +67,9 @@ pub fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
     );
     let last = rest
         .iter()
-        .find(|l| l.contains("final verdicts:"))
-        .with_context(|| format!("no final verdicts line: {rest:#?}"))?;
+        .rev()
+        .find(|l| l.contains("verdicts:"))
+        .with_context(|| format!("no verdicts line after shutdown: {rest:#?}"))?;
     ensure!(
         counter(last, "pass_no_match") == Some(DATAGRAMS),
         "expected exactly {DATAGRAMS} UDP packets counted as no match: {last}"
@@ -68,14 +79,20 @@ pub fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
         "the XDP program is still attached to {} after SIGTERM",
         net.b_if
     );
+    ensure!(
+        !control.exists(),
+        "the control socket is still there after SIGTERM"
+    );
     Ok(())
 }
 
 pub fn unknown_interface_is_one_clear_line() -> anyhow::Result<()> {
     let ns = NetNs::new(format!("dmxt-{}-lone", std::process::id()))?;
+    let dir = TempDir::new()?;
     let output = ns
         .command(DAEMON)
-        .args(["daemon", "--iface", "dmx-missing"])
+        .args(["daemon", "--iface", "dmx-missing", "--control"])
+        .arg(dir.join("control.sock"))
         .output()
         .context("running the daemon")?;
     let stderr = String::from_utf8_lossy(&output.stderr);
