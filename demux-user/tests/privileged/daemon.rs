@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context as _};
 
 use crate::netns::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_demux");
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_demux");
 const DATAGRAMS: u64 = 5;
 
 pub fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
@@ -113,7 +113,7 @@ pub fn unknown_interface_is_one_clear_line() -> anyhow::Result<()> {
 }
 
 /// Sends `count` UDP datagrams from namespace `ns` (198.18.0.1) to 198.18.0.2:9.
-fn send_udp(ns: &NetNs, count: u64) -> anyhow::Result<()> {
+pub fn send_udp(ns: &NetNs, count: u64) -> anyhow::Result<()> {
     thread::scope(|scope| {
         scope
             .spawn(|| -> anyhow::Result<()> {
@@ -132,7 +132,7 @@ fn send_udp(ns: &NetNs, count: u64) -> anyhow::Result<()> {
 }
 
 /// The lines a child writes, as a channel fed by a reader thread.
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -145,7 +145,7 @@ fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
 }
 
 /// Waits up to `limit` for a line that satisfies `want`.
-fn wait_for(
+pub fn wait_for(
     log: &Receiver<String>,
     limit: Duration,
     want: impl Fn(&str) -> bool,
@@ -162,7 +162,10 @@ fn wait_for(
     bail!("the expected line did not appear within {limit:?}; the daemon said: {seen:#?}")
 }
 
-fn wait_exit(child: &mut ChildGuard, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+pub fn wait_exit(
+    child: &mut ChildGuard,
+    limit: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.0.try_wait()? {

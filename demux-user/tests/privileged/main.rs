@@ -5,6 +5,7 @@
 
 mod classifier;
 mod daemon;
+mod endpoints;
 mod netns;
 mod packets;
 mod program;
@@ -46,6 +47,10 @@ const TESTS: &[(&str, Test)] = tests![
     steer::datagrams_reach_an_af_xdp_socket_with_metadata,
     daemon::counts_packets_on_a_veth_and_detaches,
     daemon::unknown_interface_is_one_clear_line,
+    endpoints::precedence_end_to_end_and_the_kernel_keeps_the_rest,
+    endpoints::sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
+    endpoints::refused_requests_change_nothing,
+    endpoints::a_bad_config_file_is_refused_by_line,
 ];
 
 fn main() -> ExitCode {

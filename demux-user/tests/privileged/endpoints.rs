@@ -1,0 +1,458 @@
+//! The daemon as a user runs it, in namespaces of its own: endpoints bound over the control
+//! socket receive exactly the traffic the kernel's precedence gives them, unsteered traffic
+//! still reaches kernel sockets, a SIGKILLed daemon leaves the host's networking working, and
+//! refused requests and config files change nothing.
+
+use std::{
+    net::UdpSocket,
+    os::unix::{net::UnixDatagram, process::CommandExt},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::mpsc::Receiver,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use demux::{
+    binding::Protocol,
+    control::{client::Client, BindRequest, Request, Response},
+    sink::{self, SinkSpec},
+};
+
+use crate::{
+    daemon::{lines_of, wait_exit, wait_for, DAEMON},
+    netns::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR},
+};
+
+/// A daemon on the `b` side of a veth pair, with its control socket in a temp dir.
+struct RunningDaemon {
+    child: ChildGuard,
+    /// Kept so the reader thread keeps draining the daemon's stderr (a closed pipe would
+    /// kill it with SIGPIPE).
+    _log: Receiver<String>,
+    control: PathBuf,
+}
+
+impl RunningDaemon {
+    fn start(net: &VethPair, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Self> {
+        let control = dir.join("control.sock");
+        let mut child = ChildGuard(
+            net.b
+                .command(DAEMON)
+                .args([
+                    "daemon",
+                    "--iface",
+                    &net.b_if,
+                    "--stats-interval",
+                    "0",
+                    "--control",
+                ])
+                .arg(&control)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting the daemon")?,
+        );
+        let log = lines_of(child.0.stderr.take().expect("piped"));
+        wait_for(&log, Duration::from_secs(10), |l| {
+            l.contains("control socket ready")
+        })?;
+        Ok(Self {
+            child,
+            _log: log,
+            control,
+        })
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.control)?)
+    }
+}
+
+fn bind(
+    client: &mut Client,
+    local: &str,
+    connect: Option<&str>,
+    group: Option<&str>,
+    to: SinkSpec,
+) -> anyhow::Result<u32> {
+    let request = Request::Bind(BindRequest {
+        protocol: Protocol::Udp,
+        local: local.into(),
+        connect: connect.map(Into::into),
+        group: group.map(Into::into),
+        v6only: false,
+        to,
+        persistent: false,
+    });
+    match client.call(request)? {
+        Response::Bound { id } => Ok(id),
+        other => bail!("bind {local}: {other:?}"),
+    }
+}
+
+/// A Unix datagram socket the daemon delivers to, and what it has received.
+struct SinkSocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    got: Vec<sink::Received>,
+}
+
+impl SinkSocket {
+    fn new(dir: &TempDir, name: &str) -> anyhow::Result<Self> {
+        let path = dir.join(name);
+        let socket = UnixDatagram::bind(&path)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket,
+            path,
+            got: Vec::new(),
+        })
+    }
+
+    fn spec(&self) -> SinkSpec {
+        SinkSpec::Unix(self.path.clone())
+    }
+
+    fn drain(&mut self) -> anyhow::Result<()> {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.got
+                .push(sink::decode(&buf[..n]).map_err(anyhow::Error::msg)?);
+        }
+        Ok(())
+    }
+}
+
+/// A kernel UDP socket bound inside `ns`.
+fn kernel_socket(ns: &NetNs, port: u16) -> anyhow::Result<UdpSocket> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<UdpSocket> {
+                ns.enter_thread()?;
+                let socket = UdpSocket::bind((B_ADDR, port))?;
+                socket.set_nonblocking(true)?;
+                Ok(socket)
+            })
+            .join()
+            .expect("socket thread panicked")
+    })
+}
+
+fn drain_kernel(socket: &UdpSocket) -> u64 {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while socket.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// Sends `count` datagrams from 198.18.0.1:`src_port` (namespace `a`) to 198.18.0.2:`dst_port`.
+fn send(ns: &NetNs, src_port: u16, dst_port: u16, count: u64) -> anyhow::Result<()> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<()> {
+                ns.enter_thread()?;
+                let socket = UdpSocket::bind((A_ADDR, src_port))?;
+                for i in 0..count {
+                    socket.send_to(
+                        format!("{src_port}->{dst_port} #{i}").as_bytes(),
+                        (B_ADDR, dst_port),
+                    )?;
+                }
+                Ok(())
+            })
+            .join()
+            .expect("sender thread panicked")
+    })
+}
+
+/// Polls `done` until it holds or two seconds pass.
+fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !done()? {
+        if Instant::now() > deadline {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<()> {
+    let net = VethPair::new()?;
+    let dir = TempDir::new()?;
+    let daemon = RunningDaemon::start(&net, &dir, &[])?;
+    let mut client = daemon.client()?;
+    let mut sinks: Vec<SinkSocket> = ["wild", "bound", "connected", "wild2", "prefix", "g1", "g2"]
+        .iter()
+        .map(|name| SinkSocket::new(&dir, name))
+        .collect::<Result<_, _>>()?;
+    bind(&mut client, "0.0.0.0:9000", None, None, sinks[0].spec())?;
+    bind(
+        &mut client,
+        &format!("{B_ADDR}:9000"),
+        None,
+        None,
+        sinks[1].spec(),
+    )?;
+    bind(
+        &mut client,
+        &format!("{B_ADDR}:9000"),
+        Some(&format!("{A_ADDR}:40001")),
+        None,
+        sinks[2].spec(),
+    )?;
+    bind(&mut client, "0.0.0.0:9100", None, None, sinks[3].spec())?;
+    bind(
+        &mut client,
+        "198.18.0.0/15:9100",
+        None,
+        None,
+        sinks[4].spec(),
+    )?;
+    bind(
+        &mut client,
+        &format!("{B_ADDR}:9200"),
+        None,
+        Some("g"),
+        sinks[5].spec(),
+    )?;
+    bind(
+        &mut client,
+        &format!("{B_ADDR}:9200"),
+        None,
+        Some("g"),
+        sinks[6].spec(),
+    )?;
+    let kernel = kernel_socket(&net.b, 9001)?;
+
+    send(&net.a, 40001, 9000, 5)?; // connected beats bound and wildcard
+    send(&net.a, 40002, 9000, 5)?; // bound beats wildcard
+    send(&net.a, 40002, 9100, 5)?; // prefix beats wildcard
+    send(&net.a, 40002, 9001, 5)?; // no binding: the kernel's socket
+    for port in 41000..41010 {
+        send(&net.a, port, 9200, 2)?; // group: each flow sticks to one member
+    }
+    let mut kernel_got = 0;
+    settle(|| {
+        for sink in sinks.iter_mut() {
+            sink.drain()?;
+        }
+        kernel_got += drain_kernel(&kernel);
+        Ok(sinks.iter().map(|s| s.got.len()).sum::<usize>() == 35 && kernel_got == 5)
+    })?;
+
+    let counts: Vec<usize> = sinks.iter().map(|s| s.got.len()).collect();
+    ensure!(
+        counts[..5] == [0, 5, 5, 0, 5],
+        "wild, bound, connected, wild2, prefix got {counts:?}"
+    );
+    ensure!(
+        counts[5] + counts[6] == 20,
+        "the group got {} of 20",
+        counts[5] + counts[6]
+    );
+    for sink in &sinks[5..] {
+        for d in &sink.got {
+            let other = if sink.path == sinks[5].path {
+                &sinks[6]
+            } else {
+                &sinks[5]
+            };
+            ensure!(
+                other.got.iter().all(|o| o.peer != d.peer),
+                "flow {} reached both group members",
+                d.peer
+            );
+        }
+    }
+    ensure!(
+        sinks[2].got.iter().all(|d| d.peer.port() == 40001),
+        "the connected endpoint got another flow"
+    );
+    ensure!(
+        kernel_got == 5,
+        "the kernel socket on 9001 got {kernel_got} of 5"
+    );
+
+    let Response::Stats(stats) = client.call(Request::Stats)? else {
+        bail!("no stats")
+    };
+    ensure!(
+        stats.delivered() == 35 && stats.dropped() == 0,
+        "{}",
+        stats_line(&stats)
+    );
+    ensure!(
+        stats.seen() == stats.delivered() + stats.passed() + stats.dropped(),
+        "{}",
+        stats_line(&stats)
+    );
+    ensure!(stats.passed() >= 5, "{}", stats_line(&stats));
+    drop(daemon);
+    Ok(())
+}
+
+fn stats_line(stats: &demux::control::Stats) -> String {
+    format!(
+        "seen {} delivered {} passed {} dropped {}: {:?}",
+        stats.seen(),
+        stats.delivered(),
+        stats.passed(),
+        stats.dropped(),
+        stats.verdicts
+    )
+}
+
+pub fn sigkill_falls_back_to_the_kernel_and_a_restart_is_clean() -> anyhow::Result<()> {
+    let net = VethPair::new()?;
+    let dir = TempDir::new()?;
+    let steered_kernel = kernel_socket(&net.b, 9000)?;
+    let other_kernel = kernel_socket(&net.b, 9001)?;
+    let mut sink = SinkSocket::new(&dir, "s")?;
+    let mut daemon = RunningDaemon::start(&net, &dir, &[])?;
+    let mut client = daemon.client()?;
+    bind(&mut client, "0.0.0.0:9000", None, None, sink.spec())?;
+
+    send(&net.a, 40000, 9000, 5)?;
+    send(&net.a, 40000, 9001, 5)?;
+    settle(|| sink.drain().map(|()| sink.got.len() == 5))?;
+    let (before_steered, before_other) =
+        (drain_kernel(&steered_kernel), drain_kernel(&other_kernel));
+    ensure!(
+        sink.got.len() == 5 && before_steered == 0,
+        "steered: sink {} kernel {before_steered}",
+        sink.got.len()
+    );
+
+    // SAFETY: signalling the daemon this test started, by its PID.
+    unsafe { libc::kill(daemon.child.0.id() as i32, libc::SIGKILL) };
+    wait_exit(&mut daemon.child, Duration::from_secs(5))?;
+    send(&net.a, 40000, 9000, 5)?;
+    send(&net.a, 40000, 9001, 5)?;
+    let (mut after_steered, mut after_other) = (0, 0);
+    settle(|| {
+        after_steered += drain_kernel(&steered_kernel);
+        after_other += drain_kernel(&other_kernel);
+        Ok(after_steered == 5 && before_other + after_other == 10)
+    })?;
+    ensure!(
+        after_steered == 5,
+        "after SIGKILL the kernel socket on 9000 got {after_steered} of 5"
+    );
+    ensure!(
+        before_other + after_other == 10,
+        "the unsteered port got {} of 10",
+        before_other + after_other
+    );
+
+    // A new daemon attaches again and replaces the stale control socket.
+    let daemon = RunningDaemon::start(&net, &dir, &[])?;
+    let mut client = daemon.client()?;
+    bind(&mut client, "0.0.0.0:9000", None, None, sink.spec())?;
+    send(&net.a, 40000, 9000, 3)?;
+    settle(|| sink.drain().map(|()| sink.got.len() == 8))?;
+    ensure!(
+        sink.got.len() == 8,
+        "after the restart the sink got {} of 3",
+        sink.got.len() - 5
+    );
+    drop(daemon);
+    Ok(())
+}
+
+pub fn refused_requests_change_nothing() -> anyhow::Result<()> {
+    let net = VethPair::new()?;
+    let dir = TempDir::new()?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let mut root = daemon.client()?;
+    let held = bind(
+        &mut root,
+        &format!("{B_ADDR}:9000"),
+        None,
+        None,
+        SinkSpec::Count,
+    )?;
+    let nobody = |args: &[&str]| -> anyhow::Result<String> {
+        let output = Command::new(DAEMON)
+            .args(args)
+            .arg("--control")
+            .arg(&daemon.control)
+            .uid(65534)
+            .gid(65534)
+            .output()?;
+        ensure!(
+            output.status.code() == Some(1),
+            "{args:?} as nobody exited {}",
+            output.status
+        );
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let error = nobody(&["bind", "udp", &format!("{B_ADDR}:80"), "--persistent"])?;
+    ensure!(error.contains("below 1024"), "privileged port: {error}");
+    let error = nobody(&["bind", "udp", &format!("{B_ADDR}:9000"), "--persistent"])?;
+    ensure!(
+        error.contains(&format!("held by endpoint {held}")),
+        "duplicate: {error}"
+    );
+    let error = nobody(&["close", &held.to_string()])?;
+    ensure!(error.contains("belongs to uid 0"), "foreign close: {error}");
+
+    // Malformed and mismatched requests get an error line; the connection stays usable.
+    let mut raw = std::os::unix::net::UnixStream::connect(&daemon.control)?;
+    let mut reader = std::io::BufReader::new(raw.try_clone()?);
+    for (line, expect) in [
+        ("this is not json\n", "request:"),
+        ("{\"version\":99,\"op\":\"list\"}\n", "version 99"),
+        ("{\"version\":1,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "local address"),
+        ("{\"version\":1,\"op\":\"close\",\"id\":999}\n", "does not exist"),
+    ] {
+        use std::io::{BufRead, Write};
+        raw.write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        reader.read_line(&mut answer)?;
+        ensure!(answer.contains("\"error\"") && answer.contains(expect), "{line:?} -> {answer}");
+    }
+    let Response::Endpoints { endpoints } = root.call(Request::List)? else {
+        bail!("no list")
+    };
+    ensure!(
+        endpoints.len() == 1 && endpoints[0].id == held,
+        "endpoints changed: {endpoints:?}"
+    );
+    drop(daemon);
+    Ok(())
+}
+
+pub fn a_bad_config_file_is_refused_by_line() -> anyhow::Result<()> {
+    let ns = NetNs::new(format!("dmxt-{}-cfg", std::process::id()))?;
+    let dir = TempDir::new()?;
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "interfaces = [\"lo\"]\nmode = \"fast\"\n")?;
+    let output = ns
+        .command(DAEMON)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .arg("--control")
+        .arg(dir.join("control.sock"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(1),
+        "exit {}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("line 2") && stderr.contains("fast"),
+        "{stderr}"
+    );
+    ensure!(
+        !ns.ip(&["link", "show", "lo"])?.contains("xdp"),
+        "something was attached"
+    );
+    Ok(())
+}
