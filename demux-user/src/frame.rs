@@ -11,10 +11,13 @@ pub const EXT_ROUTING: u8 = 43;
 pub const EXT_FRAGMENT: u8 = 44;
 pub const EXT_DEST_OPTS: u8 = 60;
 
-/// One frame to build. Lengths and checksums are filled in by `build`; checksums are zero
-/// (XDP does not check them, and UDP over IPv4 allows it).
+/// One frame to build. Lengths and checksums (IPv4 header, UDP, TCP) are filled in by `build`,
+/// so the kernel accepts what the XDP program passes on.
 #[derive(Clone, Debug)]
 pub struct FrameSpec {
+    /// Destination and source MAC addresses.
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
     /// Ether types of VLAN tags, outermost first (0x88a8, 0x8100).
     pub vlan_tags: Vec<u16>,
     pub src: SocketAddr,
@@ -35,6 +38,8 @@ pub struct FrameSpec {
 impl FrameSpec {
     pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Self {
         Self {
+            dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+            src_mac: [0x02, 0, 0, 0, 0, 0x01],
             vlan_tags: Vec::new(),
             src,
             dst,
@@ -78,9 +83,23 @@ impl FrameSpec {
             }
             _ => Vec::new(),
         };
-        let transport = [l4.as_slice(), &self.payload].concat();
+        let mut transport = [l4.as_slice(), &self.payload].concat();
+        let checksum_at = match self.protocol {
+            PROTO_UDP => Some(6),
+            PROTO_TCP => Some(16),
+            _ => None,
+        };
+        if let Some(at) = checksum_at {
+            let pseudo =
+                pseudo_header(self.src.ip(), self.dst.ip(), self.protocol, transport.len());
+            let mut sum = internet_checksum(&[&pseudo, &transport]);
+            if sum == 0 && self.protocol == PROTO_UDP {
+                sum = 0xffff; // 0 means "no checksum" in UDP
+            }
+            transport[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
 
-        let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        let mut frame = [self.dst_mac, self.src_mac].concat();
         for tag in &self.vlan_tags {
             frame.extend_from_slice(&tag.to_be_bytes());
             frame.extend_from_slice(&[0, 42]); // TCI: VLAN 42
@@ -101,6 +120,9 @@ impl FrameSpec {
                 frame.extend_from_slice(&src.octets());
                 frame.extend_from_slice(&dst.octets());
                 frame.resize(frame.len() + self.ipv4_options, 1); // options: NOPs
+                let ip = frame.len() - header_len;
+                let sum = internet_checksum(&[&frame[ip..]]);
+                frame[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 frame.extend_from_slice(&0x86ddu16.to_be_bytes());
@@ -122,5 +144,74 @@ impl FrameSpec {
         }
         frame.extend_from_slice(&transport);
         frame
+    }
+}
+
+/// The pseudo header that UDP and TCP checksums cover.
+fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
+    let mut pseudo = Vec::with_capacity(40);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, protocol]);
+            pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        (s, d) => {
+            pseudo.extend_from_slice(&crate::binding::addr16(s));
+            pseudo.extend_from_slice(&crate::binding::addr16(d));
+            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
+        }
+    }
+    pseudo
+}
+
+/// The ones' complement of the ones' complement sum of 16-bit words (RFC 1071).
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for bytes in parts.iter().flat_map(|part| part.chunks(2)) {
+        let word = u16::from_be_bytes([bytes[0], *bytes.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_verify() {
+        let v4 = FrameSpec::udp(
+            "198.18.0.1:1000".parse().unwrap(),
+            "198.18.0.2:53".parse().unwrap(),
+            b"abc",
+        )
+        .build();
+        assert_eq!(internet_checksum(&[&v4[14..34]]), 0, "IPv4 header");
+        let pseudo = pseudo_header(
+            "198.18.0.1".parse().unwrap(),
+            "198.18.0.2".parse().unwrap(),
+            17,
+            v4.len() - 34,
+        );
+        assert_eq!(internet_checksum(&[&pseudo, &v4[34..]]), 0, "UDP over IPv4");
+        let v6 = FrameSpec::tcp(
+            "[2001:2::1]:1000".parse().unwrap(),
+            "[2001:2::2]:80".parse().unwrap(),
+            b"x",
+        )
+        .build();
+        let pseudo = pseudo_header(
+            "2001:2::1".parse().unwrap(),
+            "2001:2::2".parse().unwrap(),
+            6,
+            v6.len() - 54,
+        );
+        assert_eq!(internet_checksum(&[&pseudo, &v6[54..]]), 0, "TCP over IPv6");
     }
 }

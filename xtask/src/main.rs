@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod demo;
 mod run;
 mod test;
 mod toolchain;
@@ -30,6 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The first command to run: set up, build, and show demux steering traffic in a testbed
+    /// of two network namespaces (root).
+    Demo,
     /// Build the XDP program and the daemon (release).
     Build,
     /// Build, then run the `demux` daemon as root, passing the arguments after `--` through,
@@ -44,6 +48,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = toolchain::ensure(!cli.no_install).and_then(|()| match cli.command {
+        Cmd::Demo => demo::run(),
         Cmd::Build => build::run(),
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),

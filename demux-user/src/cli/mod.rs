@@ -3,6 +3,7 @@
 pub mod bind;
 pub mod close;
 pub mod daemon;
+pub mod gen;
 pub mod list;
 pub mod recv;
 pub mod stats;
@@ -44,6 +45,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Show verdicts, per-endpoint and per-socket counters, and the accounting.
     Stats(stats::StatsArgs),
+    /// Send a bounded burst of UDP or TCP SYN frames (to the benchmarking ranges only).
+    Gen(gen::GenArgs),
     /// Print a shell completion script: `demux completions bash > /etc/bash_completion.d/demux`.
     Completions {
         #[arg(value_enum)]
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Close(args) => close::run(args),
         Command::List(args) => list::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Gen(args) => gen::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "demux", &mut std::io::stdout());
             Ok(())

@@ -1,0 +1,184 @@
+//! `demux gen`: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames
+//! through an AF_PACKET socket, for demos and tests. It only sends to the benchmarking ranges
+//! (198.18.0.0/15, 2001:2::/48) unless `--allow-any-address` says otherwise.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use demux::frame::FrameSpec;
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Interface to send on.
+    #[arg(long, value_name = "IFACE")]
+    iface: String,
+    /// Destination socket address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dst: SocketAddr,
+    /// Source socket address; with --flows, the port is the first of a range.
+    #[arg(long, value_name = "ADDR:PORT")]
+    src: SocketAddr,
+    /// Destination MAC address (the receiving interface's).
+    #[arg(long, value_name = "MAC")]
+    dst_mac: String,
+    /// Send TCP SYNs instead of UDP datagrams.
+    #[arg(long)]
+    tcp: bool,
+    /// Frames to send (at most 10,000,000).
+    #[arg(long, value_name = "N")]
+    count: u64,
+    /// Distinct flows: source ports SRC_PORT .. SRC_PORT+FLOWS-1, round robin.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    flows: u16,
+    /// Payload bytes per frame.
+    #[arg(long, value_name = "BYTES", default_value_t = 18)]
+    payload: usize,
+    /// Stop after this many seconds even if not all frames were sent.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    duration: f64,
+    /// Send to addresses outside 198.18.0.0/15 and 2001:2::/48 (they may belong to someone).
+    #[arg(long)]
+    allow_any_address: bool,
+}
+
+fn benchmarking_range(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18,
+        IpAddr::V6(v6) => v6.segments()[..3] == [0x2001, 2, 0],
+    }
+}
+
+fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16))
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|b: &Vec<u8>| b.len() == 6)
+        .with_context(|| {
+            format!("--dst-mac: `{text}` is not a MAC address like 02:00:00:00:00:02")
+        })?;
+    Ok(bytes.try_into().expect("six bytes"))
+}
+
+pub fn run(args: GenArgs) -> anyhow::Result<()> {
+    if !args.allow_any_address && !benchmarking_range(args.dst.ip()) {
+        bail!(
+            "--dst {}: not in 198.18.0.0/15 or 2001:2::/48, the ranges set aside for benchmarks; \
+             pass --allow-any-address if this network is yours",
+            args.dst
+        );
+    }
+    if args.count > 10_000_000 || args.flows == 0 {
+        bail!("--count must be at most 10,000,000 and --flows at least 1");
+    }
+    let ifindex = demux::attach::ifindex(&args.iface)?;
+    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", args.iface))
+        .context("reading the interface's MAC address")?;
+    let mut spec = if args.tcp {
+        FrameSpec::tcp(args.src, args.dst, &[])
+    } else {
+        FrameSpec::udp(args.src, args.dst, &vec![0x5a; args.payload])
+    };
+    spec.dst_mac = parse_mac(&args.dst_mac)?;
+    spec.src_mac = parse_mac(src_mac.trim())?;
+    let frames: Vec<Vec<u8>> = (0..args.flows)
+        .map(|i| {
+            let mut flow = spec.clone();
+            flow.src.set_port(args.src.port().wrapping_add(i));
+            flow.build()
+        })
+        .collect();
+
+    // SAFETY: a plain socket call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("opening an AF_PACKET socket (needs root)");
+    }
+    // SAFETY: fd is a fresh, valid socket.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields below make it an address.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&spec.dst_mac);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.count && Instant::now() < deadline {
+        let frame = &frames[(sent % u64::from(args.flows)) as usize];
+        // SAFETY: frame and addr are valid for the call's duration.
+        let n = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ENOBUFS) {
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            return Err(error).context("sending");
+        }
+        sent += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sent {sent} frames in {secs:.3} s ({:.0} pps)",
+        sent as f64 / secs.max(1e-9)
+    );
+    if sent < args.count {
+        bail!(
+            "sent only {sent} of {} frames within {} s",
+            args.count,
+            args.duration
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_benchmarking_ranges() {
+        for ok in [
+            "198.18.0.1",
+            "198.19.255.255",
+            "2001:2::1",
+            "2001:2:0:ffff::1",
+        ] {
+            assert!(benchmarking_range(ok.parse().unwrap()), "{ok}");
+        }
+        for no in [
+            "198.20.0.1",
+            "10.0.0.1",
+            "2001:3::1",
+            "2001:2:1::1",
+            "127.0.0.1",
+        ] {
+            assert!(!benchmarking_range(no.parse().unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a").unwrap(), [2, 0, 0, 0, 0, 10]);
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_mac("zz:00:00:00:00:00").is_err());
+    }
+}

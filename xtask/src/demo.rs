@@ -1,0 +1,390 @@
+//! `cargo xtask demo`: the first thing to run. It builds demux, makes a two-namespace veth
+//! testbed (198.18.0.0/15, 2001:2::/48), starts the daemon on the receiving side, binds
+//! endpoints that show the lookup precedence, sends a bounded mix of traffic, shows the
+//! statistics, checks that every endpoint got exactly its traffic and that unmatched traffic
+//! reached the kernel, and removes everything it created, also on failure.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+use crate::{build, is_root, show, workspace_root};
+
+const NS_A: &str = "demux-demo-a";
+const NS_B: &str = "demux-demo-b";
+const IF_A: &str = "demo-a";
+const IF_B: &str = "demo-b";
+const STATE_DIR: &str = "/run/demux-demo";
+
+/// The testbed; dropping it stops the daemon (by PID) and deletes both namespaces.
+struct Testbed {
+    daemon: Option<Child>,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            // SAFETY: signalling the daemon this demo started, by its PID.
+            unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        for ns in [NS_A, NS_B] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(STATE_DIR);
+        println!("demo: testbed removed");
+    }
+}
+
+/// Runs and prints a command; fails with its stderr.
+fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    println!("$ {}", show(&cmd));
+    let output = cmd
+        .output()
+        .with_context(|| format!("starting {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            show(&cmd),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// One kind of traffic, and the endpoint (by name) that must receive it, if any.
+struct Flow {
+    what: &'static str,
+    src: &'static str,
+    dst: &'static str,
+    tcp: bool,
+    count: u64,
+    flows: u16,
+    receiver: Option<&'static str>,
+}
+
+/// Endpoints: name, protocol, local, connect.
+const ENDPOINTS: [(&str, &str, &str, Option<&str>); 6] = [
+    ("wildcard", "udp", "0.0.0.0:5000", None),
+    ("exact", "udp", "198.18.0.2:5000", None),
+    (
+        "connected",
+        "udp",
+        "198.18.0.2:5000",
+        Some("198.18.0.1:41000"),
+    ),
+    ("prefix", "udp", "198.18.0.0/24:6000", None),
+    ("ipv6", "udp", "[2001:2::2]:5000", None),
+    ("tcp", "tcp", "198.18.0.2:8080", None),
+];
+
+const FLOWS: [Flow; 8] = [
+    Flow {
+        what: "UDP to the second address, port 5000",
+        src: "198.18.0.1:40000",
+        dst: "198.18.0.3:5000",
+        tcp: false,
+        count: 100,
+        flows: 4,
+        receiver: Some("wildcard"),
+    },
+    Flow {
+        what: "UDP to 198.18.0.2:5000",
+        src: "198.18.0.1:40000",
+        dst: "198.18.0.2:5000",
+        tcp: false,
+        count: 100,
+        flows: 4,
+        receiver: Some("exact"),
+    },
+    Flow {
+        what: "UDP from 198.18.0.1:41000 to 198.18.0.2:5000",
+        src: "198.18.0.1:41000",
+        dst: "198.18.0.2:5000",
+        tcp: false,
+        count: 100,
+        flows: 1,
+        receiver: Some("connected"),
+    },
+    Flow {
+        what: "UDP to 198.18.0.2:6000",
+        src: "198.18.0.1:40000",
+        dst: "198.18.0.2:6000",
+        tcp: false,
+        count: 50,
+        flows: 4,
+        receiver: Some("prefix"),
+    },
+    Flow {
+        what: "UDP to 198.18.0.3:6000",
+        src: "198.18.0.1:40000",
+        dst: "198.18.0.3:6000",
+        tcp: false,
+        count: 50,
+        flows: 4,
+        receiver: Some("prefix"),
+    },
+    Flow {
+        what: "UDP over IPv6",
+        src: "[2001:2::1]:40000",
+        dst: "[2001:2::2]:5000",
+        tcp: false,
+        count: 100,
+        flows: 4,
+        receiver: Some("ipv6"),
+    },
+    Flow {
+        what: "TCP SYNs to 198.18.0.2:8080",
+        src: "198.18.0.1:42000",
+        dst: "198.18.0.2:8080",
+        tcp: true,
+        count: 100,
+        flows: 100,
+        receiver: Some("tcp"),
+    },
+    Flow {
+        what: "UDP to a port nobody bound (the kernel's)",
+        src: "198.18.0.1:40000",
+        dst: "198.18.0.2:9999",
+        tcp: false,
+        count: 50,
+        flows: 1,
+        receiver: None,
+    },
+];
+
+pub fn run() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the demo creates network namespaces and loads BPF: run `cargo xtask demo` as root");
+    }
+    build::run()?;
+    let demux = workspace_root().join("target/release/demux");
+    let control = PathBuf::from(STATE_DIR).join("control.sock");
+    for ns in [NS_A, NS_B] {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+    println!("\ndemo: building the testbed (two namespaces joined by a veth pair)");
+    let mut testbed = Testbed { daemon: None };
+    sh("ip", &["netns", "add", NS_A])?;
+    sh("ip", &["netns", "add", NS_B])?;
+    sh(
+        "ip",
+        &[
+            "-n", NS_A, "link", "add", IF_A, "type", "veth", "peer", "name", IF_B, "netns", NS_B,
+        ],
+    )?;
+    sh(
+        "ip",
+        &["-n", NS_A, "addr", "add", "198.18.0.1/24", "dev", IF_A],
+    )?;
+    sh(
+        "ip",
+        &[
+            "-n",
+            NS_A,
+            "addr",
+            "add",
+            "2001:2::1/64",
+            "dev",
+            IF_A,
+            "nodad",
+        ],
+    )?;
+    sh(
+        "ip",
+        &["-n", NS_B, "addr", "add", "198.18.0.2/24", "dev", IF_B],
+    )?;
+    sh(
+        "ip",
+        &["-n", NS_B, "addr", "add", "198.18.0.3/24", "dev", IF_B],
+    )?;
+    sh(
+        "ip",
+        &[
+            "-n",
+            NS_B,
+            "addr",
+            "add",
+            "2001:2::2/64",
+            "dev",
+            IF_B,
+            "nodad",
+        ],
+    )?;
+    for (ns, iface) in [(NS_A, IF_A), (NS_B, IF_B)] {
+        sh("ip", &["-n", ns, "link", "set", iface, "up"])?;
+        sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    let b_mac = sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            NS_B,
+            "cat",
+            &format!("/sys/class/net/{IF_B}/address"),
+        ],
+    )?;
+    let b_mac = b_mac.trim().to_owned();
+
+    println!("\ndemo: starting the daemon in {NS_B}");
+    std::fs::create_dir_all(STATE_DIR)?;
+    let log = std::fs::File::create(Path::new(STATE_DIR).join("daemon.log"))?;
+    let mut daemon_cmd = Command::new("ip");
+    daemon_cmd
+        .args(["netns", "exec", NS_B])
+        .arg(&demux)
+        .args([
+            "daemon",
+            "--iface",
+            IF_B,
+            "--stats-interval",
+            "0",
+            "--control",
+        ])
+        .arg(&control)
+        .stdout(Stdio::null())
+        .stderr(log);
+    println!("$ {}", show(&daemon_cmd));
+    testbed.daemon = Some(daemon_cmd.spawn().context("starting the daemon")?);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !control.exists() {
+        if Instant::now() > deadline {
+            bail!("the daemon did not come up; its log: {STATE_DIR}/daemon.log");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let ctl = control.to_string_lossy().into_owned();
+    let demux_s = demux.to_string_lossy().into_owned();
+
+    println!("\ndemo: binding endpoints");
+    let mut ids = Vec::new();
+    for (name, protocol, local, connect) in ENDPOINTS {
+        let mut args = vec![
+            "bind",
+            protocol,
+            local,
+            "--to",
+            "count",
+            "--persistent",
+            "--control",
+            &ctl,
+        ];
+        if let Some(remote) = connect {
+            args.extend(["--connect", remote]);
+        }
+        let id: u32 = sh(&demux_s, &args)?
+            .trim()
+            .parse()
+            .context("reading the descriptor")?;
+        println!("   endpoint {id}: {name}");
+        ids.push((name, id));
+    }
+
+    let no_ports_before = udp_no_ports()?;
+    println!("\ndemo: sending traffic from {NS_A}");
+    for flow in &FLOWS {
+        println!("   {} ({} frames)", flow.what, flow.count);
+        let count = flow.count.to_string();
+        let flows = flow.flows.to_string();
+        let mut args = vec![
+            "netns",
+            "exec",
+            NS_A,
+            &demux_s,
+            "gen",
+            "--iface",
+            IF_A,
+            "--src",
+            flow.src,
+            "--dst",
+            flow.dst,
+            "--dst-mac",
+            &b_mac,
+            "--count",
+            &count,
+            "--flows",
+            &flows,
+        ];
+        if flow.tcp {
+            args.push("--tcp");
+        }
+        sh("ip", &args)?;
+    }
+    thread::sleep(Duration::from_millis(300));
+
+    println!("\ndemo: statistics (`demux stats`)");
+    print!("{}", sh(&demux_s, &["stats", "--control", &ctl])?);
+    let stats: serde_json::Value =
+        serde_json::from_str(&sh(&demux_s, &["stats", "--json", "--control", &ctl])?)?;
+
+    println!("\ndemo: checking");
+    let mut problems = Vec::new();
+    for (name, id) in &ids {
+        let want: u64 = FLOWS
+            .iter()
+            .filter(|f| f.receiver == Some(*name))
+            .map(|f| f.count)
+            .sum();
+        let got = stats["endpoints"]
+            .as_array()
+            .and_then(|eps| eps.iter().find(|e| e["id"] == *id))
+            .and_then(|e| e["delivered"].as_u64())
+            .unwrap_or(0);
+        let mark = if got == want { "ok" } else { "WRONG" };
+        println!("   {name:<10} endpoint {id}: received {got} of {want} ... {mark}");
+        if got != want {
+            problems.push(format!("{name} received {got}, expected {want}"));
+        }
+    }
+    let unmatched: u64 = FLOWS
+        .iter()
+        .filter(|f| f.receiver.is_none())
+        .map(|f| f.count)
+        .sum();
+    let no_ports = udp_no_ports()? - no_ports_before;
+    let mark = if no_ports == unmatched { "ok" } else { "WRONG" };
+    println!(
+        "   the kernel saw {no_ports} of {unmatched} unmatched datagrams (UDP NoPorts) ... {mark}"
+    );
+    if no_ports != unmatched {
+        problems.push(format!(
+            "the kernel saw {no_ports} unmatched datagrams, expected {unmatched}"
+        ));
+    }
+    drop(testbed);
+    ensure!(problems.is_empty(), "demo failed: {}", problems.join("; "));
+    println!("\ndemo: OK: every endpoint received exactly its traffic, and the unmatched traffic reached the kernel");
+    Ok(())
+}
+
+/// The kernel's count of UDP datagrams to ports without a socket, in the receiving namespace.
+fn udp_no_ports() -> anyhow::Result<u64> {
+    let snmp = Command::new("ip")
+        .args(["netns", "exec", NS_B, "cat", "/proc/net/snmp"])
+        .output()?;
+    let text = String::from_utf8_lossy(&snmp.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "NoPorts")
+        .and_then(|(_, value)| value.parse().ok())
+        .context("reading Udp NoPorts from /proc/net/snmp")
+}
