@@ -9,6 +9,7 @@
 //! control_group = "demux"             # may use the control socket
 //! stats_interval = "5s"
 //! frames = 4096                       # UMEM frames per rx queue
+//! metrics = "127.0.0.1:9464"          # OpenMetrics over HTTP
 //!
 //! [[endpoint]]
 //! protocol = "udp"
@@ -32,6 +33,7 @@ pub struct File {
     pub control_group: Option<String>,
     pub stats_interval: Option<String>,
     pub frames: Option<u32>,
+    pub metrics: Option<std::net::SocketAddr>,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<BindRequest>,
 }

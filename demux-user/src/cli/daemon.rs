@@ -32,6 +32,9 @@ pub struct DaemonArgs {
     /// UMEM frames per rx queue (a power of two) [default: 4096].
     #[arg(long, value_name = "N")]
     frames: Option<u32>,
+    /// Serve the statistics in OpenMetrics format over HTTP, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -66,6 +69,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         bpf_log: args.bpf_log,
         frames,
         endpoints: file.endpoints,
+        metrics: args.metrics.or(file.metrics),
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,6 +2,7 @@
 //! every interface and runs a worker for each, serves the control socket, logs the verdicts,
 //! and on SIGINT/SIGTERM detaches, stops the workers and removes the control socket.
 
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod worker;
@@ -45,6 +46,8 @@ pub struct Config {
     pub frames: u32,
     /// Endpoints to create at start (persistent, owned by root).
     pub endpoints: Vec<BindRequest>,
+    /// Serve OpenMetrics here (`--metrics ADDR`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -122,6 +125,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = server::listen(&config.control, config.control_group.as_deref())?;
     info!(control = %config.control.display(), "control socket ready");
     let server = tokio::spawn(server::serve(listener, state.clone()));
+    let metrics = match config.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+            info!(%addr, "serving OpenMetrics");
+            Some(tokio::spawn(metrics::serve(listener, state.clone())))
+        }
+        None => None,
+    };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -145,6 +158,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Detach first: from here on every packet goes to the kernel.
     server.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     {
         let mut state = state.lock().expect("state lock");
         for link in links {

@@ -185,7 +185,7 @@ fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> 
 pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<()> {
     let net = VethPair::new()?;
     let dir = TempDir::new()?;
-    let daemon = RunningDaemon::start(&net, &dir, &[])?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--metrics", "127.0.0.1:9464"])?;
     let mut client = daemon.client()?;
     let mut sinks: Vec<SinkSocket> = ["wild", "bound", "connected", "wild2", "prefix", "g1", "g2"]
         .iter()
@@ -293,6 +293,26 @@ pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<(
         stats_line(&stats)
     );
     ensure!(stats.passed() >= 5, "{}", stats_line(&stats));
+
+    // The same figures over OpenMetrics, from inside the daemon's namespace.
+    let metrics = thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<String> {
+                use std::io::{Read, Write};
+                net.b.enter_thread()?;
+                let mut http = std::net::TcpStream::connect("127.0.0.1:9464")?;
+                http.write_all(b"GET /metrics HTTP/1.1\r\nHost: demux\r\n\r\n")?;
+                let mut body = String::new();
+                http.read_to_string(&mut body)?;
+                Ok(body)
+            })
+            .join()
+            .expect("metrics thread panicked")
+    })?;
+    ensure!(
+        metrics.contains("demux_verdicts_total{verdict=\"redirected\"} 35"),
+        "metrics: {metrics}"
+    );
     drop(daemon);
     Ok(())
 }
