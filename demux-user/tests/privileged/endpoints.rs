@@ -78,12 +78,23 @@ fn bind(
     group: Option<&str>,
     to: SinkSpec,
 ) -> anyhow::Result<u32> {
+    bind_v6only(client, local, connect, group, to, false)
+}
+
+fn bind_v6only(
+    client: &mut Client,
+    local: &str,
+    connect: Option<&str>,
+    group: Option<&str>,
+    to: SinkSpec,
+    v6only: bool,
+) -> anyhow::Result<u32> {
     let request = Request::Bind(BindRequest {
         protocol: Protocol::Udp,
         local: local.into(),
         connect: connect.map(Into::into),
         group: group.map(Into::into),
-        v6only: false,
+        v6only,
         to,
         persistent: false,
     });
@@ -229,6 +240,25 @@ pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<(
         sinks[6].spec(),
     )?;
     let kernel = kernel_socket(&net.b, 9001)?;
+    // Dual stack, with IPv4 packets: an IPv4 wildcard beats an IPv6 one, an IPv6 wildcard
+    // receives IPv4 unless v6only; and a pcap sink records whole frames.
+    let mut dual: Vec<SinkSocket> = ["v4", "v6", "dual", "v6only"]
+        .iter()
+        .map(|name| SinkSocket::new(&dir, name))
+        .collect::<Result<_, _>>()?;
+    bind(&mut client, "0.0.0.0:9300", None, None, dual[0].spec())?;
+    bind(&mut client, "[::]:9300", None, None, dual[1].spec())?;
+    bind(&mut client, "[::]:9301", None, None, dual[2].spec())?;
+    bind_v6only(&mut client, "[::]:9302", None, None, dual[3].spec(), true)?;
+    let pcap = dir.join("capture.pcap");
+    bind(
+        &mut client,
+        "0.0.0.0:9400",
+        None,
+        None,
+        SinkSpec::Pcap(pcap.clone()),
+    )?;
+    let kernel_v6only = kernel_socket(&net.b, 9302)?;
 
     send(&net.a, 40001, 9000, 5)?; // connected beats bound and wildcard
     send(&net.a, 40002, 9000, 5)?; // bound beats wildcard
@@ -237,6 +267,10 @@ pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<(
     for port in 41000..41010 {
         send(&net.a, port, 9200, 2)?; // group: each flow sticks to one member
     }
+    send(&net.a, 40003, 9300, 3)?; // IPv4 wildcard beats the IPv6 one
+    send(&net.a, 40003, 9301, 3)?; // a dual-stack IPv6 wildcard receives IPv4
+    send(&net.a, 40003, 9302, 3)?; // v6only does not: the kernel's socket
+    send(&net.a, 40003, 9400, 4)?; // into the pcap file
     let mut kernel_got = 0;
     settle(|| {
         for sink in sinks.iter_mut() {
@@ -278,12 +312,29 @@ pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<(
         kernel_got == 5,
         "the kernel socket on 9001 got {kernel_got} of 5"
     );
+    let mut v6only_kernel = 0;
+    settle(|| {
+        for sink in dual.iter_mut() {
+            sink.drain()?;
+        }
+        v6only_kernel += drain_kernel(&kernel_v6only);
+        Ok(v6only_kernel == 3)
+    })?;
+    let dual_counts: Vec<usize> = dual.iter().map(|s| s.got.len()).collect();
+    ensure!(
+        dual_counts == [3, 0, 3, 0],
+        "v4, v6, dual, v6only got {dual_counts:?}"
+    );
+    ensure!(
+        v6only_kernel == 3,
+        "the kernel socket behind v6only got {v6only_kernel} of 3"
+    );
 
     let Response::Stats(stats) = client.call(Request::Stats)? else {
         bail!("no stats")
     };
     ensure!(
-        stats.delivered() == 35 && stats.dropped() == 0,
+        stats.delivered() == 45 && stats.dropped() == 0,
         "{}",
         stats_line(&stats)
     );
@@ -310,9 +361,32 @@ pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<(
             .expect("metrics thread panicked")
     })?;
     ensure!(
-        metrics.contains("demux_verdicts_total{verdict=\"redirected\"} 35"),
+        metrics.contains("demux_verdicts_total{verdict=\"redirected\"} 45"),
         "metrics: {metrics}"
     );
+
+    // Closing the connection closes its endpoints (none was persistent), pcap flushed.
+    drop(client);
+    let mut other = daemon.client()?;
+    let mut left = usize::MAX;
+    settle(|| {
+        let Response::Endpoints { endpoints } = other.call(Request::List)? else {
+            bail!("no list")
+        };
+        left = endpoints.len();
+        Ok(left == 0)
+    })?;
+    ensure!(left == 0, "{left} endpoints outlived their connection");
+    let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(&pcap)?)?;
+    let mut frames = 0;
+    while let Some(packet) = reader.next_packet() {
+        ensure!(
+            packet?.data.len() >= 14 + 20 + 8,
+            "a truncated frame in the pcap"
+        );
+        frames += 1;
+    }
+    ensure!(frames == 4, "the pcap file holds {frames} of 4 frames");
     drop(daemon);
     Ok(())
 }
