@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod binding;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod endpoint_stats;
 pub mod frame;
 pub mod model;
 pub mod program;
+pub mod ring;
 pub mod sink;
 pub mod tables;
 pub mod verdicts;

@@ -1,5 +1,6 @@
-//! Where an endpoint's datagrams go: a Unix datagram socket (the format below), a counter (for
-//! benchmarks), or a pcap file (for Wireshark).
+//! Where an endpoint's datagrams go: a shared-memory ring to the client that owns the endpoint
+//! (`crate::ring`, records in the format below), a Unix datagram socket (the format below), a
+//! counter (for benchmarks), or a pcap file (for Wireshark).
 //!
 //! ## Unix datagram format (version 1)
 //!
@@ -41,19 +42,24 @@ use pcap_file::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{binding::addr16, datagram::Datagram};
+use crate::{
+    binding::addr16,
+    datagram::Datagram,
+    ring::{ClientFds, Producer},
+};
 
 pub const HEADER_LEN: usize = 64;
 pub const FORMAT_VERSION: u16 = 1;
 
 /// Where to deliver, as given on the command line or in a request: `unix:PATH`, `count`,
-/// `pcap:PATH`.
+/// `pcap:PATH`, or `ring` / `ring:SLOTS` (a shared-memory ring handed to the caller).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum SinkSpec {
     Unix(PathBuf),
     Count,
     Pcap(PathBuf),
+    Ring { slots: u32 },
 }
 
 impl FromStr for SinkSpec {
@@ -62,10 +68,21 @@ impl FromStr for SinkSpec {
     fn from_str(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
             _ if text == "count" => Ok(SinkSpec::Count),
+            _ if text == "ring" => Ok(SinkSpec::Ring {
+                slots: crate::ring::DEFAULT_SLOTS,
+            }),
+            Some(("ring", slots)) => match slots.parse::<u32>() {
+                Ok(slots) if slots.is_power_of_two() && (8..=1 << 20).contains(&slots) => {
+                    Ok(SinkSpec::Ring { slots })
+                }
+                _ => Err(format!(
+                    "sink: ring:{slots}: the slots must be a power of two from 8 to 1048576"
+                )),
+            },
             Some(("unix", path)) if !path.is_empty() => Ok(SinkSpec::Unix(path.into())),
             Some(("pcap", path)) if !path.is_empty() => Ok(SinkSpec::Pcap(path.into())),
             _ => Err(format!(
-                "sink: `{text}` is not one of unix:PATH, count, pcap:PATH"
+                "sink: `{text}` is not one of unix:PATH, count, pcap:PATH, ring[:SLOTS]"
             )),
         }
     }
@@ -90,6 +107,7 @@ impl fmt::Display for SinkSpec {
             SinkSpec::Unix(path) => write!(f, "unix:{}", path.display()),
             SinkSpec::Count => f.write_str("count"),
             SinkSpec::Pcap(path) => write!(f, "pcap:{}", path.display()),
+            SinkSpec::Ring { slots } => write!(f, "ring:{slots}"),
         }
     }
 }
@@ -114,15 +132,23 @@ pub enum Sink {
     Unix(UnixDatagram),
     Count,
     Pcap(Mutex<PcapWriter<BufWriter<File>>>),
+    /// Several queue workers may deliver to one endpoint: the lock makes them one producer.
+    Ring(Mutex<Producer>),
 }
 
 impl Sink {
-    pub fn open(spec: &SinkSpec) -> Result<Self, SinkError> {
+    /// Opens a sink; for a ring, also returns the descriptors that go to the client.
+    pub fn open(spec: &SinkSpec) -> Result<(Self, Option<ClientFds>), SinkError> {
         let fail = |source| SinkError::Open {
             spec: spec.clone(),
             source,
         };
-        Ok(match spec {
+        if let SinkSpec::Ring { slots } = spec {
+            let (producer, fds) = Producer::create(*slots, crate::ring::DEFAULT_SLOT_SIZE)
+                .map_err(|e| fail(io::Error::other(e)))?;
+            return Ok((Sink::Ring(Mutex::new(producer)), Some(fds)));
+        }
+        let sink = match spec {
             SinkSpec::Unix(path) => {
                 let socket = UnixDatagram::unbound().map_err(fail)?;
                 socket.connect(path).map_err(fail)?;
@@ -140,7 +166,9 @@ impl Sink {
                     .map_err(|e| fail(io::Error::other(e)))?;
                 Sink::Pcap(Mutex::new(writer))
             }
-        })
+            SinkSpec::Ring { .. } => unreachable!("handled above"),
+        };
+        Ok((sink, None))
     }
 
     /// Delivers one datagram; `frame` is the whole Ethernet frame, for pcap.
@@ -153,6 +181,15 @@ impl Sink {
     ) -> Result<(), DropReason> {
         match self {
             Sink::Count => Ok(()),
+            Sink::Ring(producer) => {
+                let header = encode_header(endpoint, datagram, received);
+                let mut producer = producer.lock().map_err(|_| DropReason::SinkError)?;
+                if producer.push(&[&header, datagram.payload]) {
+                    Ok(())
+                } else {
+                    Err(DropReason::SinkFull)
+                }
+            }
             Sink::Unix(socket) => {
                 let header = encode_header(endpoint, datagram, received);
                 let parts = [
@@ -223,19 +260,19 @@ pub fn encode_header(endpoint: u32, d: &Datagram, received: SystemTime) -> [u8; 
     h
 }
 
-/// A datagram read back from the Unix format.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Received {
+/// A datagram read back from the record format (Unix sink or ring), borrowing its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
     pub protocol: u8,
     pub endpoint: u32,
     pub received_ns: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
-/// Decodes one datagram of the Unix format.
-pub fn decode(bytes: &[u8]) -> Result<Received, String> {
+/// Decodes one record.
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, String> {
     if bytes.len() < 4 {
         return Err(format!("{} bytes is shorter than a header", bytes.len()));
     }
@@ -254,13 +291,13 @@ pub fn decode(bytes: &[u8]) -> Result<Received, String> {
         }
     };
     let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    Ok(Received {
+    Ok(Record {
         protocol: bytes[4],
         endpoint: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
         received_ns: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
         peer: SocketAddr::new(addr(24), u16_at(56)),
         local: SocketAddr::new(addr(40), u16_at(58)),
-        payload: bytes[header_len..].to_vec(),
+        payload: &bytes[header_len..],
     })
 }
 
@@ -270,10 +307,29 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print() {
-        for text in ["count", "unix:/run/app.sock", "pcap:/tmp/x.pcap"] {
+        for text in [
+            "count",
+            "unix:/run/app.sock",
+            "pcap:/tmp/x.pcap",
+            "ring:1024",
+        ] {
             assert_eq!(text.parse::<SinkSpec>().unwrap().to_string(), text);
         }
-        for bad in ["", "unix:", "file:/x", "counter"] {
+        assert_eq!(
+            "ring".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Ring {
+                slots: crate::ring::DEFAULT_SLOTS
+            }
+        );
+        for bad in [
+            "",
+            "unix:",
+            "file:/x",
+            "counter",
+            "ring:1000",
+            "ring:4",
+            "ring:x",
+        ] {
             assert!(bad.parse::<SinkSpec>().is_err(), "{bad}");
         }
     }
@@ -304,7 +360,7 @@ mod tests {
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let receiver = UnixDatagram::bind(&path).unwrap();
-        let sink = Sink::open(&SinkSpec::Unix(path.clone())).unwrap();
+        let (sink, _) = Sink::open(&SinkSpec::Unix(path.clone())).unwrap();
         let d = Datagram {
             protocol: 17,
             peer: "198.18.0.1:1".parse().unwrap(),
@@ -314,7 +370,7 @@ mod tests {
         assert_eq!(sink.deliver(3, &d, &[], SystemTime::now()), Ok(()));
         let mut buf = [0u8; 2048];
         let n = receiver.recv(&mut buf).unwrap();
-        assert_eq!(decode(&buf[..n]).unwrap().payload, vec![7; 1000]);
+        assert_eq!(decode(&buf[..n]).unwrap().payload, [7; 1000]);
         // Nobody reads: the buffer fills and the sink says so instead of blocking.
         let outcome = (0..10_000)
             .map(|_| sink.deliver(3, &d, &[], SystemTime::now()))

@@ -1,18 +1,18 @@
 //! `demux recv`: bind an endpoint for the lifetime of this command and print one line per
-//! datagram (peer, local, length, payload). Exits 0 after `--count` datagrams, 1 on timeout.
+//! datagram (peer, local, length, payload). It receives through the client library's
+//! shared-memory ring, like any application. Exits 0 after `--count` datagrams, 1 on timeout.
 
 use std::{
     fmt::Write as _,
-    os::unix::net::UnixDatagram,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use demux::{
-    control::{Request, Response},
-    sink::{self, SinkSpec},
+    client::{Datagram, Endpoint},
+    control::BindRequest,
+    sink::SinkSpec,
 };
 
 use super::bind::BindArgs;
@@ -41,69 +41,50 @@ pub enum Format {
     Hex,
 }
 
-/// The receiving socket's file, removed on drop.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 pub fn run(args: RecvArgs) -> anyhow::Result<()> {
-    let path = std::env::temp_dir().join(format!("demux-recv-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let socket =
-        UnixDatagram::bind(&path).with_context(|| format!("creating {}", path.display()))?;
-    let _file = SocketFile(path.clone());
-    let mut client = args.bind.control.connect()?;
-    let Response::Bound { id } = client.call(args.bind.request(SinkSpec::Unix(path), false))?
-    else {
-        bail!("the daemon answered bind with something else");
-    };
+    let b = &args.bind;
+    let mut endpoint = Endpoint::bind_with(
+        &b.control.control,
+        BindRequest {
+            protocol: b.protocol,
+            local: b.local.clone(),
+            connect: b.connect.clone(),
+            group: b.group.clone(),
+            v6only: b.v6only,
+            to: SinkSpec::Ring {
+                slots: demux::ring::DEFAULT_SLOTS,
+            },
+            persistent: false,
+        },
+    )?;
     eprintln!(
-        "endpoint {id} bound to {} {}",
-        args.bind.protocol, args.bind.local
+        "endpoint {} bound to {} {}",
+        endpoint.id(),
+        b.protocol,
+        b.local
     );
     let deadline = args
         .timeout
         .map(|secs| Instant::now() + Duration::from_secs_f64(secs));
-    let mut buf = vec![0u8; 65_536 + sink::HEADER_LEN];
     let mut received = 0u64;
     while args.count.is_none_or(|count| received < count) {
-        let left = match deadline {
-            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => bail!(
-                    "timeout: {received} of {} datagrams arrived within {} s",
-                    args.count.map_or("?".into(), |c| c.to_string()),
-                    args.timeout.unwrap_or_default()
-                ),
-            },
-            None => None,
-        };
-        socket.set_read_timeout(left)?;
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match endpoint.recv_from(left)? {
+            Some(datagram) => {
+                println!("{}", line(&datagram, args.format));
+                received += 1;
             }
-            Err(e) => return Err(e).context("receiving"),
-        };
-        let datagram = sink::decode(&buf[..n]).map_err(anyhow::Error::msg)?;
-        println!("{}", line(&datagram, args.format));
-        received += 1;
+            None => bail!(
+                "timeout: {received} of {} datagrams arrived within {} s",
+                args.count.map_or("?".into(), |c| c.to_string()),
+                args.timeout.unwrap_or_default()
+            ),
+        }
     }
-    client.call(Request::Close { id })?;
     Ok(())
 }
 
-fn line(d: &sink::Received, format: Format) -> String {
+fn line(d: &Datagram, format: Format) -> String {
     let hex = d.payload.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
@@ -118,9 +99,8 @@ fn line(d: &sink::Received, format: Format) -> String {
         ),
         Format::Hex => format!("{} -> {} {} {hex}", d.peer, d.local, d.payload.len()),
         Format::Json => serde_json::json!({
-            "endpoint": d.endpoint, "protocol": d.protocol, "peer": d.peer.to_string(),
-            "local": d.local.to_string(), "length": d.payload.len(), "received_ns": d.received_ns,
-            "payload_hex": hex,
+            "protocol": d.protocol, "peer": d.peer.to_string(), "local": d.local.to_string(),
+            "length": d.payload.len(), "received_ns": d.received_ns, "payload_hex": hex,
         })
         .to_string(),
     }

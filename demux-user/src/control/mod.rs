@@ -13,9 +13,12 @@
 //! ```
 //!
 //! The daemon identifies the caller with SO_PEERCRED. An endpoint lives as long as the
-//! connection that created it, unless it was created `persistent`.
+//! connection that created it, unless it was created `persistent`. A `bound` answer to a bind
+//! with `"to":"ring"` carries two descriptors (SCM_RIGHTS): the ring's memfd, then its eventfd
+//! (`crate::ring`); only the caller gets them.
 
 pub mod client;
+pub mod fds;
 
 use std::collections::BTreeMap;
 

@@ -118,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 },
                 Caller::DAEMON,
             )
+            .map(|(id, _)| id)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("creating the configured endpoint {local}"))?;
         info!(id, %local, "configured endpoint ready");

@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    os::fd::{AsRawFd, RawFd},
     os::unix::fs::PermissionsExt,
     path::Path,
     sync::{Arc, Mutex},
@@ -11,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
 };
 use tracing::{debug, info, warn};
 
@@ -57,6 +58,22 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
+/// Writes `bytes` with `fds` attached to the first of them.
+async fn send_with_fds(write: &OwnedWriteHalf, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let stream: &UnixStream = write.as_ref();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.writable().await?;
+        let attach = if sent == 0 { fds } else { &[] };
+        match crate::control::fds::send(stream.as_raw_fd(), &bytes[sent..], attach) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Serves connections until the task is dropped.
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
     let mut next_connection = 1u64;
@@ -95,10 +112,26 @@ async fn connection_task(stream: UnixStream, state: Arc<Mutex<State>>, connectio
                     envelope.version
                 ),
             },
-            Ok(envelope) => state
-                .lock()
-                .expect("state lock")
-                .handle(envelope.request, caller),
+            Ok(envelope) => {
+                let (response, ring) = state
+                    .lock()
+                    .expect("state lock")
+                    .handle(envelope.request, caller);
+                if let Some(ring) = ring {
+                    let mut answer =
+                        serde_json::to_string(&response).expect("responses always serialize");
+                    answer.push('\n');
+                    let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
+                    if send_with_fds(&write, answer.as_bytes(), &fds)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+                response
+            }
         };
         let mut answer = serde_json::to_string(&response).expect("responses always serialize");
         answer.push('\n');

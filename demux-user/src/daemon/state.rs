@@ -23,7 +23,8 @@ use crate::{
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
     endpoint_stats,
     program::Loaded,
-    sink::Sink,
+    ring::ClientFds,
+    sink::{Sink, SinkSpec},
     tables::{TableError, Tables},
     verdicts::VerdictCounts,
 };
@@ -128,21 +129,32 @@ impl State {
         &mut self.loaded
     }
 
-    /// Answers one control request.
-    pub fn handle(&mut self, request: Request, caller: Caller) -> Response {
+    /// Answers one control request; a ring endpoint's descriptors come along for the caller.
+    pub fn handle(&mut self, request: Request, caller: Caller) -> (Response, Option<ClientFds>) {
+        let mut fds = None;
         let result = match request {
-            Request::Bind(bind) => self.bind(bind, caller).map(|id| Response::Bound { id }),
+            Request::Bind(bind) => self.bind(bind, caller).map(|(id, ring)| {
+                fds = ring;
+                Response::Bound { id }
+            }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
             Request::List => Ok(Response::Endpoints {
                 endpoints: self.list(),
             }),
             Request::Stats => Ok(Response::Stats(self.stats())),
         };
-        result.unwrap_or_else(|message| Response::Error { message })
+        (
+            result.unwrap_or_else(|message| Response::Error { message }),
+            fds,
+        )
     }
 
-    /// Creates an endpoint; returns its descriptor.
-    pub fn bind(&mut self, request: BindRequest, caller: Caller) -> Result<u32, String> {
+    /// Creates an endpoint; returns its descriptor, and for a ring sink the client's end.
+    pub fn bind(
+        &mut self,
+        request: BindRequest,
+        caller: Caller,
+    ) -> Result<(u32, Option<ClientFds>), String> {
         let local: Local = request.local.parse()?;
         let remote = match &request.connect {
             None => None,
@@ -171,7 +183,16 @@ impl State {
         let (own_entry, own_target) = binding
             .encode(Receiver::Endpoint(id))
             .map_err(|e| e.to_string())?;
-        let sink = Sink::open(&request.to).map_err(|e| e.to_string())?;
+        if matches!(request.to, SinkSpec::Ring { .. })
+            && caller.connection == Caller::DAEMON.connection
+        {
+            return Err(
+                "to: a ring goes to the client that binds over the control socket; \
+                        configured endpoints use unix:PATH, count or pcap:PATH"
+                    .into(),
+            );
+        }
+        let (sink, ring) = Sink::open(&request.to).map_err(|e| e.to_string())?;
         let handle = Arc::new(EndpointHandle {
             sink,
             delivered: AtomicU64::new(0),
@@ -210,7 +231,7 @@ impl State {
             },
         );
         self.next_endpoint = id + 1;
-        Ok(id)
+        Ok((id, ring))
     }
 
     /// Inserts `entry` for `holder`, or says who holds it already.

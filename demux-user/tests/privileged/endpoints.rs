@@ -26,16 +26,16 @@ use crate::{
 };
 
 /// A daemon on the `b` side of a veth pair, with its control socket in a temp dir.
-struct RunningDaemon {
-    child: ChildGuard,
+pub struct RunningDaemon {
+    pub child: ChildGuard,
     /// Kept so the reader thread keeps draining the daemon's stderr (a closed pipe would
     /// kill it with SIGPIPE).
     _log: Receiver<String>,
-    control: PathBuf,
+    pub control: PathBuf,
 }
 
 impl RunningDaemon {
-    fn start(net: &VethPair, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start(net: &VethPair, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Self> {
         let control = dir.join("control.sock");
         let mut child = ChildGuard(
             net.b
@@ -66,7 +66,7 @@ impl RunningDaemon {
         })
     }
 
-    fn client(&self) -> anyhow::Result<Client> {
+    pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.control)?)
     }
 }
@@ -108,7 +108,7 @@ fn bind_v6only(
 struct SinkSocket {
     socket: UnixDatagram,
     path: PathBuf,
-    got: Vec<sink::Received>,
+    got: Vec<demux::client::Datagram>,
 }
 
 impl SinkSocket {
@@ -131,7 +131,7 @@ impl SinkSocket {
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.socket.recv(&mut buf) {
             self.got
-                .push(sink::decode(&buf[..n]).map_err(anyhow::Error::msg)?);
+                .push(sink::decode(&buf[..n]).map_err(anyhow::Error::msg)?.into());
         }
         Ok(())
     }
@@ -162,7 +162,7 @@ fn drain_kernel(socket: &UdpSocket) -> u64 {
 }
 
 /// Sends `count` datagrams from 198.18.0.1:`src_port` (namespace `a`) to 198.18.0.2:`dst_port`.
-fn send(ns: &NetNs, src_port: u16, dst_port: u16, count: u64) -> anyhow::Result<()> {
+pub fn send(ns: &NetNs, src_port: u16, dst_port: u16, count: u64) -> anyhow::Result<()> {
     thread::scope(|scope| {
         scope
             .spawn(|| -> anyhow::Result<()> {
@@ -182,7 +182,7 @@ fn send(ns: &NetNs, src_port: u16, dst_port: u16, count: u64) -> anyhow::Result<
 }
 
 /// Polls `done` until it holds or two seconds pass.
-fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while !done()? {
         if Instant::now() > deadline {

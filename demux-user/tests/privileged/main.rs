@@ -4,6 +4,7 @@
 //! `privileged: N passed, N failed, N skipped`.
 
 mod classifier;
+mod clients;
 mod daemon;
 mod endpoints;
 mod netns;
@@ -51,6 +52,9 @@ const TESTS: &[(&str, Test)] = tests![
     endpoints::sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
     endpoints::refused_requests_change_nothing,
     endpoints::a_bad_config_file_is_refused_by_line,
+    clients::a_client_process_receives_a_burst_with_every_datagram_accounted,
+    clients::a_killed_client_frees_its_endpoint_and_stalls_nothing,
+    clients::the_library_receives_blocking_batch_and_async,
 ];
 
 fn main() -> ExitCode {

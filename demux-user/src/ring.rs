@@ -1,0 +1,458 @@
+//! A single-producer single-consumer ring in shared memory (a memfd), from the daemon's queue
+//! worker to one client endpoint, and the eventfd that wakes a sleeping client.
+//!
+//! The daemon produces, the client consumes; neither makes a system call per datagram while the
+//! other keeps up. The client sets `need_wakeup` before it sleeps on the eventfd; the daemon
+//! writes the eventfd only when that flag is set (as AF_XDP's need-wakeup does). A full ring
+//! drops the datagram (counted on the endpoint); the producer never waits.
+//!
+//! ## Layout (version 1; little-endian; offsets in bytes)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `0x52584d44` ("DMXR") |
+//! | 4 | 4 | layout version (1) |
+//! | 8 | 4 | slots (a power of two) |
+//! | 12 | 4 | slot size in bytes (a multiple of 64) |
+//! | 64 | 8 | producer index: slots published, ever (written by the daemon only) |
+//! | 128 | 8 | consumer index: slots released, ever (written by the client only) |
+//! | 192 | 4 | need_wakeup: 1 while the client sleeps or is about to |
+//! | 256 | slots × slot size | the slots; slot `i % slots` holds record `i` |
+//!
+//! A slot holds a `u32` record length, 4 reserved bytes, then the record: the 64-byte header of
+//! the Unix datagram format (`crate::sink`) followed by the payload. The producer fills a slot,
+//! then publishes it with a release store of the producer index; the consumer reads the producer
+//! index with acquire, reads the slot, and releases it with a release store of the consumer index,
+//! so no slot is ever read while being written.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
+};
+
+use thiserror::Error;
+
+pub const MAGIC: u32 = 0x52584d44;
+pub const VERSION: u32 = 1;
+pub const HEADER: usize = 256;
+const PRODUCER: usize = 64;
+const CONSUMER: usize = 128;
+const NEED_WAKEUP: usize = 192;
+/// Bytes before the record in each slot.
+const SLOT_PREFIX: usize = 8;
+
+/// Default ring geometry: 4,096 slots of 2,048 bytes (8 MiB), room for 1,976-byte payloads.
+pub const DEFAULT_SLOTS: u32 = 4096;
+pub const DEFAULT_SLOT_SIZE: u32 = 2048;
+
+#[derive(Debug, Error)]
+pub enum RingError {
+    #[error("ring: {0}")]
+    Io(#[from] io::Error),
+    #[error("ring: not a demux ring (magic {0:#x})")]
+    Magic(u32),
+    #[error("ring: layout version {found}, but this build reads version {VERSION}; use a client built with the daemon's version")]
+    Version { found: u32 },
+    #[error("ring: {slots} slots of {slot_size} bytes is not a valid geometry (slots a power of two, slot size a multiple of 64 from 128 to 65,536)")]
+    Geometry { slots: u32, slot_size: u32 },
+    #[error("ring: the shared memory is {actual} bytes, the header says {expected}")]
+    Size { actual: u64, expected: u64 },
+}
+
+/// A mapping of a ring's memfd.
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all cross-thread access goes through atomics or
+// through slots that the index protocol hands to one side at a time.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        // SAFETY: mapping `len` bytes of a file we hold; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            base: NonNull::new(ptr.cast()).expect("mmap never returns null"),
+            len,
+        })
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: offsets are inside the header, 4-aligned (the mapping is page aligned).
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: as above, 8-aligned.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    fn slot(&self, index: u64, slots: u32, slot_size: u32) -> *mut u8 {
+        let at = HEADER + (index % u64::from(slots)) as usize * slot_size as usize;
+        debug_assert!(at + slot_size as usize <= self.len);
+        // SAFETY: inside the mapping by the geometry checked at creation.
+        unsafe { self.base.as_ptr().add(at) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+fn check_geometry(slots: u32, slot_size: u32) -> Result<(), RingError> {
+    if !slots.is_power_of_two()
+        || !slot_size.is_multiple_of(64)
+        || !(128..=65_536).contains(&slot_size)
+        || slots > 1 << 20
+    {
+        return Err(RingError::Geometry { slots, slot_size });
+    }
+    Ok(())
+}
+
+fn ring_len(slots: u32, slot_size: u32) -> usize {
+    HEADER + slots as usize * slot_size as usize
+}
+
+/// The daemon's end: writes records, wakes the client when it asked.
+pub struct Producer {
+    map: Mapping,
+    slots: u32,
+    slot_size: u32,
+    wake: OwnedFd,
+    /// Cached consumer index, refreshed only when the ring looks full.
+    consumer: u64,
+}
+
+/// The file descriptors a client needs: the ring's memfd and the wakeup eventfd.
+pub struct ClientFds {
+    pub memory: OwnedFd,
+    pub wake: OwnedFd,
+}
+
+impl Producer {
+    /// Creates a ring and returns the producer and the descriptors for the client.
+    pub fn create(slots: u32, slot_size: u32) -> Result<(Self, ClientFds), RingError> {
+        check_geometry(slots, slot_size)?;
+        let len = ring_len(slots, slot_size);
+        // SAFETY: plain syscalls; results checked and owned at once.
+        let memory = unsafe { libc::memfd_create(c"demux-ring".as_ptr(), libc::MFD_CLOEXEC) };
+        if memory < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: a fresh fd.
+        let memory = unsafe { OwnedFd::from_raw_fd(memory) };
+        File::from(memory.try_clone()?).set_len(len as u64)?;
+        // SAFETY: as above.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: a fresh fd.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let map = Mapping::new(&memory, len)?;
+        map.u32_at(0).store(MAGIC, Ordering::Relaxed);
+        map.u32_at(4).store(VERSION, Ordering::Relaxed);
+        map.u32_at(8).store(slots, Ordering::Relaxed);
+        map.u32_at(12).store(slot_size, Ordering::Release);
+        let fds = ClientFds {
+            memory: memory.try_clone()?,
+            wake: wake.try_clone()?,
+        };
+        Ok((
+            Self {
+                map,
+                slots,
+                slot_size,
+                wake,
+                consumer: 0,
+            },
+            fds,
+        ))
+    }
+
+    /// The largest record a slot holds.
+    pub fn max_record(&self) -> usize {
+        self.slot_size as usize - SLOT_PREFIX
+    }
+
+    /// Publishes one record made of `parts`; `false` (nothing written) when the ring is full or
+    /// the record does not fit a slot.
+    pub fn push(&mut self, parts: &[&[u8]]) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > self.max_record() {
+            return false;
+        }
+        let producer = self.map.u64_at(PRODUCER).load(Ordering::Relaxed);
+        if producer - self.consumer == u64::from(self.slots) {
+            self.consumer = self.map.u64_at(CONSUMER).load(Ordering::Acquire);
+            if producer - self.consumer == u64::from(self.slots) {
+                return false;
+            }
+        }
+        let slot = self.map.slot(producer, self.slots, self.slot_size);
+        // SAFETY: the consumer has released this slot (index check above) and the record fits.
+        unsafe {
+            slot.cast::<u32>().write_unaligned(len as u32);
+            let mut at = slot.add(SLOT_PREFIX);
+            for part in parts {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+                at = at.add(part.len());
+            }
+        }
+        self.map
+            .u64_at(PRODUCER)
+            .store(producer + 1, Ordering::Release);
+        // Pairs with the client's fence between setting need_wakeup and re-checking the ring.
+        fence(Ordering::SeqCst);
+        if self.map.u32_at(NEED_WAKEUP).load(Ordering::Relaxed) != 0 {
+            self.wake();
+        }
+        true
+    }
+
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes to our eventfd; EAGAIN (counter saturated) is harmless.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+}
+
+/// The client's end: reads records without system calls while there are any.
+pub struct Consumer {
+    map: Mapping,
+    slots: u32,
+    slot_size: u32,
+    wake: OwnedFd,
+    /// Cached producer index.
+    producer: u64,
+}
+
+impl Consumer {
+    /// Maps a ring received from the daemon, checking its magic, version and geometry.
+    pub fn open(fds: ClientFds) -> Result<Self, RingError> {
+        let actual = File::from(fds.memory.try_clone()?).metadata()?.len();
+        if actual < HEADER as u64 {
+            return Err(RingError::Size {
+                actual,
+                expected: HEADER as u64,
+            });
+        }
+        let header = Mapping::new(&fds.memory, HEADER)?;
+        let magic = header.u32_at(0).load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(RingError::Magic(magic));
+        }
+        let found = header.u32_at(4).load(Ordering::Relaxed);
+        if found != VERSION {
+            return Err(RingError::Version { found });
+        }
+        let (slots, slot_size) = (
+            header.u32_at(8).load(Ordering::Relaxed),
+            header.u32_at(12).load(Ordering::Relaxed),
+        );
+        check_geometry(slots, slot_size)?;
+        let expected = ring_len(slots, slot_size) as u64;
+        if actual != expected {
+            return Err(RingError::Size { actual, expected });
+        }
+        drop(header);
+        let map = Mapping::new(&fds.memory, expected as usize)?;
+        Ok(Self {
+            map,
+            slots,
+            slot_size,
+            wake: fds.wake,
+            producer: 0,
+        })
+    }
+
+    /// Records waiting, as of the last look at the producer index.
+    fn available(&mut self) -> u64 {
+        let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
+        if self.producer == consumer {
+            self.producer = self.map.u64_at(PRODUCER).load(Ordering::Acquire);
+        }
+        self.producer - consumer
+    }
+
+    /// Calls `each` with up to `max` records, then releases their slots. Returns how many.
+    pub fn consume(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
+        let n = self.available().min(max as u64);
+        let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
+        for i in 0..n {
+            let slot = self.map.slot(consumer + i, self.slots, self.slot_size);
+            // SAFETY: published by the producer (acquire above), not released yet; the length
+            // was written by the producer and is bounded by the slot.
+            let record = unsafe {
+                let len = (slot.cast::<u32>().read_unaligned() as usize)
+                    .min(self.slot_size as usize - SLOT_PREFIX);
+                std::slice::from_raw_parts(slot.add(SLOT_PREFIX), len)
+            };
+            each(record);
+        }
+        self.map
+            .u64_at(CONSUMER)
+            .store(consumer + n, Ordering::Release);
+        n as usize
+    }
+
+    /// Announces that the client is about to sleep; `true` if records arrived meanwhile (do not
+    /// sleep then). Pair with [`Consumer::stop_waiting`].
+    pub fn prepare_to_sleep(&mut self) -> bool {
+        self.map.u32_at(NEED_WAKEUP).store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.available() > 0
+    }
+
+    pub fn stop_waiting(&mut self) {
+        self.map.u32_at(NEED_WAKEUP).store(0, Ordering::Relaxed);
+        let mut count = [0u8; 8];
+        // SAFETY: draining our non-blocking eventfd; EAGAIN when it is already zero.
+        unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    }
+
+    /// The eventfd to wait on (readable once the daemon wrote after `prepare_to_sleep`).
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.wake.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pair(slots: u32, slot_size: u32) -> (Producer, Consumer) {
+        let (producer, fds) = Producer::create(slots, slot_size).unwrap();
+        (producer, Consumer::open(fds).unwrap())
+    }
+
+    fn drain(consumer: &mut Consumer) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        consumer.consume(usize::MAX, |r| out.push(r.to_vec()));
+        out
+    }
+
+    #[test]
+    fn wraps_around_and_reports_full() {
+        let (mut p, mut c) = pair(4, 128);
+        for round in 0..10u8 {
+            for i in 0..4u8 {
+                assert!(p.push(&[&[round, i]]), "round {round} slot {i}");
+            }
+            assert!(!p.push(&[b"x"]), "a fifth record fit in four slots");
+            let got = drain(&mut c);
+            assert_eq!(got, (0..4u8).map(|i| vec![round, i]).collect::<Vec<_>>());
+        }
+        assert!(!p.push(&[&[0u8; 121]]), "a record larger than a slot");
+        assert!(p.push(&[&[0u8; 120]]));
+    }
+
+    #[test]
+    fn refuses_bad_headers() {
+        let (_p, fds) = Producer::create(8, 128).unwrap();
+        let map = Mapping::new(&fds.memory, HEADER).unwrap();
+        map.u32_at(4).store(2, Ordering::Relaxed);
+        let error = Consumer::open(ClientFds {
+            memory: fds.memory.try_clone().unwrap(),
+            wake: fds.wake.try_clone().unwrap(),
+        })
+        .err()
+        .expect("version 2 accepted");
+        assert!(error.to_string().contains("version 2"), "{error}");
+        map.u32_at(0).store(7, Ordering::Relaxed);
+        assert!(matches!(Consumer::open(fds), Err(RingError::Magic(7))));
+        assert!(Producer::create(6, 128).is_err() && Producer::create(8, 100).is_err());
+    }
+
+    #[test]
+    fn wakes_only_when_asked() {
+        let (mut p, mut c) = pair(8, 128);
+        let readable = |c: &Consumer| {
+            let mut fd = libc::pollfd {
+                fd: c.wake_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait.
+            unsafe { libc::poll(&mut fd, 1, 0) == 1 }
+        };
+        assert!(p.push(&[b"a"]));
+        assert!(!readable(&c), "woken without asking");
+        drain(&mut c);
+        assert!(!c.prepare_to_sleep());
+        assert!(p.push(&[b"b"]));
+        assert!(readable(&c), "not woken after asking");
+        c.stop_waiting();
+        assert!(!readable(&c));
+        assert_eq!(drain(&mut c), vec![b"b".to_vec()]);
+    }
+
+    proptest! {
+        /// A producer and a consumer thread: every record arrives whole, in order, or was
+        /// refused as full; none is torn, lost or duplicated.
+        #[test]
+        fn concurrent_records_arrive_whole_and_in_order(sizes in proptest::collection::vec(0usize..200, 1..400)) {
+            let (mut p, mut c) = pair(8, 256);
+            let total = sizes.len();
+            let sizes2 = sizes.clone();
+            let producer = std::thread::spawn(move || {
+                let mut pushed = Vec::new();
+                for (i, size) in sizes2.iter().enumerate() {
+                    let record: Vec<u8> = (0..*size).map(|j| (i + j) as u8).collect();
+                    let header = (i as u32).to_le_bytes();
+                    // Retry a bounded number of times when full, so most records get through.
+                    for _ in 0..1000 {
+                        if p.push(&[&header, &record]) {
+                            pushed.push(i);
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+                pushed
+            });
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                c.consume(usize::MAX, |r| {
+                    let i = u32::from_le_bytes(r[..4].try_into().unwrap()) as usize;
+                    let body = &r[4..];
+                    assert_eq!(body.len(), sizes[i], "record {i} has the wrong length");
+                    assert!(body.iter().enumerate().all(|(j, b)| *b == (i + j) as u8), "record {i} is torn");
+                    seen.push(i);
+                });
+                if producer.is_finished() && c.available() == 0 {
+                    break;
+                }
+            }
+            let pushed = producer.join().unwrap();
+            c.consume(usize::MAX, |r| seen.push(u32::from_le_bytes(r[..4].try_into().unwrap()) as usize));
+            prop_assert_eq!(&seen, &pushed);
+            prop_assert!(pushed.len() <= total);
+        }
+    }
+}
