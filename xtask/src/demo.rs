@@ -24,10 +24,21 @@ const STATE_DIR: &str = "/run/demux-demo";
 /// The testbed; dropping it stops the daemon (by PID) and deletes both namespaces.
 struct Testbed {
     daemon: Option<Child>,
+    /// A daemon left running by `--keep`, found again by `--clean`.
+    daemon_pid: Option<i32>,
 }
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid.take() {
+            // Only the demo's own daemon: check what the PID runs before signalling it.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(IF_B) {
+                // SAFETY: signalling the demo daemon, by its PID.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                thread::sleep(Duration::from_millis(500));
+            }
+        }
         if let Some(mut daemon) = self.daemon.take() {
             // SAFETY: signalling the daemon this demo started, by its PID.
             unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
@@ -165,7 +176,29 @@ const FLOWS: [Flow; 8] = [
     },
 ];
 
-pub fn run() -> anyhow::Result<()> {
+/// `cargo xtask demo [--keep | --clean]`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Leave the testbed and the daemon running afterwards (to try the CLI and the examples).
+    #[arg(long, conflicts_with = "clean")]
+    keep: bool,
+    /// Remove a testbed left by `--keep`, and stop its daemon.
+    #[arg(long)]
+    clean: bool,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.clean {
+        if !is_root() {
+            bail!("removing the demo testbed needs root");
+        }
+        let pid = std::fs::read_to_string(Path::new(STATE_DIR).join("daemon.pid")).ok();
+        drop(Testbed {
+            daemon: None,
+            daemon_pid: pid.and_then(|p| p.trim().parse().ok()),
+        });
+        return Ok(());
+    }
     if !is_root() {
         bail!("the demo creates network namespaces and loads BPF: run `cargo xtask demo` as root");
     }
@@ -179,7 +212,10 @@ pub fn run() -> anyhow::Result<()> {
             .status();
     }
     println!("\ndemo: building the testbed (two namespaces joined by a veth pair)");
-    let mut testbed = Testbed { daemon: None };
+    let mut testbed = Testbed {
+        daemon: None,
+        daemon_pid: None,
+    };
     sh("ip", &["netns", "add", NS_A])?;
     sh("ip", &["netns", "add", NS_B])?;
     sh(
@@ -261,7 +297,12 @@ pub fn run() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(log);
     println!("$ {}", show(&daemon_cmd));
-    testbed.daemon = Some(daemon_cmd.spawn().context("starting the daemon")?);
+    let daemon = daemon_cmd.spawn().context("starting the daemon")?;
+    std::fs::write(
+        Path::new(STATE_DIR).join("daemon.pid"),
+        daemon.id().to_string(),
+    )?;
+    testbed.daemon = Some(daemon);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !control.exists() {
         if Instant::now() > deadline {
@@ -366,6 +407,20 @@ pub fn run() -> anyhow::Result<()> {
         problems.push(format!(
             "the kernel saw {no_ports} unmatched datagrams, expected {unmatched}"
         ));
+    }
+    if args.keep && problems.is_empty() {
+        // Hand the daemon over to `--clean`, which finds it by its PID file.
+        if let Some(daemon) = testbed.daemon.take() {
+            std::mem::forget(daemon);
+        }
+        std::mem::forget(testbed);
+        println!(
+            "\ndemo: the testbed stays up: namespaces {NS_A} and {NS_B}, control socket {ctl}\n\
+             try:   {demux_s} stats --control {ctl}\n\
+             \x20      cargo run --release --example udp_sink -- {ctl} 0.0.0.0:7000 10\n\
+             remove it with: cargo xtask demo --clean"
+        );
+        return Ok(());
     }
     drop(testbed);
     ensure!(problems.is_empty(), "demo failed: {}", problems.join("; "));

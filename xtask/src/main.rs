@@ -33,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// The first command to run: set up, build, and show demux steering traffic in a testbed
     /// of two network namespaces (root).
-    Demo,
+    Demo(demo::DemoArgs),
     /// Build the XDP program and the daemon (release).
     Build,
     /// Build, then run the `demux` daemon as root, passing the arguments after `--` through,
@@ -48,7 +48,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = toolchain::ensure(!cli.no_install).and_then(|()| match cli.command {
-        Cmd::Demo => demo::run(),
+        Cmd::Demo(args) => demo::run(args),
         Cmd::Build => build::run(),
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
