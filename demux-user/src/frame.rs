@@ -147,6 +147,55 @@ impl FrameSpec {
     }
 }
 
+/// Offset of the UDP payload in a frame without VLAN tags, IPv4 options or extension headers.
+pub fn plain_udp_payload_offset(frame: &[u8]) -> usize {
+    if frame[14] >> 4 == 4 {
+        14 + 20 + 8
+    } else {
+        14 + 40 + 8
+    }
+}
+
+/// Writes a sequence number and a send time (ns, CLOCK_MONOTONIC) at the start of the UDP
+/// payload of a plain frame and keeps the UDP checksum valid (IPv4: none; IPv6: recomputed).
+pub fn stamp_udp(frame: &mut [u8], seq: u64, sent_ns: u64) {
+    let at = plain_udp_payload_offset(frame);
+    if frame.len() >= at + 16 {
+        frame[at..at + 8].copy_from_slice(&seq.to_le_bytes());
+        frame[at + 8..at + 16].copy_from_slice(&sent_ns.to_le_bytes());
+    }
+    let l4 = at - 8;
+    frame[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+    if frame[14] >> 4 == 6 {
+        let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&frame[22..38]).expect("16 bytes"));
+        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).expect("16 bytes"));
+        let pseudo = pseudo_header(src.into(), dst.into(), PROTO_UDP, frame.len() - l4);
+        let mut sum = internet_checksum(&[&pseudo, &frame[l4..]]);
+        if sum == 0 {
+            sum = 0xffff;
+        }
+        frame[l4 + 6..l4 + 8].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// The stamp `stamp_udp` wrote: (sequence number, send time in ns), from a UDP payload.
+pub fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
+    let seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let sent = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((seq, sent))
+}
+
+/// Now on CLOCK_MONOTONIC, in ns: the clock of `stamp_udp`, the same in every namespace.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The pseudo header that UDP and TCP checksums cover.
 fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
     let mut pseudo = Vec::with_capacity(40);
@@ -213,5 +262,33 @@ mod tests {
             v6.len() - 54,
         );
         assert_eq!(internet_checksum(&[&pseudo, &v6[54..]]), 0, "TCP over IPv6");
+    }
+
+    #[test]
+    fn stamps_keep_the_checksum_valid() {
+        let mut v6 = FrameSpec::udp(
+            "[2001:2::1]:1000".parse().unwrap(),
+            "[2001:2::2]:53".parse().unwrap(),
+            &[0; 18],
+        )
+        .build();
+        stamp_udp(&mut v6, 7, 123_456);
+        let pseudo = pseudo_header(
+            "2001:2::1".parse().unwrap(),
+            "2001:2::2".parse().unwrap(),
+            17,
+            v6.len() - 54,
+        );
+        assert_eq!(internet_checksum(&[&pseudo, &v6[54..]]), 0);
+        assert_eq!(read_stamp(&v6[62..]), Some((7, 123_456)));
+        let mut v4 = FrameSpec::udp(
+            "198.18.0.1:1".parse().unwrap(),
+            "198.18.0.2:2".parse().unwrap(),
+            &[0; 18],
+        )
+        .build();
+        stamp_udp(&mut v4, 1, 2);
+        assert_eq!(&v4[40..42], &[0, 0], "IPv4 UDP goes without a checksum");
+        assert_eq!(read_stamp(&v4[42..]), Some((1, 2)));
     }
 }

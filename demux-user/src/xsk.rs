@@ -17,7 +17,8 @@ use std::{
 use demux_common::meta::PacketMeta;
 use thiserror::Error;
 use xdpilone::{
-    xdp::XdpStatisticsV2, DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User,
+    xdp::{XdpDesc, XdpStatisticsV2},
+    DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
 };
 
 /// Size of one UMEM frame.
@@ -76,6 +77,12 @@ impl Area {
     fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping is `len` bytes, alive as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; `&mut self` makes this the only view from user space, and only
+        // chunks the kernel does not hold are written.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -231,5 +238,130 @@ impl QueueSocket {
 impl AsRawFd for QueueSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd()
+    }
+}
+
+/// An AF_XDP socket that only transmits, for the traffic generator: frames are written into
+/// free UMEM chunks, queued on the tx ring, and their chunks come back through the completion
+/// ring. In copy mode (veth) the kernel transmits inside the `sendto` that `send` makes.
+pub struct TxSocket {
+    tx: RingTx,
+    device: DeviceQueue,
+    _user: User,
+    _socket: Socket,
+    _umem: Umem,
+    area: Area,
+    free: Vec<u64>,
+    frames: u32,
+}
+
+impl TxSocket {
+    pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
+        let step = |step: &'static str| {
+            let iface = iface.to_owned();
+            move |errno: xdpilone::Errno| XskError::Step {
+                iface: iface.clone(),
+                queue,
+                step,
+                errno: errno.to_string(),
+            }
+        };
+        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+        let config = UmemConfig {
+            fill_size: frames,
+            complete_size: frames,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let region = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: as in `QueueSocket::open`.
+        let umem = unsafe { Umem::new(config, region) }.map_err(step("registering the UMEM"))?;
+        let mut info = IfInfo::invalid();
+        let name = CString::new(iface).map_err(|_| XskError::Interface {
+            iface: iface.to_owned(),
+            reason: "the name contains a NUL byte".into(),
+        })?;
+        info.from_name(&name).map_err(|e| XskError::Interface {
+            iface: iface.to_owned(),
+            reason: format!("not found ({e})"),
+        })?;
+        info.set_queue(queue);
+        let socket = Socket::with_shared(&info, &umem).map_err(step("creating the socket"))?;
+        let device = umem
+            .fq_cq(&socket)
+            .map_err(step("creating the fill/completion rings"))?;
+        let user = umem
+            .rx_tx(
+                &socket,
+                &SocketConfig {
+                    rx_size: None,
+                    tx_size: NonZeroU32::new(frames),
+                    bind_flags: SocketConfig::XDP_BIND_COPY | SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(step("creating the tx ring"))?;
+        let tx = user.map_tx().map_err(step("mapping the tx ring"))?;
+        umem.bind(&user).map_err(step("binding (copy mode)"))?;
+        Ok(Self {
+            tx,
+            device,
+            _user: user,
+            _socket: socket,
+            _umem: umem,
+            area,
+            free: (0..u64::from(frames))
+                .map(|i| i * u64::from(FRAME_SIZE))
+                .collect(),
+            frames,
+        })
+    }
+
+    /// Takes back the chunks of transmitted frames.
+    pub fn reap(&mut self) -> u32 {
+        let mut reader = self.device.complete(self.frames);
+        let mut n = 0;
+        while let Some(addr) = reader.read() {
+            self.free.push(addr - addr % u64::from(FRAME_SIZE));
+            n += 1;
+        }
+        reader.release();
+        n
+    }
+
+    /// Queues up to `max` frames, each written by `write(chunk) -> length`, and kicks the
+    /// kernel. Returns how many were queued (fewer when chunks are still in flight).
+    pub fn send(&mut self, max: u32, mut write: impl FnMut(&mut [u8]) -> usize) -> u32 {
+        self.reap();
+        let n = (max as usize).min(self.free.len());
+        let start = self.free.len() - n;
+        let memory = self.area.bytes_mut();
+        let descs: Vec<XdpDesc> = self.free[start..]
+            .iter()
+            .map(|&addr| {
+                let chunk = &mut memory[addr as usize..(addr + u64::from(FRAME_SIZE)) as usize];
+                let len = write(chunk) as u32;
+                XdpDesc {
+                    addr,
+                    len,
+                    options: 0,
+                }
+            })
+            .collect();
+        let mut writer = self.tx.transmit(n as u32);
+        let queued = writer.insert(descs.into_iter()) as usize;
+        writer.commit();
+        drop(writer);
+        // Chunks the ring took are in flight; the rest stay free.
+        self.free.drain(start..start + queued);
+        if queued > 0 || self.tx.needs_wakeup() {
+            self.tx.wake();
+        }
+        queued as u32
+    }
+
+    /// Frames queued or in transmission (not yet completed).
+    pub fn in_flight(&self) -> usize {
+        self.frames as usize - self.free.len()
     }
 }

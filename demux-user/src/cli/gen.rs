@@ -1,6 +1,8 @@
-//! `demux gen`: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames
-//! through an AF_PACKET socket, for demos and tests. It only sends to the benchmarking ranges
-//! (198.18.0.0/15, 2001:2::/48) unless `--allow-any-address` says otherwise.
+//! `demux gen`: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames,
+//! through an AF_XDP socket (`--mode xdp`, the fastest sender on veth) or an AF_PACKET socket
+//! (`--mode packet`), as fast as possible or at `--rate` pps. Each UDP payload starts with a
+//! sequence number and a send time (CLOCK_MONOTONIC), for loss and latency. It only sends to the
+//! benchmarking ranges (198.18.0.0/15, 2001:2::/48) unless `--allow-any-address` says otherwise.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -44,6 +46,21 @@ pub struct GenArgs {
     /// Send to addresses outside 198.18.0.0/15 and 2001:2::/48 (they may belong to someone).
     #[arg(long)]
     allow_any_address: bool,
+    /// How to send: `xdp` (AF_XDP, copy mode on veth) or `packet` (AF_PACKET, one sendto each).
+    #[arg(long, value_enum, default_value_t = Mode::Xdp)]
+    mode: Mode,
+    /// Target rate in packets per second; 0 sends as fast as possible.
+    #[arg(long, value_name = "PPS", default_value_t = 0)]
+    rate: u64,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Xdp,
+    Packet,
 }
 
 fn benchmarking_range(ip: IpAddr) -> bool {
@@ -95,51 +112,115 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         })
         .collect();
 
-    // SAFETY: a plain socket call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("opening an AF_PACKET socket (needs root)");
-    }
-    // SAFETY: fd is a fresh, valid socket.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields below make it an address.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&spec.dst_mac);
+    let stamp = !args.tcp;
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let mut sent = 0u64;
-    while sent < args.count && Instant::now() < deadline {
-        let frame = &frames[(sent % u64::from(args.flows)) as usize];
-        // SAFETY: frame and addr are valid for the call's duration.
-        let n = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::ENOBUFS) {
-                std::thread::sleep(Duration::from_micros(50));
-                continue;
-            }
-            return Err(error).context("sending");
+    // Frames allowed by now: everything, or `rate` per second since the start.
+    let allowed = |sent: u64| -> u64 {
+        if args.rate == 0 {
+            args.count
+        } else {
+            let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
+            due.min(args.count).max(sent)
         }
-        sent += 1;
+    };
+    let fill = |buf: &mut [u8], seq: u64| -> usize {
+        let frame = &frames[(seq % u64::from(args.flows)) as usize];
+        buf[..frame.len()].copy_from_slice(frame);
+        if stamp {
+            demux::frame::stamp_udp(&mut buf[..frame.len()], seq, demux::frame::monotonic_ns());
+        }
+        frame.len()
+    };
+    match args.mode {
+        Mode::Xdp => {
+            // The kernel frees a closed AF_XDP socket's queue asynchronously: a run right after
+            // another may find it busy for a moment.
+            let mut attempts = 0;
+            let mut socket = loop {
+                match demux::xsk::TxSocket::open(&args.iface, 0, 4096) {
+                    Err(e) if e.to_string().contains("busy") && attempts < 100 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    other => break other?,
+                }
+            };
+            while sent < args.count && Instant::now() < deadline {
+                let burst = (allowed(sent) - sent).min(64) as u32;
+                if burst == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let mut seq = sent;
+                sent += u64::from(socket.send(burst, |buf| {
+                    let len = fill(buf, seq);
+                    seq += 1;
+                    len
+                }));
+            }
+            // Let what is queued leave before reporting.
+            while socket.in_flight() > 0 && Instant::now() < deadline + Duration::from_secs(1) {
+                socket.send(0, |_| 0);
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        Mode::Packet => {
+            // SAFETY: a plain socket call; the fd is owned right away.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("opening an AF_PACKET socket (needs root)");
+            }
+            // SAFETY: fd is a fresh, valid socket.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: an all-zero sockaddr_ll is valid; the fields below make it an address.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&spec.dst_mac);
+            let mut buf = vec![0u8; 2048];
+            while sent < args.count && Instant::now() < deadline {
+                if allowed(sent) == sent {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let len = fill(&mut buf, sent);
+                // SAFETY: buf and addr are valid for the call's duration.
+                let n = unsafe {
+                    libc::sendto(
+                        socket.as_raw_fd(),
+                        buf.as_ptr().cast(),
+                        len,
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if n < 0 {
+                    let error = std::io::Error::last_os_error();
+                    if error.raw_os_error() == Some(libc::ENOBUFS) {
+                        std::thread::sleep(Duration::from_micros(50));
+                        continue;
+                    }
+                    return Err(error).context("sending");
+                }
+                sent += 1;
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "sent {sent} frames in {secs:.3} s ({:.0} pps)",
-        sent as f64 / secs.max(1e-9)
-    );
+    let pps = sent as f64 / secs.max(1e-9);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "sent": sent, "seconds": secs, "pps": pps })
+        );
+    } else {
+        println!("sent {sent} frames in {secs:.3} s ({pps:.0} pps)");
+    }
     if sent < args.count {
         bail!(
             "sent only {sent} of {} frames within {} s",
