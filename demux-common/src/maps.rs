@@ -30,3 +30,6 @@ pub const MAX_IFACES: u32 = 16;
 pub const PROGRAM: &str = "demux";
 /// A trivial XDP_PASS program in the same object: the benchmark baseline.
 pub const BASELINE_PROGRAM: &str = "baseline_pass";
+/// An XDP program that counts (`BENCH_DROPS`, per-CPU `u64`) and drops: the benchmark's limit.
+pub const BENCH_DROP_PROGRAM: &str = "bench_drop";
+pub const BENCH_DROPS: &str = "BENCH_DROPS";

@@ -33,6 +33,13 @@ pub fn baseline_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The benchmark's limit case: counts every packet in `BENCH_DROPS` and drops it.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    counters::count_bench_drop();
+    xdp_action::XDP_DROP
+}
+
 /// The verdict for one packet.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {

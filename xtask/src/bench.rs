@@ -21,6 +21,9 @@ enum Which {
     /// Per-packet cost of the XDP program under BPF_PROG_TEST_RUN against an XDP_PASS baseline,
     /// with 1 to 1,000,000 bindings.
     Classifier,
+    /// Delivered packets per second on a veth testbed: XDP_DROP, kernel UDP sockets (recvmmsg,
+    /// SO_REUSEPORT), demux to a counting sink and to a client ring.
+    Throughput,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -29,6 +32,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let name = match args.which {
         Which::Classifier => "classifier",
+        Which::Throughput => "throughput",
     };
     let json = format!("target/bench/{name}.json");
     let mut cmd = cargo();

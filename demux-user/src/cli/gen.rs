@@ -31,7 +31,7 @@ pub struct GenArgs {
     /// Send TCP SYNs instead of UDP datagrams.
     #[arg(long)]
     tcp: bool,
-    /// Frames to send (at most 10,000,000).
+    /// Frames to send (at most 100,000,000).
     #[arg(long, value_name = "N")]
     count: u64,
     /// Distinct flows: source ports SRC_PORT .. SRC_PORT+FLOWS-1, round robin.
@@ -91,8 +91,8 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             args.dst
         );
     }
-    if args.count > 10_000_000 || args.flows == 0 {
-        bail!("--count must be at most 10,000,000 and --flows at least 1");
+    if args.count > 100_000_000 || args.flows == 0 {
+        bail!("--count must be at most 100,000,000 and --flows at least 1");
     }
     let ifindex = demux::attach::ifindex(&args.iface)?;
     let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", args.iface))
