@@ -93,6 +93,77 @@ impl Drop for Area {
     }
 }
 
+/// The parts every AF_XDP socket here needs: its own UMEM on `frames` chunks, a socket on
+/// (`iface`, `queue`), the fill/completion rings, and the packet ring(s) `config` asks for,
+/// bound in copy mode (with `config.bind_flags`).
+struct Parts {
+    user: User,
+    device: DeviceQueue,
+    socket: Socket,
+    umem: Umem,
+    area: Area,
+}
+
+/// Turns an xdpilone errno into an error naming the socket and the step.
+fn step(iface: &str, queue: u32, step: &'static str) -> impl Fn(xdpilone::Errno) -> XskError {
+    let iface = iface.to_owned();
+    move |errno| XskError::Step {
+        iface: iface.clone(),
+        queue,
+        step,
+        errno: errno.to_string(),
+    }
+}
+
+fn open_parts(
+    iface: &str,
+    queue: u32,
+    frames: u32,
+    config: SocketConfig,
+) -> Result<Parts, XskError> {
+    let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+    let umem_config = UmemConfig {
+        fill_size: frames,
+        complete_size: frames,
+        frame_size: FRAME_SIZE,
+        headroom: 0,
+        flags: 0,
+    };
+    let region = NonNull::slice_from_raw_parts(area.ptr, area.len);
+    // SAFETY: `area` is page aligned, `frames * FRAME_SIZE` long, and outlives the UMEM (the
+    // sockets keep their fields in drop order: rings, socket, UMEM, memory).
+    let umem = unsafe { Umem::new(umem_config, region) }.map_err(step(
+        iface,
+        queue,
+        "registering the UMEM",
+    ))?;
+    let mut info = IfInfo::invalid();
+    let name = CString::new(iface).map_err(|_| XskError::Interface {
+        iface: iface.to_owned(),
+        reason: "the name contains a NUL byte".into(),
+    })?;
+    info.from_name(&name).map_err(|e| XskError::Interface {
+        iface: iface.to_owned(),
+        reason: format!("not found ({e})"),
+    })?;
+    info.set_queue(queue);
+    let socket =
+        Socket::with_shared(&info, &umem).map_err(step(iface, queue, "creating the socket"))?;
+    let device =
+        umem.fq_cq(&socket)
+            .map_err(step(iface, queue, "creating the fill/completion rings"))?;
+    let user =
+        umem.rx_tx(&socket, &config)
+            .map_err(step(iface, queue, "creating the packet ring"))?;
+    Ok(Parts {
+        user,
+        device,
+        socket,
+        umem,
+        area,
+    })
+}
+
 /// An AF_XDP socket bound to one rx queue, with its own UMEM.
 pub struct QueueSocket {
     // Field order is drop order: rings and socket before the UMEM before its memory.
@@ -113,53 +184,23 @@ impl QueueSocket {
     /// Opens a socket on `iface` rx queue `queue` with `frames` UMEM frames (a power of two),
     /// and hands all of them to the fill ring.
     pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
-        let step = |step: &'static str| {
-            let iface = iface.to_owned();
-            move |errno: xdpilone::Errno| XskError::Step {
-                iface: iface.clone(),
-                queue,
-                step,
-                errno: errno.to_string(),
-            }
+        let config = SocketConfig {
+            rx_size: NonZeroU32::new(frames),
+            tx_size: None,
+            bind_flags: SocketConfig::XDP_BIND_COPY,
         };
-        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
-        let config = UmemConfig {
-            fill_size: frames,
-            complete_size: frames,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        let region = NonNull::slice_from_raw_parts(area.ptr, area.len);
-        // SAFETY: `area` is page aligned, `frames * FRAME_SIZE` long, and outlives the UMEM
-        // (field order).
-        let umem = unsafe { Umem::new(config, region) }.map_err(step("registering the UMEM"))?;
-        let mut info = IfInfo::invalid();
-        let name = CString::new(iface).map_err(|_| XskError::Interface {
-            iface: iface.to_owned(),
-            reason: "the name contains a NUL byte".into(),
-        })?;
-        info.from_name(&name).map_err(|e| XskError::Interface {
-            iface: iface.to_owned(),
-            reason: format!("not found ({e})"),
-        })?;
-        info.set_queue(queue);
-        let socket = Socket::with_shared(&info, &umem).map_err(step("creating the socket"))?;
-        let device = umem
-            .fq_cq(&socket)
-            .map_err(step("creating the fill/completion rings"))?;
-        let user = umem
-            .rx_tx(
-                &socket,
-                &SocketConfig {
-                    rx_size: NonZeroU32::new(frames),
-                    tx_size: None,
-                    bind_flags: SocketConfig::XDP_BIND_COPY,
-                },
-            )
-            .map_err(step("creating the rx ring"))?;
-        let rx = user.map_rx().map_err(step("mapping the rx ring"))?;
-        umem.bind(&user).map_err(step("binding (copy mode)"))?;
+        let Parts {
+            user,
+            device,
+            socket,
+            umem,
+            area,
+        } = open_parts(iface, queue, frames, config)?;
+        let rx = user
+            .map_rx()
+            .map_err(step(iface, queue, "mapping the rx ring"))?;
+        umem.bind(&user)
+            .map_err(step(iface, queue, "binding (copy mode)"))?;
         let mut socket = Self {
             rx,
             device,
@@ -257,52 +298,23 @@ pub struct TxSocket {
 
 impl TxSocket {
     pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
-        let step = |step: &'static str| {
-            let iface = iface.to_owned();
-            move |errno: xdpilone::Errno| XskError::Step {
-                iface: iface.clone(),
-                queue,
-                step,
-                errno: errno.to_string(),
-            }
+        let config = SocketConfig {
+            rx_size: None,
+            tx_size: NonZeroU32::new(frames),
+            bind_flags: SocketConfig::XDP_BIND_COPY | SocketConfig::XDP_BIND_NEED_WAKEUP,
         };
-        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
-        let config = UmemConfig {
-            fill_size: frames,
-            complete_size: frames,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        let region = NonNull::slice_from_raw_parts(area.ptr, area.len);
-        // SAFETY: as in `QueueSocket::open`.
-        let umem = unsafe { Umem::new(config, region) }.map_err(step("registering the UMEM"))?;
-        let mut info = IfInfo::invalid();
-        let name = CString::new(iface).map_err(|_| XskError::Interface {
-            iface: iface.to_owned(),
-            reason: "the name contains a NUL byte".into(),
-        })?;
-        info.from_name(&name).map_err(|e| XskError::Interface {
-            iface: iface.to_owned(),
-            reason: format!("not found ({e})"),
-        })?;
-        info.set_queue(queue);
-        let socket = Socket::with_shared(&info, &umem).map_err(step("creating the socket"))?;
-        let device = umem
-            .fq_cq(&socket)
-            .map_err(step("creating the fill/completion rings"))?;
-        let user = umem
-            .rx_tx(
-                &socket,
-                &SocketConfig {
-                    rx_size: None,
-                    tx_size: NonZeroU32::new(frames),
-                    bind_flags: SocketConfig::XDP_BIND_COPY | SocketConfig::XDP_BIND_NEED_WAKEUP,
-                },
-            )
-            .map_err(step("creating the tx ring"))?;
-        let tx = user.map_tx().map_err(step("mapping the tx ring"))?;
-        umem.bind(&user).map_err(step("binding (copy mode)"))?;
+        let Parts {
+            user,
+            device,
+            socket,
+            umem,
+            area,
+        } = open_parts(iface, queue, frames, config)?;
+        let tx = user
+            .map_tx()
+            .map_err(step(iface, queue, "mapping the tx ring"))?;
+        umem.bind(&user)
+            .map_err(step(iface, queue, "binding (copy mode)"))?;
         Ok(Self {
             tx,
             device,
