@@ -8,7 +8,6 @@ mod clients;
 mod daemon;
 mod endpoints;
 mod netns;
-mod packets;
 mod program;
 mod steer;
 
@@ -41,7 +40,6 @@ macro_rules! tests {
 
 const TESTS: &[(&str, Test)] = tests![
     program::verifier_accepts_the_program,
-    program::test_run_verdicts,
     classifier::fixtures_agree_with_the_program,
     classifier::differential_100k_frames,
     classifier::full_table_is_refused_by_name_and_rolled_back,
