@@ -135,47 +135,6 @@ fn setup() -> anyhow::Result<Testbed> {
     let steps: &[&[&str]] = &[
         &["ip", "netns", "add", NS_A],
         &["ip", "netns", "add", NS_B],
-        // No IPv6 autoconfiguration chatter: every frame counted is one the generator sent.
-        &[
-            "ip",
-            "netns",
-            "exec",
-            NS_A,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv6.conf.all.disable_ipv6=1",
-        ],
-        &[
-            "ip",
-            "netns",
-            "exec",
-            NS_A,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ],
-        &[
-            "ip",
-            "netns",
-            "exec",
-            NS_B,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv6.conf.all.disable_ipv6=1",
-        ],
-        &[
-            "ip",
-            "netns",
-            "exec",
-            NS_B,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ],
         &[
             "ip", "-n", NS_A, "link", "add", IF_A, "type", "veth", "peer", "name", IF_B, "netns",
             NS_B,
@@ -207,6 +166,15 @@ fn setup() -> anyhow::Result<Testbed> {
     for step in steps {
         println!("  {}", step.join(" "));
         sh(step)?;
+    }
+    // No IPv6 autoconfiguration chatter: every frame counted is one the generator sent.
+    for ns in [NS_A, NS_B] {
+        for key in ["all", "default"] {
+            let setting = format!("net.ipv6.conf.{key}.disable_ipv6=1");
+            let step = ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", &setting];
+            println!("  {}", step.join(" "));
+            sh(&step)?;
+        }
     }
     testbed.b_mac = sh(&[
         "ip",
