@@ -22,7 +22,9 @@ enum Which {
     /// with 1 to 1,000,000 bindings.
     Classifier,
     /// Delivered packets per second on a veth testbed: XDP_DROP, kernel UDP sockets (recvmmsg,
-    /// SO_REUSEPORT), demux to a counting sink and to a client ring.
+    /// SO_REUSEPORT), demux to a counting sink and to a client ring; IPv4 and IPv6, 64- and
+    /// 1,400-byte frames, 1 to 4,096 endpoints and 1,000,000 bindings; latency at half load and
+    /// the zero-loss rate. Writes JSON and a plot (SVG, PNG) under target/bench/.
     Throughput,
 }
 
@@ -34,7 +36,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Classifier => "classifier",
         Which::Throughput => "throughput",
     };
-    let json = format!("target/bench/{name}.json");
+    // Absolute: cargo runs a bench in its package's directory.
+    let json = crate::workspace_root().join(format!("target/bench/{name}.json"));
+    let json = json.to_string_lossy();
     let mut cmd = cargo();
     cmd.args([
         "bench",

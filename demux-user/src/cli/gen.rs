@@ -1,6 +1,7 @@
 //! `demux gen`: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames,
 //! through an AF_XDP socket (`--mode xdp`, the fastest sender on veth) or an AF_PACKET socket
-//! (`--mode packet`), as fast as possible or at `--rate` pps. Each UDP payload starts with a
+//! (`--mode packet`), or UDP datagrams through the kernel's stack with sendmmsg (`--mode
+//! sendmmsg`, for comparison), as fast as possible or at `--rate` pps. Each UDP payload starts with a
 //! sequence number and a send time (CLOCK_MONOTONIC), for loss and latency. It only sends to the
 //! benchmarking ranges (198.18.0.0/15, 2001:2::/48) unless `--allow-any-address` says otherwise.
 
@@ -37,6 +38,9 @@ pub struct GenArgs {
     /// Distinct flows: source ports SRC_PORT .. SRC_PORT+FLOWS-1, round robin.
     #[arg(long, value_name = "N", default_value_t = 1)]
     flows: u16,
+    /// Destination ports DST_PORT .. DST_PORT+N-1, round robin (one endpoint each, say).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    dst_ports: u16,
     /// Payload bytes per frame.
     #[arg(long, value_name = "BYTES", default_value_t = 18)]
     payload: usize,
@@ -46,7 +50,9 @@ pub struct GenArgs {
     /// Send to addresses outside 198.18.0.0/15 and 2001:2::/48 (they may belong to someone).
     #[arg(long)]
     allow_any_address: bool,
-    /// How to send: `xdp` (AF_XDP, copy mode on veth) or `packet` (AF_PACKET, one sendto each).
+    /// How to send: `xdp` (AF_XDP, copy mode on veth), `packet` (AF_PACKET, one sendto each) or
+    /// `sendmmsg` (UDP sockets bound to the source addresses, batches of 64 through the kernel's
+    /// stack; the flow changes per batch; UDP only; the MAC addresses are the kernel's choice).
     #[arg(long, value_enum, default_value_t = Mode::Xdp)]
     mode: Mode,
     /// Target rate in packets per second; 0 sends as fast as possible.
@@ -61,6 +67,7 @@ pub struct GenArgs {
 enum Mode {
     Xdp,
     Packet,
+    Sendmmsg,
 }
 
 fn benchmarking_range(ip: IpAddr) -> bool {
@@ -91,8 +98,14 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             args.dst
         );
     }
-    if args.count > 100_000_000 || args.flows == 0 {
-        bail!("--count must be at most 100,000,000 and --flows at least 1");
+    if args.count > 100_000_000 || args.flows == 0 || args.dst_ports == 0 {
+        bail!("--count must be at most 100,000,000, and --flows and --dst-ports at least 1");
+    }
+    if args.mode == Mode::Sendmmsg && args.tcp {
+        bail!("--mode sendmmsg sends UDP datagrams only; drop --tcp or pick --mode xdp");
+    }
+    if args.payload < 16 && !args.tcp || args.payload > 9000 {
+        bail!("--payload must be 16 (sequence number and send time) to 9000 bytes");
     }
     let ifindex = demux::attach::ifindex(&args.iface)?;
     let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", args.iface))
@@ -104,14 +117,24 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     };
     spec.dst_mac = parse_mac(&args.dst_mac)?;
     spec.src_mac = parse_mac(src_mac.trim())?;
-    let frames: Vec<Vec<u8>> = (0..args.flows)
+    let frames: Vec<Vec<u8>> = (0..args.flows.max(args.dst_ports))
         .map(|i| {
             let mut flow = spec.clone();
-            flow.src.set_port(args.src.port().wrapping_add(i));
+            flow.src
+                .set_port(args.src.port().wrapping_add(i % args.flows));
+            flow.dst
+                .set_port(args.dst.port().wrapping_add(i % args.dst_ports));
             flow.build()
         })
         .collect();
 
+    // Open the socket before the clock starts, or a paced run would begin with a burst of
+    // everything due while it opened.
+    let mut output = match args.mode {
+        Mode::Xdp => Output::Xdp(Box::new(open_xdp(&args.iface)?)),
+        Mode::Packet => Output::Packet(open_packet()?),
+        Mode::Sendmmsg => Output::Sendmmsg(udp_sockets(&args)?),
+    };
     let stamp = !args.tcp;
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
@@ -126,27 +149,15 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         }
     };
     let fill = |buf: &mut [u8], seq: u64| -> usize {
-        let frame = &frames[(seq % u64::from(args.flows)) as usize];
+        let frame = &frames[(seq % frames.len() as u64) as usize];
         buf[..frame.len()].copy_from_slice(frame);
         if stamp {
             demux::frame::stamp_udp(&mut buf[..frame.len()], seq, demux::frame::monotonic_ns());
         }
         frame.len()
     };
-    match args.mode {
-        Mode::Xdp => {
-            // The kernel frees a closed AF_XDP socket's queue asynchronously: a run right after
-            // another may find it busy for a moment.
-            let mut attempts = 0;
-            let mut socket = loop {
-                match demux::xsk::TxSocket::open(&args.iface, 0, 4096) {
-                    Err(e) if e.to_string().contains("busy") && attempts < 100 => {
-                        attempts += 1;
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    other => break other?,
-                }
-            };
+    match &mut output {
+        Output::Xdp(socket) => {
             while sent < args.count && Instant::now() < deadline {
                 let burst = (allowed(sent) - sent).min(64) as u32;
                 if burst == 0 {
@@ -166,15 +177,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-        Mode::Packet => {
-            // SAFETY: a plain socket call; the fd is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .context("opening an AF_PACKET socket (needs root)");
-            }
-            // SAFETY: fd is a fresh, valid socket.
-            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        Output::Packet(socket) => {
             // SAFETY: an all-zero sockaddr_ll is valid; the fields below make it an address.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
@@ -210,6 +213,9 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
                 sent += 1;
             }
         }
+        Output::Sendmmsg(sockets) => {
+            sent = sendmmsg(&args, sockets, deadline, allowed)?;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let pps = sent as f64 / secs.max(1e-9);
@@ -229,6 +235,153 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the frames go.
+enum Output {
+    Xdp(Box<demux::xsk::TxSocket>),
+    Packet(OwnedFd),
+    Sendmmsg(Vec<std::net::UdpSocket>),
+}
+
+fn open_xdp(iface: &str) -> anyhow::Result<demux::xsk::TxSocket> {
+    // The kernel frees a closed AF_XDP socket's queue asynchronously: a run right after
+    // another may find it busy for a moment.
+    let mut attempts = 0;
+    loop {
+        match demux::xsk::TxSocket::open(iface, 0, 4096) {
+            Err(e) if e.to_string().contains("busy") && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn open_packet() -> anyhow::Result<OwnedFd> {
+    // SAFETY: a plain socket call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("opening an AF_PACKET socket (needs root)");
+    }
+    // SAFETY: fd is a fresh, valid socket.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `--mode sendmmsg`: a UDP socket per flow, bound to its source address.
+fn udp_sockets(args: &GenArgs) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    (0..args.flows)
+        .map(|i| {
+            let mut src = args.src;
+            src.set_port(args.src.port().wrapping_add(i));
+            std::net::UdpSocket::bind(src)
+                .with_context(|| format!("--src: binding a UDP socket to {src}"))
+        })
+        .collect()
+}
+
+/// The socket address in the C form.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid, and large enough for either form.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// `--mode sendmmsg`: one UDP socket per flow, batches of 64 datagrams, each stamped; returns
+/// datagrams sent.
+fn sendmmsg(
+    args: &GenArgs,
+    sockets: &[std::net::UdpSocket],
+    deadline: Instant,
+    allowed: impl Fn(u64) -> u64,
+) -> anyhow::Result<u64> {
+    const BATCH: usize = 64;
+    let destinations: Vec<_> = (0..args.dst_ports)
+        .map(|i| {
+            let mut dst = args.dst;
+            dst.set_port(args.dst.port().wrapping_add(i));
+            sockaddr(dst)
+        })
+        .collect();
+    let mut payloads = vec![vec![0x5au8; args.payload]; BATCH];
+    let mut sent = 0u64;
+    let mut batch_no = 0usize;
+    while sent < args.count && Instant::now() < deadline {
+        let burst = (allowed(sent) - sent).min(BATCH as u64) as usize;
+        if burst == 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let now = demux::frame::monotonic_ns();
+        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(burst);
+        for (i, payload) in payloads.iter_mut().take(burst).enumerate() {
+            payload[..8].copy_from_slice(&(sent + i as u64).to_le_bytes());
+            payload[8..16].copy_from_slice(&now.to_le_bytes());
+            iovs.push(libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: payload.len(),
+            });
+        }
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, iov)| {
+                let (addr, len) = &destinations[(sent as usize + i) % destinations.len()];
+                // SAFETY: mmsghdr is plain data; the fields below make it a message.
+                let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                msg.msg_hdr.msg_name = (addr as *const libc::sockaddr_storage).cast_mut().cast();
+                msg.msg_hdr.msg_namelen = *len;
+                msg.msg_hdr.msg_iov = iov;
+                msg.msg_hdr.msg_iovlen = 1;
+                msg
+            })
+            .collect();
+        let socket = &sockets[batch_no % sockets.len()];
+        batch_no += 1;
+        // SAFETY: msgs point at iovecs, payloads and addresses that outlive the call.
+        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), burst as u32, 0) };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            if matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) {
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            return Err(error).context("sendmmsg");
+        }
+        sent += n as u64;
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

@@ -1,0 +1,210 @@
+//! What the throughput benchmark measures: a case is a receiver (XDP_DROP, kernel sockets,
+//! demux) under one kind of traffic; a sample is one run of a case at one offered load.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+/// First destination port; the scale cases use PORT .. PORT+endpoints-1.
+pub const PORT: u16 = 7000;
+/// Source ports (flows) the generator cycles through.
+pub const FLOWS: u16 = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receiver {
+    /// `bench_drop` counts and drops: the limit of the hook.
+    XdpDrop,
+    /// One kernel UDP socket, a thread reading with recvmmsg.
+    KernelRecvmmsg,
+    /// One SO_REUSEPORT kernel socket per core, a thread each.
+    KernelReuseport,
+    /// The daemon delivering to in-daemon counting sinks.
+    DemuxCount,
+    /// The daemon delivering to a client process's shared-memory ring.
+    DemuxRing,
+}
+
+impl Receiver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Receiver::XdpDrop => "xdp_drop",
+            Receiver::KernelRecvmmsg => "kernel_recvmmsg",
+            Receiver::KernelReuseport => "kernel_reuseport",
+            Receiver::DemuxCount => "demux_count",
+            Receiver::DemuxRing => "demux_ring",
+        }
+    }
+
+    /// Whether the receiver reads payloads, so it can measure latency from the send stamps.
+    pub fn reads_payloads(self) -> bool {
+        matches!(
+            self,
+            Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::DemuxRing
+        )
+    }
+}
+
+/// How the generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// AF_XDP TX (copy mode on veth): the fastest sender here.
+    Xdp,
+    /// UDP sockets with sendmmsg, through the sender namespace's stack.
+    Sendmmsg,
+}
+
+/// The traffic of a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    pub ipv6: bool,
+    /// Ethernet frame length without the FCS (64 on the wire = 60 here).
+    pub frame: usize,
+    /// Destination ports, one endpoint each.
+    pub ports: u16,
+    pub sender: Sender,
+}
+
+impl Traffic {
+    pub const fn new(ipv6: bool, frame: usize) -> Self {
+        Self {
+            ipv6,
+            frame,
+            ports: 1,
+            sender: Sender::Xdp,
+        }
+    }
+
+    fn headers(&self) -> usize {
+        14 + if self.ipv6 { 40 } else { 20 } + 8
+    }
+
+    /// UDP payload bytes: what makes the frame `frame` long, at least the 16-byte stamp.
+    pub fn payload(&self) -> usize {
+        self.frame.saturating_sub(self.headers()).max(16)
+    }
+
+    /// The frame length actually sent.
+    pub fn frame_len(&self) -> usize {
+        self.headers() + self.payload()
+    }
+
+    pub fn src(&self) -> SocketAddr {
+        if self.ipv6 {
+            "[2001:2::1]:40000".parse().expect("address")
+        } else {
+            "198.18.0.1:40000".parse().expect("address")
+        }
+    }
+
+    pub fn dst(&self) -> SocketAddr {
+        if self.ipv6 {
+            format!("[2001:2::2]:{PORT}").parse().expect("address")
+        } else {
+            format!("198.18.0.2:{PORT}").parse().expect("address")
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{} {}B{}",
+            if self.ipv6 { "v6" } else { "v4" },
+            self.frame_len() + 4,
+            if self.sender == Sender::Sendmmsg {
+                " sendmmsg"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// A receiver under one traffic, with the demux tables holding `fillers` bindings beyond the
+/// endpoints' own: on the endpoints' own ports (every packet probes their table) or on other
+/// ports (the port index skips their table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub receiver: Receiver,
+    pub traffic: Traffic,
+    pub fillers: u32,
+    pub fillers_on_own_ports: bool,
+}
+
+impl Case {
+    pub fn name(&self) -> String {
+        let mut name = format!("{} {}", self.receiver.name(), self.traffic.label());
+        if self.traffic.ports > 1 {
+            name += &format!(" {}ep", self.traffic.ports);
+        }
+        if self.fillers > 0 {
+            name += &format!(
+                " +{}k bindings {}",
+                self.fillers / 1000,
+                if self.fillers_on_own_ports {
+                    "same ports"
+                } else {
+                    "other ports"
+                }
+            );
+        }
+        name
+    }
+}
+
+/// One run of a case.
+#[derive(Debug, Default)]
+pub struct Sample {
+    /// The offered rate asked of the generator (0: as fast as it goes).
+    pub rate: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub secs: f64,
+    /// Dropped, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Passed to the kernel without reaching the case's receiver.
+    pub passed: u64,
+    /// Busy share of the receiving CPU (1) while the generator ran, 0..1.
+    pub cpu_busy: f64,
+    /// Busy seconds of the receiving CPU while the generator ran.
+    pub cpu_secs: f64,
+    /// Mean run time of the XDP program per packet (BPF_STATS_RUN_TIME), when known.
+    pub bpf_ns: Option<f64>,
+    /// Send-to-read latencies in ns, for receivers that read payloads at a set rate.
+    pub latencies: Vec<u64>,
+    /// The daemon's resident memory beyond its UMEMs, in KiB (demux cases).
+    pub daemon_kib: Option<u64>,
+}
+
+impl Sample {
+    pub fn counted(&self) -> u64 {
+        self.delivered + self.passed + self.dropped.values().sum::<u64>()
+    }
+
+    pub fn accounted(&self) -> bool {
+        self.sent == self.counted()
+    }
+
+    pub fn offered_pps(&self) -> f64 {
+        self.sent as f64 / self.secs
+    }
+
+    pub fn delivered_pps(&self) -> f64 {
+        self.delivered as f64 / self.secs
+    }
+
+    pub fn lossless(&self) -> bool {
+        self.accounted() && self.delivered == self.sent
+    }
+}
+
+/// `p` (0..100) of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The median of some values.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}

@@ -1,0 +1,334 @@
+//! The demux cases: the daemon in the receiving namespace, delivering to counting sinks or to
+//! a client's ring. For the scale case the bench writes filler bindings straight into the
+//! daemon's CONNECTED table (the daemon's map, found by id from its `/proc/PID/fdinfo`): a
+//! connected binding per filler, from addresses the traffic never uses, with its port-index
+//! bit. On the endpoints' own ports every packet probes that table and misses before its
+//! wildcard match (the worst case); on other ports the port index spares the probe.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
+use demux::{
+    binding::{addr16, Protocol},
+    client::Endpoint,
+    control::{client::Client, BindRequest, Request, Response},
+    sink::SinkSpec,
+};
+use demux_common::{
+    binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
+    maps,
+    ports::{port_bit, port_index, TABLE_CONNECTED},
+};
+
+use crate::{
+    cases::{Case, Receiver, Sample, PORT},
+    generator::{generate, DEMUX},
+    testbed::{
+        bpf_run_stats, map_ids, pin_cpu, stop, threaded_napi, veth_drops, CpuTimes, Testbed, IF_B,
+        NS_B, RX_CPU,
+    },
+};
+
+/// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.
+const FRAMES: u64 = 4096;
+
+/// Starts the daemon in namespace B on the receiving CPU; returns its PID and control socket.
+fn start_daemon(testbed: &mut Testbed) -> anyhow::Result<(u32, PathBuf)> {
+    let control = testbed.dir.join("control.sock");
+    let log = testbed.dir.join("daemon.log");
+    let _ = std::fs::remove_file(&control);
+    let child = Command::new("ip")
+        .args(["netns", "exec", NS_B, "taskset", "-c", &RX_CPU.to_string()])
+        .args([DEMUX, "daemon", "--iface", IF_B, "--stats-interval", "0"])
+        .args(["--frames", &FRAMES.to_string(), "--control"])
+        .arg(&control)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log)?)
+        .spawn()?;
+    let pid = child.id();
+    testbed.children.push(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !control.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "the daemon did not start; see {}",
+            log.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok((pid, control))
+}
+
+/// Runs one demux case at `rate` pps (0: flat out) for `secs`.
+pub fn measure(
+    case: &Case,
+    testbed: &mut Testbed,
+    rate: u64,
+    secs: f64,
+    latency: bool,
+) -> anyhow::Result<Sample> {
+    let (pid, control) = start_daemon(testbed)?;
+    let result = run_daemon_case(case, testbed, pid, &control, rate, secs, latency);
+    if let Some(mut daemon) = testbed.children.pop() {
+        stop(&mut daemon);
+    }
+    result
+}
+
+fn wildcard(case: &Case, port: u16) -> String {
+    if case.traffic.ipv6 {
+        format!("[::]:{port}")
+    } else {
+        format!("0.0.0.0:{port}")
+    }
+}
+
+/// A client thread reading its endpoint's ring on the receiving CPU.
+struct RingClient {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<(u64, Vec<u64>)>,
+}
+
+impl RingClient {
+    fn start(control: &Path, local: String, latency: bool) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (control, flag) = (control.to_owned(), stop.clone());
+        let thread = thread::spawn(move || {
+            pin_cpu(RX_CPU);
+            let mut endpoint = match Endpoint::bind(&control, Protocol::Udp, &local) {
+                Ok(e) => {
+                    let _ = ready_tx.send(Ok(()));
+                    e
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return (0, Vec::new());
+                }
+            };
+            let (mut count, mut latencies) = (0u64, Vec::new());
+            let mut note = |payload: &[u8], now: u64| {
+                count += 1;
+                if latency {
+                    if let Some((_, sent)) = demux::frame::read_stamp(payload) {
+                        latencies.push(now.saturating_sub(sent));
+                    }
+                }
+            };
+            while !flag.load(Relaxed) {
+                let now = demux::frame::monotonic_ns();
+                match endpoint.recv_batch(256, |view| note(view.payload, now)) {
+                    Ok(0) => {
+                        if let Ok(Some(d)) = endpoint.recv_from(Some(Duration::from_millis(50))) {
+                            note(&d.payload, demux::frame::monotonic_ns());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            (count, latencies)
+        });
+        ready_rx.recv().context("the ring client died")??;
+        Ok(Self { stop, thread })
+    }
+
+    fn finish(self) -> (u64, Vec<u64>) {
+        self.stop.store(true, Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn run_daemon_case(
+    case: &Case,
+    testbed: &Testbed,
+    pid: u32,
+    control: &Path,
+    rate: u64,
+    secs: f64,
+    latency: bool,
+) -> anyhow::Result<Sample> {
+    let mut client = Client::connect(control)?;
+    let mut ring = None;
+    if case.receiver == Receiver::DemuxRing {
+        ring = Some(RingClient::start(control, wildcard(case, PORT), latency)?);
+    } else {
+        let mut endpoints = Vec::new();
+        for i in 0..case.traffic.ports {
+            let request = BindRequest {
+                protocol: Protocol::Udp,
+                local: wildcard(case, PORT + i),
+                connect: None,
+                group: None,
+                v6only: false,
+                to: SinkSpec::Count,
+                persistent: false,
+            };
+            match client.call(Request::Bind(request))? {
+                Response::Bound { id } => endpoints.push((PORT + i, id)),
+                other => bail!("binding port {}: {other:?}", PORT + i),
+            }
+        }
+        if case.fillers > 0 {
+            fill_connected(pid, &endpoints, case)?;
+        }
+    }
+    threaded_napi()?;
+    let (veth_before, cpu_before, bpf_before) = (veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
+    let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+    let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+    thread::sleep(Duration::from_millis(300));
+    let bpf_after = bpf_run_stats(pid);
+    let (read, latencies) = ring.map(RingClient::finish).unwrap_or_default();
+    let daemon_kib = daemon_memory_kib(pid);
+    let s = match client.call(Request::Stats)? {
+        Response::Stats(stats) => stats,
+        other => bail!("stats: {other:?}"),
+    };
+    let mut dropped = BTreeMap::new();
+    // veth counts a failed redirect (the AF_XDP rx ring full) as its own rx drop too: count
+    // those once, under the socket.
+    let xsk_rx: u64 = s.sockets.iter().map(|x| x.rx_dropped).sum();
+    dropped.insert("veth", (veth_drops() - veth_before).saturating_sub(xsk_rx));
+    dropped.insert("xsk_rx", xsk_rx);
+    dropped.insert(
+        "sink",
+        s.endpoints
+            .iter()
+            .map(|e| e.dropped_sink_full + e.dropped_sink_error)
+            .sum(),
+    );
+    dropped.insert("worker", s.dropped_no_endpoint + s.dropped_bad_metadata);
+    // The ring's client stops a little after the generator and may leave a few records unread;
+    // those were delivered all the same.
+    ensure!(
+        read <= s.delivered(),
+        "the client read {read} of {} delivered",
+        s.delivered()
+    );
+    let runs = bpf_after.1.saturating_sub(bpf_before.1);
+    Ok(Sample {
+        rate,
+        sent,
+        delivered: s.delivered(),
+        secs,
+        dropped,
+        passed: s.passed(),
+        cpu_busy,
+        cpu_secs,
+        bpf_ns: (runs > 0).then(|| (bpf_after.0 - bpf_before.0) as f64 / runs as f64),
+        latencies,
+        daemon_kib,
+    })
+}
+
+/// Finds one of the daemon's maps by name.
+fn daemon_map(pid: u32, name: &str) -> anyhow::Result<Map> {
+    for id in map_ids(pid) {
+        let info = MapInfo::from_id(id)?;
+        if info.name_as_str() == Some(name) {
+            return Ok(Map::from_map_data(MapData::from_id(id)?)?);
+        }
+    }
+    bail!("the daemon (pid {pid}) holds no map named {name}")
+}
+
+/// Writes the case's filler bindings, spread evenly over the endpoints, on their ports or on as
+/// many other ports, from remote addresses the generator never uses, and sets their port-index
+/// bits.
+fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Result<()> {
+    let ipv6 = case.traffic.ipv6;
+    // Other ports: 20000 and up, never a destination of the traffic.
+    let shift = if case.fillers_on_own_ports {
+        0
+    } else {
+        20000 - PORT
+    };
+    let endpoints: Vec<(u16, u32)> = endpoints.iter().map(|&(p, id)| (p + shift, id)).collect();
+    let mut connected: HashMap<_, ConnectedKey, Target> =
+        HashMap::try_from(daemon_map(pid, maps::CONNECTED)?)?;
+    let (family, local) = if ipv6 {
+        (
+            FAMILY_IPV6,
+            IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2)),
+        )
+    } else {
+        (FAMILY_IPV4, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)))
+    };
+    for i in 0..case.fillers {
+        let (port, id) = endpoints[i as usize % endpoints.len()];
+        // 198.19.0.0/16 (or 2001:2:0:1::/64) and 16 ports: a million distinct remotes.
+        let remote = if ipv6 {
+            IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                2,
+                0,
+                1,
+                0,
+                0,
+                (i >> 20) as u16,
+                (i >> 4) as u16,
+            ))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(198, 19, (i >> 12) as u8, (i >> 4) as u8))
+        };
+        let key = ConnectedKey {
+            protocol: PROTO_UDP,
+            family,
+            local_port: port,
+            remote_port: 1024 + (i & 15) as u16,
+            _pad: [0; 2],
+            local_addr: addr16(local),
+            remote_addr: addr16(remote),
+        };
+        let target = Target {
+            id,
+            flags: 0,
+            prefix_len: 0,
+            _pad: 0,
+        };
+        connected
+            .insert(key, target, 0)
+            .with_context(|| format!("filler binding {i}"))?;
+    }
+    let mut ports: Array<_, u32> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
+    for &(port, _) in &endpoints {
+        let index = port_index(PROTO_UDP, port);
+        let bits = ports.get(&index, 0)?;
+        ports.set(index, bits | port_bit(TABLE_CONNECTED, family), 0)?;
+    }
+    Ok(())
+}
+
+/// The daemon's resident memory in KiB, less its UMEM (the mappings of exactly the UMEM's
+/// size): what the endpoints, tables' user-side state and runtime cost.
+fn daemon_memory_kib(pid: u32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let umem_kib = FRAMES * u64::from(demux::xsk::FRAME_SIZE) / 1024;
+    let (mut total, mut size) = (0, 0);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match (
+            words.next(),
+            words.next().and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            (Some("Size:"), Some(kib)) => size = kib,
+            (Some("Rss:"), Some(kib)) if size != umem_kib => total += kib,
+            _ => {}
+        }
+    }
+    Some(total)
+}

@@ -1,0 +1,55 @@
+//! Drives `demux gen` in the sender namespace, pinned to CPU 0.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::{
+    cases::{Sender, Traffic, FLOWS},
+    testbed::{Testbed, IF_A, NS_A},
+};
+
+pub const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
+
+/// Sends `traffic` for `secs` seconds at `rate` pps (0: as fast as it goes); returns frames
+/// sent and the seconds the generator took.
+pub fn generate(
+    testbed: &Testbed,
+    traffic: &Traffic,
+    rate: u64,
+    secs: f64,
+) -> anyhow::Result<(u64, f64)> {
+    let mode = match traffic.sender {
+        Sender::Xdp => "xdp",
+        Sender::Sendmmsg => "sendmmsg",
+    };
+    let output = Command::new("ip")
+        .args(["netns", "exec", NS_A, "taskset", "-c", "0", DEMUX, "gen"])
+        .args(["--iface", IF_A, "--mode", mode, "--dst-mac", &testbed.b_mac])
+        .args(["--src", &traffic.src().to_string()])
+        .args(["--dst", &traffic.dst().to_string()])
+        .args(["--dst-ports", &traffic.ports.to_string()])
+        .args(["--flows", &FLOWS.to_string()])
+        .args(["--payload", &traffic.payload().to_string()])
+        .args(["--rate", &rate.to_string(), "--count", "100000000"])
+        .args(["--duration", &secs.to_string(), "--json"])
+        .output()
+        .context("starting the generator")?;
+    // Reaching the duration before the count ends the run with a non-zero exit; the JSON line
+    // is printed either way.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .with_context(|| {
+            format!(
+                "the generator said: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })?;
+    let sent = report["sent"]
+        .as_u64()
+        .context("the generator's report has no `sent`")?;
+    let seconds = report["seconds"]
+        .as_f64()
+        .context("the generator's report has no `seconds`")?;
+    Ok((sent, seconds))
+}

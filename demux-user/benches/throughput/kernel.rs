@@ -1,0 +1,220 @@
+//! The baseline: kernel UDP sockets in the receiving namespace, read with recvmmsg.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::testbed::{enter, pin_cpu, NS_B, RX_CPU};
+
+/// Running receiver threads; `finish` stops them and returns what they read.
+pub struct Receivers {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<u64>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Receivers {
+    /// Datagrams read, and the send-to-read latencies (ns) if asked for.
+    pub fn finish(self) -> (u64, Vec<u64>) {
+        self.stop.store(true, Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let latencies = std::mem::take(&mut *self.latencies.lock().expect("latency lock"));
+        (self.count.load(Relaxed), latencies)
+    }
+}
+
+/// A UDP socket with SO_REUSEPORT, bound to `addr` (IPv6 sockets are v6only).
+fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket calls on a fresh socket, owned right away.
+    let socket = unsafe {
+        let fd = libc::socket(family, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket");
+        }
+        std::net::UdpSocket::from_raw_fd(fd)
+    };
+    let one: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: a valid socket and an int option.
+        unsafe { libc::setsockopt(socket.as_raw_fd(), level, name, (&raw const one).cast(), 4) }
+    };
+    set(libc::SOL_SOCKET, libc::SO_REUSEPORT);
+    // A 4 MiB receive buffer (about 5,000 small datagrams), as a user tuning for rate would
+    // set, and near the depth of demux's rings; root may pass net.core.rmem_max.
+    let bytes: libc::c_int = 4 << 20;
+    // SAFETY: a valid socket and an int option.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            4,
+        )
+    };
+    if addr.is_ipv6() {
+        set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+    }
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: storage holds a socket address of `len` bytes.
+    if unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
+        bail!("bind {addr}: {}", std::io::Error::last_os_error());
+    }
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    Ok(socket)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid and fits either form.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let mut sin6: libc::sockaddr_in6 =
+                // SAFETY: an all-zero sockaddr_in6 is valid.
+                unsafe { std::mem::zeroed() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace B, a thread each (pinned to
+/// the receiving CPU when there is one socket); with `latency`, each thread keeps the
+/// send-to-read time of every datagram.
+pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<Receivers> {
+    let receivers = Receivers {
+        stop: Arc::new(AtomicBool::new(false)),
+        count: Arc::new(AtomicU64::new(0)),
+        latencies: Arc::new(Mutex::new(Vec::new())),
+        threads: Vec::new(),
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for _ in 0..sockets {
+        let (stop, count, all_latencies, ready) = (
+            receivers.stop.clone(),
+            receivers.count.clone(),
+            receivers.latencies.clone(),
+            ready_tx.clone(),
+        );
+        threads.push(thread::spawn(move || {
+            let setup = || -> anyhow::Result<std::net::UdpSocket> {
+                enter(NS_B)?;
+                if sockets == 1 {
+                    pin_cpu(RX_CPU);
+                }
+                reuseport_socket(addr)
+            };
+            let socket = match setup() {
+                Ok(s) => {
+                    let _ = ready.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let mut latencies = Vec::new();
+            read_loop(&socket, &stop, &count, latency.then_some(&mut latencies));
+            all_latencies
+                .lock()
+                .expect("latency lock")
+                .extend(latencies);
+        }));
+    }
+    let receivers = Receivers {
+        threads,
+        ..receivers
+    };
+    for _ in 0..sockets {
+        ready_rx.recv().context("a receiver thread died")??;
+    }
+    Ok(receivers)
+}
+
+fn read_loop(
+    socket: &std::net::UdpSocket,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+    mut latencies: Option<&mut Vec<u64>>,
+) {
+    const BATCH: usize = 64;
+    let mut bufs = vec![[0u8; 2048]; BATCH];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; each points at its iovec below.
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    while !stop.load(Relaxed) {
+        // SAFETY: msgs, iovs and bufs live across the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        count.fetch_add(n as u64, Relaxed);
+        if let Some(latencies) = latencies.as_deref_mut() {
+            let now = demux::frame::monotonic_ns();
+            for (msg, buf) in msgs.iter().zip(&bufs).take(n as usize) {
+                if let Some((_, sent)) = demux::frame::read_stamp(&buf[..msg.msg_len as usize]) {
+                    latencies.push(now.saturating_sub(sent));
+                }
+            }
+        }
+    }
+}

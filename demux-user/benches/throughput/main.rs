@@ -1,0 +1,363 @@
+//! `cargo xtask bench throughput`: demux side by side with the kernel's UDP sockets and the
+//! XDP_DROP limit, on a two-namespace veth testbed (`testbed`), with the same generator
+//! (`demux gen`) for every case.
+//!
+//! Cases (`cases`): XDP_DROP (`bench_drop` counts and drops), one kernel UDP socket read with
+//! recvmmsg, one SO_REUSEPORT socket per core, demux delivering to a counting sink in the
+//! daemon, and demux delivering to a client's shared-memory ring; under IPv4 and IPv6, 64- and
+//! 1,400-byte frames; demux at 1, 64 and 4,096 endpoints (the last with 1,000,000 bindings in
+//! the tables); and the AF_XDP generator against its sendmmsg mode. veth accepts threaded NAPI
+//! only with an XDP program attached, so the kernel-socket cases run with the bare
+//! `baseline_pass` program attached (about 5 ns a packet, see `bench classifier`).
+//!
+//! Three phases: every case flat out, in interleaved rounds (A B C … A B C) so drift hits all
+//! alike; every case again at half of its own flat-out delivered rate, for the receiving CPU's
+//! cost per packet and the latency percentiles (send stamp to the reader, for receivers that
+//! read payloads); and for the kernel sockets and demux, a binary search over the offered rate
+//! for the highest rate without loss (RFC 2544 style). Every sample checks the accounting:
+//! sent = delivered + passed + dropped by named reason (veth ring, AF_XDP rx ring, socket
+//! buffer, full sink, …); a mismatch fails the run.
+//!
+//! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
+//! `.svg` and `.png`: the plot).
+
+mod cases;
+mod daemon;
+mod generator;
+mod kernel;
+mod report;
+mod testbed;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _};
+use aya::{
+    maps::PerCpuArray,
+    programs::{Xdp, XdpMode},
+    Ebpf,
+};
+use demux_common::maps;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    cases::{Case, Receiver, Sample, Sender, Traffic},
+    generator::generate,
+    report::CaseResult,
+    testbed::{bpf_run_stats, in_b, threaded_napi, udp_counters, veth_drops, CpuTimes, Testbed},
+};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("bench throughput: the accounting did not add up (see above)");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("bench throughput: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long and how often: flat-out rounds and seconds, half-load seconds, search steps and
+/// seconds per trial.
+struct Plan {
+    rounds: usize,
+    secs: f64,
+    half_secs: f64,
+    search_steps: usize,
+    search_secs: f64,
+}
+
+const ALL_RECEIVERS: [Receiver; 5] = [
+    Receiver::XdpDrop,
+    Receiver::KernelRecvmmsg,
+    Receiver::KernelReuseport,
+    Receiver::DemuxCount,
+    Receiver::DemuxRing,
+];
+
+fn cases(quick: bool) -> Vec<Case> {
+    let base = Traffic::new(false, 60);
+    let variants = if quick {
+        vec![base]
+    } else {
+        vec![
+            base,
+            Traffic::new(true, 60),
+            Traffic::new(false, 1396),
+            Traffic::new(true, 1396),
+        ]
+    };
+    let mut cases: Vec<Case> = variants
+        .iter()
+        .flat_map(|traffic| {
+            ALL_RECEIVERS.map(|receiver| Case {
+                receiver,
+                traffic: *traffic,
+                fillers: 0,
+                fillers_on_own_ports: false,
+            })
+        })
+        .collect();
+    let scale = |ports, fillers, fillers_on_own_ports| Case {
+        receiver: Receiver::DemuxCount,
+        traffic: Traffic { ports, ..base },
+        fillers,
+        fillers_on_own_ports,
+    };
+    if !quick {
+        cases.push(scale(64, 0, false));
+        cases.push(scale(4096, 0, false));
+        cases.push(scale(1, 1_000_000, true));
+        cases.push(Case {
+            receiver: Receiver::XdpDrop,
+            traffic: Traffic {
+                sender: Sender::Sendmmsg,
+                ..base
+            },
+            fillers: 0,
+            fillers_on_own_ports: false,
+        });
+    }
+    cases.push(scale(4096, 1_000_000, false));
+    cases.push(scale(4096, 1_000_000, true));
+    cases
+}
+
+/// Attaches `program` from the object to the receiving veth, in namespace B.
+fn attach_plain(program: &str) -> anyhow::Result<Ebpf> {
+    in_b(false, || {
+        let mut ebpf = Ebpf::load(demux::program::OBJECT).context("loading the object")?;
+        let prog: &mut Xdp = ebpf.program_mut(program).context("program")?.try_into()?;
+        prog.load()?;
+        prog.attach(testbed::IF_B, XdpMode::Driver)
+            .with_context(|| format!("attaching {program}"))?;
+        Ok(ebpf)
+    })
+}
+
+/// One run of `case` at `rate` pps (0: flat out) for `secs`.
+fn measure(
+    case: &Case,
+    testbed: &mut Testbed,
+    rate: u64,
+    secs: f64,
+    latency: bool,
+) -> anyhow::Result<Sample> {
+    let drain = Duration::from_millis(300);
+    let me = std::process::id();
+    match case.receiver {
+        Receiver::XdpDrop => {
+            let ebpf = attach_plain(maps::BENCH_DROP_PROGRAM)?;
+            threaded_napi()?;
+            let (veth_before, cpu_before, bpf_before) =
+                (veth_drops(), CpuTimes::now(), bpf_run_stats(me));
+            let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+            let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+            thread::sleep(drain);
+            let bpf = bpf_run_stats(me);
+            let drops: PerCpuArray<_, u64> =
+                PerCpuArray::try_from(ebpf.map(maps::BENCH_DROPS).context("BENCH_DROPS")?)?;
+            Ok(Sample {
+                rate,
+                sent,
+                delivered: drops.get(&0, 0)?.iter().sum(),
+                secs,
+                dropped: BTreeMap::from([("veth", veth_drops() - veth_before)]),
+                cpu_busy,
+                cpu_secs,
+                bpf_ns: per_run(bpf_before, bpf),
+                ..Sample::default()
+            })
+        }
+        Receiver::KernelRecvmmsg | Receiver::KernelReuseport => {
+            let _ebpf = attach_plain(maps::BASELINE_PROGRAM)?;
+            threaded_napi()?;
+            let sockets = if case.receiver == Receiver::KernelRecvmmsg {
+                1
+            } else {
+                thread::available_parallelism().map_or(2, |n| n.get())
+            };
+            let receivers = kernel::start(sockets, case.traffic.dst(), latency)?;
+            let ipv6 = case.traffic.ipv6;
+            let (udp_before, veth_before, cpu_before, bpf_before) = (
+                udp_counters(ipv6),
+                veth_drops(),
+                CpuTimes::now(),
+                bpf_run_stats(me),
+            );
+            let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+            let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+            thread::sleep(drain);
+            let bpf = bpf_run_stats(me);
+            let (read, latencies) = receivers.finish();
+            let udp_after = udp_counters(ipv6);
+            let delta = |k: &str| udp_after.get(k).unwrap_or(&0) - udp_before.get(k).unwrap_or(&0);
+            let dropped = BTreeMap::from([
+                ("veth", veth_drops() - veth_before),
+                ("socket_buffer", delta("RcvbufErrors")),
+                ("udp_other", delta("InErrors") - delta("RcvbufErrors")),
+                ("no_port", delta("NoPorts")),
+            ]);
+            Ok(Sample {
+                rate,
+                sent,
+                delivered: read,
+                secs,
+                dropped,
+                // Datagrams queued but still unread when the receivers stopped.
+                passed: delta("InDatagrams") - read,
+                cpu_busy,
+                cpu_secs,
+                bpf_ns: per_run(bpf_before, bpf),
+                latencies,
+                daemon_kib: None,
+            })
+        }
+        Receiver::DemuxCount | Receiver::DemuxRing => {
+            daemon::measure(case, testbed, rate, secs, latency)
+        }
+    }
+}
+
+fn per_run(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let runs = after.1.saturating_sub(before.1);
+    (runs > 0).then(|| after.0.saturating_sub(before.0) as f64 / runs as f64)
+}
+
+fn run() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "needs root: namespaces, XDP and AF_XDP"
+    );
+    let plan = if quick {
+        Plan {
+            rounds: 1,
+            secs: 1.5,
+            half_secs: 1.0,
+            search_steps: 4,
+            search_secs: 0.5,
+        }
+    } else {
+        Plan {
+            rounds: 3,
+            secs: 3.0,
+            half_secs: 2.0,
+            search_steps: 7,
+            search_secs: 1.0,
+        }
+    };
+    // BPF_STATS_RUN_TIME: the kernel times every program run while this fd is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let mut testbed = testbed::setup()?;
+    let mut results: Vec<CaseResult> = cases(quick)
+        .into_iter()
+        .map(|case| CaseResult {
+            case,
+            max: Vec::new(),
+            half: None,
+            search: Vec::new(),
+        })
+        .collect();
+    let searched = |c: &Case| {
+        c.receiver != Receiver::XdpDrop && c.traffic == Traffic::new(false, 60) && c.fillers == 0
+    };
+    let steps = results.len() * (plan.rounds + 1)
+        + results.iter().filter(|r| searched(&r.case)).count() * plan.search_steps;
+    let bar = ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let step = |bar: &ProgressBar, what: String| {
+        bar.inc(1);
+        bar.set_message(what.clone());
+        if bar.is_hidden() {
+            eprintln!("[{}/{steps}] {what}", bar.position());
+        }
+    };
+
+    for round in 0..plan.rounds {
+        for r in &mut results {
+            step(
+                &bar,
+                format!("round {} {} flat out", round + 1, r.case.name()),
+            );
+            let sample = measure(&r.case, &mut testbed, 0, plan.secs, false)
+                .with_context(|| r.case.name())?;
+            r.max.push(sample);
+        }
+    }
+    for r in &mut results {
+        let rate = (r.delivered_pps() / 2.0) as u64;
+        step(&bar, format!("{} at {rate} pps", r.case.name()));
+        let latency = r.case.receiver.reads_payloads();
+        r.half = Some(
+            measure(&r.case, &mut testbed, rate, plan.half_secs, latency)
+                .with_context(|| r.case.name())?,
+        );
+    }
+    for r in results.iter_mut().filter(|r| searched(&r.case)) {
+        // The zero-loss rate lies between 0 and the highest rate the sender offered.
+        let (mut low, mut high) = (0u64, r.offered_pps() as u64);
+        for _ in 0..plan.search_steps {
+            let rate = (low + high) / 2;
+            step(
+                &bar,
+                format!("{} zero-loss search at {rate} pps", r.case.name()),
+            );
+            let trial = measure(&r.case, &mut testbed, rate, plan.search_secs, false)
+                .with_context(|| r.case.name())?;
+            if trial.lossless() {
+                low = rate;
+            } else {
+                high = rate;
+            }
+            r.search.push(trial);
+        }
+    }
+    bar.finish_and_clear();
+    drop(testbed);
+
+    let accounted = report::print(&results);
+    println!(
+        "\n({} round(s) of {} s flat out per case, medians; half load {} s; zero-loss search {} \
+         steps of {} s; {} flows; took {:.0} s)",
+        plan.rounds,
+        plan.secs,
+        plan.half_secs,
+        plan.search_steps,
+        plan.search_secs,
+        cases::FLOWS,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = json_path {
+        let path = Path::new(&path);
+        report::write_json(path, quick, &results)?;
+        report::plot(path, &results)?;
+        println!(
+            "wrote {}, {} and {}",
+            path.display(),
+            path.with_extension("svg").display(),
+            path.with_extension("png").display()
+        );
+    }
+    Ok(accounted)
+}

@@ -1,0 +1,439 @@
+//! What a run reports: the tables on stdout (with the ratios and the targets), the JSON file,
+//! and the plot (SVG and PNG): delivered against offered pps, and latency percentiles.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _};
+use plotters::{coord::Shift, prelude::*};
+use serde_json::json;
+
+use crate::cases::{median, percentile, Case, Receiver, Sample, Traffic};
+
+/// Everything measured for one case.
+pub struct CaseResult {
+    pub case: Case,
+    /// Flat-out runs, one per round.
+    pub max: Vec<Sample>,
+    /// The run at half of the case's own flat-out delivered rate.
+    pub half: Option<Sample>,
+    /// The zero-loss search's trials, in order.
+    pub search: Vec<Sample>,
+}
+
+impl CaseResult {
+    pub fn delivered_pps(&self) -> f64 {
+        median(self.max.iter().map(Sample::delivered_pps).collect())
+    }
+
+    pub fn offered_pps(&self) -> f64 {
+        median(self.max.iter().map(Sample::offered_pps).collect())
+    }
+
+    /// The highest offered rate the search found with no loss.
+    pub fn zero_loss_pps(&self) -> Option<f64> {
+        self.search
+            .iter()
+            .filter(|s| s.lossless())
+            .map(|s| s.rate as f64)
+            .max_by(f64::total_cmp)
+    }
+
+    /// p50, p99, p99.9 of the half-load run's latencies, in µs.
+    pub fn latency_us(&self) -> Option<[f64; 3]> {
+        let half = self.half.as_ref()?;
+        let mut sorted = half.latencies.clone();
+        sorted.sort_unstable();
+        let p = |q| percentile(&sorted, q).map(|ns| ns as f64 / 1000.0);
+        Some([p(50.0)?, p(99.0)?, p(99.9)?])
+    }
+
+    fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.max.iter().chain(&self.half).chain(&self.search)
+    }
+
+    pub fn accounted(&self) -> bool {
+        self.samples().all(Sample::accounted)
+    }
+}
+
+/// The result of `receiver` under the same traffic as `case` (and one endpoint, no fillers).
+fn peer<'a>(results: &'a [CaseResult], case: &Case, receiver: Receiver) -> Option<&'a CaseResult> {
+    results.iter().find(|r| {
+        r.case.receiver == receiver
+            && r.case.fillers == 0
+            && r.case.traffic
+                == Traffic {
+                    ports: 1,
+                    ..case.traffic
+                }
+    })
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    b.filter(|b| *b > 0.0)
+        .map_or("-".to_owned(), |b| format!("{:.2}", a / b))
+}
+
+/// Prints the tables and the targets; returns whether every sample was accounted for.
+pub fn print(results: &[CaseResult]) -> bool {
+    println!(
+        "\n{:<40} {:>11} {:>11} {:>7} {:>7} {:>7} {:>5} {:>6}  accounting",
+        "case (flat out)",
+        "offered pps",
+        "deliv. pps",
+        "loss %",
+        "÷kernel",
+        "÷xdpdrop",
+        "cpu%",
+        "bpf ns"
+    );
+    let mut all_accounted = true;
+    for r in results {
+        let delivered = r.delivered_pps();
+        let (sent, got) = r
+            .max
+            .iter()
+            .fold((0, 0), |(a, b), s| (a + s.sent, b + s.delivered));
+        let loss = 100.0 * sent.saturating_sub(got) as f64 / sent.max(1) as f64;
+        let kernel = peer(results, &r.case, Receiver::KernelRecvmmsg).map(|k| k.delivered_pps());
+        let limit = peer(results, &r.case, Receiver::XdpDrop).map(|k| k.delivered_pps());
+        let cpu = median(r.max.iter().map(|s| s.cpu_busy * 100.0).collect());
+        let bpf: Vec<f64> = r.max.iter().filter_map(|s| s.bpf_ns).collect();
+        let accounted = r.accounted();
+        all_accounted &= accounted;
+        println!(
+            "{:<40} {:>11.0} {:>11.0} {:>7.2} {:>7} {:>7} {:>5.0} {:>6}  {}",
+            r.case.name(),
+            r.offered_pps(),
+            delivered,
+            loss,
+            ratio(delivered, kernel),
+            ratio(delivered, limit),
+            cpu,
+            if bpf.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", median(bpf))
+            },
+            if accounted {
+                "ok".to_owned()
+            } else {
+                mismatches(r)
+            }
+        );
+    }
+    println!(
+        "\n{:<40} {:>11} {:>7} {:>9} {:>8} {:>8} {:>8} {:>13}",
+        "case (half load)",
+        "offered pps",
+        "loss %",
+        "rx ns/pkt",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "zero-loss pps"
+    );
+    for r in results {
+        let Some(half) = &r.half else { continue };
+        let lat = r.latency_us();
+        let show = |i: usize| lat.map_or("-".to_owned(), |l| format!("{:.1}", l[i]));
+        println!(
+            "{:<40} {:>11.0} {:>7.2} {:>9.0} {:>8} {:>8} {:>8} {:>13}",
+            r.case.name(),
+            half.offered_pps(),
+            100.0 * half.sent.saturating_sub(half.delivered) as f64 / half.sent.max(1) as f64,
+            half.cpu_secs * 1e9 / half.delivered.max(1) as f64,
+            show(0),
+            show(1),
+            show(2),
+            r.zero_loss_pps()
+                .map_or("-".to_owned(), |z| format!("{z:.0}")),
+        );
+    }
+    print_targets(results);
+    all_accounted
+}
+
+fn mismatches(r: &CaseResult) -> String {
+    let gaps: Vec<String> = r
+        .samples()
+        .filter(|s| !s.accounted())
+        .map(|s| {
+            format!(
+                "sent {} counted {} ({:+}) {:?}",
+                s.sent,
+                s.counted(),
+                s.counted() as i64 - s.sent as i64,
+                s.dropped
+            )
+        })
+        .collect();
+    format!("MISMATCH {}", gaps.join("; "))
+}
+
+fn print_targets(results: &[CaseResult]) {
+    let find = |receiver: Receiver, ports: u16, fillers: u32| {
+        results.iter().find(|r| {
+            r.case.receiver == receiver
+                && r.case.traffic.ports == ports
+                && r.case.fillers == fillers
+                && !r.case.traffic.ipv6
+                && r.case.traffic.frame == 60
+                && r.case.traffic.sender == crate::cases::Sender::Xdp
+        })
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!("\ntargets (v4 64B, same run):");
+    let kernel = find(Receiver::KernelRecvmmsg, 1, 0);
+    let limit = find(Receiver::XdpDrop, 1, 0);
+    for receiver in [Receiver::DemuxCount, Receiver::DemuxRing] {
+        let Some(r) = find(receiver, 1, 0) else {
+            continue;
+        };
+        if let Some(k) = kernel {
+            let x = r.delivered_pps() / k.delivered_pps();
+            println!(
+                "  {:<12} ≥ 2.0× kernel recvmmsg: {x:.2}× ({})",
+                receiver.name(),
+                verdict(x >= 2.0)
+            );
+        }
+        if let Some(l) = limit {
+            let x = r.delivered_pps() / l.delivered_pps();
+            println!(
+                "  {:<12} ≥ 0.6× XDP_DROP:        {x:.2}× ({})",
+                receiver.name(),
+                verdict(x >= 0.6)
+            );
+        }
+        if let (Some(mine), Some(theirs)) =
+            (r.latency_us(), kernel.and_then(CaseResult::latency_us))
+        {
+            println!(
+                "  {:<12} p99 at half load ≤ kernel's: {:.1} µs vs {:.1} µs ({})",
+                receiver.name(),
+                mine[1],
+                theirs[1],
+                verdict(mine[1] <= theirs[1])
+            );
+        }
+    }
+    let Some(one) = find(Receiver::DemuxCount, 1, 0) else {
+        return;
+    };
+    for scale in results.iter().filter(|r| {
+        r.case.receiver == Receiver::DemuxCount && (r.case.traffic.ports > 1 || r.case.fillers > 0)
+    }) {
+        let change = scale.delivered_pps() / one.delivered_pps() - 1.0;
+        let target = scale.case.traffic.ports >= 4096 && scale.case.fillers >= 1_000_000;
+        println!(
+            "  {:<52} vs 1 endpoint: {:+6.1}%{}",
+            scale.case.name(),
+            100.0 * change,
+            if target {
+                format!(" (within 10%: {})", verdict(change.abs() <= 0.10))
+            } else {
+                String::new()
+            }
+        );
+        let kib: Vec<f64> = scale
+            .max
+            .iter()
+            .filter_map(|s| s.daemon_kib)
+            .map(|k| k as f64)
+            .collect();
+        if scale.case.traffic.ports >= 4096 && !kib.is_empty() {
+            let mib = median(kib) / 1024.0;
+            println!(
+                "  {:<52} daemon memory beyond its UMEM ≤ 32 MiB: {mib:.1} MiB ({})",
+                scale.case.name(),
+                verdict(mib <= 32.0)
+            );
+        }
+    }
+}
+
+fn sample_json(s: &Sample) -> serde_json::Value {
+    let mut sorted = s.latencies.clone();
+    sorted.sort_unstable();
+    json!({
+        "rate": s.rate, "sent": s.sent, "delivered": s.delivered, "passed": s.passed,
+        "dropped": s.dropped, "seconds": s.secs, "accounted": s.accounted(),
+        "cpu_busy": s.cpu_busy, "cpu_seconds": s.cpu_secs, "bpf_ns_per_packet": s.bpf_ns,
+        "daemon_kib_beyond_umem": s.daemon_kib,
+        "latency_ns": (!sorted.is_empty()).then(|| json!({
+            "count": sorted.len(), "p50": percentile(&sorted, 50.0),
+            "p99": percentile(&sorted, 99.0), "p99.9": percentile(&sorted, 99.9),
+            "max": sorted.last(),
+        })),
+    })
+}
+
+pub fn write_json(path: &Path, quick: bool, results: &[CaseResult]) -> anyhow::Result<()> {
+    let cases: Vec<_> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "case": r.case.name(), "receiver": r.case.receiver.name(),
+                "ipv6": r.case.traffic.ipv6, "frame_bytes": r.case.traffic.frame_len() + 4,
+                "endpoints": r.case.traffic.ports, "filler_bindings": r.case.fillers,
+                "offered_pps": r.offered_pps(), "delivered_pps": r.delivered_pps(),
+                "zero_loss_pps": r.zero_loss_pps(), "latency_us_p50_p99_p999": r.latency_us(),
+                "accounted": r.accounted(),
+                "max": r.max.iter().map(sample_json).collect::<Vec<_>>(),
+                "half_load": r.half.as_ref().map(sample_json),
+                "zero_loss_search": r.search.iter().map(sample_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        path,
+        serde_json::to_string_pretty(
+            &json!({"bench": "throughput", "quick": quick, "cases": cases}),
+        )?,
+    )?;
+    Ok(())
+}
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Writes `stem.svg` and `stem.png`.
+pub fn plot(stem: &Path, results: &[CaseResult]) -> anyhow::Result<()> {
+    let font = std::fs::read(FONT)
+        .with_context(|| format!("reading the plot's font {FONT} (Debian: fonts-dejavu-core)"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow!("{FONT} is not a font"))?;
+    let size = (1400, 560);
+    let svg = stem.with_extension("svg");
+    draw(SVGBackend::new(&svg, size).into_drawing_area(), results)?;
+    let png = stem.with_extension("png");
+    draw(BitMapBackend::new(&png, size).into_drawing_area(), results)?;
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    results: &[CaseResult],
+) -> anyhow::Result<()> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plot: {e:?}");
+    root.fill(&WHITE).map_err(e)?;
+    let (left, right) = root.split_horizontally(760);
+
+    // Delivered against offered, every sample of the cases under the first traffic.
+    let base = results[0].case.traffic;
+    let series: Vec<(String, Vec<(f64, f64)>)> = results
+        .iter()
+        .filter(|r| r.case.traffic == base && r.case.fillers == 0)
+        .map(|r| {
+            let mut points: Vec<(f64, f64)> = r
+                .samples()
+                .map(|s| (s.offered_pps() / 1e6, s.delivered_pps() / 1e6))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (r.case.receiver.name().to_owned(), points)
+        })
+        .collect();
+    let top = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .fold(0.1, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            format!("delivered vs offered ({})", base.label()),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..top, 0f64..top)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered Mpps")
+        .y_desc("delivered Mpps")
+        .draw()
+        .map_err(e)?;
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.3)))
+        .map_err(e)?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+
+    // Latency percentiles at half load, every case that reads payloads.
+    let lat: Vec<(String, [f64; 3])> = results
+        .iter()
+        .filter_map(|r| Some((r.case.name(), r.latency_us()?)))
+        .collect();
+    let high = lat.iter().flat_map(|(_, l)| *l).fold(1.0, f64::max) * 2.0;
+    let low = lat
+        .iter()
+        .flat_map(|(_, l)| *l)
+        .fold(high, f64::min)
+        .max(0.1)
+        / 2.0;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("latency at half load", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.2f64..2.2, (low..high).log_scale())
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_labels(3)
+        .x_label_formatter(&|x| {
+            ["p50", "p99", "p99.9"]
+                .get(x.round() as usize)
+                .unwrap_or(&"")
+                .to_string()
+        })
+        .y_desc("µs (log)")
+        .draw()
+        .map_err(e)?;
+    for (i, (name, l)) in lat.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = l.iter().enumerate().map(|(x, y)| (x as f64, *y)).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
