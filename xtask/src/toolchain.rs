@@ -100,6 +100,8 @@ pub fn ensure(install: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
 /// What is missing; with `report`, prints one line per piece.
 fn check(report: bool) -> Missing {
     let say = |piece: &str, state: &str| {
@@ -129,6 +131,13 @@ fn check(report: bool) -> Missing {
                 missing.apt.push(LLVM_PACKAGE);
             }
         }
+    }
+    // The benchmark plots' font (plotters draws text with it, in the SVG and the PNG).
+    if Path::new(PLOT_FONT).exists() {
+        say("DejaVu Sans (benchmark plots)", "ok");
+    } else {
+        say("DejaVu Sans (benchmark plots)", "missing");
+        missing.apt.push("fonts-dejavu-core");
     }
     if has_program("ip") {
         say("ip (iproute2, for network tests)", "ok");

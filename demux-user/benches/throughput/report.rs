@@ -318,6 +318,21 @@ pub fn plot(stem: &Path, results: &[CaseResult]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One color per receiver, the same in both charts.
+fn color_of(receiver: Receiver) -> RGBAColor {
+    let index = [
+        Receiver::XdpDrop,
+        Receiver::KernelRecvmmsg,
+        Receiver::KernelReuseport,
+        Receiver::DemuxCount,
+        Receiver::DemuxRing,
+    ]
+    .iter()
+    .position(|r| *r == receiver)
+    .unwrap_or(0);
+    Palette99::pick(index).to_rgba()
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     results: &[CaseResult],
@@ -328,7 +343,7 @@ fn draw<DB: DrawingBackend>(
 
     // Delivered against offered, every sample of the cases under the first traffic.
     let base = results[0].case.traffic;
-    let series: Vec<(String, Vec<(f64, f64)>)> = results
+    let series: Vec<(Receiver, Vec<(f64, f64)>)> = results
         .iter()
         .filter(|r| r.case.traffic == base && r.case.fillers == 0)
         .map(|r| {
@@ -337,7 +352,7 @@ fn draw<DB: DrawingBackend>(
                 .map(|s| (s.offered_pps() / 1e6, s.delivered_pps() / 1e6))
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            (r.case.receiver.name().to_owned(), points)
+            (r.case.receiver, points)
         })
         .collect();
     let top = series
@@ -364,12 +379,12 @@ fn draw<DB: DrawingBackend>(
     chart
         .draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.3)))
         .map_err(e)?;
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for (receiver, points) in &series {
+        let color = color_of(*receiver);
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(e)?
-            .label(name.as_str())
+            .label(receiver.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
@@ -383,20 +398,24 @@ fn draw<DB: DrawingBackend>(
         .draw()
         .map_err(e)?;
 
-    // Latency percentiles at half load, every case that reads payloads.
-    let lat: Vec<(String, [f64; 3])> = results
+    // Latency percentiles at half load, the same traffic's cases that read payloads.
+    let lat: Vec<(Receiver, String, [f64; 3])> = results
         .iter()
-        .filter_map(|r| Some((r.case.name(), r.latency_us()?)))
+        .filter(|r| r.case.traffic == base && r.case.fillers == 0)
+        .filter_map(|r| Some((r.case.receiver, r.case.name(), r.latency_us()?)))
         .collect();
-    let high = lat.iter().flat_map(|(_, l)| *l).fold(1.0, f64::max) * 2.0;
+    let high = lat.iter().flat_map(|(_, _, l)| *l).fold(1.0, f64::max) * 2.0;
     let low = lat
         .iter()
-        .flat_map(|(_, l)| *l)
+        .flat_map(|(_, _, l)| *l)
         .fold(high, f64::min)
         .max(0.1)
         / 2.0;
     let mut chart = ChartBuilder::on(&right)
-        .caption("latency at half load", ("sans-serif", 20))
+        .caption(
+            format!("latency at half load ({})", base.label()),
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -414,8 +433,8 @@ fn draw<DB: DrawingBackend>(
         .y_desc("µs (log)")
         .draw()
         .map_err(e)?;
-    for (i, (name, l)) in lat.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for (receiver, name, l) in &lat {
+        let color = color_of(*receiver);
         let points: Vec<(f64, f64)> = l.iter().enumerate().map(|(x, y)| (x as f64, *y)).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
