@@ -50,7 +50,7 @@ fn start_daemon(testbed: &mut Testbed) -> anyhow::Result<(u32, PathBuf)> {
     let control = testbed.dir.join("control.sock");
     let log = testbed.dir.join("daemon.log");
     let _ = std::fs::remove_file(&control);
-    let child = Command::new("ip")
+    let child = crate::testbed::with_signals(Command::new("ip"))
         .args(["netns", "exec", NS_B, "taskset", "-c", &RX_CPU.to_string()])
         .args([DEMUX, "daemon", "--iface", IF_B, "--stats-interval", "0"])
         .args(["--frames", &FRAMES.to_string(), "--control"])
@@ -59,7 +59,7 @@ fn start_daemon(testbed: &mut Testbed) -> anyhow::Result<(u32, PathBuf)> {
         .stderr(File::create(&log)?)
         .spawn()?;
     let pid = child.id();
-    testbed.children.push(child);
+    crate::testbed::started(child, testbed);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !control.exists() {
         ensure!(

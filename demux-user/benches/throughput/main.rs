@@ -263,6 +263,7 @@ fn run() -> anyhow::Result<bool> {
             search_secs: 1.0,
         }
     };
+    testbed::cleanup_on_signal(testbed::scratch_dir());
     // BPF_STATS_RUN_TIME: the kernel times every program run while this fd is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let mut testbed = testbed::setup()?;

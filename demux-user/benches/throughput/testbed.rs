@@ -1,6 +1,7 @@
 //! The testbed: a sender namespace and a receiver namespace joined by a veth pair, and the
 //! probes the cases read from it (veth, UDP and CPU counters, BPF run time). Dropping the
-//! `Testbed` stops what it started, by PID, and deletes the namespaces.
+//! `Testbed` stops what it started, by PID, and deletes the namespaces; so does Ctrl-C
+//! (`cleanup_on_signal`).
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +21,63 @@ pub const IF_A: &str = "bench-a";
 pub const IF_B: &str = "bench-b";
 /// The receiving side's CPU: the veth NAPI thread and every receiver run there.
 pub const RX_CPU: usize = 1;
+
+/// PIDs of the daemons running now, for the signal thread to stop.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// A command whose process gets SIGINT and SIGTERM back (the bench blocks them in its own
+/// threads, and a child inherits the mask).
+pub fn with_signals(mut command: Command) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    command
+}
+
+/// Notes a process the testbed started, so Ctrl-C stops it too.
+pub fn started(child: Child, testbed: &mut Testbed) {
+    RUNNING.lock().expect("pid list").push(child.id());
+    testbed.children.push(child);
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts later, and leaves one
+/// thread waiting for them: on either it stops the daemons by PID, deletes the namespaces and
+/// the scratch directory, and exits 130. Call before any other thread starts. (The generator
+/// stops by itself: every run is bounded by its --duration.)
+pub fn cleanup_on_signal(dir: PathBuf) {
+    // SAFETY: a fresh signal set with two signals, masked for this thread (and inherited).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: waits for a signal of the blocked set.
+        unsafe { libc::sigwait(&set, &mut signal) };
+        eprintln!("\nbench throughput: interrupted; removing the testbed");
+        for pid in RUNNING.lock().map(|p| p.clone()).unwrap_or_default() {
+            // SAFETY: signalling a daemon this benchmark started, by its PID.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        thread::sleep(Duration::from_millis(500));
+        for ns in [NS_A, NS_B] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(130);
+    });
+}
 
 pub struct Testbed {
     pub children: Vec<Child>,
@@ -41,6 +99,10 @@ impl Drop for Testbed {
 
 /// Stops a process this benchmark started: SIGTERM by PID, then SIGKILL after 5 s.
 pub fn stop(child: &mut Child) {
+    RUNNING
+        .lock()
+        .expect("pid list")
+        .retain(|pid| *pid != child.id());
     if let Ok(None) = child.try_wait() {
         // SAFETY: signalling a process this benchmark started, by its PID.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -75,6 +137,11 @@ fn read_in(ns: &str, path: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// Where the run keeps its control socket and daemon log.
+pub fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("demux-bench-{}", std::process::id()))
+}
+
 /// Builds the testbed, printing each step so it can be rebuilt by hand.
 pub fn setup() -> anyhow::Result<Testbed> {
     for ns in [NS_A, NS_B] {
@@ -83,7 +150,7 @@ pub fn setup() -> anyhow::Result<Testbed> {
             .stderr(Stdio::null())
             .status();
     }
-    let dir = std::env::temp_dir().join(format!("demux-bench-{}", std::process::id()));
+    let dir = scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let mut testbed = Testbed {
         children: Vec::new(),
@@ -124,7 +191,7 @@ pub fn setup() -> anyhow::Result<Testbed> {
     }
     println!(
         "  (with an XDP program attached: echo 1 > /sys/class/net/{IF_B}/threaded in {NS_B}, \
-         its napi/{IF_B} thread pinned to CPU {RX_CPU}; sender on CPU 0, receivers on CPU {RX_CPU})"
+         its napi/{IF_B} thread pinned to CPU {RX_CPU}; sender on CPU 0, receivers on CPU {RX_CPU}; Ctrl-C removes it all)"
     );
     Ok(testbed)
 }
