@@ -17,6 +17,7 @@ pub mod model;
 pub mod program;
 pub mod ring;
 pub mod sink;
+pub mod sockaddr;
 pub mod tables;
 pub mod verdicts;
 pub mod xsk;

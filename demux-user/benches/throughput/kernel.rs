@@ -72,45 +72,13 @@ fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     if addr.is_ipv6() {
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
     }
-    let (storage, len) = sockaddr(addr);
+    let (storage, len) = demux::sockaddr::to_c(addr);
     // SAFETY: storage holds a socket address of `len` bytes.
     if unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
         bail!("bind {addr}: {}", std::io::Error::last_os_error());
     }
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     Ok(socket)
-}
-
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is valid and fits either form.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let mut sin6: libc::sockaddr_in6 =
-                // SAFETY: an all-zero sockaddr_in6 is valid.
-                unsafe { std::mem::zeroed() };
-            sin6.sin6_family = libc::AF_INET6 as u16;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 /// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace B, a thread each (pinned to

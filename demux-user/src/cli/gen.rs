@@ -282,42 +282,6 @@ fn udp_sockets(args: &GenArgs) -> anyhow::Result<Vec<std::net::UdpSocket>> {
         .collect()
 }
 
-/// The socket address in the C form.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is valid, and large enough for either form.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
 /// `--mode sendmmsg`: one UDP socket per flow, batches of 64 datagrams, each stamped; returns
 /// datagrams sent.
 fn sendmmsg(
@@ -331,7 +295,7 @@ fn sendmmsg(
         .map(|i| {
             let mut dst = args.dst;
             dst.set_port(args.dst.port().wrapping_add(i));
-            sockaddr(dst)
+            demux::sockaddr::to_c(dst)
         })
         .collect();
     let mut payloads = vec![vec![0x5au8; args.payload]; BATCH];
