@@ -7,7 +7,8 @@
 //!    `libstd-rust-web-dev-bpf`: `RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1`, no build-std.
 //!
 //! Both need `bpf-linker`. When a piece is missing the build stops with one message that names
-//! it and the command that installs it (`cargo xtask build` installs everything).
+//! it and the command that installs it (`cargo xtask build` installs everything). Without the
+//! `daemon` feature (the client library alone) it does nothing and needs nothing.
 
 #[path = "build/toolchain.rs"]
 #[allow(
@@ -29,6 +30,10 @@ const INSTALL_HINT: &str = "run `cargo xtask build` (it installs what is missing
      LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
 
 fn main() {
+    // The client library (`default-features = false`) embeds no program: nothing to build.
+    if env::var_os("CARGO_FEATURE_DAEMON").is_none() {
+        return;
+    }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let workspace = manifest_dir
         .parent()

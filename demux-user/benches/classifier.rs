@@ -20,9 +20,9 @@ use anyhow::{ensure, Context as _};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use demux::{
     binding::{Binding, Local, Protocol, Receiver},
-    frame::FrameSpec,
     program::{BpfLogLevel, Loaded},
     tables::{TableError, Tables},
+    testing::frame::FrameSpec,
 };
 use demux_common::maps;
 use serde_json::json;

@@ -8,7 +8,7 @@ use thiserror::Error;
 use tracing::warn;
 
 /// The XDP mode asked for on the command line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Driver mode, falling back to skb mode (with a warning) when the driver refuses.
@@ -18,6 +18,19 @@ pub enum AttachMode {
     Driver,
     /// Generic XDP in the kernel's network stack (slower; works on every interface).
     Skb,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(AttachMode::Auto),
+            "driver" => Ok(AttachMode::Driver),
+            "skb" => Ok(AttachMode::Skb),
+            _ => Err(format!("mode: `{text}` is not one of auto, driver, skb")),
+        }
+    }
 }
 
 /// The mode the program actually runs in.

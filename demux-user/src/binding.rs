@@ -13,16 +13,29 @@ use demux_common::binding::{
 use thiserror::Error;
 
 /// The transports demux steers.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// UDP: endpoints receive payloads.
     Udp,
+    /// TCP: endpoints receive whole segments.
     Tcp,
 }
 
+impl std::str::FromStr for Protocol {
+    type Err = BindingError;
+
+    fn from_str(text: &str) -> Result<Self, BindingError> {
+        match text {
+            "udp" => Ok(Protocol::Udp),
+            "tcp" => Ok(Protocol::Tcp),
+            _ => Err(BindingError::Protocol(text.into())),
+        }
+    }
+}
+
 impl Protocol {
+    /// The IP protocol number (17, 6).
     pub fn number(self) -> u8 {
         match self {
             Protocol::Udp => PROTO_UDP,
@@ -53,17 +66,28 @@ pub enum Local {
     },
 }
 
+/// A local address that does not parse: the text and what is wrong with it.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error(
+    "local address `{text}`: {reason}; write ADDR:PORT (198.18.0.1:9000, [::]:53) or \
+     PREFIX/LEN:PORT (198.18.0.0/15:53, 198.18.0.0/15:* for all ports)"
+)]
+pub struct LocalError {
+    /// What was given.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
 impl std::str::FromStr for Local {
-    type Err = String;
+    type Err = LocalError;
 
     /// `198.18.0.1:9000`, `0.0.0.0:53`, `[::]:53`, `[2001:2::1]:53`, a prefix on a port
     /// `198.18.0.0/15:53` or `[2001:2::]/48:53`, or on all ports `198.18.0.0/15:*`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!(
-                "local address `{text}`: {why}; write ADDR:PORT (198.18.0.1:9000, [::]:53) or \
-                 PREFIX/LEN:PORT (198.18.0.0/15:53, 198.18.0.0/15:* for all ports)"
-            )
+    fn from_str(text: &str) -> Result<Self, LocalError> {
+        let bad = |reason: &'static str| LocalError {
+            text: text.into(),
+            reason,
         };
         let Some((net, len_port)) = text.split_once('/') else {
             return text
@@ -141,6 +165,12 @@ pub enum Entry {
 /// A binding that cannot be encoded; the message names the field and what is allowed.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BindingError {
+    #[error("protocol: `{0}` is neither udp nor tcp")]
+    Protocol(String),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error("connect: `{0}` is not a socket address; write ADDR:PORT or [ADDR]:PORT")]
+    Remote(String),
     #[error("local port: 0 is not a port; give 1-65535 (or `*` for all ports on a prefix)")]
     LocalPortZero,
     #[error("remote port: 0 is not a port; give 1-65535")]
@@ -384,7 +414,7 @@ mod tests {
             "1.2.3.4/8:-1",
         ] {
             let error = bad.parse::<Local>().unwrap_err();
-            assert!(error.contains("local address"), "{error}");
+            assert!(error.to_string().contains("local address"), "{error}");
         }
     }
 

@@ -12,8 +12,14 @@
 //!
 //! Dropping the `Endpoint` closes its control connection, and the daemon closes the endpoint and
 //! its bindings with it.
+//!
+//! Errors say what kind they are through [`Error::code`], an [`ErrorCode`] an application can
+//! match (`address_in_use`, `permission_denied`, …), and convert into `io::Error` with the
+//! matching `io::ErrorKind`.
+#![deny(missing_docs)]
 
 use std::{
+    io,
     net::SocketAddr,
     os::fd::{AsRawFd, OwnedFd},
     path::Path,
@@ -22,37 +28,71 @@ use std::{
 
 use thiserror::Error;
 
+pub use crate::control::ErrorCode;
+pub use crate::record::DatagramView;
 use crate::{
-    binding::Protocol,
+    binding::{BindingError, Protocol},
     control::{
         client::{Client, ClientError},
-        BindRequest, Request, Response,
+        BindRequest, Request, Response, SinkSpec,
     },
+    record::{self, RecordError},
     ring::{ClientFds, Consumer, RingError},
-    sink::{self, SinkSpec},
 };
 
-pub use crate::sink::Record as DatagramView;
-
+/// A failure of the client library, naming the step.
 #[derive(Debug, Error)]
 pub enum Error {
+    /// The control exchange failed or the daemon refused.
     #[error(transparent)]
     Control(#[from] ClientError),
+    /// The ring the daemon handed over is not usable.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// The bind request is invalid (checked before connecting).
+    #[error(transparent)]
+    Invalid(#[from] BindingError),
+    /// The bind answer came with the wrong descriptors.
     #[error("the daemon sent {0} descriptors with the endpoint instead of 2 (memfd, eventfd)")]
     Descriptors(usize),
-    #[error("a ring record is malformed: {0}")]
-    Record(String),
+    /// A ring record cannot be decoded.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Waiting for the ring's wakeup failed.
     #[error("waiting for datagrams: {0}")]
-    Wait(std::io::Error),
+    Wait(io::Error),
+}
+
+impl Error {
+    /// The kind of failure, to match on.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Control(e) => e.code(),
+            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::Ring(_) | Error::Descriptors(_) | Error::Record(_) => ErrorCode::VersionMismatch,
+            Error::Wait(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Control(e) => e.into(),
+            Error::Wait(e) => e,
+            other => io::Error::new(other.code().io_kind(), other),
+        }
+    }
 }
 
 /// A received datagram, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Datagram {
+    /// UDP or TCP.
     pub protocol: Protocol,
+    /// The sender's socket address.
     pub peer: SocketAddr,
+    /// The local socket address it was sent to.
     pub local: SocketAddr,
     /// Receive time, ns since the Unix epoch.
     pub received_ns: u64,
@@ -63,11 +103,7 @@ pub struct Datagram {
 impl From<DatagramView<'_>> for Datagram {
     fn from(view: DatagramView<'_>) -> Self {
         Self {
-            protocol: if view.protocol == 6 {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
-            },
+            protocol: view.protocol,
             peer: view.peer,
             local: view.local,
             received_ns: view.received_ns,
@@ -104,12 +140,14 @@ impl Endpoint {
 
     /// Binds as `request` says; its sink must be a ring.
     pub fn bind_with(control: impl AsRef<Path>, request: BindRequest) -> Result<Self, Error> {
+        request.binding()?;
         let mut client = Client::connect(control.as_ref())?;
         let (response, fds) = client.call_with_fds(Request::Bind(request))?;
         let Response::Bound { id } = response else {
-            return Err(
-                ClientError::Refused(format!("unexpected answer to bind: {response:?}")).into(),
-            );
+            return Err(ClientError::BadResponse(format!(
+                "unexpected answer to bind: {response:?}"
+            ))
+            .into());
         };
         let [memory, wake]: [OwnedFd; 2] = fds
             .try_into()
@@ -135,12 +173,12 @@ impl Endpoint {
         mut each: impl FnMut(DatagramView<'_>),
     ) -> Result<usize, Error> {
         let mut bad = None;
-        let n = self.ring.consume(max, |record| match sink::decode(record) {
+        let n = self.ring.consume(max, |bytes| match record::decode(bytes) {
             Ok(view) => each(view),
             Err(e) => bad = Some(e),
         });
         match bad {
-            Some(e) => Err(Error::Record(e)),
+            Some(e) => Err(e.into()),
             None => Ok(n),
         }
     }
@@ -188,8 +226,8 @@ impl Endpoint {
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
             self.ring.stop_waiting();
             if ready < 0 {
-                let error = std::io::Error::last_os_error();
-                if error.kind() != std::io::ErrorKind::Interrupted {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
                     return Err(Error::Wait(error));
                 }
             }
@@ -199,7 +237,8 @@ impl Endpoint {
         }
     }
 
-    /// Waits for the next datagram on a tokio runtime.
+    /// Waits for the next datagram on a tokio runtime (feature `async`).
+    #[cfg(feature = "async")]
     pub async fn recv_from_async(&mut self) -> Result<Datagram, Error> {
         let wake = self
             .ring

@@ -63,7 +63,7 @@ impl<'a> Datagram<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{frame::FrameSpec, model::parse};
+    use crate::testing::{frame::FrameSpec, model::parse};
 
     fn meta_for(frame: &[u8]) -> PacketMeta {
         let t = parse(frame).expect("valid frame");

@@ -1,23 +1,48 @@
 //! demux: steers packets from XDP straight to user-space endpoints.
 //!
-//! This crate is the daemon side: it embeds and loads the XDP program built from `demux-ebpf`
-//! ([`program`]), attaches it to interfaces ([`attach`]) and reads its verdict counters
-//! ([`verdicts`]). The `demux` binary's command line lives in `cli`.
+//! Two builds of one crate:
+//!
+//! - **Client library** (`default-features = false`): what an application needs to own an
+//!   endpoint and receive from it: [`client`] (bind, receive), [`control`] (the control
+//!   protocol and its blocking client), [`ring`] (the shared-memory ring's consumer side),
+//!   [`record`] (the datagram record format), [`binding`] (`Protocol`, `Local`). No BPF
+//!   toolchain, no aya, no tokio unless the `async` feature asks for it.
+//! - **Daemon** (feature `daemon`, the default): also embeds and loads the XDP program built
+//!   from `demux-ebpf` (`program`), attaches it (`attach`), owns the AF_XDP sockets (`xsk`),
+//!   the binding tables (`tables`), the sinks (`sink`) and the daemon itself (`daemon`). The
+//!   `demux` binary's command line lives in `src/cli/`, the traffic generator in
+//!   `src/bin/demux-gen/`.
+//!
+//! Test support (reference model, fixtures, frame builder) is in `testing`, behind the
+//! `testing` feature.
 
-pub mod attach;
 pub mod binding;
 pub mod client;
-pub mod config;
 pub mod control;
-pub mod daemon;
-pub mod datagram;
-pub mod endpoint_stats;
-pub mod frame;
-pub mod model;
-pub mod program;
+pub mod record;
 pub mod ring;
-pub mod sink;
 pub mod sockaddr;
+
+#[cfg(feature = "daemon")]
+pub mod attach;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod datagram;
+#[cfg(feature = "daemon")]
+pub mod endpoint_stats;
+#[cfg(feature = "daemon")]
+pub mod program;
+#[cfg(feature = "daemon")]
+pub mod sink;
+#[cfg(feature = "daemon")]
 pub mod tables;
+#[cfg(feature = "daemon")]
 pub mod verdicts;
+#[cfg(feature = "daemon")]
 pub mod xsk;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -6,6 +6,11 @@ mod cli;
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
+use demux::{
+    binding::BindingError,
+    client,
+    control::{client::ClientError, ErrorCode},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -22,7 +27,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("demux: error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&error))
         }
     }
+}
+
+/// The exit status for a failed command: from the error code when the daemon refused or could
+/// not be reached, 2 for a request refused before connecting, 1 otherwise (`demux --help`).
+fn exit_status(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<ClientError>() {
+            return e.code().exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<client::Error>() {
+            return e.code().exit_status();
+        }
+        if cause.is::<BindingError>() {
+            return ErrorCode::InvalidArgument.exit_status();
+        }
+    }
+    1
 }

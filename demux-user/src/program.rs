@@ -16,7 +16,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// How much the program logs through aya-log. `Off` lets the verifier remove every log call,
 /// so logging costs nothing per packet unless asked for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BpfLogLevel {
     #[default]
     Off = 0,
@@ -25,6 +25,26 @@ pub enum BpfLogLevel {
     Info = 3,
     Debug = 4,
     Trace = 5,
+}
+
+impl std::str::FromStr for BpfLogLevel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "off" => BpfLogLevel::Off,
+            "error" => BpfLogLevel::Error,
+            "warn" => BpfLogLevel::Warn,
+            "info" => BpfLogLevel::Info,
+            "debug" => BpfLogLevel::Debug,
+            "trace" => BpfLogLevel::Trace,
+            _ => {
+                return Err(format!(
+                    "bpf log level: `{text}` is not one of off, error, warn, info, debug, trace"
+                ))
+            }
+        })
+    }
 }
 
 /// A failure while loading the object, naming the step that failed.

@@ -4,6 +4,9 @@ use crate::{cargo, step};
 
 pub fn run() -> anyhow::Result<()> {
     step(cargo().args(["build", "--release"]))?;
-    println!("built: target/release/demux (the daemon, with the XDP program embedded)");
+    println!(
+        "built: target/release/demux (the daemon and CLI, with the XDP program embedded), \
+         target/release/demux-gen (the traffic generator)"
+    );
     Ok(())
 }

@@ -204,6 +204,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     build::run()?;
     let demux = workspace_root().join("target/release/demux");
+    let demux_gen = workspace_root().join("target/release/demux-gen");
     let control = PathBuf::from(STATE_DIR).join("control.sock");
     for ns in [NS_A, NS_B] {
         let _ = Command::new("ip")
@@ -312,6 +313,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let ctl = control.to_string_lossy().into_owned();
     let demux_s = demux.to_string_lossy().into_owned();
+    let demux_gen_s = demux_gen.to_string_lossy().into_owned();
 
     println!("\ndemo: binding endpoints");
     let mut ids = Vec::new();
@@ -347,8 +349,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "netns",
             "exec",
             NS_A,
-            &demux_s,
-            "gen",
+            &demux_gen_s,
             "--iface",
             IF_A,
             "--src",

@@ -24,8 +24,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use demux::{
     binding::{addr16, Protocol},
     client::Endpoint,
-    control::{client::Client, BindRequest, Request, Response},
-    sink::SinkSpec,
+    control::{client::Client, BindRequest, Request, Response, SinkSpec},
 };
 use demux_common::{
     binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
@@ -123,17 +122,17 @@ impl RingClient {
             let mut note = |payload: &[u8], now: u64| {
                 count += 1;
                 if latency {
-                    if let Some((_, sent)) = demux::frame::read_stamp(payload) {
+                    if let Some((_, sent)) = demux::testing::frame::read_stamp(payload) {
                         latencies.push(now.saturating_sub(sent));
                     }
                 }
             };
             while !flag.load(Relaxed) {
-                let now = demux::frame::monotonic_ns();
+                let now = demux::testing::frame::monotonic_ns();
                 match endpoint.recv_batch(256, |view| note(view.payload, now)) {
                     Ok(0) => {
                         if let Ok(Some(d)) = endpoint.recv_from(Some(Duration::from_millis(50))) {
-                            note(&d.payload, demux::frame::monotonic_ns());
+                            note(&d.payload, demux::testing::frame::monotonic_ns());
                         }
                     }
                     Ok(_) => {}

@@ -10,6 +10,8 @@ use crate::{
 };
 
 pub const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
+/// The traffic generator binary.
+pub const DEMUX_GEN: &str = env!("CARGO_BIN_EXE_demux-gen");
 
 /// Sends `traffic` for `secs` seconds at `rate` pps (0: as fast as it goes); returns frames
 /// sent and the seconds the generator took.
@@ -24,7 +26,7 @@ pub fn generate(
         Sender::Sendmmsg => "sendmmsg",
     };
     let output = Command::new("ip")
-        .args(["netns", "exec", NS_A, "taskset", "-c", "0", DEMUX, "gen"])
+        .args(["netns", "exec", NS_A, "taskset", "-c", "0", DEMUX_GEN])
         .args(["--iface", IF_A, "--mode", mode, "--dst-mac", &testbed.b_mac])
         .args(["--src", &traffic.src().to_string()])
         .args(["--dst", &traffic.dst().to_string()])

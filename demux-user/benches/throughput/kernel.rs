@@ -177,9 +177,11 @@ fn read_loop(
         }
         count.fetch_add(n as u64, Relaxed);
         if let Some(latencies) = latencies.as_deref_mut() {
-            let now = demux::frame::monotonic_ns();
+            let now = demux::testing::frame::monotonic_ns();
             for (msg, buf) in msgs.iter().zip(&bufs).take(n as usize) {
-                if let Some((_, sent)) = demux::frame::read_stamp(&buf[..msg.msg_len as usize]) {
+                if let Some((_, sent)) =
+                    demux::testing::frame::read_stamp(&buf[..msg.msg_len as usize])
+                {
                     latencies.push(now.saturating_sub(sent));
                 }
             }

@@ -4,16 +4,16 @@
 
 use clap::Args;
 use demux::{
-    binding::Protocol,
-    control::{BindRequest, Request, Response},
-    sink::SinkSpec,
+    binding::{BindingError, Protocol},
+    control::{BindRequest, Request, Response, SinkSpec},
 };
 
 use super::ControlArgs;
 
 #[derive(Debug, Args)]
 pub struct BindArgs {
-    #[arg(value_enum)]
+    /// udp or tcp.
+    #[arg(value_name = "PROTOCOL")]
     pub protocol: Protocol,
     /// 198.18.0.1:9000, 0.0.0.0:53, [::]:53, [2001:2::1]:53, 198.18.0.0/15:53, 198.18.0.0/15:*
     pub local: String,
@@ -37,8 +37,9 @@ pub struct BindArgs {
 }
 
 impl BindArgs {
-    pub fn request(&self, to: SinkSpec, persistent: bool) -> Request {
-        Request::Bind(BindRequest {
+    /// The bind request, checked before connecting (`300.1.1.1:5` is refused here).
+    pub fn request(&self, to: SinkSpec, persistent: bool) -> Result<Request, BindingError> {
+        let request = BindRequest {
             protocol: self.protocol,
             local: self.local.clone(),
             connect: self.connect.clone(),
@@ -46,14 +47,16 @@ impl BindArgs {
             v6only: self.v6only,
             to,
             persistent,
-        })
+        };
+        request.binding()?;
+        Ok(Request::Bind(request))
     }
 }
 
 pub fn run(args: BindArgs) -> anyhow::Result<()> {
+    let request = args.request(args.to.clone(), args.persistent)?;
     let mut client = args.control.connect()?;
-    let Response::Bound { id } = client.call(args.request(args.to.clone(), args.persistent))?
-    else {
+    let Response::Bound { id } = client.call(request)? else {
         anyhow::bail!("the daemon answered bind with something else");
     };
     println!("{id}");

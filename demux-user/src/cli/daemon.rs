@@ -11,8 +11,9 @@ pub struct DaemonArgs {
     /// Interface to attach the XDP program to; repeat for several (adds to the config file's).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
     ifaces: Vec<String>,
-    /// XDP mode: `auto` tries driver mode and falls back to skb mode with a warning.
-    #[arg(long, value_enum)]
+    /// XDP mode: `auto` tries driver mode and falls back to skb mode with a warning; `driver`;
+    /// `skb` (generic) [default: auto].
+    #[arg(long, value_name = "MODE")]
     mode: Option<AttachMode>,
     /// Config file (TOML): interfaces, control socket, endpoints to create at start.
     #[arg(long, value_name = "FILE")]
@@ -26,8 +27,9 @@ pub struct DaemonArgs {
     /// How often to log the verdict counters (e.g. 500ms, 5s); 0 turns it off [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
     stats_interval: Option<Duration>,
-    /// Log level of the XDP program's own records (aya-log). `off` compiles logging out.
-    #[arg(long, value_enum, default_value_t)]
+    /// Log level of the XDP program's own records (aya-log): off, error, warn, info, debug,
+    /// trace. `off` compiles logging out.
+    #[arg(long, value_name = "LEVEL", default_value = "off")]
     bpf_log: BpfLogLevel,
     /// UMEM frames per rx queue (a power of two) [default: 4096].
     #[arg(long, value_name = "N")]

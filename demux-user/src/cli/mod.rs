@@ -3,7 +3,6 @@
 pub mod bind;
 pub mod close;
 pub mod daemon;
-pub mod gen;
 pub mod list;
 pub mod recv;
 pub mod stats;
@@ -16,9 +15,12 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use demux::control::{client::Client, DEFAULT_SOCKET};
 
 /// Exit codes, shown in `--help`.
-const EXIT_CODES: &str = "Exit codes: 0 success, 1 the command failed (the message says why), \
-                          2 bad command line.\nEnvironment: DEMUX_LOG log filter (default `info`, \
-                          e.g. debug); DEMUX_CONTROL control socket path.";
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the message says why); \
+                          2 bad command line or invalid request; 3 the daemon is not reachable; \
+                          4 permission denied; 5 address in use; 6 no such endpoint; 7 a limit is \
+                          reached; 8 the CLI and the daemon speak different protocol versions.\n\
+                          Environment: DEMUX_LOG log filter (default `info`, e.g. debug); \
+                          DEMUX_CONTROL control socket path.";
 
 /// demux: an eBPF-accelerated packet demultiplexer. An XDP program reads the socket address
 /// of every incoming packet and steers packets that match a binding to user-space endpoints;
@@ -45,8 +47,6 @@ pub enum Command {
     List(list::ListArgs),
     /// Show verdicts, per-endpoint and per-socket counters, and the accounting.
     Stats(stats::StatsArgs),
-    /// Send a bounded burst of UDP or TCP SYN frames (to the benchmarking ranges only).
-    Gen(gen::GenArgs),
     /// Print a shell completion script: `demux completions bash > /etc/bash_completion.d/demux`.
     Completions {
         #[arg(value_enum)]
@@ -62,7 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Close(args) => close::run(args),
         Command::List(args) => list::run(args),
         Command::Stats(args) => stats::run(args),
-        Command::Gen(args) => gen::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "demux", &mut std::io::stdout());
             Ok(())

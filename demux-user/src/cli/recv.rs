@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use demux::{
     client::{Datagram, Endpoint},
     control::BindRequest,
-    sink::SinkSpec,
+    control::SinkSpec,
 };
 
 use super::bind::BindArgs;

@@ -1,10 +1,11 @@
 //! A blocking client of the control socket, as the CLI and the client library use it. The
 //! connection stays open as long as the client lives: endpoints it created without
-//! `persistent` close with it. Responses are read with `recvmsg`, so descriptors the daemon
-//! attaches (a ring's memfd and eventfd) arrive with them.
+//! `persistent` close with it. It opens with `hello`, so a daemon of another protocol version
+//! is one clear [`ClientError::VersionMismatch`]. Responses are read with `recvmsg`, so
+//! descriptors the daemon attaches (a ring's memfd and eventfd) arrive with them.
 
 use std::{
-    io::Write,
+    io::{self, Write},
     os::{
         fd::{AsRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
@@ -12,51 +13,144 @@ use std::{
     path::Path,
 };
 
+use serde::Deserialize;
 use thiserror::Error;
 
-use super::{fds, Envelope, Request, Response, VERSION};
+use super::{fds, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION};
 
+/// Longest answer line the client accepts (a `list` of many endpoints fits easily).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// A failed exchange with the daemon. [`ClientError::code`] says what kind, for matching.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot reach the daemon at {path}: {source} (is `demux daemon` running? pass --control PATH if it listens elsewhere)")]
+    /// The control socket cannot be reached.
+    #[error("cannot reach the daemon at {path}: {cause} (is `demux daemon` running? pass --control PATH if it listens elsewhere)")]
     Connect {
+        /// The control socket's path.
         path: String,
-        source: std::io::Error,
+        /// Why `connect` failed.
+        cause: io::Error,
     },
+    /// Reading or writing the connection failed.
     #[error("talking to the daemon: {0}")]
-    Io(#[from] std::io::Error),
+    Io(io::Error),
+    /// The daemon closed the connection (stopped or restarted).
     #[error("the daemon closed the connection")]
     Closed,
+    /// The answer is not JSON this build understands.
     #[error("the daemon's answer is not understood ({0}); are the client and the daemon the same version?")]
-    BadResponse(serde_json::Error),
-    #[error("{0}")]
-    Refused(String),
+    BadResponse(String),
+    /// The daemon speaks another protocol version.
+    #[error("{message}")]
+    VersionMismatch {
+        /// The daemon's explanation: both versions and which side to upgrade.
+        message: String,
+    },
+    /// The daemon refused the request.
+    #[error("{message}")]
+    Refused {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// The daemon's explanation, naming the field and the fix.
+        message: String,
+    },
 }
 
+impl ClientError {
+    /// The kind of failure, to match on; maps to `errno` and `io::ErrorKind` through
+    /// [`ErrorCode::errno`] and [`ErrorCode::io_kind`].
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Connect { .. } | ClientError::Closed => ErrorCode::Unavailable,
+            ClientError::Io(_) => ErrorCode::Unavailable,
+            ClientError::BadResponse(_) | ClientError::VersionMismatch { .. } => {
+                ErrorCode::VersionMismatch
+            }
+            ClientError::Refused { code, .. } => *code,
+        }
+    }
+}
+
+impl From<ClientError> for io::Error {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Io(e) => e,
+            ClientError::Connect { cause, .. } => cause,
+            other => io::Error::new(other.code().io_kind(), other),
+        }
+    }
+}
+
+/// An error answer, read on its own: its shape is the same in every protocol version.
+#[derive(Deserialize)]
+struct ErrorOnly {
+    result: String,
+    #[serde(default = "other_code")]
+    code: ErrorCode,
+    message: String,
+}
+
+fn other_code() -> ErrorCode {
+    ErrorCode::Other
+}
+
+/// A connection to the daemon's control socket.
 pub struct Client {
     stream: UnixStream,
     /// Bytes received after the last complete line.
     pending: Vec<u8>,
+    /// The daemon's software version, from `hello`.
+    daemon: String,
 }
 
 impl Client {
+    /// Connects and exchanges `hello`; a daemon of another protocol version is refused here.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).map_err(|cause| ClientError::Connect {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
-        Ok(Self {
+        let mut client = Self {
             stream,
             pending: Vec::new(),
-        })
+            daemon: String::new(),
+        };
+        match client.call(Request::Hello {
+            software: SOFTWARE.into(),
+        })? {
+            Response::Hello { version, software } if version == VERSION => {
+                client.daemon = software;
+                Ok(client)
+            }
+            Response::Hello { version, software } => Err(ClientError::VersionMismatch {
+                message: format!(
+                    "control protocol: this client ({SOFTWARE}) speaks version {VERSION}, the \
+                     daemon ({software}) speaks version {version}: upgrade the {}",
+                    if version > VERSION {
+                        "client"
+                    } else {
+                        "daemon"
+                    }
+                ),
+            }),
+            other => Err(ClientError::BadResponse(format!(
+                "unexpected answer to hello: {other:?}"
+            ))),
+        }
     }
 
-    /// Sends one request and reads its response; a refusal becomes `ClientError::Refused`.
+    /// The daemon's software version, as it said in `hello`.
+    pub fn daemon_software(&self) -> &str {
+        &self.daemon
+    }
+
+    /// Sends one request and reads its response; a refusal becomes [`ClientError::Refused`].
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         self.call_with_fds(request).map(|(response, _)| response)
     }
 
-    /// As `call`, also returning the descriptors that came with the response.
+    /// As [`Client::call`], also returning the descriptors that came with the response.
     pub fn call_with_fds(
         &mut self,
         request: Request,
@@ -67,12 +161,18 @@ impl Client {
         })
         .expect("requests always serialize");
         line.push('\n');
-        self.stream.write_all(line.as_bytes())?;
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(ClientError::Io)?;
         let mut received = Vec::new();
         let answer = self.read_line(&mut received)?;
-        match serde_json::from_slice(&answer).map_err(ClientError::BadResponse)? {
-            Response::Error { message } => Err(ClientError::Refused(message)),
-            response => Ok((response, received)),
+        match serde_json::from_slice(&answer) {
+            Ok(Response::Error { code, message }) => Err(refusal(code, message)),
+            Ok(response) => Ok((response, received)),
+            Err(e) => match serde_json::from_slice::<ErrorOnly>(&answer) {
+                Ok(error) if error.result == "error" => Err(refusal(error.code, error.message)),
+                _ => Err(ClientError::BadResponse(e.to_string())),
+            },
         }
     }
 
@@ -82,8 +182,13 @@ impl Client {
                 let line = self.pending.drain(..=end).collect();
                 return Ok(line);
             }
+            if self.pending.len() > MAX_ANSWER {
+                return Err(ClientError::BadResponse(format!(
+                    "an answer longer than {MAX_ANSWER} bytes"
+                )));
+            }
             let mut buf = [0u8; 4096];
-            let n = fds::recv(&self.stream, &mut buf, received)?;
+            let n = fds::recv(&self.stream, &mut buf, received).map_err(ClientError::Io)?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
@@ -94,5 +199,12 @@ impl Client {
     /// The connection's fd: readable or hung up when the daemon goes away.
     pub fn raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+}
+
+fn refusal(code: ErrorCode, message: String) -> ClientError {
+    match code {
+        ErrorCode::VersionMismatch => ClientError::VersionMismatch { message },
+        code => ClientError::Refused { code, message },
     }
 }

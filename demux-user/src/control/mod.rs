@@ -1,16 +1,27 @@
 //! The control protocol between the `demux` CLI (or any client) and the daemon: JSON, one
-//! request and one response per line, over a Unix stream socket. Versioned: a request carries
-//! `"version": 1`, and a daemon answers another version with an error that says which it speaks.
+//! request and one response per line, over a Unix stream socket.
 //!
 //! ```text
-//! → {"version":1,"op":"bind","protocol":"udp","local":"0.0.0.0:53","to":"count"}
+//! → {"version":2,"op":"hello","software":"demux 0.1.0"}
+//! ← {"result":"hello","version":2,"software":"demux 0.1.0"}
+//! → {"version":2,"op":"bind","protocol":"udp","local":"0.0.0.0:53","to":"count"}
 //! ← {"result":"bound","id":1}
-//! → {"version":1,"op":"close","id":1}
+//! → {"version":2,"op":"close","id":1}
 //! ← {"result":"closed","id":1}
-//! → {"version":1,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
-//! → {"version":1,"op":"stats"}    ← {"result":"stats",…}
-//! ← {"result":"error","message":"…"}
+//! → {"version":2,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
+//! → {"version":2,"op":"stats"}    ← {"result":"stats",…}
+//! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
+//!
+//! **Versions.** Every request carries the protocol [`VERSION`] it is written in. The daemon
+//! reads that field alone first ([`version_of`]) and answers any other version with one
+//! `version_mismatch` error naming both sides' protocol and software versions and which side
+//! to upgrade, never with a parse error. The client library opens every connection with
+//! `hello`, so a mismatch is found before the first real request. The error answer's shape
+//! (`result`, `code`, `message`) never changes between versions.
+//!
+//! **Errors.** Every refusal carries an [`ErrorCode`] an application can match, beside a
+//! message for people.
 //!
 //! The daemon identifies the caller with SO_PEERCRED. An endpoint lives as long as the
 //! connection that created it, unless it was created `persistent`. A `bound` answer to a bind
@@ -18,16 +29,26 @@
 //! (`crate::ring`); only the caller gets them.
 
 pub mod client;
+mod error;
 pub mod fds;
+mod sink_spec;
+
+pub use error::ErrorCode;
+pub use sink_spec::{SinkSpec, SinkSpecError};
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{binding::Protocol, sink::SinkSpec};
+use std::net::SocketAddr;
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+use crate::binding::{Binding, BindingError, Local, Protocol, Receiver};
+
+/// The protocol version this build speaks. Version 2 added `hello` and error codes.
+pub const VERSION: u32 = 2;
+
+/// This build's software version, as `hello` reports it.
+pub const SOFTWARE: &str = concat!("demux ", env!("CARGO_PKG_VERSION"));
 
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/demux/control.sock";
@@ -40,15 +61,54 @@ pub struct Envelope {
     pub request: Request,
 }
 
+/// The `version` field of a request line, read before anything else.
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+/// The protocol version a request line is written in, if it has one.
+pub fn version_of(line: &str) -> Option<u32> {
+    serde_json::from_str::<VersionOnly>(line)
+        .ok()
+        .map(|v| v.version)
+}
+
+/// The refusal for a request in protocol version `theirs`, naming which side should upgrade.
+pub fn version_mismatch(theirs: u32) -> Response {
+    let upgrade = if theirs < VERSION {
+        "upgrade the client (the demux library or CLI it uses)"
+    } else {
+        "upgrade the daemon"
+    };
+    Response::Error {
+        code: ErrorCode::VersionMismatch,
+        message: format!(
+            "control protocol: the client speaks version {theirs}, this daemon ({SOFTWARE}) \
+             speaks version {VERSION}: {upgrade}"
+        ),
+    }
+}
+
+/// One request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
+    /// Say who we are; answered with [`Response::Hello`].
+    Hello {
+        /// The client's software version, e.g. `demux 0.1.0`.
+        software: String,
+    },
     /// Create an endpoint with a binding (`connect` makes it a connected binding).
     Bind(BindRequest),
+    /// Close an endpoint (its owner or root).
     Close {
+        /// The endpoint's descriptor.
         id: u32,
     },
+    /// The endpoints.
     List,
+    /// Counters and the accounting.
     Stats,
 }
 
@@ -70,14 +130,65 @@ pub struct BindRequest {
     pub persistent: bool,
 }
 
+/// One answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Bound { id: u32 },
-    Closed { id: u32 },
-    Endpoints { endpoints: Vec<EndpointInfo> },
+    /// The daemon's versions.
+    Hello {
+        /// The protocol version the daemon speaks.
+        version: u32,
+        /// The daemon's software version.
+        software: String,
+    },
+    /// The endpoint exists now.
+    Bound {
+        /// Its descriptor.
+        id: u32,
+    },
+    /// The endpoint is gone.
+    Closed {
+        /// Its descriptor.
+        id: u32,
+    },
+    /// The answer to `list`.
+    Endpoints {
+        /// The endpoints the caller may see.
+        endpoints: Vec<EndpointInfo>,
+    },
+    /// The answer to `stats`.
     Stats(Stats),
-    Error { message: String },
+    /// A refusal.
+    Error {
+        /// What an application matches on.
+        code: ErrorCode,
+        /// What a person reads: names the field and the fix.
+        message: String,
+    },
+}
+
+impl BindRequest {
+    /// The binding this request asks for, checked as far as the request alone allows (syntax,
+    /// families, ports, prefix host bits): what a client can refuse before it connects. The
+    /// daemon checks again, and adds what only it knows (who holds what, who may).
+    pub fn binding(&self) -> Result<Binding, BindingError> {
+        let local: Local = self.local.parse()?;
+        let remote = match &self.connect {
+            None => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| BindingError::Remote(text.clone()))?,
+            ),
+        };
+        let binding = Binding {
+            protocol: self.protocol,
+            local,
+            remote,
+            v6only: self.v6only,
+        };
+        binding.encode(Receiver::Endpoint(1))?;
+        Ok(binding)
+    }
 }
 
 /// One endpoint, as `list` and `stats` show it.
@@ -180,10 +291,10 @@ mod tests {
         let line = serde_json::to_string(&bind).unwrap();
         assert_eq!(
             line,
-            r#"{"version":1,"op":"bind","protocol":"udp","local":"0.0.0.0:53","connect":null,"group":null,"v6only":false,"to":"count","persistent":false}"#
+            r#"{"version":2,"op":"bind","protocol":"udp","local":"0.0.0.0:53","connect":null,"group":null,"v6only":false,"to":"count","persistent":false}"#
         );
         let minimal: Envelope = serde_json::from_str(
-            r#"{"version":1,"op":"bind","protocol":"tcp","local":"[::]:80","to":"unix:/x"}"#,
+            r#"{"version":2,"op":"bind","protocol":"tcp","local":"[::]:80","to":"unix:/x"}"#,
         )
         .unwrap();
         assert!(
@@ -197,5 +308,32 @@ mod tests {
             r#"{"version":1,"op":"bind","protocol":"sctp","local":"x","to":"count"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn another_version_is_one_refusal_naming_both_sides() {
+        // A future request shape this build cannot parse still yields its version.
+        let future = r#"{"version":3,"op":"bind","socket_fd":0,"new_field":[1]}"#;
+        assert_eq!(version_of(future), Some(3));
+        assert_eq!(version_of("not json"), None);
+        let Response::Error { code, message } = version_mismatch(3) else {
+            panic!("not an error");
+        };
+        assert_eq!(code, ErrorCode::VersionMismatch);
+        assert!(
+            message.contains("version 3")
+                && message.contains(&format!("version {VERSION}"))
+                && message.contains("upgrade the daemon"),
+            "{message}"
+        );
+        let Response::Error { message, .. } = version_mismatch(1) else {
+            panic!("not an error");
+        };
+        assert!(message.contains("upgrade the client"), "{message}");
+        let wire = serde_json::to_string(&version_mismatch(1)).unwrap();
+        assert!(
+            wire.starts_with(r#"{"result":"error","code":"version_mismatch","message":"#),
+            "{wire}"
+        );
     }
 }

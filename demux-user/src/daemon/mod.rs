@@ -2,6 +2,7 @@
 //! every interface and runs a worker for each, serves the control socket, logs the verdicts,
 //! and on SIGINT/SIGTERM detaches, stops the workers and removes the control socket.
 
+pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod state;
@@ -119,7 +120,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Caller::DAEMON,
             )
             .map(|(id, _)| id)
-            .map_err(anyhow::Error::msg)
             .with_context(|| format!("creating the configured endpoint {local}"))?;
         info!(id, %local, "configured endpoint ready");
     }

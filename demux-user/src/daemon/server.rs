@@ -16,7 +16,9 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::control::{Envelope, Response, VERSION};
+use crate::control::{
+    version_mismatch, version_of, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION,
+};
 
 use super::state::{Caller, State};
 
@@ -102,36 +104,44 @@ async fn connection_task(stream: UnixStream, state: Arc<Mutex<State>>, connectio
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let response = match serde_json::from_str::<Envelope>(&line) {
-            Err(e) => Response::Error {
-                message: format!("request: {e}; see `demux --help` for the protocol"),
-            },
-            Ok(envelope) if envelope.version != VERSION => Response::Error {
-                message: format!(
-                    "protocol version {} is not supported: this daemon speaks version {VERSION}",
-                    envelope.version
-                ),
-            },
-            Ok(envelope) => {
-                let (response, ring) = state
-                    .lock()
-                    .expect("state lock")
-                    .handle(envelope.request, caller);
-                if let Some(ring) = ring {
-                    let mut answer =
-                        serde_json::to_string(&response).expect("responses always serialize");
-                    answer.push('\n');
-                    let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
-                    if send_with_fds(&write, answer.as_bytes(), &fds)
-                        .await
-                        .is_err()
-                    {
-                        break;
+        let response = match version_of(&line) {
+            Some(version) if version != VERSION => version_mismatch(version),
+            _ => match serde_json::from_str::<Envelope>(&line) {
+                Err(e) => Response::Error {
+                    code: ErrorCode::InvalidArgument,
+                    message: format!("request: {e}; see `demux::control` for the protocol"),
+                },
+                Ok(Envelope {
+                    request: Request::Hello { software },
+                    ..
+                }) => {
+                    debug!(connection, uid, %software, "hello");
+                    Response::Hello {
+                        version: VERSION,
+                        software: SOFTWARE.into(),
                     }
-                    continue;
                 }
-                response
-            }
+                Ok(envelope) => {
+                    let (response, ring) = state
+                        .lock()
+                        .expect("state lock")
+                        .handle(envelope.request, caller);
+                    if let Some(ring) = ring {
+                        let mut answer =
+                            serde_json::to_string(&response).expect("responses always serialize");
+                        answer.push('\n');
+                        let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
+                        if send_with_fds(&write, answer.as_bytes(), &fds)
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
+                    response
+                }
+            },
         };
         let mut answer = serde_json::to_string(&response).expect("responses always serialize");
         answer.push('\n');

@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, RwLock,
@@ -20,12 +19,14 @@ use tracing::{info, warn};
 
 use crate::{
     binding::{Binding, Entry, Local, Receiver},
+    control::SinkSpec,
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
+    daemon::error::ControlError,
     endpoint_stats,
     program::Loaded,
     ring::ClientFds,
-    sink::{Sink, SinkSpec},
-    tables::{TableError, Tables},
+    sink::Sink,
+    tables::Tables,
     verdicts::VerdictCounts,
 };
 
@@ -142,9 +143,16 @@ impl State {
                 endpoints: self.list(),
             }),
             Request::Stats => Ok(Response::Stats(self.stats())),
+            Request::Hello { .. } => Ok(Response::Hello {
+                version: crate::control::VERSION,
+                software: crate::control::SOFTWARE.into(),
+            }),
         };
         (
-            result.unwrap_or_else(|message| Response::Error { message }),
+            result.unwrap_or_else(|error| Response::Error {
+                code: error.code(),
+                message: error.to_string(),
+            }),
             fds,
         )
     }
@@ -154,45 +162,27 @@ impl State {
         &mut self,
         request: BindRequest,
         caller: Caller,
-    ) -> Result<(u32, Option<ClientFds>), String> {
-        let local: Local = request.local.parse()?;
-        let remote = match &request.connect {
-            None => None,
-            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-                format!("connect: `{text}` is not a socket address; write ADDR:PORT or [ADDR]:PORT")
-            })?),
-        };
-        let binding = Binding {
-            protocol: request.protocol,
-            local,
-            remote,
-            v6only: request.v6only,
-        };
+    ) -> Result<(u32, Option<ClientFds>), ControlError> {
+        let binding = request.binding()?;
+        let local = binding.local;
         let privileged_port = match local {
             Local::Addr(addr) => addr.port() < 1024,
             Local::Prefix { port, .. } => port.is_none_or(|p| p < 1024),
         };
         if caller.uid != 0 && privileged_port {
-            return Err(format!(
-                "local port: {} includes ports below 1024, which only root may bind",
-                request.local
-            ));
+            return Err(ControlError::PrivilegedPort {
+                local: request.local.clone(),
+            });
         }
         let id = self.free_endpoint_id()?;
         // Validate the binding before touching anything.
-        let (own_entry, own_target) = binding
-            .encode(Receiver::Endpoint(id))
-            .map_err(|e| e.to_string())?;
+        let (own_entry, own_target) = binding.encode(Receiver::Endpoint(id))?;
         if matches!(request.to, SinkSpec::Ring { .. })
             && caller.connection == Caller::DAEMON.connection
         {
-            return Err(
-                "to: a ring goes to the client that binds over the control socket; \
-                        configured endpoints use unix:PATH, count or pcap:PATH"
-                    .into(),
-            );
+            return Err(ControlError::RingForDaemon);
         }
-        let (sink, ring) = Sink::open(&request.to).map_err(|e| e.to_string())?;
+        let (sink, ring) = Sink::open(&request.to)?;
         let handle = Arc::new(EndpointHandle {
             sink,
             delivered: AtomicU64::new(0),
@@ -201,7 +191,7 @@ impl State {
             dropped_sink_error: AtomicU64::new(0),
         });
         endpoint_stats::reset(self.loaded.ebpf_mut(), id)
-            .map_err(|e| format!("endpoint statistics: {e}"))?;
+            .map_err(|e| ControlError::Statistics(e.to_string()))?;
         self.directory
             .write()
             .expect("directory lock")
@@ -209,15 +199,15 @@ impl State {
 
         let placement = match &request.group {
             None => self
-                .claim(own_entry, own_target, id.to_string())
+                .claim(own_entry, own_target, format!("endpoint {id}"))
                 .map(|()| Placement::Own(own_entry)),
             Some(name) => self
                 .join_group(name, &binding, own_entry, id)
                 .map(|()| Placement::Member(name.clone())),
         };
-        if let Err(message) = placement {
+        if let Err(error) = placement {
             self.directory.write().expect("directory lock").remove(&id);
-            return Err(message);
+            return Err(error);
         }
         info!(id, local = %request.local, to = %request.to, owner = caller.uid, "endpoint bound");
         self.endpoints.insert(
@@ -240,18 +230,13 @@ impl State {
         entry: Entry,
         target: demux_common::binding::Target,
         holder: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         if let Some(current) = self.holders.get(&entry) {
-            return Err(format!(
-                "address in use (EADDRINUSE): the binding is held by endpoint {current}"
-            ));
+            return Err(ControlError::InUse {
+                holder: current.clone(),
+            });
         }
-        self.tables
-            .insert(self.loaded.ebpf_mut(), &entry, target)
-            .map_err(|e| match e {
-                TableError::Exists { .. } => "address in use (EADDRINUSE)".to_owned(),
-                e => e.to_string(),
-            })?;
+        self.tables.insert(self.loaded.ebpf_mut(), &entry, target)?;
         self.holders.insert(entry, holder);
         Ok(())
     }
@@ -262,39 +247,31 @@ impl State {
         binding: &Binding,
         own_entry: Entry,
         id: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         if let Some(group) = self.groups.get_mut(name) {
-            let (entry, _) = binding
-                .encode(Receiver::Group(group.id))
-                .map_err(|e| e.to_string())?;
+            let (entry, _) = binding.encode(Receiver::Group(group.id))?;
             if entry != group.entry {
-                return Err(format!(
-                    "group: `{name}` is bound to another address; members must bind the same one"
-                ));
+                return Err(ControlError::GroupAddress { name: name.into() });
             }
             let mut members = group.members.clone();
             members.push(id);
-            crate::tables::set_group(self.loaded.ebpf_mut(), group.id, &members)
-                .map_err(|e| e.to_string())?;
+            crate::tables::set_group(self.loaded.ebpf_mut(), group.id, &members)?;
             group.members = members;
             return Ok(());
         }
         let group_id = (0..demux_common::binding::MAX_GROUPS)
             .find(|gid| self.groups.values().all(|g| g.id != *gid))
-            .ok_or("group: every group id is in use; close groups first")?;
-        let (entry, target) = binding
-            .encode(Receiver::Group(group_id))
-            .map_err(|e| e.to_string())?;
+            .ok_or(ControlError::NoGroup)?;
+        let (entry, target) = binding.encode(Receiver::Group(group_id))?;
         debug_assert_eq!(
             std::mem::discriminant(&entry),
             std::mem::discriminant(&own_entry)
         );
         // Members first, so the binding never points at an empty group.
-        crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[id])
-            .map_err(|e| e.to_string())?;
-        if let Err(message) = self.claim(entry, target, format!("group {name}")) {
+        crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[id])?;
+        if let Err(error) = self.claim(entry, target, format!("group {name}")) {
             let _ = crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[]);
-            return Err(message);
+            return Err(error);
         }
         self.groups.insert(
             name.to_owned(),
@@ -308,16 +285,16 @@ impl State {
     }
 
     /// Closes endpoint `id`: only its owner or root may.
-    pub fn close(&mut self, id: u32, caller: Caller) -> Result<(), String> {
+    pub fn close(&mut self, id: u32, caller: Caller) -> Result<(), ControlError> {
         let endpoint = self
             .endpoints
             .get(&id)
-            .ok_or_else(|| format!("endpoint {id} does not exist (see `demux list`)"))?;
+            .ok_or(ControlError::NoEndpoint { id })?;
         if caller.uid != 0 && caller.uid != endpoint.owner {
-            return Err(format!(
-                "endpoint {id} belongs to uid {}; only its owner or root may close it",
-                endpoint.owner
-            ));
+            return Err(ControlError::NotOwner {
+                id,
+                owner: endpoint.owner,
+            });
         }
         let endpoint = self.endpoints.remove(&id).expect("checked");
         let result = match &endpoint.placement {
@@ -332,14 +309,12 @@ impl State {
         result
     }
 
-    fn release(&mut self, entry: &Entry) -> Result<(), String> {
+    fn release(&mut self, entry: &Entry) -> Result<(), ControlError> {
         self.holders.remove(entry);
-        self.tables
-            .remove(self.loaded.ebpf_mut(), entry)
-            .map_err(|e| e.to_string())
+        Ok(self.tables.remove(self.loaded.ebpf_mut(), entry)?)
     }
 
-    fn leave_group(&mut self, name: &str, id: u32) -> Result<(), String> {
+    fn leave_group(&mut self, name: &str, id: u32) -> Result<(), ControlError> {
         let Some(group) = self.groups.get_mut(name) else {
             return Ok(());
         };
@@ -352,7 +327,11 @@ impl State {
             let _ = crate::tables::set_group(self.loaded.ebpf_mut(), gid, &[]);
             return result;
         }
-        crate::tables::set_group(self.loaded.ebpf_mut(), gid, &members).map_err(|e| e.to_string())
+        Ok(crate::tables::set_group(
+            self.loaded.ebpf_mut(),
+            gid,
+            &members,
+        )?)
     }
 
     /// Closes the endpoints a connection created, except persistent ones.
@@ -364,17 +343,19 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Err(message) = self.close(id, Caller::DAEMON) {
-                warn!(id, "closing after its client left: {message}");
+            if let Err(error) = self.close(id, Caller::DAEMON) {
+                warn!(id, "closing after its client left: {error}");
             }
         }
     }
 
-    fn free_endpoint_id(&self) -> Result<u32, String> {
+    fn free_endpoint_id(&self) -> Result<u32, ControlError> {
         (self.next_endpoint..MAX_ENDPOINTS)
             .chain(1..self.next_endpoint)
             .find(|id| !self.endpoints.contains_key(id))
-            .ok_or_else(|| format!("endpoint: all {} descriptors are in use", MAX_ENDPOINTS - 1))
+            .ok_or(ControlError::NoDescriptor {
+                max: MAX_ENDPOINTS - 1,
+            })
     }
 
     pub fn list(&self) -> Vec<EndpointInfo> {

@@ -1,4 +1,4 @@
-//! The XDP program against its reference model (`demux::model`) under BPF_PROG_TEST_RUN: the
+//! The XDP program against its reference model (`demux::testing::model`) under BPF_PROG_TEST_RUN: the
 //! hand-written fixtures, then a seeded differential run over random tables and 100,000
 //! random, mutated and truncated frames. A mismatch prints the seed and the frame in hex.
 
@@ -8,10 +8,10 @@ use anyhow::{bail, ensure, Context as _};
 use aya::programs::{TestRun, TestRunOptions};
 use demux::{
     binding::{Binding, Entry, Local, Protocol, Receiver},
-    frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
-    model::{fixtures, Model},
     program::{BpfLogLevel, Loaded},
     tables::{self, Tables},
+    testing::frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
+    testing::model::{fixtures, Model},
     verdicts::VerdictCounts,
 };
 use demux_common::{binding::Target, meta::PacketMeta, Verdict};

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use demux::{
     binding::Protocol,
-    control::{client::Client, BindRequest, Request, Response},
-    sink::{self, SinkSpec},
+    control::{client::Client, BindRequest, Request, Response, SinkSpec},
+    record,
 };
 
 use crate::{
@@ -130,8 +130,7 @@ impl SinkSocket {
     fn drain(&mut self) -> anyhow::Result<()> {
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.socket.recv(&mut buf) {
-            self.got
-                .push(sink::decode(&buf[..n]).map_err(anyhow::Error::msg)?.into());
+            self.got.push(record::decode(&buf[..n])?.into());
         }
         Ok(())
     }

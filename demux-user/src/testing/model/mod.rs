@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn offsets_point_at_the_headers() {
-        use crate::frame::FrameSpec;
+        use crate::testing::frame::FrameSpec;
         let spec = FrameSpec {
             vlan_tags: vec![0x8100],
             ipv4_options: 8,
@@ -384,7 +384,7 @@ mod tests {
             .unwrap();
         let mut model = Model::default();
         model.insert(entry, target);
-        let frame = crate::frame::FrameSpec::udp(
+        let frame = crate::testing::frame::FrameSpec::udp(
             "198.18.0.1:1".parse().unwrap(),
             "198.18.0.2:2".parse().unwrap(),
             b"",

@@ -206,12 +206,13 @@ fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> 
             pseudo.extend_from_slice(&[0, protocol]);
             pseudo.extend_from_slice(&(len as u16).to_be_bytes());
         }
-        (s, d) => {
-            pseudo.extend_from_slice(&crate::binding::addr16(s));
-            pseudo.extend_from_slice(&crate::binding::addr16(d));
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
             pseudo.extend_from_slice(&(len as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, protocol]);
         }
+        (s, d) => panic!("a frame from {s} to {d} mixes address families"),
     }
     pseudo
 }

@@ -1,4 +1,4 @@
-//! `demux gen`: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames,
+//! `demux-gen`, the traffic generator of the demo and the benchmarks: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames,
 //! through an AF_XDP socket (`--mode xdp`, the fastest sender on veth) or an AF_PACKET socket
 //! (`--mode packet`), or UDP datagrams through the kernel's stack with sendmmsg (`--mode
 //! sendmmsg`, for comparison), as fast as possible or at `--rate` pps. Each UDP payload starts with a
@@ -11,12 +11,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
-use clap::Args;
-use demux::frame::FrameSpec;
+use std::process::ExitCode;
 
-#[derive(Debug, Args)]
-pub struct GenArgs {
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+// The frame builder is test support (`demux::testing::frame`, behind the `testing` feature);
+// the generator compiles the same file into itself rather than ship the testing module.
+#[path = "../../testing/frame.rs"]
+#[allow(dead_code, reason = "the generator uses part of the frame builder")]
+mod frame;
+
+use frame::FrameSpec;
+
+/// demux-gen: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames, to
+/// the benchmarking ranges only (198.18.0.0/15, 2001:2::/48). Each UDP payload starts with a
+/// sequence number and a send time, for loss and latency. Needs root (AF_XDP, AF_PACKET).
+#[derive(Debug, Parser)]
+#[command(name = "demux-gen", version)]
+struct GenArgs {
     /// Interface to send on.
     #[arg(long, value_name = "IFACE")]
     iface: String,
@@ -90,7 +103,17 @@ fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
     Ok(bytes.try_into().expect("six bytes"))
 }
 
-pub fn run(args: GenArgs) -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run(GenArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("demux-gen: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: GenArgs) -> anyhow::Result<()> {
     if !args.allow_any_address && !benchmarking_range(args.dst.ip()) {
         bail!(
             "--dst {}: not in 198.18.0.0/15 or 2001:2::/48, the ranges set aside for benchmarks; \
@@ -152,7 +175,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         let frame = &frames[(seq % frames.len() as u64) as usize];
         buf[..frame.len()].copy_from_slice(frame);
         if stamp {
-            demux::frame::stamp_udp(&mut buf[..frame.len()], seq, demux::frame::monotonic_ns());
+            frame::stamp_udp(&mut buf[..frame.len()], seq, frame::monotonic_ns());
         }
         frame.len()
     };
@@ -307,7 +330,7 @@ fn sendmmsg(
             std::hint::spin_loop();
             continue;
         }
-        let now = demux::frame::monotonic_ns();
+        let now = frame::monotonic_ns();
         let mut iovs: Vec<libc::iovec> = Vec::with_capacity(burst);
         for (i, payload) in payloads.iter_mut().take(burst).enumerate() {
             payload[..8].copy_from_slice(&(sent + i as u64).to_le_bytes());

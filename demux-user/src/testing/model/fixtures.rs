@@ -8,7 +8,7 @@ use demux_common::{hash::flow_hash, Verdict};
 
 use crate::{
     binding::{addr16, Binding, Local, Protocol, Receiver},
-    frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
+    testing::frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
 };
 
 /// One fixture. `endpoint` is the endpoint the metadata must name when a binding matched.

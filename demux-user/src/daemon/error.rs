@@ -1,0 +1,97 @@
+//! Why the daemon refused or failed a control request: one enum over the binding, table, sink
+//! and ring errors and the daemon's own rules, each with the wire [`ErrorCode`] it answers with.
+
+use thiserror::Error;
+
+use crate::{binding::BindingError, control::ErrorCode, sink::SinkError, tables::TableError};
+
+/// A refused or failed control request.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The binding in the request is invalid.
+    #[error(transparent)]
+    Binding(#[from] BindingError),
+    /// A table update failed.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The sink could not be opened.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Another endpoint or group holds the binding.
+    #[error("address in use (EADDRINUSE): the binding is held by {holder}")]
+    InUse {
+        /// `endpoint N` or `group NAME`.
+        holder: String,
+    },
+    /// A non-root caller asked for ports below 1024.
+    #[error("local port: {local} includes ports below 1024, which only root may bind")]
+    PrivilegedPort {
+        /// The local address asked for.
+        local: String,
+    },
+    /// No such endpoint.
+    #[error("endpoint {id} does not exist (see `demux list`)")]
+    NoEndpoint {
+        /// The descriptor asked for.
+        id: u32,
+    },
+    /// The caller does not own the endpoint.
+    #[error("endpoint {id} belongs to uid {owner}; only its owner or root may close it")]
+    NotOwner {
+        /// The endpoint.
+        id: u32,
+        /// Its owner's uid.
+        owner: u32,
+    },
+    /// Every endpoint descriptor is taken.
+    #[error("endpoint: all {max} descriptors are in use; close endpoints first")]
+    NoDescriptor {
+        /// How many there are.
+        max: u32,
+    },
+    /// Every group id is taken.
+    #[error("group: every group id is in use; close groups first")]
+    NoGroup,
+    /// A member binds another address than its group.
+    #[error("group: `{name}` is bound to another address; members must bind the same one")]
+    GroupAddress {
+        /// The group's name.
+        name: String,
+    },
+    /// A ring sink asked for by the daemon's own configuration.
+    #[error(
+        "to: a ring goes to the client that binds over the control socket; configured \
+         endpoints use unix:PATH, count or pcap:PATH"
+    )]
+    RingForDaemon,
+    /// The endpoint's statistics slot could not be reset.
+    #[error("endpoint statistics: {0}")]
+    Statistics(String),
+}
+
+impl ControlError {
+    /// The code the wire answer carries.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ControlError::Binding(_)
+            | ControlError::GroupAddress { .. }
+            | ControlError::RingForDaemon => ErrorCode::InvalidArgument,
+            ControlError::Table(TableError::Exists { .. }) | ControlError::InUse { .. } => {
+                ErrorCode::AddressInUse
+            }
+            ControlError::Table(TableError::Full { .. } | TableError::GroupTooLarge { .. })
+            | ControlError::NoDescriptor { .. }
+            | ControlError::NoGroup => ErrorCode::LimitReached,
+            ControlError::Table(TableError::NotFound { .. }) | ControlError::NoEndpoint { .. } => {
+                ErrorCode::NotFound
+            }
+            ControlError::Table(TableError::BadGroup { .. }) => ErrorCode::InvalidArgument,
+            ControlError::PrivilegedPort { .. } | ControlError::NotOwner { .. } => {
+                ErrorCode::PermissionDenied
+            }
+            ControlError::Sink(_)
+            | ControlError::Table(TableError::Map { .. })
+            | ControlError::Statistics(_) => ErrorCode::Internal,
+        }
+    }
+}
