@@ -470,7 +470,8 @@ pub fn refused_requests_change_nothing() -> anyhow::Result<()> {
         None,
         SinkSpec::Count,
     )?;
-    let nobody = |args: &[&str]| -> anyhow::Result<String> {
+    // Each refusal has its own exit status (`demux --help`), from the wire's error code.
+    let nobody = |args: &[&str], status: i32| -> anyhow::Result<String> {
         let output = Command::new(DAEMON)
             .args(args)
             .arg("--control")
@@ -479,36 +480,58 @@ pub fn refused_requests_change_nothing() -> anyhow::Result<()> {
             .gid(65534)
             .output()?;
         ensure!(
-            output.status.code() == Some(1),
-            "{args:?} as nobody exited {}",
+            output.status.code() == Some(status),
+            "{args:?} as nobody exited {}, not {status}",
             output.status
         );
         Ok(String::from_utf8_lossy(&output.stderr).into_owned())
     };
-    let error = nobody(&["bind", "udp", &format!("{B_ADDR}:80"), "--persistent"])?;
+    let error = nobody(&["bind", "udp", &format!("{B_ADDR}:80"), "--persistent"], 4)?;
     ensure!(error.contains("below 1024"), "privileged port: {error}");
-    let error = nobody(&["bind", "udp", &format!("{B_ADDR}:9000"), "--persistent"])?;
+    let error = nobody(
+        &["bind", "udp", &format!("{B_ADDR}:9000"), "--persistent"],
+        5,
+    )?;
     ensure!(
         error.contains(&format!("held by endpoint {held}")),
         "duplicate: {error}"
     );
-    let error = nobody(&["close", &held.to_string()])?;
+    let error = nobody(&["close", &held.to_string()], 4)?;
     ensure!(error.contains("belongs to uid 0"), "foreign close: {error}");
+    let error = nobody(&["close", "999"], 6)?;
+    ensure!(
+        error.contains("does not exist"),
+        "no such endpoint: {error}"
+    );
+    // Refused before connecting: the daemon never sees it.
+    let error = nobody(&["bind", "udp", "300.1.1.1:5"], 2)?;
+    ensure!(
+        error.contains("local address `300.1.1.1:5`")
+            && error.matches("local address").count() == 1,
+        "invalid address: {error}"
+    );
 
-    // Malformed and mismatched requests get an error line; the connection stays usable.
+    // Malformed and mismatched requests get an error line with a code; the connection stays
+    // usable.
     let mut raw = std::os::unix::net::UnixStream::connect(&daemon.control)?;
     let mut reader = std::io::BufReader::new(raw.try_clone()?);
-    for (line, expect) in [
-        ("this is not json\n", "request:"),
-        ("{\"version\":99,\"op\":\"list\"}\n", "version 99"),
-        ("{\"version\":1,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "local address"),
-        ("{\"version\":1,\"op\":\"close\",\"id\":999}\n", "does not exist"),
+    for (line, code, expect) in [
+        ("this is not json\n", "invalid_argument", "request:"),
+        ("{\"version\":99,\"op\":\"list\"}\n", "version_mismatch", "upgrade the daemon"),
+        ("{\"version\":1,\"op\":\"list\"}\n", "version_mismatch", "upgrade the client"),
+        ("{\"version\":2,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "invalid_argument", "local address"),
+        ("{\"version\":2,\"op\":\"close\",\"id\":999}\n", "not_found", "does not exist"),
     ] {
         use std::io::{BufRead, Write};
         raw.write_all(line.as_bytes())?;
         let mut answer = String::new();
         reader.read_line(&mut answer)?;
-        ensure!(answer.contains("\"error\"") && answer.contains(expect), "{line:?} -> {answer}");
+        ensure!(
+            answer.contains("\"error\"")
+                && answer.contains(&format!("\"code\":\"{code}\""))
+                && answer.contains(expect),
+            "{line:?} -> {answer}"
+        );
     }
     let Response::Endpoints { endpoints } = root.call(Request::List)? else {
         bail!("no list")
