@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod light_client;
 mod run;
 mod test;
 mod toolchain;

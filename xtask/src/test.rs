@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::{cargo, show, step};
+use crate::{cargo, light_client, show, step};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -45,6 +45,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             .args(["--", "-D", "warnings"])
             .env("RUSTFLAGS", "-C panic=abort"),
     )?;
+
+    light_client::check()?;
 
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "demux-ebpf"]);
