@@ -1,67 +1,175 @@
-//! The daemon's config file (TOML, `demux daemon --config FILE`): interfaces, control socket,
-//! and endpoints to create at start. Unknown fields are errors, and every error names the line,
-//! the field and what is allowed (the toml crate's messages carry all three).
-//!
-//! ```toml
-//! interfaces = ["eth0"]
-//! mode = "auto"                       # auto | driver | skb
-//! control = "/run/demux/control.sock"
-//! control_group = "demux"             # may use the control socket
-//! stats_interval = "5s"
-//! frames = 4096                       # UMEM frames per rx queue
-//! metrics = "127.0.0.1:9464"          # OpenMetrics over HTTP
-//!
-//! [[endpoint]]
-//! protocol = "udp"
-//! local = "0.0.0.0:53"
-//! to = "unix:/run/dns.sock"
-//! ```
+//! The daemon's one configuration: [`Config`], read from a TOML file (`demux daemon --config
+//! FILE`), overridden by command-line flags through one merge (`src/cli/daemon.rs`), checked
+//! by [`Config::validate`], and handed to [`crate::daemon::run`]. Defaults live in one place,
+//! [`Config::default`], which the CLI's help shows too. The file format, with every key, is in
+//! `docs/CONFIG.md`; `docs/demux.toml` is an example that the tests parse.
 
-use std::path::{Path, PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
 
-use crate::{attach::AttachMode, control::BindRequest};
+use crate::{
+    attach::AttachMode,
+    control::{BindRequest, SinkSpec, DEFAULT_SOCKET},
+    program::BpfLogLevel,
+};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct File {
-    #[serde(default)]
-    pub interfaces: Vec<String>,
-    pub mode: Option<AttachMode>,
-    pub control: Option<PathBuf>,
+/// The smallest and largest UMEM frame counts per rx queue.
+pub const FRAMES: std::ops::RangeInclusive<u32> = 64..=1 << 20;
+
+/// Everything the daemon needs to start.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Interfaces to attach the XDP program to (`interfaces` in the file).
+    #[serde(rename = "interfaces")]
+    pub ifaces: Vec<String>,
+    /// XDP attach mode.
+    pub mode: AttachMode,
+    /// The control socket's path.
+    pub control: PathBuf,
+    /// The group that may use the control socket (mode 0660).
     pub control_group: Option<String>,
-    pub stats_interval: Option<String>,
-    pub frames: Option<u32>,
-    pub metrics: Option<std::net::SocketAddr>,
-    #[serde(default, rename = "endpoint")]
+    /// How often the verdicts are logged; zero turns it off.
+    #[serde(deserialize_with = "duration")]
+    pub stats_interval: Duration,
+    /// Log level of the XDP program's own records.
+    pub bpf_log: BpfLogLevel,
+    /// UMEM frames per rx queue (a power of two in [`FRAMES`]).
+    pub frames: u32,
+    /// Serve OpenMetrics here.
+    pub metrics: Option<SocketAddr>,
+    /// Endpoints to create at start (persistent, owned by root; `[[endpoint]]` in the file).
+    #[serde(rename = "endpoint")]
     pub endpoints: Vec<BindRequest>,
 }
 
-/// Reads and checks a config file.
-pub fn load(path: &Path) -> anyhow::Result<File> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
-}
-
-pub fn parse(text: &str) -> Result<File, String> {
-    let file: File =
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
-    if let Some(frames) = file.frames {
-        if !frames.is_power_of_two() || !(64..=1 << 20).contains(&frames) {
-            return Err(format!(
-                "frames: {frames} is not a power of two from 64 to 1048576"
-            ));
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ifaces: Vec::new(),
+            mode: AttachMode::Auto,
+            control: DEFAULT_SOCKET.into(),
+            control_group: None,
+            stats_interval: Duration::from_secs(5),
+            bpf_log: BpfLogLevel::Off,
+            frames: 4096,
+            metrics: None,
+            endpoints: Vec::new(),
         }
     }
-    for (i, endpoint) in file.endpoints.iter().enumerate() {
-        endpoint
-            .local
-            .parse::<crate::binding::Local>()
-            .map_err(|e| format!("endpoint {}: {e}", i + 1))?;
+}
+
+/// A configuration that cannot be used, naming the file or field and the fix.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config {path}: {cause}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why reading failed.
+        cause: std::io::Error,
+    },
+    /// The file is not valid TOML for this format (the message names line and field).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The TOML parser's message, on one line.
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The key (file) or flag (command line).
+        field: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads a config file (not yet validated: flags may still change it).
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.display().to_string(),
+            cause,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
     }
-    Ok(file)
+
+    /// Parses TOML text; the error names the line and the field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    /// Checks what the types alone cannot: at least one interface, the frame count, and each
+    /// configured endpoint's binding and sink.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            field: field.into(),
+            message,
+        };
+        if self.ifaces.is_empty() {
+            return Err(invalid(
+                "interfaces",
+                "none given: pass --iface IFACE (repeatable) or set `interfaces` in --config"
+                    .into(),
+            ));
+        }
+        if !self.frames.is_power_of_two() || !FRAMES.contains(&self.frames) {
+            return Err(invalid(
+                "frames",
+                format!(
+                    "{} is not a power of two from {} to {}",
+                    self.frames,
+                    FRAMES.start(),
+                    FRAMES.end()
+                ),
+            ));
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = format!("endpoint {}", i + 1);
+            endpoint
+                .binding()
+                .map_err(|e| invalid(&field, e.to_string()))?;
+            if matches!(endpoint.to, SinkSpec::Ring { .. }) {
+                return Err(invalid(
+                    &field,
+                    "to: a ring goes to a client over the control socket; configured endpoints \
+                     use unix:PATH, count or pcap:PATH"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `0`, `250ms`, `5s` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let err = || format!("`{text}` is not a duration: write e.g. 500ms, 5s or 2m (0 for never)");
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let n: u64 = number.parse().map_err(|_| err())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "" if n == 0 => Ok(Duration::ZERO),
+        _ => Err(err()),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -70,11 +178,12 @@ mod tests {
 
     #[test]
     fn a_full_file() {
-        let file = parse(
+        let config = Config::parse(
             r#"
             interfaces = ["veth0", "veth1"]
             mode = "skb"
             stats_interval = "1s"
+            bpf_log = "warn"
             [[endpoint]]
             protocol = "udp"
             local = "0.0.0.0:53"
@@ -82,28 +191,93 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(file.interfaces, ["veth0", "veth1"]);
-        assert_eq!(file.mode, Some(AttachMode::Skb));
-        assert_eq!(file.endpoints.len(), 1);
+        assert_eq!(config.ifaces, ["veth0", "veth1"]);
+        assert_eq!(config.mode, AttachMode::Skb);
+        assert_eq!(config.stats_interval, Duration::from_secs(1));
+        assert_eq!(config.bpf_log, BpfLogLevel::Warn);
+        assert_eq!(config.endpoints.len(), 1);
+        // Keys left out keep their defaults.
+        assert_eq!(config.frames, Config::default().frames);
+        assert_eq!(config.control, Config::default().control);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let config = Config::parse(include_str!("../../docs/demux.toml")).unwrap();
+        config.validate().unwrap();
+        assert!(!config.endpoints.is_empty());
     }
 
     #[test]
     fn errors_name_line_and_field() {
-        let error = parse("interfaces = [\"a\"]\nmod = \"skb\"\n").unwrap_err();
+        let error = Config::parse("interfaces = [\"a\"]\nmod = \"skb\"\n").unwrap_err();
         assert!(error.contains("line 2") && error.contains("mod"), "{error}");
-        let error = parse("mode = \"fast\"\n").unwrap_err();
+        let error = Config::parse("mode = \"fast\"\n").unwrap_err();
         assert!(
             error.contains("line 1") && error.contains("fast"),
             "{error}"
         );
-        let error =
-            parse("[[endpoint]]\nprotocol = \"udp\"\nlocal = \"nowhere\"\nto = \"count\"\n")
-                .unwrap_err();
+        let error = Config::parse("stats_interval = \"5h\"\n").unwrap_err();
+        assert!(error.contains("5h"), "{error}");
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let with = |change: fn(&mut Config)| {
+            let mut config = Config {
+                ifaces: vec!["veth0".into()],
+                ..Config::default()
+            };
+            change(&mut config);
+            config.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(with(|_| {}), Ok(()));
+        assert!(with(|c| c.ifaces.clear())
+            .unwrap_err()
+            .starts_with("interfaces:"));
+        for frames in [1000, 32, 1 << 21] {
+            let error = Config {
+                ifaces: vec!["x".into()],
+                frames,
+                ..Config::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(error.starts_with("frames:"), "{error}");
+        }
+        let error = Config::parse(
+            "interfaces = [\"x\"]\n[[endpoint]]\nprotocol = \"udp\"\nlocal = \"nowhere\"\n\
+             to = \"count\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(
-            error.contains("endpoint 1") && error.contains("local address"),
+            error.starts_with("endpoint 1:") && error.contains("local address"),
             "{error}"
         );
-        let error = parse("frames = 1000\n").unwrap_err();
-        assert!(error.contains("frames"), "{error}");
+        let error = Config::parse(
+            "interfaces = [\"x\"]\n[[endpoint]]\nprotocol = \"udp\"\nlocal = \"0.0.0.0:5\"\n\
+             to = \"ring\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("ring"), "{error}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "5", "s", "5h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -16,7 +16,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// How much the program logs through aya-log. `Off` lets the verifier remove every log call,
 /// so logging costs nothing per packet unless asked for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BpfLogLevel {
     #[default]
     Off = 0,

@@ -1,81 +1,150 @@
-//! `demux daemon`: run the daemon (see `demux::daemon`), from flags and/or a config file.
+//! `demux daemon`: run the daemon (see `demux::daemon`). The configuration is
+//! `demux::config::Config`: its defaults, then the `--config` file, then these flags, merged
+//! in [`DaemonArgs::merge`] and checked once by `Config::validate`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use demux::{attach::AttachMode, config, control::DEFAULT_SOCKET, daemon, program::BpfLogLevel};
+use demux::{
+    attach::AttachMode,
+    config::{parse_duration, Config},
+    daemon,
+    program::BpfLogLevel,
+};
+
+/// `help` text ending in the default from `Config::default()`.
+fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Interface to attach the XDP program to; repeat for several (adds to the config file's).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
     ifaces: Vec<String>,
-    /// XDP mode: `auto` tries driver mode and falls back to skb mode with a warning; `driver`;
-    /// `skb` (generic) [default: auto].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", help = with_default(
+        "XDP mode: `auto` tries driver mode and falls back to skb mode with a warning; `driver`; \
+         `skb` (generic)",
+        format!("{:?}", Config::default().mode).to_lowercase(),
+    ))]
     mode: Option<AttachMode>,
-    /// Config file (TOML): interfaces, control socket, endpoints to create at start.
+    /// Config file (TOML, format in docs/CONFIG.md): interfaces, control socket, endpoints to
+    /// create at start, and every setting below. Flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Control socket path [default: /run/demux/control.sock].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help = with_default(
+        "Control socket path",
+        Config::default().control.display(),
+    ))]
     control: Option<PathBuf>,
     /// Group that may use the control socket (mode 0660).
     #[arg(long, value_name = "GROUP")]
     control_group: Option<String>,
-    /// How often to log the verdict counters (e.g. 500ms, 5s); 0 turns it off [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = with_default(
+        "How often to log the verdict counters (e.g. 500ms, 5s); 0 turns it off",
+        format!("{}s", Config::default().stats_interval.as_secs()),
+    ))]
     stats_interval: Option<Duration>,
-    /// Log level of the XDP program's own records (aya-log): off, error, warn, info, debug,
-    /// trace. `off` compiles logging out.
-    #[arg(long, value_name = "LEVEL", default_value = "off")]
-    bpf_log: BpfLogLevel,
-    /// UMEM frames per rx queue (a power of two) [default: 4096].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "LEVEL", help = with_default(
+        "Log level of the XDP program's own records (aya-log): off, error, warn, info, debug, \
+         trace. `off` compiles logging out",
+        format!("{:?}", Config::default().bpf_log).to_lowercase(),
+    ))]
+    bpf_log: Option<BpfLogLevel>,
+    #[arg(long, value_name = "N", help = with_default(
+        "UMEM frames per rx queue, a power of two from 64 to 1048576",
+        Config::default().frames,
+    ))]
     frames: Option<u32>,
     /// Serve the statistics in OpenMetrics format over HTTP, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR:PORT")]
-    metrics: Option<std::net::SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+impl DaemonArgs {
+    /// The configuration: defaults, then the file, then the flags given.
+    pub fn merge(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        config.ifaces.extend(self.ifaces);
+        config.mode = self.mode.unwrap_or(config.mode);
+        config.control = self.control.unwrap_or(config.control);
+        config.stats_interval = self.stats_interval.unwrap_or(config.stats_interval);
+        config.bpf_log = self.bpf_log.unwrap_or(config.bpf_log);
+        config.frames = self.frames.unwrap_or(config.frames);
+        config.control_group = self.control_group.or(config.control_group);
+        config.metrics = self.metrics.or(config.metrics);
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => config::load(path)?,
-        None => config::File::default(),
-    };
-    let stats_interval = match (args.stats_interval, &file.stats_interval) {
-        (Some(interval), _) => interval,
-        (None, Some(text)) => super::parse_duration(text)
-            .map_err(|e| anyhow::anyhow!("config stats_interval: {e}"))?,
-        (None, None) => Duration::from_secs(5),
-    };
-    let mut ifaces = file.interfaces;
-    ifaces.extend(args.ifaces);
-    if ifaces.is_empty() {
-        anyhow::bail!("no interface: give --iface IFACE (repeatable) or `interfaces` in --config");
-    }
-    let frames = args.frames.or(file.frames).unwrap_or(4096);
-    if !frames.is_power_of_two() || frames < 64 {
-        anyhow::bail!("--frames: {frames} is not a power of two of at least 64");
-    }
-    let config = daemon::Config {
-        ifaces,
-        mode: args.mode.or(file.mode).unwrap_or_default(),
-        control: args
-            .control
-            .or(file.control)
-            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
-        control_group: args.control_group.or(file.control_group),
-        stats_interval,
-        bpf_log: args.bpf_log,
-        frames,
-        endpoints: file.endpoints,
-        metrics: args.metrics.or(file.metrics),
-    };
+    let config = args.merge()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
         .block_on(daemon::run(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    }
+
+    fn merged(args: &[&str]) -> anyhow::Result<Config> {
+        Cli::try_parse_from(std::iter::once("demux").chain(args.iter().copied()))?
+            .daemon
+            .merge()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("demux-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("demux.toml");
+        std::fs::write(
+            &file,
+            "interfaces = [\"a\"]\nframes = 128\nmode = \"skb\"\n",
+        )
+        .unwrap();
+        let config = merged(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--iface",
+            "b",
+            "--frames",
+            "256",
+        ])
+        .unwrap();
+        assert_eq!(config.ifaces, ["a", "b"]);
+        assert_eq!(config.frames, 256, "the flag wins");
+        assert_eq!(
+            config.mode,
+            AttachMode::Skb,
+            "the file wins over the default"
+        );
+        assert_eq!(config.control, Config::default().control);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flags_and_file_are_checked_alike() {
+        // The same limit whether the frame count comes from a flag or the file.
+        let error = merged(&["--iface", "a", "--frames", "2097152"]).unwrap_err();
+        assert!(error.to_string().starts_with("frames:"), "{error}");
+        let error = merged(&[]).unwrap_err();
+        assert!(error.to_string().starts_with("interfaces:"), "{error}");
+    }
 }

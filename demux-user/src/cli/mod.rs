@@ -7,8 +7,6 @@ pub mod list;
 pub mod recv;
 pub mod stats;
 
-use std::time::Duration;
-
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -100,36 +98,9 @@ pub fn wait_for_signal() -> anyhow::Result<()> {
         })
 }
 
-/// Parses `0`, `250ms`, `5s` or `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let err = || format!("`{text}` is not a duration: write e.g. 500ms, 5s or 2m (0 for never)");
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, ""), |at| text.split_at(at));
-    let n: u64 = number.parse().map_err(|_| err())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "" if n == 0 => Ok(Duration::ZERO),
-        _ => Err(err()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "5", "s", "5h", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
 
     #[test]
     fn cli_is_consistent() {

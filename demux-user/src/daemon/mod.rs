@@ -12,9 +12,7 @@ use std::{
     fs,
     future::pending,
     io,
-    path::PathBuf,
     sync::{atomic::AtomicBool, Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -26,33 +24,18 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+pub use crate::config::Config;
 use crate::{
-    attach::{attach, ifindex, AttachMode},
+    attach::{attach, ifindex},
     control::{BindRequest, SocketInfo},
-    program::{BpfLogLevel, Loaded},
+    program::Loaded,
 };
 
 use state::{Caller, State};
 
-/// Everything the daemon needs to start.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub ifaces: Vec<String>,
-    pub mode: AttachMode,
-    pub control: PathBuf,
-    pub control_group: Option<String>,
-    pub stats_interval: Duration,
-    pub bpf_log: BpfLogLevel,
-    /// UMEM frames per rx queue (a power of two).
-    pub frames: u32,
-    /// Endpoints to create at start (persistent, owned by root).
-    pub endpoints: Vec<BindRequest>,
-    /// Serve OpenMetrics here (`--metrics ADDR`).
-    pub metrics: Option<std::net::SocketAddr>,
-}
-
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
     let mut loaded = Loaded::load(config.bpf_log)?;
     info!(
         bytes = crate::program::OBJECT.len(),
