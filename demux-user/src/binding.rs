@@ -1,5 +1,6 @@
 //! Binding requests and their encoding into table entries: the one place that decides which
 //! table a binding lives in and rejects what cannot be encoded, naming the field and the fix.
+#![deny(missing_docs)]
 
 use std::{
     fmt,
@@ -60,8 +61,11 @@ pub enum Local {
     Addr(SocketAddr),
     /// A prefix of local addresses, on one port or (`None`) on all ports.
     Prefix {
+        /// The network address (host bits clear).
         addr: IpAddr,
+        /// The prefix length.
         len: u8,
+        /// One port, or `None` for all ports.
         port: Option<u16>,
     },
 }
@@ -137,7 +141,9 @@ impl fmt::Display for Local {
 /// A binding request: what an endpoint (or group) claims.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Binding {
+    /// UDP or TCP.
     pub protocol: Protocol,
+    /// The local address, prefix or wildcard.
     pub local: Local,
     /// Set for a connected binding: only packets from this remote socket address.
     pub remote: Option<SocketAddr>,
@@ -148,59 +154,90 @@ pub struct Binding {
 /// Who receives what a binding matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Receiver {
+    /// One endpoint, by descriptor.
     Endpoint(u32),
+    /// A group, by group id: a member is picked per flow.
     Group(u32),
 }
 
 /// A binding encoded for one of the four tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Entry {
+    /// `CONNECTED`: the exact 5-tuple.
     Connected(ConnectedKey),
+    /// `BOUND`: one local address and port.
     Bound(BoundKey),
-    /// Key and address prefix length.
+    /// `PREFIX`: key and address prefix length.
     Prefix(PrefixKey, u8),
+    /// `WILDCARD`: the unspecified address on a port.
     Wildcard(WildcardKey),
 }
 
 /// A binding that cannot be encoded; the message names the field and what is allowed.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BindingError {
+    /// Neither `udp` nor `tcp`.
     #[error("protocol: `{0}` is neither udp nor tcp")]
     Protocol(String),
+    /// The local address does not parse.
     #[error(transparent)]
     Local(#[from] LocalError),
+    /// The remote address does not parse.
     #[error("connect: `{0}` is not a socket address; write ADDR:PORT or [ADDR]:PORT")]
     Remote(String),
+    /// Local port 0.
     #[error("local port: 0 is not a port; give 1-65535 (or `*` for all ports on a prefix)")]
     LocalPortZero,
+    /// Remote port 0.
     #[error("remote port: 0 is not a port; give 1-65535")]
     RemotePortZero,
+    /// A connected binding to the unspecified remote address.
     #[error("remote address: a connected binding needs a specific remote address, not {0}")]
     RemoteUnspecified(IpAddr),
+    /// A connected binding on the unspecified local address.
     #[error("local address: a connected binding needs a specific local address, not {0}")]
     ConnectedWildcard(IpAddr),
+    /// Local and remote of different families.
     #[error("remote address: {remote} is not the same family as the local address {local}")]
-    FamilyMismatch { local: IpAddr, remote: IpAddr },
+    FamilyMismatch {
+        /// The local address.
+        local: IpAddr,
+        /// The remote address.
+        remote: IpAddr,
+    },
+    /// An IPv4-mapped IPv6 address.
     #[error("local address: {0} is IPv4-mapped; bind the IPv4 address itself")]
     V4Mapped(IpAddr),
+    /// A prefix longer than the address.
     #[error("prefix length: /{len} is longer than an {family} address (0-{max})")]
     PrefixTooLong {
+        /// The length given.
         len: u8,
+        /// `IPv4` or `IPv6`.
         family: &'static str,
+        /// The longest allowed.
         max: u8,
     },
+    /// Host bits set beyond the prefix length.
     #[error("prefix: {addr}/{len} has host bits set; write {network}/{len}")]
     PrefixHostBits {
+        /// The address given.
         addr: IpAddr,
+        /// The length given.
         len: u8,
+        /// The address with the host bits cleared.
         network: IpAddr,
     },
+    /// A connected binding on a prefix.
     #[error("prefix: a connected binding takes one local address, not a prefix")]
     ConnectedPrefix,
+    /// `v6only` on anything but an IPv6 wildcard.
     #[error("v6only: applies only to an IPv6 wildcard binding ([::]:PORT)")]
     V6OnlyMisplaced,
+    /// An endpoint id out of range.
     #[error("endpoint: {0} is not an endpoint id (1-{max})", max = MAX_ENDPOINTS - 1)]
     BadEndpoint(u32),
+    /// A group id out of range.
     #[error("group: {0} is not a group id (0-{max})", max = MAX_GROUPS - 1)]
     BadGroup(u32),
 }

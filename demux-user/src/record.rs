@@ -23,6 +23,7 @@
 //! | 56 | 2 | peer port |
 //! | 58 | 2 | local port |
 //! | 60 | 4 | reserved (0) |
+#![deny(missing_docs)]
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

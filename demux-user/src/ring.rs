@@ -24,6 +24,7 @@
 //! then publishes it with a release store of the producer index; the consumer reads the producer
 //! index with acquire, reads the slot, and releases it with a release store of the consumer index,
 //! so no slot is ever read while being written.
+#![deny(missing_docs)]
 
 use std::{
     fs::File,
@@ -35,8 +36,11 @@ use std::{
 
 use thiserror::Error;
 
+/// The first word of every ring (`DMXR` little-endian).
 pub const MAGIC: u32 = 0x52584d44;
+/// The layout version in the header.
 pub const VERSION: u32 = 1;
+/// Bytes of the header before the first slot.
 pub const HEADER: usize = 256;
 const PRODUCER: usize = 64;
 const CONSUMER: usize = 128;
@@ -46,20 +50,40 @@ const SLOT_PREFIX: usize = 8;
 
 /// Default ring geometry: 4,096 slots of 2,048 bytes (8 MiB), room for 1,976-byte payloads.
 pub const DEFAULT_SLOTS: u32 = 4096;
+/// Default slot size in bytes.
 pub const DEFAULT_SLOT_SIZE: u32 = 2048;
 
+/// A ring that cannot be created or opened.
 #[derive(Debug, Error)]
 pub enum RingError {
+    /// A system call on the memfd or eventfd failed.
     #[error("ring: {0}")]
     Io(#[from] io::Error),
+    /// Not a demux ring.
     #[error("ring: not a demux ring (magic {0:#x})")]
     Magic(u32),
+    /// Another layout version.
     #[error("ring: layout version {found}, but this build reads version {VERSION}; use a client built with the daemon's version")]
-    Version { found: u32 },
+    Version {
+        /// The version in the header.
+        found: u32,
+    },
+    /// A geometry this build does not accept.
     #[error("ring: {slots} slots of {slot_size} bytes is not a valid geometry (slots a power of two, slot size a multiple of 64 from 128 to 65,536)")]
-    Geometry { slots: u32, slot_size: u32 },
+    Geometry {
+        /// Slots in the header.
+        slots: u32,
+        /// Slot size in the header.
+        slot_size: u32,
+    },
+    /// The memory is not as large as the header says.
     #[error("ring: the shared memory is {actual} bytes, the header says {expected}")]
-    Size { actual: u64, expected: u64 },
+    Size {
+        /// The memfd's size.
+        actual: u64,
+        /// What the header implies.
+        expected: u64,
+    },
 }
 
 /// A mapping of a ring's memfd.
@@ -147,7 +171,9 @@ pub struct Producer {
 
 /// The file descriptors a client needs: the ring's memfd and the wakeup eventfd.
 pub struct ClientFds {
+    /// The ring's shared memory.
     pub memory: OwnedFd,
+    /// The eventfd the producer writes to wake a sleeping consumer.
     pub wake: OwnedFd,
 }
 
@@ -326,6 +352,7 @@ impl Consumer {
         self.available() > 0
     }
 
+    /// Clears the wakeup request and drains the eventfd, after a sleep or a change of mind.
     pub fn stop_waiting(&mut self) {
         self.map.u32_at(NEED_WAKEUP).store(0, Ordering::Relaxed);
         let mut count = [0u8; 8];

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: rustfmt, clippy (both sides), then every test: unit tests and the
-//! privileged tests (BPF load, BPF_PROG_TEST_RUN, a veth in a network namespace).
+//! `cargo xtask test`: rustfmt, clippy (both sides), rustdoc with warnings as errors (stale
+//! intra-doc links), the light-client contract (`crate::light_client`), then every test: unit
+//! tests and the privileged tests (BPF load, BPF_PROG_TEST_RUN, a veth in a network namespace).
 //!
 //! It reads the test binaries' closing lines and ends with one summary line,
 //! `summary: N passed, N failed, N skipped`, where a privileged test that could not run counts
@@ -46,6 +47,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             .env("RUSTFLAGS", "-C panic=abort"),
     )?;
 
+    // Intra-doc links are checked: a stale reference fails the build.
+    step(
+        cargo()
+            .args(["doc", "--no-deps", "--document-private-items", "--workspace"])
+            .args(["--exclude", "demux-ebpf"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
     light_client::check()?;
 
     let mut cmd = cargo();

@@ -3,6 +3,7 @@
 //! `persistent` close with it. It opens with `hello`, so a daemon of another protocol version
 //! is one clear [`ClientError::VersionMismatch`]. Responses are read with `recvmsg`, so
 //! descriptors the daemon attaches (a ring's memfd and eventfd) arrive with them.
+#![deny(missing_docs)]
 
 use std::{
     io::{self, Write},

@@ -1,6 +1,7 @@
 //! Error codes of the control protocol: what an application can match on, stable on the wire
 //! (`"code":"address_in_use"`), each mapped to the `errno` and `io::ErrorKind` a kernel socket
 //! call would give for the same refusal.
+#![deny(missing_docs)]
 
 use std::{fmt, io};
 

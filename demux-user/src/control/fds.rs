@@ -1,5 +1,6 @@
 //! Passing file descriptors over the control socket (SCM_RIGHTS): the daemon attaches a ring's
 //! memfd and eventfd to the response that creates the endpoint; the client collects them.
+#![deny(missing_docs)]
 
 use std::{
     io,

@@ -27,6 +27,7 @@
 //! connection that created it, unless it was created `persistent`. A `bound` answer to a bind
 //! with `"to":"ring"` carries two descriptors (SCM_RIGHTS): the ring's memfd, then its eventfd
 //! (`crate::ring`); only the caller gets them.
+#![deny(missing_docs)]
 
 pub mod client;
 mod error;
@@ -56,7 +57,9 @@ pub const DEFAULT_SOCKET: &str = "/run/demux/control.sock";
 /// A request with its protocol version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The protocol version the request is written in ([`VERSION`]).
     pub version: u32,
+    /// The request itself.
     #[serde(flatten)]
     pub request: Request,
 }
@@ -112,18 +115,23 @@ pub enum Request {
     Stats,
 }
 
+/// What `bind` asks for: a binding and where its datagrams go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindRequest {
+    /// UDP or TCP.
     pub protocol: Protocol,
     /// `198.18.0.1:9000`, `[::]:53`, `198.18.0.0/15:53`, `198.18.0.0/15:*`, …
     pub local: String,
+    /// A remote `ADDR:PORT`: only packets from it (a connected binding).
     #[serde(default)]
     pub connect: Option<String>,
     /// Endpoints binding the same address with the same group name share it by flow hash.
     #[serde(default)]
     pub group: Option<String>,
+    /// For `[::]:PORT`: do not receive IPv4.
     #[serde(default)]
     pub v6only: bool,
+    /// Where the datagrams go.
     pub to: SinkSpec,
     /// Keep the endpoint when the connection that created it closes.
     #[serde(default)]
@@ -194,48 +202,74 @@ impl BindRequest {
 /// One endpoint, as `list` and `stats` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointInfo {
+    /// The endpoint's descriptor.
     pub id: u32,
+    /// UDP or TCP.
     pub protocol: Protocol,
+    /// The local address as requested.
     pub local: String,
+    /// The remote address of a connected binding.
     pub connect: Option<String>,
+    /// The group it shares its binding with.
     pub group: Option<String>,
+    /// IPv6 only.
     pub v6only: bool,
+    /// Where its datagrams go.
     pub sink: SinkSpec,
     /// The uid of the client that created it.
     pub owner: u32,
+    /// Outlives the connection that created it.
     pub persistent: bool,
     /// Redirected to this endpoint by the XDP program.
     pub redirected: u64,
+    /// Handed to its sink.
     pub delivered: u64,
+    /// Payload bytes handed to its sink.
     pub delivered_bytes: u64,
+    /// Dropped because the sink was full (its reader is too slow).
     pub dropped_sink_full: u64,
+    /// Dropped because the sink failed (reader gone, file not writable).
     pub dropped_sink_error: u64,
 }
 
 /// One AF_XDP socket's kernel counters (XDP_STATISTICS) and frames.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketInfo {
+    /// The interface.
     pub iface: String,
+    /// The rx queue.
     pub queue: u32,
+    /// Frames the kernel dropped for this socket (`rx_dropped`).
     pub rx_dropped: u64,
+    /// Frames dropped because the rx ring was full.
     pub rx_ring_full: u64,
+    /// Times the fill ring was empty.
     pub rx_fill_ring_empty: u64,
+    /// Invalid rx descriptors.
     pub rx_invalid_descs: u64,
+    /// UMEM frames of the socket.
     pub frames: u32,
+    /// UMEM frames on the worker's free list.
     pub frames_free: u64,
 }
 
+/// The answer to `stats`: verdicts, endpoints, sockets and the accounting
+/// `seen = delivered + passed + dropped` (+ in flight).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// The XDP program's verdicts by name.
     pub verdicts: BTreeMap<String, u64>,
+    /// The endpoints the caller may see.
     pub endpoints: Vec<EndpointInfo>,
+    /// The AF_XDP sockets, one per (interface, rx queue).
     pub sockets: Vec<SocketInfo>,
-    /// Frames a queue worker could not deliver: endpoint closed meanwhile, or metadata unusable.
+    /// Frames a queue worker could not deliver because the endpoint closed meanwhile.
     pub dropped_no_endpoint: u64,
+    /// Frames a queue worker could not deliver because their metadata was unusable.
     pub dropped_bad_metadata: u64,
-    /// What endpoints that are closed by now delivered and dropped, so the accounting adds up.
+    /// What endpoints that are closed by now delivered, so the accounting adds up.
     pub closed_delivered: u64,
+    /// What endpoints that are closed by now dropped.
     pub closed_dropped: u64,
 }
 
@@ -254,6 +288,7 @@ impl Stats {
             .sum()
     }
 
+    /// Packets handed to sinks, closed endpoints included.
     pub fn delivered(&self) -> u64 {
         self.closed_delivered + self.endpoints.iter().map(|e| e.delivered).sum::<u64>()
     }

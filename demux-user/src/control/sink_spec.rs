@@ -1,5 +1,6 @@
 //! Where an endpoint's datagrams go, as a request names it: `unix:PATH`, `count`, `pcap:PATH`,
 //! or `ring[:SLOTS]`. The daemon opens the sink (`crate::sink`, daemon builds only).
+#![deny(missing_docs)]
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
