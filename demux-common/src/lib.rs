@@ -33,21 +33,31 @@ mod pod {
     unsafe impl aya::Pod for PacketMeta {}
 }
 
-#[cfg(test)]
-mod layout_tests {
-    use core::mem::size_of;
+/// The byte layout documented in docs/ARCHITECTURE.md ("ABI"), checked at compile time: a
+/// field that moves or a size that changes stops the build on both sides.
+mod layout {
+    use core::mem::{offset_of, size_of};
 
     use crate::{binding::*, meta::PacketMeta};
 
-    #[test]
-    fn sizes_match_the_documented_layout() {
-        assert_eq!(size_of::<ConnectedKey>(), 40);
-        assert_eq!(size_of::<BoundKey>(), 20);
-        assert_eq!(size_of::<PrefixKey>(), 20);
-        assert_eq!(size_of::<WildcardKey>(), 4);
-        assert_eq!(size_of::<Target>(), 8);
-        assert_eq!(size_of::<Group>(), 4 + 4 * MAX_GROUP_MEMBERS);
-        assert_eq!(size_of::<EndpointStats>(), 16);
-        assert_eq!(size_of::<PacketMeta>(), 20);
+    /// `assert_layout!(Type, size; field @ offset, …)`
+    macro_rules! assert_layout {
+        ($ty:ty, $size:expr; $($field:ident @ $offset:expr),* $(,)?) => {
+            const _: () = {
+                assert!(size_of::<$ty>() == $size);
+                $(assert!(offset_of!($ty, $field) == $offset);)*
+            };
+        };
     }
+
+    assert_layout!(ConnectedKey, 40; protocol @ 0, family @ 1, local_port @ 2,
+        remote_port @ 4, _pad @ 6, local_addr @ 8, remote_addr @ 24);
+    assert_layout!(BoundKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);
+    assert_layout!(PrefixKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);
+    assert_layout!(WildcardKey, 4; protocol @ 0, family @ 1, local_port @ 2);
+    assert_layout!(Target, 8; id @ 0, flags @ 4, prefix_len @ 6, _pad @ 7);
+    assert_layout!(Group, 4 + 4 * MAX_GROUP_MEMBERS; count @ 0, members @ 4);
+    assert_layout!(EndpointStats, 16; packets @ 0, bytes @ 8);
+    assert_layout!(PacketMeta, 20; version @ 0, protocol @ 2, family @ 3, endpoint @ 4,
+        flow_hash @ 8, l4_offset @ 12, payload_offset @ 14, l3_offset @ 16, _pad @ 18);
 }
