@@ -28,6 +28,29 @@ pub struct PacketMeta {
 }
 
 impl PacketMeta {
+    /// Bytes of the metadata.
     pub const LEN: usize = core::mem::size_of::<Self>();
+    /// The `version` this build writes and reads.
     pub const VERSION: u16 = ABI_VERSION as u16;
+
+    /// Reads the metadata from the [`PacketMeta::LEN`] bytes before a frame (native byte order,
+    /// the layout above); `None` if `bytes` is not exactly that long.
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; Self::LEN] = bytes.try_into().ok()?;
+        let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+        let u32_at = |at: usize| {
+            u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        Some(Self {
+            version: u16_at(0),
+            protocol: bytes[2],
+            family: bytes[3],
+            endpoint: u32_at(4),
+            flow_hash: u32_at(8),
+            l4_offset: u16_at(12),
+            payload_offset: u16_at(14),
+            l3_offset: u16_at(16),
+            _pad: u16_at(18),
+        })
+    }
 }

@@ -76,12 +76,7 @@ pub fn ifindex(iface: &str) -> Result<u32, AttachError> {
     let unknown = || AttachError::UnknownInterface {
         iface: iface.to_owned(),
     };
-    let name = std::ffi::CString::new(iface).map_err(|_| unknown())?;
-    // SAFETY: a valid NUL-terminated name; the call only reads it.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(unknown()),
-        index => Ok(index),
-    }
+    crate::sys::if_nametoindex(iface).ok_or_else(unknown)
 }
 
 /// Attaches `program` to `iface` in the requested mode.

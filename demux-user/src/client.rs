@@ -21,7 +21,7 @@
 use std::{
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
     time::{Duration, Instant},
 };
@@ -38,6 +38,7 @@ use crate::{
     },
     record::{self, RecordError},
     ring::{ClientFds, Consumer, RingError},
+    sys,
 };
 
 /// A failure of the client library, naming the step.
@@ -211,26 +212,12 @@ impl Endpoint {
                 },
             };
             let mut fds = [
-                libc::pollfd {
-                    fd: self.ring.wake_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.control.raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                sys::pollfd(&self.ring.wake_fd(), libc::POLLIN),
+                sys::pollfd(&self.control.fd(), libc::POLLIN),
             ];
-            // SAFETY: two valid pollfds; the timeout bounds the wait.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+            let ready = sys::poll(&mut fds, wait_ms);
             self.ring.stop_waiting();
-            if ready < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(Error::Wait(error));
-                }
-            }
+            ready.map_err(Error::Wait)?;
             if fds[1].revents != 0 {
                 return Err(ClientError::Closed.into());
             }
@@ -245,11 +232,7 @@ impl Endpoint {
             .wake_fd()
             .try_clone_to_owned()
             .map_err(Error::Wait)?;
-        // SAFETY: `wake` is our own duplicate of the eventfd, owned by the AsyncFd until dropped.
-        let wake = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(wake, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| Error::Wait(e.into()))?;
+        let wake = sys::async_readable(wake).map_err(Error::Wait)?;
         loop {
             if let Some(datagram) = self.try_recv()? {
                 return Ok(datagram);

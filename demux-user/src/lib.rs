@@ -14,14 +14,18 @@
 //!   `src/bin/demux-gen/`.
 //!
 //! Test support (reference model, fixtures, frame builder) is in `testing`, behind the
-//! `testing` feature.
+//! `testing` feature. Every `unsafe` block of the library is in [`sys`]; the rest of the crate
+//! denies `unsafe_code`.
+
+#![deny(unsafe_code)]
 
 pub mod binding;
 pub mod client;
 pub mod control;
 pub mod record;
 pub mod ring;
-pub mod sockaddr;
+#[allow(unsafe_code)]
+pub mod sys;
 
 #[cfg(feature = "daemon")]
 pub mod attach;

@@ -28,13 +28,14 @@
 
 use std::{
     fs::File,
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    ptr::NonNull,
-    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
+    io::{self, Read, Write},
+    os::fd::OwnedFd,
+    sync::atomic::{fence, Ordering},
 };
 
 use thiserror::Error;
+
+use crate::sys::{self, shm::Mapping};
 
 /// The first word of every ring (`DMXR` little-endian).
 pub const MAGIC: u32 = 0x52584d44;
@@ -86,64 +87,6 @@ pub enum RingError {
     },
 }
 
-/// A mapping of a ring's memfd.
-struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; all cross-thread access goes through atomics or
-// through slots that the index protocol hands to one side at a time.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
-        // SAFETY: mapping `len` bytes of a file we hold; checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            base: NonNull::new(ptr.cast()).expect("mmap never returns null"),
-            len,
-        })
-    }
-
-    fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: offsets are inside the header, 4-aligned (the mapping is page aligned).
-        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
-    }
-
-    fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: as above, 8-aligned.
-        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
-    }
-
-    fn slot(&self, index: u64, slots: u32, slot_size: u32) -> *mut u8 {
-        let at = HEADER + (index % u64::from(slots)) as usize * slot_size as usize;
-        debug_assert!(at + slot_size as usize <= self.len);
-        // SAFETY: inside the mapping by the geometry checked at creation.
-        unsafe { self.base.as_ptr().add(at) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
 fn check_geometry(slots: u32, slot_size: u32) -> Result<(), RingError> {
     if !slots.is_power_of_two()
         || !slot_size.is_multiple_of(64)
@@ -159,12 +102,17 @@ fn ring_len(slots: u32, slot_size: u32) -> usize {
     HEADER + slots as usize * slot_size as usize
 }
 
+/// Where slot `index` (a free-running index) starts. Slots hold a 4-aligned length prefix.
+fn slot_offset(index: u64, slots: u32, slot_size: u32) -> usize {
+    HEADER + (index % u64::from(slots)) as usize * slot_size as usize
+}
+
 /// The daemon's end: writes records, wakes the client when it asked.
 pub struct Producer {
     map: Mapping,
     slots: u32,
     slot_size: u32,
-    wake: OwnedFd,
+    wake: File,
     /// Cached consumer index, refreshed only when the ring looks full.
     consumer: u64,
 }
@@ -182,29 +130,17 @@ impl Producer {
     pub fn create(slots: u32, slot_size: u32) -> Result<(Self, ClientFds), RingError> {
         check_geometry(slots, slot_size)?;
         let len = ring_len(slots, slot_size);
-        // SAFETY: plain syscalls; results checked and owned at once.
-        let memory = unsafe { libc::memfd_create(c"demux-ring".as_ptr(), libc::MFD_CLOEXEC) };
-        if memory < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: a fresh fd.
-        let memory = unsafe { OwnedFd::from_raw_fd(memory) };
-        File::from(memory.try_clone()?).set_len(len as u64)?;
-        // SAFETY: as above.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: a fresh fd.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        let map = Mapping::new(&memory, len)?;
+        let memory = sys::memfd(c"demux-ring")?;
+        memory.set_len(len as u64)?;
+        let wake = sys::eventfd()?;
+        let map = Mapping::shared(&memory, len)?;
         map.u32_at(0).store(MAGIC, Ordering::Relaxed);
         map.u32_at(4).store(VERSION, Ordering::Relaxed);
         map.u32_at(8).store(slots, Ordering::Relaxed);
         map.u32_at(12).store(slot_size, Ordering::Release);
         let fds = ClientFds {
-            memory: memory.try_clone()?,
-            wake: wake.try_clone()?,
+            memory: OwnedFd::from(memory.try_clone()?),
+            wake: OwnedFd::from(wake.try_clone()?),
         };
         Ok((
             Self {
@@ -237,16 +173,10 @@ impl Producer {
                 return false;
             }
         }
-        let slot = self.map.slot(producer, self.slots, self.slot_size);
-        // SAFETY: the consumer has released this slot (index check above) and the record fits.
-        unsafe {
-            slot.cast::<u32>().write_unaligned(len as u32);
-            let mut at = slot.add(SLOT_PREFIX);
-            for part in parts {
-                std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
-                at = at.add(part.len());
-            }
-        }
+        // The consumer has released this slot (index check above) and the record fits.
+        let slot = slot_offset(producer, self.slots, self.slot_size);
+        self.map.u32_at(slot).store(len as u32, Ordering::Relaxed);
+        self.map.write(slot + SLOT_PREFIX, parts);
         self.map
             .u64_at(PRODUCER)
             .store(producer + 1, Ordering::Release);
@@ -259,9 +189,8 @@ impl Producer {
     }
 
     fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes to our eventfd; EAGAIN (counter saturated) is harmless.
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        // EAGAIN (the counter is saturated) is harmless: the client is woken either way.
+        let _ = (&self.wake).write(&1u64.to_ne_bytes());
     }
 }
 
@@ -270,7 +199,7 @@ pub struct Consumer {
     map: Mapping,
     slots: u32,
     slot_size: u32,
-    wake: OwnedFd,
+    wake: File,
     /// Cached producer index.
     producer: u64,
 }
@@ -285,7 +214,7 @@ impl Consumer {
                 expected: HEADER as u64,
             });
         }
-        let header = Mapping::new(&fds.memory, HEADER)?;
+        let header = Mapping::shared(&fds.memory, HEADER)?;
         let magic = header.u32_at(0).load(Ordering::Acquire);
         if magic != MAGIC {
             return Err(RingError::Magic(magic));
@@ -304,12 +233,12 @@ impl Consumer {
             return Err(RingError::Size { actual, expected });
         }
         drop(header);
-        let map = Mapping::new(&fds.memory, expected as usize)?;
+        let map = Mapping::shared(&fds.memory, expected as usize)?;
         Ok(Self {
             map,
             slots,
             slot_size,
-            wake: fds.wake,
+            wake: File::from(fds.wake),
             producer: 0,
         })
     }
@@ -328,15 +257,12 @@ impl Consumer {
         let n = self.available().min(max as u64);
         let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
         for i in 0..n {
-            let slot = self.map.slot(consumer + i, self.slots, self.slot_size);
-            // SAFETY: published by the producer (acquire above), not released yet; the length
-            // was written by the producer and is bounded by the slot.
-            let record = unsafe {
-                let len = (slot.cast::<u32>().read_unaligned() as usize)
-                    .min(self.slot_size as usize - SLOT_PREFIX);
-                std::slice::from_raw_parts(slot.add(SLOT_PREFIX), len)
-            };
-            each(record);
+            // Published by the producer (acquire above), not released yet; the length the
+            // producer wrote is bounded by the slot.
+            let slot = slot_offset(consumer + i, self.slots, self.slot_size);
+            let len = (self.map.u32_at(slot).load(Ordering::Relaxed) as usize)
+                .min(self.slot_size as usize - SLOT_PREFIX);
+            each(self.map.bytes(slot + SLOT_PREFIX, len));
         }
         self.map
             .u64_at(CONSUMER)
@@ -355,9 +281,8 @@ impl Consumer {
     /// Clears the wakeup request and drains the eventfd, after a sleep or a change of mind.
     pub fn stop_waiting(&mut self) {
         self.map.u32_at(NEED_WAKEUP).store(0, Ordering::Relaxed);
-        let mut count = [0u8; 8];
-        // SAFETY: draining our non-blocking eventfd; EAGAIN when it is already zero.
-        unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        // Drains the non-blocking eventfd; EAGAIN when it is zero already.
+        let _ = (&self.wake).read(&mut [0u8; 8]);
     }
 
     /// The eventfd to wait on (readable once the daemon wrote after `prepare_to_sleep`).
@@ -401,7 +326,7 @@ mod tests {
     #[test]
     fn refuses_bad_headers() {
         let (_p, fds) = Producer::create(8, 128).unwrap();
-        let map = Mapping::new(&fds.memory, HEADER).unwrap();
+        let map = Mapping::shared(&fds.memory, HEADER).unwrap();
         map.u32_at(4).store(2, Ordering::Relaxed);
         let error = Consumer::open(ClientFds {
             memory: fds.memory.try_clone().unwrap(),
@@ -419,13 +344,7 @@ mod tests {
     fn wakes_only_when_asked() {
         let (mut p, mut c) = pair(8, 128);
         let readable = |c: &Consumer| {
-            let mut fd = libc::pollfd {
-                fd: c.wake_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no wait.
-            unsafe { libc::poll(&mut fd, 1, 0) == 1 }
+            crate::sys::poll(&mut [crate::sys::pollfd(&c.wake_fd(), libc::POLLIN)], 0).unwrap() == 1
         };
         assert!(p.push(&[b"a"]));
         assert!(!readable(&c), "woken without asking");

@@ -121,7 +121,7 @@ impl Sink {
                     io::IoSlice::new(&header),
                     io::IoSlice::new(datagram.payload),
                 ];
-                send_vectored(socket, &parts)
+                crate::sys::send_dontwait(socket, &parts)
                     .map(|_| ())
                     .map_err(|e| match e.kind() {
                         io::ErrorKind::WouldBlock => DropReason::SinkFull,
@@ -140,29 +140,6 @@ impl Sink {
                     .map_err(|_| DropReason::SinkError)
             }
         }
-    }
-}
-
-/// Sends one datagram gathered from `parts`, without copying the payload and without blocking.
-fn send_vectored(socket: &UnixDatagram, parts: &[io::IoSlice]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an all-zero msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = parts.len() as _;
-    // SAFETY: msg points at `parts` (IoSlice is ABI-compatible with iovec), which outlive the
-    // call; the socket is connected.
-    let sent = unsafe {
-        libc::sendmsg(
-            socket.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
     }
 }
 

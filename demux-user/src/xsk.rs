@@ -1,25 +1,28 @@
 //! One AF_XDP socket per (interface, rx queue): its UMEM, fill and rx rings, and the free list
 //! that keeps every frame accounted for.
 //!
-//! The XDP program redirects a steered frame to `XSKS[rx queue]` with its `PacketMeta` right in
-//! front of it; `receive` hands each frame and its metadata to a callback, then returns the frame
-//! to the free list and the free list to the fill ring. The kernel may take fewer frames than
-//! offered: the rest stay on the free list, never lost (design §5). veth supports copy mode only,
-//! which is what `open` asks for.
+//! The XDP program redirects a steered frame to `XSKS[IFACE_SLOTS[ifindex] + rx queue]` (see
+//! [`crate::program::Loaded::register_socket`]) with its [`PacketMeta`] right in front of it;
+//! [`QueueSocket::receive`] hands each frame and its metadata to a callback, then returns the
+//! frame to the free list and the free list to the fill ring. The kernel may take fewer frames
+//! than offered: the rest stay on the free list, never lost (a lost frame would starve the fill
+//! ring within seconds). veth supports copy mode only, which is what [`QueueSocket::open`]
+//! asks for.
 
 use std::{
     ffi::CString,
     num::NonZeroU32,
     os::fd::{AsRawFd, RawFd},
-    ptr::NonNull,
 };
 
 use demux_common::meta::PacketMeta;
 use thiserror::Error;
 use xdpilone::{
     xdp::{XdpDesc, XdpStatisticsV2},
-    DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
+    DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, UmemConfig, User,
 };
+
+use crate::sys::UmemArea;
 
 /// Size of one UMEM frame.
 pub const FRAME_SIZE: u32 = 4096;
@@ -29,11 +32,6 @@ pub const FRAME_SIZE: u32 = 4096;
 pub enum XskError {
     #[error("interface `{iface}`: {reason}")]
     Interface { iface: String, reason: String },
-    #[error("allocating {bytes} bytes of UMEM: {source}")]
-    Mmap {
-        bytes: usize,
-        source: std::io::Error,
-    },
     #[error("AF_XDP on `{iface}` queue {queue}: {step} failed: {errno}")]
     Step {
         iface: String,
@@ -43,56 +41,6 @@ pub enum XskError {
     },
 }
 
-/// Anonymous, page-aligned memory for the UMEM, unmapped on drop.
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Result<Self, XskError> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(XskError::Mmap {
-                bytes: len,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(Self {
-            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"),
-            len,
-        })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` bytes, alive as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; `&mut self` makes this the only view from user space, and only
-        // chunks the kernel does not hold are written.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped; the rings that used it are dropped first.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// The parts every AF_XDP socket here needs: its own UMEM on `frames` chunks, a socket on
 /// (`iface`, `queue`), the fill/completion rings, and the packet ring(s) `config` asks for,
 /// bound in copy mode (with `config.bind_flags`).
@@ -100,8 +48,7 @@ struct Parts {
     user: User,
     device: DeviceQueue,
     socket: Socket,
-    umem: Umem,
-    area: Area,
+    umem: UmemArea,
 }
 
 /// Turns an xdpilone errno into an error naming the socket and the step.
@@ -121,7 +68,6 @@ fn open_parts(
     frames: u32,
     config: SocketConfig,
 ) -> Result<Parts, XskError> {
-    let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
     let umem_config = UmemConfig {
         fill_size: frames,
         complete_size: frames,
@@ -129,14 +75,14 @@ fn open_parts(
         headroom: 0,
         flags: 0,
     };
-    let region = NonNull::slice_from_raw_parts(area.ptr, area.len);
-    // SAFETY: `area` is page aligned, `frames * FRAME_SIZE` long, and outlives the UMEM (the
-    // sockets keep their fields in drop order: rings, socket, UMEM, memory).
-    let umem = unsafe { Umem::new(umem_config, region) }.map_err(step(
-        iface,
-        queue,
-        "registering the UMEM",
-    ))?;
+    let umem = UmemArea::new(umem_config, frames as usize * FRAME_SIZE as usize).map_err(|e| {
+        XskError::Step {
+            iface: iface.to_owned(),
+            queue,
+            step: "allocating and registering the UMEM",
+            errno: e.to_string(),
+        }
+    })?;
     let mut info = IfInfo::invalid();
     let name = CString::new(iface).map_err(|_| XskError::Interface {
         iface: iface.to_owned(),
@@ -147,20 +93,26 @@ fn open_parts(
         reason: format!("not found ({e})"),
     })?;
     info.set_queue(queue);
-    let socket =
-        Socket::with_shared(&info, &umem).map_err(step(iface, queue, "creating the socket"))?;
-    let device =
-        umem.fq_cq(&socket)
-            .map_err(step(iface, queue, "creating the fill/completion rings"))?;
-    let user =
-        umem.rx_tx(&socket, &config)
-            .map_err(step(iface, queue, "creating the packet ring"))?;
+    let socket = Socket::with_shared(&info, umem.umem()).map_err(step(
+        iface,
+        queue,
+        "creating the socket",
+    ))?;
+    let device = umem.umem().fq_cq(&socket).map_err(step(
+        iface,
+        queue,
+        "creating the fill/completion rings",
+    ))?;
+    let user = umem.umem().rx_tx(&socket, &config).map_err(step(
+        iface,
+        queue,
+        "creating the packet ring",
+    ))?;
     Ok(Parts {
         user,
         device,
         socket,
         umem,
-        area,
     })
 }
 
@@ -171,8 +123,7 @@ pub struct QueueSocket {
     device: DeviceQueue,
     user: User,
     _socket: Socket,
-    _umem: Umem,
-    area: Area,
+    umem: UmemArea,
     /// Frame addresses the kernel does not hold: handed to the fill ring as it takes them.
     free: Vec<u64>,
     frames: u32,
@@ -194,20 +145,19 @@ impl QueueSocket {
             device,
             socket,
             umem,
-            area,
         } = open_parts(iface, queue, frames, config)?;
         let rx = user
             .map_rx()
             .map_err(step(iface, queue, "mapping the rx ring"))?;
-        umem.bind(&user)
+        umem.umem()
+            .bind(&user)
             .map_err(step(iface, queue, "binding (copy mode)"))?;
         let mut socket = Self {
             rx,
             device,
             user,
             _socket: socket,
-            _umem: umem,
-            area,
+            umem,
             free: (0..u64::from(frames))
                 .map(|i| i * u64::from(FRAME_SIZE))
                 .collect(),
@@ -232,22 +182,14 @@ impl QueueSocket {
     /// many frames were read.
     pub fn receive(&mut self, max: u32, mut each: impl FnMut(&[u8], Option<PacketMeta>)) -> u32 {
         let mut read = 0;
-        let memory = self.area.bytes();
+        let memory = self.umem.bytes();
         let mut reader = self.rx.receive(max);
         while let Some(desc) = reader.read() {
             let (start, len) = (desc.addr as usize, desc.len as usize);
             let chunk = desc.addr - desc.addr % u64::from(FRAME_SIZE);
             let meta = (start >= PacketMeta::LEN + chunk as usize)
-                .then(|| {
-                    // SAFETY: PacketMeta is plain data; the bytes lie inside this chunk.
-                    unsafe {
-                        std::ptr::read_unaligned(
-                            memory[start - PacketMeta::LEN..start]
-                                .as_ptr()
-                                .cast::<PacketMeta>(),
-                        )
-                    }
-                })
+                .then(|| PacketMeta::read(&memory[start - PacketMeta::LEN..start]))
+                .flatten()
                 .filter(|meta| meta.version == PacketMeta::VERSION);
             each(&memory[start..start + len], meta);
             self.free.push(chunk);
@@ -290,8 +232,7 @@ pub struct TxSocket {
     device: DeviceQueue,
     _user: User,
     _socket: Socket,
-    _umem: Umem,
-    area: Area,
+    umem: UmemArea,
     free: Vec<u64>,
     frames: u32,
 }
@@ -308,20 +249,19 @@ impl TxSocket {
             device,
             socket,
             umem,
-            area,
         } = open_parts(iface, queue, frames, config)?;
         let tx = user
             .map_tx()
             .map_err(step(iface, queue, "mapping the tx ring"))?;
-        umem.bind(&user)
+        umem.umem()
+            .bind(&user)
             .map_err(step(iface, queue, "binding (copy mode)"))?;
         Ok(Self {
             tx,
             device,
             _user: user,
             _socket: socket,
-            _umem: umem,
-            area,
+            umem,
             free: (0..u64::from(frames))
                 .map(|i| i * u64::from(FRAME_SIZE))
                 .collect(),
@@ -347,7 +287,7 @@ impl TxSocket {
         self.reap();
         let n = (max as usize).min(self.free.len());
         let start = self.free.len() - n;
-        let memory = self.area.bytes_mut();
+        let memory = self.umem.bytes_mut();
         let descs: Vec<XdpDesc> = self.free[start..]
             .iter()
             .map(|&addr| {

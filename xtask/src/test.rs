@@ -50,7 +50,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     // Intra-doc links are checked: a stale reference fails the build.
     step(
         cargo()
-            .args(["doc", "--no-deps", "--document-private-items", "--workspace"])
+            .args([
+                "doc",
+                "--no-deps",
+                "--document-private-items",
+                "--workspace",
+            ])
             .args(["--exclude", "demux-ebpf"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;

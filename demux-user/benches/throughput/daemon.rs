@@ -128,11 +128,11 @@ impl RingClient {
                 }
             };
             while !flag.load(Relaxed) {
-                let now = demux::testing::frame::monotonic_ns();
+                let now = demux::sys::monotonic_ns();
                 match endpoint.recv_batch(256, |view| note(view.payload, now)) {
                     Ok(0) => {
                         if let Ok(Some(d)) = endpoint.recv_from(Some(Duration::from_millis(50))) {
-                            note(&d.payload, demux::testing::frame::monotonic_ns());
+                            note(&d.payload, demux::sys::monotonic_ns());
                         }
                     }
                     Ok(_) => {}

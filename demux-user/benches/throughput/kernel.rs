@@ -72,7 +72,7 @@ fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     if addr.is_ipv6() {
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
     }
-    let (storage, len) = demux::sockaddr::to_c(addr);
+    let (storage, len) = demux::sys::sockaddr::to_c(addr);
     // SAFETY: storage holds a socket address of `len` bytes.
     if unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
         bail!("bind {addr}: {}", std::io::Error::last_os_error());
@@ -177,7 +177,7 @@ fn read_loop(
         }
         count.fetch_add(n as u64, Relaxed);
         if let Some(latencies) = latencies.as_deref_mut() {
-            let now = demux::testing::frame::monotonic_ns();
+            let now = demux::sys::monotonic_ns();
             for (msg, buf) in msgs.iter().zip(&bufs).take(n as usize) {
                 if let Some((_, sent)) =
                     demux::testing::frame::read_stamp(&buf[..msg.msg_len as usize])

@@ -8,7 +8,7 @@
 use std::{
     io::{self, Write},
     os::{
-        fd::{AsRawFd, OwnedFd, RawFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::net::UnixStream,
     },
     path::Path,
@@ -17,7 +17,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::{fds, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION};
+use super::{Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION};
 
 /// Longest answer line the client accepts (a `list` of many endpoints fits easily).
 const MAX_ANSWER: usize = 64 << 20;
@@ -189,7 +189,8 @@ impl Client {
                 )));
             }
             let mut buf = [0u8; 4096];
-            let n = fds::recv(&self.stream, &mut buf, received).map_err(ClientError::Io)?;
+            let n =
+                crate::sys::scm::recv(&self.stream, &mut buf, received).map_err(ClientError::Io)?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
@@ -197,9 +198,9 @@ impl Client {
         }
     }
 
-    /// The connection's fd: readable or hung up when the daemon goes away.
-    pub fn raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+    /// The connection's descriptor: readable or hung up when the daemon goes away.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 }
 

@@ -26,12 +26,11 @@
 //! The daemon identifies the caller with SO_PEERCRED. An endpoint lives as long as the
 //! connection that created it, unless it was created `persistent`. A `bound` answer to a bind
 //! with `"to":"ring"` carries two descriptors (SCM_RIGHTS): the ring's memfd, then its eventfd
-//! (`crate::ring`); only the caller gets them.
+//! ([`crate::ring`], passed with [`crate::sys::scm`]); only the caller gets them.
 #![deny(missing_docs)]
 
 pub mod client;
 mod error;
-pub mod fds;
 mod sink_spec;
 
 pub use error::ErrorCode;

@@ -11,14 +11,12 @@ pub mod worker;
 use std::{
     fs,
     future::pending,
-    io,
     sync::{atomic::AtomicBool, Arc, Mutex},
 };
 
 use anyhow::Context as _;
 use aya_log::EbpfLogger;
 use tokio::{
-    io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
     time::{interval, Interval, MissedTickBehavior},
 };
@@ -43,10 +41,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let logger =
         EbpfLogger::init(loaded.ebpf_mut()).context("opening the XDP program's log ring")?;
-    // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, until dropped.
-    let mut bpf_log = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("watching the XDP program's log ring")?;
+    let mut bpf_log =
+        crate::sys::async_readable(logger).context("watching the XDP program's log ring")?;
 
     // Sockets and workers first, so that no steered frame arrives before its queue has a socket.
     let state = Arc::new(Mutex::new(State::new(loaded, Vec::new())));

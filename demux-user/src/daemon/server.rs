@@ -50,14 +50,9 @@ pub fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> 
 }
 
 fn group_id(name: &str) -> anyhow::Result<u32> {
-    let c_name = std::ffi::CString::new(name).context("the group name contains a NUL byte")?;
-    // SAFETY: a valid C string; getgrnam returns null or a pointer to static storage read at once.
-    let entry = unsafe { libc::getgrnam(c_name.as_ptr()) };
-    if entry.is_null() {
-        bail!("control group: `{name}` is not a group on this system (see /etc/group)");
-    }
-    // SAFETY: non-null, just returned by getgrnam.
-    Ok(unsafe { (*entry).gr_gid })
+    crate::sys::group_id(name).with_context(|| {
+        format!("control group: `{name}` is not a group on this system (see /etc/group)")
+    })
 }
 
 /// Writes `bytes` with `fds` attached to the first of them.
@@ -67,7 +62,7 @@ async fn send_with_fds(write: &OwnedWriteHalf, bytes: &[u8], fds: &[RawFd]) -> s
     while sent < bytes.len() {
         stream.writable().await?;
         let attach = if sent == 0 { fds } else { &[] };
-        match crate::control::fds::send(stream.as_raw_fd(), &bytes[sent..], attach) {
+        match crate::sys::scm::send(stream.as_raw_fd(), &bytes[sent..], attach) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),

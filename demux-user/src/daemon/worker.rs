@@ -55,13 +55,11 @@ pub fn spawn(
             };
             let mut published = Instant::now();
             while !stop.load(Relaxed) {
-                let mut pollfd = libc::pollfd {
-                    fd: socket.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd; the timeout bounds the wait.
-                unsafe { libc::poll(&mut pollfd, 1, POLL_MS) };
+                // Readable or not, the loop below looks; the timeout bounds the wait.
+                let _ = crate::sys::poll(
+                    &mut [crate::sys::pollfd(&socket.as_raw_fd(), libc::POLLIN)],
+                    POLL_MS,
+                );
                 loop {
                     let now = SystemTime::now();
                     let endpoints = directory.read().expect("directory lock");

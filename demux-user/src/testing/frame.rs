@@ -185,17 +185,6 @@ pub fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
     Some((seq, sent))
 }
 
-/// Now on CLOCK_MONOTONIC, in ns: the clock of `stamp_udp`, the same in every namespace.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The pseudo header that UDP and TCP checksums cover.
 fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
     let mut pseudo = Vec::with_capacity(40);

@@ -175,7 +175,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
         let frame = &frames[(seq % frames.len() as u64) as usize];
         buf[..frame.len()].copy_from_slice(frame);
         if stamp {
-            frame::stamp_udp(&mut buf[..frame.len()], seq, frame::monotonic_ns());
+            frame::stamp_udp(&mut buf[..frame.len()], seq, demux::sys::monotonic_ns());
         }
         frame.len()
     };
@@ -318,7 +318,7 @@ fn sendmmsg(
         .map(|i| {
             let mut dst = args.dst;
             dst.set_port(args.dst.port().wrapping_add(i));
-            demux::sockaddr::to_c(dst)
+            demux::sys::sockaddr::to_c(dst)
         })
         .collect();
     let mut payloads = vec![vec![0x5au8; args.payload]; BATCH];
@@ -330,7 +330,7 @@ fn sendmmsg(
             std::hint::spin_loop();
             continue;
         }
-        let now = frame::monotonic_ns();
+        let now = demux::sys::monotonic_ns();
         let mut iovs: Vec<libc::iovec> = Vec::with_capacity(burst);
         for (i, payload) in payloads.iter_mut().take(burst).enumerate() {
             payload[..8].copy_from_slice(&(sent + i as u64).to_le_bytes());

@@ -1,6 +1,5 @@
-//! Passing file descriptors over the control socket (SCM_RIGHTS): the daemon attaches a ring's
+//! Passing file descriptors over Unix sockets (SCM_RIGHTS): the daemon attaches a ring's
 //! memfd and eventfd to the response that creates the endpoint; the client collects them.
-#![deny(missing_docs)]
 
 use std::{
     io,

@@ -1,6 +1,5 @@
 //! Socket addresses in the C form, for the socket calls std does not wrap (sendmmsg,
 //! SO_REUSEPORT before bind).
-#![deny(missing_docs)]
 
 use std::net::SocketAddr;
 

@@ -1,0 +1,203 @@
+//! The library's one place for `unsafe`: thin, safe wrappers over the system calls and raw
+//! memory the rest of the crate needs. Every other module is `#![deny(unsafe_code)]` (set at the
+//! crate root); every block here carries a `SAFETY:` comment (`clippy::undocumented_unsafe_blocks`).
+//!
+//! - [`scm`]: sending and receiving descriptors over Unix sockets (SCM_RIGHTS).
+//! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
+//! - [`sockaddr`]: `SocketAddr` to the C socket address types.
+//! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid.
+
+#![deny(missing_docs)]
+
+pub mod scm;
+pub mod shm;
+pub mod sockaddr;
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{self, IoSlice},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+/// Turns a returned descriptor into an owned one, or the call's error.
+fn owned(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned to us and nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A new anonymous memory file (`memfd_create`, close-on-exec) named `name`.
+pub fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
+    // SAFETY: a valid NUL-terminated name; the result is checked by `owned`.
+    owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) }).map(File::from)
+}
+
+/// A new non-blocking, close-on-exec eventfd. Read and write it as a `File` (8 bytes each).
+pub fn eventfd() -> io::Result<File> {
+    // SAFETY: plain syscall; the result is checked by `owned`.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }).map(File::from)
+}
+
+/// Waits for events on `fds` for at most `timeout_ms` (-1: forever). Returns how many are
+/// ready; `Ok(0)` on timeout or when a signal interrupted the wait.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfds.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ready < 0 {
+        let error = io::Error::last_os_error();
+        return match error.kind() {
+            io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(error),
+        };
+    }
+    Ok(ready as usize)
+}
+
+/// The pollfd for `fd` waiting for `events`.
+pub fn pollfd(fd: &impl AsRawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }
+}
+
+/// The interface index of `name`, if there is such an interface.
+pub fn if_nametoindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name; the call only reads it.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+/// The gid of group `name`, if there is such a group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: a valid C string; getgrnam returns null or a pointer to static storage that we
+    // read at once, before any other call could overwrite it.
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    // SAFETY: non-null, just returned by getgrnam.
+    (!entry.is_null()).then(|| unsafe { (*entry).gr_gid })
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Now on CLOCK_MONOTONIC, in ns: the clock of the traffic generator's send stamps, the same in
+/// every network namespace of the host.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sends the gathered `parts` as one datagram without blocking (`MSG_DONTWAIT`, no SIGPIPE) on
+/// a connected socket.
+pub fn send_dontwait(socket: &impl AsRawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len() as _;
+    // SAFETY: msg points at `parts` (IoSlice is ABI-compatible with iovec), which outlive the
+    // call; the kernel only reads them.
+    let sent = unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+/// A value whose `as_raw_fd` names the same open descriptor for the value's whole life: what
+/// tokio's `AsyncFd` requires.
+///
+/// # Safety
+///
+/// Implement only for types that own their descriptor and never swap or close it while alive.
+#[cfg(feature = "async")]
+pub unsafe trait StableFd: AsRawFd {}
+
+// SAFETY: an OwnedFd owns its descriptor and closes it only when dropped.
+#[cfg(feature = "async")]
+unsafe impl StableFd for OwnedFd {}
+
+// SAFETY: the logger owns its ring buffer's map descriptor and keeps it, unchanged, until dropped.
+#[cfg(feature = "daemon")]
+unsafe impl<T> StableFd for aya_log::EbpfLogger<T> {}
+
+/// Registers `inner` with the tokio reactor for readability.
+#[cfg(feature = "async")]
+pub fn async_readable<T: StableFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `StableFd` promises the descriptor stays open and the same while `inner` lives,
+    // which is as long as the AsyncFd holds it.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)
+}
+
+/// A UMEM registered on its own anonymous memory. Fields drop in order: the UMEM before the
+/// memory it was registered on.
+#[cfg(feature = "daemon")]
+pub struct UmemArea {
+    umem: xdpilone::Umem,
+    area: shm::Mapping,
+}
+
+#[cfg(feature = "daemon")]
+impl UmemArea {
+    /// Maps `len` bytes and registers them as a UMEM with `config`.
+    pub fn new(config: xdpilone::UmemConfig, len: usize) -> Result<Self, UmemError> {
+        let area = shm::Mapping::anonymous(len).map_err(UmemError::Mmap)?;
+        // SAFETY: `area` is page aligned and `len` bytes long, and it outlives the UMEM: both
+        // live in this struct, the UMEM dropped first.
+        let umem = unsafe { xdpilone::Umem::new(config, area.region()) }
+            .map_err(|errno| UmemError::Register(errno.to_string()))?;
+        Ok(Self { umem, area })
+    }
+
+    /// The UMEM, to create sockets and rings on.
+    pub fn umem(&self) -> &xdpilone::Umem {
+        &self.umem
+    }
+
+    /// The frames' memory.
+    pub fn bytes(&self) -> &[u8] {
+        self.area.as_slice()
+    }
+
+    /// The frames' memory, to write frames to send.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.area.as_mut_slice()
+    }
+}
+
+/// Why a [`UmemArea`] could not be made.
+#[cfg(feature = "daemon")]
+#[derive(Debug, thiserror::Error)]
+pub enum UmemError {
+    /// The memory could not be mapped.
+    #[error("mapping the UMEM memory: {0}")]
+    Mmap(io::Error),
+    /// The kernel refused the UMEM.
+    #[error("registering the UMEM: {0}")]
+    Register(String),
+}
