@@ -72,7 +72,10 @@ pub enum ConfigError {
         /// Why reading failed.
         cause: std::io::Error,
     },
-    /// The file is not valid TOML for this format (the message names line and field).
+    /// The text is not valid TOML for this format (the message names line and field).
+    #[error("{0}")]
+    Syntax(String),
+    /// As `Syntax`, in a file.
     #[error("config {path}: {message}")]
     Parse {
         /// The file.
@@ -97,15 +100,19 @@ impl Config {
             path: path.display().to_string(),
             cause,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.display().to_string(),
-            message,
+        Self::parse(&text).map_err(|error| match error {
+            ConfigError::Syntax(message) => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
         })
     }
 
     /// Parses TOML text; the error names the line and the field.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().replace('\n', " ")))
     }
 
     /// Checks what the types alone cannot: at least one interface, the frame count, and each
@@ -211,14 +218,15 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
-        let error = Config::parse("interfaces = [\"a\"]\nmod = \"skb\"\n").unwrap_err();
+        let text = |toml: &str| Config::parse(toml).unwrap_err().to_string();
+        let error = text("interfaces = [\"a\"]\nmod = \"skb\"\n");
         assert!(error.contains("line 2") && error.contains("mod"), "{error}");
-        let error = Config::parse("mode = \"fast\"\n").unwrap_err();
+        let error = text("mode = \"fast\"\n");
         assert!(
             error.contains("line 1") && error.contains("fast"),
             "{error}"
         );
-        let error = Config::parse("stats_interval = \"5h\"\n").unwrap_err();
+        let error = text("stats_interval = \"5h\"\n");
         assert!(error.contains("5h"), "{error}");
     }
 
