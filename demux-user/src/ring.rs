@@ -3,8 +3,17 @@
 //!
 //! The daemon produces, the client consumes; neither makes a system call per datagram while the
 //! other keeps up. The client sets `need_wakeup` before it sleeps on the eventfd; the daemon
-//! writes the eventfd only when that flag is set (as AF_XDP's need-wakeup does). A full ring
-//! drops the datagram (counted on the endpoint); the producer never waits.
+//! writes the eventfd only when that flag is set (as AF_XDP's need-wakeup does), at most once
+//! per batch ([`Producer::flush`]). A full ring drops the datagram (counted on the endpoint);
+//! the producer never waits.
+//!
+//! **The client is not trusted.** The memfd is sealed against shrinking and growing before it
+//! is handed over, so the daemon's mapping can never fault. The producer keeps its own producer
+//! index and only ever writes the shared one; the consumer index it reads is untrusted: a value
+//! that is not between the last one seen and the producer index counts as no progress. Slot
+//! offsets come from the producer's own index alone, and every access is bounds-checked
+//! ([`crate::sys::shm`]). A client that scribbles over the ring loses its own datagrams, no
+//! more; one that sets `need_wakeup` forever costs one eventfd write per batch.
 //!
 //! ## Layout (version 1; little-endian; offsets in bytes)
 //!
@@ -14,8 +23,8 @@
 //! | 4 | 4 | layout version (1) |
 //! | 8 | 4 | slots (a power of two) |
 //! | 12 | 4 | slot size in bytes (a multiple of 64) |
-//! | 64 | 8 | producer index: slots published, ever (written by the daemon only) |
-//! | 128 | 8 | consumer index: slots released, ever (written by the client only) |
+//! | 64 | 8 | producer index: slots published, ever (written by the daemon only, never read back) |
+//! | 128 | 8 | consumer index: slots released, ever (written by the client only; wrapping) |
 //! | 192 | 4 | need_wakeup: 1 while the client sleeps or is about to |
 //! | 256 | slots × slot size | the slots; slot `i % slots` holds record `i` |
 //!
@@ -113,8 +122,12 @@ pub struct Producer {
     slots: u32,
     slot_size: u32,
     wake: File,
-    /// Cached consumer index, refreshed only when the ring looks full.
+    /// Records published, ever: the daemon's own count, never read from the mapping.
+    produced: u64,
+    /// The last plausible consumer index, refreshed only when the ring looks full.
     consumer: u64,
+    /// Records published since the last [`Producer::flush`].
+    unflushed: bool,
 }
 
 /// The file descriptors a client needs: the ring's memfd and the wakeup eventfd.
@@ -132,6 +145,7 @@ impl Producer {
         let len = ring_len(slots, slot_size);
         let memory = sys::memfd(c"demux-ring")?;
         memory.set_len(len as u64)?;
+        sys::seal_size(&memory)?;
         let wake = sys::eventfd()?;
         let map = Mapping::shared(&memory, len)?;
         map.u32_at(0).store(MAGIC, Ordering::Relaxed);
@@ -148,7 +162,9 @@ impl Producer {
                 slots,
                 slot_size,
                 wake,
+                produced: 0,
                 consumer: 0,
+                unflushed: false,
             },
             fds,
         ))
@@ -160,32 +176,47 @@ impl Producer {
     }
 
     /// Publishes one record made of `parts`; `false` (nothing written) when the ring is full or
-    /// the record does not fit a slot.
+    /// the record does not fit a slot. Call [`Producer::flush`] after a batch to wake the
+    /// client if it sleeps.
     pub fn push(&mut self, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > self.max_record() {
             return false;
         }
-        let producer = self.map.u64_at(PRODUCER).load(Ordering::Relaxed);
-        if producer - self.consumer == u64::from(self.slots) {
-            self.consumer = self.map.u64_at(CONSUMER).load(Ordering::Acquire);
-            if producer - self.consumer == u64::from(self.slots) {
+        let slots = u64::from(self.slots);
+        if self.produced.wrapping_sub(self.consumer) >= slots {
+            // Untrusted: only a value between the last one seen and `produced` is progress.
+            let seen = self.map.u64_at(CONSUMER).load(Ordering::Acquire);
+            if seen.wrapping_sub(self.consumer) <= self.produced.wrapping_sub(self.consumer) {
+                self.consumer = seen;
+            }
+            if self.produced.wrapping_sub(self.consumer) >= slots {
                 return false;
             }
         }
         // The consumer has released this slot (index check above) and the record fits.
-        let slot = slot_offset(producer, self.slots, self.slot_size);
+        let slot = slot_offset(self.produced, self.slots, self.slot_size);
         self.map.u32_at(slot).store(len as u32, Ordering::Relaxed);
         self.map.write(slot + SLOT_PREFIX, parts);
+        self.produced = self.produced.wrapping_add(1);
         self.map
             .u64_at(PRODUCER)
-            .store(producer + 1, Ordering::Release);
+            .store(self.produced, Ordering::Release);
+        self.unflushed = true;
+        true
+    }
+
+    /// Wakes the client if it asked and records arrived since the last flush: at most one
+    /// eventfd write per call, however the client sets `need_wakeup`.
+    pub fn flush(&mut self) {
+        if !std::mem::take(&mut self.unflushed) {
+            return;
+        }
         // Pairs with the client's fence between setting need_wakeup and re-checking the ring.
         fence(Ordering::SeqCst);
         if self.map.u32_at(NEED_WAKEUP).load(Ordering::Relaxed) != 0 {
             self.wake();
         }
-        true
     }
 
     fn wake(&self) {
@@ -243,13 +274,15 @@ impl Consumer {
         })
     }
 
-    /// Records waiting, as of the last look at the producer index.
+    /// Records waiting, as of the last look at the producer index (at most a ring's worth).
     fn available(&mut self) -> u64 {
         let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
         if self.producer == consumer {
             self.producer = self.map.u64_at(PRODUCER).load(Ordering::Acquire);
         }
-        self.producer - consumer
+        self.producer
+            .wrapping_sub(consumer)
+            .min(u64::from(self.slots))
     }
 
     /// Calls `each` with up to `max` records, then releases their slots. Returns how many.
@@ -259,14 +292,14 @@ impl Consumer {
         for i in 0..n {
             // Published by the producer (acquire above), not released yet; the length the
             // producer wrote is bounded by the slot.
-            let slot = slot_offset(consumer + i, self.slots, self.slot_size);
+            let slot = slot_offset(consumer.wrapping_add(i), self.slots, self.slot_size);
             let len = (self.map.u32_at(slot).load(Ordering::Relaxed) as usize)
                 .min(self.slot_size as usize - SLOT_PREFIX);
             each(self.map.bytes(slot + SLOT_PREFIX, len));
         }
         self.map
             .u64_at(CONSUMER)
-            .store(consumer + n, Ordering::Release);
+            .store(consumer.wrapping_add(n), Ordering::Release);
         n as usize
     }
 
@@ -341,16 +374,86 @@ mod tests {
     }
 
     #[test]
+    fn the_client_cannot_resize_the_sealed_memory() {
+        let (_p, fds) = Producer::create(8, 128).unwrap();
+        let memory = File::from(fds.memory);
+        let len = memory.metadata().unwrap().len();
+        for size in [0, 1, len + 4096] {
+            let error = memory.set_len(size).expect_err("resized a sealed ring");
+            assert_eq!(error.raw_os_error(), Some(libc::EPERM), "set_len({size})");
+        }
+    }
+
+    #[test]
+    fn a_client_asleep_forever_costs_one_wakeup_per_flush() {
+        let (mut p, mut c) = pair(64, 128);
+        assert!(!c.prepare_to_sleep());
+        let mut counter = [0u8; 8];
+        for _ in 0..3 {
+            for _ in 0..10 {
+                assert!(p.push(&[b"x"]));
+            }
+            p.flush();
+            p.flush();
+            // The eventfd counter is the number of writes since the last read.
+            (&File::from(c.wake_fd().try_clone_to_owned().unwrap()))
+                .read_exact(&mut counter)
+                .unwrap();
+            assert_eq!(u64::from_ne_bytes(counter), 1);
+            drain(&mut c);
+        }
+    }
+
+    #[test]
+    fn a_scribbling_client_cannot_move_the_producer_out_of_its_ring() {
+        let (mut p, fds) = Producer::create(8, 128).unwrap();
+        let len = ring_len(8, 128);
+        let client = Mapping::shared(&fds.memory, len).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..2_000 {
+            // Random bytes over random places, the indices and the flag included.
+            for _ in 0..16 {
+                let at = (random() as usize) % (len - 8);
+                client.write(at, &[&random().to_ne_bytes()]);
+            }
+            client.u64_at(CONSUMER).store(random(), Ordering::Relaxed);
+            client
+                .u32_at(NEED_WAKEUP)
+                .store(random() as u32, Ordering::Relaxed);
+            // Pushing never panics, and never publishes more than a ring's worth past the
+            // last plausible consumer index.
+            let accepted = (0..20).filter(|_| p.push(&[&[round as u8; 100]])).count();
+            p.flush();
+            assert!(
+                accepted <= 8,
+                "round {round}: {accepted} records in 8 slots"
+            );
+            assert!(p.produced.wrapping_sub(p.consumer) <= 8);
+        }
+        // A well-behaved consumer index still makes progress afterwards.
+        client.u64_at(CONSUMER).store(p.produced, Ordering::Release);
+        assert!(p.push(&[b"after"]));
+    }
+
+    #[test]
     fn wakes_only_when_asked() {
         let (mut p, mut c) = pair(8, 128);
         let readable = |c: &Consumer| {
             crate::sys::poll(&mut [crate::sys::pollfd(&c.wake_fd(), libc::POLLIN)], 0).unwrap() == 1
         };
         assert!(p.push(&[b"a"]));
+        p.flush();
         assert!(!readable(&c), "woken without asking");
         drain(&mut c);
         assert!(!c.prepare_to_sleep());
         assert!(p.push(&[b"b"]));
+        p.flush();
         assert!(readable(&c), "not woken after asking");
         c.stop_waiting();
         assert!(!readable(&c));

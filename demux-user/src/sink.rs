@@ -84,7 +84,17 @@ impl Sink {
         Ok((sink, None))
     }
 
-    /// Delivers one datagram; `frame` is the whole Ethernet frame, for pcap.
+    /// Ends a batch of deliveries: wakes a ring's client if it sleeps (once per batch).
+    pub fn flush(&self) {
+        if let Sink::Ring(producer) = self {
+            if let Ok(mut producer) = producer.lock() {
+                producer.flush();
+            }
+        }
+    }
+
+    /// Delivers one datagram; `frame` is the whole Ethernet frame, for pcap. A ring's client is
+    /// woken by the next [`Sink::flush`].
     pub fn deliver(
         &self,
         endpoint: u32,

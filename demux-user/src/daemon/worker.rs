@@ -63,6 +63,8 @@ pub fn spawn(
                 loop {
                     let now = SystemTime::now();
                     let endpoints = directory.read().expect("directory lock");
+                    // Endpoints delivered to in this batch, to flush (wake) once each after it.
+                    let mut touched: Vec<u32> = Vec::new();
                     let read = socket.receive(BATCH, |frame, meta| {
                         let Some(meta) = meta else {
                             counters.dropped_bad_metadata.fetch_add(1, Relaxed);
@@ -76,6 +78,11 @@ pub fn spawn(
                             counters.dropped_bad_metadata.fetch_add(1, Relaxed);
                             return;
                         };
+                        if touched.last() != Some(&meta.endpoint)
+                            && !touched.contains(&meta.endpoint)
+                        {
+                            touched.push(meta.endpoint);
+                        }
                         match endpoint.sink.deliver(meta.endpoint, &datagram, frame, now) {
                             Ok(()) => {
                                 endpoint.delivered.fetch_add(1, Relaxed);
@@ -91,6 +98,11 @@ pub fn spawn(
                             }
                         }
                     });
+                    for id in touched {
+                        if let Some(endpoint) = endpoints.get(&id) {
+                            endpoint.sink.flush();
+                        }
+                    }
                     drop(endpoints);
                     if read < BATCH {
                         break;

@@ -29,10 +29,30 @@ fn owned(fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A new anonymous memory file (`memfd_create`, close-on-exec) named `name`.
+/// A new anonymous memory file named `name`: close-on-exec, sealable, and not executable
+/// (`MFD_NOEXEC_SEAL` where the kernel has it, 6.3 and later).
 pub fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: a valid NUL-terminated name; the result is checked by `owned`.
-    owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) }).map(File::from)
+    let sealed = owned(unsafe { libc::memfd_create(name.as_ptr(), flags | libc::MFD_NOEXEC_SEAL) });
+    match sealed {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // SAFETY: as above, without the flag older kernels do not know.
+            owned(unsafe { libc::memfd_create(name.as_ptr(), flags) }).map(File::from)
+        }
+        other => other.map(File::from),
+    }
+}
+
+/// Seals `memfd`'s size for good: no one holding it (the client included) can shrink or grow
+/// it, or change the seals, so a mapping of it can never fault (no SIGBUS).
+pub fn seal_size(memfd: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A new non-blocking, close-on-exec eventfd. Read and write it as a `File` (8 bytes each).
