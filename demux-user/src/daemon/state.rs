@@ -1,33 +1,35 @@
 //! The daemon's endpoints, groups and bindings, and the rules of who may do what.
 //!
-//! Every change keeps three things in step: the BPF tables (through `Tables`), the directory the
-//! queue workers read (endpoint id → sink), and the records here. The directory learns of an
-//! endpoint before its binding reaches the tables and forgets it after, so a steered frame
-//! always finds its sink, save for frames already in flight when an endpoint closes (counted as
-//! `dropped_no_endpoint`).
+//! Every change keeps four things in step: the BPF tables (through `Tables`, over a
+//! [`Dataplane`]), the directory the queue workers read (endpoint id → sink), the records here,
+//! and the [`View`] the statistics readers see. The directory learns of an endpoint before its
+//! binding reaches the tables and forgets it after, so a steered frame always finds its sink,
+//! save for frames already in flight when an endpoint closes (counted as `dropped_no_endpoint`).
+//!
+//! `State` is generic over the [`Dataplane`]: the daemon runs it over the loaded program's
+//! [`Maps`], the unit tests at the end of this file over `MemoryDataplane`, one test per rule.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, RwLock,
+        Arc, PoisonError, RwLock,
     },
 };
 
-use demux_common::{binding::MAX_ENDPOINTS, Verdict};
+use demux_common::binding::{Target, MAX_ENDPOINTS, MAX_GROUPS};
 use tracing::{info, warn};
 
+use super::view::{Listing, View};
 use crate::{
     binding::{Binding, Entry, Local, Receiver},
     control::SinkSpec,
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
     daemon::error::ControlError,
-    endpoint_stats,
-    program::Loaded,
+    dataplane::{maps::Maps, Dataplane},
     ring::ClientFds,
     sink::Sink,
     tables::Tables,
-    verdicts::VerdictCounts,
 };
 
 /// Who is asking: the peer's uid (SO_PEERCRED) and its control connection.
@@ -65,7 +67,8 @@ pub struct WorkerCounters {
 }
 
 impl EndpointHandle {
-    fn dropped(&self) -> u64 {
+    /// Datagrams its sink did not take, all reasons.
+    pub fn dropped(&self) -> u64 {
         self.dropped_sink_full.load(Relaxed) + self.dropped_sink_error.load(Relaxed)
     }
 }
@@ -77,7 +80,6 @@ struct Endpoint {
     request: BindRequest,
     owner: u32,
     connection: u64,
-    handle: Arc<EndpointHandle>,
     /// The table entry this endpoint holds alone, or its group's name.
     placement: Placement,
 }
@@ -93,41 +95,39 @@ struct Group {
     members: Vec<u32>,
 }
 
-pub struct State {
-    loaded: Loaded,
+/// The daemon's records over a dataplane `D` (the loaded program's [`Maps`] by default).
+pub struct State<D: Dataplane = Maps> {
+    dataplane: D,
     tables: Tables,
     endpoints: BTreeMap<u32, Endpoint>,
     groups: HashMap<String, Group>,
     /// Which endpoint (or group) holds each table entry.
     holders: HashMap<Entry, String>,
     next_endpoint: u32,
-    /// Delivered and dropped by endpoints closed by now.
-    closed_delivered: u64,
-    closed_dropped: u64,
+    /// Endpoint id → sink, for the queue workers.
     pub directory: Arc<Directory>,
+    /// The queue workers' drops.
     pub workers: Arc<WorkerCounters>,
-    pub sockets: SocketCells,
+    /// What `list`, `stats` and the metrics read, without this state's lock.
+    pub view: Arc<View>,
 }
 
-impl State {
-    pub fn new(loaded: Loaded, sockets: SocketCells) -> Self {
+impl<D: Dataplane> State<D> {
+    /// No endpoints yet, over `dataplane`.
+    pub fn new(dataplane: D) -> Self {
+        let workers = Arc::<WorkerCounters>::default();
+        let view = Arc::new(View::new(dataplane.counters(), workers.clone()));
         Self {
-            loaded,
+            dataplane,
             tables: Tables::default(),
             endpoints: BTreeMap::new(),
             groups: HashMap::new(),
             holders: HashMap::new(),
             next_endpoint: 1,
-            closed_delivered: 0,
-            closed_dropped: 0,
             directory: Arc::default(),
-            workers: Arc::default(),
-            sockets,
+            workers,
+            view,
         }
-    }
-
-    pub fn loaded_mut(&mut self) -> &mut Loaded {
-        &mut self.loaded
     }
 
     /// Answers one control request; a ring endpoint's descriptors come along for the caller.
@@ -140,9 +140,9 @@ impl State {
             }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
             Request::List => Ok(Response::Endpoints {
-                endpoints: self.list(),
+                endpoints: self.view.list(),
             }),
-            Request::Stats => Ok(Response::Stats(self.stats())),
+            Request::Stats => Ok(Response::Stats(self.view.stats())),
             Request::Hello { .. } => Ok(Response::Hello {
                 version: crate::control::VERSION,
                 software: crate::control::SOFTWARE.into(),
@@ -190,12 +190,8 @@ impl State {
             dropped_sink_full: AtomicU64::new(0),
             dropped_sink_error: AtomicU64::new(0),
         });
-        endpoint_stats::reset(self.loaded.ebpf_mut(), id)
-            .map_err(|e| ControlError::Statistics(e.to_string()))?;
-        self.directory
-            .write()
-            .expect("directory lock")
-            .insert(id, handle.clone());
+        self.dataplane.reset_endpoint_stats(id)?;
+        self.directory_mut().insert(id, handle.clone());
 
         let placement = match &request.group {
             None => self
@@ -205,19 +201,29 @@ impl State {
                 .join_group(name, &binding, own_entry, id)
                 .map(|()| Placement::Member(name.clone())),
         };
-        if let Err(error) = placement {
-            self.directory.write().expect("directory lock").remove(&id);
-            return Err(error);
-        }
+        let placement = match placement {
+            Ok(placement) => placement,
+            Err(error) => {
+                self.directory_mut().remove(&id);
+                return Err(error);
+            }
+        };
         info!(id, local = %request.local, to = %request.to, owner = caller.uid, "endpoint bound");
+        self.view.publish(
+            id,
+            Listing {
+                request: request.clone(),
+                owner: caller.uid,
+                handle,
+            },
+        );
         self.endpoints.insert(
             id,
             Endpoint {
                 request,
                 owner: caller.uid,
                 connection: caller.connection,
-                handle,
-                placement: placement.expect("checked"),
+                placement,
             },
         );
         self.next_endpoint = id + 1;
@@ -225,18 +231,13 @@ impl State {
     }
 
     /// Inserts `entry` for `holder`, or says who holds it already.
-    fn claim(
-        &mut self,
-        entry: Entry,
-        target: demux_common::binding::Target,
-        holder: String,
-    ) -> Result<(), ControlError> {
+    fn claim(&mut self, entry: Entry, target: Target, holder: String) -> Result<(), ControlError> {
         if let Some(current) = self.holders.get(&entry) {
             return Err(ControlError::InUse {
                 holder: current.clone(),
             });
         }
-        self.tables.insert(self.loaded.ebpf_mut(), &entry, target)?;
+        self.tables.insert(&mut self.dataplane, &entry, target)?;
         self.holders.insert(entry, holder);
         Ok(())
     }
@@ -255,11 +256,11 @@ impl State {
             }
             let mut members = group.members.clone();
             members.push(id);
-            crate::tables::set_group(self.loaded.ebpf_mut(), group.id, &members)?;
+            self.dataplane.set_group(group.id, &members)?;
             group.members = members;
             return Ok(());
         }
-        let group_id = (0..demux_common::binding::MAX_GROUPS)
+        let group_id = (0..MAX_GROUPS)
             .find(|gid| self.groups.values().all(|g| g.id != *gid))
             .ok_or(ControlError::NoGroup)?;
         let (entry, target) = binding.encode(Receiver::Group(group_id))?;
@@ -268,9 +269,9 @@ impl State {
             std::mem::discriminant(&own_entry)
         );
         // Members first, so the binding never points at an empty group.
-        crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[id])?;
+        self.dataplane.set_group(group_id, &[id])?;
         if let Err(error) = self.claim(entry, target, format!("group {name}")) {
-            let _ = crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[]);
+            let _ = self.dataplane.set_group(group_id, &[]);
             return Err(error);
         }
         self.groups.insert(
@@ -286,32 +287,31 @@ impl State {
 
     /// Closes endpoint `id`: only its owner or root may.
     pub fn close(&mut self, id: u32, caller: Caller) -> Result<(), ControlError> {
-        let endpoint = self
+        let owner = self
             .endpoints
             .get(&id)
-            .ok_or(ControlError::NoEndpoint { id })?;
-        if caller.uid != 0 && caller.uid != endpoint.owner {
-            return Err(ControlError::NotOwner {
-                id,
-                owner: endpoint.owner,
-            });
+            .ok_or(ControlError::NoEndpoint { id })?
+            .owner;
+        if caller.uid != 0 && caller.uid != owner {
+            return Err(ControlError::NotOwner { id, owner });
         }
-        let endpoint = self.endpoints.remove(&id).expect("checked");
+        let Some(endpoint) = self.endpoints.remove(&id) else {
+            return Err(ControlError::NoEndpoint { id });
+        };
         let result = match &endpoint.placement {
             Placement::Own(entry) => self.release(entry),
             Placement::Member(name) => self.leave_group(name, id),
         };
-        self.directory.write().expect("directory lock").remove(&id);
+        self.directory_mut().remove(&id);
         // The worker no longer sees the endpoint: its counters are final.
-        self.closed_delivered += endpoint.handle.delivered.load(Relaxed);
-        self.closed_dropped += endpoint.handle.dropped();
+        self.view.retire(id);
         info!(id, "endpoint closed");
         result
     }
 
     fn release(&mut self, entry: &Entry) -> Result<(), ControlError> {
         self.holders.remove(entry);
-        Ok(self.tables.remove(self.loaded.ebpf_mut(), entry)?)
+        Ok(self.tables.remove(&mut self.dataplane, entry)?)
     }
 
     fn leave_group(&mut self, name: &str, id: u32) -> Result<(), ControlError> {
@@ -324,14 +324,10 @@ impl State {
             self.groups.remove(name);
             // Binding first, so no packet looks into the emptied group.
             let result = self.release(&entry);
-            let _ = crate::tables::set_group(self.loaded.ebpf_mut(), gid, &[]);
+            let _ = self.dataplane.set_group(gid, &[]);
             return result;
         }
-        Ok(crate::tables::set_group(
-            self.loaded.ebpf_mut(),
-            gid,
-            &members,
-        )?)
+        Ok(self.dataplane.set_group(gid, &members)?)
     }
 
     /// Closes the endpoints a connection created, except persistent ones.
@@ -358,50 +354,24 @@ impl State {
             })
     }
 
+    /// The endpoints, by id (also readable without this state's lock: [`View::list`]).
     pub fn list(&self) -> Vec<EndpointInfo> {
-        self.endpoints
-            .iter()
-            .map(|(id, e)| {
-                let redirected = endpoint_stats::read(self.loaded.ebpf(), *id)
-                    .map(|s| s.packets)
-                    .unwrap_or(0);
-                EndpointInfo {
-                    id: *id,
-                    protocol: e.request.protocol,
-                    local: e.request.local.clone(),
-                    connect: e.request.connect.clone(),
-                    group: e.request.group.clone(),
-                    v6only: e.request.v6only,
-                    sink: e.request.to.clone(),
-                    owner: e.owner,
-                    persistent: e.request.persistent,
-                    redirected,
-                    delivered: e.handle.delivered.load(Relaxed),
-                    delivered_bytes: e.handle.delivered_bytes.load(Relaxed),
-                    dropped_sink_full: e.handle.dropped_sink_full.load(Relaxed),
-                    dropped_sink_error: e.handle.dropped_sink_error.load(Relaxed),
-                }
-            })
-            .collect()
+        self.view.list()
     }
 
+    /// The statistics (also readable without this state's lock: [`View::stats`]).
     pub fn stats(&self) -> Stats {
-        let verdicts = VerdictCounts::read(self.loaded.ebpf()).unwrap_or_default();
-        Stats {
-            verdicts: Verdict::ALL
-                .iter()
-                .map(|v| (v.name().to_owned(), verdicts.get(*v)))
-                .collect(),
-            endpoints: self.list(),
-            sockets: self
-                .sockets
-                .iter()
-                .map(|cell| cell.lock().expect("socket cell").clone())
-                .collect(),
-            dropped_no_endpoint: self.workers.dropped_no_endpoint.load(Relaxed),
-            dropped_bad_metadata: self.workers.dropped_bad_metadata.load(Relaxed),
-            closed_delivered: self.closed_delivered,
-            closed_dropped: self.closed_dropped,
-        }
+        self.view.stats()
+    }
+
+    /// Shows the statistics of one more AF_XDP socket.
+    pub fn add_socket(&self, cell: Arc<std::sync::Mutex<SocketInfo>>) {
+        self.view.add_socket(cell);
+    }
+
+    fn directory_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<EndpointHandle>>> {
+        self.directory
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
