@@ -177,3 +177,185 @@ pub(crate) fn classify(table: &'static str, source: MapError) -> TableError {
         _ => TableError::Map { table, source },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The port-index rules, over the in-memory dataplane, which also checks after every write
+    //! that no binding is without its bit.
+
+    use demux_common::binding::Target;
+
+    use super::*;
+    use crate::{
+        binding::{Binding, Local, Protocol, Receiver},
+        dataplane::memory::{Event, MemoryDataplane, Op},
+    };
+
+    /// The entry and target of a UDP binding on `local` (`ADDR:PORT` or `PREFIX:PORT|*`).
+    fn udp(local: &str) -> (Entry, Target) {
+        Binding {
+            protocol: Protocol::Udp,
+            local: local.parse::<Local>().expect("a valid local address"),
+            remote: None,
+            v6only: false,
+        }
+        .encode(Receiver::Endpoint(1))
+        .expect("an encodable binding")
+    }
+
+    fn assert_kept_promises(dataplane: &MemoryDataplane) {
+        assert!(
+            dataplane.violations().is_empty(),
+            "{:?}",
+            dataplane.violations()
+        );
+    }
+
+    #[test]
+    fn the_bit_is_set_before_the_first_insert_and_cleared_after_the_last_removal() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (a, target) = udp("198.18.0.2:53");
+        let (b, _) = udp("198.18.0.3:53");
+        let (index, bit) = a.port_slot();
+        assert_eq!(b.port_slot(), (index, bit), "same port, table and family");
+
+        tables.insert(&mut dataplane, &a, target).expect("insert a");
+        assert_eq!(
+            dataplane.events(),
+            [
+                Event::SetPortBits { index, bits: bit },
+                Event::Insert(a, target)
+            ],
+            "the bit first, then the binding"
+        );
+        tables.insert(&mut dataplane, &b, target).expect("insert b");
+        tables.remove(&mut dataplane, &a).expect("remove a");
+        assert_eq!(dataplane.bits(index), bit, "b still needs the bit");
+        tables.remove(&mut dataplane, &b).expect("remove b");
+        assert_eq!(dataplane.bits(index), 0, "cleared after the last binding");
+        assert_eq!(
+            dataplane.events().last(),
+            Some(&Event::SetPortBits { index, bits: 0 }),
+            "the binding first, then the bit"
+        );
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn bits_are_counted_per_table_and_family() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let bound4 = udp("198.18.0.2:53");
+        let bound6 = udp("[2001:2::2]:53");
+        let wildcard4 = udp("0.0.0.0:53");
+        for (entry, target) in [bound4, bound6, wildcard4] {
+            tables
+                .insert(&mut dataplane, &entry, target)
+                .expect("insert");
+        }
+        let index = port_index(demux_common::binding::PROTO_UDP, 53);
+        let all = port_bit(TABLE_BOUND, 4) | port_bit(TABLE_BOUND, 6) | port_bit(TABLE_WILDCARD, 4);
+        assert_eq!(dataplane.bits(index), all);
+        tables.remove(&mut dataplane, &bound4.0).expect("remove");
+        assert_eq!(
+            dataplane.bits(index),
+            all & !port_bit(TABLE_BOUND, 4),
+            "only the IPv4 bound bit goes"
+        );
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn an_all_ports_prefix_sets_the_protocol_wide_entry() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (entry, target) = udp("198.18.0.0/15:*");
+        tables
+            .insert(&mut dataplane, &entry, target)
+            .expect("insert");
+        let index = all_ports_index(demux_common::binding::PROTO_UDP);
+        assert_eq!(dataplane.bits(index), port_bit(TABLE_PREFIX, 4));
+        tables.remove(&mut dataplane, &entry).expect("remove");
+        assert!(!dataplane.any_port_bits());
+    }
+
+    #[test]
+    fn a_refused_insert_leaves_the_port_index_as_before() {
+        let mut dataplane = MemoryDataplane::with_capacity(1);
+        let mut tables = Tables::default();
+        let (held, target) = udp("198.18.0.2:53");
+        tables
+            .insert(&mut dataplane, &held, target)
+            .expect("insert");
+        // The same key again: the bit it shares with the held binding stays.
+        let error = tables
+            .insert(&mut dataplane, &held, target)
+            .expect_err("held");
+        assert!(
+            matches!(error, TableError::Exists { table: "BOUND" }),
+            "{error}"
+        );
+        let (index, bit) = held.port_slot();
+        assert_eq!(dataplane.bits(index), bit);
+        // A full table: the new port's bit is cleared again.
+        let (other, _) = udp("198.18.0.2:54");
+        let error = tables
+            .insert(&mut dataplane, &other, target)
+            .expect_err("full");
+        assert!(
+            matches!(error, TableError::Full { table: "BOUND" }),
+            "{error}"
+        );
+        assert_eq!(dataplane.bits(other.port_slot().0), 0);
+        // And the counts are right: removing the held binding clears its bit.
+        tables.remove(&mut dataplane, &held).expect("remove");
+        assert!(!dataplane.any_port_bits());
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn a_failed_port_bit_write_inserts_nothing_and_counts_nothing() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (entry, target) = udp("198.18.0.2:53");
+        dataplane.fail(Op::SetPortBits, 0);
+        let error = tables
+            .insert(&mut dataplane, &entry, target)
+            .expect_err("injected");
+        assert!(
+            matches!(error, TableError::Map { table: "PORTS", .. }),
+            "{error}"
+        );
+        assert!(dataplane.is_empty());
+        // The next insert sets the bit again: no count was left behind.
+        tables
+            .insert(&mut dataplane, &entry, target)
+            .expect("insert");
+        assert_eq!(dataplane.bits(entry.port_slot().0), entry.port_slot().1);
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn insert_all_removes_what_it_inserted() {
+        let mut dataplane = MemoryDataplane::with_capacity(2);
+        let mut tables = Tables::default();
+        let batch: Vec<(Entry, Target)> = (1..=3)
+            .map(|port| udp(&format!("198.18.0.2:{port}")))
+            .collect();
+        let error = tables
+            .insert_all(&mut dataplane, &batch)
+            .expect_err("three do not fit in two");
+        assert!(
+            matches!(error, TableError::Full { table: "BOUND" }),
+            "{error}"
+        );
+        assert!(dataplane.is_empty(), "the first two were removed again");
+        assert!(!dataplane.any_port_bits(), "and their bits cleared");
+        tables
+            .insert_all(&mut dataplane, &batch[..2])
+            .expect("two fit");
+        assert_eq!(dataplane.len(), 2);
+        assert_kept_promises(&dataplane);
+    }
+}
