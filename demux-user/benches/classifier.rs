@@ -128,7 +128,7 @@ fn scenario(
     repeat: u32,
     sizes: &[u64],
 ) -> anyhow::Result<Scenario> {
-    let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
     let mut tables = Tables::default();
     let baseline: &mut Xdp = loaded
         .ebpf_mut()
@@ -174,7 +174,7 @@ fn scenario(
             v6only: i == 1,
         };
         let (entry, target) = binding.encode(Receiver::Endpoint(1 + i as u32))?;
-        tables.insert(loaded.ebpf_mut(), &entry, target)?;
+        tables.insert(&mut maps, &entry, target)?;
     }
     let mut installed = 2u64;
     let mut next = 0u64;
@@ -185,7 +185,7 @@ fn scenario(
         let started = Instant::now();
         while installed < size {
             let (entry, target) = filler(next, placement);
-            match tables.insert(loaded.ebpf_mut(), &entry, target) {
+            match tables.insert(&mut maps, &entry, target) {
                 Ok(()) => installed += 1,
                 Err(TableError::Exists { .. }) => {}
                 Err(e) => return Err(e).context(format!("installing binding {installed}")),

@@ -9,9 +9,9 @@
 //!   toolchain, no aya, no tokio unless the `async` feature asks for it.
 //! - **Daemon** (feature `daemon`, the default): also embeds and loads the XDP program built
 //!   from `demux-ebpf` (`program`), attaches it (`attach`), owns the AF_XDP sockets (`xsk`),
-//!   the binding tables (`tables`), the sinks (`sink`) and the daemon itself (`daemon`). The
-//!   `demux` binary's command line lives in `src/cli/`, the traffic generator in
-//!   `src/bin/demux-gen/`.
+//!   the binding tables (`tables`, written through the `dataplane` seam), the sinks (`sink`)
+//!   and the daemon itself (`daemon`). The `demux` binary's command line lives in `src/cli/`,
+//!   the traffic generator in `src/bin/demux-gen/`.
 //!
 //! Test support (reference model, fixtures, frame builder) is in `testing`, behind the
 //! `testing` feature. Every `unsafe` block of the library is in [`sys`]; the rest of the crate
@@ -35,6 +35,8 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod datagram;
+#[cfg(feature = "daemon")]
+pub mod dataplane;
 #[cfg(feature = "daemon")]
 pub mod endpoint_stats;
 #[cfg(feature = "daemon")]

@@ -1,15 +1,19 @@
 //! The embedded XDP object: loading it into the kernel (verifier included) and handing out its
-//! program and maps.
+//! program and maps. Every map the daemon uses is taken out of the object once, here, as a typed
+//! handle whose key and value sizes aya checks against the `demux-common` types; a map that is
+//! missing, of another kind or of another layout fails the load with one line naming it.
 
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
-    maps::{HashMap, MapData, MapError, MapInfo, XskMap},
+    maps::{HashMap, Map, MapData, MapError, MapInfo, XskMap},
     programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use demux_common::maps;
 use thiserror::Error;
+
+use crate::dataplane::maps::Maps;
 
 /// The XDP object built by `build.rs` from `demux-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/demux.bpf.o"));
@@ -57,6 +61,93 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("the kernel refused to load the XDP program (verifier or permissions): {0}")]
     Verify(#[source] ProgramError),
+    /// A map the daemon uses is not in the object.
+    #[error("map {map}: the embedded object has no map of that name")]
+    MissingMap {
+        /// The name looked for (`demux_common::maps`).
+        map: &'static str,
+    },
+    /// A map's key or value size differs from the `demux-common` type the daemon writes.
+    #[error(
+        "map {map}: {part} size: demux-common expects {expected} bytes, the object has {found}"
+    )]
+    MapLayout {
+        /// The map's name.
+        map: &'static str,
+        /// `key` or `value`.
+        part: &'static str,
+        /// `size_of` the `demux-common` type.
+        expected: usize,
+        /// The size in the object.
+        found: usize,
+    },
+    /// A map is of another kind than the daemon expects.
+    #[error("map {map}: expected {expected}, the object has map type {found}")]
+    MapKind {
+        /// The map's name.
+        map: &'static str,
+        /// The kind the daemon expects (`a hash map`, `an LPM trie`, …).
+        expected: &'static str,
+        /// The kernel's map type number in the object.
+        found: u32,
+    },
+    /// Any other failure to open a map.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// What aya reported.
+        #[source]
+        source: MapError,
+    },
+    /// A second descriptor of a map (for readers on other threads) could not be opened.
+    #[error("map {map}: opening a second descriptor for the readers: {source}")]
+    Reopen {
+        /// The map's name.
+        map: &'static str,
+        /// What failed.
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Takes map `map` out of `ebpf` as the typed handle `T` (a `kind`, for the error): aya checks
+/// its key and value sizes against `T`'s types, which come from `demux-common`.
+pub(crate) fn take_map<T>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    kind: &'static str,
+) -> Result<T, LoadError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let raw = ebpf.take_map(map).ok_or(LoadError::MissingMap { map })?;
+    T::try_from(raw).map_err(|source| map_error(map, kind, source))
+}
+
+/// Names aya's refusal of a typed handle. aya's `size` is the Rust type's, its `expected` the
+/// object's.
+fn map_error(map: &'static str, kind: &'static str, source: MapError) -> LoadError {
+    match source {
+        MapError::InvalidKeySize { size, expected } => LoadError::MapLayout {
+            map,
+            part: "key",
+            expected: size,
+            found: expected,
+        },
+        MapError::InvalidValueSize { size, expected } => LoadError::MapLayout {
+            map,
+            part: "value",
+            expected: size,
+            found: expected,
+        },
+        MapError::InvalidMapType { map_type } => LoadError::MapKind {
+            map,
+            expected: kind,
+            found: map_type,
+        },
+        source => LoadError::Map { map, source },
+    }
 }
 
 /// A failure to put an AF_XDP socket in its XSKMAP slot.
@@ -64,20 +155,27 @@ pub enum LoadError {
 pub enum SocketSlotError {
     #[error("interface number {iface_number} or queue {queue} is beyond the XSKMAP (at most {} interfaces of {} queues)", maps::MAX_IFACES, maps::MAX_QUEUES)]
     OutOfRange { iface_number: u32, queue: u32 },
-    #[error("the object has no map {0}")]
-    MissingMap(&'static str),
     #[error("updating the socket slots: {0}")]
     Map(#[from] MapError),
 }
 
-/// The loaded object: the program is verified and ready to attach; its maps are open.
+/// The loaded object: the program is verified and ready to attach. Its socket-slot maps stay
+/// here; the maps the daemon's rules write are handed out beside it as [`Maps`].
 pub struct Loaded {
     ebpf: Ebpf,
+    slots: SocketSlots,
+}
+
+/// `IFACE_SLOTS` and `XSKS`: which AF_XDP socket receives an (interface, rx queue).
+struct SocketSlots {
+    iface_slots: HashMap<MapData, u32, u32>,
+    xsks: XskMap<MapData>,
 }
 
 impl Loaded {
-    /// Loads the embedded object and verifies its XDP program.
-    pub fn load(log_level: BpfLogLevel) -> Result<Self, LoadError> {
+    /// Loads the embedded object, verifies its XDP program and takes its maps: the program
+    /// side, and the dataplane maps the daemon's rules write.
+    pub fn load(log_level: BpfLogLevel) -> Result<(Self, Maps), LoadError> {
         Self::load_with_capacity(log_level, None)
     }
 
@@ -86,7 +184,7 @@ impl Loaded {
     pub fn load_with_capacity(
         log_level: BpfLogLevel,
         bindings: Option<u32>,
-    ) -> Result<Self, LoadError> {
+    ) -> Result<(Self, Maps), LoadError> {
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
         loader.override_global("AYA_LOG_LEVEL", &level, false);
@@ -101,7 +199,12 @@ impl Loaded {
             .and_then(|p| p.try_into().ok())
             .ok_or(LoadError::MissingProgram(maps::PROGRAM))?;
         program.load().map_err(LoadError::Verify)?;
-        Ok(Self { ebpf })
+        let slots = SocketSlots {
+            iface_slots: take_map(&mut ebpf, maps::IFACE_SLOTS, "a hash map")?,
+            xsks: take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?,
+        };
+        let dataplane = Maps::take(&mut ebpf)?;
+        Ok((Self { ebpf, slots }, dataplane))
     }
 
     /// The verified XDP program.
@@ -112,11 +215,13 @@ impl Loaded {
             .expect("checked in load()")
     }
 
-    /// The underlying object, for its maps.
+    /// The underlying object: its programs and the maps nobody took (the log ring, the
+    /// benchmark's counters).
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
 
+    /// As [`Loaded::ebpf`], mutable (to load another program or start the log reader).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
@@ -137,18 +242,8 @@ impl Loaded {
             });
         }
         let base = iface_number * maps::MAX_QUEUES;
-        let slots = self
-            .ebpf
-            .map_mut(maps::IFACE_SLOTS)
-            .ok_or(SocketSlotError::MissingMap(maps::IFACE_SLOTS))?;
-        let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(slots)?;
-        slots.insert(ifindex, base, 0)?;
-        let xsks = self
-            .ebpf
-            .map_mut(maps::XSKS)
-            .ok_or(SocketSlotError::MissingMap(maps::XSKS))?;
-        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(xsks)?;
-        xsks.set(base + queue, fd, 0)?;
+        self.slots.iface_slots.insert(ifindex, base, 0)?;
+        self.slots.xsks.set(base + queue, fd, 0)?;
         Ok(())
     }
 
@@ -173,5 +268,55 @@ impl Loaded {
             sizes.push((info.name_as_str().unwrap_or("?").to_owned(), bytes));
         }
         Ok(sizes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_layout_names_the_map_and_both_sizes() {
+        let error = map_error(
+            maps::BOUND,
+            "a hash map",
+            MapError::InvalidKeySize {
+                size: 20,
+                expected: 24,
+            },
+        );
+        assert_eq!(
+            error.to_string(),
+            "map BOUND: key size: demux-common expects 20 bytes, the object has 24"
+        );
+        let error = map_error(
+            maps::GROUPS,
+            "an array",
+            MapError::InvalidValueSize {
+                size: 132,
+                expected: 128,
+            },
+        );
+        assert_eq!(
+            error.to_string(),
+            "map GROUPS: value size: demux-common expects 132 bytes, the object has 128"
+        );
+    }
+
+    #[test]
+    fn a_wrong_kind_or_name_names_the_map() {
+        let error = map_error(
+            maps::PREFIX,
+            "an LPM trie",
+            MapError::InvalidMapType { map_type: 1 },
+        );
+        assert_eq!(
+            error.to_string(),
+            "map PREFIX: expected an LPM trie, the object has map type 1"
+        );
+        assert_eq!(
+            LoadError::MissingMap { map: maps::PORTS }.to_string(),
+            "map PORTS: the embedded object has no map of that name"
+        );
     }
 }

@@ -1,16 +1,11 @@
-//! Writing bindings and groups into the loaded program's maps, and keeping the port index in
-//! step. One binding is one map entry, so each insert is atomic; a batch that fails part-way
-//! removes what it inserted, so the maps are never left half-updated.
+//! The daemon's bookkeeping of the binding tables: writes bindings through a [`Dataplane`] and
+//! keeps the port index (`PORTS`) in step. One binding is one map entry, so each insert is
+//! atomic; a batch that fails part-way removes what it inserted, so the maps are never left
+//! half-updated.
 
-use aya::{
-    maps::{
-        lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapError,
-    },
-    Ebpf, Pod,
-};
+use aya::maps::MapError;
 use demux_common::{
-    binding::{Group, Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS, PREFIX_KEY_FIXED_BITS},
+    binding::{Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
     maps,
     ports::{
         all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX,
@@ -19,10 +14,7 @@ use demux_common::{
 };
 use thiserror::Error;
 
-use crate::binding::Entry;
-
-/// `BPF_NOEXIST`: insert only, never overwrite another binding.
-const NOEXIST: u64 = 1;
+use crate::{binding::Entry, dataplane::Dataplane};
 
 /// A failed table update, naming the table.
 #[derive(Debug, Error)]
@@ -57,55 +49,62 @@ impl Entry {
     }
 }
 
-/// The daemon's view of the binding tables: writes bindings into the maps and keeps the port
-/// index (`PORTS`) in step, counting bindings per (port entry, bit). A bit is set before the
-/// first binding behind it is inserted and cleared after the last one is removed, so a packet
-/// can see a bit without a binding (one wasted probe) but never a binding without its bit.
+/// The daemon's view of the binding tables: writes bindings through a [`Dataplane`] and keeps
+/// the port index (`PORTS`) in step, counting bindings per (port entry, bit). A bit is set
+/// before the first binding behind it is inserted and cleared after the last one is removed, so
+/// a packet can see a bit without a binding (one wasted probe) but never a binding without its
+/// bit.
 #[derive(Debug, Default)]
 pub struct Tables {
     counts: std::collections::HashMap<(u32, u32), u32>,
 }
 
 impl Tables {
-    /// Inserts one binding; fails with `Exists` if the same key is already bound.
-    pub fn insert(
+    /// Inserts one binding; fails with `Exists` if the same key is already bound. On any
+    /// failure the port index and the counts are as before.
+    pub fn insert<D: Dataplane + ?Sized>(
         &mut self,
-        ebpf: &mut Ebpf,
+        dataplane: &mut D,
         entry: &Entry,
         target: Target,
     ) -> Result<(), TableError> {
         let (index, bit) = entry.port_slot();
-        let count = self.counts.entry((index, bit)).or_default();
-        *count += 1;
-        if *count == 1 {
-            update_port_bits(ebpf, index, |bits| bits | bit)?;
+        if self.count(index, bit) == 0 {
+            let bits = dataplane.port_bits(index)?;
+            dataplane.set_port_bits(index, bits | bit)?;
         }
-        let result = insert_entry(ebpf, entry, target);
+        *self.counts.entry((index, bit)).or_default() += 1;
+        let result = dataplane.insert(entry, target);
         if result.is_err() {
-            self.release(ebpf, index, bit)?;
+            // Should clearing the bit fail, it stays set: a wasted probe, never a wrong match.
+            let _ = self.release(dataplane, index, bit);
         }
         result
     }
 
     /// Removes one binding.
-    pub fn remove(&mut self, ebpf: &mut Ebpf, entry: &Entry) -> Result<(), TableError> {
-        remove_entry(ebpf, entry)?;
+    pub fn remove<D: Dataplane + ?Sized>(
+        &mut self,
+        dataplane: &mut D,
+        entry: &Entry,
+    ) -> Result<(), TableError> {
+        dataplane.remove(entry)?;
         let (index, bit) = entry.port_slot();
-        self.release(ebpf, index, bit)
+        self.release(dataplane, index, bit)
     }
 
     /// Inserts every binding, or none: on the first failure the ones already inserted are
     /// removed again.
-    pub fn insert_all(
+    pub fn insert_all<D: Dataplane + ?Sized>(
         &mut self,
-        ebpf: &mut Ebpf,
+        dataplane: &mut D,
         entries: &[(Entry, Target)],
     ) -> Result<(), TableError> {
         for (done, (entry, target)) in entries.iter().enumerate() {
-            if let Err(error) = self.insert(ebpf, entry, *target) {
+            if let Err(error) = self.insert(dataplane, entry, *target) {
                 for (entry, _) in &entries[..done] {
                     // Best effort: these were inserted a moment ago by this call.
-                    let _ = self.remove(ebpf, entry);
+                    let _ = self.remove(dataplane, entry);
                 }
                 return Err(error);
             }
@@ -113,13 +112,24 @@ impl Tables {
         Ok(())
     }
 
+    /// Bindings counted behind (port entry `index`, `bit`).
+    fn count(&self, index: u32, bit: u32) -> u32 {
+        self.counts.get(&(index, bit)).copied().unwrap_or(0)
+    }
+
     /// Drops one count of (index, bit), clearing the bit when none is left.
-    fn release(&mut self, ebpf: &mut Ebpf, index: u32, bit: u32) -> Result<(), TableError> {
+    fn release<D: Dataplane + ?Sized>(
+        &mut self,
+        dataplane: &mut D,
+        index: u32,
+        bit: u32,
+    ) -> Result<(), TableError> {
         let count = self.counts.entry((index, bit)).or_default();
         *count = count.saturating_sub(1);
         if *count == 0 {
             self.counts.remove(&(index, bit));
-            update_port_bits(ebpf, index, |bits| bits & !bit)?;
+            let bits = dataplane.port_bits(index)?;
+            dataplane.set_port_bits(index, bits & !bit)?;
         }
         Ok(())
     }
@@ -127,7 +137,7 @@ impl Tables {
 
 impl Entry {
     /// The port index entry and bit that announce this binding.
-    fn port_slot(&self) -> (u32, u32) {
+    pub(crate) fn port_slot(&self) -> (u32, u32) {
         match self {
             Entry::Connected(k) => (
                 port_index(k.protocol, k.local_port),
@@ -153,101 +163,8 @@ impl Entry {
     }
 }
 
-fn update_port_bits(
-    ebpf: &mut Ebpf,
-    index: u32,
-    change: impl Fn(u32) -> u32,
-) -> Result<(), TableError> {
-    let table = maps::PORTS;
-    let map = ebpf.map_mut(table).ok_or_else(|| missing(table))?;
-    let mut array: Array<&mut MapData, u32> =
-        Array::try_from(map).map_err(|source| TableError::Map { table, source })?;
-    let bits = array
-        .get(&index, 0)
-        .map_err(|source| classify(table, source))?;
-    array
-        .set(index, change(bits), 0)
-        .map_err(|source| classify(table, source))
-}
-
-fn insert_entry(ebpf: &mut Ebpf, entry: &Entry, target: Target) -> Result<(), TableError> {
-    let table = entry.table();
-    let result = match entry {
-        Entry::Connected(key) => hash_map(ebpf, table)?.insert(*key, target, NOEXIST),
-        Entry::Bound(key) => hash_map(ebpf, table)?.insert(*key, target, NOEXIST),
-        Entry::Wildcard(key) => hash_map(ebpf, table)?.insert(*key, target, NOEXIST),
-        Entry::Prefix(key, len) => {
-            let key = Key::new(PREFIX_KEY_FIXED_BITS + u32::from(*len), *key);
-            lpm_trie(ebpf, table)?.insert(&key, target, NOEXIST)
-        }
-    };
-    result.map_err(|source| classify(table, source))
-}
-
-fn remove_entry(ebpf: &mut Ebpf, entry: &Entry) -> Result<(), TableError> {
-    let table = entry.table();
-    let result = match entry {
-        Entry::Connected(key) => hash_map(ebpf, table)?.remove(key),
-        Entry::Bound(key) => hash_map(ebpf, table)?.remove(key),
-        Entry::Wildcard(key) => hash_map(ebpf, table)?.remove(key),
-        Entry::Prefix(key, len) => {
-            let key = Key::new(PREFIX_KEY_FIXED_BITS + u32::from(*len), *key);
-            lpm_trie(ebpf, table)?.remove(&key)
-        }
-    };
-    result.map_err(|source| classify(table, source))
-}
-
-/// Sets the members of group `id` (an empty slice empties it).
-pub fn set_group(ebpf: &mut Ebpf, id: u32, members: &[u32]) -> Result<(), TableError> {
-    if id >= MAX_GROUPS {
-        return Err(TableError::BadGroup { id });
-    }
-    if members.len() > MAX_GROUP_MEMBERS {
-        return Err(TableError::GroupTooLarge {
-            id,
-            count: members.len(),
-        });
-    }
-    let mut group = Group {
-        count: members.len() as u32,
-        members: [0; MAX_GROUP_MEMBERS],
-    };
-    group.members[..members.len()].copy_from_slice(members);
-    let table = maps::GROUPS;
-    let map = ebpf.map_mut(table).ok_or_else(|| missing(table))?;
-    let mut array: Array<&mut MapData, Group> =
-        Array::try_from(map).map_err(|source| TableError::Map { table, source })?;
-    array
-        .set(id, group, 0)
-        .map_err(|source| classify(table, source))
-}
-
-fn hash_map<'a, K: Pod>(
-    ebpf: &'a mut Ebpf,
-    table: &'static str,
-) -> Result<HashMap<&'a mut MapData, K, Target>, TableError> {
-    let map = ebpf.map_mut(table).ok_or_else(|| missing(table))?;
-    HashMap::try_from(map).map_err(|source| TableError::Map { table, source })
-}
-
-fn lpm_trie<'a, K: Pod>(
-    ebpf: &'a mut Ebpf,
-    table: &'static str,
-) -> Result<LpmTrie<&'a mut MapData, K, Target>, TableError> {
-    let map = ebpf.map_mut(table).ok_or_else(|| missing(table))?;
-    LpmTrie::try_from(map).map_err(|source| TableError::Map { table, source })
-}
-
-fn missing(table: &'static str) -> TableError {
-    TableError::Map {
-        table,
-        source: MapError::InvalidName { name: table.into() },
-    }
-}
-
 /// Turns the kernel's errno into the error a user can act on.
-fn classify(table: &'static str, source: MapError) -> TableError {
+pub(crate) fn classify(table: &'static str, source: MapError) -> TableError {
     let errno = match &source {
         MapError::SyscallError(e) => e.io_error.raw_os_error(),
         MapError::KeyNotFound => return TableError::NotFound { table },
@@ -258,5 +175,187 @@ fn classify(table: &'static str, source: MapError) -> TableError {
         Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM) => TableError::Full { table },
         Some(libc::ENOENT) => TableError::NotFound { table },
         _ => TableError::Map { table, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The port-index rules, over the in-memory dataplane, which also checks after every write
+    //! that no binding is without its bit.
+
+    use demux_common::binding::Target;
+
+    use super::*;
+    use crate::{
+        binding::{Binding, Local, Protocol, Receiver},
+        dataplane::memory::{Event, MemoryDataplane, Op},
+    };
+
+    /// The entry and target of a UDP binding on `local` (`ADDR:PORT` or `PREFIX:PORT|*`).
+    fn udp(local: &str) -> (Entry, Target) {
+        Binding {
+            protocol: Protocol::Udp,
+            local: local.parse::<Local>().expect("a valid local address"),
+            remote: None,
+            v6only: false,
+        }
+        .encode(Receiver::Endpoint(1))
+        .expect("an encodable binding")
+    }
+
+    fn assert_kept_promises(dataplane: &MemoryDataplane) {
+        assert!(
+            dataplane.violations().is_empty(),
+            "{:?}",
+            dataplane.violations()
+        );
+    }
+
+    #[test]
+    fn the_bit_is_set_before_the_first_insert_and_cleared_after_the_last_removal() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (a, target) = udp("198.18.0.2:53");
+        let (b, _) = udp("198.18.0.3:53");
+        let (index, bit) = a.port_slot();
+        assert_eq!(b.port_slot(), (index, bit), "same port, table and family");
+
+        tables.insert(&mut dataplane, &a, target).expect("insert a");
+        assert_eq!(
+            dataplane.events(),
+            [
+                Event::SetPortBits { index, bits: bit },
+                Event::Insert(a, target)
+            ],
+            "the bit first, then the binding"
+        );
+        tables.insert(&mut dataplane, &b, target).expect("insert b");
+        tables.remove(&mut dataplane, &a).expect("remove a");
+        assert_eq!(dataplane.bits(index), bit, "b still needs the bit");
+        tables.remove(&mut dataplane, &b).expect("remove b");
+        assert_eq!(dataplane.bits(index), 0, "cleared after the last binding");
+        assert_eq!(
+            dataplane.events().last(),
+            Some(&Event::SetPortBits { index, bits: 0 }),
+            "the binding first, then the bit"
+        );
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn bits_are_counted_per_table_and_family() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let bound4 = udp("198.18.0.2:53");
+        let bound6 = udp("[2001:2::2]:53");
+        let wildcard4 = udp("0.0.0.0:53");
+        for (entry, target) in [bound4, bound6, wildcard4] {
+            tables
+                .insert(&mut dataplane, &entry, target)
+                .expect("insert");
+        }
+        let index = port_index(demux_common::binding::PROTO_UDP, 53);
+        let all = port_bit(TABLE_BOUND, 4) | port_bit(TABLE_BOUND, 6) | port_bit(TABLE_WILDCARD, 4);
+        assert_eq!(dataplane.bits(index), all);
+        tables.remove(&mut dataplane, &bound4.0).expect("remove");
+        assert_eq!(
+            dataplane.bits(index),
+            all & !port_bit(TABLE_BOUND, 4),
+            "only the IPv4 bound bit goes"
+        );
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn an_all_ports_prefix_sets_the_protocol_wide_entry() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (entry, target) = udp("198.18.0.0/15:*");
+        tables
+            .insert(&mut dataplane, &entry, target)
+            .expect("insert");
+        let index = all_ports_index(demux_common::binding::PROTO_UDP);
+        assert_eq!(dataplane.bits(index), port_bit(TABLE_PREFIX, 4));
+        tables.remove(&mut dataplane, &entry).expect("remove");
+        assert!(!dataplane.any_port_bits());
+    }
+
+    #[test]
+    fn a_refused_insert_leaves_the_port_index_as_before() {
+        let mut dataplane = MemoryDataplane::with_capacity(1);
+        let mut tables = Tables::default();
+        let (held, target) = udp("198.18.0.2:53");
+        tables
+            .insert(&mut dataplane, &held, target)
+            .expect("insert");
+        // The same key again: the bit it shares with the held binding stays.
+        let error = tables
+            .insert(&mut dataplane, &held, target)
+            .expect_err("held");
+        assert!(
+            matches!(error, TableError::Exists { table: "BOUND" }),
+            "{error}"
+        );
+        let (index, bit) = held.port_slot();
+        assert_eq!(dataplane.bits(index), bit);
+        // A full table: the new port's bit is cleared again.
+        let (other, _) = udp("198.18.0.2:54");
+        let error = tables
+            .insert(&mut dataplane, &other, target)
+            .expect_err("full");
+        assert!(
+            matches!(error, TableError::Full { table: "BOUND" }),
+            "{error}"
+        );
+        assert_eq!(dataplane.bits(other.port_slot().0), 0);
+        // And the counts are right: removing the held binding clears its bit.
+        tables.remove(&mut dataplane, &held).expect("remove");
+        assert!(!dataplane.any_port_bits());
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn a_failed_port_bit_write_inserts_nothing_and_counts_nothing() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (entry, target) = udp("198.18.0.2:53");
+        dataplane.fail(Op::SetPortBits, 0);
+        let error = tables
+            .insert(&mut dataplane, &entry, target)
+            .expect_err("injected");
+        assert!(
+            matches!(error, TableError::Map { table: "PORTS", .. }),
+            "{error}"
+        );
+        assert!(dataplane.is_empty());
+        // The next insert sets the bit again: no count was left behind.
+        tables
+            .insert(&mut dataplane, &entry, target)
+            .expect("insert");
+        assert_eq!(dataplane.bits(entry.port_slot().0), entry.port_slot().1);
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn insert_all_removes_what_it_inserted() {
+        let mut dataplane = MemoryDataplane::with_capacity(2);
+        let mut tables = Tables::default();
+        let batch: Vec<(Entry, Target)> = (1..=3)
+            .map(|port| udp(&format!("198.18.0.2:{port}")))
+            .collect();
+        let error = tables
+            .insert_all(&mut dataplane, &batch)
+            .expect_err("three do not fit in two");
+        assert!(
+            matches!(error, TableError::Full { table: "BOUND" }),
+            "{error}"
+        );
+        assert!(dataplane.is_empty(), "the first two were removed again");
+        assert!(!dataplane.any_port_bits(), "and their bits cleared");
+        tables
+            .insert_all(&mut dataplane, &batch[..2])
+            .expect("two fit");
+        assert_eq!(dataplane.len(), 2);
+        assert_kept_promises(&dataplane);
     }
 }

@@ -1,34 +1,46 @@
-//! Reading the program's verdict counters: the per-CPU `VERDICTS` array, summed over CPUs.
+//! The program's verdict counters: the per-CPU `VERDICTS` array, summed over CPUs.
 
 use std::fmt;
 
 use aya::{
-    maps::{MapError, PerCpuArray},
+    maps::{MapData, PerCpuArray},
     Ebpf,
 };
 use demux_common::{maps, Verdict};
+
+use crate::{dataplane::CounterError, program::LoadError};
 
 /// Packets per verdict, summed over all CPUs, indexed by `Verdict as usize`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictCounts(pub [u64; Verdict::COUNT as usize]);
 
-impl VerdictCounts {
-    /// Reads and sums the counters of a loaded object.
-    pub fn read(ebpf: &Ebpf) -> Result<Self, MapError> {
-        let map = ebpf
-            .map(maps::VERDICTS)
-            .ok_or_else(|| MapError::InvalidName {
-                name: maps::VERDICTS.into(),
-            })?;
-        let array = PerCpuArray::<_, u64>::try_from(map)?;
-        let mut counts = [0u64; Verdict::COUNT as usize];
-        for verdict in Verdict::ALL {
-            let per_cpu = array.get(&(verdict as u32), 0)?;
-            counts[verdict as usize] = per_cpu.iter().sum();
-        }
-        Ok(Self(counts))
+/// The `VERDICTS` map, taken from the object at load; read through `&self`, from any thread.
+pub struct VerdictsMap(PerCpuArray<MapData, u64>);
+
+impl VerdictsMap {
+    /// Takes `VERDICTS` out of `ebpf`, size-checked (`u64` per CPU).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        crate::program::take_map(ebpf, maps::VERDICTS, "a per-CPU array").map(Self)
     }
 
+    /// Reads and sums the counters.
+    pub fn read(&self) -> Result<VerdictCounts, CounterError> {
+        let mut counts = [0u64; Verdict::COUNT as usize];
+        for verdict in Verdict::ALL {
+            let index = verdict as u32;
+            let per_cpu = self.0.get(&index, 0).map_err(|source| CounterError::Read {
+                map: maps::VERDICTS,
+                index,
+                source,
+            })?;
+            counts[verdict as usize] = per_cpu.iter().sum();
+        }
+        Ok(VerdictCounts(counts))
+    }
+}
+
+impl VerdictCounts {
+    /// The count of one verdict.
     pub fn get(&self, verdict: Verdict) -> u64 {
         self.0[verdict as usize]
     }

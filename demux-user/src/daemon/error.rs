@@ -3,7 +3,10 @@
 
 use thiserror::Error;
 
-use crate::{binding::BindingError, control::ErrorCode, sink::SinkError, tables::TableError};
+use crate::{
+    binding::BindingError, control::ErrorCode, dataplane::CounterError, sink::SinkError,
+    tables::TableError,
+};
 
 /// A refused or failed control request.
 #[derive(Debug, Error)]
@@ -66,7 +69,7 @@ pub enum ControlError {
     RingForDaemon,
     /// The endpoint's statistics slot could not be reset.
     #[error("endpoint statistics: {0}")]
-    Statistics(String),
+    Statistics(#[from] CounterError),
 }
 
 impl ControlError {

@@ -1,10 +1,8 @@
 //! `--metrics ADDR`: the statistics in OpenMetrics text format (prometheus-client), served over
-//! plain HTTP at any path. Each scrape encodes a fresh snapshot of `State::stats()`.
+//! plain HTTP at any path. Each scrape encodes a fresh snapshot of `View::stats()`, which takes
+//! no lock a bind or close holds.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::text,
@@ -17,7 +15,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::state::State;
+use super::view::View;
 use crate::control::Stats;
 
 type Labels = Vec<(String, String)>;
@@ -139,17 +137,17 @@ pub fn encode(stats: &Stats) -> String {
 }
 
 /// Answers every HTTP request on `listener` with the current metrics.
-pub async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+pub async fn serve(listener: TcpListener, view: Arc<View>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let view = view.clone();
         tokio::spawn(async move {
             let mut request = [0u8; 4096];
             // The request itself does not matter; read what arrives first, bounded in time.
             let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut request)).await;
-            let body = encode(&state.lock().expect("state lock").stats());
+            let body = encode(&view.stats());
             let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; \
                  charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -6,6 +6,7 @@ pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod view;
 pub mod worker;
 
 use std::{
@@ -34,7 +35,7 @@ use state::{Caller, State};
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    let mut loaded = Loaded::load(config.bpf_log)?;
+    let (mut loaded, maps) = Loaded::load(config.bpf_log)?;
     info!(
         bytes = crate::program::OBJECT.len(),
         "XDP program loaded and verified"
@@ -45,11 +46,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::sys::async_readable(logger).context("watching the XDP program's log ring")?;
 
     // Sockets and workers first, so that no steered frame arrives before its queue has a socket.
-    let state = Arc::new(Mutex::new(State::new(loaded, Vec::new())));
+    let state = Arc::new(Mutex::new(State::new(maps)));
+    let view = state.lock().expect("state lock").view.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     {
-        let mut state = state.lock().expect("state lock");
+        let state = state.lock().expect("state lock");
         for (number, iface) in config.ifaces.iter().enumerate() {
             let index = ifindex(iface)?;
             for queue in 0..rx_queues(iface) {
@@ -68,24 +70,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     stop.clone(),
                 )?;
                 workers.push(worker);
-                state.sockets.push(cell);
-                state
-                    .loaded_mut()
+                state.add_socket(cell);
+                loaded
                     .register_socket(index, number as u32, queue, fd)
                     .with_context(|| format!("registering the socket of {iface} queue {queue}"))?;
             }
         }
     }
-    let links = {
-        let mut state = state.lock().expect("state lock");
-        let mut links = Vec::new();
-        for iface in &config.ifaces {
-            let attachment = attach(state.loaded_mut().program_mut(), iface, config.mode)?;
-            info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
-            links.push(attachment);
-        }
-        links
-    };
+    let mut links = Vec::new();
+    for iface in &config.ifaces {
+        let attachment = attach(loaded.program_mut(), iface, config.mode)?;
+        info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
+        links.push(attachment);
+    }
     for request in config.endpoints.clone() {
         let local = request.local.clone();
         let id = state
@@ -104,14 +101,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let listener = server::listen(&config.control, config.control_group.as_deref())?;
     info!(control = %config.control.display(), "control socket ready");
-    let server = tokio::spawn(server::serve(listener, state.clone()));
+    let server = tokio::spawn(server::serve(listener, state.clone(), view.clone()));
     let metrics = match config.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
             info!(%addr, "serving OpenMetrics");
-            Some(tokio::spawn(metrics::serve(listener, state.clone())))
+            Some(tokio::spawn(metrics::serve(listener, view.clone())))
         }
         None => None,
     };
@@ -132,7 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ready.get_inner_mut().flush();
                 ready.clear_ready();
             }
-            _ = tick(&mut ticker) => log_stats(&state.lock().expect("state lock").stats()),
+            _ = tick(&mut ticker) => log_stats(&view.stats()),
         }
     }
 
@@ -141,13 +138,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    {
-        let mut state = state.lock().expect("state lock");
-        for link in links {
-            match state.loaded_mut().program_mut().detach(link.link) {
-                Ok(()) => info!(iface = %link.iface, "detached"),
-                Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
-            }
+    for link in links {
+        match loaded.program_mut().detach(link.link) {
+            Ok(()) => info!(iface = %link.iface, "detached"),
+            Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -157,7 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = fs::remove_file(&config.control) {
         warn!("removing {}: {e}", config.control.display());
     }
-    log_stats(&state.lock().expect("state lock").stats());
+    log_stats(&view.stats());
     Ok(())
 }
 

@@ -20,7 +20,10 @@ use crate::control::{
     version_mismatch, version_of, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION,
 };
 
-use super::state::{Caller, State};
+use super::{
+    state::{Caller, State},
+    view::View,
+};
 
 /// Creates the control socket at `path` (mode 0660, group `group` if given), replacing a stale
 /// one that nobody listens on.
@@ -71,22 +74,33 @@ async fn send_with_fds(write: &OwnedWriteHalf, bytes: &[u8], fds: &[RawFd]) -> s
     Ok(())
 }
 
-/// Serves connections until the task is dropped.
-pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
+/// Serves connections until the task is dropped. `list` and `stats` are answered from `view`,
+/// without `state`'s lock.
+pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, view: Arc<View>) {
     let mut next_connection = 1u64;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let connection = next_connection;
                 next_connection += 1;
-                tokio::spawn(connection_task(stream, state.clone(), connection));
+                tokio::spawn(connection_task(
+                    stream,
+                    state.clone(),
+                    view.clone(),
+                    connection,
+                ));
             }
             Err(e) => warn!("accepting a control connection: {e}"),
         }
     }
 }
 
-async fn connection_task(stream: UnixStream, state: Arc<Mutex<State>>, connection: u64) {
+async fn connection_task(
+    stream: UnixStream,
+    state: Arc<Mutex<State>>,
+    view: Arc<View>,
+    connection: u64,
+) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
         Err(e) => {
@@ -116,26 +130,29 @@ async fn connection_task(stream: UnixStream, state: Arc<Mutex<State>>, connectio
                         software: SOFTWARE.into(),
                     }
                 }
-                Ok(envelope) => {
-                    let (response, ring) = state
-                        .lock()
-                        .expect("state lock")
-                        .handle(envelope.request, caller);
-                    if let Some(ring) = ring {
-                        let mut answer =
-                            serde_json::to_string(&response).expect("responses always serialize");
-                        answer.push('\n');
-                        let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
-                        if send_with_fds(&write, answer.as_bytes(), &fds)
-                            .await
-                            .is_err()
-                        {
-                            break;
+                Ok(envelope) => match view.answer(&envelope.request) {
+                    Some(response) => response,
+                    None => {
+                        let (response, ring) = state
+                            .lock()
+                            .expect("state lock")
+                            .handle(envelope.request, caller);
+                        if let Some(ring) = ring {
+                            let mut answer = serde_json::to_string(&response)
+                                .expect("responses always serialize");
+                            answer.push('\n');
+                            let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
+                            if send_with_fds(&write, answer.as_bytes(), &fds)
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                            continue;
                         }
-                        continue;
+                        response
                     }
-                    response
-                }
+                },
             },
         };
         let mut answer = serde_json::to_string(&response).expect("responses always serialize");

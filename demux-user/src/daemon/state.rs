@@ -1,33 +1,35 @@
 //! The daemon's endpoints, groups and bindings, and the rules of who may do what.
 //!
-//! Every change keeps three things in step: the BPF tables (through `Tables`), the directory the
-//! queue workers read (endpoint id → sink), and the records here. The directory learns of an
-//! endpoint before its binding reaches the tables and forgets it after, so a steered frame
-//! always finds its sink, save for frames already in flight when an endpoint closes (counted as
-//! `dropped_no_endpoint`).
+//! Every change keeps four things in step: the BPF tables (through `Tables`, over a
+//! [`Dataplane`]), the directory the queue workers read (endpoint id → sink), the records here,
+//! and the [`View`] the statistics readers see. The directory learns of an endpoint before its
+//! binding reaches the tables and forgets it after, so a steered frame always finds its sink,
+//! save for frames already in flight when an endpoint closes (counted as `dropped_no_endpoint`).
+//!
+//! `State` is generic over the [`Dataplane`]: the daemon runs it over the loaded program's
+//! [`Maps`], the unit tests at the end of this file over `MemoryDataplane`, one test per rule.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, RwLock,
+        Arc, PoisonError, RwLock,
     },
 };
 
-use demux_common::{binding::MAX_ENDPOINTS, Verdict};
+use demux_common::binding::{Target, MAX_ENDPOINTS, MAX_GROUPS};
 use tracing::{info, warn};
 
+use super::view::{Listing, View};
 use crate::{
     binding::{Binding, Entry, Local, Receiver},
     control::SinkSpec,
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
     daemon::error::ControlError,
-    endpoint_stats,
-    program::Loaded,
+    dataplane::{maps::Maps, Dataplane},
     ring::ClientFds,
     sink::Sink,
     tables::Tables,
-    verdicts::VerdictCounts,
 };
 
 /// Who is asking: the peer's uid (SO_PEERCRED) and its control connection.
@@ -65,7 +67,8 @@ pub struct WorkerCounters {
 }
 
 impl EndpointHandle {
-    fn dropped(&self) -> u64 {
+    /// Datagrams its sink did not take, all reasons.
+    pub fn dropped(&self) -> u64 {
         self.dropped_sink_full.load(Relaxed) + self.dropped_sink_error.load(Relaxed)
     }
 }
@@ -77,7 +80,6 @@ struct Endpoint {
     request: BindRequest,
     owner: u32,
     connection: u64,
-    handle: Arc<EndpointHandle>,
     /// The table entry this endpoint holds alone, or its group's name.
     placement: Placement,
 }
@@ -93,41 +95,39 @@ struct Group {
     members: Vec<u32>,
 }
 
-pub struct State {
-    loaded: Loaded,
+/// The daemon's records over a dataplane `D` (the loaded program's [`Maps`] by default).
+pub struct State<D: Dataplane = Maps> {
+    dataplane: D,
     tables: Tables,
     endpoints: BTreeMap<u32, Endpoint>,
     groups: HashMap<String, Group>,
     /// Which endpoint (or group) holds each table entry.
     holders: HashMap<Entry, String>,
     next_endpoint: u32,
-    /// Delivered and dropped by endpoints closed by now.
-    closed_delivered: u64,
-    closed_dropped: u64,
+    /// Endpoint id → sink, for the queue workers.
     pub directory: Arc<Directory>,
+    /// The queue workers' drops.
     pub workers: Arc<WorkerCounters>,
-    pub sockets: SocketCells,
+    /// What `list`, `stats` and the metrics read, without this state's lock.
+    pub view: Arc<View>,
 }
 
-impl State {
-    pub fn new(loaded: Loaded, sockets: SocketCells) -> Self {
+impl<D: Dataplane> State<D> {
+    /// No endpoints yet, over `dataplane`.
+    pub fn new(dataplane: D) -> Self {
+        let workers = Arc::<WorkerCounters>::default();
+        let view = Arc::new(View::new(dataplane.counters(), workers.clone()));
         Self {
-            loaded,
+            dataplane,
             tables: Tables::default(),
             endpoints: BTreeMap::new(),
             groups: HashMap::new(),
             holders: HashMap::new(),
             next_endpoint: 1,
-            closed_delivered: 0,
-            closed_dropped: 0,
             directory: Arc::default(),
-            workers: Arc::default(),
-            sockets,
+            workers,
+            view,
         }
-    }
-
-    pub fn loaded_mut(&mut self) -> &mut Loaded {
-        &mut self.loaded
     }
 
     /// Answers one control request; a ring endpoint's descriptors come along for the caller.
@@ -140,9 +140,9 @@ impl State {
             }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
             Request::List => Ok(Response::Endpoints {
-                endpoints: self.list(),
+                endpoints: self.view.list(),
             }),
-            Request::Stats => Ok(Response::Stats(self.stats())),
+            Request::Stats => Ok(Response::Stats(self.view.stats())),
             Request::Hello { .. } => Ok(Response::Hello {
                 version: crate::control::VERSION,
                 software: crate::control::SOFTWARE.into(),
@@ -190,12 +190,8 @@ impl State {
             dropped_sink_full: AtomicU64::new(0),
             dropped_sink_error: AtomicU64::new(0),
         });
-        endpoint_stats::reset(self.loaded.ebpf_mut(), id)
-            .map_err(|e| ControlError::Statistics(e.to_string()))?;
-        self.directory
-            .write()
-            .expect("directory lock")
-            .insert(id, handle.clone());
+        self.dataplane.reset_endpoint_stats(id)?;
+        self.directory_mut().insert(id, handle.clone());
 
         let placement = match &request.group {
             None => self
@@ -205,19 +201,29 @@ impl State {
                 .join_group(name, &binding, own_entry, id)
                 .map(|()| Placement::Member(name.clone())),
         };
-        if let Err(error) = placement {
-            self.directory.write().expect("directory lock").remove(&id);
-            return Err(error);
-        }
+        let placement = match placement {
+            Ok(placement) => placement,
+            Err(error) => {
+                self.directory_mut().remove(&id);
+                return Err(error);
+            }
+        };
         info!(id, local = %request.local, to = %request.to, owner = caller.uid, "endpoint bound");
+        self.view.publish(
+            id,
+            Listing {
+                request: request.clone(),
+                owner: caller.uid,
+                handle,
+            },
+        );
         self.endpoints.insert(
             id,
             Endpoint {
                 request,
                 owner: caller.uid,
                 connection: caller.connection,
-                handle,
-                placement: placement.expect("checked"),
+                placement,
             },
         );
         self.next_endpoint = id + 1;
@@ -225,18 +231,13 @@ impl State {
     }
 
     /// Inserts `entry` for `holder`, or says who holds it already.
-    fn claim(
-        &mut self,
-        entry: Entry,
-        target: demux_common::binding::Target,
-        holder: String,
-    ) -> Result<(), ControlError> {
+    fn claim(&mut self, entry: Entry, target: Target, holder: String) -> Result<(), ControlError> {
         if let Some(current) = self.holders.get(&entry) {
             return Err(ControlError::InUse {
                 holder: current.clone(),
             });
         }
-        self.tables.insert(self.loaded.ebpf_mut(), &entry, target)?;
+        self.tables.insert(&mut self.dataplane, &entry, target)?;
         self.holders.insert(entry, holder);
         Ok(())
     }
@@ -255,11 +256,11 @@ impl State {
             }
             let mut members = group.members.clone();
             members.push(id);
-            crate::tables::set_group(self.loaded.ebpf_mut(), group.id, &members)?;
+            self.dataplane.set_group(group.id, &members)?;
             group.members = members;
             return Ok(());
         }
-        let group_id = (0..demux_common::binding::MAX_GROUPS)
+        let group_id = (0..MAX_GROUPS)
             .find(|gid| self.groups.values().all(|g| g.id != *gid))
             .ok_or(ControlError::NoGroup)?;
         let (entry, target) = binding.encode(Receiver::Group(group_id))?;
@@ -268,9 +269,9 @@ impl State {
             std::mem::discriminant(&own_entry)
         );
         // Members first, so the binding never points at an empty group.
-        crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[id])?;
+        self.dataplane.set_group(group_id, &[id])?;
         if let Err(error) = self.claim(entry, target, format!("group {name}")) {
-            let _ = crate::tables::set_group(self.loaded.ebpf_mut(), group_id, &[]);
+            let _ = self.dataplane.set_group(group_id, &[]);
             return Err(error);
         }
         self.groups.insert(
@@ -286,32 +287,31 @@ impl State {
 
     /// Closes endpoint `id`: only its owner or root may.
     pub fn close(&mut self, id: u32, caller: Caller) -> Result<(), ControlError> {
-        let endpoint = self
+        let owner = self
             .endpoints
             .get(&id)
-            .ok_or(ControlError::NoEndpoint { id })?;
-        if caller.uid != 0 && caller.uid != endpoint.owner {
-            return Err(ControlError::NotOwner {
-                id,
-                owner: endpoint.owner,
-            });
+            .ok_or(ControlError::NoEndpoint { id })?
+            .owner;
+        if caller.uid != 0 && caller.uid != owner {
+            return Err(ControlError::NotOwner { id, owner });
         }
-        let endpoint = self.endpoints.remove(&id).expect("checked");
+        let Some(endpoint) = self.endpoints.remove(&id) else {
+            return Err(ControlError::NoEndpoint { id });
+        };
         let result = match &endpoint.placement {
             Placement::Own(entry) => self.release(entry),
             Placement::Member(name) => self.leave_group(name, id),
         };
-        self.directory.write().expect("directory lock").remove(&id);
+        self.directory_mut().remove(&id);
         // The worker no longer sees the endpoint: its counters are final.
-        self.closed_delivered += endpoint.handle.delivered.load(Relaxed);
-        self.closed_dropped += endpoint.handle.dropped();
+        self.view.retire(id);
         info!(id, "endpoint closed");
         result
     }
 
     fn release(&mut self, entry: &Entry) -> Result<(), ControlError> {
         self.holders.remove(entry);
-        Ok(self.tables.remove(self.loaded.ebpf_mut(), entry)?)
+        Ok(self.tables.remove(&mut self.dataplane, entry)?)
     }
 
     fn leave_group(&mut self, name: &str, id: u32) -> Result<(), ControlError> {
@@ -324,14 +324,10 @@ impl State {
             self.groups.remove(name);
             // Binding first, so no packet looks into the emptied group.
             let result = self.release(&entry);
-            let _ = crate::tables::set_group(self.loaded.ebpf_mut(), gid, &[]);
+            let _ = self.dataplane.set_group(gid, &[]);
             return result;
         }
-        Ok(crate::tables::set_group(
-            self.loaded.ebpf_mut(),
-            gid,
-            &members,
-        )?)
+        Ok(self.dataplane.set_group(gid, &members)?)
     }
 
     /// Closes the endpoints a connection created, except persistent ones.
@@ -358,50 +354,501 @@ impl State {
             })
     }
 
+    /// The endpoints, by id (also readable without this state's lock: [`View::list`]).
     pub fn list(&self) -> Vec<EndpointInfo> {
-        self.endpoints
-            .iter()
-            .map(|(id, e)| {
-                let redirected = endpoint_stats::read(self.loaded.ebpf(), *id)
-                    .map(|s| s.packets)
-                    .unwrap_or(0);
-                EndpointInfo {
-                    id: *id,
-                    protocol: e.request.protocol,
-                    local: e.request.local.clone(),
-                    connect: e.request.connect.clone(),
-                    group: e.request.group.clone(),
-                    v6only: e.request.v6only,
-                    sink: e.request.to.clone(),
-                    owner: e.owner,
-                    persistent: e.request.persistent,
-                    redirected,
-                    delivered: e.handle.delivered.load(Relaxed),
-                    delivered_bytes: e.handle.delivered_bytes.load(Relaxed),
-                    dropped_sink_full: e.handle.dropped_sink_full.load(Relaxed),
-                    dropped_sink_error: e.handle.dropped_sink_error.load(Relaxed),
-                }
-            })
-            .collect()
+        self.view.list()
     }
 
+    /// The statistics (also readable without this state's lock: [`View::stats`]).
     pub fn stats(&self) -> Stats {
-        let verdicts = VerdictCounts::read(self.loaded.ebpf()).unwrap_or_default();
-        Stats {
-            verdicts: Verdict::ALL
-                .iter()
-                .map(|v| (v.name().to_owned(), verdicts.get(*v)))
-                .collect(),
-            endpoints: self.list(),
-            sockets: self
-                .sockets
-                .iter()
-                .map(|cell| cell.lock().expect("socket cell").clone())
-                .collect(),
-            dropped_no_endpoint: self.workers.dropped_no_endpoint.load(Relaxed),
-            dropped_bad_metadata: self.workers.dropped_bad_metadata.load(Relaxed),
-            closed_delivered: self.closed_delivered,
-            closed_dropped: self.closed_dropped,
+        self.view.stats()
+    }
+
+    /// Shows the statistics of one more AF_XDP socket.
+    pub fn add_socket(&self, cell: Arc<std::sync::Mutex<SocketInfo>>) {
+        self.view.add_socket(cell);
+    }
+
+    fn directory_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<EndpointHandle>>> {
+        self.directory
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One test per rule of the daemon, over the in-memory dataplane (no root, no kernel). The
+    //! dataplane also checks after every write that no binding is without its port bit and no
+    //! binding points at an empty group; [`consistent`] asserts it kept both.
+
+    use std::{sync::Mutex, thread, time::Duration};
+
+    use super::*;
+    use crate::{
+        binding::Protocol,
+        control::ErrorCode,
+        dataplane::memory::{Event, MemoryDataplane, Op},
+        tables::TableError,
+    };
+
+    const ALICE: Caller = Caller {
+        uid: 1000,
+        connection: 1,
+    };
+    const BOB: Caller = Caller {
+        uid: 1001,
+        connection: 2,
+    };
+    const ROOT: Caller = Caller {
+        uid: 0,
+        connection: 3,
+    };
+
+    fn state() -> State<MemoryDataplane> {
+        State::new(MemoryDataplane::default())
+    }
+
+    /// A UDP endpoint on `local`, counting only.
+    fn request(local: &str) -> BindRequest {
+        BindRequest {
+            protocol: Protocol::Udp,
+            local: local.into(),
+            connect: None,
+            group: None,
+            v6only: false,
+            to: SinkSpec::Count,
+            persistent: false,
         }
+    }
+
+    /// A member of group `name` on `local`.
+    fn member(local: &str, name: &str) -> BindRequest {
+        BindRequest {
+            group: Some(name.into()),
+            ..request(local)
+        }
+    }
+
+    /// The table entry of a binding on `local` (whoever receives it).
+    fn entry(local: &str) -> Entry {
+        let binding = request(local).binding().expect("a valid binding");
+        binding
+            .encode(Receiver::Endpoint(1))
+            .expect("an encodable binding")
+            .0
+    }
+
+    fn bind(state: &mut State<MemoryDataplane>, request: BindRequest, caller: Caller) -> u32 {
+        state.bind(request, caller).expect("bind").0
+    }
+
+    fn refuse(
+        state: &mut State<MemoryDataplane>,
+        request: BindRequest,
+        caller: Caller,
+    ) -> ControlError {
+        match state.bind(request, caller) {
+            Ok((id, _)) => panic!("bound as endpoint {id}, expected a refusal"),
+            Err(error) => error,
+        }
+    }
+
+    /// The promises to the program held after every write, and the directory, the records, the
+    /// view and the tables agree on which endpoints exist.
+    fn consistent(state: &State<MemoryDataplane>) {
+        assert!(
+            state.dataplane.violations().is_empty(),
+            "{:?}",
+            state.dataplane.violations()
+        );
+        let directory: BTreeMap<u32, ()> = state
+            .directory
+            .read()
+            .expect("directory")
+            .keys()
+            .map(|id| (*id, ()))
+            .collect();
+        let records: Vec<u32> = state.endpoints.keys().copied().collect();
+        let listed: Vec<u32> = state.view.list().iter().map(|e| e.id).collect();
+        assert_eq!(directory.into_keys().collect::<Vec<_>>(), records);
+        assert_eq!(listed, records);
+        assert_eq!(state.dataplane.len(), state.holders.len());
+    }
+
+    /// Nothing at all: no endpoint anywhere, no binding, no port bit.
+    fn empty(state: &State<MemoryDataplane>) {
+        consistent(state);
+        assert!(state.endpoints.is_empty() && state.holders.is_empty());
+        assert!(state.dataplane.is_empty() && !state.dataplane.any_port_bits());
+        assert!(state.groups.is_empty());
+    }
+
+    #[test]
+    fn a_second_claim_of_a_binding_is_refused_naming_the_holder() {
+        let mut state = state();
+        let id = bind(&mut state, request("198.18.0.2:5353"), ALICE);
+        for claim in [request("198.18.0.2:5353"), member("198.18.0.2:5353", "g")] {
+            let error = refuse(&mut state, claim, BOB);
+            assert!(
+                matches!(&error, ControlError::InUse { holder } if *holder == format!("endpoint {id}")),
+                "{error}"
+            );
+            assert_eq!(error.code(), ErrorCode::AddressInUse);
+        }
+        assert_eq!(state.endpoints.len(), 1);
+        assert!(state.groups.is_empty(), "the refused group is not kept");
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_binding_held_by_a_group_is_refused_naming_the_group() {
+        let mut state = state();
+        bind(&mut state, member("198.18.0.2:5353", "mdns"), ALICE);
+        let error = refuse(&mut state, request("198.18.0.2:5353"), BOB);
+        assert!(
+            matches!(&error, ControlError::InUse { holder } if holder == "group mdns"),
+            "{error}"
+        );
+        consistent(&state);
+    }
+
+    #[test]
+    fn members_join_their_group_on_its_address_only() {
+        let mut state = state();
+        let first = bind(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        let error = refuse(&mut state, member("198.18.0.2:5001", "g"), ALICE);
+        assert!(
+            matches!(error, ControlError::GroupAddress { .. }),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::InvalidArgument);
+        let second = bind(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        let group = &state.groups["g"];
+        assert_eq!(group.members, [first, second]);
+        assert_eq!(state.dataplane.members(group.id), [first, second]);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_group_binding_goes_with_its_last_member_and_not_before() {
+        let mut state = state();
+        let local = "198.18.0.2:5000";
+        let ids: Vec<u32> = (0..3)
+            .map(|_| bind(&mut state, member(local, "g"), ALICE))
+            .collect();
+        let gid = state.groups["g"].id;
+        let target = state.dataplane.target(&entry(local)).expect("bound");
+        assert_eq!(
+            (target.id, target.flags & 1),
+            (gid, 1),
+            "the group receives"
+        );
+        for (left, id) in ids.iter().enumerate().take(2) {
+            state.close(*id, ALICE).expect("close");
+            assert!(
+                state.dataplane.target(&entry(local)).is_some(),
+                "still bound with {} members left",
+                2 - left
+            );
+            assert_eq!(state.dataplane.members(gid), &ids[left + 1..]);
+        }
+        state.close(ids[2], ALICE).expect("close the last");
+        assert!(state.dataplane.target(&entry(local)).is_none());
+        assert!(state.dataplane.members(gid).is_empty());
+        empty(&state);
+    }
+
+    #[test]
+    fn a_group_binding_never_points_at_an_empty_group() {
+        let mut state = state();
+        let id = bind(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        let events = state.dataplane.events();
+        let members_set = events
+            .iter()
+            .position(|e| matches!(e, Event::SetGroup { members, .. } if members == &[id]));
+        let inserted = events.iter().position(|e| matches!(e, Event::Insert(..)));
+        assert!(
+            members_set < inserted && members_set.is_some(),
+            "members before the binding: {events:?}"
+        );
+        state.close(id, ALICE).expect("close");
+        let events = state.dataplane.events();
+        let removed = events.iter().rposition(|e| matches!(e, Event::Remove(_)));
+        let emptied = events
+            .iter()
+            .rposition(|e| matches!(e, Event::SetGroup { members, .. } if members.is_empty()));
+        assert!(
+            removed < emptied && removed.is_some(),
+            "the binding before the members: {events:?}"
+        );
+        empty(&state);
+    }
+
+    #[test]
+    fn group_ids_are_reused_once_their_group_is_gone() {
+        let mut state = state();
+        let a = bind(&mut state, member("198.18.0.2:5000", "a"), ALICE);
+        bind(&mut state, member("198.18.0.2:5001", "b"), ALICE);
+        assert_eq!((state.groups["a"].id, state.groups["b"].id), (0, 1));
+        state.close(a, ALICE).expect("close");
+        bind(&mut state, member("198.18.0.2:5002", "c"), ALICE);
+        assert_eq!(state.groups["c"].id, 0, "the id of the gone group");
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_refused_group_leaves_no_group_behind() {
+        let mut state = state();
+        bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        refuse(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        assert!(state.groups.is_empty());
+        assert!(state.dataplane.members(0).is_empty(), "its members emptied");
+        bind(&mut state, member("198.18.0.2:5001", "h"), ALICE);
+        assert_eq!(state.groups["h"].id, 0, "its id is free again");
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_failed_insert_leaves_everything_as_before() {
+        let mut state = state();
+        let held = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        let before = state.dataplane.len();
+        state.dataplane.fail(Op::Insert, 0);
+        let error = refuse(&mut state, request("198.18.0.2:5001"), ALICE);
+        assert!(
+            matches!(error, ControlError::Table(TableError::Map { .. })),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::Internal);
+        assert_eq!(state.endpoints.keys().copied().collect::<Vec<_>>(), [held]);
+        assert_eq!(state.dataplane.len(), before);
+        assert_eq!(
+            state.dataplane.bits(entry("198.18.0.2:5001").port_slot().0),
+            0,
+            "the new port's bit is cleared again"
+        );
+        assert_eq!(
+            bind(&mut state, request("198.18.0.2:5001"), ALICE),
+            held + 1,
+            "the id was not used up"
+        );
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_full_table_is_refused_and_rolled_back() {
+        let mut state = State::new(MemoryDataplane::with_capacity(1));
+        bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        let error = refuse(&mut state, request("198.18.0.2:5001"), ALICE);
+        assert!(
+            matches!(
+                error,
+                ControlError::Table(TableError::Full { table: "BOUND" })
+            ),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::LimitReached);
+        assert_eq!(state.endpoints.len(), 1);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_failed_member_update_leaves_the_group_as_it_was() {
+        let mut state = state();
+        let first = bind(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        state.dataplane.fail(Op::SetGroup, 0);
+        refuse(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        assert_eq!(state.groups["g"].members, [first]);
+        assert_eq!(state.dataplane.members(state.groups["g"].id), [first]);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_failed_first_member_write_binds_nothing() {
+        let mut state = state();
+        state.dataplane.fail(Op::SetGroup, 0);
+        refuse(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        empty(&state);
+    }
+
+    #[test]
+    fn a_failed_counter_reset_binds_nothing() {
+        let mut state = state();
+        state.dataplane.fail(Op::ResetStats, 0);
+        let error = refuse(&mut state, request("198.18.0.2:5000"), ALICE);
+        assert!(matches!(error, ControlError::Statistics(_)), "{error}");
+        assert_eq!(error.code(), ErrorCode::Internal);
+        empty(&state);
+    }
+
+    #[test]
+    fn a_reused_id_starts_from_zeroed_counters() {
+        let mut state = state();
+        let id = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        state.dataplane.memory_counters().redirect(id, 3, 300);
+        assert_eq!(state.list()[0].redirected, 3);
+        state.close(id, ALICE).expect("close");
+        state.next_endpoint = id;
+        assert_eq!(bind(&mut state, request("198.18.0.2:5000"), ALICE), id);
+        assert_eq!(state.list()[0].redirected, 0);
+    }
+
+    #[test]
+    fn only_the_owner_or_root_may_close() {
+        let mut state = state();
+        let id = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        let error = state.close(id, BOB).expect_err("bob does not own it");
+        assert!(
+            matches!(error, ControlError::NotOwner { owner: 1000, .. }),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::PermissionDenied);
+        assert!(state.dataplane.target(&entry("198.18.0.2:5000")).is_some());
+        state.close(id, ROOT).expect("root may");
+        let id = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        state.close(id, ALICE).expect("the owner may");
+        let error = state.close(id, ALICE).expect_err("gone");
+        assert_eq!(error.code(), ErrorCode::NotFound);
+        empty(&state);
+    }
+
+    #[test]
+    fn ports_below_1024_are_for_root_only() {
+        let mut state = state();
+        for local in [
+            "198.18.0.2:53",
+            "198.18.0.2:1023",
+            "198.18.0.0/15:*",
+            "[::]:1",
+        ] {
+            let error = refuse(&mut state, request(local), ALICE);
+            assert!(
+                matches!(error, ControlError::PrivilegedPort { .. }),
+                "{local}: {error}"
+            );
+            assert_eq!(error.code(), ErrorCode::PermissionDenied);
+        }
+        empty(&state);
+        bind(&mut state, request("198.18.0.2:1024"), ALICE);
+        bind(&mut state, request("198.18.0.0/15:1024"), ALICE);
+        bind(&mut state, request("198.18.0.2:53"), ROOT);
+        bind(&mut state, request("198.18.0.0/15:*"), ROOT);
+        consistent(&state);
+    }
+
+    #[test]
+    fn endpoint_ids_count_up_skip_taken_ones_and_wrap() {
+        let mut state = state();
+        let port = |n: u32| format!("198.18.0.2:{}", 5000 + n);
+        assert_eq!(bind(&mut state, request(&port(0)), ALICE), 1);
+        assert_eq!(bind(&mut state, request(&port(1)), ALICE), 2);
+        state.next_endpoint = MAX_ENDPOINTS - 1;
+        assert_eq!(
+            bind(&mut state, request(&port(2)), ALICE),
+            MAX_ENDPOINTS - 1
+        );
+        assert_eq!(
+            bind(&mut state, request(&port(3)), ALICE),
+            3,
+            "wrapped past the top, skipping 1 and 2"
+        );
+        state.close(1, ALICE).expect("close");
+        assert_eq!(
+            bind(&mut state, request(&port(4)), ALICE),
+            4,
+            "counts on first"
+        );
+        consistent(&state);
+    }
+
+    #[test]
+    fn with_every_id_taken_a_bind_is_refused() {
+        let mut state = state();
+        let placeholder = Endpoint {
+            request: request("198.18.0.2:5000"),
+            owner: ALICE.uid,
+            connection: ALICE.connection,
+            placement: Placement::Member("placeholder".into()),
+        };
+        for id in 1..MAX_ENDPOINTS {
+            state.endpoints.insert(
+                id,
+                Endpoint {
+                    request: placeholder.request.clone(),
+                    placement: Placement::Member("placeholder".into()),
+                    ..placeholder
+                },
+            );
+        }
+        let error = refuse(&mut state, request("198.18.0.2:6000"), ALICE);
+        assert!(
+            matches!(error, ControlError::NoDescriptor { .. }),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::LimitReached);
+        assert!(state.dataplane.is_empty());
+    }
+
+    #[test]
+    fn a_closed_connection_closes_its_endpoints_except_persistent_ones() {
+        let mut state = state();
+        let gone = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        let kept = bind(
+            &mut state,
+            BindRequest {
+                persistent: true,
+                ..request("198.18.0.2:5001")
+            },
+            ALICE,
+        );
+        let other = bind(&mut state, request("198.18.0.2:5002"), BOB);
+        state.connection_closed(ALICE.connection);
+        assert_eq!(
+            state.endpoints.keys().copied().collect::<Vec<_>>(),
+            [kept, other]
+        );
+        assert!(!state.endpoints.contains_key(&gone));
+        assert!(state.dataplane.target(&entry("198.18.0.2:5000")).is_none());
+        consistent(&state);
+    }
+
+    #[test]
+    fn closed_endpoints_keep_counting_in_the_stats() {
+        let mut state = state();
+        let id = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        let handle = state.directory.read().expect("directory")[&id].clone();
+        handle.delivered.store(5, Relaxed);
+        handle.dropped_sink_full.store(2, Relaxed);
+        assert_eq!((state.stats().delivered(), state.stats().dropped()), (5, 2));
+        state.close(id, ALICE).expect("close");
+        let stats = state.stats();
+        assert!(stats.endpoints.is_empty());
+        assert_eq!((stats.closed_delivered, stats.closed_dropped), (5, 2));
+        assert_eq!((stats.delivered(), stats.dropped()), (5, 2));
+    }
+
+    #[test]
+    fn stats_and_list_are_read_without_the_state_lock() {
+        let state = state();
+        state
+            .dataplane
+            .memory_counters()
+            .set_verdicts(crate::verdicts::VerdictCounts([7, 0, 0, 0, 0, 0, 0, 0]));
+        let view = state.view.clone();
+        let state = Mutex::new(state);
+        let mut guard = state.lock().expect("state");
+        bind(&mut guard, request("198.18.0.2:5000"), ALICE);
+        // A bind or close in progress holds the lock: readers must not wait for it.
+        let (sender, answers) = std::sync::mpsc::channel();
+        let reader = thread::spawn(move || {
+            let _ = sender.send((view.stats(), view.list()));
+        });
+        let (stats, list) = answers
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the readers did not wait for the state lock");
+        assert_eq!((stats.seen(), list.len()), (7, 1));
+        drop(guard);
+        reader.join().expect("reader");
     }
 }

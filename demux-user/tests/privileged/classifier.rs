@@ -8,11 +8,11 @@ use anyhow::{bail, ensure, Context as _};
 use aya::programs::{TestRun, TestRunOptions};
 use demux::{
     binding::{Binding, Entry, Local, Protocol, Receiver},
+    dataplane::{maps::Maps, Dataplane as _},
     program::{BpfLogLevel, Loaded},
     tables::{self, Tables},
     testing::frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
     testing::model::{fixtures, Model},
-    verdicts::VerdictCounts,
 };
 use demux_common::{binding::Target, meta::PacketMeta, Verdict};
 
@@ -31,8 +31,8 @@ struct Observed {
 
 /// Runs one frame and reads back the action, the one verdict counter that moved, and the
 /// metadata in front of the output frame.
-fn run_frame(loaded: &mut Loaded, frame: &[u8]) -> anyhow::Result<Observed> {
-    let before = VerdictCounts::read(loaded.ebpf())?;
+fn run_frame(loaded: &mut Loaded, maps: &Maps, frame: &[u8]) -> anyhow::Result<Observed> {
+    let before = maps.verdicts()?;
     let mut out = vec![0u8; frame.len() + 256];
     let result = loaded
         .program_mut()
@@ -42,7 +42,7 @@ fn run_frame(loaded: &mut Loaded, frame: &[u8]) -> anyhow::Result<Observed> {
             ..TestRunOptions::new()
         })
         .context("BPF_PROG_TEST_RUN")?;
-    let delta = VerdictCounts::read(loaded.ebpf())?.since(&before);
+    let delta = maps.verdicts()?.since(&before);
     ensure!(
         delta.total() == 1,
         "counters moved by {delta}, not by one packet"
@@ -83,7 +83,7 @@ fn run_frame(loaded: &mut Loaded, frame: &[u8]) -> anyhow::Result<Observed> {
 
 /// Loads bindings and groups into both the program's maps and a model.
 fn install(
-    loaded: &mut Loaded,
+    maps: &mut Maps,
     tables: &mut Tables,
     bindings: &[(Entry, Target)],
     groups: &[(u32, Vec<u32>)],
@@ -92,31 +92,31 @@ fn install(
     for (entry, target) in bindings {
         ensure!(model.insert(*entry, *target), "duplicate binding {entry:?}");
     }
-    tables.insert_all(loaded.ebpf_mut(), bindings)?;
+    tables.insert_all(maps, bindings)?;
     for (id, members) in groups {
-        tables::set_group(loaded.ebpf_mut(), *id, members)?;
+        maps.set_group(*id, members)?;
         model.set_group(*id, members);
     }
     Ok(model)
 }
 
 fn uninstall(
-    loaded: &mut Loaded,
+    maps: &mut Maps,
     tables: &mut Tables,
     bindings: &[(Entry, Target)],
     groups: &[(u32, Vec<u32>)],
 ) -> anyhow::Result<()> {
     for (entry, _) in bindings {
-        tables.remove(loaded.ebpf_mut(), entry)?;
+        tables.remove(maps, entry)?;
     }
     for (id, _) in groups {
-        tables::set_group(loaded.ebpf_mut(), *id, &[])?;
+        maps.set_group(*id, &[])?;
     }
     Ok(())
 }
 
 pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
-    let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
     let mut tables = Tables::default();
     let mut failures = Vec::new();
     let all = fixtures::all();
@@ -127,9 +127,9 @@ pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
             .map(|(b, r)| b.encode(*r))
             .collect::<Result<_, _>>()
             .with_context(|| fixture.name.clone())?;
-        let model = install(&mut loaded, &mut tables, &bindings, &fixture.groups)?;
+        let model = install(&mut maps, &mut tables, &bindings, &fixture.groups)?;
         let observed =
-            run_frame(&mut loaded, &fixture.frame).with_context(|| fixture.name.clone())?;
+            run_frame(&mut loaded, &maps, &fixture.frame).with_context(|| fixture.name.clone())?;
         let expected = model.classify(&fixture.frame, 0);
         let endpoint = observed.meta.map(|m| m.endpoint);
         if observed.verdict != fixture.verdict || endpoint != fixture.endpoint {
@@ -147,7 +147,7 @@ pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
                 fixture.name, observed.meta, expected.meta
             ));
         }
-        uninstall(&mut loaded, &mut tables, &bindings, &fixture.groups)?;
+        uninstall(&mut maps, &mut tables, &bindings, &fixture.groups)?;
     }
     ensure!(
         failures.is_empty(),
@@ -168,18 +168,18 @@ pub fn differential_100k_frames() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
-    let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
     let mut tables = Tables::default();
     let mut rng = SplitMix64(seed);
     let mut failures = Vec::new();
     let mut by_verdict = [0u64; Verdict::COUNT as usize];
     for set in 0..TABLE_SETS {
         let (bindings, groups) = random_tables(&mut rng);
-        let model = install(&mut loaded, &mut tables, &bindings, &groups)?;
+        let model = install(&mut maps, &mut tables, &bindings, &groups)?;
         for i in 0..FRAMES_PER_SET {
             let frame = random_frame(&mut rng);
             let expected = model.classify(&frame, 0);
-            let observed = run_frame(&mut loaded, &frame)?;
+            let observed = run_frame(&mut loaded, &maps, &frame)?;
             by_verdict[observed.verdict as usize] += 1;
             if observed.verdict != expected.verdict || observed.meta != expected.meta {
                 failures.push(format!(
@@ -191,7 +191,7 @@ pub fn differential_100k_frames() -> anyhow::Result<()> {
                 }
             }
         }
-        uninstall(&mut loaded, &mut tables, &bindings, &groups)?;
+        uninstall(&mut maps, &mut tables, &bindings, &groups)?;
         if !failures.is_empty() {
             break;
         }
@@ -398,7 +398,7 @@ impl SplitMix64 {
 const _: () = assert!(size_of::<PacketMeta>() == PacketMeta::LEN);
 
 pub fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
-    let mut loaded = Loaded::load_with_capacity(BpfLogLevel::Off, Some(4))?;
+    let (mut loaded, mut maps) = Loaded::load_with_capacity(BpfLogLevel::Off, Some(4))?;
     let mut tables = Tables::default();
     let bindings: Bindings = (1..=6u16)
         .map(|port| {
@@ -414,7 +414,7 @@ pub fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
         })
         .collect();
     let error = tables
-        .insert_all(loaded.ebpf_mut(), &bindings)
+        .insert_all(&mut maps, &bindings)
         .expect_err("six bindings fit a table of four");
     ensure!(
         matches!(error, tables::TableError::Full { table: "BOUND" }),
@@ -426,13 +426,13 @@ pub fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
     );
     // Nothing of the batch is left: a frame to the first binding's port is not matched.
     let frame = FrameSpec::udp("198.18.0.1:40000".parse()?, "198.18.0.2:1".parse()?, b"").build();
-    let observed = run_frame(&mut loaded, &frame)?;
+    let observed = run_frame(&mut loaded, &maps, &frame)?;
     ensure!(
         observed.verdict == Verdict::PassNoMatch,
         "after rollback: {observed:?}"
     );
     // And the table is whole again: four bindings fit.
-    tables.insert_all(loaded.ebpf_mut(), &bindings[..4])?;
-    ensure!(run_frame(&mut loaded, &frame)?.verdict == Verdict::PassNoSocket);
+    tables.insert_all(&mut maps, &bindings[..4])?;
+    ensure!(run_frame(&mut loaded, &maps, &frame)?.verdict == Verdict::PassNoSocket);
     Ok(())
 }

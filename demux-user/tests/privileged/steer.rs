@@ -12,10 +12,8 @@ use anyhow::ensure;
 use demux::{
     attach::{attach, AttachMode},
     binding::{Binding, Local, Protocol, Receiver},
-    endpoint_stats,
     program::{BpfLogLevel, Loaded},
     tables::Tables,
-    verdicts::VerdictCounts,
     xsk::QueueSocket,
 };
 use demux_common::Verdict;
@@ -32,7 +30,7 @@ pub fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
         scope
             .spawn(|| -> anyhow::Result<()> {
                 net.b.enter_thread()?;
-                let mut loaded = Loaded::load(BpfLogLevel::Off)?;
+                let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
                 attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
                 let mut socket = QueueSocket::open(&net.b_if, 0, 256)?;
                 let ifindex = demux::attach::ifindex(&net.b_if)?;
@@ -44,7 +42,7 @@ pub fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
                     v6only: false,
                 };
                 let (entry, target) = binding.encode(Receiver::Endpoint(ENDPOINT))?;
-                Tables::default().insert(loaded.ebpf_mut(), &entry, target)?;
+                Tables::default().insert(&mut maps, &entry, target)?;
 
                 // Send from namespace a, on a thread of its own.
                 let a = &net.a;
@@ -97,10 +95,10 @@ pub fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
                     payloads.len()
                 );
 
-                let verdicts = VerdictCounts::read(loaded.ebpf())?;
+                let verdicts = maps.verdicts()?;
                 ensure!(verdicts.get(Verdict::Redirected) == STEERED, "{verdicts}");
                 ensure!(verdicts.get(Verdict::PassNoMatch) == UNBOUND, "{verdicts}");
-                let stats = endpoint_stats::read(loaded.ebpf(), ENDPOINT)?;
+                let stats = maps.endpoint_stats(ENDPOINT)?;
                 ensure!(
                     stats.packets == STEERED && stats.bytes == frame_bytes,
                     "endpoint stats {stats:?}, frames {STEERED} of {frame_bytes} bytes"

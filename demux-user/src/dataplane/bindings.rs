@@ -1,0 +1,71 @@
+//! The four binding tables, `CONNECTED`, `BOUND`, `PREFIX` (an LPM trie) and `WILDCARD`, as
+//! typed handles taken at load: one insert (`BPF_NOEXIST`) or remove per binding.
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData,
+    },
+    Ebpf,
+};
+use demux_common::{
+    binding::{BoundKey, ConnectedKey, PrefixKey, Target, WildcardKey, PREFIX_KEY_FIXED_BITS},
+    maps,
+};
+
+use crate::{
+    binding::Entry,
+    program::{take_map, LoadError},
+    tables::{classify, TableError},
+};
+
+/// `BPF_NOEXIST`: insert only, never overwrite another binding.
+const NOEXIST: u64 = 1;
+
+/// The binding tables of the loaded program.
+pub(super) struct BindingMaps {
+    connected: HashMap<MapData, ConnectedKey, Target>,
+    bound: HashMap<MapData, BoundKey, Target>,
+    prefix: LpmTrie<MapData, PrefixKey, Target>,
+    wildcard: HashMap<MapData, WildcardKey, Target>,
+}
+
+impl BindingMaps {
+    /// Takes the four tables out of `ebpf`, each size-checked against its key and [`Target`].
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            connected: take_map(ebpf, maps::CONNECTED, "a hash map")?,
+            bound: take_map(ebpf, maps::BOUND, "a hash map")?,
+            prefix: take_map(ebpf, maps::PREFIX, "an LPM trie")?,
+            wildcard: take_map(ebpf, maps::WILDCARD, "a hash map")?,
+        })
+    }
+
+    /// Inserts `entry`, never overwriting.
+    pub(super) fn insert(&mut self, entry: &Entry, target: Target) -> Result<(), TableError> {
+        let result = match entry {
+            Entry::Connected(key) => self.connected.insert(key, target, NOEXIST),
+            Entry::Bound(key) => self.bound.insert(key, target, NOEXIST),
+            Entry::Wildcard(key) => self.wildcard.insert(key, target, NOEXIST),
+            Entry::Prefix(key, len) => self.prefix.insert(&trie_key(key, *len), target, NOEXIST),
+        };
+        result.map_err(|source| classify(entry.table(), source))
+    }
+
+    /// Removes `entry`.
+    pub(super) fn remove(&mut self, entry: &Entry) -> Result<(), TableError> {
+        let result = match entry {
+            Entry::Connected(key) => self.connected.remove(key),
+            Entry::Bound(key) => self.bound.remove(key),
+            Entry::Wildcard(key) => self.wildcard.remove(key),
+            Entry::Prefix(key, len) => self.prefix.remove(&trie_key(key, *len)),
+        };
+        result.map_err(|source| classify(entry.table(), source))
+    }
+}
+
+/// The trie key of a prefix binding: protocol, family and port always match, then `len` bits
+/// of the address.
+fn trie_key(key: &PrefixKey, len: u8) -> Key<PrefixKey> {
+    Key::new(PREFIX_KEY_FIXED_BITS + u32::from(len), *key)
+}

@@ -1,0 +1,102 @@
+//! The real [`Dataplane`]: the typed handles of every map the daemon's rules write, taken from
+//! the loaded object once (`crate::program::Loaded::load`), and the counters shared with the
+//! statistics readers.
+
+use std::sync::Arc;
+
+use aya::Ebpf;
+use demux_common::binding::{EndpointStats, Target};
+
+use super::{
+    bindings::BindingMaps, group_value, groups::GroupsMap, ports::PortsMap, CounterError, Counters,
+    Dataplane,
+};
+use crate::{
+    binding::Entry,
+    endpoint_stats::{self, EndpointStatsReader, EndpointStatsWriter},
+    program::LoadError,
+    tables::TableError,
+    verdicts::{VerdictCounts, VerdictsMap},
+};
+
+/// The loaded program's binding tables, port index, groups and counters.
+pub struct Maps {
+    bindings: BindingMaps,
+    ports: PortsMap,
+    groups: GroupsMap,
+    endpoint_stats: EndpointStatsWriter,
+    counters: Arc<MapCounters>,
+}
+
+/// The counters as the readers see them: `VERDICTS` and a reader's handle of `ENDPOINT_STATS`.
+pub struct MapCounters {
+    verdicts: VerdictsMap,
+    endpoint_stats: EndpointStatsReader,
+}
+
+impl Maps {
+    /// Takes the maps out of `ebpf`, each checked against its `demux-common` types.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let (writer, reader) = endpoint_stats::take(ebpf)?;
+        Ok(Self {
+            bindings: BindingMaps::take(ebpf)?,
+            ports: PortsMap::take(ebpf)?,
+            groups: GroupsMap::take(ebpf)?,
+            endpoint_stats: writer,
+            counters: Arc::new(MapCounters {
+                verdicts: VerdictsMap::take(ebpf)?,
+                endpoint_stats: reader,
+            }),
+        })
+    }
+
+    /// The verdict counters, summed over CPUs.
+    pub fn verdicts(&self) -> Result<VerdictCounts, CounterError> {
+        self.counters.verdicts()
+    }
+
+    /// Endpoint `id`'s counters, summed over CPUs.
+    pub fn endpoint_stats(&self, id: u32) -> Result<EndpointStats, CounterError> {
+        self.counters.endpoint_stats(id)
+    }
+}
+
+impl Dataplane for Maps {
+    fn insert(&mut self, entry: &Entry, target: Target) -> Result<(), TableError> {
+        self.bindings.insert(entry, target)
+    }
+
+    fn remove(&mut self, entry: &Entry) -> Result<(), TableError> {
+        self.bindings.remove(entry)
+    }
+
+    fn port_bits(&self, index: u32) -> Result<u32, TableError> {
+        self.ports.get(index)
+    }
+
+    fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError> {
+        self.ports.set(index, bits)
+    }
+
+    fn set_group(&mut self, id: u32, members: &[u32]) -> Result<(), TableError> {
+        self.groups.set(id, &group_value(id, members)?)
+    }
+
+    fn reset_endpoint_stats(&mut self, id: u32) -> Result<(), CounterError> {
+        self.endpoint_stats.reset(id)
+    }
+
+    fn counters(&self) -> Arc<dyn Counters> {
+        self.counters.clone()
+    }
+}
+
+impl Counters for MapCounters {
+    fn endpoint_stats(&self, id: u32) -> Result<EndpointStats, CounterError> {
+        self.endpoint_stats.read(id)
+    }
+
+    fn verdicts(&self) -> Result<VerdictCounts, CounterError> {
+        self.verdicts.read()
+    }
+}

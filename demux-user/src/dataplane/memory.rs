@@ -1,0 +1,314 @@
+//! An in-memory [`Dataplane`] for tests (built under `cfg(test)` and the `testing` feature only).
+//!
+//! It keeps the tables as plain collections, logs every write in order, and checks after every
+//! write the two promises the daemon makes to the XDP program: no binding without its port-index
+//! bit, and no binding pointing at an empty group. A test can shrink the tables ([`with_capacity`])
+//! and make the next call of an operation fail ([`fail`]) to drive the rollbacks.
+//!
+//! [`with_capacity`]: MemoryDataplane::with_capacity
+//! [`fail`]: MemoryDataplane::fail
+
+use std::{
+    collections::HashMap,
+    io,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use aya::{maps::MapError, sys::SyscallError};
+use demux_common::{
+    binding::{EndpointStats, Target, TARGET_GROUP},
+    maps,
+};
+
+use super::{group_value, CounterError, Counters, Dataplane};
+use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
+
+/// An operation of [`Dataplane`], to make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Dataplane::insert`].
+    Insert,
+    /// [`Dataplane::remove`].
+    Remove,
+    /// [`Dataplane::set_port_bits`].
+    SetPortBits,
+    /// [`Dataplane::set_group`].
+    SetGroup,
+    /// [`Dataplane::reset_endpoint_stats`].
+    ResetStats,
+}
+
+/// One successful write, in the order made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A binding was inserted.
+    Insert(Entry, Target),
+    /// A binding was removed.
+    Remove(Entry),
+    /// A port-index entry was written.
+    SetPortBits {
+        /// The entry.
+        index: u32,
+        /// Its new bits.
+        bits: u32,
+    },
+    /// A group's members were written.
+    SetGroup {
+        /// The group id.
+        id: u32,
+        /// Its new members.
+        members: Vec<u32>,
+    },
+    /// An endpoint's counters were zeroed.
+    ResetStats(u32),
+}
+
+/// The binding tables, port index, groups and counters, in memory.
+#[derive(Default)]
+pub struct MemoryDataplane {
+    entries: HashMap<Entry, Target>,
+    ports: HashMap<u32, u32>,
+    groups: HashMap<u32, Vec<u32>>,
+    /// Entries per binding table; `None` is unbounded.
+    capacity: Option<usize>,
+    /// Per operation: how many more calls succeed before one fails.
+    failures: HashMap<Op, usize>,
+    events: Vec<Event>,
+    violations: Vec<String>,
+    counters: Arc<MemoryCounters>,
+}
+
+/// The counters of a [`MemoryDataplane`], which a test can also move.
+#[derive(Default)]
+pub struct MemoryCounters {
+    verdicts: Mutex<VerdictCounts>,
+    endpoints: Mutex<HashMap<u32, EndpointStats>>,
+}
+
+impl MemoryDataplane {
+    /// Empty tables, each holding at most `capacity` bindings (a full table is `Full`).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            capacity: Some(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// Lets `after` more calls of `op` succeed, then fails the next one once.
+    pub fn fail(&mut self, op: Op, after: usize) {
+        self.failures.insert(op, after);
+    }
+
+    /// The target `entry` is bound to, if any.
+    pub fn target(&self, entry: &Entry) -> Option<Target> {
+        self.entries.get(entry).copied()
+    }
+
+    /// How many bindings the tables hold.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the tables hold no binding.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The bits of port-index entry `index` (0 when never written).
+    pub fn bits(&self, index: u32) -> u32 {
+        self.ports.get(&index).copied().unwrap_or(0)
+    }
+
+    /// Whether any port-index entry has a bit set.
+    pub fn any_port_bits(&self) -> bool {
+        self.ports.values().any(|bits| *bits != 0)
+    }
+
+    /// The members of group `id` (empty when never written).
+    pub fn members(&self, id: u32) -> &[u32] {
+        self.groups.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every successful write so far, in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Every broken promise seen after a write: a binding without its port bit, or pointing at
+    /// an empty group. Empty when the daemon kept them.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// The counters, to move them as the program would.
+    pub fn memory_counters(&self) -> &Arc<MemoryCounters> {
+        &self.counters
+    }
+
+    /// Consumes one call of `op`: `true` when it is the one to fail.
+    fn fails(&mut self, op: Op) -> bool {
+        match self.failures.get_mut(&op) {
+            Some(0) => {
+                self.failures.remove(&op);
+                true
+            }
+            Some(after) => {
+                *after -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Logs a write and checks the promises the tables must keep after it.
+    fn record(&mut self, event: Event) {
+        for (entry, target) in &self.entries {
+            let (index, bit) = entry.port_slot();
+            if self.bits(index) & bit == 0 {
+                self.violations.push(format!(
+                    "after {event:?}: {entry:?} is bound without its port bit"
+                ));
+            }
+            if target.flags & TARGET_GROUP != 0 && self.members(target.id).is_empty() {
+                self.violations.push(format!(
+                    "after {event:?}: {entry:?} points at group {}, which is empty",
+                    target.id
+                ));
+            }
+        }
+        self.events.push(event);
+    }
+}
+
+/// The error a failing syscall would give: `EIO`.
+fn injected(call: &'static str) -> MapError {
+    MapError::SyscallError(SyscallError {
+        call,
+        io_error: io::Error::from_raw_os_error(libc::EIO),
+    })
+}
+
+impl Dataplane for MemoryDataplane {
+    fn insert(&mut self, entry: &Entry, target: Target) -> Result<(), TableError> {
+        let table = entry.table();
+        if self.fails(Op::Insert) {
+            return Err(TableError::Map {
+                table,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        if self.entries.contains_key(entry) {
+            return Err(TableError::Exists { table });
+        }
+        let held = self.entries.keys().filter(|e| e.table() == table).count();
+        if self.capacity.is_some_and(|capacity| held >= capacity) {
+            return Err(TableError::Full { table });
+        }
+        self.entries.insert(*entry, target);
+        self.record(Event::Insert(*entry, target));
+        Ok(())
+    }
+
+    fn remove(&mut self, entry: &Entry) -> Result<(), TableError> {
+        let table = entry.table();
+        if self.fails(Op::Remove) {
+            return Err(TableError::Map {
+                table,
+                source: injected("bpf_map_delete_elem"),
+            });
+        }
+        self.entries
+            .remove(entry)
+            .ok_or(TableError::NotFound { table })?;
+        self.record(Event::Remove(*entry));
+        Ok(())
+    }
+
+    fn port_bits(&self, index: u32) -> Result<u32, TableError> {
+        Ok(self.bits(index))
+    }
+
+    fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError> {
+        if self.fails(Op::SetPortBits) {
+            return Err(TableError::Map {
+                table: maps::PORTS,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        self.ports.insert(index, bits);
+        self.record(Event::SetPortBits { index, bits });
+        Ok(())
+    }
+
+    fn set_group(&mut self, id: u32, members: &[u32]) -> Result<(), TableError> {
+        group_value(id, members)?;
+        if self.fails(Op::SetGroup) {
+            return Err(TableError::Map {
+                table: maps::GROUPS,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        self.groups.insert(id, members.to_vec());
+        self.record(Event::SetGroup {
+            id,
+            members: members.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn reset_endpoint_stats(&mut self, id: u32) -> Result<(), CounterError> {
+        if self.fails(Op::ResetStats) {
+            return Err(CounterError::Reset {
+                map: maps::ENDPOINT_STATS,
+                index: id,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        self.counters
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, EndpointStats::default());
+        self.record(Event::ResetStats(id));
+        Ok(())
+    }
+
+    fn counters(&self) -> Arc<dyn Counters> {
+        self.counters.clone()
+    }
+}
+
+impl MemoryCounters {
+    /// Counts `packets` frames of `bytes` in all redirected to endpoint `id`, as the program
+    /// would.
+    pub fn redirect(&self, id: u32, packets: u64, bytes: u64) {
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stats = endpoints.entry(id).or_default();
+        stats.packets += packets;
+        stats.bytes += bytes;
+    }
+
+    /// Overwrites the verdict counters.
+    pub fn set_verdicts(&self, counts: VerdictCounts) {
+        *self.verdicts.lock().unwrap_or_else(PoisonError::into_inner) = counts;
+    }
+}
+
+impl Counters for MemoryCounters {
+    fn endpoint_stats(&self, id: u32) -> Result<EndpointStats, CounterError> {
+        Ok(self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn verdicts(&self) -> Result<VerdictCounts, CounterError> {
+        Ok(*self.verdicts.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}

@@ -1,0 +1,133 @@
+//! The seam between the daemon's rules and the BPF maps they write.
+//!
+//! [`Dataplane`] is everything `daemon::state::State` and [`crate::tables::Tables`] do to the
+//! maps: insert and remove one binding, read and write a port-index entry, set a group's
+//! members, zero an endpoint's counters. [`Counters`] is what the statistics readers need: the
+//! verdict and per-endpoint counters, readable through `&self` from any thread, so that `stats`,
+//! `list` and the metrics never wait for a bind or a close.
+//!
+//! Two implementations: [`maps::Maps`], over the typed map handles taken from the loaded object
+//! once at load (`crate::program::Loaded::load`), and `memory::MemoryDataplane` (tests and the
+//! `testing` feature only), plain collections that can also play a full table or a failing
+//! syscall, so the rules and their rollbacks are tested without root.
+
+mod bindings;
+mod groups;
+pub mod maps;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
+mod ports;
+
+use std::{io, sync::Arc};
+
+use aya::maps::MapError;
+use demux_common::binding::{EndpointStats, Group, Target, MAX_GROUPS, MAX_GROUP_MEMBERS};
+use thiserror::Error;
+
+use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
+
+/// The map writes the daemon's rules make. Every method is one map update (or one read), so
+/// each is atomic for the XDP program; keeping several in step is the caller's job.
+pub trait Dataplane {
+    /// Inserts one binding, never overwriting (`BPF_NOEXIST`): a key already present is
+    /// [`TableError::Exists`], a full table [`TableError::Full`].
+    fn insert(&mut self, entry: &Entry, target: Target) -> Result<(), TableError>;
+
+    /// Removes one binding; an absent key is [`TableError::NotFound`].
+    fn remove(&mut self, entry: &Entry) -> Result<(), TableError>;
+
+    /// The bits of port-index entry `index` (`demux_common::ports`).
+    fn port_bits(&self, index: u32) -> Result<u32, TableError>;
+
+    /// Overwrites port-index entry `index` with `bits`.
+    fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError>;
+
+    /// Sets the members of group `id` (an empty slice empties it): refused with
+    /// [`TableError::BadGroup`] or [`TableError::GroupTooLarge`] before any write.
+    fn set_group(&mut self, id: u32, members: &[u32]) -> Result<(), TableError>;
+
+    /// Zeroes endpoint `id`'s counters, so that a reused id starts from nothing.
+    fn reset_endpoint_stats(&mut self, id: u32) -> Result<(), CounterError>;
+
+    /// The counters, for readers on other threads.
+    fn counters(&self) -> Arc<dyn Counters>;
+}
+
+/// The program's counters, read without any lock the writers hold.
+pub trait Counters: Send + Sync {
+    /// Packets and bytes redirected to endpoint `id`, summed over CPUs.
+    fn endpoint_stats(&self, id: u32) -> Result<EndpointStats, CounterError>;
+
+    /// Packets by verdict, summed over CPUs.
+    fn verdicts(&self) -> Result<VerdictCounts, CounterError>;
+}
+
+/// A failed counter read or reset, naming the map and the slot.
+#[derive(Debug, Error)]
+pub enum CounterError {
+    /// Reading one slot failed.
+    #[error("map {map}: reading slot {index}: {source}")]
+    Read {
+        /// The map's name.
+        map: &'static str,
+        /// The slot.
+        index: u32,
+        /// What aya reported.
+        #[source]
+        source: MapError,
+    },
+    /// Zeroing one slot failed.
+    #[error("map {map}: zeroing slot {index}: {source}")]
+    Reset {
+        /// The map's name.
+        map: &'static str,
+        /// The slot.
+        index: u32,
+        /// What aya reported.
+        #[source]
+        source: MapError,
+    },
+    /// The number of possible CPUs (the width of a per-CPU value) is unknown.
+    #[error("counting the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    Cpus(#[source] io::Error),
+}
+
+/// The `GROUPS` value for `members`, or why there is none: both implementations refuse the
+/// same groups.
+pub(crate) fn group_value(id: u32, members: &[u32]) -> Result<Group, TableError> {
+    if id >= MAX_GROUPS {
+        return Err(TableError::BadGroup { id });
+    }
+    if members.len() > MAX_GROUP_MEMBERS {
+        return Err(TableError::GroupTooLarge {
+            id,
+            count: members.len(),
+        });
+    }
+    let mut group = Group {
+        count: members.len() as u32,
+        members: [0; MAX_GROUP_MEMBERS],
+    };
+    group.members[..members.len()].copy_from_slice(members);
+    Ok(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_values_are_checked_before_any_write() {
+        let group = group_value(3, &[7, 9]).expect("a valid group");
+        assert_eq!((group.count, &group.members[..3]), (2, &[7, 9, 0][..]));
+        assert!(matches!(
+            group_value(MAX_GROUPS, &[1]),
+            Err(TableError::BadGroup { id: MAX_GROUPS })
+        ));
+        let too_many: Vec<u32> = (1..=MAX_GROUP_MEMBERS as u32 + 1).collect();
+        assert!(matches!(
+            group_value(0, &too_many),
+            Err(TableError::GroupTooLarge { id: 0, count }) if count == MAX_GROUP_MEMBERS + 1
+        ));
+    }
+}
