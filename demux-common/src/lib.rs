@@ -17,19 +17,29 @@ pub use verdict::Verdict;
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
 pub const ABI_VERSION: u32 = 5;
 
+/// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
+/// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
+/// there are no implicit padding bytes (sizes and offsets are checked at compile time in
+/// `layout`).
 #[cfg(feature = "user")]
 mod pod {
     use crate::{binding::*, meta::PacketMeta};
 
-    // SAFETY: all are #[repr(C)] plain integers and byte arrays with explicit padding fields,
-    // so every bit pattern is valid and there are no implicit padding bytes.
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for ConnectedKey {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for BoundKey {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for PrefixKey {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for WildcardKey {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for Target {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for Group {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for EndpointStats {}
+    // SAFETY: see the module comment.
     unsafe impl aya::Pod for PacketMeta {}
 }
 

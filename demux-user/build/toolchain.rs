@@ -9,17 +9,17 @@ use std::{
     process::{Command, Stdio},
 };
 
-pub const BPF_TARGET: &str = "bpfel-unknown-none";
-pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub(crate) const BPF_TARGET: &str = "bpfel-unknown-none";
+pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 /// Debian's prebuilt `core` for the BPF target (package libstd-rust-web-dev-bpf).
-pub const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
+pub(crate) const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 /// The LLVM that bpf-linker is built against (package llvm-22-dev).
-pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+pub(crate) const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages for the Debian route, and the LLVM to build bpf-linker.
-pub const RUST_PACKAGES: [&str; 2] = ["rustc-web", "libstd-rust-web-dev-bpf"];
-pub const LLVM_PACKAGE: &str = "llvm-22-dev";
+pub(crate) const RUST_PACKAGES: [&str; 2] = ["rustc-web", "libstd-rust-web-dev-bpf"];
+pub(crate) const LLVM_PACKAGE: &str = "llvm-22-dev";
 /// `cargo install` arguments for bpf-linker (run with `LLVM_PREFIX` set).
-pub const BPF_LINKER_INSTALL: [&str; 7] = [
+pub(crate) const BPF_LINKER_INSTALL: [&str; 7] = [
     "install",
     "bpf-linker",
     "--version",
@@ -31,7 +31,7 @@ pub const BPF_LINKER_INSTALL: [&str; 7] = [
 
 /// How `demux-ebpf` gets built for the BPF target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// rustup's nightly with rust-src: `-Z build-std=core`.
     Nightly,
     /// Debian's rustc-web (>= 1.96) with the prebuilt BPF core, `RUSTC_BOOTSTRAP=1`.
@@ -39,7 +39,7 @@ pub enum Route {
 }
 
 /// The first route whose pieces are all present.
-pub fn pick_route() -> Option<Route> {
+pub(crate) fn pick_route() -> Option<Route> {
     let nightly_has_rust_src = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--print", "sysroot"])
         .stderr(Stdio::null())
@@ -74,7 +74,7 @@ fn rustc_minor(version: &str) -> Option<u32> {
 }
 
 /// `$PATH` with cargo's install directory appended, where `cargo install` puts bpf-linker.
-pub fn path_with_cargo_bin() -> OsString {
+pub(crate) fn path_with_cargo_bin() -> OsString {
     let mut dirs: Vec<PathBuf> =
         env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
     let cargo_home = env::var_os("CARGO_HOME")
@@ -89,7 +89,7 @@ pub fn path_with_cargo_bin() -> OsString {
 }
 
 /// The bpf-linker that a build would use, if any.
-pub fn bpf_linker() -> Option<PathBuf> {
+pub(crate) fn bpf_linker() -> Option<PathBuf> {
     env::split_paths(&path_with_cargo_bin())
         .map(|dir| dir.join("bpf-linker"))
         .find(|p| p.is_file())

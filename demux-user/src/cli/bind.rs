@@ -11,7 +11,7 @@ use demux::{
 use super::ControlArgs;
 
 #[derive(Debug, Args)]
-pub struct BindArgs {
+pub(crate) struct BindArgs {
     /// udp or tcp.
     #[arg(value_name = "PROTOCOL")]
     pub protocol: Protocol,
@@ -38,7 +38,7 @@ pub struct BindArgs {
 
 impl BindArgs {
     /// The bind request, checked before connecting (`300.1.1.1:5` is refused here).
-    pub fn request(&self, to: SinkSpec, persistent: bool) -> Result<Request, BindingError> {
+    pub(crate) fn request(&self, to: SinkSpec, persistent: bool) -> Result<Request, BindingError> {
         let request = BindRequest {
             protocol: self.protocol,
             local: self.local.clone(),
@@ -53,7 +53,7 @@ impl BindArgs {
     }
 }
 
-pub fn run(args: BindArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: BindArgs) -> anyhow::Result<()> {
     let request = args.request(args.to.clone(), args.persistent)?;
     let mut client = args.control.connect()?;
     let Response::Bound { id } = client.call(request)? else {

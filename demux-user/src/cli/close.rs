@@ -6,14 +6,14 @@ use demux::control::Request;
 use super::ControlArgs;
 
 #[derive(Debug, Args)]
-pub struct CloseArgs {
+pub(crate) struct CloseArgs {
     /// The endpoint's descriptor, as `demux bind` printed it or `demux list` shows it.
     pub id: u32,
     #[command(flatten)]
     pub control: ControlArgs,
 }
 
-pub fn run(args: CloseArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: CloseArgs) -> anyhow::Result<()> {
     args.control
         .connect()?
         .call(Request::Close { id: args.id })?;

@@ -19,7 +19,7 @@ fn with_default(text: &str, default: impl std::fmt::Display) -> String {
 }
 
 #[derive(Debug, Args)]
-pub struct DaemonArgs {
+pub(crate) struct DaemonArgs {
     /// Interface to attach the XDP program to; repeat for several (adds to the config file's).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
     ifaces: Vec<String>,
@@ -64,7 +64,7 @@ pub struct DaemonArgs {
 
 impl DaemonArgs {
     /// The configuration: defaults, then the file, then the flags given.
-    pub fn merge(self) -> anyhow::Result<Config> {
+    pub(crate) fn merge(self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
@@ -82,7 +82,7 @@ impl DaemonArgs {
     }
 }
 
-pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let config = args.merge()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

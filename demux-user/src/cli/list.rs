@@ -6,7 +6,7 @@ use demux::control::{EndpointInfo, Request, Response};
 use super::ControlArgs;
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// One JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -14,7 +14,7 @@ pub struct ListArgs {
     pub control: ControlArgs,
 }
 
-pub fn run(args: ListArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: ListArgs) -> anyhow::Result<()> {
     let Response::Endpoints { endpoints } = args.control.connect()?.call(Request::List)? else {
         anyhow::bail!("the daemon answered list with something else");
     };
@@ -27,7 +27,7 @@ pub fn run(args: ListArgs) -> anyhow::Result<()> {
 }
 
 /// A text table of endpoints: one line each.
-pub fn table(endpoints: &[EndpointInfo]) -> String {
+pub(crate) fn table(endpoints: &[EndpointInfo]) -> String {
     let mut out = format!(
         "{:>5} {:<4} {:<24} {:<24} {:<10} {:<24} {:>5} {:>12} {:>12} {:>10}\n",
         "ID",

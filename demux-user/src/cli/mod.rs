@@ -1,11 +1,11 @@
 //! The `demux` command line: one file per verb.
 
-pub mod bind;
-pub mod close;
-pub mod daemon;
-pub mod list;
-pub mod recv;
-pub mod stats;
+pub(crate) mod bind;
+pub(crate) mod close;
+pub(crate) mod daemon;
+pub(crate) mod list;
+pub(crate) mod recv;
+pub(crate) mod stats;
 
 use std::path::PathBuf;
 
@@ -25,13 +25,13 @@ const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the messa
 /// everything else passes to the kernel untouched.
 #[derive(Debug, Parser)]
 #[command(name = "demux", version, after_help = EXIT_CODES)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: load the XDP program, attach it to interfaces, open an AF_XDP socket per
     /// rx queue, serve the control socket, until SIGINT or SIGTERM. Needs root.
     Daemon(daemon::DaemonArgs),
@@ -52,7 +52,7 @@ pub enum Command {
     },
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Bind(args) => bind::run(args),
@@ -69,20 +69,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Where the daemon's control socket is.
 #[derive(Debug, Args)]
-pub struct ControlArgs {
+pub(crate) struct ControlArgs {
     /// The daemon's control socket.
     #[arg(long, value_name = "PATH", env = "DEMUX_CONTROL", default_value = DEFAULT_SOCKET)]
     pub control: PathBuf,
 }
 
 impl ControlArgs {
-    pub fn connect(&self) -> anyhow::Result<Client> {
+    pub(crate) fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.control)?)
     }
 }
 
 /// Blocks until SIGINT or SIGTERM.
-pub fn wait_for_signal() -> anyhow::Result<()> {
+pub(crate) fn wait_for_signal() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

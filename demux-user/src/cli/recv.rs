@@ -18,7 +18,7 @@ use demux::{
 use super::bind::BindArgs;
 
 #[derive(Debug, Args)]
-pub struct RecvArgs {
+pub(crate) struct RecvArgs {
     #[command(flatten)]
     pub bind: BindArgs,
     /// Exit after this many datagrams.
@@ -32,7 +32,7 @@ pub struct RecvArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// `PEER -> LOCAL LEN bytes: PAYLOAD` (payload as text, escaped)
     Text,
     /// One JSON object per line, payload in hex.
@@ -41,7 +41,7 @@ pub enum Format {
     Hex,
 }
 
-pub fn run(args: RecvArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: RecvArgs) -> anyhow::Result<()> {
     let b = &args.bind;
     let mut endpoint = Endpoint::bind_with(
         &b.control.control,

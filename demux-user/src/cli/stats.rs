@@ -9,7 +9,7 @@ use demux::control::{Request, Response, Stats};
 use super::ControlArgs;
 
 #[derive(Debug, Args)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     #[arg(long)]
     pub json: bool,
     /// Redraw every second until Ctrl-C.
@@ -19,7 +19,7 @@ pub struct StatsArgs {
     pub control: ControlArgs,
 }
 
-pub fn run(args: StatsArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: StatsArgs) -> anyhow::Result<()> {
     let mut client = args.control.connect()?;
     loop {
         let Response::Stats(stats) = client.call(Request::Stats)? else {
@@ -40,7 +40,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
     }
 }
 
-pub fn report(stats: &Stats) -> String {
+pub(crate) fn report(stats: &Stats) -> String {
     let mut out = String::from("verdicts:");
     for (name, n) in &stats.verdicts {
         out += &format!(" {name}={n}");

@@ -19,7 +19,11 @@ use clap::Parser;
 // The frame builder is test support (`demux::testing::frame`, behind the `testing` feature);
 // the generator compiles the same file into itself rather than ship the testing module.
 #[path = "../../testing/frame.rs"]
-#[allow(dead_code, reason = "the generator uses part of the frame builder")]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the generator uses part of the frame builder, which is public in `demux::testing`"
+)]
 mod frame;
 
 use frame::FrameSpec;
