@@ -1,5 +1,11 @@
 //! The control socket: accepts connections, identifies each caller with SO_PEERCRED, answers
 //! one JSON request per line, and closes a connection's endpoints when it goes away.
+//!
+//! A caller never holds the runtime: a request line is at most [`MAX_LINE`] bytes (a longer
+//! one is refused with `limit_reached` and the connection closed), an answer that cannot be
+//! written within [`WRITE_TIMEOUT`] disconnects the caller, descriptors are sent waiting for
+//! writability (no spinning on `EAGAIN`), and accept errors back off. Non-root callers see
+//! only their own endpoints in `list` and `stats` ([`Viewer`]).
 
 use std::{
     fs,
@@ -11,8 +17,11 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest},
+    net::{
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+        UnixListener, UnixStream,
+    },
 };
 use tracing::{debug, info, warn};
 
@@ -22,8 +31,14 @@ use crate::control::{
 
 use super::{
     state::{Caller, State},
-    view::View,
+    view::{View, Viewer},
 };
+
+/// Longest request line accepted, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Longest wait for a caller to take an answer.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Creates the control socket at `path` (mode 0660, group `group` if given), replacing a stale
 /// one that nobody listens on.
@@ -58,20 +73,58 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     })
 }
 
-/// Writes `bytes` with `fds` attached to the first of them.
+/// Writes `bytes` with `fds` attached to the first of them. Waits for the socket to become
+/// writable again on `EAGAIN` (`try_io` clears the readiness), never spinning; the caller
+/// bounds the wait.
 async fn send_with_fds(write: &OwnedWriteHalf, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
     let stream: &UnixStream = write.as_ref();
     let mut sent = 0;
     while sent < bytes.len() {
         stream.writable().await?;
         let attach = if sent == 0 { fds } else { &[] };
-        match crate::sys::scm::send(stream.as_raw_fd(), &bytes[sent..], attach) {
+        match stream.try_io(Interest::WRITABLE, || {
+            crate::sys::scm::send(stream.as_raw_fd(), &bytes[sent..], attach)
+        }) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Writes one answer line (with descriptors, if any) within [`WRITE_TIMEOUT`]: a client that
+/// does not read its answers is disconnected rather than allowed to hold the task forever.
+async fn answer(write: &mut OwnedWriteHalf, response: &Response, fds: &[RawFd]) -> bool {
+    let mut line = serde_json::to_string(response).expect("responses always serialize");
+    line.push('\n');
+    let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
+        if fds.is_empty() {
+            write.write_all(line.as_bytes()).await
+        } else {
+            send_with_fds(write, line.as_bytes(), fds).await
+        }
+    })
+    .await;
+    matches!(sent, Ok(Ok(())))
+}
+
+/// Reads one request line of at most [`MAX_LINE`] bytes. `Ok(None)` at the end of the stream;
+/// `Err(())` for a longer line (the connection is then closed: there is no sane place to
+/// resume reading).
+async fn read_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> Result<Option<()>, ()> {
+    line.clear();
+    let limit = MAX_LINE as u64 + 1;
+    match (&mut *reader).take(limit).read_until(b'\n', line).await {
+        Ok(0) => Ok(None),
+        Ok(_) if line.last() == Some(&b'\n') => Ok(Some(())),
+        Ok(_) if line.len() > MAX_LINE => Err(()),
+        // The peer closed mid-line.
+        Ok(_) | Err(_) => Ok(None),
+    }
 }
 
 /// Serves connections until the task is dropped. `list` and `stats` are answered from `view`,
@@ -90,7 +143,11 @@ pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, view: Arc<V
                     connection,
                 ));
             }
-            Err(e) => warn!("accepting a control connection: {e}"),
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on the error.
+                warn!("accepting a control connection: {e}; retrying in 100 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -111,8 +168,26 @@ async fn connection_task(
     debug!(connection, uid, "control connection");
     let caller = Caller { uid, connection };
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(read);
+    let mut bytes = Vec::new();
+    loop {
+        match read_line(&mut reader, &mut bytes).await {
+            Ok(Some(())) => {}
+            Ok(None) => break,
+            Err(()) => {
+                warn!(
+                    connection,
+                    uid, "a request line over {MAX_LINE} bytes: disconnected"
+                );
+                let refusal = Response::Error {
+                    code: ErrorCode::LimitReached,
+                    message: format!("request: longer than {MAX_LINE} bytes"),
+                };
+                answer(&mut write, &refusal, &[]).await;
+                break;
+            }
+        }
+        let line = String::from_utf8_lossy(&bytes);
         let response = match version_of(&line) {
             Some(version) if version != VERSION => version_mismatch(version),
             _ => match serde_json::from_str::<Envelope>(&line) {
@@ -130,7 +205,7 @@ async fn connection_task(
                         software: SOFTWARE.into(),
                     }
                 }
-                Ok(envelope) => match view.answer(&envelope.request) {
+                Ok(envelope) => match view.answer(&envelope.request, Viewer::of(uid)) {
                     Some(response) => response,
                     None => {
                         let (response, ring) = state
@@ -138,14 +213,8 @@ async fn connection_task(
                             .expect("state lock")
                             .handle(envelope.request, caller);
                         if let Some(ring) = ring {
-                            let mut answer = serde_json::to_string(&response)
-                                .expect("responses always serialize");
-                            answer.push('\n');
                             let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
-                            if send_with_fds(&write, answer.as_bytes(), &fds)
-                                .await
-                                .is_err()
-                            {
+                            if !answer(&mut write, &response, &fds).await {
                                 break;
                             }
                             continue;
@@ -155,9 +224,7 @@ async fn connection_task(
                 },
             },
         };
-        let mut answer = serde_json::to_string(&response).expect("responses always serialize");
-        answer.push('\n');
-        if write.write_all(answer.as_bytes()).await.is_err() {
+        if !answer(&mut write, &response, &[]).await {
             break;
         }
     }

@@ -20,7 +20,7 @@ use std::{
 use demux_common::binding::{Target, MAX_ENDPOINTS, MAX_GROUPS};
 use tracing::{info, warn};
 
-use super::view::{Listing, View};
+use super::view::{Listing, View, Viewer};
 use crate::{
     binding::{Binding, Entry, Local, Receiver},
     control::SinkSpec,
@@ -139,10 +139,10 @@ impl<D: Dataplane> State<D> {
                 Response::Bound { id }
             }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
-            Request::List => Ok(Response::Endpoints {
-                endpoints: self.view.list(),
-            }),
-            Request::Stats => Ok(Response::Stats(self.view.stats())),
+            Request::List | Request::Stats => Ok(self
+                .view
+                .answer(&request, Viewer::of(caller.uid))
+                .expect("list and stats are answered by the view")),
             Request::Hello { .. } => Ok(Response::Hello {
                 version: crate::control::VERSION,
                 software: crate::control::SOFTWARE.into(),
@@ -711,6 +711,25 @@ mod tests {
         let error = state.close(id, ALICE).expect_err("gone");
         assert_eq!(error.code(), ErrorCode::NotFound);
         empty(&state);
+    }
+
+    #[test]
+    fn a_user_lists_only_their_own_endpoints_and_root_lists_all() {
+        let mut state = state();
+        let alice = bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        let bob = bind(&mut state, request("198.18.0.2:5001"), BOB);
+        let ids = |response: Response| -> Vec<u32> {
+            match response {
+                Response::Endpoints { endpoints } => endpoints.iter().map(|e| e.id).collect(),
+                Response::Stats(stats) => stats.endpoints.iter().map(|e| e.id).collect(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        for request in [Request::List, Request::Stats] {
+            assert_eq!(ids(state.handle(request.clone(), ALICE).0), [alice]);
+            assert_eq!(ids(state.handle(request.clone(), BOB).0), [bob]);
+            assert_eq!(ids(state.handle(request, ROOT).0), [alice, bob]);
+        }
     }
 
     #[test]

@@ -18,6 +18,35 @@ use crate::{
     dataplane::Counters,
 };
 
+/// Whose endpoints a reader sees: everyone's (root, the log, the metrics endpoint, which has
+/// no caller identity) or one user's own. Aggregate counters (verdicts, sockets, drops of
+/// closed endpoints) are shown to everyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Viewer {
+    /// Root: every endpoint.
+    All,
+    /// A non-root caller: only the endpoints that uid owns.
+    Uid(u32),
+}
+
+impl Viewer {
+    /// The viewer for a caller with this uid.
+    pub fn of(uid: u32) -> Self {
+        if uid == 0 {
+            Viewer::All
+        } else {
+            Viewer::Uid(uid)
+        }
+    }
+
+    fn sees(self, owner: u32) -> bool {
+        match self {
+            Viewer::All => true,
+            Viewer::Uid(uid) => uid == owner,
+        }
+    }
+}
+
 /// The published side of the daemon's state.
 pub struct View {
     counters: Arc<dyn Counters>,
@@ -64,13 +93,14 @@ impl View {
             .push(cell);
     }
 
-    /// Answers the requests that only read: `list` and `stats`; `None` for the others.
-    pub fn answer(&self, request: &Request) -> Option<Response> {
+    /// Answers the requests that only read, `list` and `stats`, showing `viewer` what it may
+    /// see; `None` for the others.
+    pub fn answer(&self, request: &Request, viewer: Viewer) -> Option<Response> {
         match request {
             Request::List => Some(Response::Endpoints {
-                endpoints: self.list(),
+                endpoints: self.infos(&self.snapshot(), viewer),
             }),
-            Request::Stats => Some(Response::Stats(self.stats())),
+            Request::Stats => Some(Response::Stats(self.stats_for(viewer))),
             _ => None,
         }
     }
@@ -91,11 +121,16 @@ impl View {
 
     /// The endpoints, by id, with their counters.
     pub fn list(&self) -> Vec<EndpointInfo> {
-        self.infos(&self.snapshot())
+        self.infos(&self.snapshot(), Viewer::All)
     }
 
     /// The verdicts, the endpoints, the sockets and the drops, as one snapshot.
     pub fn stats(&self) -> Stats {
+        self.stats_for(Viewer::All)
+    }
+
+    /// As [`View::stats`], with only the endpoints `viewer` may see.
+    pub fn stats_for(&self, viewer: Viewer) -> Stats {
         let verdicts = self.counters.verdicts().unwrap_or_default();
         let listed = self.snapshot();
         Stats {
@@ -103,7 +138,7 @@ impl View {
                 .iter()
                 .map(|v| (v.name().to_owned(), verdicts.get(*v)))
                 .collect(),
-            endpoints: self.infos(&listed),
+            endpoints: self.infos(&listed, viewer),
             sockets: self
                 .sockets
                 .read()
@@ -118,10 +153,11 @@ impl View {
         }
     }
 
-    fn infos(&self, listed: &Listed) -> Vec<EndpointInfo> {
+    fn infos(&self, listed: &Listed, viewer: Viewer) -> Vec<EndpointInfo> {
         listed
             .endpoints
             .iter()
+            .filter(|(_, e)| viewer.sees(e.owner))
             .map(|(id, e)| EndpointInfo {
                 id: *id,
                 protocol: e.request.protocol,
