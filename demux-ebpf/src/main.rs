@@ -26,20 +26,6 @@ pub fn demux(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The benchmark baseline: passes every packet and does nothing else. It is built into the same
-/// object so that `cargo xtask bench classifier` measures both under identical conditions.
-#[xdp]
-pub fn baseline_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// The benchmark's limit case: counts every packet in `BENCH_DROPS` and drops it.
-#[xdp]
-pub fn bench_drop(_ctx: XdpContext) -> u32 {
-    counters::count_bench_drop();
-    xdp_action::XDP_DROP
-}
-
 /// The verdict for one packet.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {

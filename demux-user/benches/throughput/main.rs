@@ -2,7 +2,8 @@
 //! XDP_DROP limit, on a two-namespace veth testbed (`testbed`), with the same generator
 //! (`demux gen`) for every case.
 //!
-//! Cases (`cases`): XDP_DROP (`bench_drop` counts and drops), one kernel UDP socket read with
+//! Cases (`cases`): XDP_DROP (`bench_drop` from the benchmarks' own object,
+//! `demux::testing::bench_object`, counts and drops), one kernel UDP socket read with
 //! recvmmsg, one SO_REUSEPORT socket per core, demux delivering to a counting sink in the
 //! daemon, and demux delivering to a client's shared-memory ring; under IPv4 and IPv6, 64- and
 //! 1,400-byte frames; demux at 1, 64 and 4,096 endpoints (the last with 1,000,000 bindings in
@@ -42,7 +43,7 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf,
 };
-use demux_common::maps;
+use demux::testing::bench_object;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
@@ -132,10 +133,10 @@ fn cases(quick: bool) -> Vec<Case> {
     cases
 }
 
-/// Attaches `program` from the object to the receiving veth, in namespace B.
+/// Attaches `program` from the benchmarks' object to the receiving veth, in namespace B.
 fn attach_plain(program: &str) -> anyhow::Result<Ebpf> {
     in_b(false, || {
-        let mut ebpf = Ebpf::load(demux::program::OBJECT).context("loading the object")?;
+        let mut ebpf = Ebpf::load(bench_object::OBJECT).context("loading the bench object")?;
         let prog: &mut Xdp = ebpf.program_mut(program).context("program")?.try_into()?;
         prog.load()?;
         prog.attach(testbed::IF_B, XdpMode::Driver)
@@ -156,7 +157,7 @@ fn measure(
     let me = std::process::id();
     match case.receiver {
         Receiver::XdpDrop => {
-            let ebpf = attach_plain(maps::BENCH_DROP_PROGRAM)?;
+            let ebpf = attach_plain(bench_object::DROP_PROGRAM)?;
             threaded_napi()?;
             let (veth_before, cpu_before, bpf_before) =
                 (veth_drops(), CpuTimes::now(), bpf_run_stats(me));
@@ -165,7 +166,7 @@ fn measure(
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let drops: PerCpuArray<_, u64> =
-                PerCpuArray::try_from(ebpf.map(maps::BENCH_DROPS).context("BENCH_DROPS")?)?;
+                PerCpuArray::try_from(ebpf.map(bench_object::DROPS).context(bench_object::DROPS)?)?;
             Ok(Sample {
                 rate,
                 sent,
@@ -179,7 +180,7 @@ fn measure(
             })
         }
         Receiver::KernelRecvmmsg | Receiver::KernelReuseport => {
-            let _ebpf = attach_plain(maps::BASELINE_PROGRAM)?;
+            let _ebpf = attach_plain(bench_object::BASELINE_PROGRAM)?;
             threaded_napi()?;
             let sockets = if case.receiver == Receiver::KernelRecvmmsg {
                 1
