@@ -10,6 +10,7 @@ mod counters;
 mod cursor;
 mod lookup;
 mod parse;
+mod runtime;
 mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -50,14 +51,3 @@ fn classify(ctx: &XdpContext) -> Verdict {
         None => Verdict::PassNoMatch,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-/// GPL-compatible licence: the program calls GPL-only helpers.
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -6,6 +6,9 @@
 #![no_std]
 #![no_main]
 
+#[path = "../runtime.rs"]
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -32,14 +35,3 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_DROP
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-/// GPL-compatible licence, as the `demux` object's.
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
