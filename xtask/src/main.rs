@@ -6,6 +6,15 @@ mod build;
 mod demo;
 mod run;
 mod test;
+// The testbed is shared as source with demux-user's tests and benchmarks
+// (`demux::testing::testbed`): the xtask cannot depend on demux-user, whose build script needs
+// the toolchain the xtask installs.
+#[path = "../../demux-user/src/testing/testbed.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the tests and benchmarks, which use more of it"
+)]
+mod testbed;
 mod toolchain;
 
 use std::{

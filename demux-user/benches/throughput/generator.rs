@@ -1,12 +1,10 @@
 //! Drives `demux gen` in the sender namespace, pinned to CPU 0.
 
-use std::process::Command;
-
 use anyhow::Context as _;
 
 use crate::{
     cases::{Sender, Traffic, FLOWS},
-    testbed::{Testbed, IF_A, NS_A},
+    probes::Testbed,
 };
 
 pub const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
@@ -25,9 +23,19 @@ pub fn generate(
         Sender::Xdp => "xdp",
         Sender::Sendmmsg => "sendmmsg",
     };
-    let output = Command::new("ip")
-        .args(["netns", "exec", NS_A, "taskset", "-c", "0", DEMUX_GEN])
-        .args(["--iface", IF_A, "--mode", mode, "--dst-mac", &testbed.b_mac])
+    let pair = &testbed.pair;
+    let output = pair
+        .a
+        .command("taskset")
+        .args(["-c", "0", DEMUX_GEN])
+        .args([
+            "--iface",
+            &pair.a_if,
+            "--mode",
+            mode,
+            "--dst-mac",
+            &pair.b_mac,
+        ])
         .args(["--src", &traffic.src().to_string()])
         .args(["--dst", &traffic.dst().to_string()])
         .args(["--dst-ports", &traffic.ports.to_string()])

@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::testbed::{enter, pin_cpu, NS_B, RX_CPU};
+use demux::testing::testbed::enter_netns;
+
+use crate::probes::{pin_cpu, RX_CPU};
 
 /// Running receiver threads; `finish` stops them and returns what they read.
 pub struct Receivers {
@@ -81,10 +83,15 @@ fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace B, a thread each (pinned to
+/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace `ns`, a thread each (pinned to
 /// the receiving CPU when there is one socket); with `latency`, each thread keeps the
 /// send-to-read time of every datagram.
-pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<Receivers> {
+pub fn start(
+    ns: &str,
+    sockets: usize,
+    addr: SocketAddr,
+    latency: bool,
+) -> anyhow::Result<Receivers> {
     let receivers = Receivers {
         stop: Arc::new(AtomicBool::new(false)),
         count: Arc::new(AtomicU64::new(0)),
@@ -94,6 +101,7 @@ pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
     for _ in 0..sockets {
+        let ns = ns.to_owned();
         let (stop, count, all_latencies, ready) = (
             receivers.stop.clone(),
             receivers.count.clone(),
@@ -102,7 +110,7 @@ pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<
         );
         threads.push(thread::spawn(move || {
             let setup = || -> anyhow::Result<std::net::UdpSocket> {
-                enter(NS_B)?;
+                enter_netns(&ns)?;
                 if sockets == 1 {
                     pin_cpu(RX_CPU);
                 }

@@ -9,3 +9,4 @@
 pub mod bench_object;
 pub mod frame;
 pub mod model;
+pub mod testbed;

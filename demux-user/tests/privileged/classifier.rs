@@ -18,6 +18,14 @@ use demux_common::{binding::Target, meta::PacketMeta, Verdict};
 
 const XDP_PASS: u32 = 2;
 
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        fixtures_agree_with_the_program,
+        differential_100k_frames,
+        full_table_is_refused_by_name_and_rolled_back,
+    ]
+}
+
 /// Encoded bindings, and group members by group id.
 type Bindings = Vec<(Entry, Target)>;
 type Groups = Vec<(u32, Vec<u32>)>;

@@ -4,6 +4,10 @@
 use anyhow::Context as _;
 use demux::program::{BpfLogLevel, Loaded};
 
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![verifier_accepts_the_program]
+}
+
 pub fn verifier_accepts_the_program() -> anyhow::Result<()> {
     // Both log settings: with logging compiled out, and with every log call live.
     for level in [BpfLogLevel::Off, BpfLogLevel::Trace] {
