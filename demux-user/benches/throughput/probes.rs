@@ -20,7 +20,7 @@ pub struct Testbed {
 pub fn setup() -> anyhow::Result<Testbed> {
     let dir = TempDir::new("demux-bench")?;
     println!("testbed (to reproduce by hand):");
-    let pair = VethPair::new(PairSpec {
+    let mut pair = VethPair::new(PairSpec {
         echo: Echo::Show("  "),
         ..PairSpec::unique(
             "dmxb",
@@ -35,6 +35,9 @@ pub fn setup() -> anyhow::Result<Testbed> {
         b = pair.b_if,
         ns = pair.b.name()
     );
+    // Only the steps that build it: the probes run quietly.
+    pair.a.set_echo(Echo::Quiet);
+    pair.b.set_echo(Echo::Quiet);
     Ok(Testbed { pair, dir })
 }
 

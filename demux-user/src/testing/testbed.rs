@@ -214,6 +214,11 @@ impl NetNs {
         &self.name
     }
 
+    /// Whether the commands run from now on are printed.
+    pub fn set_echo(&mut self, echo: Echo) {
+        self.echo = echo;
+    }
+
     /// `ip -n NAME ARGS…`: its stdout.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new("ip");
