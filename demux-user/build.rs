@@ -1,5 +1,6 @@
 //! Builds the XDP program (`demux-ebpf`) for `bpfel-unknown-none` so that a plain `cargo build`
-//! builds both sides; the daemon embeds the object from `$OUT_DIR/demux.bpf.o`.
+//! builds both sides; the daemon embeds the object from `$OUT_DIR/demux.bpf.o`, the `testing`
+//! feature the benchmarks' object from `$OUT_DIR/bench.bpf.o`.
 //!
 //! Two routes, tried in order:
 //! 1. rustup's nightly with `rust-src`: `cargo +nightly build -Z build-std=core`.
@@ -134,8 +135,12 @@ fn build(workspace: &Path, out_dir: &Path) -> Result<(), String> {
             tail.join("\n")
         ));
     }
-    let object = target_dir.join(BPF_TARGET).join("release").join("demux");
-    fs::copy(&object, out_dir.join("demux.bpf.o"))
-        .map_err(|e| format!("copying {} failed: {e}", object.display()))?;
+    // Every bin of demux-ebpf: the daemon's program, and the benchmarks' programs (embedded
+    // only by the `testing` feature, `demux::testing::bench_object`).
+    for (bin, object) in [("demux", "demux.bpf.o"), ("bench", "bench.bpf.o")] {
+        let built = target_dir.join(BPF_TARGET).join("release").join(bin);
+        fs::copy(&built, out_dir.join(object))
+            .map_err(|e| format!("copying {} failed: {e}", built.display()))?;
+    }
     Ok(())
 }

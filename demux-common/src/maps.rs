@@ -28,8 +28,3 @@ pub const MAX_IFACES: u32 = 16;
 
 /// Name of the `#[xdp]` entry point in the object.
 pub const PROGRAM: &str = "demux";
-/// A trivial XDP_PASS program in the same object: the benchmark baseline.
-pub const BASELINE_PROGRAM: &str = "baseline_pass";
-/// An XDP program that counts (`BENCH_DROPS`, per-CPU `u64`) and drops: the benchmark's limit.
-pub const BENCH_DROP_PROGRAM: &str = "bench_drop";
-pub const BENCH_DROPS: &str = "BENCH_DROPS";

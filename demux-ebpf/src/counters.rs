@@ -7,21 +7,9 @@ use demux_common::Verdict;
 #[map(name = "VERDICTS")]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
 
-/// Packets dropped by the `bench_drop` program (benchmarks only), per CPU.
-#[map(name = "BENCH_DROPS")]
-static BENCH_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-pub fn count_bench_drop() {
-    if let Some(slot) = BENCH_DROPS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, as in `count`.
-        unsafe { *slot += 1 };
-    }
-}
-
 /// Counts one packet under `verdict`.
 #[inline(always)]
-pub fn count(verdict: Verdict) {
+pub(crate) fn count(verdict: Verdict) {
     if let Some(slot) = VERDICTS.get_ptr_mut(verdict as u32) {
         // SAFETY: per-CPU slot, and XDP programs do not preempt each other on one CPU.
         unsafe { *slot += 1 };

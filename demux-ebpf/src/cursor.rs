@@ -12,7 +12,7 @@ use core::{
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_meta, programs::XdpContext};
 
 /// A read position inside one packet; views it hands out live as long as the packet (`'a`).
-pub struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     start: usize,
     pos: usize,
     end: usize,
@@ -21,7 +21,7 @@ pub struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     #[inline(always)]
-    pub fn new(ctx: &'a XdpContext) -> Self {
+    pub(crate) fn new(ctx: &'a XdpContext) -> Self {
         Self {
             start: ctx.data(),
             pos: ctx.data(),
@@ -33,7 +33,7 @@ impl<'a> Cursor<'a> {
     /// A view of the next `T` in the packet, advancing past it; `None` when the packet ends
     /// first. Header types have an alignment of at most 2 and XDP frames start 2-aligned.
     #[inline(always)]
-    pub fn read<T>(&mut self) -> Option<&'a T> {
+    pub(crate) fn read<T>(&mut self) -> Option<&'a T> {
         const { assert!(align_of::<T>() <= 2) };
         let len = size_of::<T>();
         if self.pos + len > self.end {
@@ -47,7 +47,7 @@ impl<'a> Cursor<'a> {
 
     /// Advances `len` bytes; `None` when the packet ends first.
     #[inline(always)]
-    pub fn skip(&mut self, len: usize) -> Option<()> {
+    pub(crate) fn skip(&mut self, len: usize) -> Option<()> {
         if self.pos + len > self.end {
             return None;
         }
@@ -57,13 +57,13 @@ impl<'a> Cursor<'a> {
 
     /// Offset of the read position from the start of the packet.
     #[inline(always)]
-    pub fn offset(&self) -> usize {
+    pub(crate) fn offset(&self) -> usize {
         self.pos - self.start
     }
 
     /// Bytes left from the read position to the end of the packet.
     #[inline(always)]
-    pub fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.end - self.pos
     }
 }
@@ -72,7 +72,7 @@ impl<'a> Cursor<'a> {
 /// there (idempotent: a frame that already carries metadata is resized, not stacked on).
 /// `false` when the driver cannot carry metadata; the packet is then unchanged.
 #[inline(always)]
-pub fn write_meta<T: Copy>(ctx: &XdpContext, value: &T) -> bool {
+pub(crate) fn write_meta<T: Copy>(ctx: &XdpContext, value: &T) -> bool {
     let len = size_of::<T>();
     // A driver without metadata support marks the area invalid with data_meta > data.
     if ctx.metadata() > ctx.data() {

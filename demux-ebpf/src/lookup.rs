@@ -57,7 +57,7 @@ static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 
 /// The binding that receives `packet`, by precedence.
 #[inline(always)]
-pub fn lookup(packet: &Packet) -> Option<Target> {
+pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
     let on_port = PORTS
         .get(port_index(packet.protocol, packet.dst_port))
         .copied()
@@ -161,7 +161,7 @@ fn lookup_prefix(packet: &Packet, on_port: bool, all_ports: bool) -> Option<Targ
 
 /// The endpoint a target sends this flow to: itself, or a group member by flow hash.
 #[inline(always)]
-pub fn resolve(target: Target, flow_hash: u32) -> Option<u32> {
+pub(crate) fn resolve(target: Target, flow_hash: u32) -> Option<u32> {
     let endpoint = if target.flags & TARGET_GROUP != 0 {
         GROUPS.get(target.id)?.member(flow_hash)?
     } else {

@@ -10,6 +10,7 @@ mod counters;
 mod cursor;
 mod lookup;
 mod parse;
+mod runtime;
 mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -17,27 +18,13 @@ use aya_log_ebpf::debug;
 use demux_common::{hash::flow_hash, Verdict};
 
 #[xdp]
-pub fn demux(ctx: XdpContext) -> u32 {
+pub(crate) fn demux(ctx: XdpContext) -> u32 {
     let verdict = classify(&ctx);
     counters::count(verdict);
     match verdict {
         Verdict::Redirected => xdp_action::XDP_REDIRECT,
         _ => xdp_action::XDP_PASS,
     }
-}
-
-/// The benchmark baseline: passes every packet and does nothing else. It is built into the same
-/// object so that `cargo xtask bench classifier` measures both under identical conditions.
-#[xdp]
-pub fn baseline_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// The benchmark's limit case: counts every packet in `BENCH_DROPS` and drops it.
-#[xdp]
-pub fn bench_drop(_ctx: XdpContext) -> u32 {
-    counters::count_bench_drop();
-    xdp_action::XDP_DROP
 }
 
 /// The verdict for one packet.
@@ -64,14 +51,3 @@ fn classify(ctx: &XdpContext) -> Verdict {
         None => Verdict::PassNoMatch,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-/// GPL-compatible licence: the program calls GPL-only helpers.
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

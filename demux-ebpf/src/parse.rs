@@ -34,11 +34,11 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// VLAN tags read before the IP header (802.1ad outer + 802.1Q inner).
 const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked before giving up (the packet then counts as malformed).
-pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// The socket address tuple of a packet that parsed completely. Addresses are 16 bytes; an
 /// IPv4 address sits in the first 4 bytes, the rest zero.
-pub struct Packet {
+pub(crate) struct Packet {
     pub family: u8,
     pub protocol: u8,
     pub src_addr: [u8; 16],
@@ -55,7 +55,7 @@ pub struct Packet {
 
 /// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let mut cur = Cursor::new(ctx);
     let eth = cur.read::<EthHdr>().ok_or(Verdict::PassMalformed)?;
     let mut ether_type = u16::from_be(eth.ether_type);

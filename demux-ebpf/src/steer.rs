@@ -37,7 +37,7 @@ static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entrie
 
 /// Sends `packet` towards `endpoint`; the verdict says whether it left for user space.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash: u32) -> Verdict {
+pub(crate) fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash: u32) -> Verdict {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let meta = PacketMeta {
         version: PacketMeta::VERSION,

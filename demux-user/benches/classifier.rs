@@ -1,6 +1,6 @@
 //! `cargo xtask bench classifier`: the XDP program's per-packet cost under BPF_PROG_TEST_RUN
-//! (a kernel-side repeat loop), side by side with a trivial XDP_PASS program from the same
-//! object, for IPv4 and IPv6 UDP, hit and miss, with 1, 1,000, 100,000 and 1,000,000 bindings.
+//! (a kernel-side repeat loop), side by side with a trivial XDP_PASS program (`baseline_pass`
+//! from the benchmarks' own object, `demux::testing::bench_object`), for IPv4 and IPv6 UDP, hit and miss, with 1, 1,000, 100,000 and 1,000,000 bindings.
 //!
 //! Both "hit" and "miss" take the longest lookup path: a hit matches only the wildcard table
 //! (connected, bound and both prefix lookups miss first), a miss also tries the dual-stack
@@ -17,14 +17,16 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
 use demux::{
     binding::{Binding, Local, Protocol, Receiver},
     program::{BpfLogLevel, Loaded},
     tables::{TableError, Tables},
-    testing::frame::FrameSpec,
+    testing::{bench_object, frame::FrameSpec},
 };
-use demux_common::maps;
 use serde_json::json;
 
 const SIZES: [u64; 4] = [1, 1_000, 100_000, 1_000_000];
@@ -55,9 +57,8 @@ fn run() -> anyhow::Result<()> {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    // SAFETY: geteuid has no preconditions.
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        demux::sys::euid() == 0,
         "needs root (CAP_BPF) to load and test-run programs"
     );
     let (rounds, repeat, sizes) = if quick {
@@ -130,10 +131,10 @@ fn scenario(
 ) -> anyhow::Result<Scenario> {
     let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
     let mut tables = Tables::default();
-    let baseline: &mut Xdp = loaded
-        .ebpf_mut()
-        .program_mut(maps::BASELINE_PROGRAM)
-        .context("the object has no baseline program")?
+    let mut bench = Ebpf::load(bench_object::OBJECT).context("loading the bench object")?;
+    let baseline: &mut Xdp = bench
+        .program_mut(bench_object::BASELINE_PROGRAM)
+        .context("the bench object has no baseline program")?
         .try_into()?;
     baseline.load().context("loading the baseline program")?;
 
@@ -202,7 +203,7 @@ fn scenario(
             let mut base = Vec::new();
             let mut demux = Vec::new();
             for _ in 0..rounds {
-                base.push(ns_per_run(baseline_of(&mut loaded)?, &case.frame, repeat)?);
+                base.push(ns_per_run(baseline_of(&mut bench)?, &case.frame, repeat)?);
                 demux.push(ns_per_run(loaded.program_mut(), &case.frame, repeat)?);
             }
             let (base, demux) = (median(base), median(demux));
@@ -269,10 +270,9 @@ fn scenario(
     })
 }
 
-fn baseline_of(loaded: &mut Loaded) -> anyhow::Result<&mut Xdp> {
-    Ok(loaded
-        .ebpf_mut()
-        .program_mut(maps::BASELINE_PROGRAM)
+fn baseline_of(bench: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    Ok(bench
+        .program_mut(bench_object::BASELINE_PROGRAM)
         .context("baseline program")?
         .try_into()?)
 }

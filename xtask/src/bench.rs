@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use crate::{cargo, is_root, step};
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Which benchmark to run.
     #[arg(value_enum)]
     which: Which,
@@ -28,7 +28,7 @@ enum Which {
     Throughput,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !is_root() {
         bail!("benchmarks load BPF programs: run `cargo xtask bench` as root");
     }

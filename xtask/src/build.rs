@@ -2,7 +2,7 @@
 
 use crate::{cargo, step};
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     step(cargo().args(["build", "--release"]))?;
     println!(
         "built: target/release/demux (the daemon and CLI, with the XDP program embedded), \

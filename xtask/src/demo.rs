@@ -6,14 +6,18 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::{build, is_root, show, workspace_root};
+use crate::{
+    build, is_root, show,
+    testbed::{self, ChildGuard, Echo, NotifySocket, PairSpec, VethPair},
+    workspace_root,
+};
 
 const NS_A: &str = "demux-demo-a";
 const NS_B: &str = "demux-demo-b";
@@ -21,37 +25,32 @@ const IF_A: &str = "demo-a";
 const IF_B: &str = "demo-b";
 const STATE_DIR: &str = "/run/demux-demo";
 
-/// The testbed; dropping it stops the daemon (by PID) and deletes both namespaces.
-struct Testbed {
-    daemon: Option<Child>,
-    /// A daemon left running by `--keep`, found again by `--clean`.
-    daemon_pid: Option<i32>,
+/// Stops a daemon left running by `--keep` (found by its PID file, and only if that PID still
+/// runs the demo's daemon), deletes both namespaces and the state directory.
+fn clean() {
+    let pid = std::fs::read_to_string(Path::new(STATE_DIR).join("daemon.pid")).ok();
+    if let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) {
+        // Only the demo's own daemon: check what the PID runs before signalling it.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(IF_B) {
+            // SAFETY: signalling the demo daemon, by its PID.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+    for ns in [NS_A, NS_B] {
+        testbed::delete_netns(ns);
+    }
+    let _ = std::fs::remove_dir_all(STATE_DIR);
+    println!("demo: testbed removed");
 }
 
-impl Drop for Testbed {
+/// The demo's state directory (control socket, notify socket, log, PID file), removed on drop
+/// with a last word: it goes after the daemon and the namespaces.
+struct StateDir;
+
+impl Drop for StateDir {
     fn drop(&mut self) {
-        if let Some(pid) = self.daemon_pid.take() {
-            // Only the demo's own daemon: check what the PID runs before signalling it.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(IF_B) {
-                // SAFETY: signalling the demo daemon, by its PID.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-                thread::sleep(Duration::from_millis(500));
-            }
-        }
-        if let Some(mut daemon) = self.daemon.take() {
-            // SAFETY: signalling the daemon this demo started, by its PID.
-            unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-        for ns in [NS_A, NS_B] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
         let _ = std::fs::remove_dir_all(STATE_DIR);
         println!("demo: testbed removed");
     }
@@ -59,20 +58,10 @@ impl Drop for Testbed {
 
 /// Runs and prints a command; fails with its stderr.
 fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = Command::new(program);
+    let mut cmd = std::process::Command::new(program);
     cmd.args(args);
     println!("$ {}", show(&cmd));
-    let output = cmd
-        .output()
-        .with_context(|| format!("starting {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            show(&cmd),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    testbed::run(&mut cmd)
 }
 
 /// One kind of traffic, and the endpoint (by name) that must receive it, if any.
@@ -178,7 +167,7 @@ const FLOWS: [Flow; 8] = [
 
 /// `cargo xtask demo [--keep | --clean]`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Leave the testbed and the daemon running afterwards (to try the CLI and the examples).
     #[arg(long, conflicts_with = "clean")]
     keep: bool,
@@ -187,16 +176,12 @@ pub struct DemoArgs {
     clean: bool,
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.clean {
         if !is_root() {
             bail!("removing the demo testbed needs root");
         }
-        let pid = std::fs::read_to_string(Path::new(STATE_DIR).join("daemon.pid")).ok();
-        drop(Testbed {
-            daemon: None,
-            daemon_pid: pid.and_then(|p| p.trim().parse().ok()),
-        });
+        clean();
         return Ok(());
     }
     if !is_root() {
@@ -206,86 +191,33 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let demux = workspace_root().join("target/release/demux");
     let demux_gen = workspace_root().join("target/release/demux-gen");
     let control = PathBuf::from(STATE_DIR).join("control.sock");
+    // A testbed left by an earlier `--keep`.
     for ns in [NS_A, NS_B] {
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
+        testbed::delete_netns(ns);
     }
+    testbed::remove_on_signal("demo");
+    let state = StateDir;
     println!("\ndemo: building the testbed (two namespaces joined by a veth pair)");
-    let mut testbed = Testbed {
-        daemon: None,
-        daemon_pid: None,
-    };
-    sh("ip", &["netns", "add", NS_A])?;
-    sh("ip", &["netns", "add", NS_B])?;
-    sh(
-        "ip",
-        &[
-            "-n", NS_A, "link", "add", IF_A, "type", "veth", "peer", "name", IF_B, "netns", NS_B,
+    let net = VethPair::new(PairSpec {
+        namespaces: [NS_A.into(), NS_B.into()],
+        ifaces: [IF_A.into(), IF_B.into()],
+        addrs: [
+            vec!["198.18.0.1/24".into(), "2001:2::1/64".into()],
+            vec![
+                "198.18.0.2/24".into(),
+                "198.18.0.3/24".into(),
+                "2001:2::2/64".into(),
+            ],
         ],
-    )?;
-    sh(
-        "ip",
-        &["-n", NS_A, "addr", "add", "198.18.0.1/24", "dev", IF_A],
-    )?;
-    sh(
-        "ip",
-        &[
-            "-n",
-            NS_A,
-            "addr",
-            "add",
-            "2001:2::1/64",
-            "dev",
-            IF_A,
-            "nodad",
-        ],
-    )?;
-    sh(
-        "ip",
-        &["-n", NS_B, "addr", "add", "198.18.0.2/24", "dev", IF_B],
-    )?;
-    sh(
-        "ip",
-        &["-n", NS_B, "addr", "add", "198.18.0.3/24", "dev", IF_B],
-    )?;
-    sh(
-        "ip",
-        &[
-            "-n",
-            NS_B,
-            "addr",
-            "add",
-            "2001:2::2/64",
-            "dev",
-            IF_B,
-            "nodad",
-        ],
-    )?;
-    for (ns, iface) in [(NS_A, IF_A), (NS_B, IF_B)] {
-        sh("ip", &["-n", ns, "link", "set", iface, "up"])?;
-        sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-    }
-    let b_mac = sh(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            NS_B,
-            "cat",
-            &format!("/sys/class/net/{IF_B}/address"),
-        ],
-    )?;
-    let b_mac = b_mac.trim().to_owned();
+        echo: Echo::Show("$ "),
+    })?;
 
     println!("\ndemo: starting the daemon in {NS_B}");
     std::fs::create_dir_all(STATE_DIR)?;
     let log = std::fs::File::create(Path::new(STATE_DIR).join("daemon.log"))?;
-    let mut daemon_cmd = Command::new("ip");
+    let notify = NotifySocket::bind(Path::new(STATE_DIR).join("notify.sock"))?;
+    let mut daemon_cmd = net.b.command(&demux);
     daemon_cmd
-        .args(["netns", "exec", NS_B])
-        .arg(&demux)
         .args([
             "daemon",
             "--iface",
@@ -295,22 +227,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--control",
         ])
         .arg(&control)
+        .env(NotifySocket::VAR, notify.path())
         .stdout(Stdio::null())
         .stderr(log);
     println!("$ {}", show(&daemon_cmd));
-    let daemon = daemon_cmd.spawn().context("starting the daemon")?;
+    let mut daemon = ChildGuard::spawn(&mut daemon_cmd).context("starting the daemon")?;
     std::fs::write(
         Path::new(STATE_DIR).join("daemon.pid"),
         daemon.id().to_string(),
     )?;
-    testbed.daemon = Some(daemon);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !control.exists() {
-        if Instant::now() > deadline {
-            bail!("the daemon did not come up; its log: {STATE_DIR}/daemon.log");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let status = notify
+        .wait_ready(&mut daemon, Duration::from_secs(15))
+        .with_context(|| format!("the daemon did not come up; its log: {STATE_DIR}/daemon.log"))?;
+    println!("   ready: {status}");
     let ctl = control.to_string_lossy().into_owned();
     let demux_s = demux.to_string_lossy().into_owned();
     let demux_gen_s = demux_gen.to_string_lossy().into_owned();
@@ -339,7 +268,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ids.push((name, id));
     }
 
-    let no_ports_before = udp_no_ports()?;
+    let no_ports_before = udp_no_ports(&net)?;
     println!("\ndemo: sending traffic from {NS_A}");
     for flow in &FLOWS {
         println!("   {} ({} frames)", flow.what, flow.count);
@@ -357,7 +286,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--dst",
             flow.dst,
             "--dst-mac",
-            &b_mac,
+            &net.b_mac,
             "--count",
             &count,
             "--flows",
@@ -399,7 +328,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .filter(|f| f.receiver.is_none())
         .map(|f| f.count)
         .sum();
-    let no_ports = udp_no_ports()? - no_ports_before;
+    let no_ports = udp_no_ports(&net)? - no_ports_before;
     let mark = if no_ports == unmatched { "ok" } else { "WRONG" };
     println!(
         "   the kernel saw {no_ports} of {unmatched} unmatched datagrams (UDP NoPorts) ... {mark}"
@@ -410,11 +339,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ));
     }
     if args.keep && problems.is_empty() {
-        // Hand the daemon over to `--clean`, which finds it by its PID file.
-        if let Some(daemon) = testbed.daemon.take() {
-            std::mem::forget(daemon);
-        }
-        std::mem::forget(testbed);
+        // Hand the daemon over to `--clean`, which finds it by its PID file; the notify
+        // socket stays for its STOPPING=1 and goes with the state directory.
+        daemon.keep();
+        std::mem::forget(notify);
+        net.a.keep();
+        net.b.keep();
+        std::mem::forget(state);
         println!(
             "\ndemo: the testbed stays up: namespaces {NS_A} and {NS_B}, control socket {ctl}\n\
              try:   {demux_s} stats --control {ctl}\n\
@@ -423,24 +354,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    drop(testbed);
+    drop(daemon);
+    drop(notify);
+    drop(net);
+    drop(state);
     ensure!(problems.is_empty(), "demo failed: {}", problems.join("; "));
     println!("\ndemo: OK: every endpoint received exactly its traffic, and the unmatched traffic reached the kernel");
     Ok(())
 }
 
 /// The kernel's count of UDP datagrams to ports without a socket, in the receiving namespace.
-fn udp_no_ports() -> anyhow::Result<u64> {
-    let snmp = Command::new("ip")
-        .args(["netns", "exec", NS_B, "cat", "/proc/net/snmp"])
-        .output()?;
-    let text = String::from_utf8_lossy(&snmp.stdout);
-    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "NoPorts")
-        .and_then(|(_, value)| value.parse().ok())
+fn udp_no_ports(net: &VethPair) -> anyhow::Result<u64> {
+    net.b
+        .udp_counters(false)?
+        .get("NoPorts")
+        .copied()
         .context("reading Udp NoPorts from /proc/net/snmp")
 }

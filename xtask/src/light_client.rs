@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context as _};
 use crate::{show, workspace_root};
 
 /// The most crates (the application's own included) a client-only dependency may pull.
-pub const MAX_CRATES: usize = 30;
+pub(crate) const MAX_CRATES: usize = 30;
 
 const MAIN: &str = r#"//! Binds an endpoint where no daemon listens: the client library builds and reports it.
 use demux::{binding::Protocol, client::{Endpoint, ErrorCode}};
@@ -33,7 +33,7 @@ fn main() {
 "#;
 
 /// Generates, builds and runs the crate, and counts its dependencies.
-pub fn check() -> anyhow::Result<()> {
+pub(crate) fn check() -> anyhow::Result<()> {
     let root = workspace_root();
     let dir = root.join("target/light-client");
     let _ = fs::remove_dir_all(dir.join("src"));

@@ -7,6 +7,16 @@ mod demo;
 mod light_client;
 mod run;
 mod test;
+// The testbed is shared as source with demux-user's tests and benchmarks
+// (`demux::testing::testbed`): the xtask cannot depend on demux-user, whose build script needs
+// the toolchain the xtask installs.
+#[path = "../../demux-user/src/testing/testbed.rs"]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared with the tests and benchmarks, which use more of it, as `demux::testing::testbed`"
+)]
+mod testbed;
 mod toolchain;
 
 use std::{

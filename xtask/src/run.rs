@@ -9,13 +9,13 @@ use clap::Args;
 use crate::{build, has_program, is_root, show, workspace_root};
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Arguments for `demux daemon`, e.g. `-- --iface veth0 --mode skb`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     build::run()?;
     let daemon = workspace_root().join("target/release/demux");
     let mut cmd = if is_root() {

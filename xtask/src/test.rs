@@ -4,7 +4,8 @@
 //!
 //! It reads the test binaries' closing lines and ends with one summary line,
 //! `summary: N passed, N failed, N skipped`, where a privileged test that could not run counts
-//! as skipped, never as passed.
+//! as skipped, never as passed: the privileged harness (libtest-mimic) reports it as ignored,
+//! and prints a `skipped: <reason>` line for it, which is repeated at the end.
 
 use std::{
     io::{BufRead, BufReader},
@@ -17,7 +18,7 @@ use clap::Args;
 use crate::{cargo, light_client, show, step};
 
 #[derive(Debug, Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// Run only the tests whose name contains this text (checks still run).
     filter: Option<String>,
 }
@@ -30,7 +31,7 @@ struct Tally {
     skipped: u64,
 }
 
-pub fn run(args: TestArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     step(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The XDP crate is checked on the host; clippy needs panic=abort for a no_std binary.
@@ -96,18 +97,15 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
 }
 
 impl Tally {
-    /// Adds the counts of a closing line: libtest's `test result: ok. 3 passed; 0 failed;
-    /// 1 ignored; …` (ignored counts as skipped) or the privileged harness's
-    /// `privileged: 3 passed, 0 failed, 1 skipped`.
+    /// Adds the counts of a closing line, libtest's and libtest-mimic's (the privileged
+    /// tests'): `test result: ok. 3 passed; 0 failed; 1 ignored; …`, where ignored counts as
+    /// skipped.
     fn add_closing_line(&mut self, line: &str) {
-        let counts = if let Some(rest) = line.strip_prefix("test result: ") {
-            rest.split_once(". ").map_or("", |(_, counts)| counts)
-        } else if let Some(rest) = line.strip_prefix("privileged: ") {
-            rest
-        } else {
+        let Some(rest) = line.strip_prefix("test result: ") else {
             return;
         };
-        for part in counts.split([';', ',']) {
+        let counts = rest.split_once(". ").map_or("", |(_, counts)| counts);
+        for part in counts.split(';') {
             let mut words = part.split_whitespace();
             let (Some(n), Some(what)) = (words.next(), words.next()) else {
                 continue;
@@ -116,7 +114,7 @@ impl Tally {
             match what {
                 "passed" => self.passed += n,
                 "failed" => self.failed += n,
-                "ignored" | "skipped" => self.skipped += n,
+                "ignored" => self.skipped += n,
                 _ => {}
             }
         }
@@ -128,13 +126,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_libtest_and_privileged_closing_lines() {
+    fn reads_libtest_and_libtest_mimic_closing_lines() {
         let mut tally = Tally::default();
         for line in [
             "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; \
              finished in 0.00s",
             "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
-            "privileged: 4 passed, 0 failed, 2 skipped",
+            // The privileged harness, not root: every test skipped.
+            "test result: ok. 4 passed; 0 failed; 2 ignored; 0 measured; 8 filtered out; \
+             finished in 0.00s",
+            "test program::verifier_accepts_the_program ... skipped: not root",
             "test foo ... ok",
             "running 3 tests",
         ] {

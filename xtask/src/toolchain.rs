@@ -50,7 +50,7 @@ impl Missing {
 
 /// Checks the toolchain, installs what is missing when allowed, and fails if anything is still
 /// missing afterwards.
-pub fn ensure(install: bool) -> anyhow::Result<()> {
+pub(crate) fn ensure(install: bool) -> anyhow::Result<()> {
     let missing = check(true);
     if missing.is_empty() {
         return Ok(());

@@ -4,12 +4,12 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 /// First destination port; the scale cases use PORT .. PORT+endpoints-1.
-pub const PORT: u16 = 7000;
+pub(crate) const PORT: u16 = 7000;
 /// Source ports (flows) the generator cycles through.
-pub const FLOWS: u16 = 64;
+pub(crate) const FLOWS: u16 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Receiver {
+pub(crate) enum Receiver {
     /// `bench_drop` counts and drops: the limit of the hook.
     XdpDrop,
     /// One kernel UDP socket, a thread reading with recvmmsg.
@@ -23,7 +23,7 @@ pub enum Receiver {
 }
 
 impl Receiver {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Receiver::XdpDrop => "xdp_drop",
             Receiver::KernelRecvmmsg => "kernel_recvmmsg",
@@ -34,7 +34,7 @@ impl Receiver {
     }
 
     /// Whether the receiver reads payloads, so it can measure latency from the send stamps.
-    pub fn reads_payloads(self) -> bool {
+    pub(crate) fn reads_payloads(self) -> bool {
         matches!(
             self,
             Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::DemuxRing
@@ -44,7 +44,7 @@ impl Receiver {
 
 /// How the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sender {
+pub(crate) enum Sender {
     /// AF_XDP TX (copy mode on veth): the fastest sender here.
     Xdp,
     /// UDP sockets with sendmmsg, through the sender namespace's stack.
@@ -53,7 +53,7 @@ pub enum Sender {
 
 /// The traffic of a case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     pub ipv6: bool,
     /// Ethernet frame length without the FCS (64 on the wire = 60 here).
     pub frame: usize,
@@ -63,7 +63,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub const fn new(ipv6: bool, frame: usize) -> Self {
+    pub(crate) const fn new(ipv6: bool, frame: usize) -> Self {
         Self {
             ipv6,
             frame,
@@ -77,16 +77,16 @@ impl Traffic {
     }
 
     /// UDP payload bytes: what makes the frame `frame` long, at least the 16-byte stamp.
-    pub fn payload(&self) -> usize {
+    pub(crate) fn payload(&self) -> usize {
         self.frame.saturating_sub(self.headers()).max(16)
     }
 
     /// The frame length actually sent.
-    pub fn frame_len(&self) -> usize {
+    pub(crate) fn frame_len(&self) -> usize {
         self.headers() + self.payload()
     }
 
-    pub fn src(&self) -> SocketAddr {
+    pub(crate) fn src(&self) -> SocketAddr {
         if self.ipv6 {
             "[2001:2::1]:40000".parse().expect("address")
         } else {
@@ -94,7 +94,7 @@ impl Traffic {
         }
     }
 
-    pub fn dst(&self) -> SocketAddr {
+    pub(crate) fn dst(&self) -> SocketAddr {
         if self.ipv6 {
             format!("[2001:2::2]:{PORT}").parse().expect("address")
         } else {
@@ -102,7 +102,7 @@ impl Traffic {
         }
     }
 
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!(
             "{} {}B{}",
             if self.ipv6 { "v6" } else { "v4" },
@@ -120,7 +120,7 @@ impl Traffic {
 /// endpoints' own: on the endpoints' own ports (every packet probes their table) or on other
 /// ports (the port index skips their table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Case {
+pub(crate) struct Case {
     pub receiver: Receiver,
     pub traffic: Traffic,
     pub fillers: u32,
@@ -128,7 +128,7 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let mut name = format!("{} {}", self.receiver.name(), self.traffic.label());
         if self.traffic.ports > 1 {
             name += &format!(" {}ep", self.traffic.ports);
@@ -150,7 +150,7 @@ impl Case {
 
 /// One run of a case.
 #[derive(Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// The offered rate asked of the generator (0: as fast as it goes).
     pub rate: u64,
     pub sent: u64,
@@ -173,29 +173,29 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn counted(&self) -> u64 {
+    pub(crate) fn counted(&self) -> u64 {
         self.delivered + self.passed + self.dropped.values().sum::<u64>()
     }
 
-    pub fn accounted(&self) -> bool {
+    pub(crate) fn accounted(&self) -> bool {
         self.sent == self.counted()
     }
 
-    pub fn offered_pps(&self) -> f64 {
+    pub(crate) fn offered_pps(&self) -> f64 {
         self.sent as f64 / self.secs
     }
 
-    pub fn delivered_pps(&self) -> f64 {
+    pub(crate) fn delivered_pps(&self) -> f64 {
         self.delivered as f64 / self.secs
     }
 
-    pub fn lossless(&self) -> bool {
+    pub(crate) fn lossless(&self) -> bool {
         self.accounted() && self.delivered == self.sent
     }
 }
 
 /// `p` (0..100) of sorted values.
-pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -204,7 +204,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
 }
 
 /// The median of some values.
-pub fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

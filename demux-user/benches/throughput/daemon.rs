@@ -10,13 +10,13 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         mpsc, Arc,
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _};
@@ -25,6 +25,7 @@ use demux::{
     binding::{addr16, Protocol},
     client::Endpoint,
     control::{client::Client, BindRequest, Request, Response, SinkSpec},
+    testing::testbed::{ChildGuard, NotifySocket},
 };
 use demux_common::{
     binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
@@ -35,55 +36,51 @@ use demux_common::{
 use crate::{
     cases::{Case, Receiver, Sample, PORT},
     generator::{generate, DEMUX},
-    testbed::{
-        bpf_run_stats, map_ids, pin_cpu, stop, threaded_napi, veth_drops, CpuTimes, Testbed, IF_B,
-        NS_B, RX_CPU,
-    },
+    probes::{bpf_run_stats, map_ids, pin_cpu, CpuTimes, Testbed, RX_CPU},
 };
 
 /// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.
 const FRAMES: u64 = 4096;
 
-/// Starts the daemon in namespace B on the receiving CPU; returns its PID and control socket.
-fn start_daemon(testbed: &mut Testbed) -> anyhow::Result<(u32, PathBuf)> {
+/// Starts the daemon in namespace B on the receiving CPU and waits for its `READY=1`
+/// (sd_notify); returns it (dropping it stops it), its notify socket (to keep until it has
+/// stopped) and its control socket.
+fn start_daemon(testbed: &Testbed) -> anyhow::Result<(ChildGuard, NotifySocket, PathBuf)> {
     let control = testbed.dir.join("control.sock");
     let log = testbed.dir.join("daemon.log");
-    let _ = std::fs::remove_file(&control);
-    let child = crate::testbed::with_signals(Command::new("ip"))
-        .args(["netns", "exec", NS_B, "taskset", "-c", &RX_CPU.to_string()])
-        .args([DEMUX, "daemon", "--iface", IF_B, "--stats-interval", "0"])
-        .args(["--frames", &FRAMES.to_string(), "--control"])
-        .arg(&control)
-        .stdout(Stdio::null())
-        .stderr(File::create(&log)?)
-        .spawn()?;
-    let pid = child.id();
-    crate::testbed::started(child, testbed);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !control.exists() {
-        ensure!(
-            Instant::now() < deadline,
-            "the daemon did not start; see {}",
-            log.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok((pid, control))
+    let notify = NotifySocket::bind(testbed.dir.join("notify.sock"))?;
+    let mut daemon = ChildGuard::spawn(
+        testbed
+            .pair
+            .b
+            .command("taskset")
+            .args(["-c", &RX_CPU.to_string()])
+            .args([DEMUX, "daemon", "--iface", &testbed.pair.b_if])
+            .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
+            .arg("--control")
+            .arg(&control)
+            .env(NotifySocket::VAR, notify.path())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?),
+    )?;
+    notify
+        .wait_ready(&mut daemon, Duration::from_secs(15))
+        .with_context(|| format!("the daemon did not start; see {}", log.display()))?;
+    Ok((daemon, notify, control))
 }
 
 /// Runs one demux case at `rate` pps (0: flat out) for `secs`.
-pub fn measure(
+pub(crate) fn measure(
     case: &Case,
     testbed: &mut Testbed,
     rate: u64,
     secs: f64,
     latency: bool,
 ) -> anyhow::Result<Sample> {
-    let (pid, control) = start_daemon(testbed)?;
-    let result = run_daemon_case(case, testbed, pid, &control, rate, secs, latency);
-    if let Some(mut daemon) = testbed.children.pop() {
-        stop(&mut daemon);
-    }
+    let (daemon, notify, control) = start_daemon(testbed)?;
+    let result = run_daemon_case(case, testbed, daemon.id(), &control, rate, secs, latency);
+    drop(daemon);
+    drop(notify);
     result
 }
 
@@ -185,8 +182,9 @@ fn run_daemon_case(
             fill_connected(pid, &endpoints, case)?;
         }
     }
-    threaded_napi()?;
-    let (veth_before, cpu_before, bpf_before) = (veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
+    testbed.threaded_napi()?;
+    let (veth_before, cpu_before, bpf_before) =
+        (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
     let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
     thread::sleep(Duration::from_millis(300));
@@ -201,7 +199,10 @@ fn run_daemon_case(
     // veth counts a failed redirect (the AF_XDP rx ring full) as its own rx drop too: count
     // those once, under the socket.
     let xsk_rx: u64 = s.sockets.iter().map(|x| x.rx_dropped).sum();
-    dropped.insert("veth", (veth_drops() - veth_before).saturating_sub(xsk_rx));
+    dropped.insert(
+        "veth",
+        (testbed.veth_drops() - veth_before).saturating_sub(xsk_rx),
+    );
     dropped.insert("xsk_rx", xsk_rx);
     dropped.insert(
         "sink",

@@ -1,21 +1,19 @@
 //! Drives `demux gen` in the sender namespace, pinned to CPU 0.
 
-use std::process::Command;
-
 use anyhow::Context as _;
 
 use crate::{
     cases::{Sender, Traffic, FLOWS},
-    testbed::{Testbed, IF_A, NS_A},
+    probes::Testbed,
 };
 
-pub const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
+pub(crate) const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
 /// The traffic generator binary.
-pub const DEMUX_GEN: &str = env!("CARGO_BIN_EXE_demux-gen");
+pub(crate) const DEMUX_GEN: &str = env!("CARGO_BIN_EXE_demux-gen");
 
 /// Sends `traffic` for `secs` seconds at `rate` pps (0: as fast as it goes); returns frames
 /// sent and the seconds the generator took.
-pub fn generate(
+pub(crate) fn generate(
     testbed: &Testbed,
     traffic: &Traffic,
     rate: u64,
@@ -25,9 +23,19 @@ pub fn generate(
         Sender::Xdp => "xdp",
         Sender::Sendmmsg => "sendmmsg",
     };
-    let output = Command::new("ip")
-        .args(["netns", "exec", NS_A, "taskset", "-c", "0", DEMUX_GEN])
-        .args(["--iface", IF_A, "--mode", mode, "--dst-mac", &testbed.b_mac])
+    let pair = &testbed.pair;
+    let output = pair
+        .a
+        .command("taskset")
+        .args(["-c", "0", DEMUX_GEN])
+        .args([
+            "--iface",
+            &pair.a_if,
+            "--mode",
+            mode,
+            "--dst-mac",
+            &pair.b_mac,
+        ])
         .args(["--src", &traffic.src().to_string()])
         .args(["--dst", &traffic.dst().to_string()])
         .args(["--dst-ports", &traffic.ports.to_string()])

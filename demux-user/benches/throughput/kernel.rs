@@ -13,10 +13,12 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::testbed::{enter, pin_cpu, NS_B, RX_CPU};
+use demux::testing::testbed::enter_netns;
+
+use crate::probes::{pin_cpu, RX_CPU};
 
 /// Running receiver threads; `finish` stops them and returns what they read.
-pub struct Receivers {
+pub(crate) struct Receivers {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
@@ -25,7 +27,7 @@ pub struct Receivers {
 
 impl Receivers {
     /// Datagrams read, and the send-to-read latencies (ns) if asked for.
-    pub fn finish(self) -> (u64, Vec<u64>) {
+    pub(crate) fn finish(self) -> (u64, Vec<u64>) {
         self.stop.store(true, Relaxed);
         for t in self.threads {
             let _ = t.join();
@@ -81,10 +83,15 @@ fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace B, a thread each (pinned to
+/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace `ns`, a thread each (pinned to
 /// the receiving CPU when there is one socket); with `latency`, each thread keeps the
 /// send-to-read time of every datagram.
-pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<Receivers> {
+pub(crate) fn start(
+    ns: &str,
+    sockets: usize,
+    addr: SocketAddr,
+    latency: bool,
+) -> anyhow::Result<Receivers> {
     let receivers = Receivers {
         stop: Arc::new(AtomicBool::new(false)),
         count: Arc::new(AtomicU64::new(0)),
@@ -94,6 +101,7 @@ pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
     for _ in 0..sockets {
+        let ns = ns.to_owned();
         let (stop, count, all_latencies, ready) = (
             receivers.stop.clone(),
             receivers.count.clone(),
@@ -102,7 +110,7 @@ pub fn start(sockets: usize, addr: SocketAddr, latency: bool) -> anyhow::Result<
         );
         threads.push(thread::spawn(move || {
             let setup = || -> anyhow::Result<std::net::UdpSocket> {
-                enter(NS_B)?;
+                enter_netns(&ns)?;
                 if sockets == 1 {
                     pin_cpu(RX_CPU);
                 }
@@ -151,10 +159,10 @@ fn read_loop(
             iov_len: b.len(),
         })
         .collect();
-    // SAFETY: mmsghdr is plain data; each points at its iovec below.
     let mut msgs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
         .map(|iov| {
+            // SAFETY: mmsghdr is plain data (all-zero is valid); it points at its iovec below.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;

@@ -1,8 +1,10 @@
 //! `cargo xtask bench throughput`: demux side by side with the kernel's UDP sockets and the
-//! XDP_DROP limit, on a two-namespace veth testbed (`testbed`), with the same generator
+//! XDP_DROP limit, on a two-namespace veth testbed (`probes`, built with
+//! `demux::testing::testbed`), with the same generator
 //! (`demux gen`) for every case.
 //!
-//! Cases (`cases`): XDP_DROP (`bench_drop` counts and drops), one kernel UDP socket read with
+//! Cases (`cases`): XDP_DROP (`bench_drop` from the benchmarks' own object,
+//! `demux::testing::bench_object`, counts and drops), one kernel UDP socket read with
 //! recvmmsg, one SO_REUSEPORT socket per core, demux delivering to a counting sink in the
 //! daemon, and demux delivering to a client's shared-memory ring; under IPv4 and IPv6, 64- and
 //! 1,400-byte frames; demux at 1, 64 and 4,096 endpoints (the last with 1,000,000 bindings in
@@ -25,8 +27,8 @@ mod cases;
 mod daemon;
 mod generator;
 mod kernel;
+mod probes;
 mod report;
-mod testbed;
 
 use std::{
     collections::BTreeMap,
@@ -42,14 +44,14 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf,
 };
-use demux_common::maps;
+use demux::testing::bench_object;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
     cases::{Case, Receiver, Sample, Sender, Traffic},
     generator::generate,
+    probes::{bpf_run_stats, CpuTimes, Testbed},
     report::CaseResult,
-    testbed::{bpf_run_stats, in_b, threaded_napi, udp_counters, veth_drops, CpuTimes, Testbed},
 };
 
 fn main() -> ExitCode {
@@ -132,13 +134,13 @@ fn cases(quick: bool) -> Vec<Case> {
     cases
 }
 
-/// Attaches `program` from the object to the receiving veth, in namespace B.
-fn attach_plain(program: &str) -> anyhow::Result<Ebpf> {
-    in_b(false, || {
-        let mut ebpf = Ebpf::load(demux::program::OBJECT).context("loading the object")?;
+/// Attaches `program` from the benchmarks' object to the receiving veth, in namespace B.
+fn attach_plain(testbed: &Testbed, program: &str) -> anyhow::Result<Ebpf> {
+    testbed.in_b(false, || {
+        let mut ebpf = Ebpf::load(bench_object::OBJECT).context("loading the bench object")?;
         let prog: &mut Xdp = ebpf.program_mut(program).context("program")?.try_into()?;
         prog.load()?;
-        prog.attach(testbed::IF_B, XdpMode::Driver)
+        prog.attach(&testbed.pair.b_if, XdpMode::Driver)
             .with_context(|| format!("attaching {program}"))?;
         Ok(ebpf)
     })
@@ -156,22 +158,22 @@ fn measure(
     let me = std::process::id();
     match case.receiver {
         Receiver::XdpDrop => {
-            let ebpf = attach_plain(maps::BENCH_DROP_PROGRAM)?;
-            threaded_napi()?;
+            let ebpf = attach_plain(testbed, bench_object::DROP_PROGRAM)?;
+            testbed.threaded_napi()?;
             let (veth_before, cpu_before, bpf_before) =
-                (veth_drops(), CpuTimes::now(), bpf_run_stats(me));
+                (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(me));
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let drops: PerCpuArray<_, u64> =
-                PerCpuArray::try_from(ebpf.map(maps::BENCH_DROPS).context("BENCH_DROPS")?)?;
+                PerCpuArray::try_from(ebpf.map(bench_object::DROPS).context(bench_object::DROPS)?)?;
             Ok(Sample {
                 rate,
                 sent,
                 delivered: drops.get(&0, 0)?.iter().sum(),
                 secs,
-                dropped: BTreeMap::from([("veth", veth_drops() - veth_before)]),
+                dropped: BTreeMap::from([("veth", testbed.veth_drops() - veth_before)]),
                 cpu_busy,
                 cpu_secs,
                 bpf_ns: per_run(bpf_before, bpf),
@@ -179,18 +181,19 @@ fn measure(
             })
         }
         Receiver::KernelRecvmmsg | Receiver::KernelReuseport => {
-            let _ebpf = attach_plain(maps::BASELINE_PROGRAM)?;
-            threaded_napi()?;
+            let _ebpf = attach_plain(testbed, bench_object::BASELINE_PROGRAM)?;
+            testbed.threaded_napi()?;
             let sockets = if case.receiver == Receiver::KernelRecvmmsg {
                 1
             } else {
                 thread::available_parallelism().map_or(2, |n| n.get())
             };
-            let receivers = kernel::start(sockets, case.traffic.dst(), latency)?;
+            let receivers =
+                kernel::start(testbed.pair.b.name(), sockets, case.traffic.dst(), latency)?;
             let ipv6 = case.traffic.ipv6;
             let (udp_before, veth_before, cpu_before, bpf_before) = (
-                udp_counters(ipv6),
-                veth_drops(),
+                testbed.udp_counters(ipv6),
+                testbed.veth_drops(),
                 CpuTimes::now(),
                 bpf_run_stats(me),
             );
@@ -199,10 +202,10 @@ fn measure(
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let (read, latencies) = receivers.finish();
-            let udp_after = udp_counters(ipv6);
+            let udp_after = testbed.udp_counters(ipv6);
             let delta = |k: &str| udp_after.get(k).unwrap_or(&0) - udp_before.get(k).unwrap_or(&0);
             let dropped = BTreeMap::from([
-                ("veth", veth_drops() - veth_before),
+                ("veth", testbed.veth_drops() - veth_before),
                 ("socket_buffer", delta("RcvbufErrors")),
                 ("udp_other", delta("InErrors") - delta("RcvbufErrors")),
                 ("no_port", delta("NoPorts")),
@@ -241,9 +244,8 @@ fn run() -> anyhow::Result<bool> {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    // SAFETY: geteuid has no preconditions.
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        demux::sys::euid() == 0,
         "needs root: namespaces, XDP and AF_XDP"
     );
     let plan = if quick {
@@ -263,10 +265,10 @@ fn run() -> anyhow::Result<bool> {
             search_secs: 1.0,
         }
     };
-    testbed::cleanup_on_signal(testbed::scratch_dir());
+    demux::testing::testbed::remove_on_signal("bench throughput");
     // BPF_STATS_RUN_TIME: the kernel times every program run while this fd is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let mut testbed = testbed::setup()?;
+    let mut testbed = probes::setup()?;
     let mut results: Vec<CaseResult> = cases(quick)
         .into_iter()
         .map(|case| CaseResult {

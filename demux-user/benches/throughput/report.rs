@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::cases::{median, percentile, Case, Receiver, Sample, Traffic};
 
 /// Everything measured for one case.
-pub struct CaseResult {
+pub(crate) struct CaseResult {
     pub case: Case,
     /// Flat-out runs, one per round.
     pub max: Vec<Sample>,
@@ -21,16 +21,16 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
-    pub fn delivered_pps(&self) -> f64 {
+    pub(crate) fn delivered_pps(&self) -> f64 {
         median(self.max.iter().map(Sample::delivered_pps).collect())
     }
 
-    pub fn offered_pps(&self) -> f64 {
+    pub(crate) fn offered_pps(&self) -> f64 {
         median(self.max.iter().map(Sample::offered_pps).collect())
     }
 
     /// The highest offered rate the search found with no loss.
-    pub fn zero_loss_pps(&self) -> Option<f64> {
+    pub(crate) fn zero_loss_pps(&self) -> Option<f64> {
         self.search
             .iter()
             .filter(|s| s.lossless())
@@ -39,7 +39,7 @@ impl CaseResult {
     }
 
     /// p50, p99, p99.9 of the half-load run's latencies, in µs.
-    pub fn latency_us(&self) -> Option<[f64; 3]> {
+    pub(crate) fn latency_us(&self) -> Option<[f64; 3]> {
         let half = self.half.as_ref()?;
         let mut sorted = half.latencies.clone();
         sorted.sort_unstable();
@@ -51,7 +51,7 @@ impl CaseResult {
         self.max.iter().chain(&self.half).chain(&self.search)
     }
 
-    pub fn accounted(&self) -> bool {
+    pub(crate) fn accounted(&self) -> bool {
         self.samples().all(Sample::accounted)
     }
 }
@@ -75,7 +75,7 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 /// Prints the tables and the targets; returns whether every sample was accounted for.
-pub fn print(results: &[CaseResult]) -> bool {
+pub(crate) fn print(results: &[CaseResult]) -> bool {
     println!(
         "\n{:<40} {:>11} {:>11} {:>7} {:>7} {:>7} {:>5} {:>6}  accounting",
         "case (flat out)",
@@ -269,7 +269,7 @@ fn sample_json(s: &Sample) -> serde_json::Value {
     })
 }
 
-pub fn write_json(path: &Path, quick: bool, results: &[CaseResult]) -> anyhow::Result<()> {
+pub(crate) fn write_json(path: &Path, quick: bool, results: &[CaseResult]) -> anyhow::Result<()> {
     let cases: Vec<_> = results
         .iter()
         .map(|r| {
@@ -301,7 +301,7 @@ pub fn write_json(path: &Path, quick: bool, results: &[CaseResult]) -> anyhow::R
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Writes `stem.svg` and `stem.png`.
-pub fn plot(stem: &Path, results: &[CaseResult]) -> anyhow::Result<()> {
+pub(crate) fn plot(stem: &Path, results: &[CaseResult]) -> anyhow::Result<()> {
     let font = std::fs::read(FONT)
         .with_context(|| format!("reading the plot's font {FONT} (Debian: fonts-dejavu-core)"))?;
     plotters::style::register_font(

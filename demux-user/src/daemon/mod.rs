@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod state;
 pub mod view;
@@ -115,6 +116,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Attached, sockets registered, control socket listening: tell the supervisor, if any.
+    let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
+        warn!("{e}");
+        None
+    });
+    if let Some(notifier) = &notifier {
+        let status = format!(
+            "attached to {}; control socket {}",
+            config.ifaces.join(", "),
+            config.control.display()
+        );
+        if let Err(e) = notifier.ready(&status) {
+            warn!("{e}");
+        }
+    }
     let mut ticker = (!config.stats_interval.is_zero()).then(|| {
         let mut ticker = interval(config.stats_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -133,6 +149,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(Err(e)) = notifier.as_ref().map(notify::Notifier::stopping) {
+        warn!("{e}");
+    }
     // Detach first: from here on every packet goes to the kernel.
     server.abort();
     if let Some(metrics) = metrics {

@@ -18,6 +18,14 @@ use demux_common::{binding::Target, meta::PacketMeta, Verdict};
 
 const XDP_PASS: u32 = 2;
 
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        fixtures_agree_with_the_program,
+        differential_100k_frames,
+        full_table_is_refused_by_name_and_rolled_back,
+    ]
+}
+
 /// Encoded bindings, and group members by group id.
 type Bindings = Vec<(Entry, Target)>;
 type Groups = Vec<(u32, Vec<u32>)>;
@@ -115,7 +123,7 @@ fn uninstall(
     Ok(())
 }
 
-pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
+pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
     let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
     let mut tables = Tables::default();
     let mut failures = Vec::new();
@@ -163,7 +171,7 @@ pub fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
 const TABLE_SETS: u64 = 50;
 const FRAMES_PER_SET: u64 = 2_000;
 
-pub fn differential_100k_frames() -> anyhow::Result<()> {
+pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
     let seed = std::env::var("DEMUX_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -397,7 +405,7 @@ impl SplitMix64 {
 
 const _: () = assert!(size_of::<PacketMeta>() == PacketMeta::LEN);
 
-pub fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
+pub(crate) fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
     let (mut loaded, mut maps) = Loaded::load_with_capacity(BpfLogLevel::Off, Some(4))?;
     let mut tables = Tables::default();
     let bindings: Bindings = (1..=6u16)

@@ -15,19 +15,29 @@ use demux::{
     control::{Request, Response},
 };
 
+use demux::testing::testbed::{ChildGuard, TempDir, VethPair, B_ADDR};
+
 use crate::{
-    daemon::{wait_exit, DAEMON},
-    endpoints::{send, settle, RunningDaemon},
-    netns::{ChildGuard, TempDir, VethPair, B_ADDR},
+    daemon::{RunningDaemon, DAEMON},
+    endpoints::{send, settle},
 };
+
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        a_client_process_receives_a_burst_with_every_datagram_accounted,
+        a_killed_client_frees_its_endpoint_and_stalls_nothing,
+        the_library_receives_blocking_batch_and_async,
+    ]
+}
 
 const BURST: u64 = 2000;
 
-pub fn a_client_process_receives_a_burst_with_every_datagram_accounted() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
+pub(crate) fn a_client_process_receives_a_burst_with_every_datagram_accounted() -> anyhow::Result<()>
+{
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
-    let mut recv = ChildGuard(
+    let mut recv = ChildGuard::spawn(
         std::process::Command::new(DAEMON)
             .args([
                 "recv",
@@ -40,10 +50,9 @@ pub fn a_client_process_receives_a_burst_with_every_datagram_accounted() -> anyh
             .arg(&daemon.control)
             // A file, not a pipe: nobody reads a pipe until the client is done.
             .stdout(std::fs::File::create(dir.join("recv.out"))?)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting demux recv")?,
-    );
+            .stderr(Stdio::null()),
+    )
+    .context("starting demux recv")?;
     // Wait until the endpoint exists, then send.
     let mut client = daemon.client()?;
     settle(|| {
@@ -53,10 +62,9 @@ pub fn a_client_process_receives_a_burst_with_every_datagram_accounted() -> anyh
         Ok(!endpoints.is_empty())
     })?;
     send(&net.a, 40000, 9000, BURST)?;
-    let status = wait_exit(&mut recv, Duration::from_secs(25));
+    let status = recv.wait_exit(Duration::from_secs(25));
     if status.is_err() {
-        let _ = recv.0.kill();
-        let _ = recv.0.wait();
+        recv.stop(Duration::ZERO);
     }
     let lines: Vec<String> = BufReader::new(std::fs::File::open(dir.join("recv.out"))?)
         .lines()
@@ -101,11 +109,11 @@ pub fn a_client_process_receives_a_burst_with_every_datagram_accounted() -> anyh
     Ok(())
 }
 
-pub fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
+pub(crate) fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
-    let mut recv = ChildGuard(
+    let mut recv = ChildGuard::spawn(
         std::process::Command::new(DAEMON)
             .args([
                 "recv",
@@ -117,9 +125,8 @@ pub fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow::Result
             ])
             .arg(&daemon.control)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+            .stderr(Stdio::null()),
+    )?;
     let mut client = daemon.client()?;
     let count_endpoints = |client: &mut demux::control::client::Client| -> anyhow::Result<usize> {
         let Response::Endpoints { endpoints } = client.call(Request::List)? else {
@@ -129,9 +136,8 @@ pub fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow::Result
     };
     settle(|| Ok(count_endpoints(&mut client)? == 1))?;
     send(&net.a, 40000, 9000, 500)?;
-    // SAFETY: killing the client process this test started, by its PID.
-    unsafe { libc::kill(recv.0.id() as i32, libc::SIGKILL) };
-    wait_exit(&mut recv, Duration::from_secs(5))?;
+    recv.signal(libc::SIGKILL)?;
+    recv.wait_exit(Duration::from_secs(5))?;
     let mut left = usize::MAX;
     settle(|| {
         left = count_endpoints(&mut client)?;
@@ -149,9 +155,9 @@ pub fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow::Result
     Ok(())
 }
 
-pub fn the_library_receives_blocking_batch_and_async() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
+pub(crate) fn the_library_receives_blocking_batch_and_async() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
     let mut endpoint = Endpoint::bind(&daemon.control, Protocol::Udp, "0.0.0.0:9500")?;
     ensure!(

@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::UdpSocket,
+    path::PathBuf,
     process::Stdio,
     sync::mpsc::{self, Receiver},
     thread,
@@ -11,56 +12,92 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
+use demux::{
+    control::client::Client,
+    testing::testbed::{ChildGuard, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR},
+};
 
-use crate::netns::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR};
-
-pub const DAEMON: &str = env!("CARGO_BIN_EXE_demux");
+pub(crate) const DAEMON: &str = env!("CARGO_BIN_EXE_demux");
 const DATAGRAMS: u64 = 5;
 
-pub fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
-    let control = dir.join("control.sock");
-    let mut daemon = ChildGuard(
-        net.b
-            .command(DAEMON)
-            .args([
-                "daemon",
-                "--iface",
-                &net.b_if,
-                "--stats-interval",
-                "100ms",
-                "--control",
-            ])
-            .arg(&control)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the daemon")?,
-    );
-    let log = lines_of(daemon.0.stderr.take().expect("piped"));
-    wait_for(&log, Duration::from_secs(10), |line| {
-        line.contains("attached")
-    })?;
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        counts_packets_on_a_veth_and_detaches,
+        unknown_interface_is_one_clear_line
+    ]
+}
+
+/// A daemon on the `b` side of a veth pair, with its control socket in a temp dir, started
+/// and ready: it has said `READY=1` on its notify socket (sd_notify). Dropping it stops the
+/// daemon by its PID.
+pub(crate) struct RunningDaemon {
+    pub child: ChildGuard,
+    /// The daemon's stderr, line by line. Kept so the reader thread keeps draining it (a
+    /// closed pipe would kill the daemon with SIGPIPE).
+    pub log: Receiver<String>,
+    pub control: PathBuf,
+    _notify: NotifySocket,
+}
+
+impl RunningDaemon {
+    /// Starts `demux daemon` on `net.b_if` with `extra` arguments (`--stats-interval 0`
+    /// unless they say otherwise) and waits up to 10 s for its `READY=1`.
+    pub(crate) fn start(net: &VethPair, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Self> {
+        let control = dir.join("control.sock");
+        let notify = NotifySocket::bind(dir.join("notify.sock"))?;
+        let mut command = net.b.command(DAEMON);
+        command.args(["daemon", "--iface", &net.b_if, "--control"]);
+        command.arg(&control).args(extra);
+        if !extra.contains(&"--stats-interval") {
+            command.args(["--stats-interval", "0"]);
+        }
+        let mut child = ChildGuard::spawn(
+            command
+                .env(NotifySocket::VAR, notify.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )?;
+        let log = lines_of(child.child().stderr.take().expect("piped"));
+        if let Err(error) = notify.wait_ready(&mut child, Duration::from_secs(10)) {
+            let said: Vec<String> = log.try_iter().collect();
+            bail!("the daemon is not ready: {error:#}; it said: {said:#?}");
+        }
+        Ok(Self {
+            child,
+            log,
+            control,
+            _notify: notify,
+        })
+    }
+
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.control)?)
+    }
+}
+
+pub(crate) fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let mut daemon = RunningDaemon::start(&net, &dir, &["--stats-interval", "100ms"])?;
+    let (log, control) = (&daemon.log, daemon.control.clone());
     ensure!(
         net.b.ip(&["link", "show", &net.b_if])?.contains("xdp"),
-        "no XDP program on {} after `attached`",
+        "no XDP program on {} after READY=1",
         net.b_if
     );
 
     send_udp(&net.a, DATAGRAMS)?;
-    wait_for(&log, Duration::from_secs(5), |line| {
+    wait_for(log, Duration::from_secs(5), |line| {
         line.contains("verdicts:") && counter(line, "pass_no_match") >= Some(DATAGRAMS)
     })?;
 
-    // SAFETY: signalling the child this test started, by its PID.
-    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
-    let status = wait_exit(&mut daemon, Duration::from_secs(5))?;
+    daemon.child.signal(libc::SIGTERM)?;
+    let status = daemon.child.wait_exit(Duration::from_secs(5))?;
     ensure!(
         status.success(),
         "the daemon exited with {status} after SIGTERM"
     );
-    let rest: Vec<String> = log.try_iter().collect();
+    let rest: Vec<String> = daemon.log.try_iter().collect();
     ensure!(
         rest.iter().any(|l| l.contains("detached")),
         "no `detached` line: {rest:#?}"
@@ -86,9 +123,9 @@ pub fn counts_packets_on_a_veth_and_detaches() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn unknown_interface_is_one_clear_line() -> anyhow::Result<()> {
-    let ns = NetNs::new(format!("dmxt-{}-lone", std::process::id()))?;
-    let dir = TempDir::new()?;
+pub(crate) fn unknown_interface_is_one_clear_line() -> anyhow::Result<()> {
+    let ns = NetNs::unique("dmxt")?;
+    let dir = TempDir::new("demux-test")?;
     let output = ns
         .command(DAEMON)
         .args(["daemon", "--iface", "dmx-missing", "--control"])
@@ -113,26 +150,20 @@ pub fn unknown_interface_is_one_clear_line() -> anyhow::Result<()> {
 }
 
 /// Sends `count` UDP datagrams from namespace `ns` (198.18.0.1) to 198.18.0.2:9.
-pub fn send_udp(ns: &NetNs, count: u64) -> anyhow::Result<()> {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<()> {
-                ns.enter_thread()?;
-                let socket = UdpSocket::bind((A_ADDR, 0)).context("binding the sender")?;
-                for _ in 0..count {
-                    socket
-                        .send_to(b"demux test", (B_ADDR, 9))
-                        .context("sending")?;
-                }
-                Ok(())
-            })
-            .join()
-            .expect("sender thread panicked")
+pub(crate) fn send_udp(ns: &NetNs, count: u64) -> anyhow::Result<()> {
+    ns.run_in(|| {
+        let socket = UdpSocket::bind((A_ADDR, 0)).context("binding the sender")?;
+        for _ in 0..count {
+            socket
+                .send_to(b"demux test", (B_ADDR, 9))
+                .context("sending")?;
+        }
+        Ok(())
     })
 }
 
 /// The lines a child writes, as a channel fed by a reader thread.
-pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub(crate) fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -145,7 +176,7 @@ pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> Receiver<String>
 }
 
 /// Waits up to `limit` for a line that satisfies `want`.
-pub fn wait_for(
+pub(crate) fn wait_for(
     log: &Receiver<String>,
     limit: Duration,
     want: impl Fn(&str) -> bool,
@@ -160,22 +191,6 @@ pub fn wait_for(
         }
     }
     bail!("the expected line did not appear within {limit:?}; the daemon said: {seen:#?}")
-}
-
-pub fn wait_exit(
-    child: &mut ChildGuard,
-    limit: Duration,
-) -> anyhow::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.0.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The value of `name=N` in a verdicts line.

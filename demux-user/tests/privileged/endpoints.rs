@@ -7,68 +7,28 @@ use std::{
     net::UdpSocket,
     os::unix::{net::UnixDatagram, process::CommandExt},
     path::PathBuf,
-    process::{Command, Stdio},
-    sync::mpsc::Receiver,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{bail, ensure};
 use demux::{
     binding::Protocol,
     control::{client::Client, BindRequest, Request, Response, SinkSpec},
     record,
+    testing::testbed::{NetNs, TempDir, VethPair, A_ADDR, B_ADDR},
 };
 
-use crate::{
-    daemon::{lines_of, wait_exit, wait_for, DAEMON},
-    netns::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR},
-};
+use crate::daemon::{RunningDaemon, DAEMON};
 
-/// A daemon on the `b` side of a veth pair, with its control socket in a temp dir.
-pub struct RunningDaemon {
-    pub child: ChildGuard,
-    /// Kept so the reader thread keeps draining the daemon's stderr (a closed pipe would
-    /// kill it with SIGPIPE).
-    _log: Receiver<String>,
-    pub control: PathBuf,
-}
-
-impl RunningDaemon {
-    pub fn start(net: &VethPair, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Self> {
-        let control = dir.join("control.sock");
-        let mut child = ChildGuard(
-            net.b
-                .command(DAEMON)
-                .args([
-                    "daemon",
-                    "--iface",
-                    &net.b_if,
-                    "--stats-interval",
-                    "0",
-                    "--control",
-                ])
-                .arg(&control)
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("starting the daemon")?,
-        );
-        let log = lines_of(child.0.stderr.take().expect("piped"));
-        wait_for(&log, Duration::from_secs(10), |l| {
-            l.contains("control socket ready")
-        })?;
-        Ok(Self {
-            child,
-            _log: log,
-            control,
-        })
-    }
-
-    pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.control)?)
-    }
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        precedence_end_to_end_and_the_kernel_keeps_the_rest,
+        sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
+        refused_requests_change_nothing,
+        a_bad_config_file_is_refused_by_line,
+    ]
 }
 
 fn bind(
@@ -138,16 +98,10 @@ impl SinkSocket {
 
 /// A kernel UDP socket bound inside `ns`.
 fn kernel_socket(ns: &NetNs, port: u16) -> anyhow::Result<UdpSocket> {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<UdpSocket> {
-                ns.enter_thread()?;
-                let socket = UdpSocket::bind((B_ADDR, port))?;
-                socket.set_nonblocking(true)?;
-                Ok(socket)
-            })
-            .join()
-            .expect("socket thread panicked")
+    ns.run_in(|| {
+        let socket = UdpSocket::bind((B_ADDR, port))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
     })
 }
 
@@ -161,27 +115,21 @@ fn drain_kernel(socket: &UdpSocket) -> u64 {
 }
 
 /// Sends `count` datagrams from 198.18.0.1:`src_port` (namespace `a`) to 198.18.0.2:`dst_port`.
-pub fn send(ns: &NetNs, src_port: u16, dst_port: u16, count: u64) -> anyhow::Result<()> {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<()> {
-                ns.enter_thread()?;
-                let socket = UdpSocket::bind((A_ADDR, src_port))?;
-                for i in 0..count {
-                    socket.send_to(
-                        format!("{src_port}->{dst_port} #{i}").as_bytes(),
-                        (B_ADDR, dst_port),
-                    )?;
-                }
-                Ok(())
-            })
-            .join()
-            .expect("sender thread panicked")
+pub(crate) fn send(ns: &NetNs, src_port: u16, dst_port: u16, count: u64) -> anyhow::Result<()> {
+    ns.run_in(|| {
+        let socket = UdpSocket::bind((A_ADDR, src_port))?;
+        for i in 0..count {
+            socket.send_to(
+                format!("{src_port}->{dst_port} #{i}").as_bytes(),
+                (B_ADDR, dst_port),
+            )?;
+        }
+        Ok(())
     })
 }
 
 /// Polls `done` until it holds or two seconds pass.
-pub fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub(crate) fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while !done()? {
         if Instant::now() > deadline {
@@ -192,9 +140,9 @@ pub fn settle(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<
     Ok(())
 }
 
-pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
+pub(crate) fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &["--metrics", "127.0.0.1:9464"])?;
     let mut client = daemon.client()?;
     let mut sinks: Vec<SinkSocket> = ["wild", "bound", "connected", "wild2", "prefix", "g1", "g2"]
@@ -345,19 +293,13 @@ pub fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::Result<(
     ensure!(stats.passed() >= 5, "{}", stats_line(&stats));
 
     // The same figures over OpenMetrics, from inside the daemon's namespace.
-    let metrics = thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<String> {
-                use std::io::{Read, Write};
-                net.b.enter_thread()?;
-                let mut http = std::net::TcpStream::connect("127.0.0.1:9464")?;
-                http.write_all(b"GET /metrics HTTP/1.1\r\nHost: demux\r\n\r\n")?;
-                let mut body = String::new();
-                http.read_to_string(&mut body)?;
-                Ok(body)
-            })
-            .join()
-            .expect("metrics thread panicked")
+    let metrics = net.b.run_in(|| {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect("127.0.0.1:9464")?;
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: demux\r\n\r\n")?;
+        let mut body = String::new();
+        http.read_to_string(&mut body)?;
+        Ok(body)
     })?;
     ensure!(
         metrics.contains("demux_verdicts_total{verdict=\"redirected\"} 45"),
@@ -401,9 +343,9 @@ fn stats_line(stats: &demux::control::Stats) -> String {
     )
 }
 
-pub fn sigkill_falls_back_to_the_kernel_and_a_restart_is_clean() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
+pub(crate) fn sigkill_falls_back_to_the_kernel_and_a_restart_is_clean() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
     let steered_kernel = kernel_socket(&net.b, 9000)?;
     let other_kernel = kernel_socket(&net.b, 9001)?;
     let mut sink = SinkSocket::new(&dir, "s")?;
@@ -422,9 +364,8 @@ pub fn sigkill_falls_back_to_the_kernel_and_a_restart_is_clean() -> anyhow::Resu
         sink.got.len()
     );
 
-    // SAFETY: signalling the daemon this test started, by its PID.
-    unsafe { libc::kill(daemon.child.0.id() as i32, libc::SIGKILL) };
-    wait_exit(&mut daemon.child, Duration::from_secs(5))?;
+    daemon.child.signal(libc::SIGKILL)?;
+    daemon.child.wait_exit(Duration::from_secs(5))?;
     send(&net.a, 40000, 9000, 5)?;
     send(&net.a, 40000, 9001, 5)?;
     let (mut after_steered, mut after_other) = (0, 0);
@@ -458,9 +399,9 @@ pub fn sigkill_falls_back_to_the_kernel_and_a_restart_is_clean() -> anyhow::Resu
     Ok(())
 }
 
-pub fn refused_requests_change_nothing() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
-    let dir = TempDir::new()?;
+pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
     let mut root = daemon.client()?;
     let held = bind(
@@ -544,9 +485,9 @@ pub fn refused_requests_change_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn a_bad_config_file_is_refused_by_line() -> anyhow::Result<()> {
-    let ns = NetNs::new(format!("dmxt-{}-cfg", std::process::id()))?;
-    let dir = TempDir::new()?;
+pub(crate) fn a_bad_config_file_is_refused_by_line() -> anyhow::Result<()> {
+    let ns = NetNs::unique("dmxt")?;
+    let dir = TempDir::new("demux-test")?;
     let config = dir.join("bad.toml");
     std::fs::write(&config, "interfaces = [\"lo\"]\nmode = \"fast\"\n")?;
     let output = ns

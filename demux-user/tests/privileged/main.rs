@@ -1,103 +1,76 @@
 //! Privileged tests: they load BPF programs and build network namespaces, so they need root
-//! (CAP_BPF, CAP_NET_ADMIN). A small harness of their own reports a test that cannot run as
-//! `skipped: <reason>`, and counts it as skipped, never as passed. It closes with
-//! `privileged: N passed, N failed, N skipped`.
+//! (CAP_BPF, CAP_NET_ADMIN). The harness is libtest-mimic: `--list`, name filters, `--exact`,
+//! `--skip`, `--test-threads` work as with libtest, and tests run in parallel (every fixture
+//! has names of its own, `demux::testing::testbed`).
+//!
+//! Each module registers its tests (`pub fn tests() -> Vec<Trial>`, through [`trials!`]). When
+//! they cannot run here, that is decided as they are listed: every test is marked ignored, the
+//! harness prints `test NAME ... skipped: <reason>` for each one it was asked to run, and the
+//! closing line counts them as ignored (`cargo xtask test` adds them up as skipped), never as
+//! passed.
+
+/// The [`Trial`]s of the named test functions (`fn() -> anyhow::Result<()>`) of the calling
+/// module, each named `module::function`.
+macro_rules! trials {
+    ($($test:ident),* $(,)?) => {
+        vec![$($crate::trial(module_path!(), stringify!($test), $test)),*]
+    };
+}
 
 mod classifier;
 mod clients;
 mod daemon;
 mod endpoints;
-mod netns;
 mod program;
 mod steer;
 
-use std::{
-    fmt,
-    panic::{catch_unwind, AssertUnwindSafe},
-    process::ExitCode,
-};
+use std::process::ExitCode;
 
-/// Returned (inside `anyhow::Error`) by a test that cannot run here.
-#[derive(Debug)]
-pub struct Skip(pub String);
+use libtest_mimic::{Arguments, Failed, Trial};
 
-impl fmt::Display for Skip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A test as a [`Trial`]: an error or a panic fails it, with its message.
+pub fn trial(module: &str, name: &str, test: fn() -> anyhow::Result<()>) -> Trial {
+    // `privileged::endpoints` → `endpoints`.
+    let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+    Trial::test(format!("{module}::{name}"), move || {
+        test().map_err(|error| Failed::from(format!("{error:#}")))
+    })
 }
-
-impl std::error::Error for Skip {}
-
-type Test = fn() -> anyhow::Result<()>;
-
-/// `module::function` paths, each listed with its own name.
-macro_rules! tests {
-    ($($module:ident :: $test:ident),* $(,)?) => {
-        &[$((concat!(stringify!($module), "::", stringify!($test)), $module::$test)),*]
-    };
-}
-
-const TESTS: &[(&str, Test)] = tests![
-    program::verifier_accepts_the_program,
-    classifier::fixtures_agree_with_the_program,
-    classifier::differential_100k_frames,
-    classifier::full_table_is_refused_by_name_and_rolled_back,
-    steer::datagrams_reach_an_af_xdp_socket_with_metadata,
-    daemon::counts_packets_on_a_veth_and_detaches,
-    daemon::unknown_interface_is_one_clear_line,
-    endpoints::precedence_end_to_end_and_the_kernel_keeps_the_rest,
-    endpoints::sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
-    endpoints::refused_requests_change_nothing,
-    endpoints::a_bad_config_file_is_refused_by_line,
-    clients::a_client_process_receives_a_burst_with_every_datagram_accounted,
-    clients::a_killed_client_frees_its_endpoint_and_stalls_nothing,
-    clients::the_library_receives_blocking_batch_and_async,
-];
 
 fn main() -> ExitCode {
-    // cargo passes a name filter and libtest flags (`--quiet`, `--nocapture`, …); keep the filter.
-    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let missing_privilege = missing_privilege();
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for (name, test) in TESTS {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let outcome = match &missing_privilege {
-            Some(reason) => Err(anyhow::Error::new(Skip(reason.clone()))),
-            None => catch_unwind(AssertUnwindSafe(test))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked (message above)"))),
-        };
-        match outcome {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok");
-            }
-            Err(error) => match error.downcast_ref::<Skip>() {
-                Some(skip) => {
-                    skipped += 1;
-                    println!("test {name} ... skipped: {skip}");
-                }
-                None => {
-                    failed += 1;
-                    println!("test {name} ... FAILED: {error:#}");
-                }
-            },
-        }
+    let args = Arguments::from_args();
+    let skip = missing_privilege();
+    let tests: Vec<Trial> = [
+        program::tests(),
+        classifier::tests(),
+        steer::tests(),
+        daemon::tests(),
+        endpoints::tests(),
+        clients::tests(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|trial| trial.with_ignored_flag(skip.is_some()))
+    .collect();
+    // The tests this run skips, with the reason (libtest-mimic itself only says `ignored`).
+    let skipped: Vec<String> = match &skip {
+        Some(reason) if !args.list => tests
+            .iter()
+            .filter(|t| !args.is_filtered_out(t) && args.is_ignored(t))
+            .map(|t| format!("test {} ... skipped: {reason}", t.name()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let conclusion = libtest_mimic::run(&args, tests);
+    for line in &skipped {
+        println!("{line}");
     }
-    println!("privileged: {passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    conclusion.exit_code()
 }
 
 /// Why privileged tests cannot run here, if they cannot.
 fn missing_privilege() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if demux::sys::euid() != 0 {
         return Some("not root (needs CAP_BPF and CAP_NET_ADMIN); run as root".into());
     }
     None

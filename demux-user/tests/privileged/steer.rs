@@ -18,14 +18,18 @@ use demux::{
 };
 use demux_common::Verdict;
 
-use crate::netns::{VethPair, A_ADDR, B_ADDR};
+use demux::testing::testbed::{VethPair, A_ADDR, B_ADDR};
+
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![datagrams_reach_an_af_xdp_socket_with_metadata]
+}
 
 const STEERED: u64 = 20;
 const UNBOUND: u64 = 3;
 const ENDPOINT: u32 = 7;
 
-pub fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
-    let net = VethPair::new()?;
+pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
     thread::scope(|scope| {
         scope
             .spawn(|| -> anyhow::Result<()> {

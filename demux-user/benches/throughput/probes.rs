@@ -1,0 +1,190 @@
+//! The benchmark's testbed, a sender namespace and a receiver namespace joined by a veth pair
+//! (built by `demux::testing::testbed`, with names of its own so that runs do not collide),
+//! and the probes the cases read from it: veth, UDP and CPU counters, BPF run time. Dropping
+//! the `Testbed` stops what it started, by PID, and deletes the namespaces; so does Ctrl-C
+//! (`testbed::remove_on_signal`).
+
+use demux::testing::testbed::{Echo, PairSpec, TempDir, VethPair};
+
+/// The receiving side's CPU: the veth NAPI thread and every receiver run there.
+pub(crate) const RX_CPU: usize = 1;
+
+/// The testbed: `pair.a` sends, `pair.b` receives; `dir` holds the control socket and logs.
+pub(crate) struct Testbed {
+    pub pair: VethPair,
+    pub dir: TempDir,
+}
+
+/// Builds the testbed, printing each step so it can be rebuilt by hand: the sender sends
+/// nothing but the generator's frames (IPv6 off, static neighbours).
+pub(crate) fn setup() -> anyhow::Result<Testbed> {
+    let dir = TempDir::new("demux-bench")?;
+    println!("testbed (to reproduce by hand):");
+    let mut pair = VethPair::new(PairSpec {
+        echo: Echo::Show("  "),
+        ..PairSpec::unique(
+            "dmxb",
+            &["198.18.0.1/24"],
+            &["198.18.0.2/24", "2001:2::2/64"],
+        )
+    })?;
+    println!(
+        "  (with an XDP program attached: echo 1 > /sys/class/net/{b}/threaded in {ns}, \
+         its napi/{b} thread pinned to CPU {RX_CPU}; sender on CPU 0, receivers on CPU {RX_CPU}; \
+         Ctrl-C removes it all)",
+        b = pair.b_if,
+        ns = pair.b.name()
+    );
+    // Only the steps that build it: the probes run quietly.
+    pair.a.set_echo(Echo::Quiet);
+    pair.b.set_echo(Echo::Quiet);
+    Ok(Testbed { pair, dir })
+}
+
+impl Testbed {
+    /// Makes the receiving veth's NAPI threaded and pins its thread to the receiving CPU
+    /// (veth takes threaded NAPI only while an XDP program is attached).
+    pub(crate) fn threaded_napi(&self) -> anyhow::Result<()> {
+        let b_if = &self.pair.b_if;
+        self.pair.b.exec(&[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{b_if}/threaded"),
+        ])?;
+        for entry in std::fs::read_dir("/proc")?.filter_map(Result::ok) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim().starts_with(&format!("napi/{b_if}")) {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                demux::testing::testbed::run(std::process::Command::new("taskset").args([
+                    "-p",
+                    "-c",
+                    &RX_CPU.to_string(),
+                    &pid,
+                ]))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside namespace B (and on the receiving CPU if `pin`).
+    pub(crate) fn in_b<T: Send>(
+        &self,
+        pin: bool,
+        f: impl FnOnce() -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        self.pair.b.run_in(|| {
+            if pin {
+                pin_cpu(RX_CPU);
+            }
+            f()
+        })
+    }
+
+    /// Frames the veth pair dropped before the receiving XDP program (both ends' counters).
+    pub(crate) fn veth_drops(&self) -> u64 {
+        let read = |ns: &demux::testing::testbed::NetNs, iface: &str, stat: &str| -> u64 {
+            ns.read(&format!("/sys/class/net/{iface}/statistics/{stat}"))
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        };
+        read(&self.pair.a, &self.pair.a_if, "tx_dropped")
+            + read(&self.pair.b, &self.pair.b_if, "rx_dropped")
+    }
+
+    /// The UDP counters of namespace B for one family, under the IPv4 names (InDatagrams,
+    /// NoPorts, InErrors, RcvbufErrors); empty if they cannot be read.
+    pub(crate) fn udp_counters(&self, ipv6: bool) -> std::collections::BTreeMap<String, u64> {
+        self.pair.b.udp_counters(ipv6).unwrap_or_default()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Busy and total time of the receiving CPU so far, in clock ticks (`/proc/stat`).
+#[derive(Clone, Copy)]
+pub(crate) struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    pub(crate) fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with(&format!("cpu{RX_CPU} ")))
+            .unwrap_or("");
+        // user nice system idle iowait irq softirq steal
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let get = |i: usize| v.get(i).copied().unwrap_or(0);
+        let idle = get(3) + get(4);
+        let total: u64 = v.iter().take(8).sum();
+        Self {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    /// Busy share and busy seconds since `before`.
+    pub(crate) fn since(self, before: CpuTimes) -> (f64, f64) {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let busy = (self.busy - before.busy) as f64;
+        (
+            busy / ((self.total - before.total) as f64).max(1.0),
+            busy / hz,
+        )
+    }
+}
+
+/// Run time (ns) and run count of the BPF programs a process holds (`/proc/PID/fdinfo`; the
+/// kernel counts them while BPF_STATS_RUN_TIME is on).
+pub(crate) fn bpf_run_stats(pid: u32) -> (u64, u64) {
+    let mut sum = (0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return sum;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if !info.contains("prog_id:") {
+            continue;
+        }
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        sum.0 += field("run_time_ns:");
+        sum.1 += field("run_cnt:");
+    }
+    sum
+}
+
+/// The ids of the BPF maps a process holds.
+pub(crate) fn map_ids(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| {
+            let info = std::fs::read_to_string(entry.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}

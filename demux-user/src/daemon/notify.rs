@@ -1,0 +1,196 @@
+//! Readiness for a supervisor, by the sd_notify protocol: when `NOTIFY_SOCKET` names a Unix
+//! datagram socket (a path, or `@name` in the abstract namespace), the daemon sends it
+//! `READY=1` once the program is attached, the sockets are registered and the control socket
+//! listens, and `STOPPING=1` when it shuts down. Each message is one datagram of
+//! newline-separated `KEY=value` assignments. Without `NOTIFY_SOCKET` nothing is sent.
+//!
+//! systemd (`Type=notify`) and the privileged tests both wait for `READY=1` rather than for a
+//! word in the log.
+
+use std::{
+    ffi::OsStr,
+    io,
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::{
+            ffi::OsStrExt as _,
+            net::{SocketAddr, UnixDatagram},
+        },
+    },
+};
+
+use thiserror::Error;
+
+/// The variable that names the supervisor's socket.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Why a notification could not be sent.
+#[derive(Debug, Error)]
+pub enum NotifyError {
+    /// `NOTIFY_SOCKET` is neither an absolute path nor `@name`.
+    #[error("{NOTIFY_SOCKET}={value:?}: not an absolute path or an @abstract name")]
+    Address {
+        /// The variable's value.
+        value: String,
+    },
+    /// Creating the socket, or building its address, failed.
+    #[error("{NOTIFY_SOCKET}={value:?}: {source}")]
+    Socket {
+        /// The variable's value.
+        value: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// `sendto` failed.
+    #[error("sending {message:?} to {NOTIFY_SOCKET}={value:?}: {source}")]
+    Send {
+        /// The first line of the message.
+        message: String,
+        /// The variable's value.
+        value: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
+
+/// The supervisor's socket, from `NOTIFY_SOCKET`.
+#[derive(Debug)]
+pub struct Notifier {
+    socket: UnixDatagram,
+    addr: SocketAddr,
+    value: String,
+}
+
+impl Notifier {
+    /// The notifier `NOTIFY_SOCKET` asks for, or `None` when it is unset or empty.
+    pub fn from_env() -> Result<Option<Self>, NotifyError> {
+        match std::env::var_os(NOTIFY_SOCKET) {
+            Some(value) if !value.is_empty() => Self::new(&value).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// A notifier for the socket `value` names: `/path` or `@abstract-name`.
+    pub fn new(value: &OsStr) -> Result<Self, NotifyError> {
+        let shown = value.to_string_lossy().into_owned();
+        let bytes = value.as_bytes();
+        let addr = match bytes.first() {
+            Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]),
+            Some(b'/') => SocketAddr::from_pathname(value),
+            _ => return Err(NotifyError::Address { value: shown }),
+        }
+        .map_err(|source| NotifyError::Socket {
+            value: shown.clone(),
+            source,
+        })?;
+        let socket = UnixDatagram::unbound().map_err(|source| NotifyError::Socket {
+            value: shown.clone(),
+            source,
+        })?;
+        Ok(Self {
+            socket,
+            addr,
+            value: shown,
+        })
+    }
+
+    /// Sends `message` (`KEY=value` lines) as one datagram.
+    pub fn notify(&self, message: &str) -> Result<(), NotifyError> {
+        self.socket
+            .send_to_addr(message.as_bytes(), &self.addr)
+            .map(drop)
+            .map_err(|source| NotifyError::Send {
+                message: message.lines().next().unwrap_or("").to_owned(),
+                value: self.value.clone(),
+                source,
+            })
+    }
+
+    /// `READY=1` with a status line: the daemon serves.
+    pub fn ready(&self, status: &str) -> Result<(), NotifyError> {
+        self.notify(&format!("READY=1\nSTATUS={}", one_line(status)))
+    }
+
+    /// `STOPPING=1`: the daemon shuts down.
+    pub fn stopping(&self) -> Result<(), NotifyError> {
+        self.notify("STOPPING=1\nSTATUS=shutting down")
+    }
+}
+
+/// A status value on one line (a newline would start another assignment).
+fn one_line(status: &str) -> String {
+    status.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, time::Duration};
+
+    use super::*;
+
+    /// A directory of the test's own, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("demux-notify-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&path).expect("creating the scratch directory");
+            Self(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn receive(socket: &UnixDatagram) -> String {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a datagram within 5 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn ready_and_stopping_reach_a_path_socket_as_one_datagram_each() {
+        let dir = Scratch::new("path");
+        let path = dir.0.join("notify.sock");
+        let supervisor = UnixDatagram::bind(&path).expect("binding the supervisor's socket");
+        let notifier = Notifier::new(path.as_os_str()).expect("a notifier");
+        notifier
+            .ready("attached to dmx-b\ncontrol socket ready")
+            .expect("sending READY=1");
+        assert_eq!(
+            receive(&supervisor),
+            "READY=1\nSTATUS=attached to dmx-b control socket ready"
+        );
+        notifier.stopping().expect("sending STOPPING=1");
+        assert_eq!(receive(&supervisor), "STOPPING=1\nSTATUS=shutting down");
+    }
+
+    #[test]
+    fn an_abstract_name_is_reached_too() {
+        let name = format!("demux-notify-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("an abstract address");
+        let supervisor = UnixDatagram::bind_addr(&addr).expect("binding the abstract socket");
+        let notifier = Notifier::new(OsStr::new(&format!("@{name}"))).expect("a notifier");
+        notifier.ready("up").expect("sending READY=1");
+        assert_eq!(receive(&supervisor), "READY=1\nSTATUS=up");
+    }
+
+    #[test]
+    fn a_relative_path_is_refused_and_a_missing_socket_fails_to_send() {
+        assert!(matches!(
+            Notifier::new(OsStr::new("notify.sock")),
+            Err(NotifyError::Address { .. })
+        ));
+        let dir = Scratch::new("missing");
+        let notifier = Notifier::new(dir.0.join("nobody.sock").as_os_str()).expect("a notifier");
+        let error = notifier.ready("up").expect_err("nobody listens");
+        assert!(matches!(error, NotifyError::Send { .. }), "{error}");
+    }
+}
