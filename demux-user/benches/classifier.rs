@@ -9,6 +9,7 @@
 //! drift hits both alike; each figure is the median of the rounds.
 //!
 //! Flags: `--quick` (fewer rounds and repeats, up to 100,000 bindings), `--json PATH`.
+#![deny(unsafe_code)]
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

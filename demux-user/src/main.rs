@@ -1,5 +1,6 @@
 //! The `demux` binary: parses the command line, sets up logging, runs the verb and turns an
 //! error into one line on stderr and exit code 1.
+#![deny(unsafe_code)]
 
 mod cli;
 

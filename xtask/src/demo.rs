@@ -33,8 +33,7 @@ fn clean() {
         // Only the demo's own daemon: check what the PID runs before signalling it.
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(IF_B) {
-            // SAFETY: signalling the demo daemon, by its PID.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = testbed::terminate(pid);
             thread::sleep(Duration::from_millis(500));
         }
     }

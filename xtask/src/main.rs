@@ -1,5 +1,6 @@
 //! `cargo xtask`: the developer commands of demux. Each command that needs the BPF toolchain
 //! first runs the idempotent toolchain check-and-install in `toolchain`.
+#![deny(unsafe_code)]
 
 mod bench;
 mod build;
@@ -12,6 +13,7 @@ mod test;
 // the toolchain the xtask installs.
 #[path = "../../demux-user/src/testing/testbed.rs"]
 #[allow(
+    unsafe_code,
     dead_code,
     unreachable_pub,
     reason = "shared with the tests and benchmarks, which use more of it, as `demux::testing::testbed`"
@@ -116,8 +118,7 @@ fn show(cmd: &Command) -> String {
 
 /// Whether this process runs as root.
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    testbed::is_root()
 }
 
 /// Whether `program` is on `$PATH`.

@@ -36,7 +36,8 @@ use demux_common::{
 use crate::{
     cases::{Case, Receiver, Sample, PORT},
     generator::{generate, DEMUX},
-    probes::{bpf_run_stats, map_ids, pin_cpu, CpuTimes, Testbed, RX_CPU},
+    probes::{bpf_run_stats, map_ids, CpuTimes, Testbed, RX_CPU},
+    sys::pin_cpu,
 };
 
 /// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.

@@ -1,7 +1,7 @@
 //! `cargo xtask bench throughput`: demux side by side with the kernel's UDP sockets and the
 //! XDP_DROP limit, on a two-namespace veth testbed (`probes`, built with
 //! `demux::testing::testbed`), with the same generator
-//! (`demux gen`) for every case.
+//! (`demux-gen`) for every case.
 //!
 //! Cases (`cases`): XDP_DROP (`bench_drop` from the benchmarks' own object,
 //! `demux::testing::bench_object`, counts and drops), one kernel UDP socket read with
@@ -23,12 +23,16 @@
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot).
 
+#![deny(unsafe_code)]
+
 mod cases;
 mod daemon;
 mod generator;
 mod kernel;
 mod probes;
 mod report;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::{
     collections::BTreeMap,

@@ -74,7 +74,7 @@ impl Testbed {
     ) -> anyhow::Result<T> {
         self.pair.b.run_in(|| {
             if pin {
-                pin_cpu(RX_CPU);
+                crate::sys::pin_cpu(RX_CPU);
             }
             f()
         })
@@ -96,16 +96,6 @@ impl Testbed {
     /// NoPorts, InErrors, RcvbufErrors); empty if they cannot be read.
     pub(crate) fn udp_counters(&self, ipv6: bool) -> std::collections::BTreeMap<String, u64> {
         self.pair.b.udp_counters(ipv6).unwrap_or_default()
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-pub(crate) fn pin_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -140,8 +130,7 @@ impl CpuTimes {
 
     /// Busy share and busy seconds since `before`.
     pub(crate) fn since(self, before: CpuTimes) -> (f64, f64) {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = crate::sys::clock_ticks();
         let busy = (self.busy - before.busy) as f64;
         (
             busy / ((self.total - before.total) as f64).max(1.0),

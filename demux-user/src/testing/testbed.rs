@@ -41,6 +41,22 @@ pub const IFNAME_MAX: usize = 15;
 /// How long a [`ChildGuard`] waits after SIGTERM before it sends SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends SIGTERM to `pid`. Only for a process the caller started and identified (the demo's
+/// daemon, by its PID file and command line): never a search by name.
+pub fn terminate(pid: i32) -> std::io::Result<()> {
+    // SAFETY: kill takes plain integers; the caller vouches for the PID.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A name that no other call in this process, and no other process, gets: `prefix`, this
 /// process's PID and a counter, in hex (`dmxt1f2e3-0`). With a prefix of at most 4 bytes and
 /// one more byte appended, it fits an interface name ([`IFNAME_MAX`]).

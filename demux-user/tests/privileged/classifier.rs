@@ -77,8 +77,7 @@ fn run_frame(loaded: &mut Loaded, maps: &Maps, frame: &[u8]) -> anyhow::Result<O
                 &out[PacketMeta::LEN..] == frame,
                 "the frame changed behind the metadata"
             );
-            // SAFETY: PacketMeta is plain data of exactly PacketMeta::LEN bytes.
-            Some(unsafe { std::ptr::read_unaligned(out.as_ptr().cast::<PacketMeta>()) })
+            PacketMeta::read(&out[..PacketMeta::LEN])
         }
         _ => bail!(
             "output of {} bytes for a {}-byte frame",

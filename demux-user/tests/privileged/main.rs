@@ -8,6 +8,7 @@
 //! harness prints `test NAME ... skipped: <reason>` for each one it was asked to run, and the
 //! closing line counts them as ignored (`cargo xtask test` adds them up as skipped), never as
 //! passed.
+#![deny(unsafe_code)]
 
 /// The [`Trial`]s of the named test functions (`fn() -> anyhow::Result<()>`) of the calling
 /// module, each named `module::function`.

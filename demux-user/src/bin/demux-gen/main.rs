@@ -1,13 +1,14 @@
-//! `demux-gen`, the traffic generator of the demo and the benchmarks: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames,
-//! through an AF_XDP socket (`--mode xdp`, the fastest sender on veth) or an AF_PACKET socket
+//! `demux-gen`, the traffic generator of the demo and the benchmarks: send a bounded burst of
+//! UDP datagrams or TCP SYNs as whole Ethernet frames, through an AF_XDP socket (`--mode xdp`, the fastest sender on veth) or an AF_PACKET socket
 //! (`--mode packet`), or UDP datagrams through the kernel's stack with sendmmsg (`--mode
 //! sendmmsg`, for comparison), as fast as possible or at `--rate` pps. Each UDP payload starts with a
 //! sequence number and a send time (CLOCK_MONOTONIC), for loss and latency. It only sends to the
 //! benchmarking ranges (198.18.0.0/15, 2001:2::/48) unless `--allow-any-address` says otherwise.
+#![deny(unsafe_code)]
 
 use std::{
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     time::{Duration, Instant},
 };
 
@@ -27,6 +28,9 @@ use clap::Parser;
 mod frame;
 
 use frame::FrameSpec;
+
+#[allow(unsafe_code)]
+mod sys;
 
 /// demux-gen: send a bounded burst of UDP datagrams or TCP SYNs as whole Ethernet frames, to
 /// the benchmarking ranges only (198.18.0.0/15, 2001:2::/48). Each UDP payload starts with a
@@ -205,12 +209,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
             }
         }
         Output::Packet(socket) => {
-            // SAFETY: an all-zero sockaddr_ll is valid; the fields below make it an address.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&spec.dst_mac);
+            let addr = sys::LinkAddr::new(ifindex, spec.dst_mac);
             let mut buf = vec![0u8; 2048];
             while sent < args.count && Instant::now() < deadline {
                 if allowed(sent) == sent {
@@ -218,26 +217,13 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let len = fill(&mut buf, sent);
-                // SAFETY: buf and addr are valid for the call's duration.
-                let n = unsafe {
-                    libc::sendto(
-                        socket.as_raw_fd(),
-                        buf.as_ptr().cast(),
-                        len,
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                if n < 0 {
-                    let error = std::io::Error::last_os_error();
-                    if error.raw_os_error() == Some(libc::ENOBUFS) {
+                match sys::send_frame(socket, &buf[..len], &addr) {
+                    Ok(_) => sent += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                         std::thread::sleep(Duration::from_micros(50));
-                        continue;
                     }
-                    return Err(error).context("sending");
+                    Err(e) => return Err(e).context("sending"),
                 }
-                sent += 1;
             }
         }
         Output::Sendmmsg(sockets) => {
@@ -287,14 +273,7 @@ fn open_xdp(iface: &str) -> anyhow::Result<demux::xsk::TxSocket> {
 }
 
 fn open_packet() -> anyhow::Result<OwnedFd> {
-    // SAFETY: a plain socket call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("opening an AF_PACKET socket (needs root)");
-    }
-    // SAFETY: fd is a fresh, valid socket.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::packet_socket().context("opening an AF_PACKET socket (needs root)")
 }
 
 /// `--mode sendmmsg`: a UDP socket per flow, bound to its source address.
@@ -318,11 +297,11 @@ fn sendmmsg(
     allowed: impl Fn(u64) -> u64,
 ) -> anyhow::Result<u64> {
     const BATCH: usize = 64;
-    let destinations: Vec<_> = (0..args.dst_ports)
+    let destinations: Vec<SocketAddr> = (0..args.dst_ports)
         .map(|i| {
             let mut dst = args.dst;
             dst.set_port(args.dst.port().wrapping_add(i));
-            demux::sys::sockaddr::to_c(dst)
+            dst
         })
         .collect();
     let mut payloads = vec![vec![0x5au8; args.payload]; BATCH];
@@ -335,42 +314,19 @@ fn sendmmsg(
             continue;
         }
         let now = demux::sys::monotonic_ns();
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(burst);
         for (i, payload) in payloads.iter_mut().take(burst).enumerate() {
             payload[..8].copy_from_slice(&(sent + i as u64).to_le_bytes());
             payload[8..16].copy_from_slice(&now.to_le_bytes());
-            iovs.push(libc::iovec {
-                iov_base: payload.as_mut_ptr().cast(),
-                iov_len: payload.len(),
-            });
         }
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .enumerate()
-            .map(|(i, iov)| {
-                let (addr, len) = &destinations[(sent as usize + i) % destinations.len()];
-                // SAFETY: mmsghdr is plain data; the fields below make it a message.
-                let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                msg.msg_hdr.msg_name = (addr as *const libc::sockaddr_storage).cast_mut().cast();
-                msg.msg_hdr.msg_namelen = *len;
-                msg.msg_hdr.msg_iov = iov;
-                msg.msg_hdr.msg_iovlen = 1;
-                msg
-            })
-            .collect();
         let socket = &sockets[batch_no % sockets.len()];
         batch_no += 1;
-        // SAFETY: msgs point at iovecs, payloads and addresses that outlive the call.
-        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), burst as u32, 0) };
-        if n < 0 {
-            let error = std::io::Error::last_os_error();
-            if matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) {
+        match sys::send_batch(socket, &payloads[..burst], &destinations, sent as usize) {
+            Ok(n) => sent += n as u64,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) => {
                 std::thread::sleep(Duration::from_micros(50));
-                continue;
             }
-            return Err(error).context("sendmmsg");
+            Err(e) => return Err(e).context("sendmmsg"),
         }
-        sent += n as u64;
     }
     Ok(sent)
 }
