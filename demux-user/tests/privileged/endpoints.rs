@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure};
+use anyhow::{bail, ensure, Context as _};
 use demux::{
     binding::Protocol,
     control::{client::Client, BindRequest, Request, Response, SinkSpec},
@@ -27,6 +27,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         precedence_end_to_end_and_the_kernel_keeps_the_rest,
         sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
         refused_requests_change_nothing,
+        a_user_sees_only_their_own_endpoints_and_an_endless_line_is_cut_off,
         a_bad_config_file_is_refused_by_line,
     ]
 }
@@ -481,6 +482,97 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
         endpoints.len() == 1 && endpoints[0].id == held,
         "endpoints changed: {endpoints:?}"
     );
+    drop(daemon);
+    Ok(())
+}
+
+/// Runs the CLI as uid/gid 65534 (nobody/nogroup) and returns its stdout, failing unless it
+/// exits 0.
+fn as_nobody(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(DAEMON)
+        .args(args)
+        .arg("--control")
+        .arg(&daemon.control)
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "{args:?} as nobody: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+pub(crate) fn a_user_sees_only_their_own_endpoints_and_an_endless_line_is_cut_off(
+) -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let mut root = daemon.client()?;
+    let roots = bind(
+        &mut root,
+        &format!("{B_ADDR}:9000"),
+        None,
+        None,
+        SinkSpec::Count,
+    )?;
+    let nobodys: u32 = as_nobody(
+        &daemon,
+        &["bind", "udp", &format!("{B_ADDR}:9100"), "--persistent"],
+    )?
+    .trim()
+    .parse()
+    .context("the descriptor nobody's bind printed")?;
+
+    // nobody lists and stats its own endpoint only; root sees both.
+    let ids = |json: &str, stats: bool| -> anyhow::Result<Vec<u32>> {
+        let value: serde_json::Value = serde_json::from_str(json)?;
+        let list = if stats { &value["endpoints"] } else { &value };
+        Ok(list
+            .as_array()
+            .context("an array of endpoints")?
+            .iter()
+            .filter_map(|e| e["id"].as_u64().map(|id| id as u32))
+            .collect())
+    };
+    let listed = ids(&as_nobody(&daemon, &["list", "--json"])?, false)?;
+    ensure!(listed == [nobodys], "nobody lists {listed:?}");
+    let stated = ids(&as_nobody(&daemon, &["stats", "--json"])?, true)?;
+    ensure!(stated == [nobodys], "nobody's stats show {stated:?}");
+    let Response::Endpoints { endpoints } = root.call(Request::List)? else {
+        bail!("no list")
+    };
+    let all: Vec<u32> = endpoints.iter().map(|e| e.id).collect();
+    ensure!(all == [roots, nobodys], "root lists {all:?}");
+
+    // A line that never ends is refused at 64 KiB and the connection closed, not buffered.
+    use std::io::{BufRead, Write};
+    let mut raw = std::os::unix::net::UnixStream::connect(&daemon.control)?;
+    raw.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let chunk = vec![b'x'; 16 * 1024];
+    for _ in 0..16 {
+        if raw.write_all(&chunk).is_err() {
+            break; // the daemon closed the connection meanwhile: as intended
+        }
+    }
+    let mut reader = std::io::BufReader::new(raw);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    ensure!(
+        answer.contains("\"code\":\"limit_reached\""),
+        "an endless line got {answer:?}"
+    );
+    answer.clear();
+    ensure!(
+        reader.read_line(&mut answer).unwrap_or(0) == 0,
+        "the connection stayed open: {answer:?}"
+    );
+    // The daemon still serves everyone.
+    let Response::Endpoints { endpoints } = daemon.client()?.call(Request::List)? else {
+        bail!("no list after the long line")
+    };
+    ensure!(endpoints.len() == 2, "endpoints changed: {endpoints:?}");
     drop(daemon);
     Ok(())
 }
