@@ -43,6 +43,45 @@ pub struct Config {
     /// Endpoints to create at start (persistent, owned by root; `[[endpoint]]` in the file).
     #[serde(rename = "endpoint")]
     pub endpoints: Vec<BindRequest>,
+    /// What one caller of the control socket may hold (`[limits]` in the file).
+    pub limits: Limits,
+}
+
+/// What the callers of the control socket may hold (`[limits]` in the file). Every refusal is
+/// answered with the `limit_reached` code and names its key (`limits.KEY`).
+///
+/// uid 0 is exempt from the counts (endpoints, ring memory, connections): root administers
+/// the machine already, and a daemon full of other users' connections must still let it in to
+/// clean up. Its connections count toward the others' total all the same. The idle time
+/// applies to every caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Endpoints one uid may hold, persistent ones included (`0`: none).
+    pub endpoints_per_uid: u32,
+    /// Bytes of ring memory one uid's endpoints may hold, counted as slots × slot size
+    /// (`0`: no rings).
+    pub ring_bytes_per_uid: u64,
+    /// Control connections one uid may have open at once (at least 1).
+    pub connections_per_uid: u32,
+    /// Control connections open at once, all uids together (at least 1).
+    pub connections: u32,
+    /// A connection without an endpoint that closes with it is closed after this long without
+    /// a request; zero never closes it.
+    #[serde(deserialize_with = "duration")]
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            endpoints_per_uid: 256,
+            ring_bytes_per_uid: 256 << 20,
+            connections_per_uid: 64,
+            connections: 1024,
+            idle: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +96,7 @@ impl Default for Config {
             frames: 4096,
             metrics: None,
             endpoints: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -115,8 +155,8 @@ impl Config {
             .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().replace('\n', " ")))
     }
 
-    /// Checks what the types alone cannot: at least one interface, the frame count, and each
-    /// configured endpoint's binding and sink.
+    /// Checks what the types alone cannot: at least one interface, the frame count, each
+    /// configured endpoint's binding and sink, and room for at least one connection.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             field: field.into(),
@@ -139,6 +179,22 @@ impl Config {
                     FRAMES.end()
                 ),
             ));
+        }
+        for (field, value) in [
+            (
+                "limits.connections_per_uid",
+                self.limits.connections_per_uid,
+            ),
+            ("limits.connections", self.limits.connections),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    field,
+                    "0 would refuse every connection: give at least 1 (to keep users out, \
+                     leave out `control_group`)"
+                        .into(),
+                ));
+            }
         }
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let field = format!("endpoint {}", i + 1);
@@ -276,6 +332,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("ring"), "{error}");
+    }
+
+    #[test]
+    fn limits_come_from_their_table_and_zero_connections_are_refused() {
+        let config = Config::parse(
+            "interfaces = [\"x\"]\n[limits]\nendpoints_per_uid = 2\nring_bytes_per_uid = 0\n\
+             idle = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.endpoints_per_uid, 2);
+        assert_eq!(config.limits.ring_bytes_per_uid, 0);
+        assert_eq!(config.limits.idle, Duration::from_secs(1));
+        // Keys left out keep their defaults.
+        assert_eq!(config.limits.connections, Limits::default().connections);
+        config.validate().unwrap();
+        let error = Config::parse("[limits]\nendpoints = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("endpoints"), "{error}");
+        for key in ["connections_per_uid", "connections"] {
+            let error = Config::parse(&format!("interfaces = [\"x\"]\n[limits]\n{key} = 0\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(&format!("limits.{key}:")), "{error}");
+        }
     }
 
     #[test]

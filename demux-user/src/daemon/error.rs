@@ -67,6 +67,61 @@ pub enum ControlError {
          endpoints use unix:PATH, count or pcap:PATH"
     )]
     RingForDaemon,
+    /// A non-root uid already holds as many endpoints as it may.
+    #[error(
+        "endpoints: uid {uid} holds {max}, the most one uid may (limits.endpoints_per_uid); \
+         close one first"
+    )]
+    EndpointsPerUid {
+        /// The caller.
+        uid: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A ring would take a non-root uid over its ring memory.
+    #[error(
+        "ring memory: this ring takes {asked} bytes and uid {uid} holds {held} already, over the \
+         {max} one uid may (limits.ring_bytes_per_uid); close a ring or ask for fewer slots"
+    )]
+    RingBytesPerUid {
+        /// The caller.
+        uid: u32,
+        /// The new ring's slots × slot size.
+        asked: u64,
+        /// What the caller's rings take already.
+        held: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A non-root uid already has as many control connections open as it may.
+    #[error(
+        "control connections: uid {uid} has {max} open, the most one uid may \
+         (limits.connections_per_uid); close one first"
+    )]
+    ConnectionsPerUid {
+        /// The caller.
+        uid: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The daemon has as many control connections open as it takes.
+    #[error(
+        "control connections: {max} open, the most the daemon takes (limits.connections); try \
+         again later"
+    )]
+    Connections {
+        /// The limit.
+        max: u32,
+    },
+    /// A connection without endpoints sent no request for the idle time; it is closed.
+    #[error(
+        "idle: no request for {idle:?} and no endpoint that closes with this connection \
+         (limits.idle); disconnected"
+    )]
+    Idle {
+        /// The limit.
+        idle: std::time::Duration,
+    },
     /// The endpoint's statistics slot could not be reset.
     #[error("endpoint statistics: {0}")]
     Statistics(#[from] CounterError),
@@ -84,7 +139,12 @@ impl ControlError {
             }
             ControlError::Table(TableError::Full { .. } | TableError::GroupTooLarge { .. })
             | ControlError::NoDescriptor { .. }
-            | ControlError::NoGroup => ErrorCode::LimitReached,
+            | ControlError::NoGroup
+            | ControlError::EndpointsPerUid { .. }
+            | ControlError::RingBytesPerUid { .. }
+            | ControlError::ConnectionsPerUid { .. }
+            | ControlError::Connections { .. }
+            | ControlError::Idle { .. } => ErrorCode::LimitReached,
             ControlError::Table(TableError::NotFound { .. }) | ControlError::NoEndpoint { .. } => {
                 ErrorCode::NotFound
             }

@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::sys::async_readable(logger).context("watching the XDP program's log ring")?;
 
     // Sockets and workers first, so that no steered frame arrives before its queue has a socket.
-    let state = Arc::new(Mutex::new(State::new(maps)));
+    let state = Arc::new(Mutex::new(State::new(maps, config.limits)));
     let view = state.lock().expect("state lock").view.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -102,7 +102,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let listener = server::listen(&config.control, config.control_group.as_deref())?;
     info!(control = %config.control.display(), "control socket ready");
-    let server = tokio::spawn(server::serve(listener, state.clone(), view.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        view.clone(),
+        config.limits,
+    ));
     let metrics = match config.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

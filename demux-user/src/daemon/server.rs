@@ -6,13 +6,22 @@
 //! written within [`WRITE_TIMEOUT`] disconnects the caller, descriptors are sent waiting for
 //! writability (no spinning on `EAGAIN`), and accept errors back off. Non-root callers see
 //! only their own endpoints in `list` and `stats` ([`Viewer`]).
+//!
+//! Connections are held to the [`Limits`]: a non-root uid over its connections, or any
+//! non-root caller when the daemon has its total open, is refused as it is accepted, with one
+//! `limit_reached` line (its first request is read and discarded, at most [`REFUSAL_LINGER`],
+//! so that its write does not fail before it reads the refusal), then closed. A connection
+//! that sends no request for `limits.idle` while it holds no endpoint that closes with it
+//! ([`State::holds_endpoints`]) gets a `limit_reached` line and is closed, root's too.
 
 use std::{
+    collections::HashMap,
     fs,
     os::fd::{AsRawFd, RawFd},
     os::unix::fs::PermissionsExt,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
@@ -25,11 +34,15 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::control::{
-    version_mismatch, version_of, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION,
+use crate::{
+    config::Limits,
+    control::{
+        version_mismatch, version_of, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION,
+    },
 };
 
 use super::{
+    error::ControlError,
     state::{Caller, State},
     view::{View, Viewer},
 };
@@ -38,7 +51,71 @@ use super::{
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// Longest wait for a caller to take an answer.
-pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a refused connection stays open for its first request to arrive.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The open control connections, per uid and in all, held to the [`Limits`].
+#[derive(Default)]
+struct Connections {
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    per_uid: HashMap<u32, u32>,
+    total: u32,
+}
+
+/// One admitted connection: counted until dropped.
+struct Admitted {
+    connections: Arc<Connections>,
+    uid: u32,
+}
+
+impl Connections {
+    /// Counts a new connection of `uid`, or refuses it: a non-root uid with
+    /// `limits.connections_per_uid` open, or any non-root caller with `limits.connections` open
+    /// in all. Root is always let in (and counted).
+    fn admit(self: &Arc<Self>, uid: u32, limits: &Limits) -> Result<Admitted, ControlError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = open.per_uid.get(&uid).copied().unwrap_or(0);
+        if uid != 0 {
+            let max = limits.connections_per_uid;
+            if mine >= max {
+                return Err(ControlError::ConnectionsPerUid { uid, max });
+            }
+            let max = limits.connections;
+            if open.total >= max {
+                return Err(ControlError::Connections { max });
+            }
+        }
+        open.per_uid.insert(uid, mine + 1);
+        open.total += 1;
+        Ok(Admitted {
+            connections: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.total -= 1;
+        if let Some(mine) = open.per_uid.get_mut(&self.uid) {
+            *mine -= 1;
+            if *mine == 0 {
+                open.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// Creates the control socket at `path` (mode 0660, group `group` if given), replacing a stale
 /// one that nobody listens on.
@@ -109,38 +186,120 @@ async fn answer(write: &mut OwnedWriteHalf, response: &Response, fds: &[RawFd]) 
     matches!(sent, Ok(Ok(())))
 }
 
-/// Reads one request line of at most [`MAX_LINE`] bytes. `Ok(None)` at the end of the stream;
-/// `Err(())` for a longer line (the connection is then closed: there is no sane place to
-/// resume reading).
-async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
-    line: &mut Vec<u8>,
-) -> Result<Option<()>, ()> {
+/// What came of waiting for a request.
+enum Next {
+    /// A request line (in the buffer).
+    Line,
+    /// The end of the stream, or the peer closed mid-line.
+    End,
+    /// A line over [`MAX_LINE`] bytes: the connection is closed, as there is no sane place to
+    /// resume reading.
+    TooLong,
+    /// No request within the idle time, and no endpoint held.
+    Idle,
+}
+
+/// Reads one request line of at most [`MAX_LINE`] bytes.
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>) -> Next {
     line.clear();
     let limit = MAX_LINE as u64 + 1;
     match (&mut *reader).take(limit).read_until(b'\n', line).await {
-        Ok(0) => Ok(None),
-        Ok(_) if line.last() == Some(&b'\n') => Ok(Some(())),
-        Ok(_) if line.len() > MAX_LINE => Err(()),
+        Ok(0) => Next::End,
+        Ok(_) if line.last() == Some(&b'\n') => Next::Line,
+        Ok(_) if line.len() > MAX_LINE => Next::TooLong,
         // The peer closed mid-line.
-        Ok(_) | Err(_) => Ok(None),
+        Ok(_) | Err(_) => Next::End,
     }
 }
 
-/// Serves connections until the task is dropped. `list` and `stats` are answered from `view`,
-/// without `state`'s lock.
-pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, view: Arc<View>) {
+/// Reads one request line; [`Next::Idle`] when none has come after `idle` (if not zero) and
+/// the connection holds no endpoint then. A connection that holds one is looked at again
+/// every `idle`, without interrupting the read.
+async fn next_request(
+    reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    state: &Mutex<State>,
+    connection: u64,
+    idle: Duration,
+) -> Next {
+    let read = read_line(reader, line);
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            next = &mut read => return next,
+            () = tokio::time::sleep(idle), if !idle.is_zero() => {
+                if !state.lock().expect("state lock").holds_endpoints(connection) {
+                    return Next::Idle;
+                }
+            }
+        }
+    }
+}
+
+/// Answers a refused connection with `refusal`, takes its first request (or its end) for at
+/// most [`REFUSAL_LINGER`], and closes it.
+async fn refuse(mut stream: UnixStream, refusal: ControlError) {
+    let mut line = serde_json::to_string(&Response::Error {
+        code: refusal.code(),
+        message: refusal.to_string(),
+    })
+    .expect("responses always serialize");
+    line.push('\n');
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(line.as_bytes()).await?;
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n if buf[..n].contains(&b'\n') => break,
+                _ => {}
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Serves connections until the task is dropped, holding them to `limits`. `list` and
+/// `stats` are answered from `view`, without `state`'s lock.
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<Mutex<State>>,
+    view: Arc<View>,
+    limits: Limits,
+) {
+    let connections = Arc::<Connections>::default();
     let mut next_connection = 1u64;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let connection = next_connection;
+                let uid = match stream.peer_cred() {
+                    Ok(cred) => cred.uid(),
+                    Err(e) => {
+                        warn!("control connection without peer credentials ({e}): refused");
+                        continue;
+                    }
+                };
+                let admitted = match connections.admit(uid, &limits) {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        warn!(uid, "control connection refused: {refusal}");
+                        tokio::spawn(refuse(stream, refusal));
+                        continue;
+                    }
+                };
+                let caller = Caller {
+                    uid,
+                    connection: next_connection,
+                };
                 next_connection += 1;
                 tokio::spawn(connection_task(
                     stream,
                     state.clone(),
                     view.clone(),
-                    connection,
+                    caller,
+                    limits.idle,
+                    admitted,
                 ));
             }
             Err(e) => {
@@ -152,29 +311,39 @@ pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, view: Arc<V
     }
 }
 
+/// Answers `caller`'s requests until it leaves, sends an endless line or idles; then closes
+/// its endpoints (but persistent ones) and gives back its place (`_admitted`).
 async fn connection_task(
     stream: UnixStream,
     state: Arc<Mutex<State>>,
     view: Arc<View>,
-    connection: u64,
+    caller: Caller,
+    idle: Duration,
+    _admitted: Admitted,
 ) {
-    let uid = match stream.peer_cred() {
-        Ok(cred) => cred.uid(),
-        Err(e) => {
-            warn!("control connection without peer credentials ({e}): refused");
-            return;
-        }
-    };
+    let Caller { uid, connection } = caller;
     debug!(connection, uid, "control connection");
-    let caller = Caller { uid, connection };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut bytes = Vec::new();
     loop {
-        match read_line(&mut reader, &mut bytes).await {
-            Ok(Some(())) => {}
-            Ok(None) => break,
-            Err(()) => {
+        match next_request(&mut reader, &mut bytes, &state, connection, idle).await {
+            Next::Line => {}
+            Next::End => break,
+            Next::Idle => {
+                debug!(
+                    connection,
+                    uid, "idle for {idle:?} without endpoints: disconnected"
+                );
+                let error = ControlError::Idle { idle };
+                let refusal = Response::Error {
+                    code: error.code(),
+                    message: error.to_string(),
+                };
+                answer(&mut write, &refusal, &[]).await;
+                break;
+            }
+            Next::TooLong => {
                 warn!(
                     connection,
                     uid, "a request line over {MAX_LINE} bytes: disconnected"
@@ -233,4 +402,82 @@ async fn connection_task(
         .expect("state lock")
         .connection_closed(connection);
     info!(connection, uid, "control connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection limits, without a socket (the end-to-end test with a daemon is
+    //! `tests/privileged/endpoints.rs`).
+
+    use super::*;
+
+    const ALICE: u32 = 1000;
+    const BOB: u32 = 1001;
+
+    fn limits(per_uid: u32, total: u32) -> Limits {
+        Limits {
+            connections_per_uid: per_uid,
+            connections: total,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_uid_has_at_most_its_connections_and_a_closed_one_frees_its_place() {
+        let connections = Arc::<Connections>::default();
+        let limits = limits(2, 100);
+        let first = connections.admit(ALICE, &limits).expect("first");
+        let _second = connections.admit(ALICE, &limits).expect("second");
+        let error = connections.admit(ALICE, &limits).err().expect("a third");
+        assert!(
+            matches!(
+                error,
+                ControlError::ConnectionsPerUid { uid: ALICE, max: 2 }
+            ),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::LimitReached);
+        assert!(
+            error.to_string().contains("limits.connections_per_uid"),
+            "{error}"
+        );
+        let _bob = connections
+            .admit(BOB, &limits)
+            .expect("bob has his own count");
+        drop(first);
+        let _third = connections
+            .admit(ALICE, &limits)
+            .expect("a place is free again");
+    }
+
+    #[test]
+    fn the_daemon_takes_at_most_its_total_of_connections_but_always_root() {
+        let connections = Arc::<Connections>::default();
+        let limits = limits(10, 2);
+        let alice = connections.admit(ALICE, &limits).expect("alice");
+        let _bob = connections.admit(BOB, &limits).expect("bob");
+        let error = connections
+            .admit(BOB + 1, &limits)
+            .err()
+            .expect("a third uid");
+        assert!(
+            matches!(error, ControlError::Connections { max: 2 }),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::LimitReached);
+        assert!(error.to_string().contains("limits.connections"), "{error}");
+        // Root is let in over both limits, and counts toward the total.
+        let roots: Vec<Admitted> = (0..3)
+            .map(|_| connections.admit(0, &limits).expect("root"))
+            .collect();
+        drop(alice);
+        assert!(
+            connections.admit(ALICE, &limits).is_err(),
+            "root's connections count toward the total"
+        );
+        drop(roots);
+        connections
+            .admit(ALICE, &limits)
+            .expect("places are free again");
+    }
 }

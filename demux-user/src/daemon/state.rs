@@ -8,6 +8,11 @@
 //!
 //! `State` is generic over the [`Dataplane`]: the daemon runs it over the loaded program's
 //! [`Maps`], the unit tests at the end of this file over `MemoryDataplane`, one test per rule.
+//!
+//! It also holds each non-root uid to its [`Limits`]: the endpoints it holds (persistent ones
+//! included) and their ring memory, checked before anything is opened. The connection limits
+//! are the control socket's (`server.rs`), which asks [`State::holds_endpoints`] before closing
+//! an idle connection.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,11 +28,12 @@ use tracing::{info, warn};
 use super::view::{Listing, View, Viewer};
 use crate::{
     binding::{Binding, Entry, Local, Receiver},
+    config::Limits,
     control::SinkSpec,
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
     daemon::error::ControlError,
     dataplane::{maps::Maps, Dataplane},
-    ring::ClientFds,
+    ring::{ClientFds, DEFAULT_SLOT_SIZE},
     sink::Sink,
     tables::Tables,
 };
@@ -110,11 +116,13 @@ pub struct State<D: Dataplane = Maps> {
     pub workers: Arc<WorkerCounters>,
     /// What `list`, `stats` and the metrics read, without this state's lock.
     pub view: Arc<View>,
+    /// What a non-root uid may hold.
+    limits: Limits,
 }
 
 impl<D: Dataplane> State<D> {
-    /// No endpoints yet, over `dataplane`.
-    pub fn new(dataplane: D) -> Self {
+    /// No endpoints yet, over `dataplane`, holding callers to `limits`.
+    pub fn new(dataplane: D, limits: Limits) -> Self {
         let workers = Arc::<WorkerCounters>::default();
         let view = Arc::new(View::new(dataplane.counters(), workers.clone()));
         Self {
@@ -127,6 +135,7 @@ impl<D: Dataplane> State<D> {
             directory: Arc::default(),
             workers,
             view,
+            limits,
         }
     }
 
@@ -173,6 +182,9 @@ impl<D: Dataplane> State<D> {
             return Err(ControlError::PrivilegedPort {
                 local: request.local.clone(),
             });
+        }
+        if caller.uid != 0 {
+            self.within_limits(&request.to, caller.uid)?;
         }
         let id = self.free_endpoint_id()?;
         // Validate the binding before touching anything.
@@ -228,6 +240,40 @@ impl<D: Dataplane> State<D> {
         );
         self.next_endpoint = id + 1;
         Ok((id, ring))
+    }
+
+    /// Refuses a new endpoint with sink `to` that would take `uid` over its endpoints or its
+    /// ring memory.
+    fn within_limits(&self, to: &SinkSpec, uid: u32) -> Result<(), ControlError> {
+        let (held, held_bytes) = self
+            .endpoints
+            .values()
+            .filter(|e| e.owner == uid)
+            .fold((0u32, 0u64), |(n, bytes), e| {
+                (n + 1, bytes + ring_bytes(&e.request.to))
+            });
+        let max = self.limits.endpoints_per_uid;
+        if held >= max {
+            return Err(ControlError::EndpointsPerUid { uid, max });
+        }
+        let (asked, max) = (ring_bytes(to), self.limits.ring_bytes_per_uid);
+        if asked > 0 && held_bytes + asked > max {
+            return Err(ControlError::RingBytesPerUid {
+                uid,
+                asked,
+                held: held_bytes,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `connection` holds an endpoint that closes with it (a persistent one does not
+    /// need its connection, so it does not count): such a connection is never idle.
+    pub fn holds_endpoints(&self, connection: u64) -> bool {
+        self.endpoints
+            .values()
+            .any(|e| e.connection == connection && !e.request.persistent)
     }
 
     /// Inserts `entry` for `holder`, or says who holds it already.
@@ -376,6 +422,15 @@ impl<D: Dataplane> State<D> {
     }
 }
 
+/// The ring memory a sink takes, as the limits count it: slots × slot size (the 256-byte
+/// header aside); 0 for other sinks.
+fn ring_bytes(to: &SinkSpec) -> u64 {
+    match to {
+        SinkSpec::Ring { slots } => u64::from(*slots) * u64::from(DEFAULT_SLOT_SIZE),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! One test per rule of the daemon, over the in-memory dataplane (no root, no kernel). The
@@ -406,7 +461,12 @@ mod tests {
     };
 
     fn state() -> State<MemoryDataplane> {
-        State::new(MemoryDataplane::default())
+        State::new(MemoryDataplane::default(), Limits::default())
+    }
+
+    /// As [`state`], with other limits.
+    fn limited(limits: Limits) -> State<MemoryDataplane> {
+        State::new(MemoryDataplane::default(), limits)
     }
 
     /// A UDP endpoint on `local`, counting only.
@@ -638,7 +698,7 @@ mod tests {
 
     #[test]
     fn a_full_table_is_refused_and_rolled_back() {
-        let mut state = State::new(MemoryDataplane::with_capacity(1));
+        let mut state = State::new(MemoryDataplane::with_capacity(1), Limits::default());
         bind(&mut state, request("198.18.0.2:5000"), ALICE);
         let error = refuse(&mut state, request("198.18.0.2:5001"), ALICE);
         assert!(
@@ -784,10 +844,11 @@ mod tests {
     #[test]
     fn with_every_id_taken_a_bind_is_refused() {
         let mut state = state();
+        // Root's, so that alice is under her own limit.
         let placeholder = Endpoint {
             request: request("198.18.0.2:5000"),
-            owner: ALICE.uid,
-            connection: ALICE.connection,
+            owner: ROOT.uid,
+            connection: ROOT.connection,
             placement: Placement::Member("placeholder".into()),
         };
         for id in 1..MAX_ENDPOINTS {
@@ -807,6 +868,112 @@ mod tests {
         );
         assert_eq!(error.code(), ErrorCode::LimitReached);
         assert!(state.dataplane.is_empty());
+    }
+
+    /// Alice on a second connection: the limits are per uid, not per connection.
+    const ALICE_AGAIN: Caller = Caller {
+        uid: 1000,
+        connection: 4,
+    };
+
+    #[test]
+    fn a_uid_holds_at_most_its_endpoints_and_closing_frees_one() {
+        let mut state = limited(Limits {
+            endpoints_per_uid: 2,
+            ..Limits::default()
+        });
+        let port = |n: u16| format!("198.18.0.2:{}", 5000 + n);
+        let first = bind(&mut state, request(&port(0)), ALICE);
+        // Persistent endpoints and group members count too, whatever the connection.
+        let persistent = BindRequest {
+            persistent: true,
+            ..member(&port(1), "g")
+        };
+        bind(&mut state, persistent, ALICE_AGAIN);
+        for caller in [ALICE, ALICE_AGAIN] {
+            let error = refuse(&mut state, request(&port(2)), caller);
+            assert!(
+                matches!(error, ControlError::EndpointsPerUid { uid: 1000, max: 2 }),
+                "{error}"
+            );
+            assert_eq!(error.code(), ErrorCode::LimitReached);
+            assert!(
+                error.to_string().contains("limits.endpoints_per_uid"),
+                "{error}"
+            );
+        }
+        assert_eq!(state.endpoints.len(), 2, "the refusals bound nothing");
+        consistent(&state);
+        // Another uid has a count of its own; root has none.
+        bind(&mut state, request(&port(3)), BOB);
+        bind(&mut state, request(&port(4)), BOB);
+        for n in 5..8 {
+            bind(&mut state, request(&port(n)), ROOT);
+        }
+        state.close(first, ALICE).expect("close");
+        bind(&mut state, request(&port(2)), ALICE);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_uids_rings_take_at_most_its_ring_memory() {
+        let ring = |port: u16, slots: u32| BindRequest {
+            to: SinkSpec::Ring { slots },
+            ..request(&format!("198.18.0.2:{port}"))
+        };
+        let one = 64 * u64::from(DEFAULT_SLOT_SIZE);
+        let mut state = limited(Limits {
+            ring_bytes_per_uid: 2 * one,
+            ..Limits::default()
+        });
+        let first = bind(&mut state, ring(5000, 64), ALICE);
+        bind(&mut state, ring(5001, 64), ALICE_AGAIN);
+        let error = refuse(&mut state, ring(5002, 64), ALICE);
+        assert!(
+            matches!(
+                error,
+                ControlError::RingBytesPerUid { uid: 1000, asked, held, max }
+                    if asked == one && held == 2 * one && max == 2 * one
+            ),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::LimitReached);
+        assert!(
+            error.to_string().contains("limits.ring_bytes_per_uid"),
+            "{error}"
+        );
+        // Other sinks take no ring memory; another uid has its own; root has no limit.
+        bind(&mut state, request("198.18.0.2:5003"), ALICE);
+        bind(&mut state, ring(5004, 128), BOB);
+        bind(&mut state, ring(5005, 256), ROOT);
+        state.close(first, ALICE).expect("close");
+        let error = refuse(&mut state, ring(5002, 128), ALICE);
+        assert!(
+            matches!(error, ControlError::RingBytesPerUid { held, .. } if held == one),
+            "one ring's room is not room for a ring twice its size: {error}"
+        );
+        bind(&mut state, ring(5002, 64), ALICE);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_connection_holds_the_endpoints_that_close_with_it() {
+        let mut state = state();
+        assert!(!state.holds_endpoints(ALICE.connection));
+        let persistent = BindRequest {
+            persistent: true,
+            ..request("198.18.0.2:5000")
+        };
+        bind(&mut state, persistent, ALICE);
+        assert!(
+            !state.holds_endpoints(ALICE.connection),
+            "a persistent endpoint does not need its connection"
+        );
+        let id = bind(&mut state, request("198.18.0.2:5001"), ALICE);
+        assert!(state.holds_endpoints(ALICE.connection));
+        assert!(!state.holds_endpoints(ALICE_AGAIN.connection));
+        state.close(id, ROOT).expect("root closes it");
+        assert!(!state.holds_endpoints(ALICE.connection));
     }
 
     #[test]
