@@ -1,13 +1,13 @@
 //! The daemon as a user runs it, in namespaces of its own: endpoints bound over the control
 //! socket receive exactly the traffic the kernel's precedence gives them, unsteered traffic
-//! still reaches kernel sockets, a SIGKILLed daemon leaves the host's networking working, and
-//! refused requests and config files change nothing.
+//! still reaches kernel sockets, a SIGKILLed daemon leaves the host's networking working,
+//! refused requests and config files change nothing, and a user is held to the limits.
 
 use std::{
     net::UdpSocket,
     os::unix::{net::UnixDatagram, process::CommandExt},
     path::PathBuf,
-    process::Command,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -17,10 +17,10 @@ use demux::{
     binding::Protocol,
     control::{client::Client, BindRequest, Request, Response, SinkSpec},
     record,
-    testing::testbed::{NetNs, TempDir, VethPair, A_ADDR, B_ADDR},
+    testing::testbed::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR},
 };
 
-use crate::daemon::{RunningDaemon, DAEMON};
+use crate::daemon::{lines_of, RunningDaemon, DAEMON};
 
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
@@ -29,6 +29,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         refused_requests_change_nothing,
         a_user_sees_only_their_own_endpoints_and_an_endless_line_is_cut_off,
         a_bad_config_file_is_refused_by_line,
+        a_user_is_held_to_the_limits_while_root_is_served,
     ]
 }
 
@@ -603,5 +604,151 @@ pub(crate) fn a_bad_config_file_is_refused_by_line() -> anyhow::Result<()> {
         !ns.ip(&["link", "show", "lo"])?.contains("xdp"),
         "something was attached"
     );
+    Ok(())
+}
+
+/// With small limits (2 endpoints and 2 connections per uid, 1 s idle), as nobody: a third
+/// endpoint and a third connection are refused with exit status 7 naming their keys; a
+/// connection whose endpoint root closed is closed after the idle time, freeing its place,
+/// while one that holds an endpoint stays; an idle connection gets a `limit_reached` line. Root
+/// is held to none of the counts and served throughout.
+pub(crate) fn a_user_is_held_to_the_limits_while_root_is_served() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let config = dir.join("limits.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nendpoints_per_uid = 2\nconnections_per_uid = 2\nidle = \"1s\"\n",
+    )?;
+    let config = config.to_str().context("a UTF-8 temp path")?;
+    let daemon = RunningDaemon::start(
+        &net,
+        &dir,
+        &["--control-group", "nogroup", "--config", config],
+    )?;
+    // Root: three endpoints on one connection, which then never idles.
+    let mut root = daemon.client()?;
+    let mut roots = Vec::new();
+    for port in 9000..9003 {
+        let local = format!("{B_ADDR}:{port}");
+        roots.push(bind(&mut root, &local, None, None, SinkSpec::Count)?);
+    }
+    let listed = |root: &mut Client| -> anyhow::Result<Vec<u32>> {
+        let Response::Endpoints { endpoints } = root.call(Request::List)? else {
+            bail!("no list")
+        };
+        Ok(endpoints.iter().map(|e| e.id).collect())
+    };
+    // The CLI as nobody: its exit status and stderr.
+    let nobody = |args: &[&str]| -> anyhow::Result<(Option<i32>, String)> {
+        let output = Command::new(DAEMON)
+            .args(args)
+            .arg("--control")
+            .arg(&daemon.control)
+            .uid(65534)
+            .gid(65534)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok((output.status.code(), stderr))
+    };
+    // `demux bind` as nobody, running: an endpoint on a connection of its own.
+    let holder = |port: u16| -> anyhow::Result<(ChildGuard, u32)> {
+        let mut child = ChildGuard::spawn(
+            Command::new(DAEMON)
+                .args(["bind", "udp", &format!("{B_ADDR}:{port}"), "--control"])
+                .arg(&daemon.control)
+                .uid(65534)
+                .gid(65534)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )?;
+        let lines = lines_of(child.child().stdout.take().expect("piped"));
+        let id = lines
+            .recv_timeout(Duration::from_secs(5))
+            .with_context(|| format!("nobody's bind on {port} printed no descriptor"))?;
+        Ok((child, id.trim().parse()?))
+    };
+
+    let persistent: u32 = as_nobody(
+        &daemon,
+        &["bind", "udp", &format!("{B_ADDR}:9100"), "--persistent"],
+    )?
+    .trim()
+    .parse()?;
+    let (mut kept, kept_id) = holder(9101)?;
+    let (status, error) = nobody(&["bind", "udp", &format!("{B_ADDR}:9102"), "--persistent"])?;
+    ensure!(
+        status == Some(7) && error.contains("limits.endpoints_per_uid"),
+        "a third endpoint: exit {status:?}: {error}"
+    );
+    as_nobody(&daemon, &["close", &persistent.to_string()])?;
+    let (_idled, idled_id) = holder(9102)?;
+    // Two connections held: a third is refused as it is accepted.
+    let (status, error) = nobody(&["list"])?;
+    ensure!(
+        status == Some(7) && error.contains("limits.connections_per_uid"),
+        "a third connection: exit {status:?}: {error}"
+    );
+    let all = listed(&mut root)?;
+    ensure!(
+        all == [roots.clone(), vec![kept_id, idled_id]].concat(),
+        "root lists {all:?}"
+    );
+
+    // Without its endpoint the second connection idles: it goes within the idle time and one
+    // more look, and nobody has a place again.
+    root.call(Request::Close { id: idled_id })?;
+    let closed = Instant::now();
+    loop {
+        let (status, error) = nobody(&["list"])?;
+        if status == Some(0) {
+            break;
+        }
+        ensure!(
+            status == Some(7) && closed.elapsed() < Duration::from_secs(5),
+            "the idle connection is still open after {:?}: exit {status:?}: {error}",
+            closed.elapsed()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        closed.elapsed() >= Duration::from_millis(900),
+        "the connection went after {:?}, before the idle time",
+        closed.elapsed()
+    );
+    // The first connection, holding its endpoint, outlived the idle time several times.
+    ensure!(kept.child().try_wait()?.is_none(), "nobody's holder exited");
+    let all = listed(&mut root)?;
+    ensure!(
+        all == [roots.clone(), vec![kept_id]].concat(),
+        "root lists {all:?}"
+    );
+
+    // An idle connection is told why it goes, with the code.
+    use std::io::BufRead;
+    let raw = std::os::unix::net::UnixStream::connect(&daemon.control)?;
+    raw.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let opened = Instant::now();
+    let mut reader = std::io::BufReader::new(raw);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    ensure!(
+        answer.contains("\"code\":\"limit_reached\"")
+            && answer.contains("limits.idle")
+            && opened.elapsed() >= Duration::from_millis(900),
+        "an idle connection got {answer:?} after {:?}",
+        opened.elapsed()
+    );
+    answer.clear();
+    ensure!(
+        reader.read_line(&mut answer).unwrap_or(0) == 0,
+        "the idle connection stayed open: {answer:?}"
+    );
+    // Root, over nobody's counts, is still served.
+    ensure!(
+        listed(&mut daemon.client()?)?.len() == 4,
+        "root's new connection"
+    );
+    drop(daemon);
     Ok(())
 }
