@@ -270,6 +270,11 @@ mod tests {
         let config = Config::parse(include_str!("../../docs/demux.toml")).unwrap();
         config.validate().unwrap();
         assert!(!config.endpoints.is_empty());
+        assert_eq!(
+            config.limits,
+            Limits::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]
