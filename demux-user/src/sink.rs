@@ -667,14 +667,24 @@ mod tests {
             .unwrap(),
         );
         let frame = [1u8; 60];
-        // The thread is stuck writing the header: four frames queue, the fifth is a drop.
-        let outcomes: Vec<_> = (0..6)
-            .map(|_| sink.deliver(1, &datagram(), &frame, SystemTime::now()))
-            .collect();
+        // The thread is stuck writing the header: four frames queue, the fifth is a drop. A
+        // delivery that waited instead would never return: give up after five seconds.
+        let (done, outcomes) = mpsc::channel();
+        let sink = Arc::new(sink);
+        let delivering = sink.clone();
+        thread::spawn(move || {
+            let outcomes: Vec<_> = (0..6)
+                .map(|_| delivering.deliver(1, &datagram(), &frame, SystemTime::now()))
+                .collect();
+            let _ = done.send(outcomes);
+        });
+        let outcomes = outcomes
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a delivery waited for the writer");
         assert_eq!(outcomes[..4], [Ok(()); 4]);
         assert_eq!(outcomes[4..], [Err(DropReason::SinkFull); 2]);
         drop(open);
-        drop(sink);
+        drop(Arc::into_inner(sink));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while out.lock().unwrap().len() < 24 + 4 * (16 + 60) {
             assert!(std::time::Instant::now() < deadline);
@@ -696,8 +706,16 @@ mod tests {
         );
         let fifo = dir.join("fifo");
         mkfifo(&fifo);
-        // No reader: O_NONBLOCK makes the open fail at once instead of waiting for one.
-        assert!(Sink::open(&SinkSpec::Pcap(fifo.clone())).is_err());
+        // No reader: O_NONBLOCK makes the open fail at once instead of waiting for one (a
+        // wait is given five seconds, then fails the test).
+        let (done, opened) = mpsc::channel();
+        let spec = SinkSpec::Pcap(fifo.clone());
+        thread::spawn(move || {
+            let _ = done.send(Sink::open(&spec).is_err());
+        });
+        assert!(opened
+            .recv_timeout(Duration::from_secs(5))
+            .expect("opening a FIFO without a reader waited"));
         // With a reader the open succeeds, and the type check refuses it.
         let _reader = OpenOptions::new()
             .read(true)
