@@ -267,7 +267,7 @@ pub(crate) fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::R
             sink.drain()?;
         }
         v6only_kernel += drain_kernel(&kernel_v6only);
-        Ok(v6only_kernel == 3)
+        Ok(v6only_kernel == 3 && dual.iter().map(|s| s.got.len()).sum::<usize>() == 6)
     })?;
     let dual_counts: Vec<usize> = dual.iter().map(|s| s.got.len()).collect();
     ensure!(
