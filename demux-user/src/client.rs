@@ -143,7 +143,7 @@ impl Endpoint {
     pub fn bind_with(control: impl AsRef<Path>, request: BindRequest) -> Result<Self, Error> {
         request.binding()?;
         let mut client = Client::connect(control.as_ref())?;
-        let (response, fds) = client.call_with_fds(Request::Bind(request))?;
+        let (response, fds) = client.call_with_fds(Request::Bind(request), &[])?;
         let Response::Bound { id } = response else {
             return Err(ClientError::BadResponse(format!(
                 "unexpected answer to bind: {response:?}"

@@ -26,7 +26,8 @@ pub(crate) struct BindArgs {
     /// For [::]:PORT: do not receive IPv4.
     #[arg(long)]
     pub v6only: bool,
-    /// Where datagrams go: unix:PATH, count, pcap:PATH.
+    /// Where datagrams go: unix:PATH, count, pcap:PATH. This command opens a pcap file or
+    /// connects to a unix socket itself, with your permissions, and passes it to the daemon.
     #[arg(long, value_name = "SINK", default_value = "count")]
     pub to: SinkSpec,
     /// Keep the endpoint after this command ends (close it with `demux close ID`).

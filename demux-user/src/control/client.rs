@@ -2,13 +2,15 @@
 //! connection stays open as long as the client lives: endpoints it created without
 //! `persistent` close with it. It opens with `hello`, so a daemon of another protocol version
 //! is one clear [`ClientError::VersionMismatch`]. Responses are read with `recvmsg`, so
-//! descriptors the daemon attaches (a ring's memfd and eventfd) arrive with them.
+//! descriptors the daemon attaches (a ring's memfd and eventfd) arrive with them; requests are
+//! written with `sendmsg`, so a bind's `pcap:` or `unix:` sink, which the client opens itself,
+//! goes with it.
 #![deny(missing_docs)]
 
 use std::{
     io::{self, Write},
     os::{
-        fd::{AsFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::net::UnixStream,
     },
     path::Path,
@@ -17,7 +19,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::{Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION};
+use super::{Envelope, ErrorCode, Request, Response, SinkOpenError, SOFTWARE, VERSION};
 
 /// Longest answer line the client accepts (a `list` of many endpoints fits easily).
 const MAX_ANSWER: usize = 64 << 20;
@@ -48,6 +50,9 @@ pub enum ClientError {
         /// The daemon's explanation: both versions and which side to upgrade.
         message: String,
     },
+    /// The client could not open the sink it passes with a bind (`pcap:`, `unix:`).
+    #[error(transparent)]
+    Sink(#[from] SinkOpenError),
     /// The daemon refused the request.
     #[error("{message}")]
     Refused {
@@ -69,6 +74,11 @@ impl ClientError {
                 ErrorCode::VersionMismatch
             }
             ClientError::Refused { code, .. } => *code,
+            ClientError::Sink(error) => match error.source.kind() {
+                io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                io::ErrorKind::NotFound => ErrorCode::NotFound,
+                _ => ErrorCode::InvalidArgument,
+            },
         }
     }
 }
@@ -147,24 +157,42 @@ impl Client {
     }
 
     /// Sends one request and reads its response; a refusal becomes [`ClientError::Refused`].
+    /// A bind to a `pcap:` or `unix:` sink opens the sink here, as this process
+    /// ([`crate::control::SinkSpec::open_for_caller`]), and passes it with the request.
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
-        self.call_with_fds(request).map(|(response, _)| response)
+        let sink = match &request {
+            Request::Bind(bind) => bind.to.open_for_caller()?,
+            _ => None,
+        };
+        let send: Vec<BorrowedFd<'_>> = sink.iter().map(AsFd::as_fd).collect();
+        self.call_with_fds(request, &send)
+            .map(|(response, _)| response)
     }
 
-    /// As [`Client::call`], also returning the descriptors that came with the response.
+    /// Sends one request with exactly the descriptors `send` (SCM_RIGHTS; the line declares
+    /// how many) and reads its response, also returning the descriptors that came with it.
     pub fn call_with_fds(
         &mut self,
         request: Request,
+        send: &[BorrowedFd<'_>],
     ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        if send.len() > crate::sys::scm::MAX_FDS {
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a request carries at most {} descriptors",
+                    crate::sys::scm::MAX_FDS
+                ),
+            )));
+        }
         let mut line = serde_json::to_string(&Envelope {
             version: VERSION,
+            fds: send.len() as u32,
             request,
         })
         .expect("requests always serialize");
         line.push('\n');
-        self.stream
-            .write_all(line.as_bytes())
-            .map_err(ClientError::Io)?;
+        self.send(line.as_bytes(), send).map_err(ClientError::Io)?;
         let mut received = Vec::new();
         let answer = self.read_line(&mut received)?;
         match serde_json::from_slice(&answer) {
@@ -175,6 +203,29 @@ impl Client {
                 _ => Err(ClientError::BadResponse(e.to_string())),
             },
         }
+    }
+
+    /// Writes `bytes`, the descriptors attached to the first of them.
+    fn send(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        if fds.is_empty() {
+            return self.stream.write_all(bytes);
+        }
+        let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let attach = if sent == 0 { &raw[..] } else { &[] };
+            match crate::sys::scm::send(self.stream.as_raw_fd(), &bytes[sent..], attach) {
+                Ok(n) => sent += n,
+                // `scm::send` does not wait: wait for room, as a blocking write would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut pollfd = [crate::sys::pollfd(&self.stream, libc::POLLOUT)];
+                    crate::sys::poll(&mut pollfd, -1)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn read_line(&mut self, received: &mut Vec<OwnedFd>) -> Result<Vec<u8>, ClientError> {

@@ -2,16 +2,28 @@
 //! request and one response per line, over a Unix stream socket.
 //!
 //! ```text
-//! → {"version":2,"op":"hello","software":"demux 0.1.0"}
-//! ← {"result":"hello","version":2,"software":"demux 0.1.0"}
-//! → {"version":2,"op":"bind","protocol":"udp","local":"0.0.0.0:53","to":"count"}
+//! → {"version":3,"op":"hello","software":"demux 0.1.0"}
+//! ← {"result":"hello","version":3,"software":"demux 0.1.0"}
+//! → {"version":3,"op":"bind","protocol":"udp","local":"0.0.0.0:53","to":"count"}
 //! ← {"result":"bound","id":1}
-//! → {"version":2,"op":"close","id":1}
+//! → {"version":3,"fds":1,"op":"bind","protocol":"udp","local":"0.0.0.0:54","to":"pcap:/tmp/x.pcap"}
+//! ← {"result":"bound","id":2}
+//! → {"version":3,"op":"close","id":1}
 //! ← {"result":"closed","id":1}
-//! → {"version":2,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
-//! → {"version":2,"op":"stats"}    ← {"result":"stats",…}
+//! → {"version":3,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
+//! → {"version":3,"op":"stats"}    ← {"result":"stats",…}
 //! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
+//!
+//! **Descriptors with a request.** The daemon opens no path for a caller: a `pcap:PATH` or
+//! `unix:PATH` sink is opened by the caller, with its own credentials (the file created or
+//! truncated for writing; a Unix datagram socket connected to PATH), and its descriptor sent
+//! with the request line (SCM_RIGHTS, attached to the line's first byte); the line says how
+//! many it carries (`"fds":1`, [`Envelope::fds`]). PATH is then only a label for `list`. The
+//! daemon takes that many of the descriptors received with the line, refuses the request if
+//! fewer came (`invalid_argument`), and closes any beyond. Send one request with descriptors at
+//! a time (wait for its answer), as [`client::Client`] does. [`SinkSpec::open_for_caller`]
+//! opens a sink the way the daemon expects it.
 //!
 //! **Versions.** Every request carries the protocol [`VERSION`] it is written in. The daemon
 //! reads that field alone first ([`version_of`]) and answers any other version with one
@@ -34,7 +46,7 @@ mod error;
 mod sink_spec;
 
 pub use error::ErrorCode;
-pub use sink_spec::{SinkSpec, SinkSpecError};
+pub use sink_spec::{SinkOpenError, SinkSpec, SinkSpecError};
 
 use std::collections::BTreeMap;
 
@@ -44,8 +56,9 @@ use std::net::SocketAddr;
 
 use crate::binding::{Binding, BindingError, Local, Protocol, Receiver};
 
-/// The protocol version this build speaks. Version 2 added `hello` and error codes.
-pub const VERSION: u32 = 2;
+/// The protocol version this build speaks. Version 2 added `hello` and error codes; version 3
+/// descriptors with requests (`fds`): `pcap:` and `unix:` sinks are opened by the caller.
+pub const VERSION: u32 = 3;
 
 /// This build's software version, as `hello` reports it.
 pub const SOFTWARE: &str = concat!("demux ", env!("CARGO_PKG_VERSION"));
@@ -58,9 +71,17 @@ pub const DEFAULT_SOCKET: &str = "/run/demux/control.sock";
 pub struct Envelope {
     /// The protocol version the request is written in ([`VERSION`]).
     pub version: u32,
+    /// How many descriptors came with the request line (SCM_RIGHTS): one with a bind to a
+    /// `pcap:` or `unix:` sink, none otherwise. Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fds: u32,
     /// The request itself.
     #[serde(flatten)]
     pub request: Request,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `version` field of a request line, read before anything else.
@@ -312,6 +333,7 @@ mod tests {
     fn requests_have_a_stable_wire_form() {
         let bind = Envelope {
             version: VERSION,
+            fds: 0,
             request: Request::Bind(BindRequest {
                 protocol: Protocol::Udp,
                 local: "0.0.0.0:53".into(),
@@ -325,15 +347,23 @@ mod tests {
         let line = serde_json::to_string(&bind).unwrap();
         assert_eq!(
             line,
-            r#"{"version":2,"op":"bind","protocol":"udp","local":"0.0.0.0:53","connect":null,"group":null,"v6only":false,"to":"count","persistent":false}"#
+            r#"{"version":3,"op":"bind","protocol":"udp","local":"0.0.0.0:53","connect":null,"group":null,"v6only":false,"to":"count","persistent":false}"#
         );
         let minimal: Envelope = serde_json::from_str(
-            r#"{"version":2,"op":"bind","protocol":"tcp","local":"[::]:80","to":"unix:/x"}"#,
+            r#"{"version":3,"op":"bind","protocol":"tcp","local":"[::]:80","to":"unix:/x"}"#,
         )
         .unwrap();
+        assert_eq!(minimal.fds, 0);
         assert!(
-            matches!(minimal.request, Request::Bind(b) if !b.persistent && b.to == SinkSpec::Unix("/x".into()))
+            matches!(&minimal.request, Request::Bind(b) if !b.persistent && b.to == SinkSpec::Unix("/x".into()))
         );
+        let with_fd = Envelope { fds: 1, ..minimal };
+        let line = serde_json::to_string(&with_fd).unwrap();
+        assert!(
+            line.starts_with(r#"{"version":3,"fds":1,"op":"bind""#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Envelope>(&line).unwrap(), with_fd);
         assert!(
             serde_json::from_str::<Envelope>(r#"{"version":1,"op":"close","id":1,"extra":2}"#)
                 .is_err()
@@ -347,20 +377,20 @@ mod tests {
     #[test]
     fn another_version_is_one_refusal_naming_both_sides() {
         // A future request shape this build cannot parse still yields its version.
-        let future = r#"{"version":3,"op":"bind","socket_fd":0,"new_field":[1]}"#;
-        assert_eq!(version_of(future), Some(3));
+        let future = r#"{"version":4,"op":"bind","socket_fd":0,"new_field":[1]}"#;
+        assert_eq!(version_of(future), Some(4));
         assert_eq!(version_of("not json"), None);
-        let Response::Error { code, message } = version_mismatch(3) else {
+        let Response::Error { code, message } = version_mismatch(4) else {
             panic!("not an error");
         };
         assert_eq!(code, ErrorCode::VersionMismatch);
         assert!(
-            message.contains("version 3")
+            message.contains("version 4")
                 && message.contains(&format!("version {VERSION}"))
                 && message.contains("upgrade the daemon"),
             "{message}"
         );
-        let Response::Error { message, .. } = version_mismatch(1) else {
+        let Response::Error { message, .. } = version_mismatch(2) else {
             panic!("not an error");
         };
         assert!(message.contains("upgrade the client"), "{message}");

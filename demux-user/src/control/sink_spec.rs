@@ -1,8 +1,18 @@
 //! Where an endpoint's datagrams go, as a request names it: `unix:PATH`, `count`, `pcap:PATH`,
-//! or `ring[:SLOTS]`. The daemon opens the sink (`crate::sink`, daemon builds only).
+//! or `ring[:SLOTS]`. The caller opens `pcap:` and `unix:` sinks itself and passes them with the
+//! bind request ([`SinkSpec::open_for_caller`]); the daemon opens `count` and rings
+//! (`crate::sink`, daemon builds only).
 #![deny(missing_docs)]
 
-use std::{fmt, path::PathBuf, str::FromStr};
+use std::{
+    fmt, io,
+    os::{
+        fd::OwnedFd,
+        unix::{fs::OpenOptionsExt, net::UnixDatagram},
+    },
+    path::PathBuf,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -23,6 +33,50 @@ pub enum SinkSpec {
         /// Slots in the ring (a power of two).
         slots: u32,
     },
+}
+
+impl SinkSpec {
+    /// Opens this sink as the caller, with the caller's own credentials, if it is one the
+    /// caller passes to the daemon: a `pcap:` file is created or truncated for writing
+    /// (`O_NONBLOCK`: a FIFO without a reader fails here instead of hanging), a `unix:` path
+    /// gets a Unix datagram socket connected to it. `None` for `count` and rings, which the
+    /// daemon makes.
+    pub fn open_for_caller(&self) -> Result<Option<OwnedFd>, SinkOpenError> {
+        let fail = |step, source| SinkOpenError {
+            spec: self.clone(),
+            step,
+            source,
+        };
+        match self {
+            SinkSpec::Count | SinkSpec::Ring { .. } => Ok(None),
+            SinkSpec::Pcap(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map(|file| Some(file.into()))
+                .map_err(|e| fail("opening for writing", e)),
+            SinkSpec::Unix(path) => {
+                let socket = UnixDatagram::unbound().map_err(|e| fail("creating a socket", e))?;
+                socket.connect(path).map_err(|e| fail("connecting", e))?;
+                Ok(Some(socket.into()))
+            }
+        }
+    }
+}
+
+/// A sink the caller could not open (it lacks the permission, the path does not exist, …).
+#[derive(Debug, Error)]
+#[error("to: {spec}: {step}: {source}")]
+pub struct SinkOpenError {
+    /// The sink.
+    pub spec: SinkSpec,
+    /// What failed: `opening for writing`, `connecting`, …
+    pub step: &'static str,
+    /// Why.
+    pub source: io::Error,
 }
 
 impl FromStr for SinkSpec {

@@ -17,7 +17,7 @@ pub enum ControlError {
     /// A table update failed.
     #[error(transparent)]
     Table(#[from] TableError),
-    /// The sink could not be opened.
+    /// The sink could not be opened, or the caller passed none or the wrong kind.
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// Another endpoint or group holds the binding.
@@ -152,9 +152,10 @@ impl ControlError {
             ControlError::PrivilegedPort { .. } | ControlError::NotOwner { .. } => {
                 ErrorCode::PermissionDenied
             }
-            ControlError::Sink(_)
-            | ControlError::Table(TableError::Map { .. })
-            | ControlError::Statistics(_) => ErrorCode::Internal,
+            ControlError::Sink(error) => error.code(),
+            ControlError::Table(TableError::Map { .. }) | ControlError::Statistics(_) => {
+                ErrorCode::Internal
+            }
         }
     }
 }

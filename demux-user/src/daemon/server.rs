@@ -7,6 +7,10 @@
 //! writability (no spinning on `EAGAIN`), and accept errors back off. Non-root callers see
 //! only their own endpoints in `list` and `stats` ([`Viewer`]).
 //!
+//! Requests are read with `recvmsg`: the descriptors received up to the end of a request line
+//! are that request's. It takes as many as its line declares (`fds`, a bind's `pcap:` or
+//! `unix:` sink: [`CallerSink`]) and the rest are closed; at most [`MAX_FDS`] wait at a time.
+//!
 //! Connections are held to the [`Limits`]: a non-root uid over its connections, or any
 //! non-root caller when the daemon has its total open, is refused as it is accepted, with one
 //! `limit_reached` line (its first request is read and discarded, at most [`REFUSAL_LINGER`],
@@ -15,9 +19,9 @@
 //! ([`State::holds_endpoints`]) gets a `limit_reached` line and is closed, root's too.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fs,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     os::unix::fs::PermissionsExt,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
@@ -26,7 +30,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{
         unix::{OwnedReadHalf, OwnedWriteHalf},
         UnixListener, UnixStream,
@@ -39,6 +43,8 @@ use crate::{
     control::{
         version_mismatch, version_of, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION,
     },
+    sink::CallerSink,
+    sys::scm::{Credentials, MAX_FDS},
 };
 
 use super::{
@@ -186,6 +192,70 @@ async fn answer(write: &mut OwnedWriteHalf, response: &Response, fds: &[RawFd]) 
     matches!(sent, Ok(Ok(())))
 }
 
+/// A connection's reading side: bytes received and not yet read as lines, and the
+/// descriptors that came with them (SCM_RIGHTS), at most [`MAX_FDS`].
+struct Incoming {
+    read: OwnedReadHalf,
+    bytes: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Incoming {
+    fn new(read: OwnedReadHalf) -> Self {
+        Self {
+            read,
+            bytes: Vec::new(),
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// Reads one request line of at most [`MAX_LINE`] bytes into `line`. `Ok(None)` at the end
+    /// of the stream; `Err(())` for a longer line (the connection is then closed: there is no
+    /// sane place to resume reading). Descriptors that arrive meanwhile wait in `self.fds`.
+    async fn line(&mut self, line: &mut Vec<u8>) -> Result<Option<()>, ()> {
+        line.clear();
+        loop {
+            if let Some(end) = self.bytes.iter().position(|b| *b == b'\n') {
+                line.extend(self.bytes.drain(..=end));
+                return if line.len() > MAX_LINE {
+                    Err(())
+                } else {
+                    Ok(Some(()))
+                };
+            }
+            if self.bytes.len() > MAX_LINE {
+                return Err(());
+            }
+            let stream: &UnixStream = self.read.as_ref();
+            let mut chunk = [0u8; 16 * 1024];
+            let mut fds = Vec::new();
+            let received = match stream.readable().await {
+                Ok(()) => stream.try_io(Interest::READABLE, || {
+                    crate::sys::scm::recv(stream, &mut chunk, &mut fds)
+                }),
+                Err(e) => Err(e),
+            };
+            // More than a request may carry are closed at once.
+            let room = MAX_FDS.saturating_sub(self.fds.len());
+            self.fds.extend(fds.into_iter().take(room));
+            match received {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A reset connection, as the peer closing mid-line.
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// The descriptors received with the line just read, all of them: the request takes what
+    /// it declares, the rest close when dropped.
+    fn take_fds(&mut self) -> Vec<OwnedFd> {
+        self.fds.drain(..).collect()
+    }
+}
+
 /// What came of waiting for a request.
 enum Next {
     /// A request line (in the buffer).
@@ -199,30 +269,23 @@ enum Next {
     Idle,
 }
 
-/// Reads one request line of at most [`MAX_LINE`] bytes.
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>) -> Next {
-    line.clear();
-    let limit = MAX_LINE as u64 + 1;
-    match (&mut *reader).take(limit).read_until(b'\n', line).await {
-        Ok(0) => Next::End,
-        Ok(_) if line.last() == Some(&b'\n') => Next::Line,
-        Ok(_) if line.len() > MAX_LINE => Next::TooLong,
-        // The peer closed mid-line.
-        Ok(_) | Err(_) => Next::End,
-    }
-}
-
 /// Reads one request line; [`Next::Idle`] when none has come after `idle` (if not zero) and
 /// the connection holds no endpoint then. A connection that holds one is looked at again
 /// every `idle`, without interrupting the read.
 async fn next_request(
-    reader: &mut BufReader<OwnedReadHalf>,
+    incoming: &mut Incoming,
     line: &mut Vec<u8>,
     state: &Mutex<State>,
     connection: u64,
     idle: Duration,
 ) -> Next {
-    let read = read_line(reader, line);
+    let read = async {
+        match incoming.line(line).await {
+            Ok(Some(())) => Next::Line,
+            Ok(None) => Next::End,
+            Err(()) => Next::TooLong,
+        }
+    };
     tokio::pin!(read);
     loop {
         tokio::select! {
@@ -260,6 +323,38 @@ async fn refuse(mut stream: UnixStream, refusal: ControlError) {
     .await;
 }
 
+/// The sink a request passed: `declared` of the `received` descriptors (the rest are closed
+/// on return), as the caller's. Only a bind carries one, its `pcap:` or `unix:` sink.
+fn passed_sink(
+    request: &Request,
+    declared: u32,
+    mut received: Vec<OwnedFd>,
+    creds: Credentials,
+) -> Result<Option<CallerSink>, Response> {
+    let refuse = |message: String| Response::Error {
+        code: ErrorCode::InvalidArgument,
+        message,
+    };
+    if declared as usize > received.len() {
+        return Err(refuse(format!(
+            "fds: the request declares {declared} descriptors but {} came with it (attach \
+             them to the line's first byte, SCM_RIGHTS)",
+            received.len()
+        )));
+    }
+    match (request, declared) {
+        (_, 0) => Ok(None),
+        (Request::Bind(_), 1) => Ok(Some(CallerSink {
+            fd: received.swap_remove(0),
+            creds,
+        })),
+        _ => Err(refuse(format!(
+            "fds: {declared} declared; only a bind carries a descriptor, one: its pcap: or \
+             unix: sink"
+        ))),
+    }
+}
+
 /// Serves connections until the task is dropped, holding them to `limits`. `list` and
 /// `stats` are answered from `view`, without `state`'s lock.
 pub async fn serve(
@@ -273,8 +368,8 @@ pub async fn serve(
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let uid = match stream.peer_cred() {
-                    Ok(cred) => cred.uid(),
+                let (uid, gid) = match stream.peer_cred() {
+                    Ok(cred) => (cred.uid(), cred.gid()),
                     Err(e) => {
                         warn!("control connection without peer credentials ({e}): refused");
                         continue;
@@ -298,6 +393,7 @@ pub async fn serve(
                     state.clone(),
                     view.clone(),
                     caller,
+                    gid,
                     limits.idle,
                     admitted,
                 ));
@@ -318,16 +414,24 @@ async fn connection_task(
     state: Arc<Mutex<State>>,
     view: Arc<View>,
     caller: Caller,
+    gid: u32,
     idle: Duration,
     _admitted: Admitted,
 ) {
     let Caller { uid, connection } = caller;
     debug!(connection, uid, "control connection");
+    // Records to a caller's unix: sink go out as the caller (the pid is the daemon's: the
+    // caller may be gone long before its endpoint, and its pid reused).
+    let creds = Credentials {
+        pid: std::process::id() as i32,
+        uid,
+        gid,
+    };
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut incoming = Incoming::new(read);
     let mut bytes = Vec::new();
     loop {
-        match next_request(&mut reader, &mut bytes, &state, connection, idle).await {
+        match next_request(&mut incoming, &mut bytes, &state, connection, idle).await {
             Next::Line => {}
             Next::End => break,
             Next::Idle => {
@@ -356,6 +460,7 @@ async fn connection_task(
                 break;
             }
         }
+        let received = incoming.take_fds();
         let line = String::from_utf8_lossy(&bytes);
         let response = match version_of(&line) {
             Some(version) if version != VERSION => version_mismatch(version),
@@ -377,10 +482,21 @@ async fn connection_task(
                 Ok(envelope) => match view.answer(&envelope.request, Viewer::of(uid)) {
                     Some(response) => response,
                     None => {
-                        let (response, ring) = state
-                            .lock()
-                            .expect("state lock")
-                            .handle(envelope.request, caller);
+                        let passed =
+                            match passed_sink(&envelope.request, envelope.fds, received, creds) {
+                                Ok(passed) => passed,
+                                Err(refusal) => {
+                                    if !answer(&mut write, &refusal, &[]).await {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                            };
+                        let (response, ring) = state.lock().expect("state lock").handle_with_sink(
+                            envelope.request,
+                            caller,
+                            passed,
+                        );
                         if let Some(ring) = ring {
                             let fds = [ring.memory.as_raw_fd(), ring.wake.as_raw_fd()];
                             if !answer(&mut write, &response, &fds).await {

@@ -34,7 +34,7 @@ use crate::{
     daemon::error::ControlError,
     dataplane::{maps::Maps, Dataplane},
     ring::{ClientFds, DEFAULT_SLOT_SIZE},
-    sink::Sink,
+    sink::{CallerSink, Sink},
     tables::Tables,
 };
 
@@ -141,9 +141,19 @@ impl<D: Dataplane> State<D> {
 
     /// Answers one control request; a ring endpoint's descriptors come along for the caller.
     pub fn handle(&mut self, request: Request, caller: Caller) -> (Response, Option<ClientFds>) {
+        self.handle_with_sink(request, caller, None)
+    }
+
+    /// As [`State::handle`], with the sink the caller passed along with a bind request.
+    pub fn handle_with_sink(
+        &mut self,
+        request: Request,
+        caller: Caller,
+        passed: Option<CallerSink>,
+    ) -> (Response, Option<ClientFds>) {
         let mut fds = None;
         let result = match request {
-            Request::Bind(bind) => self.bind(bind, caller).map(|(id, ring)| {
+            Request::Bind(bind) => self.bind_with_sink(bind, caller, passed).map(|(id, ring)| {
                 fds = ring;
                 Response::Bound { id }
             }),
@@ -172,6 +182,17 @@ impl<D: Dataplane> State<D> {
         request: BindRequest,
         caller: Caller,
     ) -> Result<(u32, Option<ClientFds>), ControlError> {
+        self.bind_with_sink(request, caller, None)
+    }
+
+    /// As [`State::bind`], with the sink the caller opened and passed: a caller's `pcap:` and
+    /// `unix:` sinks come this way only; the daemon's own (the config file's) are opened by path.
+    pub fn bind_with_sink(
+        &mut self,
+        request: BindRequest,
+        caller: Caller,
+        passed: Option<CallerSink>,
+    ) -> Result<(u32, Option<ClientFds>), ControlError> {
         let binding = request.binding()?;
         let local = binding.local;
         let privileged_port = match local {
@@ -194,7 +215,11 @@ impl<D: Dataplane> State<D> {
         {
             return Err(ControlError::RingForDaemon);
         }
-        let (sink, ring) = Sink::open(&request.to)?;
+        let (sink, ring) = if caller.connection == Caller::DAEMON.connection {
+            Sink::open(&request.to)?
+        } else {
+            Sink::passed(&request.to, passed)?
+        };
         let handle = Arc::new(EndpointHandle {
             sink,
             delivered: AtomicU64::new(0),
@@ -542,6 +567,50 @@ mod tests {
         assert!(state.endpoints.is_empty() && state.holders.is_empty());
         assert!(state.dataplane.is_empty() && !state.dataplane.any_port_bits());
         assert!(state.groups.is_empty());
+    }
+
+    #[test]
+    fn a_caller_passes_its_pcap_and_unix_sinks_the_daemon_opens_no_path_for_it() {
+        let mut state = state();
+        let dir = std::env::temp_dir().join(format!("demux-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.pcap");
+        for to in [SinkSpec::Pcap(path.clone()), SinkSpec::Unix(dir.join("s"))] {
+            let error = refuse(
+                &mut state,
+                BindRequest {
+                    to,
+                    ..request("198.18.0.2:5353")
+                },
+                ALICE,
+            );
+            assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+            assert!(error.to_string().contains("opens no path"), "{error}");
+            empty(&state);
+        }
+        assert!(!path.exists(), "the daemon created the caller's file");
+        // What the caller opened and passed is taken.
+        let file = std::fs::File::create(&path).unwrap();
+        let (id, _) = state
+            .bind_with_sink(
+                BindRequest {
+                    to: SinkSpec::Pcap(path),
+                    ..request("198.18.0.2:5353")
+                },
+                ALICE,
+                Some(CallerSink {
+                    fd: file.into(),
+                    creds: crate::sys::scm::Credentials {
+                        pid: 1,
+                        uid: ALICE.uid,
+                        gid: ALICE.uid,
+                    },
+                }),
+            )
+            .expect("bind");
+        assert_eq!(state.list()[0].id, id);
+        consistent(&state);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

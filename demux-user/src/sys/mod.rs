@@ -5,7 +5,8 @@
 //! - [`scm`]: sending and receiving descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
 //! - [`sockaddr`]: `SocketAddr` to the C socket address types.
-//! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid.
+//! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
+//!   what a passed descriptor is (its access mode, its socket domain and type).
 
 #![deny(missing_docs)]
 
@@ -121,6 +122,45 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// How a descriptor was opened: `O_RDONLY`, `O_WRONLY` or `O_RDWR` (`fcntl(F_GETFL)`).
+pub fn access_mode(fd: &impl AsRawFd) -> io::Result<i32> {
+    // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & libc::O_ACCMODE)
+}
+
+/// An integer socket option of `fd` at `SOL_SOCKET` (`SO_DOMAIN`, `SO_TYPE`, …).
+fn socket_option(fd: &impl AsRawFd, option: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live local `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// A socket's domain and type (`SO_DOMAIN`, `SO_TYPE`), e.g. `(AF_UNIX, SOCK_DGRAM)`;
+/// `ENOTSOCK` for a descriptor that is no socket.
+pub fn socket_kind(fd: &impl AsRawFd) -> io::Result<(i32, i32)> {
+    Ok((
+        socket_option(fd, libc::SO_DOMAIN)?,
+        socket_option(fd, libc::SO_TYPE)?,
+    ))
 }
 
 /// Sends the gathered `parts` as one datagram without blocking (`MSG_DONTWAIT`, no SIGPIPE) on

@@ -1,5 +1,7 @@
 //! Passing file descriptors over Unix sockets (SCM_RIGHTS): the daemon attaches a ring's
-//! memfd and eventfd to the response that creates the endpoint; the client collects them.
+//! memfd and eventfd to the response that creates the endpoint, a client attaches the sink it
+//! opened (a pcap file, a connected Unix datagram socket) to its bind request. And credentials
+//! (SCM_CREDENTIALS): a `unix:` sink's records carry the endpoint owner's uid and gid.
 
 use std::{
     io,
@@ -7,8 +9,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
-/// Room for this many descriptors in one message.
-const MAX_FDS: usize = 4;
+/// Room for this many descriptors in one message; the kernel closes any beyond.
+pub const MAX_FDS: usize = 4;
 
 fn cmsg_space() -> usize {
     // SAFETY: CMSG_SPACE is a pure size computation.
@@ -87,4 +89,141 @@ pub fn recv(socket: &impl AsRawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io
         }
     }
     Ok(n as usize)
+}
+
+/// Who a datagram says it comes from (SCM_CREDENTIALS): what a receiver with `SO_PASSCRED` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The sending process.
+    pub pid: i32,
+    /// Its user.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+}
+
+fn creds_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(size_of::<libc::ucred>() as u32) as usize }
+}
+
+/// Sends the gathered `parts` as one datagram on a connected socket without blocking
+/// (`MSG_DONTWAIT`, no SIGPIPE), stamped with `creds` (SCM_CREDENTIALS): a receiver with
+/// `SO_PASSCRED` reads these, not the sender's own. The kernel allows another pid only with
+/// CAP_SYS_ADMIN, another uid with CAP_SETUID, another gid with CAP_SETGID.
+pub fn send_dontwait_as(
+    socket: &impl AsRawFd,
+    parts: &[io::IoSlice<'_>],
+    creds: Credentials,
+) -> io::Result<usize> {
+    let mut control = vec![0u8; creds_space()];
+    // SAFETY: an all-zero msghdr is valid (no name, no control data yet).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len() as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    let ucred = libc::ucred {
+        pid: creds.pid,
+        uid: creds.uid,
+        gid: creds.gid,
+    };
+    // SAFETY: msg_control holds room (CMSG_SPACE) for one cmsg carrying one ucred.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_CREDENTIALS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::ucred>() as u32) as _;
+        libc::CMSG_DATA(cmsg)
+            .cast::<libc::ucred>()
+            .write_unaligned(ucred);
+    }
+    // SAFETY: msg points at `parts` (IoSlice is ABI-compatible with iovec) and `control`, which
+    // outlive the call; the kernel only reads them.
+    let sent = unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+/// Asks the kernel to attach the sender's credentials to every message `socket` receives
+/// (`SO_PASSCRED`), to read with [`recv_with_credentials`].
+pub fn set_passcred(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one message into `buf` with the sender's credentials, if the socket has
+/// [`set_passcred`] (descriptors that came along are closed).
+pub fn recv_with_credentials(
+    socket: &impl AsRawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<Credentials>)> {
+    let mut control = vec![0u8; creds_space() + cmsg_space()];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as in `send`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: msg points at live buffers; MSG_CMSG_CLOEXEC keeps received fds from leaking.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut creds = None;
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                    let ucred = data.cast::<libc::ucred>().read_unaligned();
+                    creds = Some(Credentials {
+                        pid: ucred.pid,
+                        uid: ucred.uid,
+                        gid: ucred.gid,
+                    });
+                }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / size_of::<RawFd>();
+                    for i in 0..count {
+                        drop(OwnedFd::from_raw_fd(
+                            data.cast::<RawFd>().add(i).read_unaligned(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, creds))
 }

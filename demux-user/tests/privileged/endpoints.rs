@@ -27,6 +27,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         precedence_end_to_end_and_the_kernel_keeps_the_rest,
         sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
         refused_requests_change_nothing,
+        the_daemon_opens_no_sink_for_a_caller,
         a_user_sees_only_their_own_endpoints_and_an_endless_line_is_cut_off,
         a_bad_config_file_is_refused_by_line,
         a_user_is_held_to_the_limits_while_root_is_served,
@@ -267,7 +268,7 @@ pub(crate) fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::R
             sink.drain()?;
         }
         v6only_kernel += drain_kernel(&kernel_v6only);
-        Ok(v6only_kernel == 3)
+        Ok(v6only_kernel == 3 && dual.iter().map(|s| s.got.len()).sum::<usize>() == 6)
     })?;
     let dual_counts: Vec<usize> = dual.iter().map(|s| s.got.len()).collect();
     ensure!(
@@ -462,8 +463,12 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
         ("this is not json\n", "invalid_argument", "request:"),
         ("{\"version\":99,\"op\":\"list\"}\n", "version_mismatch", "upgrade the daemon"),
         ("{\"version\":1,\"op\":\"list\"}\n", "version_mismatch", "upgrade the client"),
-        ("{\"version\":2,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "invalid_argument", "local address"),
-        ("{\"version\":2,\"op\":\"close\",\"id\":999}\n", "not_found", "does not exist"),
+        ("{\"version\":2,\"op\":\"list\"}\n", "version_mismatch", "upgrade the client"),
+        ("{\"version\":3,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "invalid_argument", "local address"),
+        ("{\"version\":3,\"op\":\"close\",\"id\":999}\n", "not_found", "does not exist"),
+        // A pcap: sink without its descriptor, or a declared descriptor that never came.
+        ("{\"version\":3,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"0.0.0.0:9500\",\"to\":\"pcap:/tmp/demux-never.pcap\"}\n", "invalid_argument", "opens no path for a caller"),
+        ("{\"version\":3,\"fds\":1,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"0.0.0.0:9500\",\"to\":\"pcap:/tmp/demux-never.pcap\"}\n", "invalid_argument", "but 0 came with it"),
     ] {
         use std::io::{BufRead, Write};
         raw.write_all(line.as_bytes())?;
@@ -483,6 +488,218 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
         endpoints.len() == 1 && endpoints[0].id == held,
         "endpoints changed: {endpoints:?}"
     );
+    drop(daemon);
+    Ok(())
+}
+
+/// The CLI as uid/gid 65534 (nobody/nogroup): its exit status and stderr.
+fn nobody_runs(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let output = Command::new(DAEMON)
+        .args(args)
+        .arg("--control")
+        .arg(&daemon.control)
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// A file's bytes and modification time, to show it unchanged.
+fn snapshot(path: &std::path::Path) -> anyhow::Result<(Vec<u8>, std::time::SystemTime)> {
+    Ok((std::fs::read(path)?, std::fs::metadata(path)?.modified()?))
+}
+
+/// The daemon answers root's `list` within two seconds: nothing a caller passed holds it.
+fn still_answers(daemon: &RunningDaemon) -> anyhow::Result<usize> {
+    let control = daemon.control.clone();
+    let (done, answer) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let listed = Client::connect(&control)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut client| match client.call(Request::List)? {
+                Response::Endpoints { endpoints } => Ok(endpoints.len()),
+                other => bail!("list: {other:?}"),
+            });
+        let _ = done.send(listed);
+    });
+    answer
+        .recv_timeout(Duration::from_secs(2))
+        .context("the daemon did not answer root within 2 s")?
+}
+
+pub(crate) fn the_daemon_opens_no_sink_for_a_caller() -> anyhow::Result<()> {
+    use std::os::{
+        fd::AsFd,
+        unix::fs::{OpenOptionsExt, PermissionsExt},
+    };
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    // A directory everyone may write, as /tmp.
+    let public = dir.join("public");
+    std::fs::create_dir(&public)?;
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o777))?;
+    let secret = public.join("root-only");
+    std::fs::write(&secret, b"root's, not a capture")?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    std::os::unix::fs::symlink(&secret, public.join("link"))?;
+    let before = snapshot(&secret)?;
+    let local = format!("{B_ADDR}:9500");
+    let to = |path: &std::path::Path| format!("pcap:{}", path.display());
+
+    // nobody cannot have the daemon write root's file, directly or through a symlink: it opens
+    // the file itself, and may not.
+    for target in [secret.clone(), public.join("link")] {
+        let (status, error) = nobody_runs(
+            &daemon,
+            &["bind", "udp", &local, "--to", &to(&target), "--persistent"],
+        )?;
+        ensure!(
+            status == Some(4) && error.contains("Permission denied"),
+            "pcap to {}: exit {status:?}: {error}",
+            target.display()
+        );
+        ensure!(snapshot(&secret)? == before, "{} changed", secret.display());
+    }
+
+    // A FIFO: without a reader the CLI's open fails at once; with one, the daemon refuses the
+    // descriptor, and never waits on it.
+    let fifo = public.join("fifo");
+    ensure!(
+        Command::new("mkfifo").arg(&fifo).status()?.success(),
+        "mkfifo"
+    );
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666))?;
+    let (status, error) = nobody_runs(
+        &daemon,
+        &["bind", "udp", &local, "--to", &to(&fifo), "--persistent"],
+    )?;
+    ensure!(
+        status == Some(2),
+        "FIFO without a reader: exit {status:?}: {error}"
+    );
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)?;
+    let (status, error) = nobody_runs(
+        &daemon,
+        &["bind", "udp", &local, "--to", &to(&fifo), "--persistent"],
+    )?;
+    ensure!(
+        status == Some(2) && error.contains("to: pcap:") && error.contains("a FIFO"),
+        "FIFO: exit {status:?}: {error}"
+    );
+    // The same descriptor passed by hand, and a device.
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let mut root = daemon.client()?;
+    let pcap_bind = |path: &std::path::Path| {
+        Request::Bind(BindRequest {
+            protocol: Protocol::Udp,
+            local: local.clone(),
+            connect: None,
+            group: None,
+            v6only: false,
+            to: SinkSpec::Pcap(path.into()),
+            persistent: false,
+        })
+    };
+    for fd in [writer.as_fd(), null.as_fd()] {
+        match root.call_with_fds(pcap_bind(&fifo), &[fd]) {
+            Err(e) if e.code() == demux::control::ErrorCode::InvalidArgument => {}
+            other => bail!("a FIFO or a device passed as a pcap file: {other:?}"),
+        }
+    }
+    drop((reader, writer));
+    ensure!(still_answers(&daemon)? == 0, "something was bound");
+
+    // unix: to a socket only root may connect to.
+    let root_socket = public.join("root.sock");
+    let listener = UnixDatagram::bind(&root_socket)?;
+    listener.set_nonblocking(true)?;
+    std::fs::set_permissions(&root_socket, std::fs::Permissions::from_mode(0o600))?;
+    let (status, error) = nobody_runs(
+        &daemon,
+        &[
+            "bind",
+            "udp",
+            &local,
+            "--to",
+            &format!("unix:{}", root_socket.display()),
+            "--persistent",
+        ],
+    )?;
+    ensure!(
+        status == Some(4) && error.contains("Permission denied"),
+        "unix to a root-only socket: exit {status:?}: {error}"
+    );
+
+    // What nobody may open works: a pcap file of its own, and a socket that lets it connect,
+    // whose records say they come from nobody, not from the daemon's root.
+    let own = public.join("nobody.pcap");
+    let pcap_id = as_nobody(
+        &daemon,
+        &["bind", "udp", &local, "--to", &to(&own), "--persistent"],
+    )?;
+    let open_socket = public.join("open.sock");
+    let receiver = UnixDatagram::bind(&open_socket)?;
+    receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
+    demux::sys::scm::set_passcred(&receiver)?;
+    std::fs::set_permissions(&open_socket, std::fs::Permissions::from_mode(0o666))?;
+    let unix_id = as_nobody(
+        &daemon,
+        &[
+            "bind",
+            "udp",
+            &format!("{B_ADDR}:9501"),
+            "--to",
+            &format!("unix:{}", open_socket.display()),
+            "--persistent",
+        ],
+    )?;
+    ensure!(
+        still_answers(&daemon)? == 2,
+        "nobody's two endpoints are not there"
+    );
+    send(&net.a, 40000, 9500, 3)?;
+    send(&net.a, 40000, 9501, 1)?;
+    let mut buf = [0u8; 2048];
+    let (n, creds) = demux::sys::scm::recv_with_credentials(&receiver, &mut buf)
+        .context("no record on nobody's unix: sink")?;
+    ensure!(record::decode(&buf[..n]).is_ok(), "not a record");
+    ensure!(
+        matches!(creds, Some(c) if c.uid == 65534 && c.gid == 65534),
+        "the record came as {creds:?}, not as nobody"
+    );
+    ensure!(
+        listener.recv(&mut buf).is_err(),
+        "the root-only socket received something"
+    );
+    let mut frames = 0;
+    settle(|| {
+        let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(&own)?)?;
+        frames = 0;
+        while let Some(packet) = reader.next_packet() {
+            packet?;
+            frames += 1;
+        }
+        Ok(frames == 3)
+    })?;
+    ensure!(frames == 3, "nobody's pcap holds {frames} of 3 frames");
+    ensure!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&own)?) == 65534,
+        "nobody's pcap file is not nobody's"
+    );
+    for id in [pcap_id, unix_id] {
+        root.call(Request::Close {
+            id: id.trim().parse()?,
+        })?;
+    }
+    ensure!(snapshot(&secret)? == before, "{} changed", secret.display());
     drop(daemon);
     Ok(())
 }
