@@ -15,7 +15,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
 /// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
@@ -23,7 +23,7 @@ pub const ABI_VERSION: u32 = 5;
 /// `layout`).
 #[cfg(feature = "user")]
 mod pod {
-    use crate::{binding::*, meta::PacketMeta};
+    use crate::{binding::*, hash::FlowKey, meta::PacketMeta};
 
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for ConnectedKey {}
@@ -41,6 +41,8 @@ mod pod {
     unsafe impl aya::Pod for EndpointStats {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for PacketMeta {}
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for FlowKey {}
 }
 
 /// The byte layout documented in docs/ARCHITECTURE.md ("ABI"), checked at compile time: a
@@ -48,7 +50,7 @@ mod pod {
 mod layout {
     use core::mem::{offset_of, size_of};
 
-    use crate::{binding::*, meta::PacketMeta};
+    use crate::{binding::*, hash::FlowKey, meta::PacketMeta};
 
     /// `assert_layout!(Type, size; field @ offset, …)`
     macro_rules! assert_layout {
@@ -70,4 +72,5 @@ mod layout {
     assert_layout!(EndpointStats, 16; packets @ 0, bytes @ 8);
     assert_layout!(PacketMeta, 20; version @ 0, protocol @ 2, family @ 3, endpoint @ 4,
         flow_hash @ 8, l4_offset @ 12, payload_offset @ 14, l3_offset @ 16, _pad @ 18);
+    assert_layout!(FlowKey, 16; k0 @ 0, k1 @ 8);
 }

@@ -1,13 +1,15 @@
 //! The demux XDP program: reads each packet's socket address tuple and decides its verdict.
 //!
-//! The entry point stays trivial: `classify` parses (`parse`), finds the binding (`lookup`) and
-//! steers (`steer`); `counters::count` records the verdict, and the packet gets the matching XDP
-//! action. Anything that is not ours passes to the kernel untouched.
+//! The entry point stays trivial: `classify` parses (`parse`), finds the binding (`lookup`),
+//! hashes the flow with the daemon's key (`flow`) and steers (`steer`); `counters::count`
+//! records the verdict, and the packet gets the matching XDP action. Anything that is not ours
+//! passes to the kernel untouched.
 #![no_std]
 #![no_main]
 
 mod counters;
 mod cursor;
+mod flow;
 mod lookup;
 mod parse;
 mod runtime;
@@ -15,7 +17,7 @@ mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
-use demux_common::{hash::flow_hash, Verdict};
+use demux_common::Verdict;
 
 #[xdp]
 pub(crate) fn demux(ctx: XdpContext) -> u32 {
@@ -40,12 +42,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
-    let hash = flow_hash(
-        &packet.src_addr,
-        &packet.dst_addr,
-        packet.src_port,
-        packet.dst_port,
-    );
+    let hash = flow::hash(&packet);
     match lookup::resolve(target, hash) {
         Some(endpoint) => steer::steer(ctx, &packet, endpoint, hash),
         None => Verdict::PassNoMatch,

@@ -2,6 +2,11 @@
 //! program and maps. Every map the daemon uses is taken out of the object once, here, as a typed
 //! handle whose key and value sizes aya checks against the `demux-common` types; a map that is
 //! missing, of another kind or of another layout fails the load with one line naming it.
+//!
+//! Every load draws a new flow hash key ([`random_flow_key`], `getrandom`) unless the caller
+//! gives one ([`LoadOptions::flow_key`], for tests), and writes it into the program's read-only
+//! global `demux_common::hash::KEY_GLOBAL`: each start of the daemon picks group members with a
+//! key nobody outside it knows.
 
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
@@ -10,7 +15,10 @@ use aya::{
     programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
-use demux_common::maps;
+use demux_common::{
+    hash::{FlowKey, KEY_GLOBAL},
+    maps,
+};
 use thiserror::Error;
 
 use crate::dataplane::maps::Maps;
@@ -55,6 +63,9 @@ impl std::str::FromStr for BpfLogLevel {
 /// A failure while loading the object, naming the step that failed.
 #[derive(Debug, Error)]
 pub enum LoadError {
+    /// No random key for the flow hash (`getrandom` failed).
+    #[error("drawing the flow hash key (getrandom): {0}")]
+    Key(#[source] std::io::Error),
     #[error("parsing or creating the maps of the embedded XDP object failed: {0}")]
     Object(#[source] EbpfError),
     #[error("the embedded object has no XDP program named `{0}`")]
@@ -159,11 +170,33 @@ pub enum SocketSlotError {
     Map(#[from] MapError),
 }
 
+/// A new random flow hash key, from the kernel's random pool.
+pub fn random_flow_key() -> std::io::Result<FlowKey> {
+    let mut bytes = [0u8; 16];
+    crate::sys::random_bytes(&mut bytes)?;
+    Ok(FlowKey::from_bytes(bytes))
+}
+
+/// What [`Loaded::load_with`] loads: the defaults are the daemon's (no logging, full-size
+/// tables, a fresh random key).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// How much the program logs.
+    pub log_level: BpfLogLevel,
+    /// Each binding table holds at most this many entries instead of `MAX_BINDINGS` (for tests
+    /// of a full table).
+    pub bindings: Option<u32>,
+    /// The flow hash key; `None` draws a random one ([`random_flow_key`]). Tests give one so
+    /// that the reference model hashes alike.
+    pub flow_key: Option<FlowKey>,
+}
+
 /// The loaded object: the program is verified and ready to attach. Its socket-slot maps stay
 /// here; the maps the daemon's rules write are handed out beside it as [`Maps`].
 pub struct Loaded {
     ebpf: Ebpf,
     slots: SocketSlots,
+    flow_key: FlowKey,
 }
 
 /// `IFACE_SLOTS` and `XSKS`: which AF_XDP socket receives an (interface, rx queue).
@@ -173,10 +206,13 @@ struct SocketSlots {
 }
 
 impl Loaded {
-    /// Loads the embedded object, verifies its XDP program and takes its maps: the program
-    /// side, and the dataplane maps the daemon's rules write.
+    /// Loads the embedded object with a fresh random flow hash key, verifies its XDP program
+    /// and takes its maps: the program side, and the dataplane maps the daemon's rules write.
     pub fn load(log_level: BpfLogLevel) -> Result<(Self, Maps), LoadError> {
-        Self::load_with_capacity(log_level, None)
+        Self::load_with(LoadOptions {
+            log_level,
+            ..LoadOptions::default()
+        })
     }
 
     /// As [`Loaded::load`], with each binding table holding at most `bindings` entries instead
@@ -185,10 +221,24 @@ impl Loaded {
         log_level: BpfLogLevel,
         bindings: Option<u32>,
     ) -> Result<(Self, Maps), LoadError> {
-        let level = log_level as u8;
+        Self::load_with(LoadOptions {
+            log_level,
+            bindings,
+            ..LoadOptions::default()
+        })
+    }
+
+    /// As [`Loaded::load`], with every choice spelled out.
+    pub fn load_with(options: LoadOptions) -> Result<(Self, Maps), LoadError> {
+        let flow_key = match options.flow_key {
+            Some(key) => key,
+            None => random_flow_key().map_err(LoadError::Key)?,
+        };
+        let level = options.log_level as u8;
         let mut loader = EbpfLoader::new();
         loader.override_global("AYA_LOG_LEVEL", &level, false);
-        if let Some(bindings) = bindings {
+        loader.override_global(KEY_GLOBAL, &flow_key, true);
+        if let Some(bindings) = options.bindings {
             for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX, maps::WILDCARD] {
                 loader.map_max_entries(table, bindings);
             }
@@ -204,7 +254,20 @@ impl Loaded {
             xsks: take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?,
         };
         let dataplane = Maps::take(&mut ebpf)?;
-        Ok((Self { ebpf, slots }, dataplane))
+        Ok((
+            Self {
+                ebpf,
+                slots,
+                flow_key,
+            },
+            dataplane,
+        ))
+    }
+
+    /// The key the program's flow hash was loaded with (to recompute `PacketMeta::flow_hash`
+    /// in user space: `demux_common::hash::flow_hash`).
+    pub fn flow_key(&self) -> FlowKey {
+        self.flow_key
     }
 
     /// The verified XDP program.
@@ -274,6 +337,21 @@ impl Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each draw is new: two loads (two daemon starts) get different keys.
+    #[test]
+    fn every_draw_is_a_new_key() {
+        let keys: Vec<[u8; 16]> = (0..8)
+            .map(|_| random_flow_key().expect("getrandom").to_bytes())
+            .collect();
+        for (i, a) in keys.iter().enumerate() {
+            assert_ne!(*a, [0; 16]);
+            assert_ne!(*a, FlowKey::UNSET.to_bytes());
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
 
     #[test]
     fn a_wrong_layout_names_the_map_and_both_sizes() {

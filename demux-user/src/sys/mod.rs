@@ -6,7 +6,7 @@
 //! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
 //! - [`sockaddr`]: `SocketAddr` to the C socket address types.
 //! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
-//!   what a passed descriptor is (its access mode, its socket domain and type).
+//!   what a passed descriptor is (its access mode, its socket domain and type), random bytes.
 
 #![deny(missing_docs)]
 
@@ -110,6 +110,26 @@ pub fn group_id(name: &str) -> Option<u32> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Fills `buf` with random bytes from the kernel (`getrandom(2)`, no flags: it waits, once per
+/// boot, until the kernel's pool is initialised, so a key drawn early at boot is never weak).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid, exclusively borrowed buffer of `rest.len()` bytes.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += got as usize;
+    }
+    Ok(())
 }
 
 /// Now on CLOCK_MONOTONIC, in ns: the clock of the traffic generator's send stamps, the same in

@@ -1,6 +1,8 @@
 //! The XDP program against its reference model (`demux::testing::model`) under BPF_PROG_TEST_RUN: the
 //! hand-written fixtures, then a seeded differential run over random tables and 100,000
-//! random, mutated and truncated frames. A mismatch prints the seed and the frame in hex.
+//! random, mutated and truncated frames. A mismatch prints the seed, the flow hash key and the
+//! frame in hex. Each run loads the program with a random flow hash key and gives the model the
+//! same one; and two loads draw two keys, each used by its own program.
 
 use std::{fmt::Write as _, mem::size_of};
 
@@ -9,12 +11,17 @@ use aya::programs::{TestRun, TestRunOptions};
 use demux::{
     binding::{Binding, Entry, Local, Protocol, Receiver},
     dataplane::{maps::Maps, Dataplane as _},
-    program::{BpfLogLevel, Loaded},
+    program::{random_flow_key, BpfLogLevel, LoadOptions, Loaded},
     tables::{self, Tables},
     testing::frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
     testing::model::{fixtures, Model},
 };
-use demux_common::{binding::Target, meta::PacketMeta, Verdict};
+use demux_common::{
+    binding::Target,
+    hash::{flow_hash, FlowKey},
+    meta::PacketMeta,
+    Verdict,
+};
 
 const XDP_PASS: u32 = 2;
 
@@ -23,6 +30,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         fixtures_agree_with_the_program,
         differential_100k_frames,
         full_table_is_refused_by_name_and_rolled_back,
+        each_load_draws_its_own_key,
     ]
 }
 
@@ -88,14 +96,43 @@ fn run_frame(loaded: &mut Loaded, maps: &Maps, frame: &[u8]) -> anyhow::Result<O
     Ok(Observed { verdict, meta })
 }
 
-/// Loads bindings and groups into both the program's maps and a model.
+/// Loads the program with a random flow hash key (or `DEMUX_FLOW_KEY`, 32 hex digits, to rerun
+/// one), checking that it reports that key back.
+fn load_with_random_key() -> anyhow::Result<(Loaded, Maps, FlowKey)> {
+    let key = match std::env::var("DEMUX_FLOW_KEY") {
+        Ok(text) => parse_key(&text)?,
+        Err(_) => random_flow_key()?,
+    };
+    let (loaded, maps) = Loaded::load_with(LoadOptions {
+        flow_key: Some(key),
+        ..LoadOptions::default()
+    })?;
+    ensure!(loaded.flow_key() == key, "the loader reports another key");
+    Ok((loaded, maps, key))
+}
+
+fn parse_key(text: &str) -> anyhow::Result<FlowKey> {
+    ensure!(
+        text.len() == 32,
+        "DEMUX_FLOW_KEY: 32 hex digits, not `{text}`"
+    );
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("DEMUX_FLOW_KEY: `{text}` is not hex"))?;
+    }
+    Ok(FlowKey::from_bytes(bytes))
+}
+
+/// Loads bindings and groups into both the program's maps and a model hashing with `key`.
 fn install(
+    key: FlowKey,
     maps: &mut Maps,
     tables: &mut Tables,
     bindings: &[(Entry, Target)],
     groups: &[(u32, Vec<u32>)],
 ) -> anyhow::Result<Model> {
-    let mut model = Model::default();
+    let mut model = Model::new(key);
     for (entry, target) in bindings {
         ensure!(model.insert(*entry, *target), "duplicate binding {entry:?}");
     }
@@ -123,10 +160,10 @@ fn uninstall(
 }
 
 pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
-    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
+    let (mut loaded, mut maps, key) = load_with_random_key()?;
     let mut tables = Tables::default();
     let mut failures = Vec::new();
-    let all = fixtures::all();
+    let all = fixtures::all(&key);
     for fixture in &all {
         let bindings: Vec<(Entry, Target)> = fixture
             .bindings
@@ -134,7 +171,7 @@ pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
             .map(|(b, r)| b.encode(*r))
             .collect::<Result<_, _>>()
             .with_context(|| fixture.name.clone())?;
-        let model = install(&mut maps, &mut tables, &bindings, &fixture.groups)?;
+        let model = install(key, &mut maps, &mut tables, &bindings, &fixture.groups)?;
         let observed =
             run_frame(&mut loaded, &maps, &fixture.frame).with_context(|| fixture.name.clone())?;
         let expected = model.classify(&fixture.frame, 0);
@@ -158,9 +195,10 @@ pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
     }
     ensure!(
         failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
+        "{} of {} fixtures failed (rerun with DEMUX_FLOW_KEY={}):\n{}",
         failures.len(),
         all.len(),
+        hex(&key.to_bytes()),
         failures.join("\n")
     );
     Ok(())
@@ -175,14 +213,14 @@ pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
-    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
+    let (mut loaded, mut maps, key) = load_with_random_key()?;
     let mut tables = Tables::default();
     let mut rng = SplitMix64(seed);
     let mut failures = Vec::new();
     let mut by_verdict = [0u64; Verdict::COUNT as usize];
     for set in 0..TABLE_SETS {
         let (bindings, groups) = random_tables(&mut rng);
-        let model = install(&mut maps, &mut tables, &bindings, &groups)?;
+        let model = install(key, &mut maps, &mut tables, &bindings, &groups)?;
         for i in 0..FRAMES_PER_SET {
             let frame = random_frame(&mut rng);
             let expected = model.classify(&frame, 0);
@@ -205,7 +243,9 @@ pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
     }
     ensure!(
         failures.is_empty(),
-        "program and model disagree (seed {seed:#x}, rerun with DEMUX_DIFF_SEED={seed}):\n{}",
+        "program and model disagree (seed {seed:#x}, rerun with DEMUX_DIFF_SEED={seed} \
+         DEMUX_FLOW_KEY={}):\n{}",
+        hex(&key.to_bytes()),
         failures.join("\n")
     );
     let spread: Vec<String> = Verdict::ALL
@@ -213,8 +253,9 @@ pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
         .map(|v| format!("{}={}", v.name(), by_verdict[*v as usize]))
         .collect();
     println!(
-        "  differential: {} frames, seed {seed:#x}: {}",
+        "  differential: {} frames, seed {seed:#x}, flow key {}: {}",
         TABLE_SETS * FRAMES_PER_SET,
+        hex(&key.to_bytes()),
         spread.join(" ")
     );
     // The generator must reach every verdict a test run can give, or the run proves little.
@@ -441,5 +482,52 @@ pub(crate) fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<
     // And the table is whole again: four bindings fit.
     tables.insert_all(&mut maps, &bindings[..4])?;
     ensure!(run_frame(&mut loaded, &maps, &frame)?.verdict == Verdict::PassNoSocket);
+    Ok(())
+}
+
+/// Two loads (two daemon starts) draw two keys, and each program hashes with its own: the
+/// metadata of one frame to a group carries `flow_hash(key)` of the loader's key, different
+/// for the two loads.
+pub(crate) fn each_load_draws_its_own_key() -> anyhow::Result<()> {
+    let (client, server): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("198.18.0.1:40000".parse()?, "198.18.0.2:53".parse()?);
+    let frame = FrameSpec::udp(client, server, b"x").build();
+    let binding = Binding {
+        protocol: Protocol::Udp,
+        local: Local::Addr(server),
+        remote: None,
+        v6only: false,
+    }
+    .encode(Receiver::Group(1))?;
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
+        let key = loaded.flow_key();
+        maps.set_group(1, &(1..=32).collect::<Vec<u32>>())?;
+        Tables::default().insert_all(&mut maps, &[binding])?;
+        let meta = run_frame(&mut loaded, &maps, &frame)?
+            .meta
+            .context("no metadata for a frame to a group")?;
+        let want = flow_hash(
+            &key,
+            &demux::binding::addr16(client.ip()),
+            &demux::binding::addr16(server.ip()),
+            client.port(),
+            server.port(),
+        );
+        ensure!(
+            meta.flow_hash == want,
+            "the program hashed {:#x}, its loader's key gives {want:#x}",
+            meta.flow_hash
+        );
+        ensure!(meta.endpoint == 1 + want % 32, "member {}", meta.endpoint);
+        hashes.push((key, meta.flow_hash));
+    }
+    ensure!(hashes[0].0 != hashes[1].0, "two loads drew the same key");
+    ensure!(
+        hashes[0].1 != hashes[1].1,
+        "two keys, but one flow hashed alike: {:#x}",
+        hashes[0].1
+    );
     Ok(())
 }

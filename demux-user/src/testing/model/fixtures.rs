@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 
-use demux_common::{hash::flow_hash, Verdict};
+use demux_common::{
+    hash::{flow_hash, FlowKey},
+    Verdict,
+};
 
 use crate::{
     binding::{addr16, Binding, Local, Protocol, Receiver},
@@ -122,7 +125,7 @@ impl Builder {
 
 /// Every fixture. Frames are steered to endpoints, but no AF_XDP socket is in the XSKMAP under
 /// BPF_PROG_TEST_RUN, so a match ends as `PassNoSocket` with the endpoint in the metadata.
-pub fn all() -> Vec<Fixture> {
+pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
     use Verdict::*;
     let mut f = Builder(Vec::new());
     let frame4 = udp4().build();
@@ -307,6 +310,7 @@ pub fn all() -> Vec<Fixture> {
     // Groups: a flow sticks to members[hash % count].
     let members = vec![11, 12, 13];
     let hash = flow_hash(
+        flow_key,
         &addr16(sa(CLIENT4).ip()),
         &addr16(sa(SERVER4).ip()),
         40000,
@@ -320,6 +324,28 @@ pub fn all() -> Vec<Fixture> {
         verdict: PassNoSocket,
         endpoint: Some(members[hash as usize % members.len()]),
     });
+    // A 32-member group, eight flows per family: which member each gets depends on the key.
+    let members: Vec<u32> = (100..132).collect();
+    for (client, server) in [(CLIENT4, SERVER4), (CLIENT6, SERVER6)] {
+        for sport in 40000..40008u16 {
+            let (client, server) = (sa(client), sa(server));
+            let hash = flow_hash(
+                flow_key,
+                &addr16(client.ip()),
+                &addr16(server.ip()),
+                sport,
+                server.port(),
+            );
+            f.0.push(Fixture {
+                name: format!("32-member group, flow from {}:{sport}", client.ip()),
+                frame: FrameSpec::udp((client.ip(), sport).into(), server, b"x").build(),
+                bindings: vec![(udp(&server.to_string()), Receiver::Group(3))],
+                groups: vec![(3, members.clone())],
+                verdict: PassNoSocket,
+                endpoint: Some(members[hash as usize % members.len()]),
+            });
+        }
+    }
     f.0.push(Fixture {
         name: "empty group matches nothing".into(),
         frame: frame4.clone(),

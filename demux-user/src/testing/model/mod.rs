@@ -7,7 +7,8 @@
 //! (payload length <= bytes present, at most six hop-by-hop/routing/destination-options
 //! headers, any fragment header), then UDP or TCP with consistent lengths; then look up
 //! connected, bound, prefix (longest, then specific port), wildcard (IPv4, then dual-stack
-//! IPv6); a group picks `members[flow_hash % count]`.
+//! IPv6); a group picks `members[flow_hash % count]`, the flow hash keyed with the key the
+//! program was loaded with ([`Model::new`]).
 
 pub mod fixtures;
 
@@ -18,7 +19,7 @@ use demux_common::{
         BoundKey, ConnectedKey, PrefixKey, Target, WildcardKey, FAMILY_IPV4, FAMILY_IPV6,
         PROTO_TCP, PROTO_UDP, TARGET_GROUP, TARGET_V6ONLY,
     },
-    hash::flow_hash,
+    hash::{flow_hash, FlowKey},
     meta::PacketMeta,
     Verdict,
 };
@@ -47,9 +48,11 @@ pub struct Outcome {
     pub meta: Option<PacketMeta>,
 }
 
-/// The binding tables, as plain collections, and which rx queues have an AF_XDP socket.
-#[derive(Clone, Debug, Default)]
+/// The binding tables, as plain collections, which rx queues have an AF_XDP socket, and the
+/// flow hash key.
+#[derive(Clone, Debug)]
 pub struct Model {
+    flow_key: FlowKey,
     connected: HashMap<ConnectedKey, Target>,
     bound: HashMap<BoundKey, Target>,
     prefixes: Vec<(PrefixKey, u8, Target)>,
@@ -59,6 +62,20 @@ pub struct Model {
 }
 
 impl Model {
+    /// An empty model whose groups hash flows with `flow_key` (the program's key:
+    /// `demux::program::Loaded::flow_key`).
+    pub fn new(flow_key: FlowKey) -> Model {
+        Model {
+            flow_key,
+            connected: HashMap::new(),
+            bound: HashMap::new(),
+            prefixes: Vec::new(),
+            wildcard: HashMap::new(),
+            groups: HashMap::new(),
+            sockets: HashSet::new(),
+        }
+    }
+
     /// Adds a binding; `false` if its key is already bound (the map insert would fail too).
     pub fn insert(&mut self, entry: Entry, target: Target) -> bool {
         match entry {
@@ -98,6 +115,7 @@ impl Model {
             return no_match;
         };
         let hash = flow_hash(
+            &self.flow_key,
             &tuple.src_addr,
             &tuple.dst_addr,
             tuple.src_port,
@@ -316,11 +334,25 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
 mod tests {
     use super::*;
 
+    /// Two arbitrary keys: the fixtures hold whatever the key.
+    const KEYS: [FlowKey; 2] = [
+        FlowKey { k0: 1, k1: 2 },
+        FlowKey {
+            k0: 0x0123_4567_89ab_cdef,
+            k1: 0xfedc_ba98_7654_3210,
+        },
+    ];
+
     #[test]
     fn fixtures() {
         let mut failures = Vec::new();
-        for fixture in fixtures::all() {
-            let mut model = Model::default();
+        for fixture in KEYS.iter().flat_map(|key| {
+            fixtures::all(key)
+                .into_iter()
+                .map(move |fixture| (*key, fixture))
+        }) {
+            let (key, fixture) = fixture;
+            let mut model = Model::new(key);
             for (binding, receiver) in &fixture.bindings {
                 let (entry, target) = binding.encode(*receiver).expect(&fixture.name);
                 assert!(
@@ -382,7 +414,7 @@ mod tests {
         let (entry, target) = binding
             .encode(crate::binding::Receiver::Endpoint(9))
             .unwrap();
-        let mut model = Model::default();
+        let mut model = Model::new(KEYS[0]);
         model.insert(entry, target);
         let frame = crate::testing::frame::FrameSpec::udp(
             "198.18.0.1:1".parse().unwrap(),
