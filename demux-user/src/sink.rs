@@ -239,16 +239,19 @@ impl Sink {
         frame: &[u8],
         received: SystemTime,
     ) -> Result<(), DropReason> {
+        let header = || {
+            encode_header(
+                endpoint,
+                datagram.protocol,
+                datagram.peer,
+                datagram.local,
+                received,
+            )
+        };
         match self {
             Sink::Count => Ok(()),
             Sink::Ring(producer) => {
-                let header = encode_header(
-                    endpoint,
-                    datagram.protocol,
-                    datagram.peer,
-                    datagram.local,
-                    received,
-                );
+                let header = header();
                 let mut producer = producer.lock().map_err(|_| DropReason::SinkError)?;
                 if producer.push(&[&header, datagram.payload]) {
                     Ok(())
@@ -257,20 +260,14 @@ impl Sink {
                 }
             }
             Sink::Unix { socket, creds } => {
-                let header = encode_header(
-                    endpoint,
-                    datagram.protocol,
-                    datagram.peer,
-                    datagram.local,
-                    received,
-                );
+                let header = header();
                 let parts = [
                     io::IoSlice::new(&header),
                     io::IoSlice::new(datagram.payload),
                 ];
                 match creds {
                     Some(creds) => crate::sys::scm::send_dontwait_as(socket, &parts, *creds),
-                    None => crate::sys::send_dontwait(socket, &parts),
+                    None => crate::sys::scm::send_dontwait(socket, &parts),
                 }
                 .map(|_| ())
                 .map_err(|e| match e.kind() {

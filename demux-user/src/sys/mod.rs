@@ -17,7 +17,7 @@ pub mod sockaddr;
 use std::{
     ffi::CString,
     fs::File,
-    io::{self, IoSlice},
+    io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -181,29 +181,6 @@ pub fn socket_kind(fd: &impl AsRawFd) -> io::Result<(i32, i32)> {
         socket_option(fd, libc::SO_DOMAIN)?,
         socket_option(fd, libc::SO_TYPE)?,
     ))
-}
-
-/// Sends the gathered `parts` as one datagram without blocking (`MSG_DONTWAIT`, no SIGPIPE) on
-/// a connected socket.
-pub fn send_dontwait(socket: &impl AsRawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: an all-zero msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = parts.len() as _;
-    // SAFETY: msg points at `parts` (IoSlice is ABI-compatible with iovec), which outlive the
-    // call; the kernel only reads them.
-    let sent = unsafe {
-        libc::sendmsg(
-            socket.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
 }
 
 /// A value whose `as_raw_fd` names the same open descriptor for the value's whole life: what

@@ -17,6 +17,18 @@ fn cmsg_space() -> usize {
     unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) as usize }
 }
 
+/// One `sendmsg` of `msg` without blocking and without SIGPIPE.
+fn sendmsg_dontwait(socket: RawFd, msg: &libc::msghdr) -> io::Result<usize> {
+    // SAFETY: the callers' msg points at buffers that live across the call; the kernel only
+    // reads them.
+    let sent = unsafe { libc::sendmsg(socket, msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
 /// Sends `bytes` with `fds` attached; returns the bytes sent (the rest is sent without fds).
 pub fn send(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     assert!(fds.len() <= MAX_FDS);
@@ -46,23 +58,29 @@ pub fn send(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
             );
         }
     }
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let sent = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
+    sendmsg_dontwait(socket, &msg)
 }
 
-/// Receives into `buf`, adding any descriptors that came along to `fds`.
-pub fn recv(socket: &impl AsRawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut control = vec![0u8; cmsg_space()];
+/// What came with a received message.
+#[derive(Default)]
+struct Ancillary {
+    fds: Vec<OwnedFd>,
+    creds: Option<Credentials>,
+}
+
+/// One `recvmsg` into `buf` with room for `control_len` bytes of control messages; the
+/// descriptors (close-on-exec) and credentials that came along.
+fn recvmsg(
+    socket: &impl AsRawFd,
+    buf: &mut [u8],
+    control_len: usize,
+) -> io::Result<(usize, Ancillary)> {
+    let mut control = vec![0u8; control_len];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: as in `send`.
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -73,22 +91,43 @@ pub fn recv(socket: &impl AsRawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: walking the control messages the kernel wrote into `control`.
+    let mut ancillary = Ancillary::default();
+    // SAFETY: walking the control messages the kernel wrote into `control`; each descriptor
+    // it passed is ours to own.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let count =
-                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                    let ucred = data.cast::<libc::ucred>().read_unaligned();
+                    ancillary.creds = Some(Credentials {
+                        pid: ucred.pid,
+                        uid: ucred.uid,
+                        gid: ucred.gid,
+                    });
                 }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / size_of::<RawFd>();
+                    for i in 0..count {
+                        let fd = data.cast::<RawFd>().add(i).read_unaligned();
+                        ancillary.fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok(n as usize)
+    Ok((n as usize, ancillary))
+}
+
+/// Receives into `buf`, adding any descriptors that came along to `fds`.
+pub fn recv(socket: &impl AsRawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let (n, ancillary) = recvmsg(socket, buf, cmsg_space())?;
+    fds.extend(ancillary.fds);
+    Ok(n)
 }
 
 /// Who a datagram says it comes from (SCM_CREDENTIALS): what a receiver with `SO_PASSCRED` reads.
@@ -138,20 +177,19 @@ pub fn send_dontwait_as(
             .cast::<libc::ucred>()
             .write_unaligned(ucred);
     }
-    // SAFETY: msg points at `parts` (IoSlice is ABI-compatible with iovec) and `control`, which
-    // outlive the call; the kernel only reads them.
-    let sent = unsafe {
-        libc::sendmsg(
-            socket.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
+    // `parts` (IoSlice is ABI-compatible with iovec) and `control` outlive the call.
+    sendmsg_dontwait(socket.as_raw_fd(), &msg)
+}
+
+/// Sends the gathered `parts` as one datagram on a connected socket without blocking
+/// (`MSG_DONTWAIT`, no SIGPIPE).
+pub fn send_dontwait(socket: &impl AsRawFd, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len() as _;
+    // `parts` (IoSlice is ABI-compatible with iovec) outlive the call.
+    sendmsg_dontwait(socket.as_raw_fd(), &msg)
 }
 
 /// Asks the kernel to attach the sender's credentials to every message `socket` receives
@@ -180,50 +218,6 @@ pub fn recv_with_credentials(
     socket: &impl AsRawFd,
     buf: &mut [u8],
 ) -> io::Result<(usize, Option<Credentials>)> {
-    let mut control = vec![0u8; creds_space() + cmsg_space()];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in `send`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len() as _;
-    // SAFETY: msg points at live buffers; MSG_CMSG_CLOEXEC keeps received fds from leaking.
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut creds = None;
-    // SAFETY: walking the control messages the kernel wrote into `control`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let data = libc::CMSG_DATA(cmsg);
-            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
-                    let ucred = data.cast::<libc::ucred>().read_unaligned();
-                    creds = Some(Credentials {
-                        pid: ucred.pid,
-                        uid: ucred.uid,
-                        gid: ucred.gid,
-                    });
-                }
-                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                        / size_of::<RawFd>();
-                    for i in 0..count {
-                        drop(OwnedFd::from_raw_fd(
-                            data.cast::<RawFd>().add(i).read_unaligned(),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok((n as usize, creds))
+    let (n, ancillary) = recvmsg(socket, buf, creds_space() + cmsg_space())?;
+    Ok((n, ancillary.creds))
 }
