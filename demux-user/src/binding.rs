@@ -379,7 +379,7 @@ fn check_not_mapped(addr: IpAddr) -> Result<(), BindingError> {
 }
 
 /// `addr` with every bit past `len` cleared.
-fn mask(addr: IpAddr, len: u8) -> IpAddr {
+pub(crate) fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);

@@ -26,6 +26,50 @@ pub enum ControlError {
         /// `endpoint N` or `group NAME`.
         holder: String,
     },
+    /// Another uid's endpoint or group holds a binding whose local addresses overlap this one's
+    /// on a port they share.
+    #[error(
+        "address in use (EADDRINUSE): {local} overlaps {theirs}, held by {holder} of uid {owner}; \
+         as the kernel's bind, demux refuses a binding that overlaps another uid's on its port \
+         (a wildcard and an address inside it overlap; root is refused too)"
+    )]
+    Overlap {
+        /// The local address asked for.
+        local: String,
+        /// The holder's local address.
+        theirs: String,
+        /// `endpoint N` or `group NAME`.
+        holder: String,
+        /// The holder's uid.
+        owner: u32,
+    },
+    /// The group's members belong to another uid.
+    #[error(
+        "address in use (EADDRINUSE): group `{name}` belongs to uid {owner}; as the kernel's \
+         SO_REUSEPORT, a group takes members of one uid only"
+    )]
+    GroupOwner {
+        /// The group's name.
+        name: String,
+        /// Its members' uid.
+        owner: u32,
+    },
+    /// A non-root caller asked for a prefix or all-ports binding.
+    #[error(
+        "local address: {local} is a prefix binding, which only root may make: no kernel socket \
+         binds a prefix or all ports, so no kernel rule says which of their addresses are yours"
+    )]
+    PrefixForRoot {
+        /// The local address asked for.
+        local: String,
+    },
+    /// A non-root caller asked for a TCP endpoint.
+    #[error(
+        "protocol: only root may bind TCP endpoints until demux has a TCP stack of its own: an \
+         endpoint receives every segment to its port, handshakes and all, which no unprivileged \
+         kernel socket does"
+    )]
+    TcpForRoot,
     /// A non-root caller asked for ports below 1024.
     #[error("local port: {local} includes ports below 1024, which only root may bind")]
     PrivilegedPort {
@@ -134,9 +178,10 @@ impl ControlError {
             ControlError::Binding(_)
             | ControlError::GroupAddress { .. }
             | ControlError::RingForDaemon => ErrorCode::InvalidArgument,
-            ControlError::Table(TableError::Exists { .. }) | ControlError::InUse { .. } => {
-                ErrorCode::AddressInUse
-            }
+            ControlError::Table(TableError::Exists { .. })
+            | ControlError::InUse { .. }
+            | ControlError::Overlap { .. }
+            | ControlError::GroupOwner { .. } => ErrorCode::AddressInUse,
             ControlError::Table(TableError::Full { .. } | TableError::GroupTooLarge { .. })
             | ControlError::NoDescriptor { .. }
             | ControlError::NoGroup
@@ -149,9 +194,10 @@ impl ControlError {
                 ErrorCode::NotFound
             }
             ControlError::Table(TableError::BadGroup { .. }) => ErrorCode::InvalidArgument,
-            ControlError::PrivilegedPort { .. } | ControlError::NotOwner { .. } => {
-                ErrorCode::PermissionDenied
-            }
+            ControlError::PrivilegedPort { .. }
+            | ControlError::PrefixForRoot { .. }
+            | ControlError::TcpForRoot
+            | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
             ControlError::Sink(error) => error.code(),
             ControlError::Table(TableError::Map { .. }) | ControlError::Statistics(_) => {
                 ErrorCode::Internal

@@ -9,6 +9,12 @@
 //! `State` is generic over the [`Dataplane`]: the daemon runs it over the loaded program's
 //! [`Maps`], the unit tests at the end of this file over `MemoryDataplane`, one test per rule.
 //!
+//! The rule for who may bind what is design §7's: an endpoint receives only what a kernel
+//! socket with the same binding, created by the same caller, would receive. So a binding that
+//! overlaps another uid's on a port they share is refused as the kernel's bind refuses it
+//! (EADDRINUSE; root included), a group takes one uid's members (SO_REUSEPORT), and what has
+//! no kernel equivalent (prefix and all-ports bindings, TCP without a TCP stack) is root's.
+//!
 //! It also holds each non-root uid to its [`Limits`]: the endpoints it holds (persistent ones
 //! included) and their ring memory, checked before anything is opened. The connection limits
 //! are the control socket's (`server.rs`), which asks [`State::holds_endpoints`] before closing
@@ -27,7 +33,7 @@ use tracing::{info, warn};
 
 use super::view::{Listing, View, Viewer};
 use crate::{
-    binding::{Binding, Entry, Local, Receiver},
+    binding::{mask, Binding, Entry, Local, Protocol, Receiver},
     config::Limits,
     control::SinkSpec,
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
@@ -204,12 +210,21 @@ impl<D: Dataplane> State<D> {
                 local: request.local.clone(),
             });
         }
+        if caller.uid != 0 && matches!(local, Local::Prefix { .. }) {
+            return Err(ControlError::PrefixForRoot {
+                local: request.local.clone(),
+            });
+        }
+        if caller.uid != 0 && binding.protocol == Protocol::Tcp {
+            return Err(ControlError::TcpForRoot);
+        }
         if caller.uid != 0 {
             self.within_limits(&request.to, caller.uid)?;
         }
         let id = self.free_endpoint_id()?;
         // Validate the binding before touching anything.
         let (own_entry, own_target) = binding.encode(Receiver::Endpoint(id))?;
+        self.no_foreign_overlap(&request, &binding, caller.uid)?;
         if matches!(request.to, SinkSpec::Ring { .. })
             && caller.connection == Caller::DAEMON.connection
         {
@@ -289,6 +304,59 @@ impl<D: Dataplane> State<D> {
                 held: held_bytes,
                 max,
             });
+        }
+        Ok(())
+    }
+
+    /// Refuses what the kernel's bind would refuse `uid`: joining another uid's group, or a
+    /// binding whose local addresses overlap another uid's on a port they share. Exact
+    /// duplicates of the caller's own bindings are refused later, by [`State::claim`].
+    ///
+    /// A prefix binding (root's only) is not checked: it has no kernel equivalent, and root
+    /// makes it to take its ports over, other users' endpoints included. Others' later
+    /// bindings inside it are refused, as it is root's.
+    fn no_foreign_overlap(
+        &self,
+        request: &BindRequest,
+        binding: &Binding,
+        uid: u32,
+    ) -> Result<(), ControlError> {
+        if let Some(name) = &request.group {
+            let owner = self
+                .groups
+                .get(name)
+                .and_then(|group| group.members.first())
+                .and_then(|member| self.endpoints.get(member))
+                .map(|member| member.owner);
+            if let Some(owner) = owner.filter(|owner| *owner != uid) {
+                return Err(ControlError::GroupOwner {
+                    name: name.clone(),
+                    owner,
+                });
+            }
+        }
+        if matches!(binding.local, Local::Prefix { .. }) {
+            return Ok(());
+        }
+        for (id, endpoint) in &self.endpoints {
+            if endpoint.owner == uid {
+                continue;
+            }
+            // Every held request was valid when bound.
+            let Ok(theirs) = endpoint.request.binding() else {
+                continue;
+            };
+            if overlaps(binding, &theirs) {
+                return Err(ControlError::Overlap {
+                    local: request.local.clone(),
+                    theirs: endpoint.request.local.clone(),
+                    holder: match &endpoint.placement {
+                        Placement::Own(_) => format!("endpoint {id}"),
+                        Placement::Member(name) => format!("group {name}"),
+                    },
+                    owner: endpoint.owner,
+                });
+            }
         }
         Ok(())
     }
@@ -445,6 +513,42 @@ impl<D: Dataplane> State<D> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether two bindings would conflict as kernel sockets' binds do: one protocol, a port in
+/// common (an all-ports prefix has every port), and local addresses in common. A connected
+/// binding counts by its local address, as its socket was bound before it connected.
+fn overlaps(a: &Binding, b: &Binding) -> bool {
+    let port = |local: Local| match local {
+        Local::Addr(addr) => Some(addr.port()),
+        Local::Prefix { port, .. } => port,
+    };
+    let ports = match (port(a.local), port(b.local)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    };
+    a.protocol == b.protocol && ports && addresses_overlap(a, b)
+}
+
+/// Whether two bindings' local address sets meet: within a family, when the shorter of the two
+/// prefixes holds both (a wildcard is a prefix of length 0, an address one of full length);
+/// across families, when one is an IPv6 wildcard without `v6only` (it receives IPv4 too).
+fn addresses_overlap(a: &Binding, b: &Binding) -> bool {
+    let net = |binding: &Binding| match binding.local {
+        Local::Addr(addr) if addr.ip().is_unspecified() => (addr.ip(), 0),
+        Local::Addr(addr) => (addr.ip(), if addr.is_ipv4() { 32 } else { 128 }),
+        Local::Prefix { addr, len, .. } => (addr, len),
+    };
+    let dual_stack = |binding: &Binding| {
+        !binding.v6only
+            && matches!(binding.local, Local::Addr(std::net::SocketAddr::V6(addr)) if addr.ip().is_unspecified())
+    };
+    let ((x, x_len), (y, y_len)) = (net(a), net(b));
+    if x.is_ipv4() == y.is_ipv4() {
+        let len = x_len.min(y_len);
+        return mask(x, len) == mask(y, len);
+    }
+    dual_stack(a) || dual_stack(b)
 }
 
 /// The ring memory a sink takes, as the limits count it: slots × slot size (the 256-byte
@@ -617,8 +721,9 @@ mod tests {
     fn a_second_claim_of_a_binding_is_refused_naming_the_holder() {
         let mut state = state();
         let id = bind(&mut state, request("198.18.0.2:5353"), ALICE);
+        // Her own second claim: another uid's is refused earlier, as an overlap.
         for claim in [request("198.18.0.2:5353"), member("198.18.0.2:5353", "g")] {
-            let error = refuse(&mut state, claim, BOB);
+            let error = refuse(&mut state, claim, ALICE);
             assert!(
                 matches!(&error, ControlError::InUse { holder } if *holder == format!("endpoint {id}")),
                 "{error}"
@@ -634,7 +739,7 @@ mod tests {
     fn a_binding_held_by_a_group_is_refused_naming_the_group() {
         let mut state = state();
         bind(&mut state, member("198.18.0.2:5353", "mdns"), ALICE);
-        let error = refuse(&mut state, request("198.18.0.2:5353"), BOB);
+        let error = refuse(&mut state, request("198.18.0.2:5353"), ALICE);
         assert!(
             matches!(&error, ControlError::InUse { holder } if holder == "group mdns"),
             "{error}"
@@ -879,7 +984,6 @@ mod tests {
         }
         empty(&state);
         bind(&mut state, request("198.18.0.2:1024"), ALICE);
-        bind(&mut state, request("198.18.0.0/15:1024"), ALICE);
         bind(&mut state, request("198.18.0.2:53"), ROOT);
         bind(&mut state, request("198.18.0.0/15:*"), ROOT);
         consistent(&state);
@@ -937,6 +1041,234 @@ mod tests {
         );
         assert_eq!(error.code(), ErrorCode::LimitReached);
         assert!(state.dataplane.is_empty());
+    }
+
+    /// `local` as a connected binding to `remote`.
+    fn connected(local: &str, remote: &str) -> BindRequest {
+        BindRequest {
+            connect: Some(remote.into()),
+            ..request(local)
+        }
+    }
+
+    /// A TCP endpoint on `local`.
+    fn tcp(local: &str) -> BindRequest {
+        BindRequest {
+            protocol: Protocol::Tcp,
+            ..request(local)
+        }
+    }
+
+    /// The IPv6 wildcard on `port`, dual-stack or `v6only`.
+    fn v6_wildcard(port: u16, v6only: bool) -> BindRequest {
+        BindRequest {
+            v6only,
+            ..request(&format!("[::]:{port}"))
+        }
+    }
+
+    /// Asserts that `error` is an overlap with `holder` of uid `owner`, answered
+    /// `address_in_use`.
+    fn overlap(error: &ControlError, holder: &str, owner: u32) {
+        assert!(
+            matches!(error, ControlError::Overlap { holder: h, owner: o, .. } if h == holder && *o == owner),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::AddressInUse);
+        assert!(
+            error.to_string().contains(&format!("held by {holder}")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn another_uids_address_inside_a_wildcard_is_refused_both_ways() {
+        let mut state = state();
+        let roots = bind(&mut state, request("0.0.0.0:5000"), ROOT);
+        let holder = format!("endpoint {roots}");
+        for claim in [
+            request("198.18.7.2:5000"),
+            connected("198.18.7.2:5000", "198.18.0.1:40000"),
+            request("0.0.0.0:5000"),
+            member("198.18.7.2:5000", "g"),
+        ] {
+            let error = refuse(&mut state, claim.clone(), BOB);
+            overlap(&error, &holder, 0);
+            let _ = refuse(&mut state, claim, ALICE);
+        }
+        // The other way round: root's specific address under alice's wildcard.
+        let alices = bind(&mut state, request("0.0.0.0:5001"), ALICE);
+        overlap(
+            &refuse(&mut state, request("198.18.7.2:5001"), ROOT),
+            &format!("endpoint {alices}"),
+            1000,
+        );
+        overlap(
+            &refuse(
+                &mut state,
+                connected("198.18.7.2:5001", "198.18.0.1:1"),
+                BOB,
+            ),
+            &format!("endpoint {alices}"),
+            1000,
+        );
+        assert_eq!(state.endpoints.len(), 2, "the refusals bound nothing");
+        assert!(state.groups.is_empty());
+        consistent(&state);
+    }
+
+    #[test]
+    fn connected_bindings_overlap_by_their_local_address() {
+        let mut state = state();
+        let alices = bind(
+            &mut state,
+            connected("198.18.7.2:5000", "198.18.0.1:40000"),
+            ALICE,
+        );
+        // Another remote, even: the kernel refuses the bind before the connect.
+        for claim in [
+            connected("198.18.7.2:5000", "198.18.0.9:40001"),
+            request("198.18.7.2:5000"),
+            request("0.0.0.0:5000"),
+            v6_wildcard(5000, false),
+        ] {
+            overlap(
+                &refuse(&mut state, claim, BOB),
+                &format!("endpoint {alices}"),
+                1000,
+            );
+        }
+        // Another local address, port or protocol is free to take.
+        bind(
+            &mut state,
+            connected("198.18.7.3:5000", "198.18.0.1:40000"),
+            BOB,
+        );
+        bind(&mut state, request("198.18.7.2:5001"), BOB);
+        bind(&mut state, tcp("198.18.7.2:5000"), ROOT);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_dual_stack_wildcard_overlaps_ipv4_and_a_v6only_one_does_not() {
+        let mut state = state();
+        let alices = bind(&mut state, request("0.0.0.0:5000"), ALICE);
+        overlap(
+            &refuse(&mut state, v6_wildcard(5000, false), BOB),
+            &format!("endpoint {alices}"),
+            1000,
+        );
+        let bobs = bind(&mut state, v6_wildcard(5000, true), BOB);
+        // IPv6 addresses under bob's wildcard are his; IPv4 ones stay alice's.
+        overlap(
+            &refuse(&mut state, request("[2001:2::1]:5000"), ALICE),
+            &format!("endpoint {bobs}"),
+            1001,
+        );
+        // A dual-stack wildcard held first keeps IPv4 bindings of others out.
+        let dual = bind(&mut state, v6_wildcard(5001, false), BOB);
+        for claim in ["198.18.7.2:5001", "0.0.0.0:5001"] {
+            overlap(
+                &refuse(&mut state, request(claim), ALICE),
+                &format!("endpoint {dual}"),
+                1001,
+            );
+        }
+        consistent(&state);
+    }
+
+    #[test]
+    fn one_owner_may_hold_a_wildcard_and_addresses_inside_it() {
+        let mut state = state();
+        // On one connection and on two, the uid is what counts.
+        bind(&mut state, request("0.0.0.0:5000"), ALICE);
+        bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        bind(&mut state, request("198.18.0.3:5000"), ALICE_AGAIN);
+        bind(
+            &mut state,
+            connected("198.18.0.2:5000", "198.18.0.1:40000"),
+            ALICE_AGAIN,
+        );
+        bind(&mut state, v6_wildcard(5000, false), ALICE);
+        bind(&mut state, member("198.18.0.4:5000", "g"), ALICE);
+        bind(&mut state, member("198.18.0.4:5000", "g"), ALICE_AGAIN);
+        // Someone else's port next to it is theirs.
+        bind(&mut state, request("198.18.0.2:5001"), BOB);
+        consistent(&state);
+    }
+
+    #[test]
+    fn a_group_takes_members_of_one_uid_only() {
+        let mut state = state();
+        bind(&mut state, member("198.18.0.2:5000", "g"), ALICE);
+        for caller in [BOB, ROOT] {
+            let error = refuse(&mut state, member("198.18.0.2:5000", "g"), caller);
+            assert!(
+                matches!(&error, ControlError::GroupOwner { name, owner: 1000 } if name == "g"),
+                "{error}"
+            );
+            assert_eq!(error.code(), ErrorCode::AddressInUse);
+        }
+        assert_eq!(state.groups["g"].members.len(), 1);
+        bind(&mut state, member("198.18.0.2:5000", "g"), ALICE_AGAIN);
+        assert_eq!(state.groups["g"].members.len(), 2);
+        consistent(&state);
+    }
+
+    #[test]
+    fn prefix_bindings_are_root_only_and_root_s_keep_others_out() {
+        let mut state = state();
+        bind(&mut state, request("0.0.0.0:5000"), ROOT);
+        for local in [
+            "198.18.7.2/32:5000",
+            "198.18.7.0/24:5000",
+            "198.18.7.0/24:6000",
+            "[2001:2::]/48:5000",
+        ] {
+            let error = refuse(&mut state, request(local), ALICE);
+            assert!(
+                matches!(&error, ControlError::PrefixForRoot { local: l } if l == local),
+                "{local}: {error}"
+            );
+            assert_eq!(error.code(), ErrorCode::PermissionDenied);
+            assert!(error.to_string().contains("only root"), "{error}");
+        }
+        assert_eq!(state.endpoints.len(), 1);
+        // Root's prefix takes its ports over, alice's endpoints there included (documented).
+        bind(&mut state, request("198.18.8.2:6000"), ALICE);
+        let all_ports = bind(&mut state, request("198.18.8.0/24:*"), ROOT);
+        let on_port = bind(&mut state, request("198.18.9.0/24:7000"), ROOT);
+        // And other uids bind nothing inside it afterwards.
+        for (claim, holder) in [
+            ("198.18.8.3:6001", all_ports),
+            ("0.0.0.0:6002", all_ports),
+            ("198.18.9.200:7000", on_port),
+        ] {
+            overlap(
+                &refuse(&mut state, request(claim), ALICE),
+                &format!("endpoint {holder}"),
+                0,
+            );
+        }
+        bind(&mut state, request("198.18.9.200:7001"), ALICE);
+        consistent(&state);
+    }
+
+    #[test]
+    fn tcp_endpoints_are_root_only() {
+        let mut state = state();
+        for local in ["198.18.0.2:5000", "0.0.0.0:5000", "[::]:5000"] {
+            let error = refuse(&mut state, tcp(local), ALICE);
+            assert!(matches!(error, ControlError::TcpForRoot), "{error}");
+            assert_eq!(error.code(), ErrorCode::PermissionDenied);
+            assert!(error.to_string().contains("TCP stack"), "{error}");
+        }
+        empty(&state);
+        bind(&mut state, tcp("198.18.0.2:5000"), ROOT);
+        bind(&mut state, tcp("198.18.0.0/24:*"), ROOT);
+        // UDP on the same address and port is alice's to take: another protocol.
+        bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        consistent(&state);
     }
 
     /// Alice on a second connection: the limits are per uid, not per connection.

@@ -1,7 +1,8 @@
 //! The daemon as a user runs it, in namespaces of its own: endpoints bound over the control
 //! socket receive exactly the traffic the kernel's precedence gives them, unsteered traffic
 //! still reaches kernel sockets, a SIGKILLed daemon leaves the host's networking working,
-//! refused requests and config files change nothing, and a user is held to the limits.
+//! refused requests and config files change nothing, another uid binds nothing over root's
+//! wildcard, and a user is held to the limits.
 
 use std::{
     net::UdpSocket,
@@ -27,6 +28,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         precedence_end_to_end_and_the_kernel_keeps_the_rest,
         sigkill_falls_back_to_the_kernel_and_a_restart_is_clean,
         refused_requests_change_nothing,
+        another_uid_takes_nothing_from_roots_wildcard,
         the_daemon_opens_no_sink_for_a_caller,
         a_user_sees_only_their_own_endpoints_and_an_endless_line_is_cut_off,
         a_bad_config_file_is_refused_by_line,
@@ -497,6 +499,77 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
     ensure!(
         endpoints.len() == 1 && endpoints[0].id == held,
         "endpoints changed: {endpoints:?}"
+    );
+    drop(daemon);
+    Ok(())
+}
+
+/// Root binds `0.0.0.0:P`; as uid nobody, a specific address, a connected binding and a /24
+/// prefix on P are refused (the kernel's bind would refuse the first two; prefixes are root's),
+/// and P's datagrams still reach root's endpoint.
+pub(crate) fn another_uid_takes_nothing_from_roots_wildcard() -> anyhow::Result<()> {
+    const PORT: u16 = 9400;
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let mut root = daemon.client()?;
+    let mut sink = SinkSocket::new(&dir, "root")?;
+    let roots = bind(
+        &mut root,
+        &format!("0.0.0.0:{PORT}"),
+        None,
+        None,
+        sink.spec(),
+    )?;
+    let specific = format!("{B_ADDR}:{PORT}");
+    let remote = format!("{A_ADDR}:40000");
+    let held = format!("held by endpoint {roots} of uid 0");
+    for (args, status, expect) in [
+        (vec!["bind", "udp", &specific], 5, held.as_str()),
+        (
+            vec!["bind", "udp", &specific, "--connect", &remote],
+            5,
+            &held,
+        ),
+        (
+            vec!["bind", "udp", &format!("198.18.0.0/24:{PORT}")],
+            4,
+            "only root may make",
+        ),
+    ] {
+        // Persistent, so that a bind let through would return rather than hold; within 10 s.
+        let output = Command::new("timeout")
+            .arg("10")
+            .arg(DAEMON)
+            .args(&args)
+            .arg("--persistent")
+            .arg("--control")
+            .arg(&daemon.control)
+            .uid(65534)
+            .gid(65534)
+            .output()?;
+        let error = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(status) && error.contains(expect),
+            "{args:?} as nobody: {}, not {status}: {error}",
+            output.status
+        );
+    }
+    let Response::Endpoints { endpoints } = root.call(Request::List)? else {
+        bail!("no list")
+    };
+    ensure!(
+        endpoints.len() == 1 && endpoints[0].id == roots,
+        "endpoints changed: {endpoints:?}"
+    );
+    // From the remote the connected binding named, too: all of it reaches root's endpoint.
+    send(&net.a, 40000, PORT, 5)?;
+    send(&net.a, 40001, PORT, 5)?;
+    settle(|| sink.drain().map(|()| sink.got.len() == 10))?;
+    ensure!(
+        sink.got.len() == 10,
+        "root's endpoint got {} of 10",
+        sink.got.len()
     );
     drop(daemon);
     Ok(())
