@@ -415,9 +415,7 @@ pub(crate) fn sigkill_falls_back_to_the_kernel_and_a_restart_is_clean() -> anyho
 }
 
 pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
-    let net = VethPair::standard()?;
-    let dir = TempDir::new("demux-test")?;
-    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let (_net, _dir, daemon) = daemon_for_nobody()?;
     let mut root = daemon.client()?;
     let held = bind(
         &mut root,
@@ -428,19 +426,12 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
     )?;
     // Each refusal has its own exit status (`demux --help`), from the wire's error code.
     let nobody = |args: &[&str], status: i32| -> anyhow::Result<String> {
-        let output = Command::new(DAEMON)
-            .args(args)
-            .arg("--control")
-            .arg(&daemon.control)
-            .uid(65534)
-            .gid(65534)
-            .output()?;
+        let (code, stderr) = nobody_runs(&daemon, args)?;
         ensure!(
-            output.status.code() == Some(status),
-            "{args:?} as nobody exited {}, not {status}",
-            output.status
+            code == Some(status),
+            "{args:?} as nobody exited {code:?}, not {status}: {stderr}"
         );
-        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+        Ok(stderr)
     };
     let error = nobody(&["bind", "udp", &format!("{B_ADDR}:80"), "--persistent"], 4)?;
     ensure!(error.contains("below 1024"), "privileged port: {error}");
@@ -509,9 +500,7 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
 /// and P's datagrams still reach root's endpoint.
 pub(crate) fn another_uid_takes_nothing_from_roots_wildcard() -> anyhow::Result<()> {
     const PORT: u16 = 9400;
-    let net = VethPair::standard()?;
-    let dir = TempDir::new("demux-test")?;
-    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let (net, dir, daemon) = daemon_for_nobody()?;
     let mut root = daemon.client()?;
     let mut sink = SinkSocket::new(&dir, "root")?;
     let roots = bind(
@@ -575,15 +564,29 @@ pub(crate) fn another_uid_takes_nothing_from_roots_wildcard() -> anyhow::Result<
     Ok(())
 }
 
-/// The CLI as uid/gid 65534 (nobody/nogroup): its exit status and stderr.
-fn nobody_runs(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
-    let output = Command::new(DAEMON)
-        .args(args)
+/// A daemon in a veth pair of its own whose control socket group `nogroup` may use, so the
+/// CLI can run as uid 65534 ([`nobody_cli`]). Drop in reverse order: daemon, dir, net.
+fn daemon_for_nobody() -> anyhow::Result<(VethPair, TempDir, RunningDaemon)> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    Ok((net, dir, daemon))
+}
+
+/// The CLI as uid/gid 65534 (nobody/nogroup) against `daemon`, with `args`.
+fn nobody_cli(daemon: &RunningDaemon, args: &[&str]) -> Command {
+    let mut cmd = Command::new(DAEMON);
+    cmd.args(args)
         .arg("--control")
         .arg(&daemon.control)
         .uid(65534)
-        .gid(65534)
-        .output()?;
+        .gid(65534);
+    cmd
+}
+
+/// The CLI as nobody: its exit status and stderr.
+fn nobody_runs(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let output = nobody_cli(daemon, args).output()?;
     Ok((
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -618,9 +621,7 @@ pub(crate) fn the_daemon_opens_no_sink_for_a_caller() -> anyhow::Result<()> {
         fd::AsFd,
         unix::fs::{OpenOptionsExt, PermissionsExt},
     };
-    let net = VethPair::standard()?;
-    let dir = TempDir::new("demux-test")?;
-    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let (net, dir, daemon) = daemon_for_nobody()?;
     // A directory everyone may write, as /tmp.
     let public = dir.join("public");
     std::fs::create_dir(&public)?;
@@ -790,13 +791,7 @@ pub(crate) fn the_daemon_opens_no_sink_for_a_caller() -> anyhow::Result<()> {
 /// Runs the CLI as uid/gid 65534 (nobody/nogroup) and returns its stdout, failing unless it
 /// exits 0.
 fn as_nobody(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(DAEMON)
-        .args(args)
-        .arg("--control")
-        .arg(&daemon.control)
-        .uid(65534)
-        .gid(65534)
-        .output()?;
+    let output = nobody_cli(daemon, args).output()?;
     ensure!(
         output.status.success(),
         "{args:?} as nobody: {}",
@@ -807,9 +802,7 @@ fn as_nobody(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<String> {
 
 pub(crate) fn a_user_sees_only_their_own_endpoints_and_an_endless_line_is_cut_off(
 ) -> anyhow::Result<()> {
-    let net = VethPair::standard()?;
-    let dir = TempDir::new("demux-test")?;
-    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let (_net, _dir, daemon) = daemon_for_nobody()?;
     let mut root = daemon.client()?;
     let roots = bind(
         &mut root,
@@ -939,26 +932,11 @@ pub(crate) fn a_user_is_held_to_the_limits_while_root_is_served() -> anyhow::Res
         };
         Ok(endpoints.iter().map(|e| e.id).collect())
     };
-    // The CLI as nobody: its exit status and stderr.
-    let nobody = |args: &[&str]| -> anyhow::Result<(Option<i32>, String)> {
-        let output = Command::new(DAEMON)
-            .args(args)
-            .arg("--control")
-            .arg(&daemon.control)
-            .uid(65534)
-            .gid(65534)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        Ok((output.status.code(), stderr))
-    };
+    let nobody = |args: &[&str]| nobody_runs(&daemon, args);
     // `demux bind` as nobody, running: an endpoint on a connection of its own.
     let holder = |port: u16| -> anyhow::Result<(ChildGuard, u32)> {
         let mut child = ChildGuard::spawn(
-            Command::new(DAEMON)
-                .args(["bind", "udp", &format!("{B_ADDR}:{port}"), "--control"])
-                .arg(&daemon.control)
-                .uid(65534)
-                .gid(65534)
+            nobody_cli(&daemon, &["bind", "udp", &format!("{B_ADDR}:{port}")])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null()),
         )?;
