@@ -16,7 +16,9 @@ pub struct PacketMeta {
     pub family: u8,
     /// The endpoint that receives the frame.
     pub endpoint: u32,
-    /// Hash over the 4-tuple ([`crate::hash::flow_hash`]).
+    /// When a group picked the endpoint: the keyed hash over the 4-tuple that picked it
+    /// ([`crate::hash::flow_hash`]); 0 when the binding names the endpoint itself (the hash is
+    /// computed only where it is needed).
     pub flow_hash: u32,
     /// Offset of the UDP or TCP header.
     pub l4_offset: u16,

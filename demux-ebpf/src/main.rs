@@ -42,9 +42,8 @@ fn classify(ctx: &XdpContext) -> Verdict {
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
-    let hash = flow::hash(&packet);
-    match lookup::resolve(target, hash) {
-        Some(endpoint) => steer::steer(ctx, &packet, endpoint, hash),
+    match lookup::resolve(target, &packet) {
+        Some((endpoint, hash)) => steer::steer(ctx, &packet, endpoint, hash),
         None => Verdict::PassNoMatch,
     }
 }

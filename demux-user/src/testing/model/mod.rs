@@ -114,20 +114,23 @@ impl Model {
         let Some(target) = self.lookup(&tuple) else {
             return no_match;
         };
-        let hash = flow_hash(
-            &self.flow_key,
-            &tuple.src_addr,
-            &tuple.dst_addr,
-            tuple.src_port,
-            tuple.dst_port,
-        );
-        let endpoint = if target.flags & TARGET_GROUP != 0 {
+        // Only a group's member choice needs the flow hash; an endpoint's metadata carries 0.
+        let (endpoint, hash) = if target.flags & TARGET_GROUP != 0 {
+            let hash = flow_hash(
+                &self.flow_key,
+                &tuple.src_addr,
+                &tuple.dst_addr,
+                tuple.src_port,
+                tuple.dst_port,
+            );
             match self.groups.get(&target.id) {
-                Some(members) if !members.is_empty() => members[hash as usize % members.len()],
+                Some(members) if !members.is_empty() => {
+                    (members[hash as usize % members.len()], hash)
+                }
                 _ => return no_match,
             }
         } else {
-            target.id
+            (target.id, 0)
         };
         if endpoint == 0 {
             return no_match;
