@@ -102,7 +102,7 @@ impl SinkSocket {
 }
 
 /// A kernel UDP socket bound inside `ns`.
-fn kernel_socket(ns: &NetNs, port: u16) -> anyhow::Result<UdpSocket> {
+pub(crate) fn kernel_socket(ns: &NetNs, port: u16) -> anyhow::Result<UdpSocket> {
     ns.run_in(|| {
         let socket = UdpSocket::bind((B_ADDR, port))?;
         socket.set_nonblocking(true)?;
