@@ -215,19 +215,6 @@ impl Loaded {
         })
     }
 
-    /// As [`Loaded::load`], with each binding table holding at most `bindings` entries instead
-    /// of `MAX_BINDINGS` (for tests of a full table).
-    pub fn load_with_capacity(
-        log_level: BpfLogLevel,
-        bindings: Option<u32>,
-    ) -> Result<(Self, Maps), LoadError> {
-        Self::load_with(LoadOptions {
-            log_level,
-            bindings,
-            ..LoadOptions::default()
-        })
-    }
-
     /// As [`Loaded::load`], with every choice spelled out.
     pub fn load_with(options: LoadOptions) -> Result<(Self, Maps), LoadError> {
         let flow_key = match options.flow_key {

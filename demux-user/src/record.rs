@@ -30,6 +30,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use demux_common::binding::{PROTO_TCP, PROTO_UDP};
 use thiserror::Error;
 
 use crate::binding::{addr16, Protocol};
@@ -118,8 +119,8 @@ pub fn decode(bytes: &[u8]) -> Result<DatagramView<'_>, RecordError> {
         });
     }
     let protocol = match bytes[4] {
-        17 => Protocol::Udp,
-        6 => Protocol::Tcp,
+        PROTO_UDP => Protocol::Udp,
+        PROTO_TCP => Protocol::Tcp,
         other => return Err(RecordError::Protocol(other)),
     };
     let family = bytes[5];

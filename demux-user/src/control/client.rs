@@ -137,12 +137,8 @@ impl Client {
             Response::Hello { version, software } => Err(ClientError::VersionMismatch {
                 message: format!(
                     "control protocol: this client ({SOFTWARE}) speaks version {VERSION}, the \
-                     daemon ({software}) speaks version {version}: upgrade the {}",
-                    if version > VERSION {
-                        "client"
-                    } else {
-                        "daemon"
-                    }
+                     daemon ({software}) speaks version {version}: {}",
+                    super::upgrade(VERSION, version)
                 ),
             }),
             other => Err(ClientError::BadResponse(format!(

@@ -97,13 +97,18 @@ pub fn version_of(line: &str) -> Option<u32> {
         .map(|v| v.version)
 }
 
-/// The refusal for a request in protocol version `theirs`, naming which side should upgrade.
-pub fn version_mismatch(theirs: u32) -> Response {
-    let upgrade = if theirs < VERSION {
+/// Which side of a version mismatch should upgrade: the one with the older protocol.
+pub(crate) fn upgrade(client: u32, daemon: u32) -> &'static str {
+    if client < daemon {
         "upgrade the client (the demux library or CLI it uses)"
     } else {
         "upgrade the daemon"
-    };
+    }
+}
+
+/// The refusal for a request in protocol version `theirs`, naming which side should upgrade.
+pub fn version_mismatch(theirs: u32) -> Response {
+    let upgrade = upgrade(theirs, VERSION);
     Response::Error {
         code: ErrorCode::VersionMismatch,
         message: format!(

@@ -40,9 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Limits,
-    control::{
-        version_mismatch, version_of, Envelope, ErrorCode, Request, Response, SOFTWARE, VERSION,
-    },
+    control::{version_mismatch, version_of, Envelope, ErrorCode, Request, Response, VERSION},
     sink::CallerSink,
     sys::scm::{Credentials, MAX_FDS},
 };
@@ -469,16 +467,6 @@ async fn connection_task(
                     code: ErrorCode::InvalidArgument,
                     message: format!("request: {e}; see `demux::control` for the protocol"),
                 },
-                Ok(Envelope {
-                    request: Request::Hello { software },
-                    ..
-                }) => {
-                    debug!(connection, uid, %software, "hello");
-                    Response::Hello {
-                        version: VERSION,
-                        software: SOFTWARE.into(),
-                    }
-                }
                 Ok(envelope) => match view.answer(&envelope.request, Viewer::of(uid)) {
                     Some(response) => response,
                     None => {

@@ -164,14 +164,10 @@ impl<D: Dataplane> State<D> {
                 Response::Bound { id }
             }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
-            Request::List | Request::Stats => Ok(self
+            Request::Hello { .. } | Request::List | Request::Stats => Ok(self
                 .view
                 .answer(&request, Viewer::of(caller.uid))
-                .expect("list and stats are answered by the view")),
-            Request::Hello { .. } => Ok(Response::Hello {
-                version: crate::control::VERSION,
-                software: crate::control::SOFTWARE.into(),
-            }),
+                .expect("hello, list and stats are answered by the view")),
         };
         (
             result.unwrap_or_else(|error| Response::Error {

@@ -93,10 +93,14 @@ impl View {
             .push(cell);
     }
 
-    /// Answers the requests that only read, `list` and `stats`, showing `viewer` what it may
-    /// see; `None` for the others.
+    /// Answers the requests that change nothing, `hello`, `list` and `stats`, showing `viewer`
+    /// what it may see; `None` for the others.
     pub fn answer(&self, request: &Request, viewer: Viewer) -> Option<Response> {
         match request {
+            Request::Hello { .. } => Some(Response::Hello {
+                version: crate::control::VERSION,
+                software: crate::control::SOFTWARE.into(),
+            }),
             Request::List => Some(Response::Endpoints {
                 endpoints: self.infos(&self.snapshot(), viewer),
             }),

@@ -54,6 +54,8 @@ pub fn spawn(
                 }
             };
             let mut published = Instant::now();
+            // Endpoints delivered to in a batch, to flush (wake) once each after it.
+            let mut touched: Vec<u32> = Vec::new();
             while !stop.load(Relaxed) {
                 // Readable or not, the loop below looks; the timeout bounds the wait.
                 let _ = crate::sys::poll(
@@ -63,8 +65,6 @@ pub fn spawn(
                 loop {
                     let now = SystemTime::now();
                     let endpoints = directory.read().expect("directory lock");
-                    // Endpoints delivered to in this batch, to flush (wake) once each after it.
-                    let mut touched: Vec<u32> = Vec::new();
                     let read = socket.receive(BATCH, |frame, meta| {
                         let Some(meta) = meta else {
                             counters.dropped_bad_metadata.fetch_add(1, Relaxed);
@@ -78,9 +78,7 @@ pub fn spawn(
                             counters.dropped_bad_metadata.fetch_add(1, Relaxed);
                             return;
                         };
-                        if touched.last() != Some(&meta.endpoint)
-                            && !touched.contains(&meta.endpoint)
-                        {
+                        if !touched.contains(&meta.endpoint) {
                             touched.push(meta.endpoint);
                         }
                         match endpoint.sink.deliver(meta.endpoint, &datagram, frame, now) {
@@ -98,7 +96,7 @@ pub fn spawn(
                             }
                         }
                     });
-                    for id in touched {
+                    for id in touched.drain(..) {
                         if let Some(endpoint) = endpoints.get(&id) {
                             endpoint.sink.flush();
                         }

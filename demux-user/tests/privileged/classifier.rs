@@ -446,7 +446,10 @@ impl SplitMix64 {
 const _: () = assert!(size_of::<PacketMeta>() == PacketMeta::LEN);
 
 pub(crate) fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<()> {
-    let (mut loaded, mut maps) = Loaded::load_with_capacity(BpfLogLevel::Off, Some(4))?;
+    let (mut loaded, mut maps) = Loaded::load_with(LoadOptions {
+        bindings: Some(4),
+        ..LoadOptions::default()
+    })?;
     let mut tables = Tables::default();
     let bindings: Bindings = (1..=6u16)
         .map(|port| {
