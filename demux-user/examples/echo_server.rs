@@ -1,12 +1,12 @@
-//! A request/response server: each datagram steered to its endpoint is answered through an
-//! ordinary kernel UDP socket. Only receiving is steered; replies leave through the kernel.
+//! A request/response server: each datagram to its endpoint is answered through the endpoint's
+//! own backing socket, so replies come from the address the client asked.
 //!
 //! ```sh
 //! cargo run --release --example echo_server -- /run/demux-demo/control.sock 198.18.0.2:7000
 //! ```
 //! Arguments: control socket, a local socket address. Runs until interrupted.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 
 use demux::{binding::Protocol, client::Endpoint};
 
@@ -17,14 +17,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let local: SocketAddr = local.parse()?;
     let mut endpoint = Endpoint::bind(control, Protocol::Udp, &local.to_string())?;
-    // The kernel socket only sends: demux steers everything addressed to `local` away from it.
-    // It is bound to the same address, so replies come from the address the client asked.
-    let replies = UdpSocket::bind(local)?;
-    eprintln!("echoing on {local} (endpoint {})", endpoint.id());
+    eprintln!(
+        "echoing on {local} (endpoint {})",
+        endpoint.id().unwrap_or_default()
+    );
     while let Some(request) = endpoint.recv_from(None)? {
         let mut answer = b"echo: ".to_vec();
         answer.extend_from_slice(&request.payload);
-        replies.send_to(&answer, request.peer)?;
+        endpoint.socket().send_to(&answer, request.peer)?;
     }
     Ok(())
 }

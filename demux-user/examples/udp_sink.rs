@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let seconds: u64 = seconds.parse()?;
     let mut endpoint = Endpoint::bind(control, Protocol::Udp, local)?;
-    eprintln!("endpoint {} on {local}", endpoint.id());
+    eprintln!("endpoint {} on {local}", endpoint.id().unwrap_or_default());
     let end = Instant::now() + Duration::from_secs(seconds);
     let (mut total, mut this_second, mut bytes) = (0u64, 0u64, 0u64);
     let mut tick = Instant::now() + Duration::from_secs(1);

@@ -1,6 +1,16 @@
 //! The client library: bind an endpoint on the daemon and receive its datagrams from a
 //! shared-memory ring, without a system call per datagram while the ring has data.
 //!
+//! An endpoint is a whole UDP socket for its application. It creates the kernel socket behind
+//! it ([`crate::backing`]) with this process's credentials, binds it, and passes it to the
+//! daemon, which then steers the socket's datagrams into the ring. What the XDP program does not
+//! steer — fragmented datagrams after the kernel reassembled them, datagrams from this host, and
+//! everything while the daemon is away — the kernel delivers to that socket, and the endpoint
+//! reads both as one stream: the socket whenever the ring is empty, and at least every
+//! [`KERNEL_EVERY`] while it is busy, so neither starves. When the daemon goes away the endpoint
+//! drains its ring, goes on reading its socket, and binds again once the daemon is back. Send
+//! replies through [`Endpoint::socket`].
+//!
 //! ```no_run
 //! use demux::{binding::Protocol, client::Endpoint};
 //! let mut endpoint = Endpoint::bind("/run/demux/control.sock", Protocol::Udp, "0.0.0.0:5353")?;
@@ -10,8 +20,8 @@
 //! # Ok::<(), demux::client::Error>(())
 //! ```
 //!
-//! Dropping the `Endpoint` closes its control connection, and the daemon closes the endpoint and
-//! its bindings with it.
+//! Dropping the `Endpoint` closes its control connection and its socket, and the daemon closes
+//! the endpoint and its bindings with them.
 //!
 //! Errors say what kind they are through [`Error::code`], an [`ErrorCode`] an application can
 //! match (`address_in_use`, `permission_denied`, …), and convert into `io::Error` with the
@@ -20,10 +30,10 @@
 
 use std::{
     io,
-    net::SocketAddr,
-    os::fd::OwnedFd,
-    path::Path,
-    time::{Duration, Instant},
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
 };
 
 use thiserror::Error;
@@ -31,10 +41,11 @@ use thiserror::Error;
 pub use crate::control::ErrorCode;
 pub use crate::record::DatagramView;
 use crate::{
-    binding::{BindingError, Protocol},
+    backing::{self, BackingError},
+    binding::{BindingError, Local, Protocol},
     control::{
         client::{Client, ClientError},
-        BindRequest, Request, Response, SinkSpec,
+        BindRequest, Response, SinkSpec,
     },
     record::{self, RecordError},
     ring::{ClientFds, Consumer, RingError},
@@ -53,6 +64,13 @@ pub enum Error {
     /// The bind request is invalid (checked before connecting).
     #[error(transparent)]
     Invalid(#[from] BindingError),
+    /// The backing socket could not be created or bound (the kernel's refusal, e.g. the
+    /// address is in use).
+    #[error(transparent)]
+    Backing(#[from] BackingError),
+    /// Not a binding a client endpoint can have.
+    #[error("a client endpoint is a UDP socket on one address, not {0}; prefix, all-ports and TCP endpoints are root's, bound with `demux bind`")]
+    NotASocket(String),
     /// The bind answer came with the wrong descriptors.
     #[error("the daemon sent {0} descriptors with the endpoint instead of 2 (memfd, eventfd)")]
     Descriptors(usize),
@@ -69,7 +87,8 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Control(e) => e.code(),
-            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::Invalid(_) | Error::NotASocket(_) => ErrorCode::InvalidArgument,
+            Error::Backing(e) => e.code(),
             Error::Ring(_) | Error::Descriptors(_) | Error::Record(_) => ErrorCode::VersionMismatch,
             Error::Wait(_) => ErrorCode::Internal,
         }
@@ -113,15 +132,42 @@ impl From<DatagramView<'_>> for Datagram {
     }
 }
 
-/// An endpoint owned by this process.
+/// How long a busy ring may keep the endpoint from its backing socket.
+pub const KERNEL_EVERY: Duration = Duration::from_millis(2);
+
+/// How soon an endpoint whose daemon went away tries to bind again.
+pub const REBIND_EVERY: Duration = Duration::from_millis(200);
+
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// An endpoint owned by this process: its backing socket, and while the daemon serves it, its
+/// control connection and ring.
 pub struct Endpoint {
+    /// Where the daemon listens, to bind again after it went away.
+    control: PathBuf,
+    request: BindRequest,
+    socket: UdpSocket,
+    bound: SocketAddr,
+    session: Option<Session>,
+    /// When to look at the socket next while the ring is busy.
+    kernel_due: Instant,
+    /// When to try binding again while there is no session.
+    rebind_due: Instant,
+    via_kernel: u64,
+    buf: Vec<u8>,
+}
+
+/// The daemon's side of an endpoint: its control connection, descriptor and ring.
+struct Session {
     control: Client,
     id: u32,
     ring: Consumer,
 }
 
 impl Endpoint {
-    /// Binds `local` (any form `demux bind` takes) with a default ring.
+    /// Binds `local` (a UDP or TCP socket address, `198.18.0.2:9000`, `[::]:53`) with a default
+    /// ring.
     pub fn bind(control: impl AsRef<Path>, protocol: Protocol, local: &str) -> Result<Self, Error> {
         Self::bind_with(
             control,
@@ -131,19 +177,57 @@ impl Endpoint {
                 connect: None,
                 group: None,
                 v6only: false,
+                backed: true,
                 to: SinkSpec::Ring {
                     slots: crate::ring::DEFAULT_SLOTS,
                 },
                 persistent: false,
             },
+            false,
         )
     }
 
-    /// Binds as `request` says; its sink must be a ring.
-    pub fn bind_with(control: impl AsRef<Path>, request: BindRequest) -> Result<Self, Error> {
-        request.binding()?;
-        let mut client = Client::connect(control.as_ref())?;
-        let (response, fds) = client.call_with_fds(Request::Bind(request), &[])?;
+    /// Binds as `request` says (its sink must be a ring): creates the backing socket — bound
+    /// to `local`, `IPV6_V6ONLY` as `v6only` says, connected to `connect` if given,
+    /// `SO_REUSEPORT` if `reuseport` (equal bindings of this uid then share by flow) — and
+    /// registers it with the daemon.
+    pub fn bind_with(
+        control: impl AsRef<Path>,
+        request: BindRequest,
+        reuseport: bool,
+    ) -> Result<Self, Error> {
+        let binding = request.binding()?;
+        let (Protocol::Udp, Local::Addr(bound)) = (binding.protocol, binding.local) else {
+            return Err(Error::NotASocket(format!(
+                "{} {}",
+                binding.protocol, binding.local
+            )));
+        };
+        let options = backing::Options {
+            reuseport,
+            v6only: binding.v6only,
+            connect: binding.remote,
+        };
+        let socket = backing::open(bound, &options)?;
+        let mut endpoint = Self {
+            control: control.as_ref().to_owned(),
+            request,
+            socket,
+            bound,
+            session: None,
+            kernel_due: Instant::now(),
+            rebind_due: Instant::now(),
+            via_kernel: 0,
+            buf: vec![0; MAX_DATAGRAM],
+        };
+        endpoint.session = Some(endpoint.register()?);
+        Ok(endpoint)
+    }
+
+    /// Passes the backing socket to the daemon; the session it answers with.
+    fn register(&self) -> Result<Session, Error> {
+        let mut control = Client::connect(&self.control)?;
+        let (response, fds) = control.bind(self.request.clone(), Some(self.socket.as_fd()))?;
         let Response::Bound { id } = response else {
             return Err(ClientError::BadResponse(format!(
                 "unexpected answer to bind: {response:?}"
@@ -154,34 +238,83 @@ impl Endpoint {
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| Error::Descriptors(fds.len()))?;
         let ring = Consumer::open(ClientFds { memory, wake })?;
-        Ok(Self {
-            control: client,
-            id,
-            ring,
-        })
+        Ok(Session { control, id, ring })
     }
 
-    /// The endpoint's descriptor.
-    pub fn id(&self) -> u32 {
-        self.id
+    /// The endpoint's descriptor on the daemon; `None` while the daemon is away.
+    pub fn id(&self) -> Option<u32> {
+        self.session.as_ref().map(|session| session.id)
     }
 
-    /// Hands up to `max` waiting datagrams to `each`, without blocking and without a system
-    /// call. Returns how many.
+    /// The backing socket: send replies through it (`send_to`), from the endpoint's address.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Datagrams read from the backing socket so far: what the kernel delivered (fragmented,
+    /// from this host, or while the daemon was away), not the daemon.
+    pub fn via_kernel(&self) -> u64 {
+        self.via_kernel
+    }
+
+    /// Hands up to `max` waiting datagrams to `each`, without blocking: from the ring without a
+    /// system call, and from the backing socket when the ring has fewer than `max` or has kept
+    /// it waiting [`KERNEL_EVERY`]. Returns how many.
     pub fn recv_batch(
         &mut self,
         max: usize,
         mut each: impl FnMut(DatagramView<'_>),
     ) -> Result<usize, Error> {
-        let mut bad = None;
-        let n = self.ring.consume(max, |bytes| match record::decode(bytes) {
-            Ok(view) => each(view),
-            Err(e) => bad = Some(e),
-        });
-        match bad {
-            Some(e) => Err(e.into()),
-            None => Ok(n),
+        let mut n = 0;
+        if let Some(session) = &mut self.session {
+            let mut bad = None;
+            n = session
+                .ring
+                .consume(max, |bytes| match record::decode(bytes) {
+                    Ok(view) => each(view),
+                    Err(e) => bad = Some(e),
+                });
+            if let Some(e) = bad {
+                return Err(e.into());
+            }
         }
+        let now = Instant::now();
+        if n < max || now >= self.kernel_due {
+            self.kernel_due = now + KERNEL_EVERY;
+            n += self.recv_kernel(max.saturating_sub(n).max(1), &mut each)?;
+        }
+        Ok(n)
+    }
+
+    /// Reads up to `max` datagrams from the backing socket.
+    fn recv_kernel(
+        &mut self,
+        max: usize,
+        each: &mut impl FnMut(DatagramView<'_>),
+    ) -> Result<usize, Error> {
+        let mut n = 0;
+        while n < max {
+            let got = match backing::recv(&self.socket, self.bound, &mut self.buf) {
+                Ok(Some(got)) => got,
+                Ok(None) => break,
+                // An ICMP error reported once on a connected socket: read on.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(Error::Wait(e)),
+            };
+            let received_ns = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            each(DatagramView {
+                protocol: Protocol::Udp,
+                peer: got.peer,
+                local: got.local,
+                received_ns,
+                payload: &self.buf[..got.len],
+            });
+            self.via_kernel += 1;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn try_recv(&mut self) -> Result<Option<Datagram>, Error> {
@@ -190,60 +323,126 @@ impl Endpoint {
         Ok(got)
     }
 
-    /// Waits for the next datagram; `Ok(None)` when `timeout` passes first.
+    fn lose_session(&mut self) {
+        self.session = None;
+        self.rebind_due = Instant::now() + REBIND_EVERY;
+    }
+
+    /// Without a session, binds again once [`REBIND_EVERY`] has passed since the last try.
+    fn rebind_if_due(&mut self) {
+        if self.session.is_some() || Instant::now() < self.rebind_due {
+            return;
+        }
+        match self.register() {
+            Ok(session) => self.session = Some(session),
+            Err(_) => self.rebind_due = Instant::now() + REBIND_EVERY,
+        }
+    }
+
+    /// Waits for the next datagram; `Ok(None)` when `timeout` passes first. Survives the
+    /// daemon going away (reading the backing socket meanwhile) and binds again when it is back.
     pub fn recv_from(&mut self, timeout: Option<Duration>) -> Result<Option<Datagram>, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            self.rebind_if_due();
             if let Some(datagram) = self.try_recv()? {
                 return Ok(Some(datagram));
             }
-            if self.ring.prepare_to_sleep() {
-                self.ring.stop_waiting();
+            let now = Instant::now();
+            let mut wait = deadline.map(|d| d.saturating_duration_since(now));
+            if self.session.is_none() {
+                let rebind = self.rebind_due.saturating_duration_since(now);
+                wait = Some(wait.map_or(rebind, |w| w.min(rebind)));
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let wait_ms = wait.map_or(-1, |w| w.as_millis().clamp(1, i32::MAX as u128) as i32);
+            let Some(session) = &mut self.session else {
+                let mut fds = [sys::pollfd(&self.socket, libc::POLLIN)];
+                sys::poll(&mut fds, wait_ms).map_err(Error::Wait)?;
+                continue;
+            };
+            if session.ring.prepare_to_sleep() {
+                session.ring.stop_waiting();
                 continue;
             }
-            let wait_ms = match deadline {
-                None => -1,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) => left.as_millis().min(i32::MAX as u128) as i32,
-                    None => {
-                        self.ring.stop_waiting();
-                        return Ok(None);
-                    }
-                },
-            };
             let mut fds = [
-                sys::pollfd(&self.ring.wake_fd(), libc::POLLIN),
-                sys::pollfd(&self.control.fd(), libc::POLLIN),
+                sys::pollfd(&session.ring.wake_fd(), libc::POLLIN),
+                sys::pollfd(&session.control.fd(), libc::POLLIN),
+                sys::pollfd(&self.socket, libc::POLLIN),
             ];
             let ready = sys::poll(&mut fds, wait_ms);
-            self.ring.stop_waiting();
+            session.ring.stop_waiting();
             ready.map_err(Error::Wait)?;
             if fds[1].revents != 0 {
-                return Err(ClientError::Closed.into());
+                self.daemon_gone();
             }
         }
     }
 
-    /// Waits for the next datagram on a tokio runtime (feature `async`).
+    /// The daemon closed the connection (it stopped or restarted): the session stays until its
+    /// ring is drained (its memory stays mapped), then the socket carries everything until the
+    /// daemon is back.
+    fn daemon_gone(&mut self) {
+        if self
+            .session
+            .as_mut()
+            .is_none_or(|session| session.ring.is_empty())
+        {
+            self.lose_session();
+        }
+    }
+
+    /// Waits for the next datagram on a tokio runtime (feature `async`), as
+    /// [`Endpoint::recv_from`] does.
     #[cfg(feature = "async")]
     pub async fn recv_from_async(&mut self) -> Result<Datagram, Error> {
-        let wake = self
-            .ring
-            .wake_fd()
-            .try_clone_to_owned()
-            .map_err(Error::Wait)?;
-        let wake = sys::async_readable(wake).map_err(Error::Wait)?;
+        let socket = sys::async_readable(
+            self.socket
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(Error::Wait)?,
+        )
+        .map_err(Error::Wait)?;
         loop {
+            self.rebind_if_due();
             if let Some(datagram) = self.try_recv()? {
                 return Ok(datagram);
             }
-            if self.ring.prepare_to_sleep() {
-                self.ring.stop_waiting();
+            let Some(session) = &mut self.session else {
+                let rebind = self.rebind_due.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    ready = socket.readable() => ready.map_err(Error::Wait)?.clear_ready(),
+                    () = tokio::time::sleep(rebind) => {}
+                }
+                continue;
+            };
+            if session.ring.prepare_to_sleep() {
+                session.ring.stop_waiting();
                 continue;
             }
-            let mut ready = wake.readable().await.map_err(Error::Wait)?;
-            ready.clear_ready();
-            self.ring.stop_waiting();
+            let wake = session
+                .ring
+                .wake_fd()
+                .try_clone_to_owned()
+                .map_err(Error::Wait)?;
+            let wake = sys::async_readable(wake).map_err(Error::Wait)?;
+            let control = session
+                .control
+                .fd()
+                .try_clone_to_owned()
+                .map_err(Error::Wait)?;
+            let control = sys::async_readable(control).map_err(Error::Wait)?;
+            let gone = tokio::select! {
+                ready = wake.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
+                ready = socket.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
+                _ = control.readable() => true,
+            };
+            session.ring.stop_waiting();
+            if gone {
+                self.daemon_gone();
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A steered frame, as an endpoint receives it: the transport payload (UDP) or the whole segment
 //! (TCP), the peer and local socket addresses and the protocol, read at the offsets the XDP
-//! program put in the metadata, so nothing is parsed twice.
+//! program put in the metadata, so nothing is parsed twice. A UDP datagram the kernel delivered
+//! to a backing socket has no frame; [`Datagram::udp_frame`] rebuilds one for pcap sinks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -60,6 +61,55 @@ impl<'a> Datagram<'a> {
     }
 }
 
+impl Datagram<'_> {
+    /// An Ethernet frame carrying this UDP datagram (zero MAC addresses, IPv4 header checksum
+    /// set, UDP checksum 0), for a pcap sink: what a datagram read from a backing socket looks
+    /// like in a capture. `None` when the addresses are of different families or the payload
+    /// is too long for one IP packet.
+    pub fn udp_frame(&self) -> Option<Vec<u8>> {
+        let udp_len = u16::try_from(8 + self.payload.len()).ok()?;
+        let mut frame = vec![0u8; 12];
+        match (self.peer.ip(), self.local.ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                let total = udp_len.checked_add(20)?;
+                let mut ip = [0u8; 20];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&total.to_be_bytes());
+                ip[8] = 64;
+                ip[9] = PROTO_UDP;
+                ip[12..16].copy_from_slice(&src.octets());
+                ip[16..20].copy_from_slice(&dst.octets());
+                let sum = ip.chunks(2).fold(0u32, |sum, w| {
+                    sum + u32::from(u16::from_be_bytes([w[0], w[1]]))
+                });
+                let sum = (sum & 0xffff) + (sum >> 16);
+                let sum = (sum & 0xffff) + (sum >> 16);
+                ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                frame.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut ip = [0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+                ip[6] = PROTO_UDP;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&src.octets());
+                ip[24..40].copy_from_slice(&dst.octets());
+                frame.extend_from_slice(&ip);
+            }
+            _ => return None,
+        }
+        frame.extend_from_slice(&self.peer.port().to_be_bytes());
+        frame.extend_from_slice(&self.local.port().to_be_bytes());
+        frame.extend_from_slice(&udp_len.to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(self.payload);
+        Some(frame)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +165,27 @@ mod tests {
         assert_eq!(&d.payload[24..], b"GET");
         assert_eq!(d.peer.port(), 4000);
         assert_eq!(d.local, "[2001:2::2]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn a_rebuilt_frame_reads_back_as_the_datagram() {
+        for (peer, local) in [
+            ("198.18.0.1:4000", "198.18.0.2:53"),
+            ("[2001:2::1]:4000", "[2001:2::2]:53"),
+        ] {
+            let payload = vec![7u8; 3000];
+            let datagram = Datagram {
+                protocol: PROTO_UDP,
+                peer: peer.parse().unwrap(),
+                local: local.parse().unwrap(),
+                payload: &payload,
+            };
+            let frame = datagram.udp_frame().unwrap();
+            assert_eq!(
+                Datagram::from_frame(&frame, &meta_for(&frame)),
+                Some(datagram)
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Two builds of one crate:
 //!
 //! - **Client library** (`default-features = false`): what an application needs to own an
-//!   endpoint and receive from it: [`client`] (bind, receive), [`control`] (the control
+//!   endpoint and receive from it: [`client`] (bind, receive), [`backing`] (the kernel socket
+//!   behind every UDP endpoint), [`control`] (the control
 //!   protocol and its blocking client), [`ring`] (the shared-memory ring's consumer side),
 //!   [`record`] (the datagram record format), [`binding`] (`Protocol`, `Local`). No BPF
 //!   toolchain, no aya, no tokio unless the `async` feature asks for it.
@@ -19,6 +20,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod backing;
 pub mod binding;
 pub mod client;
 pub mod control;

@@ -43,6 +43,9 @@ fn exit_status(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<client::Error>() {
             return e.code().exit_status();
         }
+        if let Some(e) = cause.downcast_ref::<demux::backing::BackingError>() {
+            return e.code().exit_status();
+        }
         if cause.is::<BindingError>() {
             return ErrorCode::InvalidArgument.exit_status();
         }

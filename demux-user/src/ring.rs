@@ -274,6 +274,11 @@ impl Consumer {
         })
     }
 
+    /// No record waiting.
+    pub fn is_empty(&mut self) -> bool {
+        self.available() == 0
+    }
+
     /// Records waiting, as of the last look at the producer index (at most a ring's worth).
     fn available(&mut self) -> u64 {
         let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);

@@ -246,7 +246,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("\ndemo: binding endpoints");
     let mut ids = Vec::new();
     for (name, protocol, local, connect) in ENDPOINTS {
+        // In the daemon's namespace: a UDP endpoint's backing socket is bound there.
         let mut args = vec![
+            "netns",
+            "exec",
+            NS_B,
+            &demux_s,
             "bind",
             protocol,
             local,
@@ -259,7 +264,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         if let Some(remote) = connect {
             args.extend(["--connect", remote]);
         }
-        let id: u32 = sh(&demux_s, &args)?
+        // One owner's wildcard, address and connected sockets share port 5000: SO_REUSEPORT,
+        // as a server's kernel sockets would.
+        if protocol == "udp" && !local.contains('/') {
+            args.push("--reuseport");
+        }
+        let id: u32 = sh("ip", &args)?
             .trim()
             .parse()
             .context("reading the descriptor")?;

@@ -18,6 +18,9 @@ pub(crate) enum Receiver {
     KernelReuseport,
     /// The daemon delivering to in-daemon counting sinks.
     DemuxCount,
+    /// As `DemuxCount`, each endpoint backed by a kernel socket the bench created and passed,
+    /// as every caller's endpoint is: the switch that shows what backing sockets cost.
+    DemuxCountBacked,
     /// The daemon delivering to a client process's shared-memory ring.
     DemuxRing,
 }
@@ -29,6 +32,7 @@ impl Receiver {
             Receiver::KernelRecvmmsg => "kernel_recvmmsg",
             Receiver::KernelReuseport => "kernel_reuseport",
             Receiver::DemuxCount => "demux_count",
+            Receiver::DemuxCountBacked => "demux_count_backed",
             Receiver::DemuxRing => "demux_ring",
         }
     }

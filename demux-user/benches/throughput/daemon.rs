@@ -9,6 +9,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -22,10 +23,11 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use demux::{
+    backing,
     binding::{addr16, Protocol},
     client::Endpoint,
     control::{client::Client, BindRequest, Request, Response, SinkSpec},
-    testing::testbed::{ChildGuard, NotifySocket},
+    testing::testbed::{enter_netns, ChildGuard, NotifySocket},
 };
 use demux_common::{
     binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
@@ -100,13 +102,16 @@ struct RingClient {
 }
 
 impl RingClient {
-    fn start(control: &Path, local: String, latency: bool) -> anyhow::Result<Self> {
+    /// Binds `local` from a thread in namespace `netns` (its backing socket must be there).
+    fn start(control: &Path, netns: &str, local: String, latency: bool) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (control, flag) = (control.to_owned(), stop.clone());
+        let (control, flag, netns) = (control.to_owned(), stop.clone(), netns.to_owned());
         let thread = thread::spawn(move || {
             pin_cpu(RX_CPU);
-            let mut endpoint = match Endpoint::bind(&control, Protocol::Udp, &local) {
+            let bound = enter_netns(&netns)
+                .and_then(|()| Ok(Endpoint::bind(&control, Protocol::Udp, &local)?));
+            let mut endpoint = match bound {
                 Ok(e) => {
                     let _ = ready_tx.send(Ok(()));
                     e
@@ -160,24 +165,41 @@ fn run_daemon_case(
 ) -> anyhow::Result<Sample> {
     let mut client = Client::connect(control)?;
     let mut ring = None;
+    // Held until the case ends: the endpoints' backing sockets, for the backed count case.
+    let mut backing_sockets = Vec::new();
     if case.receiver == Receiver::DemuxRing {
-        ring = Some(RingClient::start(control, wildcard(case, PORT), latency)?);
+        ring = Some(RingClient::start(
+            control,
+            testbed.pair.b.name(),
+            wildcard(case, PORT),
+            latency,
+        )?);
     } else {
         let mut endpoints = Vec::new();
         for i in 0..case.traffic.ports {
+            let local = wildcard(case, PORT + i);
             let request = BindRequest {
                 protocol: Protocol::Udp,
-                local: wildcard(case, PORT + i),
+                local: local.clone(),
                 connect: None,
                 group: None,
                 v6only: false,
+                backed: false,
                 to: SinkSpec::Count,
                 persistent: false,
             };
-            match client.call(Request::Bind(request))? {
+            // Root may bind without a backing socket: the switch between the two count cases.
+            let socket = match case.receiver {
+                Receiver::DemuxCountBacked => Some(testbed.pair.b.run_in(|| {
+                    Ok(backing::open(local.parse()?, &backing::Options::default())?)
+                })?),
+                _ => None,
+            };
+            match client.bind(request, socket.as_ref().map(AsFd::as_fd))?.0 {
                 Response::Bound { id } => endpoints.push((PORT + i, id)),
                 other => bail!("binding port {}: {other:?}", PORT + i),
             }
+            backing_sockets.extend(socket);
         }
         if case.fillers > 0 {
             fill_connected(pid, &endpoints, case)?;

@@ -82,11 +82,12 @@ struct Plan {
     search_secs: f64,
 }
 
-const ALL_RECEIVERS: [Receiver; 5] = [
+const ALL_RECEIVERS: [Receiver; 6] = [
     Receiver::XdpDrop,
     Receiver::KernelRecvmmsg,
     Receiver::KernelReuseport,
     Receiver::DemuxCount,
+    Receiver::DemuxCountBacked,
     Receiver::DemuxRing,
 ];
 
@@ -229,7 +230,7 @@ fn measure(
                 daemon_kib: None,
             })
         }
-        Receiver::DemuxCount | Receiver::DemuxRing => {
+        Receiver::DemuxCount | Receiver::DemuxCountBacked | Receiver::DemuxRing => {
             daemon::measure(case, testbed, rate, secs, latency)
         }
     }

@@ -221,6 +221,15 @@ fn print_targets(results: &[CaseResult]) {
     let Some(one) = find(Receiver::DemuxCount, 1, 0) else {
         return;
     };
+    if let Some(backed) = find(Receiver::DemuxCountBacked, 1, 0) {
+        let change = backed.delivered_pps() / one.delivered_pps() - 1.0;
+        println!(
+            "  {:<52} vs without backing sockets: {:+6.1}% (no loss: {})",
+            backed.case.name(),
+            100.0 * change,
+            verdict(change >= -0.05)
+        );
+    }
     for scale in results.iter().filter(|r| {
         r.case.receiver == Receiver::DemuxCount && (r.case.traffic.ports > 1 || r.case.fillers > 0)
     }) {
@@ -326,6 +335,7 @@ fn color_of(receiver: Receiver) -> RGBAColor {
         Receiver::KernelReuseport,
         Receiver::DemuxCount,
         Receiver::DemuxRing,
+        Receiver::DemuxCountBacked,
     ]
     .iter()
     .position(|r| *r == receiver)

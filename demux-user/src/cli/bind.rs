@@ -1,11 +1,19 @@
 //! `demux bind`: create an endpoint and print its descriptor. Without `--persistent` the
 //! endpoint lives as long as this command (until Ctrl-C); with it, the command returns at once
 //! and the endpoint lives until `demux close ID`.
+//!
+//! A UDP endpoint on an address gets its backing socket here: created, set up (`--reuseport`,
+//! `--v6only`), bound and connected (`--connect`) with your credentials, so the kernel refuses
+//! what it refuses your own sockets, and passed to the daemon, which reads what the kernel
+//! delivers to it (fragments, datagrams from this host) into the same sink.
+
+use std::os::fd::AsFd;
 
 use clap::Args;
 use demux::{
-    binding::{BindingError, Protocol},
-    control::{BindRequest, Request, Response, SinkSpec},
+    backing,
+    binding::{Binding, BindingError, Local, Protocol},
+    control::{client::Client, BindRequest, Request, Response, SinkSpec},
 };
 
 use super::ControlArgs;
@@ -20,7 +28,13 @@ pub(crate) struct BindArgs {
     /// Only packets from this remote socket address (a connected binding).
     #[arg(long, value_name = "REMOTE")]
     pub connect: Option<String>,
-    /// Share the binding with the other endpoints of this group; a flow sticks to one member.
+    /// SO_REUSEPORT on the backing socket: share the port with your other endpoints; equal
+    /// bindings with it form a group, and a flow sticks to one member (as the kernel's
+    /// reuseport groups).
+    #[arg(long)]
+    pub reuseport: bool,
+    /// Prefix and all-ports bindings (root's; they have no backing socket): share the binding
+    /// with the other endpoints of this group; a flow sticks to one member.
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
     /// For [::]:PORT: do not receive IPv4.
@@ -46,6 +60,7 @@ impl BindArgs {
             connect: self.connect.clone(),
             group: self.group.clone(),
             v6only: self.v6only,
+            backed: false,
             to,
             persistent,
         };
@@ -54,12 +69,42 @@ impl BindArgs {
     }
 }
 
-pub(crate) fn run(args: BindArgs) -> anyhow::Result<()> {
-    let request = args.request(args.to.clone(), args.persistent)?;
-    let mut client = args.control.connect()?;
-    let Response::Bound { id } = client.call(request)? else {
+/// The backing socket of `binding`, if it is one a kernel socket can have (UDP on an address).
+pub(crate) fn backing_socket(
+    binding: &Binding,
+    reuseport: bool,
+) -> anyhow::Result<Option<std::net::UdpSocket>> {
+    let (Protocol::Udp, Local::Addr(local)) = (binding.protocol, binding.local) else {
+        return Ok(None);
+    };
+    let options = backing::Options {
+        reuseport,
+        v6only: binding.v6only,
+        connect: binding.remote,
+    };
+    Ok(Some(backing::open(local, &options)?))
+}
+
+/// Binds with the backing socket if the binding has one; returns the endpoint's descriptor.
+pub(crate) fn bind(
+    client: &mut Client,
+    request: BindRequest,
+    backing: Option<&std::net::UdpSocket>,
+) -> anyhow::Result<u32> {
+    let (response, _) = client.bind(request, backing.map(AsFd::as_fd))?;
+    let Response::Bound { id } = response else {
         anyhow::bail!("the daemon answered bind with something else");
     };
+    Ok(id)
+}
+
+pub(crate) fn run(args: BindArgs) -> anyhow::Result<()> {
+    let Request::Bind(request) = args.request(args.to.clone(), args.persistent)? else {
+        unreachable!("request() makes a bind");
+    };
+    let socket = backing_socket(&request.binding()?, args.reuseport)?;
+    let mut client = args.control.connect()?;
+    let id = bind(&mut client, request, socket.as_ref())?;
     println!("{id}");
     if args.persistent {
         return Ok(());

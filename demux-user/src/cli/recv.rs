@@ -1,6 +1,7 @@
 //! `demux recv`: bind an endpoint for the lifetime of this command and print one line per
 //! datagram (peer, local, length, payload). It receives through the client library's
-//! shared-memory ring, like any application. Exits 0 after `--count` datagrams, 1 on timeout.
+//! shared-memory ring and its backing socket, like any application (a UDP socket address only).
+//! Exits 0 after `--count` datagrams, 1 on timeout.
 
 use std::{
     fmt::Write as _,
@@ -51,15 +52,17 @@ pub(crate) fn run(args: RecvArgs) -> anyhow::Result<()> {
             connect: b.connect.clone(),
             group: b.group.clone(),
             v6only: b.v6only,
+            backed: true,
             to: SinkSpec::Ring {
                 slots: demux::ring::DEFAULT_SLOTS,
             },
             persistent: false,
         },
+        b.reuseport,
     )?;
     eprintln!(
         "endpoint {} bound to {} {}",
-        endpoint.id(),
+        endpoint.id().unwrap_or_default(),
         b.protocol,
         b.local
     );

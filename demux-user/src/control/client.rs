@@ -3,8 +3,8 @@
 //! `persistent` close with it. It opens with `hello`, so a daemon of another protocol version
 //! is one clear [`ClientError::VersionMismatch`]. Responses are read with `recvmsg`, so
 //! descriptors the daemon attaches (a ring's memfd and eventfd) arrive with them; requests are
-//! written with `sendmsg`, so a bind's `pcap:` or `unix:` sink, which the client opens itself,
-//! goes with it.
+//! written with `sendmsg`, so a bind's backing socket and its `pcap:` or `unix:` sink, which
+//! the client opens itself, go with it.
 #![deny(missing_docs)]
 
 use std::{
@@ -19,7 +19,9 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::{Envelope, ErrorCode, Request, Response, SinkOpenError, SOFTWARE, VERSION};
+use super::{
+    BindRequest, Envelope, ErrorCode, Request, Response, SinkOpenError, SOFTWARE, VERSION,
+};
 
 /// Longest answer line the client accepts (a `list` of many endpoints fits easily).
 const MAX_ANSWER: usize = 64 << 20;
@@ -153,16 +155,32 @@ impl Client {
     }
 
     /// Sends one request and reads its response; a refusal becomes [`ClientError::Refused`].
-    /// A bind to a `pcap:` or `unix:` sink opens the sink here, as this process
-    /// ([`crate::control::SinkSpec::open_for_caller`]), and passes it with the request.
+    /// A bind goes as [`Client::bind`] sends it, without a backing socket (root's prefix,
+    /// all-ports and TCP bindings).
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
-        let sink = match &request {
-            Request::Bind(bind) => bind.to.open_for_caller()?,
-            _ => None,
-        };
-        let send: Vec<BorrowedFd<'_>> = sink.iter().map(AsFd::as_fd).collect();
-        self.call_with_fds(request, &send)
-            .map(|(response, _)| response)
+        match request {
+            Request::Bind(bind) => self.bind(bind, None),
+            request => self.call_with_fds(request, &[]),
+        }
+        .map(|(response, _)| response)
+    }
+
+    /// Sends a bind with its backing socket ([`crate::backing::open`]) if given, and its sink:
+    /// a `pcap:` or `unix:` sink is opened here, as this process
+    /// ([`crate::control::SinkSpec::open_for_caller`]). Returns the answer and the descriptors
+    /// that came with it (a ring's).
+    pub fn bind(
+        &mut self,
+        mut request: BindRequest,
+        backing: Option<BorrowedFd<'_>>,
+    ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        let sink = request.to.open_for_caller()?;
+        request.backed = backing.is_some();
+        let send: Vec<BorrowedFd<'_>> = backing
+            .into_iter()
+            .chain(sink.iter().map(AsFd::as_fd))
+            .collect();
+        self.call_with_fds(Request::Bind(request), &send)
     }
 
     /// Sends one request with exactly the descriptors `send` (SCM_RIGHTS; the line declares

@@ -2,24 +2,32 @@
 //! request and one response per line, over a Unix stream socket.
 //!
 //! ```text
-//! → {"version":3,"op":"hello","software":"demux 0.1.0"}
-//! ← {"result":"hello","version":3,"software":"demux 0.1.0"}
-//! → {"version":3,"op":"bind","protocol":"udp","local":"0.0.0.0:53","to":"count"}
+//! → {"version":4,"op":"hello","software":"demux 0.1.0"}
+//! ← {"result":"hello","version":4,"software":"demux 0.1.0"}
+//! → {"version":4,"fds":1,"op":"bind","protocol":"udp","local":"0.0.0.0:5353","backed":true,"to":"count"}
 //! ← {"result":"bound","id":1}
-//! → {"version":3,"fds":1,"op":"bind","protocol":"udp","local":"0.0.0.0:54","to":"pcap:/tmp/x.pcap"}
+//! → {"version":4,"fds":2,"op":"bind","protocol":"udp","local":"0.0.0.0:5354","backed":true,"to":"pcap:/tmp/x.pcap"}
 //! ← {"result":"bound","id":2}
-//! → {"version":3,"op":"close","id":1}
+//! → {"version":4,"op":"close","id":1}
 //! ← {"result":"closed","id":1}
-//! → {"version":3,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
-//! → {"version":3,"op":"stats"}    ← {"result":"stats",…}
+//! → {"version":4,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
+//! → {"version":4,"op":"stats"}    ← {"result":"stats",…}
 //! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
+//!
+//! **Backing sockets.** A UDP endpoint on an address (not a prefix) is backed by a kernel
+//! socket the caller created and bound (and connected, for a connected binding) itself
+//! ([`crate::backing::open`]) and passes as the request's first descriptor (`"backed":true`).
+//! The daemon derives the binding from the socket ([`crate::backing::inspect`]); `local`,
+//! `connect` and `v6only` must say the same. `SO_REUSEPORT` on the socket makes equal bindings
+//! of one uid a group, as the kernel's reuseport groups. Only root may bind without one (and
+//! prefix, all-ports and TCP bindings, root's only, have none).
 //!
 //! **Descriptors with a request.** The daemon opens no path for a caller: a `pcap:PATH` or
 //! `unix:PATH` sink is opened by the caller, with its own credentials (the file created or
 //! truncated for writing; a Unix datagram socket connected to PATH), and its descriptor sent
-//! with the request line (SCM_RIGHTS, attached to the line's first byte); the line says how
-//! many it carries (`"fds":1`, [`Envelope::fds`]). PATH is then only a label for `list`. The
+//! with the request line (SCM_RIGHTS, attached to the line's first byte), after the backing
+//! socket; the line says how many it carries (`"fds":2`, [`Envelope::fds`]). PATH is then only a label for `list`. The
 //! daemon takes that many of the descriptors received with the line, refuses the request if
 //! fewer came (`invalid_argument`), and closes any beyond. Send one request with descriptors at
 //! a time (wait for its answer), as [`client::Client`] does. [`SinkSpec::open_for_caller`]
@@ -57,8 +65,9 @@ use std::net::SocketAddr;
 use crate::binding::{Binding, BindingError, Local, Protocol, Receiver};
 
 /// The protocol version this build speaks. Version 2 added `hello` and error codes; version 3
-/// descriptors with requests (`fds`): `pcap:` and `unix:` sinks are opened by the caller.
-pub const VERSION: u32 = 3;
+/// descriptors with requests (`fds`): `pcap:` and `unix:` sinks are opened by the caller;
+/// version 4 backing sockets (`backed`).
+pub const VERSION: u32 = 4;
 
 /// This build's software version, as `hello` reports it.
 pub const SOFTWARE: &str = concat!("demux ", env!("CARGO_PKG_VERSION"));
@@ -71,8 +80,8 @@ pub const DEFAULT_SOCKET: &str = "/run/demux/control.sock";
 pub struct Envelope {
     /// The protocol version the request is written in ([`VERSION`]).
     pub version: u32,
-    /// How many descriptors came with the request line (SCM_RIGHTS): one with a bind to a
-    /// `pcap:` or `unix:` sink, none otherwise. Left out when 0.
+    /// How many descriptors came with the request line (SCM_RIGHTS): a bind's backing socket
+    /// and its `pcap:` or `unix:` sink, in that order; none otherwise. Left out when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fds: u32,
     /// The request itself.
@@ -82,6 +91,10 @@ pub struct Envelope {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The `version` field of a request line, read before anything else.
@@ -150,12 +163,17 @@ pub struct BindRequest {
     /// A remote `ADDR:PORT`: only packets from it (a connected binding).
     #[serde(default)]
     pub connect: Option<String>,
-    /// Endpoints binding the same address with the same group name share it by flow hash.
+    /// Unbacked (root's) endpoints binding the same address with the same group name share it
+    /// by flow hash. A backed endpoint's group is its socket's `SO_REUSEPORT` group: the daemon
+    /// names it (`reuseport udp ADDR:PORT`) and refuses a name from the request.
     #[serde(default)]
     pub group: Option<String>,
     /// For `[::]:PORT`: do not receive IPv4.
     #[serde(default)]
     pub v6only: bool,
+    /// The request's first descriptor is the endpoint's backing socket.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backed: bool,
     /// Where the datagrams go.
     pub to: SinkSpec,
     /// Keep the endpoint when the connection that created it closes.
@@ -255,6 +273,11 @@ pub struct EndpointInfo {
     pub dropped_sink_full: u64,
     /// Dropped because the sink failed (reader gone, file not writable).
     pub dropped_sink_error: u64,
+    /// Read from its backing socket into its sink by the daemon (endpoints the daemon holds,
+    /// not rings): datagrams the kernel delivered (fragmented, sent by the host itself, or
+    /// arriving while nothing was steered), so part of "passed", not of "delivered".
+    #[serde(default)]
+    pub via_kernel: u64,
 }
 
 /// One AF_XDP socket's kernel counters (XDP_STATISTICS) and frames.
@@ -345,6 +368,7 @@ mod tests {
                 connect: None,
                 group: None,
                 v6only: false,
+                backed: false,
                 to: SinkSpec::Count,
                 persistent: false,
             }),
@@ -352,10 +376,10 @@ mod tests {
         let line = serde_json::to_string(&bind).unwrap();
         assert_eq!(
             line,
-            r#"{"version":3,"op":"bind","protocol":"udp","local":"0.0.0.0:53","connect":null,"group":null,"v6only":false,"to":"count","persistent":false}"#
+            r#"{"version":4,"op":"bind","protocol":"udp","local":"0.0.0.0:53","connect":null,"group":null,"v6only":false,"to":"count","persistent":false}"#
         );
         let minimal: Envelope = serde_json::from_str(
-            r#"{"version":3,"op":"bind","protocol":"tcp","local":"[::]:80","to":"unix:/x"}"#,
+            r#"{"version":4,"op":"bind","protocol":"tcp","local":"[::]:80","to":"unix:/x"}"#,
         )
         .unwrap();
         assert_eq!(minimal.fds, 0);
@@ -365,7 +389,7 @@ mod tests {
         let with_fd = Envelope { fds: 1, ..minimal };
         let line = serde_json::to_string(&with_fd).unwrap();
         assert!(
-            line.starts_with(r#"{"version":3,"fds":1,"op":"bind""#),
+            line.starts_with(r#"{"version":4,"fds":1,"op":"bind""#),
             "{line}"
         );
         assert_eq!(serde_json::from_str::<Envelope>(&line).unwrap(), with_fd);

@@ -4,8 +4,8 @@
 use thiserror::Error;
 
 use crate::{
-    binding::BindingError, control::ErrorCode, dataplane::CounterError, sink::SinkError,
-    tables::TableError,
+    backing::BackingError, binding::BindingError, control::ErrorCode, dataplane::CounterError,
+    sink::SinkError, tables::TableError,
 };
 
 /// A refused or failed control request.
@@ -166,6 +166,37 @@ pub enum ControlError {
         /// The limit.
         idle: std::time::Duration,
     },
+    /// The backing socket passed with the request is refused.
+    #[error(transparent)]
+    Backing(#[from] BackingError),
+    /// A non-root UDP bind came without its backing socket.
+    #[error(
+        "backing socket: a UDP endpoint on {local} needs the kernel socket behind it: create a \
+         UDP socket, bind it to {local} yourself and pass it with the request (`\"backed\":true`, \
+         SCM_RIGHTS); the demux CLI and client library do this"
+    )]
+    BackingRequired {
+        /// The local address asked for.
+        local: String,
+    },
+    /// The backing socket is bound otherwise than the request says.
+    #[error(
+        "backing socket: bound as {socket}, but the request asks for {request}; bind the \
+         socket as the request says (or ask for what it is bound to)"
+    )]
+    BackingMismatch {
+        /// The binding the socket has.
+        socket: String,
+        /// The binding the request asks for.
+        request: String,
+    },
+    /// A named group with a backing socket.
+    #[error(
+        "group: a backed endpoint's group is its socket's SO_REUSEPORT group (--reuseport): \
+         equal bindings of one uid with SO_REUSEPORT share by flow, as the kernel's do; drop \
+         the group name"
+    )]
+    GroupWithBacking,
     /// The endpoint's statistics slot could not be reset.
     #[error("endpoint statistics: {0}")]
     Statistics(#[from] CounterError),
@@ -175,7 +206,10 @@ impl ControlError {
     /// The code the wire answer carries.
     pub fn code(&self) -> ErrorCode {
         match self {
+            ControlError::Backing(error) => error.code(),
             ControlError::Binding(_)
+            | ControlError::BackingMismatch { .. }
+            | ControlError::GroupWithBacking
             | ControlError::GroupAddress { .. }
             | ControlError::RingForDaemon => ErrorCode::InvalidArgument,
             ControlError::Table(TableError::Exists { .. })
@@ -197,6 +231,7 @@ impl ControlError {
             ControlError::PrivilegedPort { .. }
             | ControlError::PrefixForRoot { .. }
             | ControlError::TcpForRoot
+            | ControlError::BackingRequired { .. }
             | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
             ControlError::Sink(error) => error.code(),
             ControlError::Table(TableError::Map { .. }) | ControlError::Statistics(_) => {

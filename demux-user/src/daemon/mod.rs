@@ -3,6 +3,7 @@
 //! and on SIGINT/SIGTERM detaches, stops the workers and removes the control socket.
 
 pub mod error;
+pub mod kernel_path;
 pub mod metrics;
 pub mod notify;
 pub mod server;
@@ -27,11 +28,12 @@ use tracing::{info, warn};
 pub use crate::config::Config;
 use crate::{
     attach::{attach, ifindex},
+    binding::{Local, Protocol},
     control::{BindRequest, SocketInfo},
     program::Loaded,
 };
 
-use state::{Caller, State};
+use state::{Caller, Passed, State};
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -86,17 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     for request in config.endpoints.clone() {
         let local = request.local.clone();
-        let id = state
-            .lock()
-            .expect("state lock")
-            .bind(
-                BindRequest {
-                    persistent: true,
-                    ..request
-                },
-                Caller::DAEMON,
-            )
-            .map(|(id, _)| id)
+        let id = bind_configured(&state, request)
             .with_context(|| format!("creating the configured endpoint {local}"))?;
         info!(id, %local, "configured endpoint ready");
     }
@@ -136,6 +128,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             warn!("{e}");
         }
     }
+    // Backing sockets whose owners changed them after registering lose their endpoints.
+    let mut audit = interval(AUDIT_EVERY);
+    audit.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticker = (!config.stats_interval.is_zero()).then(|| {
         let mut ticker = interval(config.stats_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -151,6 +146,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ready.clear_ready();
             }
             _ = tick(&mut ticker) => log_stats(&view.stats()),
+            _ = audit.tick() => {
+                state.lock().expect("state lock").audit();
+            }
         }
     }
 
@@ -177,6 +175,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     log_stats(&view.stats());
     Ok(())
+}
+
+/// How often every backing socket is read again ([`State::audit`]).
+const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Creates a configured endpoint as the daemon's own. A UDP endpoint on an address gets a
+/// backing socket the daemon binds itself (`SO_REUSEPORT` when the config names a group), so
+/// the kernel judges its binding as any other socket's and delivers fragments to it.
+fn bind_configured(state: &Mutex<State>, mut request: BindRequest) -> anyhow::Result<u32> {
+    let binding = request.binding()?;
+    let mut passed = Passed::default();
+    if let (Protocol::Udp, Local::Addr(local)) = (binding.protocol, binding.local) {
+        let options = crate::backing::Options {
+            reuseport: request.group.take().is_some(),
+            v6only: binding.v6only,
+            connect: binding.remote,
+        };
+        passed.backing = Some(crate::backing::open(local, &options)?.into());
+    }
+    let (id, _) = state.lock().expect("state lock").bind_passed(
+        BindRequest {
+            persistent: true,
+            ..request
+        },
+        Caller::DAEMON,
+        passed,
+    )?;
+    Ok(id)
 }
 
 /// One log line with the verdicts and the accounting: seen = delivered + passed + dropped

@@ -8,8 +8,10 @@
 //! only their own endpoints in `list` and `stats` ([`Viewer`]).
 //!
 //! Requests are read with `recvmsg`: the descriptors received up to the end of a request line
-//! are that request's. It takes as many as its line declares (`fds`, a bind's `pcap:` or
-//! `unix:` sink: [`CallerSink`]) and the rest are closed; at most [`MAX_FDS`] wait at a time.
+//! are that request's. It takes as many as its line declares (`fds`: a bind's backing socket,
+//! then its `pcap:` or `unix:` sink: [`Passed`]) and the rest are closed; at most [`MAX_FDS`]
+//! wait at a time. A non-root caller's UDP bind on an address without its backing socket is
+//! refused here (`permission_denied`).
 //!
 //! Connections are held to the [`Limits`]: a non-root uid over its connections, or any
 //! non-root caller when the daemon has its total open, is refused as it is accepted, with one
@@ -39,15 +41,19 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    binding::{Local, Protocol},
     config::Limits,
-    control::{version_mismatch, version_of, Envelope, ErrorCode, Request, Response, VERSION},
+    control::{
+        version_mismatch, version_of, BindRequest, Envelope, ErrorCode, Request, Response,
+        SinkSpec, VERSION,
+    },
     sink::CallerSink,
     sys::scm::{Credentials, MAX_FDS},
 };
 
 use super::{
     error::ControlError,
-    state::{Caller, State},
+    state::{Caller, Passed, State},
     view::{View, Viewer},
 };
 
@@ -321,14 +327,16 @@ async fn refuse(mut stream: UnixStream, refusal: ControlError) {
     .await;
 }
 
-/// The sink a request passed: `declared` of the `received` descriptors (the rest are closed
-/// on return), as the caller's. Only a bind carries one, its `pcap:` or `unix:` sink.
-fn passed_sink(
+/// What a request passed: `declared` of the `received` descriptors (the rest are closed on
+/// return), as the caller's. Only a bind carries any: its backing socket (`backed`), then its
+/// `pcap:` or `unix:` sink. A non-root caller's UDP bind on an address must carry its backing
+/// socket: the kernel has then judged the binding as it judges the caller's own sockets.
+fn passed(
     request: &Request,
     declared: u32,
-    mut received: Vec<OwnedFd>,
+    received: Vec<OwnedFd>,
     creds: Credentials,
-) -> Result<Option<CallerSink>, Response> {
+) -> Result<Passed, Response> {
     let refuse = |message: String| Response::Error {
         code: ErrorCode::InvalidArgument,
         message,
@@ -340,17 +348,52 @@ fn passed_sink(
             received.len()
         )));
     }
-    match (request, declared) {
-        (_, 0) => Ok(None),
-        (Request::Bind(_), 1) => Ok(Some(CallerSink {
-            fd: received.swap_remove(0),
-            creds,
-        })),
-        _ => Err(refuse(format!(
-            "fds: {declared} declared; only a bind carries a descriptor, one: its pcap: or \
-             unix: sink"
-        ))),
+    let Request::Bind(bind) = request else {
+        return match declared {
+            0 => Ok(Passed::default()),
+            _ => Err(refuse(format!(
+                "fds: {declared} declared; only a bind carries descriptors"
+            ))),
+        };
+    };
+    if creds.uid != 0 && !bind.backed && needs_backing(bind) {
+        let error = ControlError::BackingRequired {
+            local: bind.local.clone(),
+        };
+        return Err(Response::Error {
+            code: error.code(),
+            message: error.to_string(),
+        });
     }
+    let sink_fd = matches!(bind.to, SinkSpec::Pcap(_) | SinkSpec::Unix(_));
+    let most = u32::from(bind.backed) + u32::from(sink_fd);
+    if declared > most {
+        return Err(refuse(format!(
+            "fds: {declared} declared; this bind carries at most {most}: its backing socket if \
+             `backed`, then its pcap: or unix: sink"
+        )));
+    }
+    let mut fds = received.into_iter().take(declared as usize);
+    let backing = match bind.backed {
+        true => Some(fds.next().ok_or_else(|| {
+            refuse(
+                "backed: the request says it carries its backing socket, but declares no \
+                    descriptor (\"fds\":1 or more)"
+                    .into(),
+            )
+        })?),
+        false => None,
+    };
+    // A missing sink descriptor is the sink's to refuse (it names the sink).
+    Ok(Passed {
+        backing,
+        sink: fds.next().map(|fd| CallerSink { fd, creds }),
+    })
+}
+
+/// Whether a bind is one a kernel socket could make: UDP on one address (not a prefix).
+fn needs_backing(bind: &BindRequest) -> bool {
+    bind.protocol == Protocol::Udp && matches!(bind.local.parse(), Ok(Local::Addr(_)))
 }
 
 /// Serves connections until the task is dropped, holding them to `limits`. `list` and
@@ -470,17 +513,17 @@ async fn connection_task(
                 Ok(envelope) => match view.answer(&envelope.request, Viewer::of(uid)) {
                     Some(response) => response,
                     None => {
-                        let passed =
-                            match passed_sink(&envelope.request, envelope.fds, received, creds) {
-                                Ok(passed) => passed,
-                                Err(refusal) => {
-                                    if !answer(&mut write, &refusal, &[]).await {
-                                        break;
-                                    }
-                                    continue;
+                        let passed = match passed(&envelope.request, envelope.fds, received, creds)
+                        {
+                            Ok(passed) => passed,
+                            Err(refusal) => {
+                                if !answer(&mut write, &refusal, &[]).await {
+                                    break;
                                 }
-                            };
-                        let (response, ring) = state.lock().expect("state lock").handle_with_sink(
+                                continue;
+                            }
+                        };
+                        let (response, ring) = state.lock().expect("state lock").handle_passed(
                             envelope.request,
                             caller,
                             passed,

@@ -15,6 +15,12 @@
 //! (EADDRINUSE; root included), a group takes one uid's members (SO_REUSEPORT), and what has
 //! no kernel equivalent (prefix and all-ports bindings, TCP without a TCP stack) is root's.
 //!
+//! A caller's UDP endpoint is backed by the kernel socket the caller bound ([`Passed`],
+//! [`crate::backing`]): the binding is the socket's, the kernel has already refused what it
+//! refuses, and the socket's `SO_REUSEPORT` makes the group. The checks here stay as the second
+//! line: the caller keeps its descriptor and may change the socket later, which [`State::audit`]
+//! notices. A daemon-held endpoint's backing socket is read into its sink ([`kernel_path`]).
+//!
 //! It also holds each non-root uid to its [`Limits`]: the endpoints it holds (persistent ones
 //! included) and their ring memory, checked before anything is opened. The connection limits
 //! are the control socket's (`server.rs`), which asks [`State::holds_endpoints`] before closing
@@ -22,6 +28,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    os::fd::OwnedFd,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, PoisonError, RwLock,
@@ -31,8 +38,12 @@ use std::{
 use demux_common::binding::{Target, MAX_ENDPOINTS, MAX_GROUPS};
 use tracing::{info, warn};
 
-use super::view::{Listing, View, Viewer};
+use super::{
+    kernel_path,
+    view::{Listing, View, Viewer},
+};
 use crate::{
+    backing::{self, Backed},
     binding::{mask, Binding, Entry, Local, Protocol, Receiver},
     config::Limits,
     control::SinkSpec,
@@ -66,6 +77,20 @@ pub struct EndpointHandle {
     pub delivered_bytes: AtomicU64,
     pub dropped_sink_full: AtomicU64,
     pub dropped_sink_error: AtomicU64,
+    /// Read from the backing socket into the sink by the daemon (the kernel delivered them).
+    pub via_kernel: AtomicU64,
+    /// Read from the backing socket but not taken by the sink.
+    pub via_kernel_dropped: AtomicU64,
+}
+
+/// What a caller passed with a bind request: its backing socket and its `pcap:` or `unix:`
+/// sink, each checked here before use.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The kernel socket behind the endpoint.
+    pub backing: Option<OwnedFd>,
+    /// The sink the caller opened.
+    pub sink: Option<CallerSink>,
 }
 
 /// Endpoint id → handle, read by the queue workers for every batch.
@@ -94,6 +119,24 @@ struct Endpoint {
     connection: u64,
     /// The table entry this endpoint holds alone, or its group's name.
     placement: Placement,
+    /// The kernel socket behind it, if any.
+    backing: Option<Backing>,
+}
+
+/// An endpoint's backing socket, what it said when registered, and the task reading it into a
+/// daemon-held sink (stopped when the endpoint goes).
+struct Backing {
+    socket: OwnedFd,
+    backed: Backed,
+    reader: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
+    }
 }
 
 enum Placement {
@@ -124,6 +167,8 @@ pub struct State<D: Dataplane = Maps> {
     pub view: Arc<View>,
     /// What a non-root uid may hold.
     limits: Limits,
+    /// The daemon's network namespace (`SO_NETNS_COOKIE`): backing sockets must live in it.
+    netns: u64,
 }
 
 impl<D: Dataplane> State<D> {
@@ -142,24 +187,25 @@ impl<D: Dataplane> State<D> {
             workers,
             view,
             limits,
+            netns: own_netns(),
         }
     }
 
     /// Answers one control request; a ring endpoint's descriptors come along for the caller.
     pub fn handle(&mut self, request: Request, caller: Caller) -> (Response, Option<ClientFds>) {
-        self.handle_with_sink(request, caller, None)
+        self.handle_passed(request, caller, Passed::default())
     }
 
-    /// As [`State::handle`], with the sink the caller passed along with a bind request.
-    pub fn handle_with_sink(
+    /// As [`State::handle`], with what the caller passed along with a bind request.
+    pub fn handle_passed(
         &mut self,
         request: Request,
         caller: Caller,
-        passed: Option<CallerSink>,
+        passed: Passed,
     ) -> (Response, Option<ClientFds>) {
         let mut fds = None;
         let result = match request {
-            Request::Bind(bind) => self.bind_with_sink(bind, caller, passed).map(|(id, ring)| {
+            Request::Bind(bind) => self.bind_passed(bind, caller, passed).map(|(id, ring)| {
                 fds = ring;
                 Response::Bound { id }
             }),
@@ -184,17 +230,26 @@ impl<D: Dataplane> State<D> {
         request: BindRequest,
         caller: Caller,
     ) -> Result<(u32, Option<ClientFds>), ControlError> {
-        self.bind_with_sink(request, caller, None)
+        self.bind_passed(request, caller, Passed::default())
     }
 
-    /// As [`State::bind`], with the sink the caller opened and passed: a caller's `pcap:` and
-    /// `unix:` sinks come this way only; the daemon's own (the config file's) are opened by path.
-    pub fn bind_with_sink(
+    /// As [`State::bind`], with what the caller passed: its backing socket, whose binding the
+    /// request must state, and its sink (a caller's `pcap:` and `unix:` sinks come this way only;
+    /// the daemon's own, the config file's, are opened by path).
+    pub fn bind_passed(
         &mut self,
-        request: BindRequest,
+        mut request: BindRequest,
         caller: Caller,
-        passed: Option<CallerSink>,
+        passed: Passed,
     ) -> Result<(u32, Option<ClientFds>), ControlError> {
+        let Passed {
+            backing: socket,
+            sink: passed,
+        } = passed;
+        let backed = match &socket {
+            Some(socket) => Some(self.adopt(&mut request, socket)?),
+            None => None,
+        };
         let binding = request.binding()?;
         let local = binding.local;
         let privileged_port = match local {
@@ -237,6 +292,8 @@ impl<D: Dataplane> State<D> {
             delivered_bytes: AtomicU64::new(0),
             dropped_sink_full: AtomicU64::new(0),
             dropped_sink_error: AtomicU64::new(0),
+            via_kernel: AtomicU64::new(0),
+            via_kernel_dropped: AtomicU64::new(0),
         });
         self.dataplane.reset_endpoint_stats(id)?;
         self.directory_mut().insert(id, handle.clone());
@@ -256,7 +313,23 @@ impl<D: Dataplane> State<D> {
                 return Err(error);
             }
         };
-        info!(id, local = %request.local, to = %request.to, owner = caller.uid, "endpoint bound");
+        let backing = match (socket, backed) {
+            (Some(socket), Some(backed)) => {
+                // A ring's client reads the socket itself; the daemon reads it for its own sinks.
+                let reader = match ring {
+                    Some(_) => None,
+                    None => kernel_path::spawn(id, &backed, &socket, handle.clone()),
+                };
+                Some(Backing {
+                    socket,
+                    backed,
+                    reader,
+                })
+            }
+            _ => None,
+        };
+        info!(id, local = %request.local, to = %request.to, owner = caller.uid,
+              backed = backing.is_some(), "endpoint bound");
         self.view.publish(
             id,
             Listing {
@@ -272,10 +345,62 @@ impl<D: Dataplane> State<D> {
                 owner: caller.uid,
                 connection: caller.connection,
                 placement,
+                backing,
             },
         );
         self.next_endpoint = id + 1;
         Ok((id, ring))
+    }
+
+    /// Takes `socket` as the backing socket of `request`: refuses what [`backing::inspect`]
+    /// refuses, a request that says otherwise than the socket, and a group name (the socket's
+    /// `SO_REUSEPORT` makes the group, named by the binding, as the kernel's group is).
+    fn adopt(&self, request: &mut BindRequest, socket: &OwnedFd) -> Result<Backed, ControlError> {
+        let backed = backing::inspect(socket, self.netns)?;
+        let asked = request.binding()?;
+        if asked != backed.binding {
+            return Err(ControlError::BackingMismatch {
+                socket: describe(&backed.binding),
+                request: describe(&asked),
+            });
+        }
+        if request.group.is_some() {
+            return Err(ControlError::GroupWithBacking);
+        }
+        if backed.reuseport {
+            request.group = Some(format!("reuseport {}", describe(&backed.binding)));
+        }
+        request.backed = true;
+        Ok(backed)
+    }
+
+    /// Reads every backing socket again and closes the endpoints whose socket no longer says
+    /// what it said when registered: its owner keeps a descriptor of it and may have connected,
+    /// disconnected or set an option since. Returns the closed endpoints.
+    pub fn audit(&mut self) -> Vec<u32> {
+        let changed: Vec<(u32, u32, String)> = self
+            .endpoints
+            .iter()
+            .filter_map(|(id, endpoint)| {
+                let backing = endpoint.backing.as_ref()?;
+                let why = match backing::inspect(&backing.socket, self.netns) {
+                    Ok(now) if now == backing.backed => return None,
+                    Ok(now) => format!("it is {} now", describe(&now.binding)),
+                    Err(error) => error.to_string(),
+                };
+                Some((*id, endpoint.owner, why))
+            })
+            .collect();
+        for (id, owner, why) in &changed {
+            warn!(
+                id,
+                owner, "backing socket changed after registering ({why}): endpoint closed"
+            );
+            if let Err(error) = self.close(*id, Caller::DAEMON) {
+                warn!(id, "closing: {error}");
+            }
+        }
+        changed.into_iter().map(|(id, ..)| id).collect()
     }
 
     /// Refuses a new endpoint with sink `to` that would take `uid` over its endpoints or its
@@ -547,6 +672,26 @@ fn addresses_overlap(a: &Binding, b: &Binding) -> bool {
     dual_stack(a) || dual_stack(b)
 }
 
+/// A binding as `list` and error messages show it: `udp 198.18.0.2:53 from 198.18.0.9:4000`.
+fn describe(binding: &Binding) -> String {
+    let mut text = format!("{} {}", binding.protocol, binding.local);
+    if let Some(remote) = binding.remote {
+        text += &format!(" connected to {remote}");
+    }
+    if binding.v6only {
+        text += " v6only";
+    }
+    text
+}
+
+/// The cookie of the daemon's network namespace; 0 where the kernel has none (before 5.14),
+/// and then every backing socket is refused with the kernel's error.
+fn own_netns() -> u64 {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .and_then(|socket| crate::sys::socket::netns_cookie(&socket))
+        .unwrap_or(0)
+}
+
 /// The ring memory a sink takes, as the limits count it: slots × slot size (the 256-byte
 /// header aside); 0 for other sinks.
 fn ring_bytes(to: &SinkSpec) -> u64 {
@@ -602,6 +747,7 @@ mod tests {
             connect: None,
             group: None,
             v6only: false,
+            backed: false,
             to: SinkSpec::Count,
             persistent: false,
         }
@@ -692,20 +838,23 @@ mod tests {
         // What the caller opened and passed is taken.
         let file = std::fs::File::create(&path).unwrap();
         let (id, _) = state
-            .bind_with_sink(
+            .bind_passed(
                 BindRequest {
                     to: SinkSpec::Pcap(path),
                     ..request("198.18.0.2:5353")
                 },
                 ALICE,
-                Some(CallerSink {
-                    fd: file.into(),
-                    creds: crate::sys::scm::Credentials {
-                        pid: 1,
-                        uid: ALICE.uid,
-                        gid: ALICE.uid,
-                    },
-                }),
+                Passed {
+                    backing: None,
+                    sink: Some(CallerSink {
+                        fd: file.into(),
+                        creds: crate::sys::scm::Credentials {
+                            pid: 1,
+                            uid: ALICE.uid,
+                            gid: ALICE.uid,
+                        },
+                    }),
+                },
             )
             .expect("bind");
         assert_eq!(state.list()[0].id, id);
@@ -1019,6 +1168,7 @@ mod tests {
             owner: ROOT.uid,
             connection: ROOT.connection,
             placement: Placement::Member("placeholder".into()),
+            backing: None,
         };
         for id in 1..MAX_ENDPOINTS {
             state.endpoints.insert(
@@ -1026,6 +1176,7 @@ mod tests {
                 Endpoint {
                     request: placeholder.request.clone(),
                     placement: Placement::Member("placeholder".into()),
+                    backing: None,
                     ..placeholder
                 },
             );

@@ -179,6 +179,7 @@ impl View {
                     .unwrap_or(0),
                 delivered: e.handle.delivered.load(Relaxed),
                 delivered_bytes: e.handle.delivered_bytes.load(Relaxed),
+                via_kernel: e.handle.via_kernel.load(Relaxed),
                 dropped_sink_full: e.handle.dropped_sink_full.load(Relaxed),
                 dropped_sink_error: e.handle.dropped_sink_error.load(Relaxed),
             })

@@ -56,12 +56,17 @@ pub fn spawn(
             let mut published = Instant::now();
             // Endpoints delivered to in a batch, to flush (wake) once each after it.
             let mut touched: Vec<u32> = Vec::new();
-            while !stop.load(Relaxed) {
-                // Readable or not, the loop below looks; the timeout bounds the wait.
-                let _ = crate::sys::poll(
-                    &mut [crate::sys::pollfd(&socket.as_raw_fd(), libc::POLLIN)],
-                    POLL_MS,
-                );
+            loop {
+                // Set after the program is detached: one last drain, then the worker ends, so a
+                // graceful stop loses nothing that was steered.
+                let stopping = stop.load(Relaxed);
+                if !stopping {
+                    // Readable or not, the loop below looks; the timeout bounds the wait.
+                    let _ = crate::sys::poll(
+                        &mut [crate::sys::pollfd(&socket.as_raw_fd(), libc::POLLIN)],
+                        POLL_MS,
+                    );
+                }
                 loop {
                     let now = SystemTime::now();
                     let endpoints = directory.read().expect("directory lock");
@@ -105,6 +110,9 @@ pub fn spawn(
                     if read < BATCH {
                         break;
                     }
+                }
+                if stopping {
+                    break;
                 }
                 if published.elapsed() > Duration::from_millis(100) {
                     publish(&socket, &cell);

@@ -5,6 +5,7 @@
 //! - [`scm`]: sending and receiving descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
 //! - [`sockaddr`]: `SocketAddr` to the C socket address types.
+//! - [`socket`]: socket options, namespace cookies and receiving with the destination address.
 //! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
 //!   what a passed descriptor is (its access mode, its socket domain and type), random bytes.
 
@@ -13,6 +14,7 @@
 pub mod scm;
 pub mod shm;
 pub mod sockaddr;
+pub mod socket;
 
 use std::{
     ffi::CString,
@@ -154,32 +156,12 @@ pub fn access_mode(fd: &impl AsRawFd) -> io::Result<i32> {
     Ok(flags & libc::O_ACCMODE)
 }
 
-/// An integer socket option of `fd` at `SOL_SOCKET` (`SO_DOMAIN`, `SO_TYPE`, …).
-fn socket_option(fd: &impl AsRawFd, option: i32) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the live local `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
-}
-
 /// A socket's domain and type (`SO_DOMAIN`, `SO_TYPE`), e.g. `(AF_UNIX, SOCK_DGRAM)`;
 /// `ENOTSOCK` for a descriptor that is no socket.
 pub fn socket_kind(fd: &impl AsRawFd) -> io::Result<(i32, i32)> {
     Ok((
-        socket_option(fd, libc::SO_DOMAIN)?,
-        socket_option(fd, libc::SO_TYPE)?,
+        socket::int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        socket::int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
     ))
 }
 

@@ -18,7 +18,6 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use demux::{
     binding::Protocol,
-    client::Endpoint,
     control::{client::Client, BindRequest, ErrorCode, Request, Response, SinkSpec},
     sys::shm::Mapping,
 };
@@ -26,7 +25,7 @@ use demux::{
 use demux::testing::testbed::{ChildGuard, TempDir, VethPair, B_ADDR};
 
 use crate::{
-    daemon::{RunningDaemon, DAEMON},
+    daemon::RunningDaemon,
     endpoints::{kernel_socket, send, settle},
 };
 
@@ -48,16 +47,18 @@ pub(crate) fn a_client_process_receives_a_burst_with_every_datagram_accounted() 
     let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
     let mut recv = ChildGuard::spawn(
-        std::process::Command::new(DAEMON)
-            .args([
+        daemon
+            .cli(&[
                 "recv",
                 "udp",
                 &format!("{B_ADDR}:9000"),
                 "--count",
                 &BURST.to_string(),
+                "--timeout",
+                "20",
+                "--format",
+                "json",
             ])
-            .args(["--timeout", "20", "--format", "json", "--control"])
-            .arg(&daemon.control)
             // A file, not a pipe: nobody reads a pipe until the client is done.
             .stdout(std::fs::File::create(dir.join("recv.out"))?)
             .stderr(Stdio::null()),
@@ -124,16 +125,8 @@ pub(crate) fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow:
     let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
     let mut recv = ChildGuard::spawn(
-        std::process::Command::new(DAEMON)
-            .args([
-                "recv",
-                "udp",
-                &format!("{B_ADDR}:9000"),
-                "--format",
-                "hex",
-                "--control",
-            ])
-            .arg(&daemon.control)
+        daemon
+            .cli(&["recv", "udp", &format!("{B_ADDR}:9000"), "--format", "hex"])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
@@ -155,7 +148,7 @@ pub(crate) fn a_killed_client_frees_its_endpoint_and_stalls_nothing() -> anyhow:
     })?;
     ensure!(left == 0, "the killed client's endpoint is still there");
     // The port is free again: traffic passes to the kernel, and another client can bind it.
-    let mut endpoint = Endpoint::bind(&daemon.control, Protocol::Udp, &format!("{B_ADDR}:9000"))?;
+    let mut endpoint = daemon.endpoint(&format!("{B_ADDR}:9000"))?;
     send(&net.a, 40000, 9000, 3)?;
     for _ in 0..3 {
         endpoint
@@ -169,7 +162,7 @@ pub(crate) fn the_library_receives_blocking_batch_and_async() -> anyhow::Result<
     let net = VethPair::standard()?;
     let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
-    let mut endpoint = Endpoint::bind(&daemon.control, Protocol::Udp, "0.0.0.0:9500")?;
+    let mut endpoint = daemon.endpoint("0.0.0.0:9500")?;
     ensure!(
         endpoint
             .recv_from(Some(Duration::from_millis(100)))?
@@ -245,6 +238,7 @@ fn udp_bind(local: &str, to: SinkSpec) -> Request {
         connect: None,
         group: None,
         v6only: false,
+        backed: false,
         to,
         persistent: false,
     })
@@ -290,7 +284,7 @@ pub(crate) fn a_client_scribbling_over_its_ring_harms_no_one_else() -> anyhow::R
     let len = usize::try_from(memory.metadata()?.len())?;
     let ring = Mapping::shared(&memory, len).context("mapping the ring")?;
     // The bystander: a well-behaved client on another port.
-    let mut bystander = Endpoint::bind(&daemon.control, Protocol::Udp, &format!("{B_ADDR}:9801"))?;
+    let mut bystander = daemon.endpoint(&format!("{B_ADDR}:9801"))?;
 
     let sending = AtomicBool::new(true);
     let (mut scribbles, mut amid_traffic) = (0u32, 0u32);
@@ -377,13 +371,13 @@ pub(crate) fn a_client_scribbling_over_its_ring_harms_no_one_else() -> anyhow::R
     let mut left = Vec::new();
     settle(|| {
         left = listed(&mut client)?;
-        Ok(left == [bystander.id()])
+        Ok(left == Vec::from_iter(bystander.id()))
     })?;
     ensure!(
-        left == [bystander.id()],
+        left == Vec::from_iter(bystander.id()),
         "after the scribbler left: {left:?}"
     );
-    let mut again = Endpoint::bind(&daemon.control, Protocol::Udp, &format!("{B_ADDR}:9800"))?;
+    let mut again = daemon.endpoint(&format!("{B_ADDR}:9800"))?;
     send(&net.a, 40000, 9800, 1)?;
     again
         .recv_from(Some(Duration::from_secs(5)))?
@@ -488,10 +482,12 @@ pub(crate) fn binds_racing_closes_leave_a_consistent_state() -> anyhow::Result<(
         "with no endpoint the kernel got {kernel_got} of 5 \
          ({bound_total} bound, {refused_total} refused)"
     );
-    // A fresh bind succeeds and holds the port alone.
-    let mut endpoint = Endpoint::bind(&daemon.control, Protocol::Udp, &local)?;
+    // A fresh bind succeeds (its backing socket takes the port from the kernel socket, which
+    // goes) and holds the port alone.
+    drop(kernel);
+    let mut endpoint = daemon.endpoint(&local)?;
     let ids = answers_list_within(&daemon, Duration::from_secs(5))?;
-    ensure!(ids == [endpoint.id()], "list shows {ids:?}");
+    ensure!(ids == Vec::from_iter(endpoint.id()), "list shows {ids:?}");
     match binders[0].call(udp_bind(&local, SinkSpec::Count)) {
         Err(e) if e.code() == ErrorCode::AddressInUse => {}
         other => bail!("a second bind on the held port: {other:?}"),
@@ -503,7 +499,11 @@ pub(crate) fn binds_racing_closes_leave_a_consistent_state() -> anyhow::Result<(
             .with_context(|| format!("the endpoint got {i} of 5"))?;
         ensure!(d.peer.port() == 40001, "{d:?}");
     }
-    ensure!(drain(&kernel) == 0, "the kernel got the endpoint's traffic");
+    ensure!(
+        endpoint.via_kernel() == 0,
+        "{} datagrams came through the backing socket, not the ring",
+        endpoint.via_kernel()
+    );
     Ok(())
 }
 

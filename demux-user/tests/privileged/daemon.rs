@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader},
     net::UdpSocket,
     path::PathBuf,
-    process::Stdio,
+    process::{Command, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
     time::{Duration, Instant},
@@ -13,8 +13,12 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use demux::{
-    control::client::Client,
-    testing::testbed::{ChildGuard, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR},
+    binding::Protocol,
+    client::Endpoint,
+    control::{client::Client, BindRequest, SinkSpec},
+    testing::testbed::{
+        enter_netns, ChildGuard, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR,
+    },
 };
 
 pub(crate) const DAEMON: &str = env!("CARGO_BIN_EXE_demux");
@@ -36,6 +40,8 @@ pub(crate) struct RunningDaemon {
     /// closed pipe would kill the daemon with SIGPIPE).
     pub log: Receiver<String>,
     pub control: PathBuf,
+    /// The namespace it runs in: its callers' backing sockets must be created there.
+    pub netns: String,
     _notify: NotifySocket,
 }
 
@@ -66,12 +72,73 @@ impl RunningDaemon {
             child,
             log,
             control,
+            netns: net.b.name().to_owned(),
             _notify: notify,
         })
     }
 
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.control)?)
+    }
+
+    /// The CLI, as root, in the daemon's namespace (where `demux bind` creates backing
+    /// sockets), with `--control` pointing at this daemon after `args`.
+    pub(crate) fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, DAEMON])
+            .args(args)
+            .arg("--control")
+            .arg(&self.control);
+        cmd
+    }
+
+    /// As [`RunningDaemon::cli`], as uid/gid 65534 (nobody/nogroup, no other groups).
+    pub(crate) fn nobody_cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                DAEMON,
+            ])
+            .args(args)
+            .arg("--control")
+            .arg(&self.control);
+        cmd
+    }
+
+    /// A client-library endpoint on UDP `local`, its backing socket created in the daemon's
+    /// namespace (by a thread that entered it).
+    pub(crate) fn endpoint(&self, local: &str) -> anyhow::Result<Endpoint> {
+        self.endpoint_with(local, false)
+    }
+
+    /// As [`RunningDaemon::endpoint`], with `SO_REUSEPORT` if `reuseport`.
+    pub(crate) fn endpoint_with(&self, local: &str, reuseport: bool) -> anyhow::Result<Endpoint> {
+        let request = BindRequest {
+            protocol: Protocol::Udp,
+            local: local.into(),
+            connect: None,
+            group: None,
+            v6only: false,
+            backed: true,
+            to: SinkSpec::Ring {
+                slots: demux::ring::DEFAULT_SLOTS,
+            },
+            persistent: false,
+        };
+        let (netns, control) = (&self.netns, &self.control);
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_netns(netns)?;
+                    Ok(Endpoint::bind_with(control, request, reuseport)?)
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("the thread binding {local} panicked"))
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::{
     net::UdpSocket,
-    os::unix::{net::UnixDatagram, process::CommandExt},
+    os::unix::net::UnixDatagram,
     path::PathBuf,
     process::{Command, Stdio},
     thread,
@@ -60,6 +60,7 @@ fn bind_v6only(
         connect: connect.map(Into::into),
         group: group.map(Into::into),
         v6only,
+        backed: false,
         to,
         persistent: false,
     });
@@ -467,11 +468,12 @@ pub(crate) fn refused_requests_change_nothing() -> anyhow::Result<()> {
         ("{\"version\":99,\"op\":\"list\"}\n", "version_mismatch", "upgrade the daemon"),
         ("{\"version\":1,\"op\":\"list\"}\n", "version_mismatch", "upgrade the client"),
         ("{\"version\":2,\"op\":\"list\"}\n", "version_mismatch", "upgrade the client"),
-        ("{\"version\":3,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "invalid_argument", "local address"),
-        ("{\"version\":3,\"op\":\"close\",\"id\":999}\n", "not_found", "does not exist"),
+        ("{\"version\":3,\"op\":\"list\"}\n", "version_mismatch", "upgrade the client"),
+        ("{\"version\":4,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"nowhere\",\"to\":\"count\"}\n", "invalid_argument", "local address"),
+        ("{\"version\":4,\"op\":\"close\",\"id\":999}\n", "not_found", "does not exist"),
         // A pcap: sink without its descriptor, or a declared descriptor that never came.
-        ("{\"version\":3,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"0.0.0.0:9500\",\"to\":\"pcap:/tmp/demux-never.pcap\"}\n", "invalid_argument", "opens no path for a caller"),
-        ("{\"version\":3,\"fds\":1,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"0.0.0.0:9500\",\"to\":\"pcap:/tmp/demux-never.pcap\"}\n", "invalid_argument", "but 0 came with it"),
+        ("{\"version\":4,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"0.0.0.0:9500\",\"to\":\"pcap:/tmp/demux-never.pcap\"}\n", "invalid_argument", "opens no path for a caller"),
+        ("{\"version\":4,\"fds\":1,\"op\":\"bind\",\"protocol\":\"udp\",\"local\":\"0.0.0.0:9500\",\"to\":\"pcap:/tmp/demux-never.pcap\"}\n", "invalid_argument", "but 0 came with it"),
     ] {
         use std::io::{BufRead, Write};
         raw.write_all(line.as_bytes())?;
@@ -527,16 +529,9 @@ pub(crate) fn another_uid_takes_nothing_from_roots_wildcard() -> anyhow::Result<
         ),
     ] {
         // Persistent, so that a bind let through would return rather than hold; within 10 s.
-        let output = Command::new("timeout")
-            .arg("10")
-            .arg(DAEMON)
-            .args(&args)
-            .arg("--persistent")
-            .arg("--control")
-            .arg(&daemon.control)
-            .uid(65534)
-            .gid(65534)
-            .output()?;
+        let mut args = args.clone();
+        args.push("--persistent");
+        let output = within(daemon.nobody_cli(&args), 10)?;
         let error = String::from_utf8_lossy(&output.stderr);
         ensure!(
             output.status.code() == Some(status) && error.contains(expect),
@@ -573,15 +568,18 @@ fn daemon_for_nobody() -> anyhow::Result<(VethPair, TempDir, RunningDaemon)> {
     Ok((net, dir, daemon))
 }
 
-/// The CLI as uid/gid 65534 (nobody/nogroup) against `daemon`, with `args`.
+/// The CLI as uid/gid 65534 (nobody/nogroup) against `daemon`, in its namespace, with `args`.
 fn nobody_cli(daemon: &RunningDaemon, args: &[&str]) -> Command {
-    let mut cmd = Command::new(DAEMON);
-    cmd.args(args)
-        .arg("--control")
-        .arg(&daemon.control)
-        .uid(65534)
-        .gid(65534);
-    cmd
+    daemon.nobody_cli(args)
+}
+
+/// Runs `cmd` under `timeout SECS` and returns its output.
+fn within(cmd: Command, secs: u32) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .output()?)
 }
 
 /// The CLI as nobody: its exit status and stderr.
@@ -688,6 +686,7 @@ pub(crate) fn the_daemon_opens_no_sink_for_a_caller() -> anyhow::Result<()> {
             connect: None,
             group: None,
             v6only: false,
+            backed: false,
             to: SinkSpec::Pcap(path.into()),
             persistent: false,
         })
