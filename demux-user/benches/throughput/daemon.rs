@@ -189,12 +189,13 @@ fn run_daemon_case(
                 persistent: false,
             };
             // Root may bind without a backing socket: the switch between the two count cases.
-            let socket = match case.receiver {
-                Receiver::DemuxCountBacked => Some(testbed.pair.b.run_in(|| {
-                    Ok(backing::open(local.parse()?, &backing::Options::default())?)
-                })?),
-                _ => None,
-            };
+            let socket =
+                match case.receiver {
+                    Receiver::DemuxCountBacked => Some(testbed.pair.b.run_in(|| {
+                        Ok(backing::open(local.parse()?, &backing::Options::default())?)
+                    })?),
+                    _ => None,
+                };
             match client.bind(request, socket.as_ref().map(AsFd::as_fd))?.0 {
                 Response::Bound { id } => endpoints.push((PORT + i, id)),
                 other => bail!("binding port {}: {other:?}", PORT + i),

@@ -285,6 +285,21 @@ impl NetNs {
         enter_netns(&self.name)
     }
 
+    /// Runs `f` on a thread of its own inside this namespace, as uid and gid `id` with no
+    /// supplementary groups, and returns what it returns: an unprivileged caller in-process.
+    /// Only that thread changes credentials (raw `setresgid`/`setresuid`, not the C library's
+    /// process-wide ones); sockets it connects carry `id` (SO_PEERCRED).
+    pub fn run_as<T: Send>(
+        &self,
+        id: u32,
+        f: impl FnOnce() -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        self.run_in(|| {
+            drop_thread_credentials(id)?;
+            f()
+        })
+    }
+
     /// Runs `f` on a thread of its own inside this namespace and returns what it returns.
     pub fn run_in<T: Send>(
         &self,
@@ -353,6 +368,21 @@ pub fn enter_netns(name: &str) -> anyhow::Result<()> {
     // SAFETY: a valid namespace fd; setns changes only the calling thread's network namespace.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         bail!("setns into {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the calling thread uid and gid `id` with no supplementary groups, for good.
+fn drop_thread_credentials(id: u32) -> anyhow::Result<()> {
+    // SAFETY: raw credential syscalls with integer arguments and a null group list; they change
+    // only the calling thread, which never gets root back.
+    let failed = unsafe {
+        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setresgid, id, id, id) != 0
+            || libc::syscall(libc::SYS_setresuid, id, id, id) != 0
+    };
+    if failed {
+        bail!("becoming uid {id}: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -561,7 +561,7 @@ pub(crate) fn another_uid_takes_nothing_from_roots_wildcard() -> anyhow::Result<
 
 /// A daemon in a veth pair of its own whose control socket group `nogroup` may use, so the
 /// CLI can run as uid 65534 ([`nobody_cli`]). Drop in reverse order: daemon, dir, net.
-fn daemon_for_nobody() -> anyhow::Result<(VethPair, TempDir, RunningDaemon)> {
+pub(crate) fn daemon_for_nobody() -> anyhow::Result<(VethPair, TempDir, RunningDaemon)> {
     let net = VethPair::standard()?;
     let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;

@@ -18,6 +18,7 @@ macro_rules! trials {
     };
 }
 
+mod backing;
 mod classifier;
 mod clients;
 mod daemon;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         daemon::tests(),
         endpoints::tests(),
         clients::tests(),
+        backing::tests(),
     ]
     .into_iter()
     .flatten()
