@@ -29,7 +29,7 @@ pub(crate) fn run(args: ListArgs) -> anyhow::Result<()> {
 /// A text table of endpoints: one line each.
 pub(crate) fn table(endpoints: &[EndpointInfo]) -> String {
     let mut out = format!(
-        "{:>5} {:<4} {:<24} {:<24} {:<10} {:<24} {:>5} {:>12} {:>12} {:>10}\n",
+        "{:>5} {:<4} {:<24} {:<24} {:<10} {:<24} {:>5} {:>12} {:>12} {:>10} {:>10}\n",
         "ID",
         "PROTO",
         "LOCAL",
@@ -39,21 +39,30 @@ pub(crate) fn table(endpoints: &[EndpointInfo]) -> String {
         "OWNER",
         "REDIRECTED",
         "DELIVERED",
-        "DROPPED"
+        "DROPPED",
+        "VIA_KERNEL"
     );
     for e in endpoints {
         out += &format!(
-            "{:>5} {:<4} {:<24} {:<24} {:<10} {:<24} {:>5} {:>12} {:>12} {:>10}\n",
+            "{:>5} {:<4} {:<24} {:<24} {:<10} {:<24} {:>5} {:>12} {:>12} {:>10} {:>10}\n",
             e.id,
             e.protocol,
             e.local,
             e.connect.as_deref().unwrap_or("-"),
-            e.group.as_deref().unwrap_or("-"),
+            // A reuseport group is named by its binding, shown in the other columns already.
+            e.group
+                .as_deref()
+                .map_or("-", |g| if g.starts_with("reuseport ") {
+                    "reuseport"
+                } else {
+                    g
+                }),
             e.sink.to_string(),
             e.owner,
             e.redirected,
             e.delivered,
             e.dropped_sink_full + e.dropped_sink_error,
+            e.via_kernel,
         );
     }
     out
