@@ -203,6 +203,8 @@ impl Endpoint {
                 binding.protocol, binding.local
             )));
         };
+        // The daemon first: without it there is nothing to bind a socket for.
+        let client = Client::connect(control.as_ref())?;
         let options = backing::Options {
             reuseport,
             v6only: binding.v6only,
@@ -220,13 +222,12 @@ impl Endpoint {
             via_kernel: 0,
             buf: vec![0; MAX_DATAGRAM],
         };
-        endpoint.session = Some(endpoint.register()?);
+        endpoint.session = Some(endpoint.register(client)?);
         Ok(endpoint)
     }
 
-    /// Passes the backing socket to the daemon; the session it answers with.
-    fn register(&self) -> Result<Session, Error> {
-        let mut control = Client::connect(&self.control)?;
+    /// Passes the backing socket to the daemon over `control`; the session it answers with.
+    fn register(&self, mut control: Client) -> Result<Session, Error> {
         let (response, fds) = control.bind(self.request.clone(), Some(self.socket.as_fd()))?;
         let Response::Bound { id } = response else {
             return Err(ClientError::BadResponse(format!(
@@ -333,7 +334,10 @@ impl Endpoint {
         if self.session.is_some() || Instant::now() < self.rebind_due {
             return;
         }
-        match self.register() {
+        match Client::connect(&self.control)
+            .map_err(Error::from)
+            .and_then(|client| self.register(client))
+        {
             Ok(session) => self.session = Some(session),
             Err(_) => self.rebind_due = Instant::now() + REBIND_EVERY,
         }
