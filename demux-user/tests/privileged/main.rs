@@ -23,6 +23,7 @@ mod clients;
 mod daemon;
 mod endpoints;
 mod program;
+mod restart;
 mod steer;
 
 use std::process::ExitCode;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         daemon::tests(),
         endpoints::tests(),
         clients::tests(),
+        restart::tests(),
     ]
     .into_iter()
     .flatten()
