@@ -260,18 +260,30 @@ impl Endpoint {
 
     /// Hands up to `max` waiting datagrams to `each`, without blocking: from the ring without a
     /// system call, and from the backing socket when the ring has fewer than `max` or has kept
-    /// it waiting [`KERNEL_EVERY`]. Returns how many.
+    /// it waiting [`KERNEL_EVERY`] (then the socket's first datagram goes first, so that a busy
+    /// ring cannot starve it even one datagram at a time). Never more than `max`. Returns how
+    /// many.
     pub fn recv_batch(
         &mut self,
         max: usize,
         mut each: impl FnMut(DatagramView<'_>),
     ) -> Result<usize, Error> {
+        if max == 0 {
+            return Ok(0);
+        }
         let mut n = 0;
+        let mut socket_empty = false;
+        let now = Instant::now();
+        if now >= self.kernel_due {
+            self.kernel_due = now + KERNEL_EVERY;
+            n = self.recv_kernel(1, &mut each)?;
+            socket_empty = n == 0;
+        }
         if let Some(session) = &mut self.session {
             let mut bad = None;
-            n = session
+            n += session
                 .ring
-                .consume(max, |bytes| match record::decode(bytes) {
+                .consume(max - n, |bytes| match record::decode(bytes) {
                     Ok(view) => each(view),
                     Err(e) => bad = Some(e),
                 });
@@ -279,10 +291,9 @@ impl Endpoint {
                 return Err(e.into());
             }
         }
-        let now = Instant::now();
-        if n < max || now >= self.kernel_due {
-            self.kernel_due = now + KERNEL_EVERY;
-            n += self.recv_kernel(max.saturating_sub(n).max(1), &mut each)?;
+        if n < max && !socket_empty {
+            self.kernel_due = Instant::now() + KERNEL_EVERY;
+            n += self.recv_kernel(max - n, &mut each)?;
         }
         Ok(n)
     }

@@ -24,6 +24,7 @@ mod clients;
 mod daemon;
 mod endpoints;
 mod program;
+mod restart;
 mod steer;
 
 use std::process::ExitCode;
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         endpoints::tests(),
         clients::tests(),
         backing::tests(),
+        restart::tests(),
     ]
     .into_iter()
     .flatten()

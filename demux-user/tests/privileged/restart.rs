@@ -1,0 +1,545 @@
+//! Restarts and the kernel path: a client endpoint keeps its stream across a daemon restart —
+//! every numbered datagram exactly once after a graceful stop (SIGTERM), at most what the dead
+//! daemon held after SIGKILL — reading its backing socket while the daemon is away and its ring
+//! again once it is back; and a datagram the kernel had to fragment arrives whole, both at a
+//! client endpoint and at a daemon-held one, without the kernel answering port unreachable.
+
+use std::{
+    net::UdpSocket,
+    os::unix::net::UnixDatagram,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use demux::{
+    client::Endpoint,
+    control::{EndpointInfo, Request, Response},
+    testing::testbed::{enter_netns, TempDir, VethPair, A_ADDR, B_ADDR},
+};
+
+use crate::daemon::RunningDaemon;
+
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        a_graceful_restart_loses_no_datagram,
+        a_sigkilled_daemon_loses_at_most_what_was_in_flight,
+        a_fragmented_datagram_arrives_whole,
+    ]
+}
+
+/// Datagrams per second the sender keeps up: steady, well below what one queue worker and one
+/// receiving thread handle, so only the restart itself can lose anything.
+const RATE: u64 = 2_000;
+/// Traffic through the ring before the daemon is stopped, and after the endpoint is back.
+const RING_PHASE: Duration = Duration::from_secs(1);
+/// How long nothing runs between the old daemon's exit and the new one's start.
+const GAP: Duration = Duration::from_millis(300);
+/// The highest-numbered datagrams, all of which must have come through the ring (the endpoint
+/// is back on the daemon): a quarter second of traffic, well inside [`RING_PHASE`].
+const TAIL: usize = (RATE / 4) as usize;
+/// Bounds on the sender: it stops when told, or after this many datagrams or this long.
+const MAX_SENT: u64 = RATE * 20;
+const MAX_SENDING: Duration = Duration::from_secs(20);
+/// The receiver stops once the sender is done and nothing came for this long, or at the cap.
+const QUIET: Duration = Duration::from_millis(500);
+const MAX_RECEIVING: Duration = Duration::from_secs(30);
+/// `--frames` of the daemon that is SIGKILLed: the UMEM frames of each rx queue, and the size of
+/// its AF_XDP rx ring. A datagram the daemon holds sits in one of these frames, so a daemon
+/// killed mid-stream loses at most this many per queue.
+const KILLED_FRAMES: u64 = 256;
+const TAG: &[u8] = b" demux restart";
+
+pub(crate) fn a_graceful_restart_loses_no_datagram() -> anyhow::Result<()> {
+    let run = restart_mid_stream(7100, libc::SIGTERM, &[])?;
+    ensure!(
+        run.lost.is_empty(),
+        "a graceful restart lost {} of {} datagrams: {}",
+        run.lost.len(),
+        run.sent,
+        ranges(&run.lost)
+    );
+    run.check_common()
+}
+
+pub(crate) fn a_sigkilled_daemon_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
+    let frames = KILLED_FRAMES.to_string();
+    let run = restart_mid_stream(7200, libc::SIGKILL, &["--frames", &frames])?;
+    let bound = KILLED_FRAMES * run.rx_queues;
+    ensure!(
+        run.lost.len() as u64 <= bound,
+        "SIGKILL lost {} of {} datagrams, more than the {bound} frames the daemon had ({} rx \
+         queue(s) x --frames {KILLED_FRAMES}): {}",
+        run.lost.len(),
+        run.sent,
+        run.rx_queues,
+        ranges(&run.lost)
+    );
+    run.check_common()
+}
+
+/// What one restart run saw.
+struct Run {
+    sent: u64,
+    lost: Vec<u64>,
+    duplicates: u64,
+    /// Datagrams whose payload was not one the sender sent.
+    strangers: u64,
+    via_kernel: u64,
+    /// Ring datagrams before the endpoint lost its session, and after it got one again.
+    ring_before: u64,
+    ring_after: u64,
+    /// How often the receiver saw the endpoint without a session and then with one again.
+    rebinds: u32,
+    /// Of the [`TAIL`] highest-numbered datagrams received, those that came through the socket.
+    kernel_in_tail: usize,
+    /// The new daemon's account of the endpoint.
+    after: EndpointInfo,
+    rx_queues: u64,
+}
+
+impl Run {
+    /// What both kinds of restart must show besides their loss.
+    fn check_common(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.duplicates == 0 && self.strangers == 0,
+            "{} duplicate and {} unknown datagrams",
+            self.duplicates,
+            self.strangers
+        );
+        ensure!(
+            self.via_kernel > 0,
+            "nothing came through the backing socket while the daemon was away"
+        );
+        ensure!(
+            self.ring_before > 0,
+            "nothing came through the ring before the stop"
+        );
+        ensure!(
+            self.rebinds == 1,
+            "the endpoint lost and regained its session {} times (want once)",
+            self.rebinds
+        );
+        ensure!(
+            self.ring_after > 0 && self.ring_after == self.after.delivered,
+            "after the restart the ring brought {} datagrams; the new daemon delivered {} \
+             (redirected {})",
+            self.ring_after,
+            self.after.delivered,
+            self.after.redirected
+        );
+        ensure!(
+            self.after.redirected == self.after.delivered
+                && self.after.dropped_sink_full == 0
+                && self.after.dropped_sink_error == 0,
+            "the new daemon lost datagrams on their way to the ring: {:?}",
+            self.after
+        );
+        ensure!(
+            self.kernel_in_tail == 0,
+            "{} of the last {TAIL} datagrams came through the socket, not the ring",
+            self.kernel_in_tail
+        );
+        Ok(())
+    }
+}
+
+/// Runs a steady numbered stream to a client endpoint on `B_ADDR:port`; mid-stream stops the
+/// daemon with `signal`, starts a new one (with `extra` arguments, as the first) on the same
+/// veth and control path, and lets the stream run on until the endpoint is back on it.
+fn restart_mid_stream(port: u16, signal: i32, extra: &[&str]) -> anyhow::Result<Run> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let local = format!("{B_ADDR}:{port}");
+    let rx_queues = net
+        .b
+        .exec(&["ls", &format!("/sys/class/net/{}/queues", net.b_if)])?
+        .split_whitespace()
+        .filter(|q| q.starts_with("rx-"))
+        .count() as u64;
+    let daemon = RunningDaemon::start(&net, &dir, extra)?;
+    let endpoint = daemon.endpoint(&local)?;
+    let first_id = endpoint.id().context("no session after bind")?;
+    let udp_before = net.b.udp_counters(false)?;
+
+    let stop_sending = AtomicBool::new(false);
+    let sending_over = AtomicBool::new(false);
+    let name = if signal == libc::SIGKILL {
+        "SIGKILL"
+    } else {
+        "SIGTERM"
+    };
+    let (sent, received, orchestrated) = thread::scope(|scope| {
+        let sender = scope.spawn(|| send_paced(net.a.name(), port, &stop_sending));
+        let receiver = scope.spawn(|| receive(endpoint, &sending_over));
+        let orchestrated = (|| -> anyhow::Result<(RunningDaemon, Duration)> {
+            thread::sleep(RING_PHASE);
+            let mut old = daemon;
+            let stopped = Instant::now();
+            old.child.signal(signal)?;
+            let status = old.child.wait_exit(Duration::from_secs(10))?;
+            if signal == libc::SIGTERM {
+                ensure!(
+                    status.success(),
+                    "the daemon exited with {status} after SIGTERM"
+                );
+            }
+            // Its notify socket goes before the new daemon binds one at the same path.
+            drop(old);
+            thread::sleep(GAP);
+            let new = RunningDaemon::start(&net, &dir, extra)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while endpoint_info(&new, &local)?.is_none() {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the endpoint did not bind again within 5 s of the new daemon's READY=1"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            let away = stopped.elapsed();
+            thread::sleep(RING_PHASE);
+            Ok((new, away))
+        })();
+        stop_sending.store(true, Ordering::Relaxed);
+        let sent = sender
+            .join()
+            .unwrap_or_else(|_| bail!("the sender panicked"));
+        sending_over.store(true, Ordering::Relaxed);
+        let received = receiver
+            .join()
+            .unwrap_or_else(|_| bail!("the receiver panicked"));
+        (sent, received, orchestrated)
+    });
+    let (daemon, away) = orchestrated?;
+    let sent = sent?;
+    let (got, endpoint) = received?;
+    let udp_after = net.b.udp_counters(false)?;
+    let after = endpoint_info(&daemon, &local)?.context("the endpoint is gone from list")?;
+
+    let mut seen = vec![0u32; sent as usize];
+    let (mut duplicates, mut strangers) = (0, 0);
+    for g in &got {
+        match seen.get_mut(g.seq as usize) {
+            Some(n) => {
+                *n += 1;
+                if *n > 1 {
+                    duplicates += 1;
+                }
+            }
+            None => strangers += 1,
+        }
+    }
+    let lost: Vec<u64> = (0..sent).filter(|&s| seen[s as usize] == 0).collect();
+    let via_kernel = got.iter().filter(|g| g.via_kernel).count() as u64;
+    let ring = |epoch| {
+        got.iter()
+            .filter(|g| !g.via_kernel && g.epoch == epoch)
+            .count() as u64
+    };
+    let rebinds = got.iter().map(|g| g.epoch).max().unwrap_or(0);
+    let mut by_seq: Vec<&Got> = got.iter().collect();
+    by_seq.sort_by_key(|g| g.seq);
+    let kernel_in_tail = by_seq
+        .iter()
+        .rev()
+        .take(TAIL)
+        .filter(|g| g.via_kernel)
+        .count();
+    let kernel_seqs: Vec<u64> = got.iter().filter(|g| g.via_kernel).map(|g| g.seq).collect();
+    let delta = |name: &str| {
+        let value = |counters: &std::collections::BTreeMap<String, u64>| {
+            counters.get(name).copied().unwrap_or(0)
+        };
+        value(&udp_after).saturating_sub(value(&udp_before))
+    };
+    println!(
+        "{name} restart: sent {sent} at {RATE}/s; received {} ({} unique), lost {} [{}], \
+         duplicates {duplicates}, unknown {strangers}; via ring before {} / via kernel {via_kernel} \
+         (seq {}..={}) / via ring after {}; endpoint.via_kernel() {}; id {first_id} -> {:?}; \
+         away {away:?} (stop to re-registration); new daemon: redirected {} delivered {}; \
+         net.b UDP InDatagrams +{} NoPorts +{} RcvbufErrors +{}; rx queues {rx_queues}",
+        got.len(),
+        sent as usize - lost.len(),
+        lost.len(),
+        ranges(&lost),
+        ring(0),
+        kernel_seqs.iter().min().unwrap_or(&0),
+        kernel_seqs.iter().max().unwrap_or(&0),
+        ring(1),
+        endpoint.via_kernel(),
+        endpoint.id(),
+        after.redirected,
+        after.delivered,
+        delta("InDatagrams"),
+        delta("NoPorts"),
+        delta("RcvbufErrors"),
+    );
+    ensure!(
+        endpoint.via_kernel() == via_kernel,
+        "endpoint.via_kernel() says {}, the receiver counted {via_kernel}",
+        endpoint.via_kernel()
+    );
+    ensure!(endpoint.id().is_some(), "no session at the end");
+    Ok(Run {
+        sent,
+        lost,
+        duplicates,
+        strangers,
+        via_kernel,
+        ring_before: ring(0),
+        ring_after: ring(1),
+        rebinds,
+        kernel_in_tail,
+        after,
+        rx_queues,
+    })
+}
+
+/// One received datagram: its number, whether it came through the backing socket, and how many
+/// times the endpoint had regained a session before it.
+struct Got {
+    seq: u64,
+    via_kernel: bool,
+    epoch: u32,
+}
+
+/// Sends numbered datagrams (an 8-byte big-endian number, then [`TAG`]) from `A_ADDR` in
+/// namespace `netns` to `B_ADDR:port` at [`RATE`] until `stop` (or the caps); returns how many.
+fn send_paced(netns: &str, port: u16, stop: &AtomicBool) -> anyhow::Result<u64> {
+    enter_netns(netns)?;
+    let socket = UdpSocket::bind((A_ADDR, 0)).context("binding the sender")?;
+    let start = Instant::now();
+    let mut payload = vec![0u8; 8 + TAG.len()];
+    payload[8..].copy_from_slice(TAG);
+    let mut seq = 0;
+    while seq < MAX_SENT && !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_SENDING {
+        let due = start + Duration::from_nanos(seq * 1_000_000_000 / RATE);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        payload[..8].copy_from_slice(&seq.to_be_bytes());
+        socket
+            .send_to(&payload, (B_ADDR, port))
+            .with_context(|| format!("sending datagram {seq}"))?;
+        seq += 1;
+    }
+    Ok(seq)
+}
+
+/// Receives on `endpoint` until `over` is set and nothing came for [`QUIET`] (at most
+/// [`MAX_RECEIVING`]); returns what came, and the endpoint.
+fn receive(mut endpoint: Endpoint, over: &AtomicBool) -> anyhow::Result<(Vec<Got>, Endpoint)> {
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut got = Vec::new();
+    let (mut epoch, mut without_session) = (0, false);
+    while start.elapsed() < MAX_RECEIVING {
+        let before = endpoint.via_kernel();
+        let datagram = endpoint.recv_from(Some(Duration::from_millis(50)))?;
+        match endpoint.id() {
+            None => without_session = true,
+            Some(_) if without_session => {
+                without_session = false;
+                epoch += 1;
+            }
+            Some(_) => {}
+        }
+        let Some(datagram) = datagram else {
+            if over.load(Ordering::Relaxed) && last.elapsed() > QUIET {
+                break;
+            }
+            continue;
+        };
+        last = Instant::now();
+        let seq = match datagram.payload.split_at_checked(8) {
+            Some((seq, TAG)) => u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+            _ => u64::MAX,
+        };
+        got.push(Got {
+            seq,
+            via_kernel: endpoint.via_kernel() > before,
+            epoch,
+        });
+    }
+    Ok((got, endpoint))
+}
+
+/// The daemon's `list` entry for the endpoint on `local`, if there is one.
+fn endpoint_info(daemon: &RunningDaemon, local: &str) -> anyhow::Result<Option<EndpointInfo>> {
+    let Response::Endpoints { endpoints } = daemon.client()?.call(Request::List)? else {
+        bail!("no answer to list")
+    };
+    Ok(endpoints.into_iter().find(|e| e.local == local))
+}
+
+/// `[3, 4, 5, 9]` as `3..=5, 9` (the first 20 runs).
+fn ranges(seqs: &[u64]) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &s in seqs {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == s => *end = s,
+            _ => runs.push((s, s)),
+        }
+    }
+    let shown: Vec<String> = runs
+        .iter()
+        .take(20)
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}..={b}")
+            }
+        })
+        .collect();
+    let more = if runs.len() > 20 { ", …" } else { "" };
+    format!("{}{more}", shown.join(", "))
+}
+
+/// The size of the fragmented datagram: twice the veth's 1500-byte MTU, so three fragments.
+const BIG: usize = 3_000;
+
+/// `len` bytes no two positions of which within 251 bytes are alike, from `seed`.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+pub(crate) fn a_fragmented_datagram_arrives_whole() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &[])?;
+    let (client_port, held_port) = (7300, 7301);
+    let mut endpoint = daemon.endpoint(&format!("{B_ADDR}:{client_port}"))?;
+
+    // A daemon-held endpoint delivering records to a Unix datagram socket of ours.
+    let sink_path = dir.join("sink.sock");
+    let sink = UnixDatagram::bind(&sink_path)?;
+    sink.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let held_local = format!("{B_ADDR}:{held_port}");
+    let to = format!("unix:{}", sink_path.display());
+    let output = daemon
+        .cli(&["bind", "udp", &held_local, "--to", &to, "--persistent"])
+        .output()
+        .context("running demux bind")?;
+    ensure!(
+        output.status.success(),
+        "demux bind exited {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        endpoint_info(&daemon, &held_local)?.is_some(),
+        "the daemon-held endpoint is not in list"
+    );
+
+    let counters_before = net.b.udp_counters(false)?;
+    let (big_client, big_held) = (pattern(BIG, 0x5a), pattern(BIG, 0xa5));
+    net.a.run_in(|| {
+        let socket = UdpSocket::bind((A_ADDR, 40100))?;
+        socket.send_to(&big_client, (B_ADDR, client_port))?;
+        socket.send_to(b"small", (B_ADDR, client_port))?;
+        socket.send_to(&big_held, (B_ADDR, held_port))?;
+        socket.send_to(b"small held", (B_ADDR, held_port))?;
+        Ok(())
+    })?;
+
+    // The client endpoint: both, the big one through its socket.
+    let mut client_got: Vec<Vec<u8>> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client_got.len() < 2 && Instant::now() < deadline {
+        if let Some(d) = endpoint.recv_from(Some(Duration::from_millis(100)))? {
+            client_got.push(d.payload);
+        }
+    }
+    // The daemon-held one: both records in the sink.
+    let mut held_got: Vec<Vec<u8>> = Vec::new();
+    let mut buf = vec![0u8; 70_000];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held_got.len() < 2 && Instant::now() < deadline {
+        if let Ok(n) = sink.recv(&mut buf) {
+            held_got.push(demux::record::decode(&buf[..n])?.payload.to_vec());
+        }
+    }
+    // Anything more that should not be there.
+    thread::sleep(Duration::from_millis(200));
+    while let Some(d) = endpoint.recv_from(Some(Duration::ZERO))? {
+        client_got.push(d.payload);
+    }
+    while let Ok(n) = sink.recv(&mut buf) {
+        held_got.push(demux::record::decode(&buf[..n])?.payload.to_vec());
+    }
+    let held = endpoint_info(&daemon, &held_local)?.context("the held endpoint is gone")?;
+    let counters_after = net.b.udp_counters(false)?;
+    let delta = |name: &str| -> u64 {
+        let value = |counters: &std::collections::BTreeMap<String, u64>| {
+            counters.get(name).copied().unwrap_or(0)
+        };
+        value(&counters_after).saturating_sub(value(&counters_before))
+    };
+    let lens = |got: &[Vec<u8>]| got.iter().map(Vec::len).collect::<Vec<_>>();
+    println!(
+        "fragments: client endpoint got lengths {:?}, via_kernel {}; daemon-held endpoint got \
+         lengths {:?}, list via_kernel {} delivered {} redirected {}; net.b UDP InDatagrams +{} \
+         NoPorts +{} InErrors +{}",
+        lens(&client_got),
+        endpoint.via_kernel(),
+        lens(&held_got),
+        held.via_kernel,
+        held.delivered,
+        held.redirected,
+        delta("InDatagrams"),
+        delta("NoPorts"),
+        delta("InErrors"),
+    );
+
+    let by_len = |got: &[Vec<u8>], len| got.iter().filter(|p| p.len() == len).count();
+    ensure!(
+        client_got.len() == 2 && by_len(&client_got, BIG) == 1,
+        "the client endpoint got lengths {:?} (want one of {BIG} bytes and b\"small\")",
+        lens(&client_got)
+    );
+    ensure!(
+        client_got.contains(&big_client),
+        "the client's {BIG}-byte datagram arrived changed"
+    );
+    ensure!(
+        client_got.iter().any(|p| p == b"small"),
+        "the client's small datagram is missing"
+    );
+    ensure!(
+        endpoint.via_kernel() == 1,
+        "the client endpoint read {} datagrams from its socket (want 1: the reassembled one)",
+        endpoint.via_kernel()
+    );
+    ensure!(
+        held_got.len() == 2 && by_len(&held_got, BIG) == 1,
+        "the daemon-held endpoint's sink got lengths {:?}",
+        lens(&held_got)
+    );
+    ensure!(
+        held_got.contains(&big_held),
+        "the daemon-held endpoint's {BIG}-byte datagram arrived changed"
+    );
+    ensure!(
+        held_got.iter().any(|p| p == b"small held"),
+        "the daemon-held endpoint's small datagram is missing"
+    );
+    ensure!(
+        held.via_kernel == 1 && held.delivered == 1,
+        "list says via_kernel {} delivered {} for the daemon-held endpoint (want 1 and 1)",
+        held.via_kernel,
+        held.delivered
+    );
+    ensure!(
+        delta("NoPorts") == 0,
+        "the kernel found no socket for {} datagrams (it answered port unreachable)",
+        delta("NoPorts")
+    );
+    ensure!(
+        delta("InDatagrams") == 2,
+        "the kernel's sockets took {} datagrams (want 2: the two reassembled ones)",
+        delta("InDatagrams")
+    );
+    Ok(())
+}
