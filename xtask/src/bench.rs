@@ -14,6 +14,13 @@ pub(crate) struct BenchArgs {
     /// A short run for a first look (fewer rounds and repeats, smaller tables).
     #[arg(long)]
     quick: bool,
+    /// Throughput: only the one-endpoint cases of these receivers, e.g.
+    /// `demux_count,demux_count_backed` (names as in the report).
+    #[arg(long, value_name = "A,B")]
+    receivers: Option<String>,
+    /// Throughput: flat-out rounds (interleaved), for a tighter spread.
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -52,6 +59,12 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     ]);
     if args.quick {
         cmd.arg("--quick");
+    }
+    if let Some(receivers) = &args.receivers {
+        cmd.args(["--receivers", receivers]);
+    }
+    if let Some(rounds) = args.rounds {
+        cmd.args(["--rounds", &rounds.to_string()]);
     }
     step(&mut cmd)
 }

@@ -21,7 +21,8 @@
 //! buffer, full sink, …); a mismatch fails the run.
 //!
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
-//! `.svg` and `.png`: the plot).
+//! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
+//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds).
 
 #![deny(unsafe_code)]
 
@@ -244,16 +245,24 @@ fn per_run(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
 fn run() -> anyhow::Result<bool> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let json_path = value("--json");
+    let receivers: Option<Vec<String>> =
+        value("--receivers").map(|list| list.split(',').map(str::to_owned).collect());
+    let rounds: Option<usize> = match value("--rounds") {
+        Some(n) => Some(n.parse().context("--rounds: not a number")?),
+        None => None,
+    };
     ensure!(
         demux::sys::euid() == 0,
         "needs root: namespaces, XDP and AF_XDP"
     );
-    let plan = if quick {
+    let mut plan = if quick {
         Plan {
             rounds: 1,
             secs: 1.5,
@@ -270,12 +279,22 @@ fn run() -> anyhow::Result<bool> {
             search_secs: 1.0,
         }
     };
+    if let Some(rounds) = rounds {
+        plan.rounds = rounds.max(1);
+    }
     demux::testing::testbed::remove_on_signal("bench throughput");
     // BPF_STATS_RUN_TIME: the kernel times every program run while this fd is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let mut testbed = probes::setup()?;
     let mut results: Vec<CaseResult> = cases(quick)
         .into_iter()
+        .filter(|case| {
+            receivers.as_ref().is_none_or(|names| {
+                names.iter().any(|n| n == case.receiver.name())
+                    && case.traffic.ports == 1
+                    && case.fillers == 0
+            })
+        })
         .map(|case| CaseResult {
             case,
             max: Vec::new(),
