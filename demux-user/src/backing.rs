@@ -13,12 +13,13 @@
 #![deny(missing_docs)]
 
 use std::{
-    io,
+    fmt, io,
     net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::AsFd,
+    str::FromStr,
 };
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::{Domain, InterfaceIndexOrAddress, SockRef, Socket, Type};
 use thiserror::Error;
 
 use crate::{
@@ -28,7 +29,7 @@ use crate::{
 };
 
 /// How a caller's backing socket is set up before it is bound.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// `SO_REUSEPORT`: share the port with this uid's other sockets; equal bindings with it
     /// form a reuseport group (a flow sticks to one member).
@@ -37,6 +38,64 @@ pub struct Options {
     pub v6only: bool,
     /// Connect to this remote socket address: a connected binding.
     pub connect: Option<SocketAddr>,
+    /// Multicast groups to join after binding (IP_ADD_MEMBERSHIP, IPV6_JOIN_GROUP): the host
+    /// joins (IGMP/MLD) and the kernel delivers the group's datagrams to the socket; the last
+    /// socket to leave (closing it) undoes it.
+    pub join: Vec<Join>,
+}
+
+impl Options {
+    /// The options that give a socket `binding` (its `v6only` and remote), nothing shared.
+    pub fn of(binding: &Binding) -> Self {
+        Self {
+            v6only: binding.v6only,
+            connect: binding.remote,
+            ..Self::default()
+        }
+    }
+}
+
+/// A multicast group to join, on one interface or (`None`) where the routing table says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// The group address (224.0.0.0/4, ff00::/8).
+    pub group: IpAddr,
+    /// The interface, by name.
+    pub iface: Option<String>,
+}
+
+/// A `--join` value that does not parse.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error(
+    "join: `{0}` is not a multicast group; write GROUP or GROUP%IFACE (239.1.1.1, ff02::fb%eth0)"
+)]
+pub struct JoinError(String);
+
+impl FromStr for Join {
+    type Err = JoinError;
+
+    /// `GROUP` or `GROUP%IFACE`.
+    fn from_str(text: &str) -> Result<Self, JoinError> {
+        let (group, iface) = match text.split_once('%') {
+            Some((group, iface)) if !iface.is_empty() => (group, Some(iface.to_owned())),
+            Some(_) => return Err(JoinError(text.into())),
+            None => (text, None),
+        };
+        let group: IpAddr = group.parse().map_err(|_| JoinError(text.into()))?;
+        if !group.is_multicast() {
+            return Err(JoinError(text.into()));
+        }
+        Ok(Self { group, iface })
+    }
+}
+
+impl fmt::Display for Join {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.iface {
+            Some(iface) => write!(f, "{}%{iface}", self.group),
+            None => write!(f, "{}", self.group),
+        }
+    }
 }
 
 /// A backing socket that cannot be created, or that the daemon refuses; names the step or the
@@ -54,6 +113,14 @@ pub enum BackingError {
     /// Not an IPv4 or IPv6 UDP socket.
     #[error("backing socket: not a UDP socket over IPv4 or IPv6 ({0}); pass a socket(AF_INET or AF_INET6, SOCK_DGRAM, IPPROTO_UDP)")]
     NotUdp(&'static str),
+    /// A group to join is of the other family than the socket, or its interface is unknown.
+    #[error("join {join}: {reason}")]
+    Join {
+        /// The group asked for.
+        join: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Not bound to a port.
     #[error("backing socket: not bound; bind it to the endpoint's address before passing it")]
     NotBound,
@@ -141,7 +208,36 @@ pub fn open(local: SocketAddr, options: &Options) -> Result<UdpSocket, BackingEr
     if let Some(remote) = options.connect {
         socket.connect(&remote.into()).map_err(step("connect"))?;
     }
+    for join in &options.join {
+        self::join(&socket, join)?;
+    }
     Ok(socket.into())
+}
+
+/// Joins `join`'s group on `socket`.
+fn join(socket: &Socket, join: &Join) -> Result<(), BackingError> {
+    let refuse = |reason: String| BackingError::Join {
+        join: join.to_string(),
+        reason,
+    };
+    let index = match &join.iface {
+        None => 0,
+        Some(name) => crate::sys::if_nametoindex(name)
+            .ok_or_else(|| refuse(format!("no interface `{name}` in this network namespace")))?,
+    };
+    let ipv6 = socket.domain().map_err(step("getsockopt SO_DOMAIN"))? == Domain::IPV6;
+    match (join.group, ipv6) {
+        // Linux takes IP_ADD_MEMBERSHIP on a dual-stack IPv6 socket too.
+        (IpAddr::V4(group), _) => socket
+            .join_multicast_v4_n(&group, &InterfaceIndexOrAddress::Index(index))
+            .map_err(step("setsockopt IP_ADD_MEMBERSHIP")),
+        (IpAddr::V6(group), true) => socket
+            .join_multicast_v6(&group, index)
+            .map_err(step("setsockopt IPV6_JOIN_GROUP")),
+        (IpAddr::V6(_), false) => Err(refuse(
+            "an IPv6 group on an IPv4 socket; bind an IPv6 address".into(),
+        )),
+    }
 }
 
 /// Asks the kernel for each datagram's destination address (IP_PKTINFO, and IPV6_RECVPKTINFO
@@ -354,6 +450,21 @@ mod tests {
             panic!("not an address");
         };
         assert_eq!(local.ip(), "198.18.200.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn join_takes_a_group_and_an_interface() {
+        assert_eq!(
+            "239.1.1.1%lo".parse(),
+            Ok(Join {
+                group: "239.1.1.1".parse().unwrap(),
+                iface: Some("lo".into())
+            })
+        );
+        assert_eq!("ff02::fb".parse::<Join>().unwrap().iface, None);
+        for bad in ["198.18.0.1", "239.1.1.1%", "group", ""] {
+            assert!(bad.parse::<Join>().is_err(), "{bad}");
+        }
     }
 
     #[test]

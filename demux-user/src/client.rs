@@ -183,18 +183,19 @@ impl Endpoint {
                 },
                 persistent: false,
             },
-            false,
+            None,
         )
     }
 
     /// Binds as `request` says (its sink must be a ring): creates the backing socket — bound
-    /// to `local`, `IPV6_V6ONLY` as `v6only` says, connected to `connect` if given,
-    /// `SO_REUSEPORT` if `reuseport` (equal bindings of this uid then share by flow) — and
-    /// registers it with the daemon.
+    /// to `local`, set up by `options` (by default [`backing::Options::of`] the request's
+    /// binding: its `v6only`, connected to its `connect`; add `reuseport` to share the port
+    /// with this uid's other sockets, `join` for multicast groups) — and registers it with the
+    /// daemon, which refuses a socket that does not match the request.
     pub fn bind_with(
         control: impl AsRef<Path>,
         request: BindRequest,
-        reuseport: bool,
+        options: Option<backing::Options>,
     ) -> Result<Self, Error> {
         let binding = request.binding()?;
         let (Protocol::Udp, Local::Addr(bound)) = (binding.protocol, binding.local) else {
@@ -205,11 +206,7 @@ impl Endpoint {
         };
         // The daemon first: without it there is nothing to bind a socket for.
         let client = Client::connect(control.as_ref())?;
-        let options = backing::Options {
-            reuseport,
-            v6only: binding.v6only,
-            connect: binding.remote,
-        };
+        let options = options.unwrap_or_else(|| backing::Options::of(&binding));
         let socket = backing::open(bound, &options)?;
         let mut endpoint = Self {
             control: control.as_ref().to_owned(),

@@ -33,6 +33,12 @@ pub(crate) struct BindArgs {
     /// reuseport groups).
     #[arg(long)]
     pub reuseport: bool,
+    /// Join a multicast group on the backing socket (IP_ADD_MEMBERSHIP, IPV6_JOIN_GROUP), so
+    /// the host joins (IGMP/MLD) and the group's datagrams to the port reach the endpoint:
+    /// GROUP or GROUP%IFACE, repeatable. Binding a group address (239.1.1.1:PORT) does not
+    /// join by itself, as with any socket.
+    #[arg(long, value_name = "GROUP[%IFACE]")]
+    pub join: Vec<backing::Join>,
     /// Prefix and all-ports bindings (root's; they have no backing socket): share the binding
     /// with the other endpoints of this group; a flow sticks to one member.
     #[arg(long, value_name = "NAME")]
@@ -69,20 +75,34 @@ impl BindArgs {
     }
 }
 
-/// The backing socket of `binding`, if it is one a kernel socket can have (UDP on an address).
-pub(crate) fn backing_socket(
-    binding: &Binding,
-    reuseport: bool,
-) -> anyhow::Result<Option<std::net::UdpSocket>> {
-    let (Protocol::Udp, Local::Addr(local)) = (binding.protocol, binding.local) else {
-        return Ok(None);
-    };
-    let options = backing::Options {
-        reuseport,
-        v6only: binding.v6only,
-        connect: binding.remote,
-    };
-    Ok(Some(backing::open(local, &options)?))
+impl BindArgs {
+    /// The backing socket's options for `binding`: `--reuseport`, `--join`.
+    pub(crate) fn socket_options(&self, binding: &Binding) -> backing::Options {
+        backing::Options {
+            reuseport: self.reuseport,
+            join: self.join.clone(),
+            ..backing::Options::of(binding)
+        }
+    }
+
+    /// The backing socket of `binding`, if it is one a kernel socket can have (UDP on an
+    /// address); `--join` on anything else is refused.
+    pub(crate) fn backing_socket(
+        &self,
+        binding: &Binding,
+    ) -> anyhow::Result<Option<std::net::UdpSocket>> {
+        let (Protocol::Udp, Local::Addr(local)) = (binding.protocol, binding.local) else {
+            if self.reuseport || !self.join.is_empty() {
+                anyhow::bail!(
+                    "--reuseport and --join set up a UDP socket on one address; {} {} has none",
+                    binding.protocol,
+                    binding.local
+                );
+            }
+            return Ok(None);
+        };
+        Ok(Some(backing::open(local, &self.socket_options(binding))?))
+    }
 }
 
 /// Binds with the backing socket if the binding has one; returns the endpoint's descriptor.
@@ -102,7 +122,7 @@ pub(crate) fn run(args: BindArgs) -> anyhow::Result<()> {
     let Request::Bind(request) = args.request(args.to.clone(), args.persistent)? else {
         unreachable!("request() makes a bind");
     };
-    let socket = backing_socket(&request.binding()?, args.reuseport)?;
+    let socket = args.backing_socket(&request.binding()?)?;
     let mut client = args.control.connect()?;
     let id = bind(&mut client, request, socket.as_ref())?;
     println!("{id}");

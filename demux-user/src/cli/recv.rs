@@ -12,8 +12,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use demux::{
     client::{Datagram, Endpoint},
-    control::BindRequest,
-    control::SinkSpec,
+    control::{Request, SinkSpec},
 };
 
 use super::bind::BindArgs;
@@ -44,22 +43,17 @@ pub(crate) enum Format {
 
 pub(crate) fn run(args: RecvArgs) -> anyhow::Result<()> {
     let b = &args.bind;
-    let mut endpoint = Endpoint::bind_with(
-        &b.control.control,
-        BindRequest {
-            protocol: b.protocol,
-            local: b.local.clone(),
-            connect: b.connect.clone(),
-            group: b.group.clone(),
-            v6only: b.v6only,
-            backed: true,
-            to: SinkSpec::Ring {
-                slots: demux::ring::DEFAULT_SLOTS,
-            },
-            persistent: false,
+    let Request::Bind(request) = b.request(
+        SinkSpec::Ring {
+            slots: demux::ring::DEFAULT_SLOTS,
         },
-        b.reuseport,
-    )?;
+        false,
+    )?
+    else {
+        unreachable!("request() makes a bind");
+    };
+    let options = b.socket_options(&request.binding()?);
+    let mut endpoint = Endpoint::bind_with(&b.control.control, request, Some(options))?;
     eprintln!(
         "endpoint {} bound to {} {}",
         endpoint.id().unwrap_or_default(),

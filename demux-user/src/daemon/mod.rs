@@ -189,8 +189,7 @@ fn bind_configured(state: &Mutex<State>, mut request: BindRequest) -> anyhow::Re
     if let (Protocol::Udp, Local::Addr(local)) = (binding.protocol, binding.local) {
         let options = crate::backing::Options {
             reuseport: request.group.take().is_some(),
-            v6only: binding.v6only,
-            connect: binding.remote,
+            ..crate::backing::Options::of(&binding)
         };
         passed.backing = Some(crate::backing::open(local, &options)?.into());
     }

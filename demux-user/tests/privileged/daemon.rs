@@ -134,7 +134,14 @@ impl RunningDaemon {
             scope
                 .spawn(move || {
                     enter_netns(netns)?;
-                    Ok(Endpoint::bind_with(control, request, reuseport)?)
+                    Ok(Endpoint::bind_with(
+                        control,
+                        request,
+                        Some(demux::backing::Options {
+                            reuseport,
+                            ..Default::default()
+                        }),
+                    )?)
                 })
                 .join()
                 .unwrap_or_else(|_| bail!("the thread binding {local} panicked"))
