@@ -25,7 +25,10 @@ pub enum TableError {
     Full { table: &'static str },
     #[error("{table}: no such binding")]
     NotFound { table: &'static str },
-    #[error("group {id}: {count} members is more than {MAX_GROUP_MEMBERS}")]
+    #[error(
+        "group {id}: {count} members is more than {MAX_GROUP_MEMBERS}, the most a demux group \
+         holds (a kernel reuseport group holds more); close a member first"
+    )]
     GroupTooLarge { id: u32, count: usize },
     #[error("group {id}: not a group id (0-{max})", max = MAX_GROUPS - 1)]
     BadGroup { id: u32 },

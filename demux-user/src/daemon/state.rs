@@ -1363,6 +1363,21 @@ mod tests {
     }
 
     #[test]
+    fn a_group_past_its_member_limit_is_refused_and_unchanged() {
+        let mut state = state();
+        let max = demux_common::binding::MAX_GROUP_MEMBERS;
+        for _ in 0..max {
+            bind(&mut state, member("198.18.0.2:5000", "g"), ROOT);
+        }
+        let error = refuse(&mut state, member("198.18.0.2:5000", "g"), ROOT);
+        assert_eq!(error.code(), ErrorCode::LimitReached, "{error}");
+        assert!(error.to_string().contains("members"), "{error}");
+        assert_eq!(state.groups["g"].members.len(), max);
+        assert_eq!(state.endpoints.len(), max);
+        consistent(&state);
+    }
+
+    #[test]
     fn prefix_bindings_are_root_only_and_root_s_keep_others_out() {
         let mut state = state();
         bind(&mut state, request("0.0.0.0:5000"), ROOT);
