@@ -47,7 +47,7 @@ pub const DUMP_ATTEMPTS: u32 = 3;
 /// Subscription datagrams read in one go before dumping again.
 const DRAIN_MAX: usize = 1024;
 /// Wait after a failed dump before the next try.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Receive buffer: a netlink dump datagram is at most a page or two; 64 KiB is plenty.
 const RECV_BUFFER: usize = 64 * 1024;
 
