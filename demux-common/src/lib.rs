@@ -7,6 +7,7 @@
 
 pub mod binding;
 pub mod hash;
+pub mod local;
 pub mod maps;
 pub mod meta;
 pub mod ports;
@@ -15,7 +16,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
 /// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
@@ -23,7 +24,12 @@ pub const ABI_VERSION: u32 = 6;
 /// `layout`).
 #[cfg(feature = "user")]
 mod pod {
-    use crate::{binding::*, hash::FlowKey, meta::PacketMeta};
+    use crate::{
+        binding::*,
+        hash::FlowKey,
+        local::{IfaceMac, LocalKey},
+        meta::PacketMeta,
+    };
 
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for ConnectedKey {}
@@ -43,6 +49,10 @@ mod pod {
     unsafe impl aya::Pod for PacketMeta {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for LocalKey {}
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for IfaceMac {}
 }
 
 /// The byte layout documented in docs/ARCHITECTURE.md ("ABI"), checked at compile time: a
@@ -50,7 +60,12 @@ mod pod {
 mod layout {
     use core::mem::{offset_of, size_of};
 
-    use crate::{binding::*, hash::FlowKey, meta::PacketMeta};
+    use crate::{
+        binding::*,
+        hash::FlowKey,
+        local::{IfaceMac, LocalKey},
+        meta::PacketMeta,
+    };
 
     /// `assert_layout!(Type, size; field @ offset, …)`
     macro_rules! assert_layout {
@@ -73,4 +88,6 @@ mod layout {
     assert_layout!(PacketMeta, 20; version @ 0, protocol @ 2, family @ 3, endpoint @ 4,
         flow_hash @ 8, l4_offset @ 12, payload_offset @ 14, l3_offset @ 16, _pad @ 18);
     assert_layout!(FlowKey, 16; k0 @ 0, k1 @ 8);
+    assert_layout!(LocalKey, 20; family @ 0, _pad @ 1, addr @ 4);
+    assert_layout!(IfaceMac, 8; addr @ 0, _pad @ 6);
 }

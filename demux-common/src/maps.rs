@@ -20,6 +20,10 @@ pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 pub const XSKS: &str = "XSKS";
 /// Hash map `ifindex → first XSKS slot of that interface` (a multiple of `MAX_QUEUES`).
 pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+/// LPM trie `LocalKey → u32 kind` (`local::LOCAL_KIND_*`): the namespace's local routes.
+pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+/// Hash map `ifindex → IfaceMac`: each attached interface's own MAC address.
+pub const IFACE_MACS: &str = "IFACE_MACS";
 
 /// Rx queues per interface that can be steered (queue index < this).
 pub const MAX_QUEUES: u32 = 64;

@@ -22,11 +22,29 @@ pub enum Verdict {
     PassNoSocket = 6,
     /// Matched, but the driver cannot carry XDP metadata (`bpf_xdp_adjust_meta` failed): passed.
     PassNoMetadata = 7,
+    /// The destination is not this host's: the IP is not a local address of the namespace
+    /// (`LOCAL_ADDRS`), or the destination MAC is neither the interface's own (`IFACE_MACS`)
+    /// nor broadcast/multicast. Passed: the kernel forwards or drops it.
+    PassNotLocal = 8,
+    /// Broadcast or multicast (destination IP 224.0.0.0/4, ff00::/8, 255.255.255.255 or a
+    /// subnet broadcast address, or destination MAC broadcast/multicast): passed, the kernel
+    /// gives a copy to every listener, endpoints through their backing sockets.
+    PassMulticast = 9,
+    /// A martian source or destination (loopback, unspecified, "this network", IPv4-mapped
+    /// IPv6 on the wire; a multicast or broadcast source): passed, the kernel drops it.
+    PassMartian = 10,
+    /// IPv4 with options (IHL > 5): passed, the kernel's IP layer judges them (source routes,
+    /// router alert, …).
+    PassIpOptions = 11,
+    /// IPv6 with a routing header: passed, the kernel forwards, drops or delivers it.
+    PassRoutingHeader = 12,
+    /// A VLAN-tagged frame: passed, the kernel delivers it through its VLAN device, if any.
+    PassVlan = 13,
 }
 
 impl Verdict {
     /// Number of verdict slots: the `max_entries` of the `VERDICTS` map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 14;
 
     /// Every verdict, in slot order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -38,6 +56,12 @@ impl Verdict {
         Verdict::PassMalformed,
         Verdict::PassNoSocket,
         Verdict::PassNoMetadata,
+        Verdict::PassNotLocal,
+        Verdict::PassMulticast,
+        Verdict::PassMartian,
+        Verdict::PassIpOptions,
+        Verdict::PassRoutingHeader,
+        Verdict::PassVlan,
     ];
 
     /// Stable name, used in logs, statistics and metrics.
@@ -51,6 +75,12 @@ impl Verdict {
             Verdict::PassMalformed => "pass_malformed",
             Verdict::PassNoSocket => "pass_no_socket",
             Verdict::PassNoMetadata => "pass_no_metadata",
+            Verdict::PassNotLocal => "pass_not_local",
+            Verdict::PassMulticast => "pass_multicast",
+            Verdict::PassMartian => "pass_martian",
+            Verdict::PassIpOptions => "pass_ip_options",
+            Verdict::PassRoutingHeader => "pass_routing_header",
+            Verdict::PassVlan => "pass_vlan",
         }
     }
 }

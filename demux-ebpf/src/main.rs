@@ -1,6 +1,7 @@
 //! The demux XDP program: reads each packet's socket address tuple and decides its verdict.
 //!
-//! The entry point stays trivial: `classify` parses (`parse`), finds the binding (`lookup`),
+//! The entry point stays trivial: `classify` parses (`parse`), checks that the packet is
+//! addressed to this host as the kernel would deliver it (`host`), finds the binding (`lookup`),
 //! hashes the flow with the daemon's key (`flow`) and steers (`steer`); `counters::count`
 //! records the verdict, and the packet gets the matching XDP action. Anything that is not ours
 //! passes to the kernel untouched.
@@ -10,6 +11,7 @@
 mod counters;
 mod cursor;
 mod flow;
+mod host;
 mod lookup;
 mod parse;
 mod runtime;
@@ -39,6 +41,9 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     };
+    if let Err(verdict) = host::check(ctx, &packet) {
+        return verdict;
+    }
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };

@@ -4,7 +4,9 @@
 //! The result is the packet's socket address tuple and the offsets of its transport header and
 //! payload, or the verdict that explains why the packet is not ours: not IP, another transport,
 //! a fragment, or malformed (truncated or inconsistent headers). Only a packet that parsed
-//! completely can ever be redirected.
+//! completely can ever be redirected. The parse also notes what `host::check` judges next:
+//! the destination MAC, VLAN tags, IPv4 options and an IPv6 routing header (the walk goes on
+//! past them, so that a malformed or fragmented packet counts as such first).
 
 use aya_ebpf::programs::XdpContext;
 use demux_common::{
@@ -39,6 +41,14 @@ pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// The socket address tuple of a packet that parsed completely. Addresses are 16 bytes; an
 /// IPv4 address sits in the first 4 bytes, the rest zero.
 pub(crate) struct Packet {
+    /// Destination MAC address.
+    pub dst_mac: [u8; 6],
+    /// At least one VLAN tag.
+    pub vlan: bool,
+    /// IPv4 with options (IHL > 5).
+    pub ip_options: bool,
+    /// IPv6 with a routing header anywhere in the extension header walk.
+    pub routing_header: bool,
     pub family: u8,
     pub protocol: u8,
     pub src_addr: [u8; 16],
@@ -58,7 +68,9 @@ pub(crate) struct Packet {
 pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let mut cur = Cursor::new(ctx);
     let eth = cur.read::<EthHdr>().ok_or(Verdict::PassMalformed)?;
+    let dst_mac = eth.dst_addr;
     let mut ether_type = u16::from_be(eth.ether_type);
+    let vlan = ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
@@ -73,6 +85,8 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         _ => Err(Verdict::PassNotIp),
     };
     packet.map(|packet| Packet {
+        dst_mac,
+        vlan,
         l3_offset,
         ..packet
     })
@@ -103,14 +117,18 @@ fn parse_ipv4(cur: &mut Cursor) -> Result<Packet, Verdict> {
     dst_addr[..4].copy_from_slice(&ip.dst_addr);
     cur.skip(header_len - Ipv4Hdr::LEN)
         .ok_or(Verdict::PassMalformed)?;
-    parse_l4(
+    let packet = parse_l4(
         cur,
         FAMILY_IPV4,
         protocol,
         src_addr,
         dst_addr,
         total_len - header_len,
-    )
+    )?;
+    Ok(Packet {
+        ip_options: header_len > Ipv4Hdr::LEN,
+        ..packet
+    })
 }
 
 #[inline(always)]
@@ -123,6 +141,7 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
     let src_addr = ip.src_addr;
     let dst_addr = ip.dst_addr;
     let mut next = ip.next_hdr;
+    let mut routing_header = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_extension(next) {
             break;
@@ -130,6 +149,7 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
         if next == IPPROTO_FRAGMENT {
             return Err(Verdict::PassFragment);
         }
+        routing_header |= next == IPPROTO_ROUTING;
         // Generic extension header: next header, then length in 8-octet units beyond the first.
         let ext = cur.read::<[u8; 2]>().ok_or(Verdict::PassMalformed)?;
         let len = (usize::from(ext[1]) + 1) * 8;
@@ -144,7 +164,12 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
         IPPROTO_FRAGMENT => Err(Verdict::PassFragment),
         // More extension headers than the walk allows.
         next if is_extension(next) => Err(Verdict::PassMalformed),
-        next => parse_l4(cur, FAMILY_IPV6, next, src_addr, dst_addr, payload_len),
+        next => {
+            parse_l4(cur, FAMILY_IPV6, next, src_addr, dst_addr, payload_len).map(|packet| Packet {
+                routing_header,
+                ..packet
+            })
+        }
     }
 }
 
@@ -191,6 +216,10 @@ fn parse_l4(
         _ => return Err(Verdict::PassOtherProtocol),
     };
     Ok(Packet {
+        dst_mac: [0; 6],       // set by `parse`
+        vlan: false,           // set by `parse`
+        ip_options: false,     // set by `parse_ipv4`
+        routing_header: false, // set by `parse_ipv6`
         family,
         protocol,
         src_addr,

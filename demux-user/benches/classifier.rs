@@ -2,7 +2,9 @@
 //! (a kernel-side repeat loop), side by side with a trivial XDP_PASS program (`baseline_pass`
 //! from the benchmarks' own object, `demux::testing::bench_object`), for IPv4 and IPv6 UDP, hit and miss, with 1, 1,000, 100,000 and 1,000,000 bindings.
 //!
-//! Both "hit" and "miss" take the longest lookup path: a hit matches only the wildcard table
+//! Every case first passes the destination checks (not VLAN, no options, not martian, not
+//! multicast, a local address in `LOCAL_ADDRS`, the interface's MAC in `IFACE_MACS`), which
+//! the program makes before any lookup. Both "hit" and "miss" take the longest lookup path: a hit matches only the wildcard table
 //! (connected, bound and both prefix lookups miss first), a miss also tries the dual-stack
 //! wildcard. There is no AF_XDP socket under BPF_PROG_TEST_RUN, so a hit ends in the redirect
 //! helper's empty-slot fallback (`pass_no_socket`). Rounds alternate baseline and demux so that
@@ -26,7 +28,7 @@ use demux::{
     binding::{Binding, Local, Protocol, Receiver},
     program::{BpfLogLevel, Loaded},
     tables::{TableError, Tables},
-    testing::{bench_object, frame::FrameSpec},
+    testing::{bench_object, frame::FrameSpec, model::fixtures},
 };
 use serde_json::json;
 
@@ -131,6 +133,12 @@ fn scenario(
     sizes: &[u64],
 ) -> anyhow::Result<Scenario> {
     let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
+    // The host view every packet is checked against before the lookup (`LOCAL_ADDRS`,
+    // `IFACE_MACS` of BPF_PROG_TEST_RUN's loopback): the fixtures' host, whose local addresses
+    // are the servers below and whose MAC is the frames' destination.
+    fixtures::host()
+        .install(&mut maps)
+        .context("writing the host view")?;
     let mut tables = Tables::default();
     let mut bench = Ebpf::load(bench_object::OBJECT).context("loading the bench object")?;
     let baseline: &mut Xdp = bench

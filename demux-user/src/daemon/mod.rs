@@ -1,9 +1,12 @@
 //! The daemon: loads and attaches the XDP program, opens an AF_XDP socket for every rx queue of
-//! every interface and runs a worker for each, serves the control socket, logs the verdicts,
-//! and on SIGINT/SIGTERM detaches, stops the workers and removes the control socket.
+//! every interface and runs a worker for each, follows the namespace's local addresses
+//! (`local_addrs`) and writes each interface's MAC address for the program's destination
+//! checks, serves the control socket, logs the verdicts, and on SIGINT/SIGTERM detaches, stops
+//! the workers and removes the control socket.
 
 pub mod error;
 pub mod kernel_path;
+pub mod local_addrs;
 pub mod metrics;
 pub mod notify;
 pub mod server;
@@ -30,6 +33,7 @@ use crate::{
     attach::{attach, ifindex},
     binding::{Local, Protocol},
     control::{BindRequest, SocketInfo},
+    dataplane::Dataplane as _,
     program::Loaded,
 };
 
@@ -79,6 +83,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     .with_context(|| format!("registering the socket of {iface} queue {queue}"))?;
             }
         }
+    }
+    // The host's view before the first packet: local routes, then each interface's MAC.
+    let follower = local_addrs::Follower::start(&state).await?;
+    info!("local addresses: {} prefixes", follower.routes().len());
+    let follower = tokio::spawn(follower.run(state.clone()));
+    for iface in &config.ifaces {
+        let mac = crate::sys::netlink::hardware_address(iface)
+            .with_context(|| format!("reading the MAC address of {iface} (SIOCGIFHWADDR)"))?;
+        state
+            .lock()
+            .expect("state lock")
+            .dataplane_mut()
+            .set_iface_mac(ifindex(iface)?, mac)
+            .with_context(|| format!("writing the MAC address of {iface} to IFACE_MACS"))?;
     }
     let mut links = Vec::new();
     for iface in &config.ifaces {
@@ -157,6 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Detach first: from here on every packet goes to the kernel.
     server.abort();
+    follower.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }

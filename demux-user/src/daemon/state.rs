@@ -191,6 +191,12 @@ impl<D: Dataplane> State<D> {
         }
     }
 
+    /// The dataplane, for the host's view the program checks destinations against
+    /// (`LOCAL_ADDRS`, `IFACE_MACS`): maps no rule of this state reads or writes.
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
     /// Answers one control request; a ring endpoint's descriptors come along for the caller.
     pub fn handle(&mut self, request: Request, caller: Caller) -> (Response, Option<ClientFds>) {
         self.handle_passed(request, caller, Passed::default())
@@ -1583,7 +1589,9 @@ mod tests {
         state
             .dataplane
             .memory_counters()
-            .set_verdicts(crate::verdicts::VerdictCounts([7, 0, 0, 0, 0, 0, 0, 0]));
+            .set_verdicts(crate::verdicts::VerdictCounts([
+                7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]));
         let view = state.view.clone();
         let state = Mutex::new(state);
         let mut guard = state.lock().expect("state");

@@ -8,8 +8,9 @@ use aya::Ebpf;
 use demux_common::binding::{EndpointStats, Target};
 
 use super::{
-    bindings::BindingMaps, group_value, groups::GroupsMap, ports::PortsMap, CounterError, Counters,
-    Dataplane,
+    bindings::BindingMaps, group_value, groups::GroupsMap, iface_macs::IfaceMacsMap,
+    local_addrs::LocalAddrsMap, ports::PortsMap, CounterError, Counters, Dataplane, LocalKind,
+    LocalPrefix,
 };
 use crate::{
     binding::Entry,
@@ -19,11 +20,13 @@ use crate::{
     verdicts::{VerdictCounts, VerdictsMap},
 };
 
-/// The loaded program's binding tables, port index, groups and counters.
+/// The loaded program's binding tables, port index, groups, host view and counters.
 pub struct Maps {
     bindings: BindingMaps,
     ports: PortsMap,
     groups: GroupsMap,
+    local_addrs: LocalAddrsMap,
+    iface_macs: IfaceMacsMap,
     endpoint_stats: EndpointStatsWriter,
     counters: Arc<MapCounters>,
 }
@@ -42,6 +45,8 @@ impl Maps {
             bindings: BindingMaps::take(ebpf)?,
             ports: PortsMap::take(ebpf)?,
             groups: GroupsMap::take(ebpf)?,
+            local_addrs: LocalAddrsMap::take(ebpf)?,
+            iface_macs: IfaceMacsMap::take(ebpf)?,
             endpoint_stats: writer,
             counters: Arc::new(MapCounters {
                 verdicts: VerdictsMap::take(ebpf)?,
@@ -84,6 +89,18 @@ impl Dataplane for Maps {
 
     fn reset_endpoint_stats(&mut self, id: u32) -> Result<(), CounterError> {
         self.endpoint_stats.reset(id)
+    }
+
+    fn set_local(&mut self, prefix: LocalPrefix, kind: LocalKind) -> Result<(), TableError> {
+        self.local_addrs.set(prefix, kind)
+    }
+
+    fn remove_local(&mut self, prefix: LocalPrefix) -> Result<(), TableError> {
+        self.local_addrs.remove(prefix)
+    }
+
+    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
+        self.iface_macs.set(ifindex, mac)
     }
 
     fn counters(&self) -> Arc<dyn Counters> {

@@ -20,7 +20,7 @@ use demux_common::{
     maps,
 };
 
-use super::{group_value, CounterError, Counters, Dataplane};
+use super::{group_value, CounterError, Counters, Dataplane, LocalKind, LocalPrefix};
 use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
 
 /// An operation of [`Dataplane`], to make fail.
@@ -36,6 +36,10 @@ pub enum Op {
     SetGroup,
     /// [`Dataplane::reset_endpoint_stats`].
     ResetStats,
+    /// [`Dataplane::set_local`] and [`Dataplane::remove_local`].
+    Local,
+    /// [`Dataplane::set_iface_mac`].
+    IfaceMac,
 }
 
 /// One successful write, in the order made.
@@ -61,6 +65,12 @@ pub enum Event {
     },
     /// An endpoint's counters were zeroed.
     ResetStats(u32),
+    /// A local route was written.
+    SetLocal(LocalPrefix, LocalKind),
+    /// A local route was removed.
+    RemoveLocal(LocalPrefix),
+    /// An interface's MAC address was written.
+    SetIfaceMac(u32, [u8; 6]),
 }
 
 /// The binding tables, port index, groups and counters, in memory.
@@ -69,6 +79,8 @@ pub struct MemoryDataplane {
     entries: HashMap<Entry, Target>,
     ports: HashMap<u32, u32>,
     groups: HashMap<u32, Vec<u32>>,
+    local: HashMap<LocalPrefix, LocalKind>,
+    macs: HashMap<u32, [u8; 6]>,
     /// Entries per binding table; `None` is unbounded.
     capacity: Option<usize>,
     /// Per operation: how many more calls succeed before one fails.
@@ -127,6 +139,16 @@ impl MemoryDataplane {
     /// The members of group `id` (empty when never written).
     pub fn members(&self, id: u32) -> &[u32] {
         self.groups.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The local routes (`LOCAL_ADDRS`).
+    pub fn local(&self) -> &HashMap<LocalPrefix, LocalKind> {
+        &self.local
+    }
+
+    /// The interfaces' MAC addresses (`IFACE_MACS`).
+    pub fn macs(&self) -> &HashMap<u32, [u8; 6]> {
+        &self.macs
     }
 
     /// Every successful write so far, in order.
@@ -270,6 +292,44 @@ impl Dataplane for MemoryDataplane {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, EndpointStats::default());
         self.record(Event::ResetStats(id));
+        Ok(())
+    }
+
+    fn set_local(&mut self, prefix: LocalPrefix, kind: LocalKind) -> Result<(), TableError> {
+        if self.fails(Op::Local) {
+            return Err(TableError::Map {
+                table: maps::LOCAL_ADDRS,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        self.local.insert(prefix, kind);
+        self.record(Event::SetLocal(prefix, kind));
+        Ok(())
+    }
+
+    fn remove_local(&mut self, prefix: LocalPrefix) -> Result<(), TableError> {
+        if self.fails(Op::Local) {
+            return Err(TableError::Map {
+                table: maps::LOCAL_ADDRS,
+                source: injected("bpf_map_delete_elem"),
+            });
+        }
+        self.local.remove(&prefix).ok_or(TableError::NotFound {
+            table: maps::LOCAL_ADDRS,
+        })?;
+        self.record(Event::RemoveLocal(prefix));
+        Ok(())
+    }
+
+    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
+        if self.fails(Op::IfaceMac) {
+            return Err(TableError::Map {
+                table: maps::IFACE_MACS,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        self.macs.insert(ifindex, mac);
+        self.record(Event::SetIfaceMac(ifindex, mac));
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //!
 //! [`Dataplane`] is everything `daemon::state::State` and [`crate::tables::Tables`] do to the
 //! maps: insert and remove one binding, read and write a port-index entry, set a group's
-//! members, zero an endpoint's counters. [`Counters`] is what the statistics readers need: the
+//! members, zero an endpoint's counters; and the host's view the program checks destinations
+//! against: the local routes (`LOCAL_ADDRS`, written by `daemon::local_addrs`) and the
+//! interfaces' MAC addresses (`IFACE_MACS`). [`Counters`] is what the statistics readers need: the
 //! verdict and per-endpoint counters, readable through `&self` from any thread, so that `stats`,
 //! `list` and the metrics never wait for a bind or a close.
 //!
@@ -13,6 +15,8 @@
 
 mod bindings;
 mod groups;
+mod iface_macs;
+mod local_addrs;
 pub mod maps;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
@@ -25,6 +29,8 @@ use demux_common::binding::{EndpointStats, Group, Target, MAX_GROUPS, MAX_GROUP_
 use thiserror::Error;
 
 use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
+
+pub use local_addrs::{LocalKind, LocalPrefix};
 
 /// The map writes the daemon's rules make. Every method is one map update (or one read), so
 /// each is atomic for the XDP program; keeping several in step is the caller's job.
@@ -48,6 +54,15 @@ pub trait Dataplane {
 
     /// Zeroes endpoint `id`'s counters, so that a reused id starts from nothing.
     fn reset_endpoint_stats(&mut self, id: u32) -> Result<(), CounterError>;
+
+    /// Writes one local route (`LOCAL_ADDRS`), overwriting its kind if present.
+    fn set_local(&mut self, prefix: LocalPrefix, kind: LocalKind) -> Result<(), TableError>;
+
+    /// Removes one local route; an absent one is [`TableError::NotFound`].
+    fn remove_local(&mut self, prefix: LocalPrefix) -> Result<(), TableError>;
+
+    /// Writes interface `ifindex`'s own MAC address (`IFACE_MACS`).
+    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError>;
 
     /// The counters, for readers on other threads.
     fn counters(&self) -> Arc<dyn Counters>;

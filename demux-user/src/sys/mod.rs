@@ -5,12 +5,14 @@
 //! - [`scm`]: sending and receiving descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
 //! - [`sockaddr`]: `SocketAddr` to the C socket address types.
+//! - [`netlink`]: a raw `NETLINK_ROUTE` socket (the local routes), an interface's MAC address.
 //! - [`socket`]: socket options, namespace cookies and receiving with the destination address.
 //! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
 //!   what a passed descriptor is (its access mode, its socket domain and type), random bytes.
 
 #![deny(missing_docs)]
 
+pub mod netlink;
 pub mod scm;
 pub mod shm;
 pub mod sockaddr;

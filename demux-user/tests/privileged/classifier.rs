@@ -2,7 +2,9 @@
 //! hand-written fixtures, then a seeded differential run over random tables and 100,000
 //! random, mutated and truncated frames. A mismatch prints the seed, the flow hash key and the
 //! frame in hex. Each run loads the program with a random flow hash key and gives the model the
-//! same one; and two loads draw two keys, each used by its own program.
+//! same one; and two loads draw two keys, each used by its own program. The program's host view
+//! (`LOCAL_ADDRS`, `IFACE_MACS` for BPF_PROG_TEST_RUN's interface, loopback: ifindex 1) is the
+//! fixtures' [`fixtures::host`], or a random one per table set in the differential run.
 
 use std::{fmt::Write as _, mem::size_of};
 
@@ -11,10 +13,11 @@ use aya::programs::{TestRun, TestRunOptions};
 use demux::{
     binding::{Binding, Entry, Local, Protocol, Receiver},
     dataplane::{maps::Maps, Dataplane as _},
+    dataplane::{LocalKind, LocalPrefix},
     program::{random_flow_key, BpfLogLevel, LoadOptions, Loaded},
     tables::{self, Tables},
     testing::frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
-    testing::model::{fixtures, Model},
+    testing::model::{fixtures, Host, Model, TEST_RUN_IFINDEX},
 };
 use demux_common::{
     binding::Target,
@@ -131,8 +134,10 @@ fn install(
     tables: &mut Tables,
     bindings: &[(Entry, Target)],
     groups: &[(u32, Vec<u32>)],
+    host: &Host,
 ) -> anyhow::Result<Model> {
     let mut model = Model::new(key);
+    model.host = host.clone();
     for (entry, target) in bindings {
         ensure!(model.insert(*entry, *target), "duplicate binding {entry:?}");
     }
@@ -161,6 +166,8 @@ fn uninstall(
 
 pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
     let (mut loaded, mut maps, key) = load_with_random_key()?;
+    let host = fixtures::host();
+    host.install(&mut maps)?;
     let mut tables = Tables::default();
     let mut failures = Vec::new();
     let all = fixtures::all(&key);
@@ -171,7 +178,14 @@ pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
             .map(|(b, r)| b.encode(*r))
             .collect::<Result<_, _>>()
             .with_context(|| fixture.name.clone())?;
-        let model = install(key, &mut maps, &mut tables, &bindings, &fixture.groups)?;
+        let model = install(
+            key,
+            &mut maps,
+            &mut tables,
+            &bindings,
+            &fixture.groups,
+            &host,
+        )?;
         let observed =
             run_frame(&mut loaded, &maps, &fixture.frame).with_context(|| fixture.name.clone())?;
         let expected = model.classify(&fixture.frame, 0);
@@ -220,7 +234,9 @@ pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
     let mut by_verdict = [0u64; Verdict::COUNT as usize];
     for set in 0..TABLE_SETS {
         let (bindings, groups) = random_tables(&mut rng);
-        let model = install(key, &mut maps, &mut tables, &bindings, &groups)?;
+        let host = random_host(&mut rng);
+        host.install(&mut maps)?;
+        let model = install(key, &mut maps, &mut tables, &bindings, &groups, &host)?;
         for i in 0..FRAMES_PER_SET {
             let frame = random_frame(&mut rng);
             let expected = model.classify(&frame, 0);
@@ -237,6 +253,7 @@ pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
             }
         }
         uninstall(&mut maps, &mut tables, &bindings, &groups)?;
+        host.uninstall(&mut maps)?;
         if !failures.is_empty() {
             break;
         }
@@ -329,12 +346,93 @@ fn random_tables(rng: &mut SplitMix64) -> (Bindings, Groups) {
     (bindings, groups)
 }
 
+/// A random host view over the frames' address pools: each pool address local, a subnet
+/// broadcast or absent, sometimes a `local` prefix route over them, and the test interface's
+/// MAC mostly the frames' usual destination MAC, sometimes another (then nothing is ours).
+fn random_host(rng: &mut SplitMix64) -> Host {
+    let mut local = Vec::new();
+    let mut add = |addr: std::net::IpAddr, len: u8, kind| {
+        local.push((LocalPrefix { addr, len }, kind));
+    };
+    for v6 in [false, true] {
+        for addr in ip_pool(v6) {
+            match rng.below(5) {
+                0 => {}
+                1 => add(addr, if v6 { 128 } else { 32 }, LocalKind::Broadcast),
+                _ => add(addr, if v6 { 128 } else { 32 }, LocalKind::Local),
+            }
+        }
+        if rng.below(4) == 0 {
+            let (addr, len) = if v6 {
+                ("2001:2::".parse().expect("prefix"), 64)
+            } else {
+                ("198.18.1.0".parse().expect("prefix"), 24)
+            };
+            add(addr, len, LocalKind::Local);
+        }
+    }
+    add("127.0.0.0".parse().expect("loopback"), 8, LocalKind::Local);
+    let mac = if rng.below(10) == 0 {
+        [0x02, 0, 0, 0, 0, 0x99]
+    } else {
+        fixtures::OWN_MAC
+    };
+    Host {
+        local,
+        macs: [(TEST_RUN_IFINDEX, mac)].into(),
+    }
+}
+
+/// Every address `random_ip` can give for a family.
+fn ip_pool(v6: bool) -> Vec<std::net::IpAddr> {
+    if v6 {
+        (1..=3)
+            .map(|h| std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, h).into())
+            .collect()
+    } else {
+        (0..2)
+            .flat_map(|n| (1..=3).map(move |h| std::net::Ipv4Addr::new(198, 18, n, h).into()))
+            .collect()
+    }
+}
+
+/// Now and then an address the destination checks catch: martian, multicast, broadcast.
+fn special_ip(rng: &mut SplitMix64, v6: bool) -> std::net::IpAddr {
+    let v4 = [
+        "127.0.0.1",
+        "0.0.0.0",
+        "0.1.2.3",
+        "224.0.0.1",
+        "239.1.1.1",
+        "255.255.255.255",
+    ];
+    let v6s = ["::1", "::", "::ffff:198.18.0.2", "ff02::1", "ff05::fb"];
+    let pool: &[&str] = if v6 { &v6s } else { &v4 };
+    pool[rng.below(pool.len() as u64) as usize]
+        .parse()
+        .expect("special address")
+}
+
 /// A random frame from the pools, with random structure, then maybe mutated or truncated.
 fn random_frame(rng: &mut SplitMix64) -> Vec<u8> {
     let v6 = rng.below(2) == 1;
-    let src = (random_ip(rng, v6), random_port(rng)).into();
-    let dst = (random_ip(rng, v6), random_port(rng)).into();
+    let pick = |rng: &mut SplitMix64| {
+        if rng.below(25) == 0 {
+            special_ip(rng, v6)
+        } else {
+            random_ip(rng, v6)
+        }
+    };
+    let src = (pick(rng), random_port(rng)).into();
+    let dst = (pick(rng), random_port(rng)).into();
     let mut spec = FrameSpec::udp(src, dst, &vec![0xab; rng.below(40) as usize]);
+    spec.dst_mac = match rng.below(20) {
+        0 => [0xff; 6],
+        1 => [0x01, 0, 0x5e, 0, 0, 1],
+        2 => [0x33, 0x33, 0, 0, 0, 1],
+        3 => [0x02, 0, 0, 0, 0, 0x99],
+        _ => fixtures::OWN_MAC,
+    };
     spec.protocol = match rng.below(10) {
         0 => 1,
         1..=4 => 6,
@@ -450,6 +548,7 @@ pub(crate) fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<
         bindings: Some(4),
         ..LoadOptions::default()
     })?;
+    fixtures::host().install(&mut maps)?;
     let mut tables = Tables::default();
     let bindings: Bindings = (1..=6u16)
         .map(|port| {
@@ -506,6 +605,7 @@ pub(crate) fn each_load_draws_its_own_key() -> anyhow::Result<()> {
     for _ in 0..2 {
         let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
         let key = loaded.flow_key();
+        fixtures::host().install(&mut maps)?;
         maps.set_group(1, &(1..=32).collect::<Vec<u32>>())?;
         Tables::default().insert_all(&mut maps, &[binding])?;
         let meta = run_frame(&mut loaded, &maps, &frame)?

@@ -23,6 +23,7 @@ mod classifier;
 mod clients;
 mod daemon;
 mod endpoints;
+mod local;
 mod multicast;
 mod program;
 mod restart;
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         steer::tests(),
         daemon::tests(),
         endpoints::tests(),
+        local::tests(),
         clients::tests(),
         backing::tests(),
         restart::tests(),

@@ -12,6 +12,8 @@ use anyhow::ensure;
 use demux::{
     attach::{attach, AttachMode},
     binding::{Binding, Local, Protocol, Receiver},
+    daemon::local_addrs,
+    dataplane::Dataplane as _,
     program::{BpfLogLevel, Loaded},
     tables::Tables,
     xsk::QueueSocket,
@@ -39,6 +41,11 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                 let mut socket = QueueSocket::open(&net.b_if, 0, 256)?;
                 let ifindex = demux::attach::ifindex(&net.b_if)?;
                 loaded.register_socket(ifindex, 0, 0, socket.fd())?;
+                // The host view, as the daemon writes it: local routes and the MAC.
+                let routes = local_addrs::dump_blocking()?;
+                local_addrs::apply(&mut maps, &mut Default::default(), &routes)?;
+                let mac = demux::sys::netlink::hardware_address(&net.b_if)?;
+                maps.set_iface_mac(ifindex, mac)?;
                 let binding = Binding {
                     protocol: Protocol::Udp,
                     local: Local::Addr(format!("{B_ADDR}:9000").parse()?),

@@ -1,6 +1,7 @@
 //! Hand-written data-plane fixtures in the Katran style: (description, frame, tables, expected
 //! verdict and endpoint). The model's unit tests and the privileged BPF_PROG_TEST_RUN test run
-//! the same table, so the program and its reference agree on every rule written here.
+//! the same table, so the program and its reference agree on every rule written here. Every
+//! fixture runs on the host view of [`host`]: local routes and the test interface's MAC.
 
 use std::net::SocketAddr;
 
@@ -11,7 +12,11 @@ use demux_common::{
 
 use crate::{
     binding::{addr16, Binding, Local, Protocol, Receiver},
-    testing::frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
+    dataplane::{LocalKind, LocalPrefix},
+    testing::{
+        frame::{FrameSpec, EXT_DEST_OPTS, EXT_FRAGMENT, EXT_HOP_BY_HOP, EXT_ROUTING},
+        model::{Host, TEST_RUN_IFINDEX},
+    },
 };
 
 /// One fixture. `endpoint` is the endpoint the metadata must name when a binding matched.
@@ -23,6 +28,38 @@ pub struct Fixture {
     pub groups: Vec<(u32, Vec<u32>)>,
     pub verdict: Verdict,
     pub endpoint: Option<u32>,
+}
+
+/// The test interface's own MAC: `FrameSpec`'s default destination.
+pub const OWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// The host every fixture runs on, as the kernel's local table would describe a host with
+/// 198.18.0.2/30 and 2001:2::2/64 on its interface, `ip route add local 198.18.8.0/24`, and
+/// loopback; its interface (the one BPF_PROG_TEST_RUN uses) has [`OWN_MAC`].
+pub fn host() -> Host {
+    let route = |text: &str, kind| {
+        let (addr, len) = text.split_once('/').expect("addr/len");
+        (
+            LocalPrefix {
+                addr: addr.parse().expect("fixture address"),
+                len: len.parse().expect("fixture length"),
+            },
+            kind,
+        )
+    };
+    Host {
+        local: vec![
+            route("198.18.0.2/32", LocalKind::Local),
+            route("198.18.0.3/32", LocalKind::Broadcast),
+            route("198.18.8.0/24", LocalKind::Local),
+            route("198.18.8.255/32", LocalKind::Broadcast),
+            route("127.0.0.0/8", LocalKind::Local),
+            route("127.255.255.255/32", LocalKind::Broadcast),
+            route("2001:2::2/128", LocalKind::Local),
+            route("::1/128", LocalKind::Local),
+        ],
+        macs: [(TEST_RUN_IFINDEX, OWN_MAC)].into(),
+    }
 }
 
 const CLIENT4: &str = "198.18.0.1:40000";
@@ -361,12 +398,12 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         vlan_tags: vec![0x8100],
         ..udp4()
     };
-    f.steered("one 802.1Q tag", vlan1.build(), all53.clone(), 1);
+    f.passed("one 802.1Q tag", vlan1.build(), PassVlan);
     let qinq = FrameSpec {
         vlan_tags: vec![0x88a8, 0x8100],
         ..udp6()
     };
-    f.steered("802.1ad + 802.1Q tags", qinq.build(), all53.clone(), 1);
+    f.passed("802.1ad + 802.1Q tags", qinq.build(), PassVlan);
     let three = FrameSpec {
         vlan_tags: vec![0x88a8, 0x8100, 0x8100],
         ..udp4()
@@ -377,11 +414,10 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
             ipv4_options: options,
             ..udp4()
         };
-        f.steered(
+        f.passed(
             &format!("IPv4 with {options} bytes of options"),
             spec.build(),
-            all53.clone(),
-            1,
+            PassIpOptions,
         );
     }
     let mut padded = frame4.clone();
@@ -396,9 +432,18 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         ipv6_ext: vec![EXT_HOP_BY_HOP, EXT_ROUTING, EXT_DEST_OPTS],
         ..udp6()
     };
-    f.steered(
+    f.passed(
         "IPv6 hop-by-hop, routing, destination options",
         ext.build(),
+        PassRoutingHeader,
+    );
+    let no_routing = FrameSpec {
+        ipv6_ext: vec![EXT_HOP_BY_HOP, EXT_DEST_OPTS],
+        ..udp6()
+    };
+    f.steered(
+        "IPv6 hop-by-hop, destination options",
+        no_routing.build(),
         all53.clone(),
         1,
     );
@@ -541,6 +586,178 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         46,
         &[0xf0],
         &mut f,
+    );
+
+    // Destinations: only what the kernel would deliver to a local socket is steered.
+    let to = |dst: &str| FrameSpec::udp(sa(CLIENT4), sa(dst), b"hello");
+    let to6 = |dst: &str| FrameSpec::udp(sa(CLIENT6), sa(dst), b"hello");
+    let from = |src: &str| FrameSpec::udp(sa(src), sa(SERVER4), b"hello");
+    let from6 = |src: &str| FrameSpec::udp(sa(src), sa(SERVER6), b"hello");
+    f.passed(
+        "destination IP not local",
+        to("198.18.0.9:53").build(),
+        PassNotLocal,
+    );
+    f.passed(
+        "destination IPv6 not local",
+        to6("[2001:2::9]:53").build(),
+        PassNotLocal,
+    );
+    f.steered(
+        "destination in a local route prefix",
+        to("198.18.8.7:53").build(),
+        all53.clone(),
+        1,
+    );
+    let with_mac = |mac: [u8; 6], spec: FrameSpec| FrameSpec {
+        dst_mac: mac,
+        ..spec
+    };
+    f.passed(
+        "another host's MAC",
+        with_mac([0x02, 0, 0, 0, 0, 0x99], udp4()).build(),
+        PassNotLocal,
+    );
+    f.passed(
+        "another host's MAC, IPv6",
+        with_mac([0x02, 0, 0, 0, 0, 0x99], udp6()).build(),
+        PassNotLocal,
+    );
+    f.passed(
+        "broadcast MAC",
+        with_mac([0xff; 6], udp4()).build(),
+        PassMulticast,
+    );
+    f.passed(
+        "multicast MAC",
+        with_mac([0x01, 0, 0x5e, 0, 0, 1], udp4()).build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv4 subnet broadcast",
+        to("198.18.0.3:53").build(),
+        PassMulticast,
+    );
+    f.passed(
+        "broadcast of a local route prefix",
+        to("198.18.8.255:53").build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv4 limited broadcast",
+        with_mac([0xff; 6], to("255.255.255.255:53")).build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv4 limited broadcast to our MAC",
+        to("255.255.255.255:53").build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv4 multicast",
+        with_mac([0x01, 0, 0x5e, 1, 1, 1], to("239.1.1.1:53")).build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv4 multicast to our MAC",
+        to("224.0.0.251:53").build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv6 multicast",
+        with_mac([0x33, 0x33, 0, 0, 0, 1], to6("[ff02::1]:53")).build(),
+        PassMulticast,
+    );
+    f.passed(
+        "IPv6 multicast to our MAC",
+        to6("[ff05::fb]:53").build(),
+        PassMulticast,
+    );
+    for (name, spec) in [
+        ("martian destination 127.0.0.1", to("127.0.0.1:53")),
+        (
+            "martian destination 127.255.255.255",
+            to("127.255.255.255:53"),
+        ),
+        ("martian destination 0.0.0.0", to("0.0.0.0:53")),
+        ("martian destination 0.1.2.3", to("0.1.2.3:53")),
+        ("martian source 127.0.0.1", from("127.0.0.1:40000")),
+        ("martian source 0.0.0.0", from("0.0.0.0:68")),
+        ("martian source 224.0.0.1", from("224.0.0.1:40000")),
+        (
+            "martian source 239.255.255.250",
+            from("239.255.255.250:40000"),
+        ),
+        (
+            "martian source 255.255.255.255",
+            from("255.255.255.255:40000"),
+        ),
+        ("martian destination ::1", to6("[::1]:53")),
+        ("martian destination ::", to6("[::]:53")),
+        (
+            "martian destination ::ffff:198.18.0.2",
+            to6("[::ffff:198.18.0.2]:53"),
+        ),
+        ("martian source ::1", from6("[::1]:40000")),
+        ("martian source ::", from6("[::]:40000")),
+        (
+            "martian source ::ffff:198.18.0.1",
+            from6("[::ffff:198.18.0.1]:40000"),
+        ),
+        ("martian source ff02::1", from6("[ff02::1]:40000")),
+    ] {
+        f.passed(name, spec.build(), PassMartian);
+    }
+    f.passed(
+        "IPv4 with a source route option",
+        FrameSpec {
+            ipv4_options: 8,
+            ..udp4()
+        }
+        .build(),
+        PassIpOptions,
+    );
+    f.passed(
+        "IPv6 routing header",
+        FrameSpec {
+            ipv6_ext: vec![EXT_ROUTING],
+            ..udp6()
+        }
+        .build(),
+        PassRoutingHeader,
+    );
+    f.passed(
+        "802.1Q tag to a local address",
+        FrameSpec {
+            vlan_tags: vec![0x8100],
+            ..udp6()
+        }
+        .build(),
+        PassVlan,
+    );
+    f.passed(
+        "a VLAN tag outranks a martian",
+        FrameSpec {
+            vlan_tags: vec![0x8100],
+            ..to("127.0.0.1:53")
+        }
+        .build(),
+        PassVlan,
+    );
+    f.passed(
+        "a martian outranks multicast",
+        with_mac([0xff; 6], from("127.0.0.1:40000")).build(),
+        PassMartian,
+    );
+    f.passed(
+        "a fragment outranks IPv4 options",
+        FrameSpec {
+            ipv4_options: 8,
+            more_fragments: true,
+            ..udp4()
+        }
+        .build(),
+        PassFragment,
     );
 
     // Truncation at every length: headers cut anywhere, or the payload cut short.

@@ -5,7 +5,10 @@
 //! Its rules are the contract in docs/ARCHITECTURE.md: parse Ethernet, at most two VLAN tags,
 //! IPv4 (version, IHL >= 5, IHL*4 <= total length <= bytes present, then fragments) or IPv6
 //! (payload length <= bytes present, at most six hop-by-hop/routing/destination-options
-//! headers, any fragment header), then UDP or TCP with consistent lengths; then look up
+//! headers, any fragment header), then UDP or TCP with consistent lengths; then the
+//! destination checks against the host's view ([`Host`]: VLAN, IPv4 options, IPv6 routing
+//! header, martians, broadcast and multicast, local routes by longest prefix, the ingress
+//! interface's MAC; written with `std::net`'s address predicates); then look up
 //! connected, bound, prefix (longest, then specific port), wildcard (IPv4, then dual-stack
 //! IPv6); a group picks `members[flow_hash % count]`, the flow hash keyed with the key the
 //! program was loaded with ([`Model::new`]).
@@ -13,6 +16,8 @@
 pub mod fixtures;
 
 use std::collections::{HashMap, HashSet};
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use demux_common::{
     binding::{
@@ -24,11 +29,57 @@ use demux_common::{
     Verdict,
 };
 
-use crate::binding::Entry;
+use crate::{
+    binding::Entry,
+    dataplane::{Dataplane, LocalKind, LocalPrefix},
+    tables::TableError,
+};
+
+/// The ingress interface index BPF_PROG_TEST_RUN gives an XDP program: the loopback device of
+/// the caller's namespace, always 1.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The host's view the program checks destinations against: the local routes (`LOCAL_ADDRS`)
+/// and the interfaces' own MAC addresses (`IFACE_MACS`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    pub local: Vec<(LocalPrefix, LocalKind)>,
+    pub macs: HashMap<u32, [u8; 6]>,
+}
+
+impl Host {
+    /// Writes this view into `dataplane` (the program's maps, or memory): every local route and
+    /// every interface MAC.
+    pub fn install<D: Dataplane + ?Sized>(&self, dataplane: &mut D) -> Result<(), TableError> {
+        for (prefix, kind) in &self.local {
+            dataplane.set_local(*prefix, *kind)?;
+        }
+        for (ifindex, mac) in &self.macs {
+            dataplane.set_iface_mac(*ifindex, *mac)?;
+        }
+        Ok(())
+    }
+
+    /// Removes this view's local routes from `dataplane` (MACs stay: the next view overwrites
+    /// them).
+    pub fn uninstall<D: Dataplane + ?Sized>(&self, dataplane: &mut D) -> Result<(), TableError> {
+        for (prefix, _) in &self.local {
+            dataplane.remove_local(*prefix)?;
+        }
+        Ok(())
+    }
+}
 
 /// A frame's socket address tuple and offsets, as the model parsed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple {
+    pub dst_mac: [u8; 6],
+    /// At least one VLAN tag.
+    pub vlan: bool,
+    /// IPv4 with IHL > 5.
+    pub ip_options: bool,
+    /// IPv6 with a routing header among the extension headers.
+    pub routing_header: bool,
     pub family: u8,
     pub protocol: u8,
     pub src_addr: [u8; 16],
@@ -59,6 +110,10 @@ pub struct Model {
     wildcard: HashMap<WildcardKey, Target>,
     groups: HashMap<u32, Vec<u32>>,
     pub sockets: HashSet<u32>,
+    /// Local routes and interface MACs; empty: nothing is local.
+    pub host: Host,
+    /// The interface frames arrive on ([`TEST_RUN_IFINDEX`] by default).
+    pub ifindex: u32,
 }
 
 impl Model {
@@ -73,6 +128,8 @@ impl Model {
             wildcard: HashMap::new(),
             groups: HashMap::new(),
             sockets: HashSet::new(),
+            host: Host::default(),
+            ifindex: TEST_RUN_IFINDEX,
         }
     }
 
@@ -107,6 +164,12 @@ impl Model {
                 }
             }
         };
+        if let Err(verdict) = self.addressed_here(&tuple) {
+            return Outcome {
+                verdict,
+                meta: None,
+            };
+        }
         let no_match = Outcome {
             verdict: Verdict::PassNoMatch,
             meta: None,
@@ -154,6 +217,51 @@ impl Model {
         Outcome {
             verdict,
             meta: Some(meta),
+        }
+    }
+
+    /// Whether the kernel would deliver the packet to a local socket (the order of the program's
+    /// `host::check`); `Err` is the pass verdict.
+    fn addressed_here(&self, t: &Tuple) -> Result<(), Verdict> {
+        if t.vlan {
+            return Err(Verdict::PassVlan);
+        }
+        if t.ip_options {
+            return Err(Verdict::PassIpOptions);
+        }
+        if t.routing_header {
+            return Err(Verdict::PassRoutingHeader);
+        }
+        let (src, dst) = (ip(t.family, &t.src_addr), ip(t.family, &t.dst_addr));
+        let martian = |addr: IpAddr| match addr {
+            IpAddr::V4(a) => a.is_loopback() || a.octets()[0] == 0,
+            IpAddr::V6(a) => a.is_loopback() || a.is_unspecified() || a.to_ipv4_mapped().is_some(),
+        };
+        let group = |addr: IpAddr| match addr {
+            IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+            IpAddr::V6(a) => a.is_multicast(),
+        };
+        if martian(src) || martian(dst) || group(src) {
+            return Err(Verdict::PassMartian);
+        }
+        let mac_group = t.dst_mac[0] & 0x01 != 0;
+        if mac_group || group(dst) {
+            return Err(Verdict::PassMulticast);
+        }
+        let route = self
+            .host
+            .local
+            .iter()
+            .filter(|(prefix, _)| prefix.contains(dst))
+            .max_by_key(|(prefix, _)| prefix.len);
+        match route {
+            None => return Err(Verdict::PassNotLocal),
+            Some((_, LocalKind::Broadcast)) => return Err(Verdict::PassMulticast),
+            Some((_, LocalKind::Local)) => {}
+        }
+        match self.host.macs.get(&self.ifindex) {
+            Some(mac) if *mac == t.dst_mac => Ok(()),
+            _ => Err(Verdict::PassNotLocal),
         }
     }
 
@@ -216,6 +324,15 @@ impl<K: std::hash::Hash + Eq, V> TryInsertLike<K, V> for HashMap<K, V> {
     }
 }
 
+/// The address of family `family` in the 16-byte form.
+fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()
+    } else {
+        Ipv6Addr::from(*addr).into()
+    }
+}
+
 fn prefix_matches(prefix: &[u8; 16], addr: &[u8; 16], len: u8) -> bool {
     (0..usize::from(len)).all(|bit| {
         let mask = 0x80 >> (bit % 8);
@@ -230,6 +347,9 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
     let be16 = |at: usize| bytes(at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
 
     let mut ether_type = be16(12)?;
+    let dst_mac: [u8; 6] = bytes(0, 6)?.try_into().expect("6 bytes");
+    let vlan = ether_type == 0x8100 || ether_type == 0x88a8;
+    let mut routing_header = false;
     let mut at = 14;
     for _ in 0..2 {
         if ether_type != 0x8100 && ether_type != 0x88a8 {
@@ -285,6 +405,7 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
                             return Err(Malformed);
                         }
                         bytes(cursor, len)?;
+                        routing_header |= next == 43;
                         next = ext[0];
                         payload -= len;
                         cursor += len;
@@ -321,6 +442,10 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
     };
     let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
     Ok(Tuple {
+        dst_mac,
+        vlan,
+        ip_options: family == FAMILY_IPV4 && l4_at - at > 20,
+        routing_header,
         family,
         protocol,
         src_addr: src,
@@ -356,6 +481,7 @@ mod tests {
         }) {
             let (key, fixture) = fixture;
             let mut model = Model::new(key);
+            model.host = fixtures::host();
             for (binding, receiver) in &fixture.bindings {
                 let (entry, target) = binding.encode(*receiver).expect(&fixture.name);
                 assert!(
@@ -418,6 +544,7 @@ mod tests {
             .encode(crate::binding::Receiver::Endpoint(9))
             .unwrap();
         let mut model = Model::new(KEYS[0]);
+        model.host = fixtures::host();
         model.insert(entry, target);
         let frame = crate::testing::frame::FrameSpec::udp(
             "198.18.0.1:1".parse().unwrap(),
@@ -429,5 +556,33 @@ mod tests {
         model.sockets.insert(3);
         assert_eq!(model.classify(&frame, 3).verdict, Verdict::Redirected);
         assert_eq!(model.classify(&frame, 4).verdict, Verdict::PassNoSocket);
+    }
+
+    #[test]
+    fn an_interface_without_a_mac_entry_steers_nothing() {
+        let binding = crate::binding::Binding {
+            protocol: crate::binding::Protocol::Udp,
+            local: crate::binding::Local::Addr("0.0.0.0:2".parse().unwrap()),
+            remote: None,
+            v6only: false,
+        };
+        let (entry, target) = binding
+            .encode(crate::binding::Receiver::Endpoint(9))
+            .unwrap();
+        let mut model = Model::new(KEYS[0]);
+        model.host = fixtures::host();
+        model.insert(entry, target);
+        model.ifindex = 7;
+        let frame = crate::testing::frame::FrameSpec::udp(
+            "198.18.0.1:1".parse().unwrap(),
+            "198.18.0.2:2".parse().unwrap(),
+            b"",
+        )
+        .build();
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::PassNotLocal);
+        model.ifindex = TEST_RUN_IFINDEX;
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::PassNoSocket);
+        model.host.local.clear();
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::PassNotLocal);
     }
 }

@@ -1,0 +1,123 @@
+//! Is the packet addressed to this host, as the kernel would deliver it to a local socket? A
+//! parsed packet is steered only when every check below says yes; otherwise it passes to the
+//! kernel, counted by reason, and an endpoint still gets what the kernel delivers through its
+//! backing socket. In order, first failure wins:
+//!
+//! 1. VLAN-tagged → `pass_vlan` (the kernel delivers it through its VLAN device, if any).
+//! 2. IPv4 options → `pass_ip_options`; an IPv6 routing header → `pass_routing_header` (the
+//!    kernel's IP layer judges source routes, router alert, segments left).
+//! 3. Martian source or destination → `pass_martian`: 127.0.0.0/8, 0.0.0.0/8, `::1`, `::`,
+//!    `::ffff:0:0/96` on either side; a multicast or limited-broadcast source.
+//! 4. Broadcast or multicast → `pass_multicast`: destination MAC with the group bit,
+//!    destination IP 224.0.0.0/4, 255.255.255.255 or ff00::/8.
+//! 5. Destination IP in `LOCAL_ADDRS` (longest prefix): absent → `pass_not_local`; a subnet
+//!    broadcast entry → `pass_multicast`.
+//! 6. Destination MAC the ingress interface's own (`IFACE_MACS[ifindex]`): absent or another →
+//!    `pass_not_local` (fail closed: an interface the daemon did not describe steers nothing).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    programs::XdpContext,
+};
+use demux_common::{
+    binding::FAMILY_IPV4,
+    local::{IfaceMac, LocalKey, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, MAX_LOCAL_ADDRS},
+    maps::MAX_IFACES,
+    Verdict,
+};
+
+use crate::parse::Packet;
+
+/// The namespace's local routes (addresses, subnet broadcasts, `local` prefixes) → kind.
+#[map(name = "LOCAL_ADDRS")]
+static LOCAL_ADDRS: LpmTrie<LocalKey, u32> =
+    LpmTrie::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+
+/// Interface index → that interface's own MAC address.
+#[map(name = "IFACE_MACS")]
+static IFACE_MACS: HashMap<u32, IfaceMac> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// `Ok` when the kernel would deliver `packet` to a local socket; else the pass verdict.
+#[inline(always)]
+pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<(), Verdict> {
+    if packet.vlan {
+        return Err(Verdict::PassVlan);
+    }
+    if packet.ip_options {
+        return Err(Verdict::PassIpOptions);
+    }
+    if packet.routing_header {
+        return Err(Verdict::PassRoutingHeader);
+    }
+    let (src, dst) = (&packet.src_addr, &packet.dst_addr);
+    let v4 = packet.family == FAMILY_IPV4;
+    if martian(v4, src, true) || martian(v4, dst, false) {
+        return Err(Verdict::PassMartian);
+    }
+    if packet.dst_mac[0] & 1 != 0 || multicast(v4, dst) {
+        return Err(Verdict::PassMulticast);
+    }
+    let key = Key::new(
+        LOCAL_KEY_FIXED_BITS + if v4 { 32 } else { 128 },
+        LocalKey {
+            family: packet.family,
+            _pad: [0; 3],
+            addr: *dst,
+        },
+    );
+    match LOCAL_ADDRS.get(&key) {
+        None => return Err(Verdict::PassNotLocal),
+        Some(&LOCAL_KIND_LOCAL) => {}
+        Some(_) => return Err(Verdict::PassMulticast),
+    }
+    match IFACE_MACS.get_ptr(ctx.ingress_ifindex() as u32) {
+        // SAFETY: a valid map value pointer to an `IfaceMac`, read at once.
+        Some(mac) if mac48(unsafe { &(*mac).addr }) == mac48(&packet.dst_mac) => Ok(()),
+        _ => Err(Verdict::PassNotLocal),
+    }
+}
+
+/// A martian address: loopback, "this network" or unspecified, IPv4-mapped on the wire; as a
+/// source also multicast or the limited broadcast.
+#[inline(always)]
+fn martian(v4: bool, addr: &[u8; 16], source: bool) -> bool {
+    if v4 {
+        addr[0] == 127 || addr[0] == 0 || (source && (addr[0] & 0xf0 == 0xe0 || all_ones(addr)))
+    } else {
+        let (hi, lo) = halves(addr);
+        // ::, ::1 and ::ffff:a.b.c.d
+        (hi == 0 && (lo <= 1 || lo >> 32 == 0xffff)) || (source && addr[0] == 0xff)
+    }
+}
+
+/// A multicast destination, or the limited broadcast 255.255.255.255.
+#[inline(always)]
+fn multicast(v4: bool, addr: &[u8; 16]) -> bool {
+    if v4 {
+        addr[0] & 0xf0 == 0xe0 || all_ones(addr)
+    } else {
+        addr[0] == 0xff
+    }
+}
+
+#[inline(always)]
+fn all_ones(addr: &[u8; 16]) -> bool {
+    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]) == u32::MAX
+}
+
+/// The address as two big-endian 64-bit halves.
+#[inline(always)]
+fn halves(a: &[u8; 16]) -> (u64, u64) {
+    (
+        u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    )
+}
+
+/// A MAC address as one integer (no memcmp in BPF).
+#[inline(always)]
+fn mac48(m: &[u8; 6]) -> u64 {
+    u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
+}
