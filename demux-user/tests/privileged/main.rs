@@ -23,6 +23,7 @@ mod classifier;
 mod clients;
 mod daemon;
 mod endpoints;
+mod oracle;
 mod program;
 mod restart;
 mod steer;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         clients::tests(),
         backing::tests(),
         restart::tests(),
+        oracle::tests(),
     ]
     .into_iter()
     .flatten()
