@@ -25,6 +25,7 @@ mod daemon;
 mod endpoints;
 mod local;
 mod multicast;
+mod oracle;
 mod program;
 mod restart;
 mod steer;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         backing::tests(),
         restart::tests(),
         multicast::tests(),
+        oracle::tests(),
     ]
     .into_iter()
     .flatten()
