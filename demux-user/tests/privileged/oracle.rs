@@ -682,6 +682,7 @@ impl Receivers {
                         reuseport: spec.reuseport,
                         v6only: spec.v6only,
                         connect: spec.connect,
+                        join: Vec::new(),
                     },
                 ) {
                     Ok(socket) => socket,
