@@ -19,6 +19,7 @@ macro_rules! trials {
 }
 
 mod backing;
+mod checksums;
 mod classifier;
 mod clients;
 mod daemon;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         clients::tests(),
         backing::tests(),
         restart::tests(),
+        checksums::tests(),
     ]
     .into_iter()
     .flatten()
