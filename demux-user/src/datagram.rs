@@ -5,6 +5,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::checksum;
+
 use demux_common::{
     binding::{FAMILY_IPV4, PROTO_TCP, PROTO_UDP},
     meta::PacketMeta,
@@ -62,9 +64,9 @@ impl<'a> Datagram<'a> {
 }
 
 impl Datagram<'_> {
-    /// An Ethernet frame carrying this UDP datagram (zero MAC addresses, IPv4 header checksum
-    /// set, UDP checksum 0), for a pcap sink: what a datagram read from a backing socket looks
-    /// like in a capture. `None` when the addresses are of different families or the payload
+    /// An Ethernet frame carrying this UDP datagram (zero MAC addresses, IPv4 header and UDP
+    /// checksums set), for a pcap sink: what a datagram read from a backing socket looks like in
+    /// a capture. `None` when the addresses are of different families or the payload
     /// is too long for one IP packet.
     pub fn udp_frame(&self) -> Option<Vec<u8>> {
         let udp_len = u16::try_from(8 + self.payload.len()).ok()?;
@@ -80,12 +82,8 @@ impl Datagram<'_> {
                 ip[9] = PROTO_UDP;
                 ip[12..16].copy_from_slice(&src.octets());
                 ip[16..20].copy_from_slice(&dst.octets());
-                let sum = ip.chunks(2).fold(0u32, |sum, w| {
-                    sum + u32::from(u16::from_be_bytes([w[0], w[1]]))
-                });
-                let sum = (sum & 0xffff) + (sum >> 16);
-                let sum = (sum & 0xffff) + (sum >> 16);
-                ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                let sum = checksum::internet_checksum(&[&ip]);
+                ip[10..12].copy_from_slice(&sum.to_be_bytes());
                 frame.extend_from_slice(&ip);
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
@@ -106,6 +104,19 @@ impl Datagram<'_> {
         frame.extend_from_slice(&udp_len.to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
         frame.extend_from_slice(self.payload);
+        let (addresses, l4) = if frame[12] == 0x08 {
+            (26..34, 34)
+        } else {
+            (22..54, 54)
+        };
+        let [a, b, c, d] = u32::from(udp_len).to_be_bytes();
+        let v4_pseudo = [0, PROTO_UDP, c, d];
+        let v6_pseudo = [a, b, c, d, 0, 0, 0, PROTO_UDP];
+        let pseudo: &[u8] = if l4 == 34 { &v4_pseudo } else { &v6_pseudo };
+        let sum = checksum::internet_checksum(&[&frame[addresses], pseudo, &frame[l4..]]);
+        // A computed 0 goes out as all ones: 0 means "no checksum".
+        let sum = if sum == 0 { 0xffff } else { sum };
+        frame[l4 + 6..l4 + 8].copy_from_slice(&sum.to_be_bytes());
         Some(frame)
     }
 }
@@ -181,10 +192,9 @@ mod tests {
                 payload: &payload,
             };
             let frame = datagram.udp_frame().unwrap();
-            assert_eq!(
-                Datagram::from_frame(&frame, &meta_for(&frame)),
-                Some(datagram)
-            );
+            let meta = meta_for(&frame);
+            assert_eq!(Datagram::from_frame(&frame, &meta), Some(datagram));
+            assert_eq!(checksum::verify(&frame, &meta), Ok(()), "{peer}");
         }
     }
 

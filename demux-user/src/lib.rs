@@ -32,6 +32,8 @@ pub mod sys;
 #[cfg(feature = "daemon")]
 pub mod attach;
 #[cfg(feature = "daemon")]
+pub mod checksum;
+#[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;

@@ -2,7 +2,8 @@
 //!
 //! It checks, prints and (on Debian, as root, unless `--no-install`/`DEMUX_NO_INSTALL`)
 //! installs: a Rust route to the BPF target (Debian's rustc-web and libstd-rust-web-dev-bpf),
-//! bpf-linker (built against Debian's llvm-22-dev), and iproute2 for the network tests.
+//! bpf-linker (built against Debian's llvm-22-dev), and iproute2 and ethtool for the network
+//! tests.
 //! Elsewhere it prints the exact commands to run instead.
 
 #[path = "../../demux-user/build/toolchain.rs"]
@@ -144,6 +145,14 @@ fn check(report: bool) -> Missing {
     } else {
         say("ip (iproute2, for network tests)", "missing");
         missing.apt.push("iproute2");
+    }
+    // The testbed turns TX checksum offload off on its veths, or what kernel sockets send
+    // would arrive with partial checksums, which demux drops as bad.
+    if has_program("ethtool") {
+        say("ethtool (for network tests)", "ok");
+    } else {
+        say("ethtool (for network tests)", "missing");
+        missing.apt.push("ethtool");
     }
     missing
 }

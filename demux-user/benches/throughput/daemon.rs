@@ -235,7 +235,10 @@ fn run_daemon_case(
             .map(|e| e.dropped_sink_full + e.dropped_sink_error)
             .sum(),
     );
-    dropped.insert("worker", s.dropped_no_endpoint + s.dropped_bad_metadata);
+    dropped.insert(
+        "worker",
+        s.dropped_no_endpoint + s.dropped_bad_metadata + s.dropped_bad_checksum,
+    );
     // The ring's client stops a little after the generator and may leave a few records unread;
     // those were delivered all the same.
     ensure!(

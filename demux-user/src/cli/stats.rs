@@ -68,8 +68,8 @@ pub(crate) fn report(stats: &Stats) -> String {
         );
     }
     out += &format!(
-        "worker drops: no_endpoint={} bad_metadata={}\n",
-        stats.dropped_no_endpoint, stats.dropped_bad_metadata
+        "worker drops: no_endpoint={} bad_metadata={} bad_checksum={}\n",
+        stats.dropped_no_endpoint, stats.dropped_bad_metadata, stats.dropped_bad_checksum
     );
     out
 }

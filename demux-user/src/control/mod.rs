@@ -315,6 +315,10 @@ pub struct Stats {
     pub dropped_no_endpoint: u64,
     /// Frames a queue worker could not deliver because their metadata was unusable.
     pub dropped_bad_metadata: u64,
+    /// Frames a queue worker did not deliver because a checksum was bad (IPv4 header, UDP,
+    /// TCP) or an IPv6 UDP datagram had none, as the kernel drops them.
+    #[serde(default)]
+    pub dropped_bad_checksum: u64,
     /// What endpoints that are closed by now delivered, so the accounting adds up.
     pub closed_delivered: u64,
     /// What endpoints that are closed by now dropped.
@@ -349,7 +353,12 @@ impl Stats {
             .map(|e| e.dropped_sink_full + e.dropped_sink_error)
             .sum();
         let sockets: u64 = self.sockets.iter().map(|s| s.rx_dropped).sum();
-        sinks + sockets + self.dropped_no_endpoint + self.dropped_bad_metadata + self.closed_dropped
+        sinks
+            + sockets
+            + self.dropped_no_endpoint
+            + self.dropped_bad_metadata
+            + self.dropped_bad_checksum
+            + self.closed_dropped
     }
 }
 

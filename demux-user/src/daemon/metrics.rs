@@ -129,6 +129,10 @@ pub fn encode(stats: &Stats) -> String {
                 label(&[("reason", "bad_metadata".into())]),
                 stats.dropped_bad_metadata,
             ),
+            (
+                label(&[("reason", "bad_checksum".into())]),
+                stats.dropped_bad_checksum,
+            ),
         ],
     );
     let mut out = String::new();
@@ -169,6 +173,7 @@ mod tests {
         let mut stats = Stats::default();
         stats.verdicts.insert("redirected".into(), 3);
         stats.dropped_no_endpoint = 2;
+        stats.dropped_bad_checksum = 5;
         let text = encode(&stats);
         assert!(
             text.contains("demux_verdicts_total{verdict=\"redirected\"} 3"),
@@ -176,6 +181,10 @@ mod tests {
         );
         assert!(
             text.contains("demux_worker_dropped_total{reason=\"no_endpoint\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demux_worker_dropped_total{reason=\"bad_checksum\"} 5"),
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");

@@ -232,11 +232,12 @@ fn log_stats(stats: &crate::control::Stats) {
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
     info!(
-        "verdicts: total={} {} | delivered={} dropped={}",
+        "verdicts: total={} {} | delivered={} dropped={} (bad_checksum={})",
         stats.seen(),
         verdicts.join(" "),
         stats.delivered(),
-        stats.dropped()
+        stats.dropped(),
+        stats.dropped_bad_checksum
     );
 }
 

@@ -101,6 +101,8 @@ pub type Directory = RwLock<HashMap<u32, Arc<EndpointHandle>>>;
 pub struct WorkerCounters {
     pub dropped_no_endpoint: AtomicU64,
     pub dropped_bad_metadata: AtomicU64,
+    /// Bad IPv4 header, UDP or TCP checksums, IPv6 UDP without one ([`crate::checksum`]).
+    pub dropped_bad_checksum: AtomicU64,
 }
 
 impl EndpointHandle {

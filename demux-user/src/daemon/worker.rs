@@ -1,7 +1,8 @@
 //! A queue worker: one thread per AF_XDP socket, which it opens itself (the UMEM's memory stays
 //! with the thread that uses it). It waits for frames (poll), reads them in batches, finds each
-//! frame's endpoint from its metadata, delivers the datagram to the endpoint's sink, and returns
-//! every frame to the fill ring.
+//! frame's endpoint from its metadata, checks the frame's checksums as the kernel would
+//! ([`crate::checksum`]; a bad one is dropped, counted as `dropped_bad_checksum`), delivers the
+//! datagram to the endpoint's sink, and returns every frame to the fill ring.
 
 use std::{
     os::fd::{AsRawFd, RawFd},
@@ -15,6 +16,7 @@ use std::{
 };
 
 use crate::{
+    checksum::{self, BadChecksum},
     control::SocketInfo,
     datagram::Datagram,
     sink::DropReason,
@@ -83,6 +85,18 @@ pub fn spawn(
                             counters.dropped_bad_metadata.fetch_add(1, Relaxed);
                             return;
                         };
+                        // As the kernel: a bad checksum never reaches a socket.
+                        match checksum::verify(frame, &meta) {
+                            Ok(()) => {}
+                            Err(BadChecksum::Malformed) => {
+                                counters.dropped_bad_metadata.fetch_add(1, Relaxed);
+                                return;
+                            }
+                            Err(_) => {
+                                counters.dropped_bad_checksum.fetch_add(1, Relaxed);
+                                return;
+                            }
+                        }
                         if !touched.contains(&meta.endpoint) {
                             touched.push(meta.endpoint);
                         }

@@ -178,6 +178,66 @@ pub fn stamp_udp(frame: &mut [u8], seq: u64, sent_ns: u64) {
     }
 }
 
+/// A checksum [`corrupt_checksum`] breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corrupt {
+    /// The IPv4 header's (IPv4 only).
+    Ipv4Header,
+    /// The UDP checksum: set (IPv4 too), then one bit off.
+    Udp,
+    /// The UDP checksum field zeroed: "none", which IPv4 allows and IPv6 does not.
+    UdpZero,
+    /// The TCP checksum, one bit off.
+    Tcp,
+}
+
+/// Breaks the checksum `what` names in a plain frame (no VLAN tags, IPv4 options or extension
+/// headers), as sent after [`stamp_udp`]; the kernel drops the result (but for
+/// [`Corrupt::UdpZero`] over IPv4). Panics on a frame of another kind.
+pub fn corrupt_checksum(frame: &mut [u8], what: Corrupt) {
+    let v4 = frame[14] >> 4 == 4;
+    let l4 = if v4 { 14 + 20 } else { 14 + 40 };
+    let protocol = frame[if v4 { 14 + 9 } else { 14 + 6 }];
+    let field = match what {
+        Corrupt::Ipv4Header => {
+            assert!(v4, "an IPv6 header has no checksum");
+            14 + 10
+        }
+        Corrupt::Udp | Corrupt::UdpZero => {
+            assert_eq!(protocol, PROTO_UDP, "not a UDP frame");
+            l4 + 6
+        }
+        Corrupt::Tcp => {
+            assert_eq!(protocol, PROTO_TCP, "not a TCP frame");
+            l4 + 16
+        }
+    };
+    let mut sum = u16::from_be_bytes([frame[field], frame[field + 1]]);
+    match what {
+        Corrupt::UdpZero => sum = 0,
+        Corrupt::Udp => {
+            // IPv4 frames go out without a UDP checksum: give them the right one first.
+            let (src, dst): (IpAddr, IpAddr) = if v4 {
+                let a = |at: usize| <[u8; 4]>::try_from(&frame[at..at + 4]).expect("4 bytes");
+                (a(26).into(), a(30).into())
+            } else {
+                let a = |at: usize| <[u8; 16]>::try_from(&frame[at..at + 16]).expect("16 bytes");
+                (a(22).into(), a(38).into())
+            };
+            frame[field..field + 2].copy_from_slice(&[0, 0]);
+            let pseudo = pseudo_header(src, dst, PROTO_UDP, frame.len() - l4);
+            sum = internet_checksum(&[&pseudo, &frame[l4..]]);
+            if sum == 0 {
+                sum = 0xffff;
+            }
+            // One bit off, never to 0 ("none").
+            sum ^= if sum == 1 { 2 } else { 1 };
+        }
+        Corrupt::Ipv4Header | Corrupt::Tcp => sum ^= 1,
+    }
+    frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// The stamp `stamp_udp` wrote: (sequence number, send time in ns), from a UDP payload.
 pub fn read_stamp(payload: &[u8]) -> Option<(u64, u64)> {
     let seq = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);

@@ -425,7 +425,8 @@ impl PairSpec {
 }
 
 /// Two namespaces joined by a veth pair, `a_if` in `a` and `b_if` in `b`, both up, with their
-/// addresses, and static neighbour entries for each side's first IPv4 address (no ARP).
+/// addresses, TX checksum offload off on both ends (what their sockets send carries full
+/// checksums), and static neighbour entries for each side's first IPv4 address (no ARP).
 /// Dropping it deletes both namespaces, and with them the veth.
 #[derive(Debug)]
 pub struct VethPair {
@@ -483,6 +484,11 @@ impl VethPair {
             "link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
         ])?;
         for (ns, iface, list) in [(&a, &a_if, &addrs[0]), (&b, &b_if, &addrs[1])] {
+            // With TX checksum offload on, veth hands what local sockets send over with
+            // partial checksums (CHECKSUM_PARTIAL: only the pseudo-header's sum in the field),
+            // which demux, checking checksums as the kernel does, drops as bad.
+            ns.exec(&["ethtool", "-K", iface, "tx", "off"])
+                .context("turning TX checksum offload off (ethtool; `apt-get install ethtool`)")?;
             for addr in list {
                 let mut args = vec!["addr", "add", addr.as_str(), "dev", iface.as_str()];
                 if addr.contains(':') {

@@ -19,6 +19,7 @@ macro_rules! trials {
 }
 
 mod backing;
+mod checksums;
 mod classifier;
 mod clients;
 mod daemon;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         clients::tests(),
         backing::tests(),
         restart::tests(),
+        checksums::tests(),
         multicast::tests(),
         oracle::tests(),
     ]

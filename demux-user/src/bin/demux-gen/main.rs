@@ -82,6 +82,30 @@ struct GenArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Break one checksum in every frame (tests: the kernel and demux drop them): the IPv4
+    /// header's, the UDP checksum (set, then one bit off), the UDP checksum zeroed ("none":
+    /// valid over IPv4, dropped over IPv6), or the TCP checksum. Modes xdp and packet only.
+    #[arg(long, value_enum, value_name = "KIND")]
+    bad_checksum: Option<BadChecksum>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BadChecksum {
+    Ipv4Header,
+    Udp,
+    UdpZero,
+    Tcp,
+}
+
+impl BadChecksum {
+    fn corrupt(self) -> frame::Corrupt {
+        match self {
+            Self::Ipv4Header => frame::Corrupt::Ipv4Header,
+            Self::Udp => frame::Corrupt::Udp,
+            Self::UdpZero => frame::Corrupt::UdpZero,
+            Self::Tcp => frame::Corrupt::Tcp,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -135,6 +159,19 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sendmmsg && args.tcp {
         bail!("--mode sendmmsg sends UDP datagrams only; drop --tcp or pick --mode xdp");
     }
+    if let Some(bad) = args.bad_checksum {
+        let fits = match bad {
+            BadChecksum::Ipv4Header => args.dst.is_ipv4(),
+            BadChecksum::Udp | BadChecksum::UdpZero => !args.tcp,
+            BadChecksum::Tcp => args.tcp,
+        };
+        if !fits || args.mode == Mode::Sendmmsg {
+            bail!(
+                "--bad-checksum {bad:?}: needs --mode xdp or packet, and an IPv4 destination \
+                 (ipv4-header), UDP (udp, udp-zero) or --tcp (tcp)"
+            );
+        }
+    }
     if args.payload < 16 && !args.tcp || args.payload > 9000 {
         bail!("--payload must be 16 (sequence number and send time) to 9000 bytes");
     }
@@ -167,6 +204,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
         Mode::Sendmmsg => Output::Sendmmsg(udp_sockets(&args)?),
     };
     let stamp = !args.tcp;
+    let corrupt = args.bad_checksum.map(BadChecksum::corrupt);
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let mut sent = 0u64;
@@ -184,6 +222,9 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
         buf[..frame.len()].copy_from_slice(frame);
         if stamp {
             frame::stamp_udp(&mut buf[..frame.len()], seq, demux::sys::monotonic_ns());
+        }
+        if let Some(what) = corrupt {
+            frame::corrupt_checksum(&mut buf[..frame.len()], what);
         }
         frame.len()
     };
