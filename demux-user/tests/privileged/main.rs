@@ -28,6 +28,7 @@ mod multicast;
 mod oracle;
 mod program;
 mod restart;
+mod reuseport;
 mod steer;
 
 use std::process::ExitCode;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         restart::tests(),
         multicast::tests(),
         oracle::tests(),
+        reuseport::tests(),
     ]
     .into_iter()
     .flatten()
