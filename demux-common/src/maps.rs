@@ -1,5 +1,7 @@
 //! Names and sizes of the BPF maps the daemon looks up in the loaded object.
 
+use crate::binding::{MAX_GROUPS, MAX_GROUP_MEMBERS};
+
 /// Per-CPU array of `u64`, one slot per [`crate::Verdict`]: packets by verdict.
 pub const VERDICTS: &str = "VERDICTS";
 /// Hash map `ConnectedKey → Target`.
@@ -25,6 +27,13 @@ pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// Hash map `ifindex → IfaceMac`: each attached interface's own MAC address.
 pub const IFACE_MACS: &str = "IFACE_MACS";
 
+/// REUSEPORT_SOCKARRAY `slot → backing socket` of the kernel's reuseport groups: member `i`
+/// of group `g` (in `GROUPS` order) is in slot [`reuseport_slot`]`(g, i)`.
+pub const REUSEPORT_SOCKETS: &str = "REUSEPORT_SOCKETS";
+/// Hash map `u64 socket cookie → u32 group id`: the group each registered reuseport backing
+/// socket belongs to.
+pub const REUSEPORT_COOKIES: &str = "REUSEPORT_COOKIES";
+
 /// Rx queues per interface that can be steered (queue index < this).
 pub const MAX_QUEUES: u32 = 64;
 /// Interfaces one daemon can attach to.
@@ -32,3 +41,16 @@ pub const MAX_IFACES: u32 = 16;
 
 /// Name of the `#[xdp]` entry point in the object.
 pub const PROGRAM: &str = "demux";
+/// Name of the `#[sk_reuseport]` program in the object, attached to every reuseport group of
+/// backing sockets so that the kernel picks the member the XDP program picks.
+pub const REUSEPORT_PROGRAM: &str = "demux_reuseport";
+
+/// Slots of `REUSEPORT_SOCKETS` (and entries of `REUSEPORT_COOKIES`): one per possible member
+/// of every group.
+pub const REUSEPORT_SLOTS: u32 = MAX_GROUPS * MAX_GROUP_MEMBERS as u32;
+
+/// The `REUSEPORT_SOCKETS` slot of member `index` of group `group`.
+#[inline(always)]
+pub const fn reuseport_slot(group: u32, index: u32) -> u32 {
+    group * MAX_GROUP_MEMBERS as u32 + index
+}

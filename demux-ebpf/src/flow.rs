@@ -16,12 +16,24 @@ static DEMUX_FLOW_KEY: Global<FlowKey> = Global::new(FlowKey::UNSET);
 /// The keyed hash of `packet`'s 4-tuple (`demux_common::hash::flow_hash`).
 #[inline(always)]
 pub(crate) fn hash(packet: &Packet) -> u32 {
-    let key = DEMUX_FLOW_KEY.load();
-    flow_hash(
-        &key,
+    hash_tuple(
         &packet.src_addr,
         &packet.dst_addr,
         packet.src_port,
         packet.dst_port,
     )
+}
+
+/// The keyed hash of a 4-tuple as [`hash`] takes it from a parsed packet: addresses 16 bytes
+/// (IPv4 in the first 4, the rest zero), ports in host order. The reuseport program
+/// (`reuseport.rs`) hashes through here too, so both programs pick the same member.
+#[inline(always)]
+pub(crate) fn hash_tuple(
+    src_addr: &[u8; 16],
+    dst_addr: &[u8; 16],
+    src_port: u16,
+    dst_port: u16,
+) -> u32 {
+    let key = DEMUX_FLOW_KEY.load();
+    flow_hash(&key, src_addr, dst_addr, src_port, dst_port)
 }

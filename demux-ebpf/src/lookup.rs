@@ -53,7 +53,7 @@ static PORTS: Array<u32> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 
 /// Group id → members (SO_REUSEPORT-style).
 #[map(name = "GROUPS")]
-static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
+pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 
 /// The binding that receives `packet`, by precedence.
 #[inline(always)]

@@ -5,6 +5,9 @@
 //! hashes the flow with the daemon's key (`flow`) and steers (`steer`); `counters::count`
 //! records the verdict, and the packet gets the matching XDP action. Anything that is not ours
 //! passes to the kernel untouched.
+//!
+//! The object's second program, `demux_reuseport` (`reuseport`), makes the kernel's own
+//! reuseport selection pick the member this one picks, for what it passes.
 #![no_std]
 #![no_main]
 
@@ -14,6 +17,7 @@ mod flow;
 mod host;
 mod lookup;
 mod parse;
+mod reuseport;
 mod runtime;
 mod steer;
 

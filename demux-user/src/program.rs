@@ -1,5 +1,7 @@
 //! The embedded XDP object: loading it into the kernel (verifier included) and handing out its
-//! program and maps. Every map the daemon uses is taken out of the object once, here, as a typed
+//! programs and maps. It holds two programs: the XDP program `demux`, and `demux_reuseport`
+//! (`SK_REUSEPORT`), which the dataplane attaches to the kernel reuseport groups of backing
+//! sockets so that what XDP passes reaches the member XDP would have picked. Every map the daemon uses is taken out of the object once, here, as a typed
 //! handle whose key and value sizes aya checks against the `demux-common` types; a map that is
 //! missing, of another kind or of another layout fails the load with one line naming it.
 //!
@@ -12,7 +14,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
     maps::{HashMap, Map, MapData, MapError, MapInfo, XskMap},
-    programs::{ProgramError, Xdp},
+    programs::{ProgramError, SkReuseport, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use demux_common::{
@@ -68,10 +70,19 @@ pub enum LoadError {
     Key(#[source] std::io::Error),
     #[error("parsing or creating the maps of the embedded XDP object failed: {0}")]
     Object(#[source] EbpfError),
-    #[error("the embedded object has no XDP program named `{0}`")]
+    #[error("the embedded object has no program named `{0}` of the expected type")]
     MissingProgram(&'static str),
     #[error("the kernel refused to load the XDP program (verifier or permissions): {0}")]
     Verify(#[source] ProgramError),
+    /// The kernel refused `demux_reuseport`, or its descriptor could not be duplicated.
+    #[error("the kernel refused to load the reuseport program `{program}` (verifier or permissions): {source}")]
+    VerifyReuseport {
+        /// Its name (`demux_common::maps::REUSEPORT_PROGRAM`).
+        program: &'static str,
+        /// What aya reported.
+        #[source]
+        source: ProgramError,
+    },
     /// A map the daemon uses is not in the object.
     #[error("map {map}: the embedded object has no map of that name")]
     MissingMap {
@@ -236,11 +247,24 @@ impl Loaded {
             .and_then(|p| p.try_into().ok())
             .ok_or(LoadError::MissingProgram(maps::PROGRAM))?;
         program.load().map_err(LoadError::Verify)?;
+        let reuseport: &mut SkReuseport = ebpf
+            .program_mut(maps::REUSEPORT_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram(maps::REUSEPORT_PROGRAM))?;
+        let verify_reuseport = |source| LoadError::VerifyReuseport {
+            program: maps::REUSEPORT_PROGRAM,
+            source,
+        };
+        reuseport.load().map_err(verify_reuseport)?;
+        let reuseport = reuseport
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            .map_err(verify_reuseport)?;
         let slots = SocketSlots {
             iface_slots: take_map(&mut ebpf, maps::IFACE_SLOTS, "a hash map")?,
             xsks: take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?,
         };
-        let dataplane = Maps::take(&mut ebpf)?;
+        let dataplane = Maps::take(&mut ebpf, reuseport)?;
         Ok((
             Self {
                 ebpf,

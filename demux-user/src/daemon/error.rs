@@ -4,8 +4,12 @@
 use thiserror::Error;
 
 use crate::{
-    backing::BackingError, binding::BindingError, control::ErrorCode, dataplane::CounterError,
-    sink::SinkError, tables::TableError,
+    backing::BackingError,
+    binding::BindingError,
+    control::ErrorCode,
+    dataplane::{CounterError, ReuseportError},
+    sink::SinkError,
+    tables::TableError,
 };
 
 /// A refused or failed control request.
@@ -200,6 +204,9 @@ pub enum ControlError {
     /// The endpoint's statistics slot could not be reset.
     #[error("endpoint statistics: {0}")]
     Statistics(#[from] CounterError),
+    /// A reuseport member could not be written for the reuseport program.
+    #[error(transparent)]
+    Reuseport(#[from] ReuseportError),
 }
 
 impl ControlError {
@@ -210,6 +217,7 @@ impl ControlError {
             ControlError::Binding(_)
             | ControlError::BackingMismatch { .. }
             | ControlError::GroupWithBacking
+            | ControlError::Reuseport(ReuseportError::InAnotherArray { .. })
             | ControlError::GroupAddress { .. }
             | ControlError::RingForDaemon => ErrorCode::InvalidArgument,
             ControlError::Table(TableError::Exists { .. })
@@ -234,9 +242,9 @@ impl ControlError {
             | ControlError::BackingRequired { .. }
             | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
             ControlError::Sink(error) => error.code(),
-            ControlError::Table(TableError::Map { .. }) | ControlError::Statistics(_) => {
-                ErrorCode::Internal
-            }
+            ControlError::Table(TableError::Map { .. })
+            | ControlError::Statistics(_)
+            | ControlError::Reuseport(_) => ErrorCode::Internal,
         }
     }
 }

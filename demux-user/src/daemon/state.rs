@@ -21,6 +21,15 @@
 //! line: the caller keeps its descriptor and may change the socket later, which [`State::audit`]
 //! notices. A daemon-held endpoint's backing socket is read into its sink ([`kernel_path`]).
 //!
+//! What XDP passes (fragments, IP options, …) reaches a reuseport group through the kernel,
+//! whose own choice of member would split a flow. So every backed member of a reuseport group
+//! is also written where the `demux_reuseport` program finds it (its cookie, and the
+//! `REUSEPORT_SOCKETS` slot of its place in the group's member order), and the program is
+//! attached to its kernel group ([`Dataplane::attach_reuseport`], replacing a program the
+//! caller may have attached). The kernel's group may hold sockets demux does not know (the
+//! same uid's, never registered): the program leaves the choice to the kernel when the lookup
+//! found one of those, and never selects them.
+//!
 //! It also holds each non-root uid to its [`Limits`]: the endpoints it holds (persistent ones
 //! included) and their ring memory, checked before anything is opened. The connection limits
 //! are the control socket's (`server.rs`), which asks [`State::holds_endpoints`] before closing
@@ -28,14 +37,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, PoisonError, RwLock,
     },
 };
 
-use demux_common::binding::{Target, MAX_ENDPOINTS, MAX_GROUPS};
+use demux_common::{
+    binding::{Target, MAX_ENDPOINTS, MAX_GROUPS},
+    maps::reuseport_slot,
+};
 use tracing::{info, warn};
 
 use super::{
@@ -49,7 +61,7 @@ use crate::{
     control::SinkSpec,
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
     daemon::error::ControlError,
-    dataplane::{maps::Maps, Dataplane},
+    dataplane::{maps::Maps, Dataplane, ReuseportError},
     ring::{ClientFds, DEFAULT_SLOT_SIZE},
     sink::{CallerSink, Sink},
     tables::Tables,
@@ -130,6 +142,8 @@ struct Endpoint {
 struct Backing {
     socket: OwnedFd,
     backed: Backed,
+    /// The socket's cookie (`SO_COOKIE`), for a reuseport socket: `REUSEPORT_COOKIES` has it.
+    cookie: Option<u64>,
     reader: Option<tokio::task::AbortHandle>,
 }
 
@@ -258,6 +272,19 @@ impl<D: Dataplane> State<D> {
             Some(socket) => Some(self.adopt(&mut request, socket)?),
             None => None,
         };
+        // An unconnected reuseport member's cookie: how the reuseport program finds its group.
+        // A connected member is never the kernel's reuseport choice (its lookup takes connected
+        // sockets by score, without running the group's program), and the kernel refuses it a
+        // REUSEPORT_SOCKARRAY slot.
+        let cookie = match (&socket, &backed) {
+            (Some(socket), Some(backed)) if backed.reuseport && backed.binding.remote.is_none() => {
+                Some(
+                    crate::sys::socket::cookie(socket)
+                        .map_err(|e| ControlError::Reuseport(ReuseportError::Cookie(e)))?,
+                )
+            }
+            _ => None,
+        };
         let binding = request.binding()?;
         let local = binding.local;
         let privileged_port = match local {
@@ -310,9 +337,11 @@ impl<D: Dataplane> State<D> {
             None => self
                 .claim(own_entry, own_target, format!("endpoint {id}"))
                 .map(|()| Placement::Own(own_entry)),
-            Some(name) => self
-                .join_group(name, &binding, own_entry, id)
-                .map(|()| Placement::Member(name.clone())),
+            Some(name) => {
+                let kernel = socket.as_ref().zip(cookie).map(|(s, c)| (s.as_fd(), c));
+                self.join_group(name, &binding, own_entry, id, kernel)
+                    .map(|()| Placement::Member(name.clone()))
+            }
         };
         let placement = match placement {
             Ok(placement) => placement,
@@ -331,6 +360,7 @@ impl<D: Dataplane> State<D> {
                 Some(Backing {
                     socket,
                     backed,
+                    cookie,
                     reader,
                 })
             }
@@ -510,12 +540,16 @@ impl<D: Dataplane> State<D> {
         Ok(())
     }
 
+    /// Adds endpoint `id` to group `name` (created if new). `kernel` is its backing socket
+    /// and cookie when it is a reuseport socket: written for the reuseport program (slot of its
+    /// place, cookie, program attached) before `GROUPS` counts it.
     fn join_group(
         &mut self,
         name: &str,
         binding: &Binding,
         own_entry: Entry,
         id: u32,
+        kernel: Option<(BorrowedFd<'_>, u64)>,
     ) -> Result<(), ControlError> {
         if let Some(group) = self.groups.get_mut(name) {
             let (entry, _) = binding.encode(Receiver::Group(group.id))?;
@@ -524,7 +558,18 @@ impl<D: Dataplane> State<D> {
             }
             let mut members = group.members.clone();
             members.push(id);
-            self.dataplane.set_group(group.id, &members)?;
+            // Refused before any write, as `set_group` would refuse it.
+            crate::dataplane::group_value(group.id, &members)?;
+            let index = (members.len() - 1) as u32;
+            if let Some((socket, cookie)) = kernel {
+                join_kernel_group(&mut self.dataplane, group.id, index, socket, cookie)?;
+            }
+            if let Err(error) = self.dataplane.set_group(group.id, &members) {
+                if let Some((_, cookie)) = kernel {
+                    leave_kernel_group(&mut self.dataplane, group.id, index, cookie);
+                }
+                return Err(error.into());
+            }
             group.members = members;
             return Ok(());
         }
@@ -536,10 +581,23 @@ impl<D: Dataplane> State<D> {
             std::mem::discriminant(&entry),
             std::mem::discriminant(&own_entry)
         );
-        // Members first, so the binding never points at an empty group.
-        self.dataplane.set_group(group_id, &[id])?;
+        // The kernel's side first, then members, so the binding never points at an empty
+        // group.
+        if let Some((socket, cookie)) = kernel {
+            join_kernel_group(&mut self.dataplane, group_id, 0, socket, cookie)?;
+        }
+        let undo_kernel = |dataplane: &mut D| {
+            if let Some((_, cookie)) = kernel {
+                leave_kernel_group(dataplane, group_id, 0, cookie);
+            }
+        };
+        if let Err(error) = self.dataplane.set_group(group_id, &[id]) {
+            undo_kernel(&mut self.dataplane);
+            return Err(error.into());
+        }
         if let Err(error) = self.claim(entry, target, format!("group {name}")) {
             let _ = self.dataplane.set_group(group_id, &[]);
+            undo_kernel(&mut self.dataplane);
             return Err(error);
         }
         self.groups.insert(
@@ -568,7 +626,13 @@ impl<D: Dataplane> State<D> {
         };
         let result = match &endpoint.placement {
             Placement::Own(entry) => self.release(entry),
-            Placement::Member(name) => self.leave_group(name, id),
+            Placement::Member(name) => {
+                let kernel = endpoint
+                    .backing
+                    .as_ref()
+                    .and_then(|b| Some((b.socket.as_fd(), b.cookie?)));
+                self.leave_group(name, id, kernel)
+            }
         };
         self.directory_mut().remove(&id);
         // The worker no longer sees the endpoint: its counters are final.
@@ -582,20 +646,52 @@ impl<D: Dataplane> State<D> {
         Ok(self.tables.remove(&mut self.dataplane, entry)?)
     }
 
-    fn leave_group(&mut self, name: &str, id: u32) -> Result<(), ControlError> {
+    /// Takes endpoint `id` out of group `name` (removed with its last member). `kernel` is its
+    /// reuseport backing socket and cookie: the cookie goes first, then `GROUPS`, then the
+    /// slots of every member whose place changed; the last member detaches the program.
+    fn leave_group(
+        &mut self,
+        name: &str,
+        id: u32,
+        kernel: Option<(BorrowedFd<'_>, u64)>,
+    ) -> Result<(), ControlError> {
         let Some(group) = self.groups.get_mut(name) else {
             return Ok(());
         };
+        let before = group.members.clone();
         group.members.retain(|m| *m != id);
         let (gid, entry, members) = (group.id, group.entry, group.members.clone());
-        if members.is_empty() {
+        if let Some((_, cookie)) = kernel {
+            if let Err(error) = self.dataplane.remove_reuseport_cookie(cookie) {
+                warn!(id, group = name, "leaving the kernel's group: {error}");
+            }
+        }
+        let result = if members.is_empty() {
             self.groups.remove(name);
             // Binding first, so no packet looks into the emptied group.
             let result = self.release(&entry);
             let _ = self.dataplane.set_group(gid, &[]);
-            return result;
+            if let Some((socket, _)) = kernel {
+                if let Err(error) = self.dataplane.detach_reuseport(socket) {
+                    warn!(id, group = name, "leaving the kernel's group: {error}");
+                }
+            }
+            result
+        } else {
+            self.dataplane.set_group(gid, &members).map_err(Into::into)
+        };
+        // Each member's slot follows its place in `members`.
+        let sockets: Vec<Option<BorrowedFd<'_>>> = members
+            .iter()
+            .map(|m| {
+                let backing = self.endpoints.get(m)?.backing.as_ref()?;
+                backing.cookie.map(|_| backing.socket.as_fd())
+            })
+            .collect();
+        if let Err(error) = rewrite_slots(&mut self.dataplane, gid, &before, &members, &sockets) {
+            warn!(id, group = name, "rewriting the kernel's group: {error}");
         }
-        Ok(self.dataplane.set_group(gid, &members)?)
+        result
     }
 
     /// Closes the endpoints a connection created, except persistent ones.
@@ -642,6 +738,58 @@ impl<D: Dataplane> State<D> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Writes a joining reuseport member for the reuseport program: its socket in the slot of its
+/// place `index` in group `gid`, its cookie, and the program attached to its kernel group (a
+/// program the caller attached is replaced: its reuseport selection cannot be read back). On
+/// failure nothing stays written.
+fn join_kernel_group<D: Dataplane>(
+    dataplane: &mut D,
+    gid: u32,
+    index: u32,
+    socket: BorrowedFd<'_>,
+    cookie: u64,
+) -> Result<(), ControlError> {
+    dataplane.set_reuseport_socket(reuseport_slot(gid, index), socket)?;
+    let rest = dataplane
+        .set_reuseport_cookie(cookie, gid)
+        .and_then(|()| dataplane.attach_reuseport(socket));
+    if let Err(error) = rest {
+        leave_kernel_group(dataplane, gid, index, cookie);
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Undoes [`join_kernel_group`]'s writes (the program stays attached: the group's other
+/// members still need it), as far as they go.
+fn leave_kernel_group<D: Dataplane>(dataplane: &mut D, gid: u32, index: u32, cookie: u64) {
+    let _ = dataplane.remove_reuseport_cookie(cookie);
+    let _ = dataplane.clear_reuseport_socket(reuseport_slot(gid, index));
+}
+
+/// Rewrites group `gid`'s `REUSEPORT_SOCKETS` slots from member order `before` to `after`,
+/// `sockets[i]` being the reuseport socket of `after[i]` (none for a member without one). Only
+/// places whose member changed are written; all of them are emptied first, because the kernel
+/// keeps a socket in one slot at most.
+fn rewrite_slots<D: Dataplane>(
+    dataplane: &mut D,
+    gid: u32,
+    before: &[u32],
+    after: &[u32],
+    sockets: &[Option<BorrowedFd<'_>>],
+) -> Result<(), ReuseportError> {
+    let changed = |i: usize| before.get(i) != after.get(i);
+    for i in (0..before.len()).filter(|i| changed(*i)) {
+        dataplane.clear_reuseport_socket(reuseport_slot(gid, i as u32))?;
+    }
+    for (i, socket) in sockets.iter().enumerate().filter(|(i, _)| changed(*i)) {
+        if let Some(socket) = socket {
+            dataplane.set_reuseport_socket(reuseport_slot(gid, i as u32), *socket)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether two bindings would conflict as kernel sockets' binds do: one protocol, a port in
@@ -1368,6 +1516,140 @@ mod tests {
         bind(&mut state, member("198.18.0.2:5000", "g"), ALICE_AGAIN);
         assert_eq!(state.groups["g"].members.len(), 2);
         consistent(&state);
+    }
+
+    /// Reuseport sockets on 127.0.0.1 and a free port, as a caller binds them.
+    fn reuseport_sockets(n: usize) -> (u16, Vec<OwnedFd>) {
+        let socket = || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                .expect("a UDP socket");
+            s.set_reuse_port(true).expect("SO_REUSEPORT");
+            s
+        };
+        let first = socket();
+        first
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .expect("bind");
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let mut sockets = vec![OwnedFd::from(first)];
+        for _ in 1..n {
+            let s = socket();
+            s.bind(
+                &format!("127.0.0.1:{port}")
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .expect("bind to the group's port");
+            sockets.push(OwnedFd::from(s));
+        }
+        (port, sockets)
+    }
+
+    /// Member `i` of a reuseport group of backed endpoints is in slot `i` (what the reuseport
+    /// program selects), its cookie names the group, and the program is attached through each
+    /// joining socket; when a member leaves, the places that moved are rewritten (emptied
+    /// first: the kernel keeps a socket in one slot), and the last one out detaches.
+    #[test]
+    fn reuseport_slots_follow_the_member_order() {
+        use std::os::fd::AsRawFd as _;
+        let mut state = state();
+        let (port, sockets) = reuseport_sockets(3);
+        let local = format!("127.0.0.1:{port}");
+        let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let cookies: Vec<u64> = sockets
+            .iter()
+            .map(|s| crate::sys::socket::cookie(s).expect("SO_COOKIE"))
+            .collect();
+        let mut ids = Vec::new();
+        for socket in sockets {
+            let passed = Passed {
+                backing: Some(socket),
+                sink: None,
+            };
+            let request = BindRequest {
+                backed: true,
+                ..request(&local)
+            };
+            ids.push(state.bind_passed(request, ALICE, passed).expect("bind").0);
+        }
+        let gid = state.groups.values().next().expect("one group").id;
+        let slots = |state: &State<MemoryDataplane>| -> Vec<(u32, i32)> {
+            state
+                .dataplane
+                .reuseport_sockets()
+                .iter()
+                .map(|(slot, fd)| (*slot, *fd))
+                .collect()
+        };
+        let slot = |i| reuseport_slot(gid, i);
+        assert_eq!(
+            slots(&state),
+            [(slot(0), fds[0]), (slot(1), fds[1]), (slot(2), fds[2])]
+        );
+        for cookie in &cookies {
+            assert_eq!(state.dataplane.reuseport_cookies().get(cookie), Some(&gid));
+        }
+        let attached = |state: &State<MemoryDataplane>| {
+            state
+                .dataplane
+                .events()
+                .iter()
+                .filter(|e| matches!(e, Event::AttachReuseport(_)))
+                .count()
+        };
+        assert_eq!(attached(&state), 3);
+
+        // The first member leaves: the others move up one place each.
+        state.close(ids[0], ALICE).expect("close");
+        assert_eq!(state.dataplane.members(gid), &ids[1..]);
+        assert_eq!(slots(&state), [(slot(0), fds[1]), (slot(1), fds[2])]);
+        assert!(!state
+            .dataplane
+            .reuseport_cookies()
+            .contains_key(&cookies[0]));
+        consistent(&state);
+
+        state.close(ids[2], ALICE).expect("close");
+        state.close(ids[1], ALICE).expect("close");
+        assert!(slots(&state).is_empty());
+        assert!(state.dataplane.reuseport_cookies().is_empty());
+        let detached = state
+            .dataplane
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Event::DetachReuseport(_)))
+            .count();
+        assert_eq!(detached, 1, "only the last member out detaches");
+        empty(&state);
+    }
+
+    /// A failed reuseport write refuses the bind and leaves nothing behind.
+    #[test]
+    fn a_failed_reuseport_write_binds_nothing() {
+        let mut state = state();
+        let (port, mut sockets) = reuseport_sockets(1);
+        state.dataplane.fail(Op::Reuseport, 1);
+        let passed = Passed {
+            backing: sockets.pop(),
+            sink: None,
+        };
+        let request = BindRequest {
+            backed: true,
+            ..request(&format!("127.0.0.1:{port}"))
+        };
+        let Err(error) = state.bind_passed(request, ALICE, passed) else {
+            panic!("bound despite the failed write");
+        };
+        assert!(matches!(error, ControlError::Reuseport(_)), "{error}");
+        assert!(state.dataplane.reuseport_sockets().is_empty());
+        assert!(state.dataplane.reuseport_cookies().is_empty());
+        empty(&state);
     }
 
     #[test]

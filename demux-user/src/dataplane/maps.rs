@@ -2,15 +2,16 @@
 //! the loaded object once (`crate::program::Loaded::load`), and the counters shared with the
 //! statistics readers.
 
-use std::sync::Arc;
+use std::{os::fd::BorrowedFd, sync::Arc};
 
-use aya::Ebpf;
+use aya::{programs::ProgramFd, Ebpf};
 use demux_common::binding::{EndpointStats, Target};
 
 use super::{
     bindings::BindingMaps, group_value, groups::GroupsMap, iface_macs::IfaceMacsMap,
-    local_addrs::LocalAddrsMap, ports::PortsMap, CounterError, Counters, Dataplane, LocalKind,
-    LocalPrefix,
+    local_addrs::LocalAddrsMap, ports::PortsMap, reuseport_cookies::ReuseportCookiesMap,
+    reuseport_program::ReuseportProgram, reuseport_sockets::ReuseportSocketsMap, CounterError,
+    Counters, Dataplane, LocalKind, LocalPrefix, ReuseportError,
 };
 use crate::{
     binding::Entry,
@@ -20,11 +21,15 @@ use crate::{
     verdicts::{VerdictCounts, VerdictsMap},
 };
 
-/// The loaded program's binding tables, port index, groups, host view and counters.
+/// The loaded program's binding tables, port index, groups, host view, reuseport sockets and
+/// counters, and the reuseport program.
 pub struct Maps {
     bindings: BindingMaps,
     ports: PortsMap,
     groups: GroupsMap,
+    reuseport_sockets: ReuseportSocketsMap,
+    reuseport_cookies: ReuseportCookiesMap,
+    reuseport_program: ReuseportProgram,
     local_addrs: LocalAddrsMap,
     iface_macs: IfaceMacsMap,
     endpoint_stats: EndpointStatsWriter,
@@ -38,13 +43,17 @@ pub struct MapCounters {
 }
 
 impl Maps {
-    /// Takes the maps out of `ebpf`, each checked against its `demux-common` types.
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+    /// Takes the maps out of `ebpf`, each checked against its `demux-common` types, and keeps
+    /// `reuseport`, a descriptor of the loaded `demux_reuseport` program.
+    pub(crate) fn take(ebpf: &mut Ebpf, reuseport: ProgramFd) -> Result<Self, LoadError> {
         let (writer, reader) = endpoint_stats::take(ebpf)?;
         Ok(Self {
             bindings: BindingMaps::take(ebpf)?,
             ports: PortsMap::take(ebpf)?,
             groups: GroupsMap::take(ebpf)?,
+            reuseport_sockets: ReuseportSocketsMap::take(ebpf)?,
+            reuseport_cookies: ReuseportCookiesMap::take(ebpf)?,
+            reuseport_program: ReuseportProgram::new(reuseport),
             local_addrs: LocalAddrsMap::take(ebpf)?,
             iface_macs: IfaceMacsMap::take(ebpf)?,
             endpoint_stats: writer,
@@ -101,6 +110,34 @@ impl Dataplane for Maps {
 
     fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
         self.iface_macs.set(ifindex, mac)
+    }
+
+    fn set_reuseport_socket(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+    ) -> Result<(), ReuseportError> {
+        self.reuseport_sockets.set(slot, socket)
+    }
+
+    fn clear_reuseport_socket(&mut self, slot: u32) -> Result<(), ReuseportError> {
+        self.reuseport_sockets.clear(slot)
+    }
+
+    fn set_reuseport_cookie(&mut self, cookie: u64, group: u32) -> Result<(), ReuseportError> {
+        self.reuseport_cookies.set(cookie, group)
+    }
+
+    fn remove_reuseport_cookie(&mut self, cookie: u64) -> Result<(), ReuseportError> {
+        self.reuseport_cookies.remove(cookie)
+    }
+
+    fn attach_reuseport(&mut self, socket: BorrowedFd<'_>) -> Result<(), ReuseportError> {
+        self.reuseport_program.attach(socket)
+    }
+
+    fn detach_reuseport(&mut self, socket: BorrowedFd<'_>) -> Result<(), ReuseportError> {
+        ReuseportProgram::detach(socket)
     }
 
     fn counters(&self) -> Arc<dyn Counters> {

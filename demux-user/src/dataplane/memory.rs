@@ -9,8 +9,9 @@
 //! [`fail`]: MemoryDataplane::fail
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io,
+    os::fd::{AsRawFd as _, BorrowedFd, RawFd},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -20,7 +21,9 @@ use demux_common::{
     maps,
 };
 
-use super::{group_value, CounterError, Counters, Dataplane, LocalKind, LocalPrefix};
+use super::{
+    group_value, CounterError, Counters, Dataplane, LocalKind, LocalPrefix, ReuseportError,
+};
 use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
 
 /// An operation of [`Dataplane`], to make fail.
@@ -40,6 +43,8 @@ pub enum Op {
     Local,
     /// [`Dataplane::set_iface_mac`].
     IfaceMac,
+    /// Every reuseport call: [`Dataplane::set_reuseport_socket`] and the others.
+    Reuseport,
 }
 
 /// One successful write, in the order made.
@@ -71,6 +76,18 @@ pub enum Event {
     RemoveLocal(LocalPrefix),
     /// An interface's MAC address was written.
     SetIfaceMac(u32, [u8; 6]),
+    /// A reuseport slot got a socket (its descriptor number).
+    SetReuseportSocket(u32, RawFd),
+    /// A reuseport slot was emptied.
+    ClearReuseportSocket(u32),
+    /// A socket cookie was recorded as a member of a group.
+    SetReuseportCookie(u64, u32),
+    /// A socket cookie was forgotten.
+    RemoveReuseportCookie(u64),
+    /// The reuseport program was attached through a socket (its descriptor number).
+    AttachReuseport(RawFd),
+    /// A kernel group's program was detached through a socket (its descriptor number).
+    DetachReuseport(RawFd),
 }
 
 /// The binding tables, port index, groups and counters, in memory.
@@ -81,6 +98,10 @@ pub struct MemoryDataplane {
     groups: HashMap<u32, Vec<u32>>,
     local: HashMap<LocalPrefix, LocalKind>,
     macs: HashMap<u32, [u8; 6]>,
+    /// `REUSEPORT_SOCKETS`: slot → descriptor number.
+    reuseport_sockets: BTreeMap<u32, RawFd>,
+    /// `REUSEPORT_COOKIES`.
+    reuseport_cookies: HashMap<u64, u32>,
     /// Entries per binding table; `None` is unbounded.
     capacity: Option<usize>,
     /// Per operation: how many more calls succeed before one fails.
@@ -149,6 +170,16 @@ impl MemoryDataplane {
     /// The interfaces' MAC addresses (`IFACE_MACS`).
     pub fn macs(&self) -> &HashMap<u32, [u8; 6]> {
         &self.macs
+    }
+
+    /// The socket (descriptor number) in each non-empty `REUSEPORT_SOCKETS` slot.
+    pub fn reuseport_sockets(&self) -> &BTreeMap<u32, RawFd> {
+        &self.reuseport_sockets
+    }
+
+    /// The recorded socket cookies and their groups (`REUSEPORT_COOKIES`).
+    pub fn reuseport_cookies(&self) -> &HashMap<u64, u32> {
+        &self.reuseport_cookies
     }
 
     /// Every successful write so far, in order.
@@ -333,8 +364,84 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
 
+    fn set_reuseport_socket(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+    ) -> Result<(), ReuseportError> {
+        self.reuseport_fails(maps::REUSEPORT_SOCKETS)?;
+        let fd = socket.as_raw_fd();
+        // As the kernel: one socket in one slot at most.
+        if self
+            .reuseport_sockets
+            .iter()
+            .any(|(at, held)| *held == fd && *at != slot)
+        {
+            return Err(ReuseportError::InAnotherArray { slot });
+        }
+        self.reuseport_sockets.insert(slot, fd);
+        self.record(Event::SetReuseportSocket(slot, fd));
+        Ok(())
+    }
+
+    fn clear_reuseport_socket(&mut self, slot: u32) -> Result<(), ReuseportError> {
+        self.reuseport_fails(maps::REUSEPORT_SOCKETS)?;
+        if self.reuseport_sockets.remove(&slot).is_some() {
+            self.record(Event::ClearReuseportSocket(slot));
+        }
+        Ok(())
+    }
+
+    fn set_reuseport_cookie(&mut self, cookie: u64, group: u32) -> Result<(), ReuseportError> {
+        self.reuseport_fails(maps::REUSEPORT_COOKIES)?;
+        self.reuseport_cookies.insert(cookie, group);
+        self.record(Event::SetReuseportCookie(cookie, group));
+        Ok(())
+    }
+
+    fn remove_reuseport_cookie(&mut self, cookie: u64) -> Result<(), ReuseportError> {
+        self.reuseport_fails(maps::REUSEPORT_COOKIES)?;
+        if self.reuseport_cookies.remove(&cookie).is_some() {
+            self.record(Event::RemoveReuseportCookie(cookie));
+        }
+        Ok(())
+    }
+
+    fn attach_reuseport(&mut self, socket: BorrowedFd<'_>) -> Result<(), ReuseportError> {
+        if self.fails(Op::Reuseport) {
+            return Err(ReuseportError::Attach(io::Error::from_raw_os_error(
+                libc::EIO,
+            )));
+        }
+        self.record(Event::AttachReuseport(socket.as_raw_fd()));
+        Ok(())
+    }
+
+    fn detach_reuseport(&mut self, socket: BorrowedFd<'_>) -> Result<(), ReuseportError> {
+        if self.fails(Op::Reuseport) {
+            return Err(ReuseportError::Detach(io::Error::from_raw_os_error(
+                libc::EIO,
+            )));
+        }
+        self.record(Event::DetachReuseport(socket.as_raw_fd()));
+        Ok(())
+    }
+
     fn counters(&self) -> Arc<dyn Counters> {
         self.counters.clone()
+    }
+}
+
+impl MemoryDataplane {
+    /// Consumes one reuseport call: the injected failure of a write to `table`, if it is due.
+    fn reuseport_fails(&mut self, table: &'static str) -> Result<(), ReuseportError> {
+        match self.fails(Op::Reuseport) {
+            true => Err(ReuseportError::Map(TableError::Map {
+                table,
+                source: injected("bpf_map_update_elem"),
+            })),
+            false => Ok(()),
+        }
     }
 }
 

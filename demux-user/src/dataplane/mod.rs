@@ -4,7 +4,9 @@
 //! maps: insert and remove one binding, read and write a port-index entry, set a group's
 //! members, zero an endpoint's counters; and the host's view the program checks destinations
 //! against: the local routes (`LOCAL_ADDRS`, written by `daemon::local_addrs`) and the
-//! interfaces' MAC addresses (`IFACE_MACS`). [`Counters`] is what the statistics readers need: the
+//! interfaces' MAC addresses (`IFACE_MACS`); and the kernel's side of reuseport groups: the
+//! backing sockets in `REUSEPORT_SOCKETS` slots, their cookies in `REUSEPORT_COOKIES`, and the
+//! `demux_reuseport` program attached to their kernel groups. [`Counters`] is what the statistics readers need: the
 //! verdict and per-endpoint counters, readable through `&self` from any thread, so that `stats`,
 //! `list` and the metrics never wait for a bind or a close.
 //!
@@ -21,8 +23,11 @@ pub mod maps;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 mod ports;
+mod reuseport_cookies;
+mod reuseport_program;
+mod reuseport_sockets;
 
-use std::{io, sync::Arc};
+use std::{io, os::fd::BorrowedFd, sync::Arc};
 
 use aya::maps::MapError;
 use demux_common::binding::{EndpointStats, Group, Target, MAX_GROUPS, MAX_GROUP_MEMBERS};
@@ -64,8 +69,66 @@ pub trait Dataplane {
     /// Writes interface `ifindex`'s own MAC address (`IFACE_MACS`).
     fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError>;
 
+    /// Puts `socket` in `REUSEPORT_SOCKETS` slot `slot` (`demux_common::maps::reuseport_slot`),
+    /// replacing what was there. The kernel keeps a socket in one slot at most: a socket in
+    /// another slot (or in another program's array) is [`ReuseportError::InAnotherArray`].
+    fn set_reuseport_socket(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+    ) -> Result<(), ReuseportError>;
+
+    /// Empties `REUSEPORT_SOCKETS` slot `slot`; an empty one stays so.
+    fn clear_reuseport_socket(&mut self, slot: u32) -> Result<(), ReuseportError>;
+
+    /// Records the socket with cookie `cookie` (`SO_COOKIE`) as a member of group `group`
+    /// (`REUSEPORT_COOKIES`).
+    fn set_reuseport_cookie(&mut self, cookie: u64, group: u32) -> Result<(), ReuseportError>;
+
+    /// Forgets socket cookie `cookie`; an absent one is no error.
+    fn remove_reuseport_cookie(&mut self, cookie: u64) -> Result<(), ReuseportError>;
+
+    /// Attaches `demux_reuseport` to the kernel reuseport group `socket` is a member of (the
+    /// whole group runs it), replacing any program attached before.
+    fn attach_reuseport(&mut self, socket: BorrowedFd<'_>) -> Result<(), ReuseportError>;
+
+    /// Detaches the program of the kernel reuseport group `socket` is a member of; none is no
+    /// error.
+    fn detach_reuseport(&mut self, socket: BorrowedFd<'_>) -> Result<(), ReuseportError>;
+
     /// The counters, for readers on other threads.
     fn counters(&self) -> Arc<dyn Counters>;
+}
+
+/// A failed step in keeping a kernel reuseport group choosing as demux does.
+#[derive(Debug, Error)]
+pub enum ReuseportError {
+    /// The backing socket's cookie could not be read.
+    #[error("reuseport: reading the backing socket's cookie (SO_COOKIE): {0}")]
+    Cookie(#[source] io::Error),
+    /// The socket is in a reuseport socket array already (`EBUSY`): another slot, or an array
+    /// of a program its owner attached.
+    #[error(
+        "reuseport: the backing socket is in a BPF reuseport socket array already (another \
+         program's, EBUSY), so demux cannot put it in slot {slot} of its own; use a socket \
+         that is in no REUSEPORT_SOCKARRAY"
+    )]
+    InAnotherArray {
+        /// The slot asked for.
+        slot: u32,
+    },
+    /// A map write failed (the map is named).
+    #[error("reuseport: {0}")]
+    Map(#[source] TableError),
+    /// `SO_ATTACH_REUSEPORT_EBPF` failed.
+    #[error(
+        "reuseport: attaching demux_reuseport to the socket's group (SO_ATTACH_REUSEPORT_EBPF): \
+         {0}"
+    )]
+    Attach(#[source] io::Error),
+    /// `SO_DETACH_REUSEPORT_BPF` failed.
+    #[error("reuseport: detaching the socket's group program (SO_DETACH_REUSEPORT_BPF): {0}")]
+    Detach(#[source] io::Error),
 }
 
 /// The program's counters, read without any lock the writers hold.

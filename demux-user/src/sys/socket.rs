@@ -1,6 +1,7 @@
 //! The socket calls std and socket2 do not wrap, for backing sockets ([`crate::backing`]):
-//! integer options at any level, the network namespace cookie, and receiving a datagram with
-//! its destination address (IP_PKTINFO / IPV6_PKTINFO).
+//! integer options at any level, the socket and network namespace cookies, attaching a
+//! reuseport program, and receiving a datagram with its destination address (IP_PKTINFO /
+//! IPV6_PKTINFO).
 
 use std::{
     io,
@@ -11,6 +12,12 @@ use std::{
 
 /// `SO_NETNS_COOKIE` (Linux 5.14), not in the libc crate yet.
 const SO_NETNS_COOKIE: libc::c_int = 71;
+/// `SO_COOKIE` (Linux 4.12).
+const SO_COOKIE: libc::c_int = 57;
+/// `SO_ATTACH_REUSEPORT_EBPF` (Linux 4.6).
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+/// `SO_DETACH_REUSEPORT_BPF` (Linux 5.3), not in the libc crate yet.
+const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
 
 /// An integer option of `fd` (`getsockopt(level, name)`).
 pub fn int_option(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<i32> {
@@ -53,6 +60,35 @@ pub fn set_int_option(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> i
 /// The cookie of the network namespace `fd` lives in (`SO_NETNS_COOKIE`): equal cookies, same
 /// namespace.
 pub fn netns_cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    u64_option(fd, SO_NETNS_COOKIE)
+}
+
+/// The socket's own cookie (`SO_COOKIE`): the value `bpf_get_socket_cookie` gives a BPF
+/// program for it, unique for the life of the system.
+pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    u64_option(fd, SO_COOKIE)
+}
+
+/// Attaches BPF program `program` (an `SK_REUSEPORT` or socket filter program's descriptor) to
+/// the kernel reuseport group `fd` is a member of (`SO_ATTACH_REUSEPORT_EBPF`): the whole group
+/// runs it, replacing any program attached before.
+pub fn attach_reuseport(fd: &impl AsRawFd, program: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(
+        fd,
+        libc::SOL_SOCKET,
+        SO_ATTACH_REUSEPORT_EBPF,
+        program.as_raw_fd(),
+    )
+}
+
+/// Detaches the program of the kernel reuseport group `fd` is a member of
+/// (`SO_DETACH_REUSEPORT_BPF`; `ENOENT` when there is none).
+pub fn detach_reuseport(fd: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+}
+
+/// A `u64` option at `SOL_SOCKET`.
+fn u64_option(fd: &impl AsRawFd, name: i32) -> io::Result<u64> {
     let mut value: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into the live local `value`.
@@ -60,7 +96,7 @@ pub fn netns_cookie(fd: &impl AsRawFd) -> io::Result<u64> {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
+            name,
             (&mut value as *mut u64).cast(),
             &mut len,
         )

@@ -1,5 +1,6 @@
 //! The benchmarks' XDP object, built by `build.rs` from `demux-ebpf/src/bin/bench.rs` and kept
-//! apart from the daemon's object ([`crate::program::OBJECT`] holds only `demux`): a bare
+//! apart from the daemon's object ([`crate::program::OBJECT`] holds only `demux` and
+//! `demux_reuseport`): a bare
 //! XDP_PASS baseline and a counting XDP_DROP. Load it with `aya::Ebpf::load(OBJECT)`.
 
 /// The benchmarks' object.
@@ -19,9 +20,9 @@ mod tests {
     use super::*;
 
     /// The two objects are split as promised: the benchmarks' programs and map here, and
-    /// nothing but `demux` in the daemon's object.
+    /// nothing but `demux` and `demux_reuseport` in the daemon's object.
     #[test]
-    fn the_daemons_object_holds_only_demux() {
+    fn the_daemons_object_holds_only_demux_and_its_reuseport_program() {
         let bench = Object::parse(OBJECT).expect("the bench object parses");
         let mut names: Vec<&str> = bench.programs.keys().map(String::as_str).collect();
         names.sort_unstable();
@@ -29,8 +30,15 @@ mod tests {
         assert!(bench.maps.contains_key(DROPS), "{:?}", bench.maps.keys());
 
         let daemon = Object::parse(crate::program::OBJECT).expect("the daemon's object parses");
-        let names: Vec<&str> = daemon.programs.keys().map(String::as_str).collect();
-        assert_eq!(names, [demux_common::maps::PROGRAM]);
+        let mut names: Vec<&str> = daemon.programs.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                demux_common::maps::PROGRAM,
+                demux_common::maps::REUSEPORT_PROGRAM
+            ]
+        );
         assert!(!daemon.maps.contains_key(DROPS), "{:?}", daemon.maps.keys());
     }
 }

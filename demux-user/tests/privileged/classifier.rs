@@ -43,14 +43,18 @@ type Groups = Vec<(u32, Vec<u32>)>;
 
 /// What the program did with one frame.
 #[derive(Debug, PartialEq, Eq)]
-struct Observed {
-    verdict: Verdict,
-    meta: Option<PacketMeta>,
+pub(crate) struct Observed {
+    pub(crate) verdict: Verdict,
+    pub(crate) meta: Option<PacketMeta>,
 }
 
 /// Runs one frame and reads back the action, the one verdict counter that moved, and the
 /// metadata in front of the output frame.
-fn run_frame(loaded: &mut Loaded, maps: &Maps, frame: &[u8]) -> anyhow::Result<Observed> {
+pub(crate) fn run_frame(
+    loaded: &mut Loaded,
+    maps: &Maps,
+    frame: &[u8],
+) -> anyhow::Result<Observed> {
     let before = maps.verdicts()?;
     let mut out = vec![0u8; frame.len() + 256];
     let result = loaded

@@ -29,6 +29,7 @@ mod multicast;
 mod oracle;
 mod program;
 mod restart;
+mod reuseport;
 mod steer;
 
 use std::process::ExitCode;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         checksums::tests(),
         multicast::tests(),
         oracle::tests(),
+        reuseport::tests(),
     ]
     .into_iter()
     .flatten()

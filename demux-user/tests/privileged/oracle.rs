@@ -608,7 +608,7 @@ fn long_padding(variant: u8) -> Vec<u8> {
 }
 
 /// One control message (`struct cmsghdr`, then `data`, padded to 8 bytes: 64-bit Linux).
-fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+pub(crate) fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
     const HEADER: usize = 16;
     let mut buf = Vec::with_capacity(HEADER + data.len().next_multiple_of(8));
     buf.extend_from_slice(&((HEADER + data.len()) as u64).to_ne_bytes());
