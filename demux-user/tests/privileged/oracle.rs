@@ -970,7 +970,11 @@ fn compare(
 
 /// Unicast flows (4-tuples) whose datagrams reached more than one member of a group: how many,
 /// and the first few, each with the kinds of datagram each member got.
-fn split_flows(scenario: &Scenario, got: &Deliveries) -> (usize, Vec<String>) {
+fn split_flows(
+    scenario: &Scenario,
+    specs: &[SocketSpec],
+    got: &Deliveries,
+) -> (usize, Vec<String>) {
     type Members = BTreeMap<usize, BTreeSet<&'static str>>;
     let mut flows: BTreeMap<(SocketAddr, SocketAddr), Members> = BTreeMap::new();
     for d in scenario.datagrams.iter().filter(|d| !d.kind.one_to_many()) {
@@ -979,9 +983,12 @@ fn split_flows(scenario: &Scenario, got: &Deliveries) -> (usize, Vec<String>) {
             flow.entry(i).or_default().insert(d.kind.name());
         }
     }
+    // A group of connected sockets (equal 4-tuples) is the kernel's to split: it picks by
+    // hash-chain order and runs no reuseport program for them (docs/SECURITY.md).
+    let connected = |members: &Members| members.keys().all(|&i| specs[i].connect.is_some());
     let split: Vec<String> = flows
         .iter()
-        .filter(|(_, members)| members.len() > 1)
+        .filter(|(_, members)| members.len() > 1 && !connected(members))
         .map(|((from, to), members)| format!("{from} -> {to}: {members:?}"))
         .collect();
     (split.len(), split.into_iter().take(3).collect())
@@ -1154,8 +1161,8 @@ fn oracle(seed: u64, count: usize, kinds: &[Kind]) -> anyhow::Result<()> {
         }
     }
     let ((kernel_split, kernel_flows), (demux_split, demux_flows)) = (
-        split_flows(&scenario, &kernel),
-        split_flows(&scenario, &demux),
+        split_flows(&scenario, &receivers.specs, &kernel),
+        split_flows(&scenario, &receivers.specs, &demux),
     );
     let via_kernel: u64 = stats.endpoints.iter().map(|e| e.via_kernel).sum();
     let delivered: u64 = stats.endpoints.iter().map(|e| e.delivered).sum();
