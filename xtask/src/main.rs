@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod light_client;
 mod run;
 mod test;
@@ -56,6 +57,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// Run a benchmark (as root): `cargo xtask bench classifier [--quick]`.
     Bench(bench::BenchArgs),
+    /// Fuzz the XDP program against its reference model (as root): random and mutated frames
+    /// through BPF_PROG_TEST_RUN, 10,000,000 by default.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,6 +65,9 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "demux-ebpf"]);
     cmd.args(args.filter.as_deref());
+    // The XDP program against its model over a million random and mutated frames
+    // (`cargo xtask fuzz` runs ten million).
+    cmd.env("DEMUX_DIFF_FRAMES", "1000000");
     cmd.stdout(Stdio::piped());
     println!("$ {}", show(&cmd));
     let mut child = cmd.spawn().context("could not start cargo test")?;

@@ -31,7 +31,7 @@ const XDP_PASS: u32 = 2;
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
         fixtures_agree_with_the_program,
-        differential_100k_frames,
+        differential_frames,
         full_table_is_refused_by_name_and_rolled_back,
         each_load_draws_its_own_key,
     ]
@@ -223,20 +223,29 @@ pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
 }
 
 /// Table sets × frames per set = 100,000 frames.
-const TABLE_SETS: u64 = 50;
 const FRAMES_PER_SET: u64 = 2_000;
 
-pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
+/// The differential run's frame count: `DEMUX_DIFF_FRAMES`, 100,000 by default (`cargo xtask
+/// test` runs 1,000,000, `cargo xtask fuzz` 10,000,000).
+fn frame_count() -> u64 {
+    std::env::var("DEMUX_DIFF_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
+
+pub(crate) fn differential_frames() -> anyhow::Result<()> {
     let seed = std::env::var("DEMUX_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
+    let table_sets = frame_count().div_ceil(FRAMES_PER_SET);
     let (mut loaded, mut maps, key) = load_with_random_key()?;
     let mut tables = Tables::default();
     let mut rng = SplitMix64(seed);
     let mut failures = Vec::new();
     let mut by_verdict = [0u64; Verdict::COUNT as usize];
-    for set in 0..TABLE_SETS {
+    for set in 0..table_sets {
         let (bindings, groups) = random_tables(&mut rng);
         let host = random_host(&mut rng);
         host.install(&mut maps)?;
@@ -275,7 +284,7 @@ pub(crate) fn differential_100k_frames() -> anyhow::Result<()> {
         .collect();
     println!(
         "  differential: {} frames, seed {seed:#x}, flow key {}: {}",
-        TABLE_SETS * FRAMES_PER_SET,
+        table_sets * FRAMES_PER_SET,
         hex(&key.to_bytes()),
         spread.join(" ")
     );
@@ -417,8 +426,46 @@ fn special_ip(rng: &mut SplitMix64, v6: bool) -> std::net::IpAddr {
         .expect("special address")
 }
 
-/// A random frame from the pools, with random structure, then maybe mutated or truncated.
+/// A random frame from the pools, with random structure, then maybe mutated: bytes flipped in
+/// the headers or anywhere, truncated at a random offset, padded, or spliced with another
+/// frame's tail at a random offset.
 fn random_frame(rng: &mut SplitMix64) -> Vec<u8> {
+    let mut frame = structured_frame(rng);
+    match rng.below(12) {
+        0..=5 => {}
+        6 | 7 => {
+            // Flip one to three bytes in the headers.
+            let header_end = frame.len().min(100);
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(header_end as u64) as usize;
+                frame[at] ^= 1 << rng.below(8);
+            }
+        }
+        8 => frame.truncate(14 + rng.below(frame.len() as u64 - 13) as usize),
+        9 => {
+            // Anywhere, a few bits.
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(frame.len() as u64) as usize;
+                frame[at] ^= 1 << rng.below(8);
+            }
+        }
+        10 => {
+            // A header splice: this frame's head (an Ethernet header at least, as
+            // BPF_PROG_TEST_RUN requires), another frame's tail.
+            let other = structured_frame(rng);
+            let cut = 14 + rng.below(frame.len() as u64 - 13) as usize;
+            let from = rng.below(other.len() as u64) as usize;
+            frame.truncate(cut);
+            frame.extend_from_slice(&other[from..]);
+        }
+        _ => frame.extend(std::iter::repeat_n(0, rng.below(30) as usize)),
+    }
+    frame
+}
+
+/// A well-formed frame from the pools with random structure: VLAN stacks, options, extension
+/// header chains, fragments, special addresses and MACs.
+fn structured_frame(rng: &mut SplitMix64) -> Vec<u8> {
     let v6 = rng.below(2) == 1;
     let pick = |rng: &mut SplitMix64| {
         if rng.below(25) == 0 {
@@ -467,21 +514,7 @@ fn random_frame(rng: &mut SplitMix64) -> Vec<u8> {
         }
     }
     spec.more_fragments = !v6 && rng.below(20) == 0;
-    let mut frame = spec.build();
-    match rng.below(10) {
-        0..=5 => {}
-        6 | 7 => {
-            // Flip one to three bytes in the headers.
-            let header_end = frame.len().min(100);
-            for _ in 0..1 + rng.below(3) {
-                let at = rng.below(header_end as u64) as usize;
-                frame[at] ^= 1 << rng.below(8);
-            }
-        }
-        8 => frame.truncate(14 + rng.below(frame.len() as u64 - 13) as usize),
-        _ => frame.extend(std::iter::repeat_n(0, rng.below(30) as usize)),
-    }
-    frame
+    spec.build()
 }
 
 fn random_ip(rng: &mut SplitMix64, v6: bool) -> std::net::IpAddr {
