@@ -4,8 +4,10 @@
 //! backing socket. In order, first failure wins:
 //!
 //! 1. VLAN-tagged → `pass_vlan` (the kernel delivers it through its VLAN device, if any).
-//! 2. IPv4 options → `pass_ip_options`; an IPv6 routing header → `pass_routing_header` (the
-//!    kernel's IP layer judges source routes, router alert, segments left).
+//! 2. An IPv6 routing header → `pass_routing_header`; then IPv4 options or an IPv6 hop-by-hop
+//!    or destination options header → `pass_ip_options` (the kernel's IP layer judges source
+//!    routes, router alert, segments left, unknown options with the discard bits, padding,
+//!    jumbograms).
 //! 3. Martian source or destination → `pass_martian`: 127.0.0.0/8, 0.0.0.0/8, `::1`, `::`,
 //!    `::ffff:0:0/96` on either side; a multicast or limited-broadcast source.
 //! 4. Broadcast or multicast → `pass_multicast`: destination MAC with the group bit,
@@ -45,11 +47,11 @@ pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<(), Verdict> {
     if packet.vlan {
         return Err(Verdict::PassVlan);
     }
-    if packet.ip_options {
-        return Err(Verdict::PassIpOptions);
-    }
     if packet.routing_header {
         return Err(Verdict::PassRoutingHeader);
+    }
+    if packet.ip_options {
+        return Err(Verdict::PassIpOptions);
     }
     let (src, dst) = (&packet.src_addr, &packet.dst_addr);
     let v4 = packet.family == FAMILY_IPV4;
