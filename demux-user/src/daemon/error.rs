@@ -234,9 +234,8 @@ impl ControlError {
             | ControlError::BackingRequired { .. }
             | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
             ControlError::Sink(error) => error.code(),
-            ControlError::Table(TableError::Map { .. }) | ControlError::Statistics(_) => {
-                ErrorCode::Internal
-            }
+            ControlError::Table(TableError::Map { .. } | TableError::BadIface { .. })
+            | ControlError::Statistics(_) => ErrorCode::Internal,
         }
     }
 }

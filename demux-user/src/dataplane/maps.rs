@@ -8,7 +8,7 @@ use aya::Ebpf;
 use demux_common::binding::{EndpointStats, Target};
 
 use super::{
-    bindings::BindingMaps, group_value, groups::GroupsMap, iface_macs::IfaceMacsMap,
+    bindings::BindingMaps, group_value, groups::GroupsMap, iface_slots::IfaceSlotsMap,
     local_addrs::LocalAddrsMap, ports::PortsMap, CounterError, Counters, Dataplane, LocalKind,
     LocalPrefix,
 };
@@ -26,7 +26,7 @@ pub struct Maps {
     ports: PortsMap,
     groups: GroupsMap,
     local_addrs: LocalAddrsMap,
-    iface_macs: IfaceMacsMap,
+    iface_slots: IfaceSlotsMap,
     endpoint_stats: EndpointStatsWriter,
     counters: Arc<MapCounters>,
 }
@@ -46,7 +46,7 @@ impl Maps {
             ports: PortsMap::take(ebpf)?,
             groups: GroupsMap::take(ebpf)?,
             local_addrs: LocalAddrsMap::take(ebpf)?,
-            iface_macs: IfaceMacsMap::take(ebpf)?,
+            iface_slots: IfaceSlotsMap::take(ebpf)?,
             endpoint_stats: writer,
             counters: Arc::new(MapCounters {
                 verdicts: VerdictsMap::take(ebpf)?,
@@ -99,8 +99,8 @@ impl Dataplane for Maps {
         self.local_addrs.remove(prefix)
     }
 
-    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
-        self.iface_macs.set(ifindex, mac)
+    fn set_iface(&mut self, ifindex: u32, number: u32, mac: [u8; 6]) -> Result<(), TableError> {
+        self.iface_slots.set(ifindex, number, mac)
     }
 
     fn counters(&self) -> Arc<dyn Counters> {

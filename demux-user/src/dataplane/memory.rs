@@ -17,10 +17,13 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use demux_common::{
     binding::{EndpointStats, Target, TARGET_GROUP},
+    local::IfaceSlot,
     maps,
 };
 
-use super::{group_value, CounterError, Counters, Dataplane, LocalKind, LocalPrefix};
+use super::{
+    group_value, iface_slots::iface_slot, CounterError, Counters, Dataplane, LocalKind, LocalPrefix,
+};
 use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
 
 /// An operation of [`Dataplane`], to make fail.
@@ -38,8 +41,8 @@ pub enum Op {
     ResetStats,
     /// [`Dataplane::set_local`] and [`Dataplane::remove_local`].
     Local,
-    /// [`Dataplane::set_iface_mac`].
-    IfaceMac,
+    /// [`Dataplane::set_iface`].
+    Iface,
 }
 
 /// One successful write, in the order made.
@@ -69,8 +72,8 @@ pub enum Event {
     SetLocal(LocalPrefix, LocalKind),
     /// A local route was removed.
     RemoveLocal(LocalPrefix),
-    /// An interface's MAC address was written.
-    SetIfaceMac(u32, [u8; 6]),
+    /// An interface's entry was written: ifindex and value.
+    SetIface(u32, IfaceSlot),
 }
 
 /// The binding tables, port index, groups and counters, in memory.
@@ -80,7 +83,7 @@ pub struct MemoryDataplane {
     ports: HashMap<u32, u32>,
     groups: HashMap<u32, Vec<u32>>,
     local: HashMap<LocalPrefix, LocalKind>,
-    macs: HashMap<u32, [u8; 6]>,
+    ifaces: HashMap<u32, IfaceSlot>,
     /// Entries per binding table; `None` is unbounded.
     capacity: Option<usize>,
     /// Per operation: how many more calls succeed before one fails.
@@ -146,9 +149,9 @@ impl MemoryDataplane {
         &self.local
     }
 
-    /// The interfaces' MAC addresses (`IFACE_MACS`).
-    pub fn macs(&self) -> &HashMap<u32, [u8; 6]> {
-        &self.macs
+    /// The attached interfaces (`IFACE_SLOTS`).
+    pub fn ifaces(&self) -> &HashMap<u32, IfaceSlot> {
+        &self.ifaces
     }
 
     /// Every successful write so far, in order.
@@ -321,15 +324,16 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
 
-    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
-        if self.fails(Op::IfaceMac) {
+    fn set_iface(&mut self, ifindex: u32, number: u32, mac: [u8; 6]) -> Result<(), TableError> {
+        let value = iface_slot(number, mac)?;
+        if self.fails(Op::Iface) {
             return Err(TableError::Map {
-                table: maps::IFACE_MACS,
+                table: maps::IFACE_SLOTS,
                 source: injected("bpf_map_update_elem"),
             });
         }
-        self.macs.insert(ifindex, mac);
-        self.record(Event::SetIfaceMac(ifindex, mac));
+        self.ifaces.insert(ifindex, value);
+        self.record(Event::SetIface(ifindex, value));
         Ok(())
     }
 

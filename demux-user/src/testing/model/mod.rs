@@ -39,8 +39,9 @@ use crate::{
 /// the caller's namespace, always 1.
 pub const TEST_RUN_IFINDEX: u32 = 1;
 
-/// The host's view the program checks destinations against: the local routes (`LOCAL_ADDRS`)
-/// and the interfaces' own MAC addresses (`IFACE_MACS`).
+/// The host's view the program checks destinations against: the local routes (the maps
+/// `LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6` and `LOCAL_ADDRS`; the model keeps one list and takes the
+/// longest match) and the interfaces' own MAC addresses (`IFACE_SLOTS`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Host {
     pub local: Vec<(LocalPrefix, LocalKind)>,
@@ -49,13 +50,13 @@ pub struct Host {
 
 impl Host {
     /// Writes this view into `dataplane` (the program's maps, or memory): every local route and
-    /// every interface MAC.
+    /// every interface MAC (each interface as number 0: the tests have no AF_XDP socket).
     pub fn install<D: Dataplane + ?Sized>(&self, dataplane: &mut D) -> Result<(), TableError> {
         for (prefix, kind) in &self.local {
             dataplane.set_local(*prefix, *kind)?;
         }
         for (ifindex, mac) in &self.macs {
-            dataplane.set_iface_mac(*ifindex, *mac)?;
+            dataplane.set_iface(*ifindex, 0, *mac)?;
         }
         Ok(())
     }
