@@ -89,5 +89,5 @@ mod layout {
         flow_hash @ 8, l4_offset @ 12, payload_offset @ 14, l3_offset @ 16, _pad @ 18);
     assert_layout!(FlowKey, 16; k0 @ 0, k1 @ 8);
     assert_layout!(LocalKey, 20; family @ 0, _pad @ 1, addr @ 4);
-    assert_layout!(IfaceSlot, 12; first_slot @ 0, mac @ 4, _pad @ 10);
+    assert_layout!(IfaceSlot, 16; ifindex @ 0, first_slot @ 4, mac @ 8, _pad @ 14);
 }

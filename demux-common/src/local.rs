@@ -47,12 +47,15 @@ pub const LOCAL_PREFIXES_V6: u32 = 1;
 /// Entries of `LOCAL_PREFIXES`: one `u32` count of `LOCAL_ADDRS` entries per family.
 pub const LOCAL_PREFIXES_ENTRIES: u32 = 2;
 
-/// `IFACE_SLOTS` value: an attached interface's first `XSKS` slot and its own MAC address.
-/// 12 bytes. An interface without an entry steers nothing (its MAC is unknown, and it has no
-/// socket).
+/// `IFACE_SLOTS` and `IFACE_CACHE` value: an attached interface's index, first `XSKS` slot and
+/// own MAC address. 16 bytes. An interface without an entry steers nothing (its MAC is
+/// unknown, and it has no socket).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceSlot {
+    /// The interface's index (the `IFACE_SLOTS` key; in `IFACE_CACHE`, what tells a hit from
+    /// another interface's entry or an empty one, 0).
+    pub ifindex: u32,
     /// The interface's block of `MAX_QUEUES` slots starts here (interface number ×
     /// `MAX_QUEUES`).
     pub first_slot: u32,
@@ -60,3 +63,7 @@ pub struct IfaceSlot {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
 }
+
+/// Entries of `IFACE_CACHE`, the direct-mapped copy of `IFACE_SLOTS` at `ifindex %` this: an
+/// array lookup, which the verifier inlines, instead of a hash lookup for most interfaces.
+pub const IFACE_CACHE_ENTRIES: u32 = 256;

@@ -21,6 +21,9 @@ pub const XSKS: &str = "XSKS";
 /// Hash map `ifindex → IfaceSlot`: each attached interface's first XSKS slot (a multiple of
 /// `MAX_QUEUES`) and its own MAC address.
 pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+/// Array `ifindex % local::IFACE_CACHE_ENTRIES → IfaceSlot`: a direct-mapped copy of
+/// `IFACE_SLOTS`, probed first (an entry of another ifindex, or 0, is a miss).
+pub const IFACE_CACHE: &str = "IFACE_CACHE";
 /// Hash map `[u8; 4] → u32 kind` (`local::LOCAL_KIND_*`): the namespace's IPv4 local routes
 /// that are single hosts (`/32`), address bytes as on the wire.
 pub const LOCAL_HOSTS_V4: &str = "LOCAL_HOSTS_V4";

@@ -17,8 +17,8 @@
 //!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first; on a miss the trie `LOCAL_ADDRS`, but only
 //!    when `LOCAL_PREFIXES` says it holds a prefix of that family (most namespaces have none
 //!    that the martian check does not already cover, so most packets never walk the trie).
-//! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`): absent or
-//!    another → `pass_not_local` (fail closed: an interface the daemon did not describe steers
+//! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`, through its
+//!    direct-mapped copy `IFACE_CACHE` first): absent or another → `pass_not_local` (fail closed: an interface the daemon did not describe steers
 //!    nothing). The same entry gives the interface's first `XSKS` slot, handed on to the
 //!    redirect, so a steered packet looks the interface up once.
 
@@ -31,8 +31,8 @@ use aya_ebpf::{
 use demux_common::{
     binding::FAMILY_IPV4,
     local::{
-        IfaceSlot, LocalKey, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_ENTRIES,
-        LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, MAX_LOCAL_ADDRS,
+        IfaceSlot, LocalKey, IFACE_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL,
+        LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, MAX_LOCAL_ADDRS,
     },
     maps::MAX_IFACES,
     Verdict,
@@ -63,6 +63,10 @@ static LOCAL_PREFIXES: Array<u32> = Array::with_max_entries(LOCAL_PREFIXES_ENTRI
 #[map(name = "IFACE_SLOTS")]
 static IFACE_SLOTS: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFACES, 0);
 
+/// `ifindex % IFACE_CACHE_ENTRIES` → the `IFACE_SLOTS` entry of one interface: probed first.
+#[map(name = "IFACE_CACHE")]
+static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
+
 /// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet` to a
 /// local socket; else the pass verdict.
 #[inline(always)]
@@ -89,7 +93,7 @@ pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
         Some(LOCAL_KIND_LOCAL) => {}
         Some(_) => return Err(Verdict::PassMulticast),
     }
-    match IFACE_SLOTS.get_ptr(ctx.ingress_ifindex() as u32) {
+    match iface(ctx.ingress_ifindex() as u32) {
         // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
         Some(iface) => unsafe {
             if mac48(&(*iface).mac) == mac48(&packet.dst_mac) {
@@ -100,6 +104,19 @@ pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
         },
         None => Err(Verdict::PassNotLocal),
     }
+}
+
+/// The ingress interface's entry: the direct-mapped cache (an inlined array access) first,
+/// `IFACE_SLOTS` when the cache slot holds another interface or none.
+#[inline(always)]
+fn iface(ifindex: u32) -> Option<*const IfaceSlot> {
+    if let Some(entry) = IFACE_CACHE.get_ptr(ifindex % IFACE_CACHE_ENTRIES) {
+        // SAFETY: a valid map value pointer to an `IfaceSlot`.
+        if unsafe { (*entry).ifindex } == ifindex {
+            return Some(entry);
+        }
+    }
+    IFACE_SLOTS.get_ptr(ifindex)
 }
 
 /// The kind of the longest local route holding `dst`, if any: a host entry is the longest

@@ -325,7 +325,7 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn set_iface(&mut self, ifindex: u32, number: u32, mac: [u8; 6]) -> Result<(), TableError> {
-        let value = iface_slot(number, mac)?;
+        let value = iface_slot(ifindex, number, mac)?;
         if self.fails(Op::Iface) {
             return Err(TableError::Map {
                 table: maps::IFACE_SLOTS,

@@ -154,13 +154,13 @@ mod tests {
     fn an_interface_gets_its_block_of_slots_and_its_mac() {
         use demux_common::maps::{MAX_IFACES, MAX_QUEUES};
         let mac = [2, 0, 0, 0, 0, 2];
-        let slot = iface_slots::iface_slot(3, mac).expect("a valid interface number");
+        let slot = iface_slots::iface_slot(7, 3, mac).expect("a valid interface number");
         assert_eq!(
-            (slot.first_slot, slot.mac, slot._pad),
-            (3 * MAX_QUEUES, mac, [0; 2])
+            (slot.ifindex, slot.first_slot, slot.mac, slot._pad),
+            (7, 3 * MAX_QUEUES, mac, [0; 2])
         );
         assert!(matches!(
-            iface_slots::iface_slot(MAX_IFACES, mac),
+            iface_slots::iface_slot(7, MAX_IFACES, mac),
             Err(TableError::BadIface { number: MAX_IFACES })
         ));
     }
