@@ -16,7 +16,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
 /// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
@@ -27,7 +27,7 @@ mod pod {
     use crate::{
         binding::*,
         hash::FlowKey,
-        local::{IfaceMac, LocalKey},
+        local::{IfaceSlot, LocalKey},
         meta::PacketMeta,
     };
 
@@ -52,7 +52,7 @@ mod pod {
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for LocalKey {}
     // SAFETY: see the module comment.
-    unsafe impl aya::Pod for IfaceMac {}
+    unsafe impl aya::Pod for IfaceSlot {}
 }
 
 /// The byte layout documented in docs/ARCHITECTURE.md ("ABI"), checked at compile time: a
@@ -63,7 +63,7 @@ mod layout {
     use crate::{
         binding::*,
         hash::FlowKey,
-        local::{IfaceMac, LocalKey},
+        local::{IfaceSlot, LocalKey},
         meta::PacketMeta,
     };
 
@@ -89,5 +89,5 @@ mod layout {
         flow_hash @ 8, l4_offset @ 12, payload_offset @ 14, l3_offset @ 16, _pad @ 18);
     assert_layout!(FlowKey, 16; k0 @ 0, k1 @ 8);
     assert_layout!(LocalKey, 20; family @ 0, _pad @ 1, addr @ 4);
-    assert_layout!(IfaceMac, 8; addr @ 0, _pad @ 6);
+    assert_layout!(IfaceSlot, 16; ifindex @ 0, first_slot @ 4, mac @ 8, _pad @ 14);
 }

@@ -1,7 +1,14 @@
 //! The host's view the program needs to tell "addressed to this host" from "not ours": the
-//! namespace's local addresses and `local` route prefixes (`LOCAL_ADDRS`, an LPM trie the
-//! daemon follows through rtnetlink), and each attached interface's own MAC (`IFACE_MACS`).
-//! Byte layouts are in docs/ARCHITECTURE.md.
+//! namespace's local routes, which the daemon follows through rtnetlink, and each attached
+//! interface's own MAC (in `IFACE_SLOTS`, beside its block of AF_XDP slots).
+//!
+//! The local routes are split for speed: single hosts (`/32`, `/128`: every local address and
+//! subnet broadcast) sit in two exact-match hash maps, `LOCAL_HOSTS_V4` (4-byte key) and
+//! `LOCAL_HOSTS_V6` (16-byte key), probed first; everything wider (`ip route add local
+//! PREFIX`) sits in the LPM trie `LOCAL_ADDRS`, probed only on a host miss and only when
+//! `LOCAL_PREFIXES` says the trie holds a prefix of the packet's family. A host entry is the
+//! longest prefix there is, so this is the longest-prefix match over the whole table. Byte
+//! layouts are in docs/ARCHITECTURE.md.
 
 /// `LOCAL_ADDRS` LPM trie key data (after the trie's `u32` prefix length). 20 bytes.
 ///
@@ -22,21 +29,41 @@ pub struct LocalKey {
 /// Bits of a `LocalKey` before the address: family and padding.
 pub const LOCAL_KEY_FIXED_BITS: u32 = 32;
 
-/// `LOCAL_ADDRS` value: a local address or prefix (the kernel's `RTN_LOCAL`): unicast to it is
+/// `LOCAL_ADDRS`, `LOCAL_HOSTS_V4` and `LOCAL_HOSTS_V6` value: a local address or prefix (the kernel's `RTN_LOCAL`): unicast to it is
 /// delivered to this host's sockets.
 pub const LOCAL_KIND_LOCAL: u32 = 1;
-/// `LOCAL_ADDRS` value: a subnet broadcast address (`RTN_BROADCAST`): every listener gets a
+/// `LOCAL_ADDRS`, `LOCAL_HOSTS_V4` and `LOCAL_HOSTS_V6` value: a subnet broadcast address (`RTN_BROADCAST`): every listener gets a
 /// copy, so the program passes it (`pass_multicast`).
 pub const LOCAL_KIND_BROADCAST: u32 = 2;
 
-/// Entries of `LOCAL_ADDRS`: local routes of one namespace (addresses, broadcast addresses,
-/// `ip route add local` prefixes).
+/// Entries of `LOCAL_ADDRS`, and of each of `LOCAL_HOSTS_V4` and `LOCAL_HOSTS_V6`: local routes
+/// of one namespace (addresses, broadcast addresses, `ip route add local` prefixes).
 pub const MAX_LOCAL_ADDRS: u32 = 16_384;
 
-/// `IFACE_MACS` value: an interface's own MAC address. 8 bytes.
+/// `LOCAL_PREFIXES` index of the IPv4 count (the IPv6 one is [`LOCAL_PREFIXES_V6`]).
+pub const LOCAL_PREFIXES_V4: u32 = 0;
+/// `LOCAL_PREFIXES` index of the IPv6 count.
+pub const LOCAL_PREFIXES_V6: u32 = 1;
+/// Entries of `LOCAL_PREFIXES`: one `u32` count of `LOCAL_ADDRS` entries per family.
+pub const LOCAL_PREFIXES_ENTRIES: u32 = 2;
+
+/// `IFACE_SLOTS` and `IFACE_CACHE` value: an attached interface's index, first `XSKS` slot and
+/// own MAC address. 16 bytes. An interface without an entry steers nothing (its MAC is
+/// unknown, and it has no socket).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct IfaceMac {
-    pub addr: [u8; 6],
+pub struct IfaceSlot {
+    /// The interface's index (the `IFACE_SLOTS` key; in `IFACE_CACHE`, what tells a hit from
+    /// another interface's entry or an empty one, 0).
+    pub ifindex: u32,
+    /// The interface's block of `MAX_QUEUES` slots starts here (interface number ×
+    /// `MAX_QUEUES`).
+    pub first_slot: u32,
+    /// The interface's own MAC address.
+    pub mac: [u8; 6],
     pub _pad: [u8; 2],
 }
+
+/// Entries of `IFACE_CACHE`, the direct-mapped copy of `IFACE_SLOTS` at `ifindex %` this: an
+/// array lookup, which the verifier inlines, instead of a hash lookup for most interfaces.
+pub const IFACE_CACHE_ENTRIES: u32 = 256;

@@ -20,12 +20,22 @@ pub const GROUPS: &str = "GROUPS";
 pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 /// XSKMAP `slot → AF_XDP socket`, slot = `IFACE_SLOTS[ifindex] + rx queue`.
 pub const XSKS: &str = "XSKS";
-/// Hash map `ifindex → first XSKS slot of that interface` (a multiple of `MAX_QUEUES`).
+/// Hash map `ifindex → IfaceSlot`: each attached interface's first XSKS slot (a multiple of
+/// `MAX_QUEUES`) and its own MAC address.
 pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
-/// LPM trie `LocalKey → u32 kind` (`local::LOCAL_KIND_*`): the namespace's local routes.
+/// Array `ifindex % local::IFACE_CACHE_ENTRIES → IfaceSlot`: a direct-mapped copy of
+/// `IFACE_SLOTS`, probed first (an entry of another ifindex, or 0, is a miss).
+pub const IFACE_CACHE: &str = "IFACE_CACHE";
+/// Hash map `[u8; 4] → u32 kind` (`local::LOCAL_KIND_*`): the namespace's IPv4 local routes
+/// that are single hosts (`/32`), address bytes as on the wire.
+pub const LOCAL_HOSTS_V4: &str = "LOCAL_HOSTS_V4";
+/// Hash map `[u8; 16] → u32 kind`: the IPv6 local routes that are single hosts (`/128`).
+pub const LOCAL_HOSTS_V6: &str = "LOCAL_HOSTS_V6";
+/// LPM trie `LocalKey → u32 kind`: the local routes wider than one host.
 pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
-/// Hash map `ifindex → IfaceMac`: each attached interface's own MAC address.
-pub const IFACE_MACS: &str = "IFACE_MACS";
+/// Array of `u32`, one per family (`local::LOCAL_PREFIXES_V4`, `_V6`): how many entries of
+/// that family `LOCAL_ADDRS` holds (0: the program skips the trie).
+pub const LOCAL_PREFIXES: &str = "LOCAL_PREFIXES";
 
 /// REUSEPORT_SOCKARRAY `slot → backing socket` of the kernel's reuseport groups: member `i`
 /// of group `g` (in `GROUPS` order) is in slot [`reuseport_slot`]`(g, i)`.

@@ -33,10 +33,11 @@ pub enum Verdict {
     /// A martian source or destination (loopback, unspecified, "this network", IPv4-mapped
     /// IPv6 on the wire; a multicast or broadcast source): passed, the kernel drops it.
     PassMartian = 10,
-    /// IPv4 with options (IHL > 5): passed, the kernel's IP layer judges them (source routes,
-    /// router alert, …).
+    /// IPv4 with options (IHL > 5), or IPv6 with a hop-by-hop or destination options header
+    /// (and no routing header): passed, the kernel's IP layer judges them (source routes,
+    /// router alert, over-long padding, unknown options with the discard bits, jumbograms, …).
     PassIpOptions = 11,
-    /// IPv6 with a routing header: passed, the kernel forwards, drops or delivers it.
+    /// IPv6 with a routing header (whatever other extension headers it has): passed, the kernel forwards, drops or delivers it.
     PassRoutingHeader = 12,
     /// A VLAN-tagged frame: passed, the kernel delivers it through its VLAN device, if any.
     PassVlan = 13,

@@ -4,52 +4,81 @@
 //! backing socket. In order, first failure wins:
 //!
 //! 1. VLAN-tagged → `pass_vlan` (the kernel delivers it through its VLAN device, if any).
-//! 2. IPv4 options → `pass_ip_options`; an IPv6 routing header → `pass_routing_header` (the
-//!    kernel's IP layer judges source routes, router alert, segments left).
+//! 2. An IPv6 routing header → `pass_routing_header`; then IPv4 options or an IPv6 hop-by-hop
+//!    or destination options header → `pass_ip_options` (the kernel's IP layer judges source
+//!    routes, router alert, segments left, unknown options with the discard bits, padding,
+//!    jumbograms).
 //! 3. Martian source or destination → `pass_martian`: 127.0.0.0/8, 0.0.0.0/8, `::1`, `::`,
 //!    `::ffff:0:0/96` on either side; a multicast or limited-broadcast source.
 //! 4. Broadcast or multicast → `pass_multicast`: destination MAC with the group bit,
 //!    destination IP 224.0.0.0/4, 255.255.255.255 or ff00::/8.
-//! 5. Destination IP in `LOCAL_ADDRS` (longest prefix): absent → `pass_not_local`; a subnet
-//!    broadcast entry → `pass_multicast`.
-//! 6. Destination MAC the ingress interface's own (`IFACE_MACS[ifindex]`): absent or another →
-//!    `pass_not_local` (fail closed: an interface the daemon did not describe steers nothing).
+//! 5. Destination IP a local route (longest prefix): absent → `pass_not_local`; a subnet
+//!    broadcast entry → `pass_multicast`. The exact-address hash of the family
+//!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first; on a miss the trie `LOCAL_ADDRS`, but only
+//!    when `LOCAL_PREFIXES` says it holds a prefix of that family (most namespaces have none
+//!    that the martian check does not already cover, so most packets never walk the trie).
+//! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`, through its
+//!    direct-mapped copy `IFACE_CACHE` first): absent or another → `pass_not_local` (fail closed: an interface the daemon did not describe steers
+//!    nothing). The same entry gives the interface's first `XSKS` slot, handed on to the
+//!    redirect, so a steered packet looks the interface up once.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
     programs::XdpContext,
 };
 use demux_common::{
     binding::FAMILY_IPV4,
-    local::{IfaceMac, LocalKey, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, MAX_LOCAL_ADDRS},
+    local::{
+        IfaceSlot, LocalKey, IFACE_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL,
+        LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, MAX_LOCAL_ADDRS,
+    },
     maps::MAX_IFACES,
     Verdict,
 };
 
 use crate::parse::Packet;
 
-/// The namespace's local routes (addresses, subnet broadcasts, `local` prefixes) → kind.
+/// IPv4 local routes that are single hosts (`/32`): address bytes → kind.
+#[map(name = "LOCAL_HOSTS_V4")]
+static LOCAL_HOSTS_V4: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+
+/// IPv6 local routes that are single hosts (`/128`): address → kind.
+#[map(name = "LOCAL_HOSTS_V6")]
+static LOCAL_HOSTS_V6: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+
+/// The namespace's local routes wider than one host (`ip route add local PREFIX`) → kind.
 #[map(name = "LOCAL_ADDRS")]
 static LOCAL_ADDRS: LpmTrie<LocalKey, u32> =
     LpmTrie::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
 
-/// Interface index → that interface's own MAC address.
-#[map(name = "IFACE_MACS")]
-static IFACE_MACS: HashMap<u32, IfaceMac> = HashMap::with_max_entries(MAX_IFACES, 0);
+/// Per family: how many entries `LOCAL_ADDRS` holds (0: skip the trie).
+#[map(name = "LOCAL_PREFIXES")]
+static LOCAL_PREFIXES: Array<u32> = Array::with_max_entries(LOCAL_PREFIXES_ENTRIES, 0);
 
-/// `Ok` when the kernel would deliver `packet` to a local socket; else the pass verdict.
+/// Interface index → its first slot in `XSKS` and its own MAC address.
+#[map(name = "IFACE_SLOTS")]
+static IFACE_SLOTS: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// `ifindex % IFACE_CACHE_ENTRIES` → the `IFACE_SLOTS` entry of one interface: probed first.
+#[map(name = "IFACE_CACHE")]
+static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
+
+/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet` to a
+/// local socket; else the pass verdict.
 #[inline(always)]
-pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<(), Verdict> {
+pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
     if packet.vlan {
         return Err(Verdict::PassVlan);
     }
-    if packet.ip_options {
-        return Err(Verdict::PassIpOptions);
-    }
     if packet.routing_header {
         return Err(Verdict::PassRoutingHeader);
+    }
+    if packet.ip_options {
+        return Err(Verdict::PassIpOptions);
     }
     let (src, dst) = (&packet.src_addr, &packet.dst_addr);
     let v4 = packet.family == FAMILY_IPV4;
@@ -59,24 +88,68 @@ pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<(), Verdict> {
     if packet.dst_mac[0] & 1 != 0 || multicast(v4, dst) {
         return Err(Verdict::PassMulticast);
     }
+    match local_kind(v4, packet.family, dst) {
+        None => return Err(Verdict::PassNotLocal),
+        Some(LOCAL_KIND_LOCAL) => {}
+        Some(_) => return Err(Verdict::PassMulticast),
+    }
+    match iface(ctx.ingress_ifindex() as u32) {
+        // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
+        Some(iface) => unsafe {
+            if mac48(&(*iface).mac) == mac48(&packet.dst_mac) {
+                Ok((*iface).first_slot)
+            } else {
+                Err(Verdict::PassNotLocal)
+            }
+        },
+        None => Err(Verdict::PassNotLocal),
+    }
+}
+
+/// The ingress interface's entry: the direct-mapped cache (an inlined array access) first,
+/// `IFACE_SLOTS` when the cache slot holds another interface or none.
+#[inline(always)]
+fn iface(ifindex: u32) -> Option<*const IfaceSlot> {
+    if let Some(entry) = IFACE_CACHE.get_ptr(ifindex % IFACE_CACHE_ENTRIES) {
+        // SAFETY: a valid map value pointer to an `IfaceSlot`.
+        if unsafe { (*entry).ifindex } == ifindex {
+            return Some(entry);
+        }
+    }
+    IFACE_SLOTS.get_ptr(ifindex)
+}
+
+/// The kind of the longest local route holding `dst`, if any: a host entry is the longest
+/// there is, so the trie is walked only on a host miss, and only when it holds a prefix of
+/// the family.
+#[inline(always)]
+fn local_kind(v4: bool, family: u8, dst: &[u8; 16]) -> Option<u32> {
+    let host = if v4 {
+        LOCAL_HOSTS_V4.get_ptr([dst[0], dst[1], dst[2], dst[3]])
+    } else {
+        LOCAL_HOSTS_V6.get_ptr(dst)
+    };
+    if let Some(kind) = host {
+        // SAFETY: a valid map value pointer to a u32.
+        return Some(unsafe { *kind });
+    }
+    let count = if v4 {
+        LOCAL_PREFIXES_V4
+    } else {
+        LOCAL_PREFIXES_V6
+    };
+    if LOCAL_PREFIXES.get(count).copied().unwrap_or(0) == 0 {
+        return None;
+    }
     let key = Key::new(
         LOCAL_KEY_FIXED_BITS + if v4 { 32 } else { 128 },
         LocalKey {
-            family: packet.family,
+            family,
             _pad: [0; 3],
             addr: *dst,
         },
     );
-    match LOCAL_ADDRS.get(&key) {
-        None => return Err(Verdict::PassNotLocal),
-        Some(&LOCAL_KIND_LOCAL) => {}
-        Some(_) => return Err(Verdict::PassMulticast),
-    }
-    match IFACE_MACS.get_ptr(ctx.ingress_ifindex() as u32) {
-        // SAFETY: a valid map value pointer to an `IfaceMac`, read at once.
-        Some(mac) if mac48(unsafe { &(*mac).addr }) == mac48(&packet.dst_mac) => Ok(()),
-        _ => Err(Verdict::PassNotLocal),
-    }
+    LOCAL_ADDRS.get(&key).copied()
 }
 
 /// A martian address: loopback, "this network" or unspecified, IPv4-mapped on the wire; as a

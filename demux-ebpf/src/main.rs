@@ -45,14 +45,15 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     };
-    if let Err(verdict) = host::check(ctx, &packet) {
-        return verdict;
-    }
+    let first_slot = match host::check(ctx, &packet) {
+        Ok(first_slot) => first_slot,
+        Err(verdict) => return verdict,
+    };
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
     match lookup::resolve(target, &packet) {
-        Some((endpoint, hash)) => steer::steer(ctx, &packet, endpoint, hash),
+        Some((endpoint, hash)) => steer::steer(ctx, &packet, first_slot, endpoint, hash),
         None => Verdict::PassNoMatch,
     }
 }

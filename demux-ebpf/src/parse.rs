@@ -5,8 +5,9 @@
 //! payload, or the verdict that explains why the packet is not ours: not IP, another transport,
 //! a fragment, or malformed (truncated or inconsistent headers). Only a packet that parsed
 //! completely can ever be redirected. The parse also notes what `host::check` judges next:
-//! the destination MAC, VLAN tags, IPv4 options and an IPv6 routing header (the walk goes on
-//! past them, so that a malformed or fragmented packet counts as such first).
+//! the destination MAC, VLAN tags, IPv4 options, IPv6 hop-by-hop or destination options
+//! headers and an IPv6 routing header (the walk goes on past them, so that a malformed or
+//! fragmented packet counts as such first).
 
 use aya_ebpf::programs::XdpContext;
 use demux_common::{
@@ -45,7 +46,8 @@ pub(crate) struct Packet {
     pub dst_mac: [u8; 6],
     /// At least one VLAN tag.
     pub vlan: bool,
-    /// IPv4 with options (IHL > 5).
+    /// IPv4 with options (IHL > 5), or IPv6 with a hop-by-hop or destination options header
+    /// anywhere in the extension header walk.
     pub ip_options: bool,
     /// IPv6 with a routing header anywhere in the extension header walk.
     pub routing_header: bool,
@@ -142,6 +144,7 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
     let dst_addr = ip.dst_addr;
     let mut next = ip.next_hdr;
     let mut routing_header = false;
+    let mut option_header = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_extension(next) {
             break;
@@ -150,6 +153,7 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
             return Err(Verdict::PassFragment);
         }
         routing_header |= next == IPPROTO_ROUTING;
+        option_header |= next == IPPROTO_HOPOPTS || next == IPPROTO_DSTOPTS;
         // Generic extension header: next header, then length in 8-octet units beyond the first.
         let ext = cur.read::<[u8; 2]>().ok_or(Verdict::PassMalformed)?;
         let len = (usize::from(ext[1]) + 1) * 8;
@@ -166,6 +170,7 @@ fn parse_ipv6(cur: &mut Cursor) -> Result<Packet, Verdict> {
         next if is_extension(next) => Err(Verdict::PassMalformed),
         next => {
             parse_l4(cur, FAMILY_IPV6, next, src_addr, dst_addr, payload_len).map(|packet| Packet {
+                ip_options: option_header,
                 routing_header,
                 ..packet
             })
@@ -218,7 +223,7 @@ fn parse_l4(
     Ok(Packet {
         dst_mac: [0; 6],       // set by `parse`
         vlan: false,           // set by `parse`
-        ip_options: false,     // set by `parse_ipv4`
+        ip_options: false,     // set by `parse_ipv4` and `parse_ipv6`
         routing_header: false, // set by `parse_ipv6`
         family,
         protocol,

@@ -1,6 +1,7 @@
 //! Steering a matched packet: metadata in front of the frame, then a redirect to the AF_XDP
-//! socket of the interface and rx queue it arrived on (`XSKS[IFACE_SLOTS[ifindex] + queue]`),
-//! with XDP_PASS as the fallback when there is none. Per-endpoint counters record what was
+//! socket of the interface and rx queue it arrived on (`XSKS[first slot + queue]`, the first
+//! slot from `IFACE_SLOTS[ifindex]`, which `host::check` already looked up), with XDP_PASS as
+//! the fallback when there is none. Per-endpoint counters record what was
 //! redirected.
 //!
 //! Slot scheme: one AF_XDP socket per rx queue, the endpoint id travels in the metadata. A
@@ -11,7 +12,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::map,
-    maps::{HashMap, PerCpuArray, XskMap},
+    maps::{PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use demux_common::{
@@ -27,17 +28,20 @@ use crate::{cursor, parse::Packet};
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
 
-/// Interface index → its first slot in `XSKS`.
-#[map(name = "IFACE_SLOTS")]
-static IFACE_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
-
 /// Endpoint id → packets and bytes redirected to it, per CPU.
 #[map(name = "ENDPOINT_STATS")]
 static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
 
-/// Sends `packet` towards `endpoint`; the verdict says whether it left for user space.
+/// Sends `packet` towards `endpoint` through the ingress interface's block of slots from
+/// `first_slot`; the verdict says whether it left for user space.
 #[inline(always)]
-pub(crate) fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash: u32) -> Verdict {
+pub(crate) fn steer(
+    ctx: &XdpContext,
+    packet: &Packet,
+    first_slot: u32,
+    endpoint: u32,
+    flow_hash: u32,
+) -> Verdict {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let meta = PacketMeta {
         version: PacketMeta::VERSION,
@@ -54,14 +58,10 @@ pub(crate) fn steer(ctx: &XdpContext, packet: &Packet, endpoint: u32, flow_hash:
         return Verdict::PassNoMetadata;
     }
     let queue = ctx.rx_queue_index();
-    let Some(base) = IFACE_SLOTS.get_ptr(ctx.ingress_ifindex() as u32) else {
-        return Verdict::PassNoSocket;
-    };
     if queue >= MAX_QUEUES {
         return Verdict::PassNoSocket;
     }
-    // SAFETY: a valid map value pointer to a u32.
-    let slot = unsafe { *base } + queue;
+    let slot = first_slot + queue;
     if XSKS
         .redirect(slot, u64::from(xdp_action::XDP_PASS))
         .is_err()

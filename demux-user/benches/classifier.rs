@@ -3,7 +3,7 @@
 //! from the benchmarks' own object, `demux::testing::bench_object`), for IPv4 and IPv6 UDP, hit and miss, with 1, 1,000, 100,000 and 1,000,000 bindings.
 //!
 //! Every case first passes the destination checks (not VLAN, no options, not martian, not
-//! multicast, a local address in `LOCAL_ADDRS`, the interface's MAC in `IFACE_MACS`), which
+//! multicast, a local address in `LOCAL_HOSTS_V4`/`_V6`, the interface's MAC in `IFACE_SLOTS`), which
 //! the program makes before any lookup. Both "hit" and "miss" take the longest lookup path: a hit matches only the wildcard table
 //! (connected, bound and both prefix lookups miss first), a miss also tries the dual-stack
 //! wildcard. There is no AF_XDP socket under BPF_PROG_TEST_RUN, so a hit ends in the redirect
@@ -133,8 +133,8 @@ fn scenario(
     sizes: &[u64],
 ) -> anyhow::Result<Scenario> {
     let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
-    // The host view every packet is checked against before the lookup (`LOCAL_ADDRS`,
-    // `IFACE_MACS` of BPF_PROG_TEST_RUN's loopback): the fixtures' host, whose local addresses
+    // The host view every packet is checked against before the lookup (the local routes,
+    // `IFACE_SLOTS` of BPF_PROG_TEST_RUN's loopback): the fixtures' host, whose local addresses
     // are the servers below and whose MAC is the frames' destination.
     fixtures::host()
         .install(&mut maps)

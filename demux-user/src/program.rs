@@ -13,7 +13,7 @@
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, MapInfo, XskMap},
+    maps::{Map, MapData, MapError, MapInfo, XskMap},
     programs::{ProgramError, SkReuseport, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -210,9 +210,9 @@ pub struct Loaded {
     flow_key: FlowKey,
 }
 
-/// `IFACE_SLOTS` and `XSKS`: which AF_XDP socket receives an (interface, rx queue).
+/// `XSKS`: which AF_XDP socket receives an (interface, rx queue). The interface's block of slots
+/// is in its `IFACE_SLOTS` entry, which the dataplane writes (`Dataplane::set_iface`).
 struct SocketSlots {
-    iface_slots: HashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
 }
 
@@ -261,7 +261,6 @@ impl Loaded {
             .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
             .map_err(verify_reuseport)?;
         let slots = SocketSlots {
-            iface_slots: take_map(&mut ebpf, maps::IFACE_SLOTS, "a hash map")?,
             xsks: take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?,
         };
         let dataplane = Maps::take(&mut ebpf, reuseport)?;
@@ -300,11 +299,12 @@ impl Loaded {
         &mut self.ebpf
     }
 
-    /// Steers (interface `ifindex`, rx `queue`) to the AF_XDP socket `fd`. `iface_number`
-    /// (0 to `MAX_IFACES - 1`) gives the interface its own block of `MAX_QUEUES` XSKMAP slots.
+    /// Steers (interface number `iface_number`, rx `queue`) to the AF_XDP socket `fd`.
+    /// `iface_number` (0 to `MAX_IFACES - 1`) gives the interface its own block of `MAX_QUEUES`
+    /// XSKMAP slots; the program finds the block through the interface's `IFACE_SLOTS` entry,
+    /// written with the same number by `Dataplane::set_iface`.
     pub fn register_socket(
         &mut self,
-        ifindex: u32,
         iface_number: u32,
         queue: u32,
         fd: RawFd,
@@ -316,7 +316,6 @@ impl Loaded {
             });
         }
         let base = iface_number * maps::MAX_QUEUES;
-        self.slots.iface_slots.insert(ifindex, base, 0)?;
         self.slots.xsks.set(base + queue, fd, 0)?;
         Ok(())
     }

@@ -32,6 +32,9 @@ pub enum TableError {
     GroupTooLarge { id: u32, count: usize },
     #[error("group {id}: not a group id (0-{max})", max = MAX_GROUPS - 1)]
     BadGroup { id: u32 },
+    #[error("interface number {number}: a daemon attaches to at most {max} interfaces (0-{last})",
+        max = demux_common::maps::MAX_IFACES, last = demux_common::maps::MAX_IFACES - 1)]
+    BadIface { number: u32 },
     #[error("map {table}: {source}")]
     Map {
         table: &'static str,

@@ -242,7 +242,7 @@ impl ControlError {
             | ControlError::BackingRequired { .. }
             | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
             ControlError::Sink(error) => error.code(),
-            ControlError::Table(TableError::Map { .. })
+            ControlError::Table(TableError::Map { .. } | TableError::BadIface { .. })
             | ControlError::Statistics(_)
             | ControlError::Reuseport(_) => ErrorCode::Internal,
         }

@@ -60,7 +60,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         let state = state.lock().expect("state lock");
         for (number, iface) in config.ifaces.iter().enumerate() {
-            let index = ifindex(iface)?;
+            // An unknown interface fails here, with its own clear line.
+            ifindex(iface)?;
             for queue in 0..rx_queues(iface) {
                 let cell = Arc::new(Mutex::new(SocketInfo {
                     iface: iface.clone(),
@@ -79,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 workers.push(worker);
                 state.add_socket(cell);
                 loaded
-                    .register_socket(index, number as u32, queue, fd)
+                    .register_socket(number as u32, queue, fd)
                     .with_context(|| format!("registering the socket of {iface} queue {queue}"))?;
             }
         }
@@ -88,15 +89,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let follower = local_addrs::Follower::start(&state).await?;
     info!("local addresses: {} prefixes", follower.routes().len());
     let follower = tokio::spawn(follower.run(state.clone()));
-    for iface in &config.ifaces {
+    for (number, iface) in config.ifaces.iter().enumerate() {
         let mac = crate::sys::netlink::hardware_address(iface)
             .with_context(|| format!("reading the MAC address of {iface} (SIOCGIFHWADDR)"))?;
         state
             .lock()
             .expect("state lock")
             .dataplane_mut()
-            .set_iface_mac(ifindex(iface)?, mac)
-            .with_context(|| format!("writing the MAC address of {iface} to IFACE_MACS"))?;
+            .set_iface(ifindex(iface)?, number as u32, mac)
+            .with_context(|| format!("writing the MAC address of {iface} to IFACE_SLOTS"))?;
     }
     let mut links = Vec::new();
     for iface in &config.ifaces {

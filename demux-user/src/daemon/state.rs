@@ -208,7 +208,7 @@ impl<D: Dataplane> State<D> {
     }
 
     /// The dataplane, for the host's view the program checks destinations against
-    /// (`LOCAL_ADDRS`, `IFACE_MACS`): maps no rule of this state reads or writes.
+    /// (the local routes, `IFACE_SLOTS`): maps no rule of this state reads or writes.
     pub fn dataplane_mut(&mut self) -> &mut D {
         &mut self.dataplane
     }

@@ -1,20 +1,31 @@
-//! The namespace's local routes `LOCAL_ADDRS` (an LPM trie, `demux_common::local`) as a typed
-//! handle taken at load, and the user-side form of one entry: [`LocalPrefix`] and its
-//! [`LocalKind`]. The daemon's follower (`daemon::local_addrs`) writes the set it reads from
-//! the kernel's local routing table.
+//! The namespace's local routes as typed handles taken at load, and the user-side form of one
+//! entry: [`LocalPrefix`] and its [`LocalKind`]. The daemon's follower (`daemon::local_addrs`)
+//! writes the set it reads from the kernel's local routing table.
+//!
+//! One route goes to one map (`demux_common::local`): a single host (`/32`, `/128`) to the
+//! exact-match hash of its family (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`), anything wider to the
+//! LPM trie `LOCAL_ADDRS`, whose entries per family are counted in `LOCAL_PREFIXES` so that the
+//! program skips the trie when it is empty. The count is raised before a trie insert and
+//! lowered after a trie removal: the program may walk an empty trie once (a wasted probe) but
+//! never skips a prefix it holds. Routes inside 127.0.0.0/8 or 0.0.0.0/8 (the kernel's
+//! `local 127.0.0.0/8` of loopback) are not written: the martian check passes every packet to
+//! or from them before any lookup, and leaving them out keeps the IPv4 trie empty on most hosts.
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        MapData,
+        Array, HashMap, MapData,
     },
     Ebpf,
 };
 use demux_common::{
     binding::{FAMILY_IPV4, FAMILY_IPV6},
-    local::{LocalKey, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_BROADCAST, LOCAL_KIND_LOCAL},
+    local::{
+        LocalKey, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_BROADCAST, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_V4,
+        LOCAL_PREFIXES_V6,
+    },
     maps,
 };
 
@@ -81,32 +92,171 @@ impl LocalPrefix {
     }
 }
 
+impl LocalPrefix {
+    /// A single host: `/32` or `/128`.
+    pub fn is_host(&self) -> bool {
+        u32::from(self.len) == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// Inside 127.0.0.0/8 or 0.0.0.0/8: every packet it could match is a martian, passed before
+    /// the program looks at local routes.
+    pub fn is_shadowed_by_martian(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => self.len >= 8 && matches!(a.octets()[0], 0 | 127),
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
 impl std::fmt::Display for LocalPrefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
-/// The `LOCAL_ADDRS` trie of the loaded program.
-pub(super) struct LocalAddrsMap(LpmTrie<MapData, LocalKey, u32>);
+/// The local route maps of the loaded program, and which trie prefixes this handle wrote (the
+/// counts in `LOCAL_PREFIXES` follow them).
+pub(super) struct LocalAddrsMap {
+    hosts_v4: HashMap<MapData, [u8; 4], u32>,
+    hosts_v6: HashMap<MapData, [u8; 16], u32>,
+    prefixes: LpmTrie<MapData, LocalKey, u32>,
+    counts: Array<MapData, u32>,
+    written: HashSet<LocalPrefix>,
+}
 
 impl LocalAddrsMap {
-    /// Takes `LOCAL_ADDRS` out of `ebpf`, size-checked against [`LocalKey`] and `u32`.
+    /// Takes `LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`, `LOCAL_ADDRS` and `LOCAL_PREFIXES` out of
+    /// `ebpf`, each size-checked against its key and value.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        take_map(ebpf, maps::LOCAL_ADDRS, "an LPM trie").map(Self)
+        Ok(Self {
+            hosts_v4: take_map(ebpf, maps::LOCAL_HOSTS_V4, "a hash map")?,
+            hosts_v6: take_map(ebpf, maps::LOCAL_HOSTS_V6, "a hash map")?,
+            prefixes: take_map(ebpf, maps::LOCAL_ADDRS, "an LPM trie")?,
+            counts: take_map(ebpf, maps::LOCAL_PREFIXES, "an array")?,
+            written: HashSet::new(),
+        })
     }
 
     /// Writes `prefix` with `kind` (overwrites its old kind).
     pub(super) fn set(&mut self, prefix: LocalPrefix, kind: LocalKind) -> Result<(), TableError> {
-        self.0
-            .insert(&prefix.key(), kind.value(), 0)
-            .map_err(|source| classify(maps::LOCAL_ADDRS, source))
+        let value = kind.value();
+        match prefix.addr {
+            _ if prefix.is_shadowed_by_martian() => Ok(()),
+            IpAddr::V4(a) if prefix.is_host() => self
+                .hosts_v4
+                .insert(a.octets(), value, 0)
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V4, source)),
+            IpAddr::V6(a) if prefix.is_host() => self
+                .hosts_v6
+                .insert(a.octets(), value, 0)
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V6, source)),
+            _ => {
+                let new = !self.written.contains(&prefix);
+                if new {
+                    // Counted before the program can find it.
+                    self.set_count(&prefix, 1)?;
+                }
+                let result = self
+                    .prefixes
+                    .insert(&prefix.key(), value, 0)
+                    .map_err(|source| classify(maps::LOCAL_ADDRS, source));
+                match result {
+                    Ok(()) if new => {
+                        self.written.insert(prefix);
+                        Ok(())
+                    }
+                    Err(e) if new => {
+                        // Best effort: an over-count only costs a wasted probe.
+                        let _ = self.set_count(&prefix, 0);
+                        Err(e)
+                    }
+                    other => other,
+                }
+            }
+        }
     }
 
     /// Removes `prefix`.
     pub(super) fn remove(&mut self, prefix: LocalPrefix) -> Result<(), TableError> {
-        self.0
-            .remove(&prefix.key())
-            .map_err(|source| classify(maps::LOCAL_ADDRS, source))
+        match prefix.addr {
+            _ if prefix.is_shadowed_by_martian() => Ok(()),
+            IpAddr::V4(a) if prefix.is_host() => self
+                .hosts_v4
+                .remove(&a.octets())
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V4, source)),
+            IpAddr::V6(a) if prefix.is_host() => self
+                .hosts_v6
+                .remove(&a.octets())
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V6, source)),
+            _ => {
+                self.prefixes
+                    .remove(&prefix.key())
+                    .map_err(|source| classify(maps::LOCAL_ADDRS, source))?;
+                // Uncounted after the program can no longer find it.
+                if self.written.remove(&prefix) {
+                    self.set_count(&prefix, 0)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the `LOCAL_PREFIXES` count of `prefix`'s family: the prefixes written so far of
+    /// that family, plus `extra` (1 before the insert of a new one).
+    fn set_count(&mut self, prefix: &LocalPrefix, extra: u32) -> Result<(), TableError> {
+        let v4 = prefix.addr.is_ipv4();
+        let count = self
+            .written
+            .iter()
+            .filter(|p| p.addr.is_ipv4() == v4)
+            .count() as u32
+            + extra;
+        let index = if v4 {
+            LOCAL_PREFIXES_V4
+        } else {
+            LOCAL_PREFIXES_V6
+        };
+        self.counts
+            .set(index, count, 0)
+            .map_err(|source| classify(maps::LOCAL_PREFIXES, source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(text: &str) -> LocalPrefix {
+        let (addr, len) = text.split_once('/').expect("addr/len");
+        LocalPrefix {
+            addr: addr.parse().expect("address"),
+            len: len.parse().expect("length"),
+        }
+    }
+
+    /// Which map a route goes to: hosts to the exact hashes, the rest to the trie, and nothing
+    /// for what the martian check already passes.
+    #[test]
+    fn routes_are_split_by_kind_of_prefix() {
+        for (text, host, shadowed) in [
+            ("198.18.0.2/32", true, false),
+            ("198.18.8.0/24", false, false),
+            ("2001:2::2/128", true, false),
+            ("2001:2::/64", false, false),
+            ("::1/128", true, false),
+            ("127.0.0.0/8", false, true),
+            ("127.0.0.1/32", true, true),
+            ("127.255.255.255/32", true, true),
+            ("0.0.0.0/8", false, true),
+            ("96.0.0.0/3", false, false),
+            ("0.0.0.0/0", false, false),
+        ] {
+            let p = prefix(text);
+            assert_eq!(
+                (p.is_host(), p.is_shadowed_by_martian()),
+                (host, shadowed),
+                "{text}"
+            );
+        }
     }
 }

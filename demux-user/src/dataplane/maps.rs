@@ -8,7 +8,7 @@ use aya::{programs::ProgramFd, Ebpf};
 use demux_common::binding::{EndpointStats, Target};
 
 use super::{
-    bindings::BindingMaps, group_value, groups::GroupsMap, iface_macs::IfaceMacsMap,
+    bindings::BindingMaps, group_value, groups::GroupsMap, iface_slots::IfaceSlotsMap,
     local_addrs::LocalAddrsMap, ports::PortsMap, reuseport_cookies::ReuseportCookiesMap,
     reuseport_program::ReuseportProgram, reuseport_sockets::ReuseportSocketsMap, CounterError,
     Counters, Dataplane, LocalKind, LocalPrefix, ReuseportError,
@@ -31,7 +31,7 @@ pub struct Maps {
     reuseport_cookies: ReuseportCookiesMap,
     reuseport_program: ReuseportProgram,
     local_addrs: LocalAddrsMap,
-    iface_macs: IfaceMacsMap,
+    iface_slots: IfaceSlotsMap,
     endpoint_stats: EndpointStatsWriter,
     counters: Arc<MapCounters>,
 }
@@ -55,7 +55,7 @@ impl Maps {
             reuseport_cookies: ReuseportCookiesMap::take(ebpf)?,
             reuseport_program: ReuseportProgram::new(reuseport),
             local_addrs: LocalAddrsMap::take(ebpf)?,
-            iface_macs: IfaceMacsMap::take(ebpf)?,
+            iface_slots: IfaceSlotsMap::take(ebpf)?,
             endpoint_stats: writer,
             counters: Arc::new(MapCounters {
                 verdicts: VerdictsMap::take(ebpf)?,
@@ -108,8 +108,8 @@ impl Dataplane for Maps {
         self.local_addrs.remove(prefix)
     }
 
-    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
-        self.iface_macs.set(ifindex, mac)
+    fn set_iface(&mut self, ifindex: u32, number: u32, mac: [u8; 6]) -> Result<(), TableError> {
+        self.iface_slots.set(ifindex, number, mac)
     }
 
     fn set_reuseport_socket(

@@ -18,11 +18,13 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use demux_common::{
     binding::{EndpointStats, Target, TARGET_GROUP},
+    local::IfaceSlot,
     maps,
 };
 
 use super::{
-    group_value, CounterError, Counters, Dataplane, LocalKind, LocalPrefix, ReuseportError,
+    group_value, iface_slots::iface_slot, CounterError, Counters, Dataplane, LocalKind,
+    LocalPrefix, ReuseportError,
 };
 use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
 
@@ -41,8 +43,8 @@ pub enum Op {
     ResetStats,
     /// [`Dataplane::set_local`] and [`Dataplane::remove_local`].
     Local,
-    /// [`Dataplane::set_iface_mac`].
-    IfaceMac,
+    /// [`Dataplane::set_iface`].
+    Iface,
     /// Every reuseport call: [`Dataplane::set_reuseport_socket`] and the others.
     Reuseport,
 }
@@ -74,8 +76,8 @@ pub enum Event {
     SetLocal(LocalPrefix, LocalKind),
     /// A local route was removed.
     RemoveLocal(LocalPrefix),
-    /// An interface's MAC address was written.
-    SetIfaceMac(u32, [u8; 6]),
+    /// An interface's entry was written: ifindex and value.
+    SetIface(u32, IfaceSlot),
     /// A reuseport slot got a socket (its descriptor number).
     SetReuseportSocket(u32, RawFd),
     /// A reuseport slot was emptied.
@@ -97,7 +99,7 @@ pub struct MemoryDataplane {
     ports: HashMap<u32, u32>,
     groups: HashMap<u32, Vec<u32>>,
     local: HashMap<LocalPrefix, LocalKind>,
-    macs: HashMap<u32, [u8; 6]>,
+    ifaces: HashMap<u32, IfaceSlot>,
     /// `REUSEPORT_SOCKETS`: slot → descriptor number.
     reuseport_sockets: BTreeMap<u32, RawFd>,
     /// `REUSEPORT_COOKIES`.
@@ -167,9 +169,9 @@ impl MemoryDataplane {
         &self.local
     }
 
-    /// The interfaces' MAC addresses (`IFACE_MACS`).
-    pub fn macs(&self) -> &HashMap<u32, [u8; 6]> {
-        &self.macs
+    /// The attached interfaces (`IFACE_SLOTS`).
+    pub fn ifaces(&self) -> &HashMap<u32, IfaceSlot> {
+        &self.ifaces
     }
 
     /// The socket (descriptor number) in each non-empty `REUSEPORT_SOCKETS` slot.
@@ -352,15 +354,16 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
 
-    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError> {
-        if self.fails(Op::IfaceMac) {
+    fn set_iface(&mut self, ifindex: u32, number: u32, mac: [u8; 6]) -> Result<(), TableError> {
+        let value = iface_slot(ifindex, number, mac)?;
+        if self.fails(Op::Iface) {
             return Err(TableError::Map {
-                table: maps::IFACE_MACS,
+                table: maps::IFACE_SLOTS,
                 source: injected("bpf_map_update_elem"),
             });
         }
-        self.macs.insert(ifindex, mac);
-        self.record(Event::SetIfaceMac(ifindex, mac));
+        self.ifaces.insert(ifindex, value);
+        self.record(Event::SetIface(ifindex, value));
         Ok(())
     }
 

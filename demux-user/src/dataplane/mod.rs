@@ -3,10 +3,12 @@
 //! [`Dataplane`] is everything `daemon::state::State` and [`crate::tables::Tables`] do to the
 //! maps: insert and remove one binding, read and write a port-index entry, set a group's
 //! members, zero an endpoint's counters; and the host's view the program checks destinations
-//! against: the local routes (`LOCAL_ADDRS`, written by `daemon::local_addrs`) and the
-//! interfaces' MAC addresses (`IFACE_MACS`); and the kernel's side of reuseport groups: the
+//! against: the local routes (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`, `LOCAL_ADDRS` and its counts
+//! `LOCAL_PREFIXES`, written by `daemon::local_addrs`) and the attached interfaces (`IFACE_SLOTS`:
+//! MAC address and block of AF_XDP slots); and the kernel's side of reuseport groups: the
 //! backing sockets in `REUSEPORT_SOCKETS` slots, their cookies in `REUSEPORT_COOKIES`, and the
-//! `demux_reuseport` program attached to their kernel groups. [`Counters`] is what the statistics readers need: the
+//! `demux_reuseport` program attached to their kernel groups. [`Counters`] is what the
+//! statistics readers need: the
 //! verdict and per-endpoint counters, readable through `&self` from any thread, so that `stats`,
 //! `list` and the metrics never wait for a bind or a close.
 //!
@@ -17,7 +19,7 @@
 
 mod bindings;
 mod groups;
-mod iface_macs;
+mod iface_slots;
 mod local_addrs;
 pub mod maps;
 #[cfg(any(test, feature = "testing"))]
@@ -60,14 +62,17 @@ pub trait Dataplane {
     /// Zeroes endpoint `id`'s counters, so that a reused id starts from nothing.
     fn reset_endpoint_stats(&mut self, id: u32) -> Result<(), CounterError>;
 
-    /// Writes one local route (`LOCAL_ADDRS`), overwriting its kind if present.
+    /// Writes one local route (a host to `LOCAL_HOSTS_V4`/`_V6`, a wider prefix to
+    /// `LOCAL_ADDRS`), overwriting its kind if present.
     fn set_local(&mut self, prefix: LocalPrefix, kind: LocalKind) -> Result<(), TableError>;
 
     /// Removes one local route; an absent one is [`TableError::NotFound`].
     fn remove_local(&mut self, prefix: LocalPrefix) -> Result<(), TableError>;
 
-    /// Writes interface `ifindex`'s own MAC address (`IFACE_MACS`).
-    fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), TableError>;
+    /// Describes attached interface `ifindex` (`IFACE_SLOTS`): its own MAC address and, from its
+    /// `number` (0 to `MAX_IFACES` − 1, [`TableError::BadIface`] otherwise), its block of
+    /// `XSKS` slots. Until this is written the interface steers nothing.
+    fn set_iface(&mut self, ifindex: u32, number: u32, mac: [u8; 6]) -> Result<(), TableError>;
 
     /// Puts `socket` in `REUSEPORT_SOCKETS` slot `slot` (`demux_common::maps::reuseport_slot`),
     /// replacing what was there. The kernel keeps a socket in one slot at most: a socket in
@@ -206,6 +211,21 @@ mod tests {
         assert!(matches!(
             group_value(0, &too_many),
             Err(TableError::GroupTooLarge { id: 0, count }) if count == MAX_GROUP_MEMBERS + 1
+        ));
+    }
+
+    #[test]
+    fn an_interface_gets_its_block_of_slots_and_its_mac() {
+        use demux_common::maps::{MAX_IFACES, MAX_QUEUES};
+        let mac = [2, 0, 0, 0, 0, 2];
+        let slot = iface_slots::iface_slot(7, 3, mac).expect("a valid interface number");
+        assert_eq!(
+            (slot.ifindex, slot.first_slot, slot.mac, slot._pad),
+            (7, 3 * MAX_QUEUES, mac, [0; 2])
+        );
+        assert!(matches!(
+            iface_slots::iface_slot(7, MAX_IFACES, mac),
+            Err(TableError::BadIface { number: MAX_IFACES })
         ));
     }
 }

@@ -3,7 +3,7 @@
 //! random, mutated and truncated frames. A mismatch prints the seed, the flow hash key and the
 //! frame in hex. Each run loads the program with a random flow hash key and gives the model the
 //! same one; and two loads draw two keys, each used by its own program. The program's host view
-//! (`LOCAL_ADDRS`, `IFACE_MACS` for BPF_PROG_TEST_RUN's interface, loopback: ifindex 1) is the
+//! (local routes, `IFACE_SLOTS` for BPF_PROG_TEST_RUN's interface, loopback: ifindex 1) is the
 //! fixtures' [`fixtures::host`], or a random one per table set in the differential run.
 
 use std::{fmt::Write as _, mem::size_of};

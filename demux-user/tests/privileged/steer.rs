@@ -40,12 +40,12 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                 attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
                 let mut socket = QueueSocket::open(&net.b_if, 0, 256)?;
                 let ifindex = demux::attach::ifindex(&net.b_if)?;
-                loaded.register_socket(ifindex, 0, 0, socket.fd())?;
+                loaded.register_socket(0, 0, socket.fd())?;
                 // The host view, as the daemon writes it: local routes and the MAC.
                 let routes = local_addrs::dump_blocking()?;
                 local_addrs::apply(&mut maps, &mut Default::default(), &routes)?;
                 let mac = demux::sys::netlink::hardware_address(&net.b_if)?;
-                maps.set_iface_mac(ifindex, mac)?;
+                maps.set_iface(ifindex, 0, mac)?;
                 let binding = Binding {
                     protocol: Protocol::Udp,
                     local: Local::Addr(format!("{B_ADDR}:9000").parse()?),

@@ -441,21 +441,19 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         ipv6_ext: vec![EXT_HOP_BY_HOP, EXT_DEST_OPTS],
         ..udp6()
     };
-    f.steered(
+    f.passed(
         "IPv6 hop-by-hop, destination options",
         no_routing.build(),
-        all53.clone(),
-        1,
+        PassIpOptions,
     );
     let six = FrameSpec {
         ipv6_ext: vec![EXT_DEST_OPTS; 6],
         ..udp6()
     };
-    f.steered(
+    f.passed(
         "IPv6 with six extension headers",
         six.build(),
-        all53.clone(),
-        1,
+        PassIpOptions,
     );
     let seven = FrameSpec {
         ipv6_ext: vec![EXT_DEST_OPTS; 7],
@@ -725,6 +723,45 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         }
         .build(),
         PassRoutingHeader,
+    );
+    // The kernel judges IPv6 option headers (PadN longer than 7 bytes, unknown options with
+    // the discard bits, jumbograms): every one passes, whatever its options.
+    for (name, ext) in [
+        ("IPv6 hop-by-hop header", vec![EXT_HOP_BY_HOP]),
+        ("IPv6 destination options header", vec![EXT_DEST_OPTS]),
+        (
+            "IPv6 destination options after a routing header",
+            vec![EXT_ROUTING, EXT_DEST_OPTS],
+        ),
+    ] {
+        let verdict = if ext.contains(&EXT_ROUTING) {
+            PassRoutingHeader
+        } else {
+            PassIpOptions
+        };
+        let spec = FrameSpec {
+            ipv6_ext: ext,
+            ..udp6()
+        };
+        f.passed(name, spec.build(), verdict);
+    }
+    f.passed(
+        "IPv6 option headers outrank a martian",
+        FrameSpec {
+            ipv6_ext: vec![EXT_HOP_BY_HOP],
+            ..to6("[::1]:53")
+        }
+        .build(),
+        PassIpOptions,
+    );
+    f.passed(
+        "IPv6 option headers outrank not local",
+        FrameSpec {
+            ipv6_ext: vec![EXT_DEST_OPTS],
+            ..to6("[2001:2::9]:53")
+        }
+        .build(),
+        PassIpOptions,
     );
     f.passed(
         "802.1Q tag to a local address",

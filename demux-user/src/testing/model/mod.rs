@@ -6,8 +6,8 @@
 //! IPv4 (version, IHL >= 5, IHL*4 <= total length <= bytes present, then fragments) or IPv6
 //! (payload length <= bytes present, at most six hop-by-hop/routing/destination-options
 //! headers, any fragment header), then UDP or TCP with consistent lengths; then the
-//! destination checks against the host's view ([`Host`]: VLAN, IPv4 options, IPv6 routing
-//! header, martians, broadcast and multicast, local routes by longest prefix, the ingress
+//! destination checks against the host's view ([`Host`]: VLAN, IPv6 routing header, IPv4
+//! options or IPv6 hop-by-hop/destination options headers, martians, broadcast and multicast, local routes by longest prefix, the ingress
 //! interface's MAC; written with `std::net`'s address predicates); then look up
 //! connected, bound, prefix (longest, then specific port), wildcard (IPv4, then dual-stack
 //! IPv6); a group picks `members[flow_hash % count]`, the flow hash keyed with the key the
@@ -39,8 +39,9 @@ use crate::{
 /// the caller's namespace, always 1.
 pub const TEST_RUN_IFINDEX: u32 = 1;
 
-/// The host's view the program checks destinations against: the local routes (`LOCAL_ADDRS`)
-/// and the interfaces' own MAC addresses (`IFACE_MACS`).
+/// The host's view the program checks destinations against: the local routes (the maps
+/// `LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6` and `LOCAL_ADDRS`; the model keeps one list and takes the
+/// longest match) and the interfaces' own MAC addresses (`IFACE_SLOTS`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Host {
     pub local: Vec<(LocalPrefix, LocalKind)>,
@@ -49,13 +50,13 @@ pub struct Host {
 
 impl Host {
     /// Writes this view into `dataplane` (the program's maps, or memory): every local route and
-    /// every interface MAC.
+    /// every interface MAC (each interface as number 0: the tests have no AF_XDP socket).
     pub fn install<D: Dataplane + ?Sized>(&self, dataplane: &mut D) -> Result<(), TableError> {
         for (prefix, kind) in &self.local {
             dataplane.set_local(*prefix, *kind)?;
         }
         for (ifindex, mac) in &self.macs {
-            dataplane.set_iface_mac(*ifindex, *mac)?;
+            dataplane.set_iface(*ifindex, 0, *mac)?;
         }
         Ok(())
     }
@@ -76,7 +77,7 @@ pub struct Tuple {
     pub dst_mac: [u8; 6],
     /// At least one VLAN tag.
     pub vlan: bool,
-    /// IPv4 with IHL > 5.
+    /// IPv4 with IHL > 5, or IPv6 with a hop-by-hop or destination options header.
     pub ip_options: bool,
     /// IPv6 with a routing header among the extension headers.
     pub routing_header: bool,
@@ -226,11 +227,11 @@ impl Model {
         if t.vlan {
             return Err(Verdict::PassVlan);
         }
-        if t.ip_options {
-            return Err(Verdict::PassIpOptions);
-        }
         if t.routing_header {
             return Err(Verdict::PassRoutingHeader);
+        }
+        if t.ip_options {
+            return Err(Verdict::PassIpOptions);
         }
         let (src, dst) = (ip(t.family, &t.src_addr), ip(t.family, &t.dst_addr));
         let martian = |addr: IpAddr| match addr {
@@ -350,6 +351,7 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
     let dst_mac: [u8; 6] = bytes(0, 6)?.try_into().expect("6 bytes");
     let vlan = ether_type == 0x8100 || ether_type == 0x88a8;
     let mut routing_header = false;
+    let mut option_header = false;
     let mut at = 14;
     for _ in 0..2 {
         if ether_type != 0x8100 && ether_type != 0x88a8 {
@@ -406,6 +408,7 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
                         }
                         bytes(cursor, len)?;
                         routing_header |= next == 43;
+                        option_header |= next == 0 || next == 60;
                         next = ext[0];
                         payload -= len;
                         cursor += len;
@@ -444,7 +447,7 @@ pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
     Ok(Tuple {
         dst_mac,
         vlan,
-        ip_options: family == FAMILY_IPV4 && l4_at - at > 20,
+        ip_options: (family == FAMILY_IPV4 && l4_at - at > 20) || option_header,
         routing_header,
         family,
         protocol,
