@@ -57,7 +57,7 @@ fn select(ctx: &SkReuseportContext) -> Option<()> {
     // SAFETY: `md->sk` is the (never null) socket the lookup found; the helper only reads it.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sk().sock.cast::<c_void>()) };
     // SAFETY: a valid map value pointer; `u32` is copied out at once.
-    let group_id = unsafe { *REUSEPORT_COOKIES.get_ptr(&cookie)? };
+    let group_id = unsafe { *REUSEPORT_COOKIES.get_ptr(cookie)? };
     let group = GROUPS.get(group_id)?;
     if group.count == 0 {
         return None;
