@@ -161,7 +161,7 @@ pub fn verify(frame: &[u8], meta: &PacketMeta) -> Result<(), BadChecksum> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{frame::FrameSpec, model::parse};
+    use crate::testing::{frame::FrameSpec, model::meta_for};
     use proptest::prelude::*;
 
     /// RFC 1071 word by word: the reference the fast sum is compared with.
@@ -172,22 +172,6 @@ mod tests {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         !(sum as u16)
-    }
-
-    /// The metadata the XDP program writes for `frame`, `None` when it would not steer it.
-    fn meta_for(frame: &[u8]) -> Option<PacketMeta> {
-        let t = parse(frame).ok()?;
-        Some(PacketMeta {
-            version: PacketMeta::VERSION,
-            protocol: t.protocol,
-            family: t.family,
-            endpoint: 1,
-            flow_hash: 0,
-            l4_offset: t.l4_offset,
-            payload_offset: t.payload_offset,
-            l3_offset: t.l3_offset,
-            _pad: 0,
-        })
     }
 
     fn frames() -> Vec<(&'static str, Vec<u8>)> {

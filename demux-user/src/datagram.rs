@@ -124,21 +124,10 @@ impl Datagram<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{frame::FrameSpec, model::parse};
+    use crate::testing::{frame::FrameSpec, model};
 
     fn meta_for(frame: &[u8]) -> PacketMeta {
-        let t = parse(frame).expect("valid frame");
-        PacketMeta {
-            version: PacketMeta::VERSION,
-            protocol: t.protocol,
-            family: t.family,
-            endpoint: 1,
-            flow_hash: 0,
-            l4_offset: t.l4_offset,
-            payload_offset: t.payload_offset,
-            l3_offset: t.l3_offset,
-            _pad: 0,
-        }
+        model::meta_for(frame).expect("valid frame")
     }
 
     #[test]

@@ -467,15 +467,10 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::memory::{MemoryDataplane, Op};
-
-    fn prefix(text: &str) -> LocalPrefix {
-        let (addr, len) = text.split_once('/').expect("addr/len");
-        LocalPrefix {
-            addr: addr.parse().expect("address"),
-            len: len.parse().expect("length"),
-        }
-    }
+    use crate::dataplane::{
+        memory::{MemoryDataplane, Op},
+        prefix,
+    };
 
     /// One `RTM_NEWROUTE` message as the kernel writes it.
     fn route(seq: u32, family: u8, dst_len: u8, kind: u8, table: u32, dst: &[u8]) -> Vec<u8> {

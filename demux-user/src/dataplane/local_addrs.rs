@@ -222,17 +222,19 @@ impl LocalAddrsMap {
     }
 }
 
+/// `ADDR/LEN` as a prefix, for tests.
+#[cfg(test)]
+pub(crate) fn prefix(text: &str) -> LocalPrefix {
+    let (addr, len) = text.split_once('/').expect("addr/len");
+    LocalPrefix {
+        addr: addr.parse().expect("address"),
+        len: len.parse().expect("length"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn prefix(text: &str) -> LocalPrefix {
-        let (addr, len) = text.split_once('/').expect("addr/len");
-        LocalPrefix {
-            addr: addr.parse().expect("address"),
-            len: len.parse().expect("length"),
-        }
-    }
 
     /// Which map a route goes to: hosts to the exact hashes, the rest to the trie, and nothing
     /// for what the martian check already passes.

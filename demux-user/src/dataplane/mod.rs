@@ -37,6 +37,8 @@ use thiserror::Error;
 
 use crate::{binding::Entry, tables::TableError, verdicts::VerdictCounts};
 
+#[cfg(test)]
+pub(crate) use local_addrs::prefix;
 pub use local_addrs::{LocalKind, LocalPrefix};
 
 /// The map writes the daemon's rules make. Every method is one map update (or one read), so

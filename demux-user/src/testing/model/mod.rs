@@ -341,6 +341,23 @@ fn prefix_matches(prefix: &[u8; 16], addr: &[u8; 16], len: u8) -> bool {
     })
 }
 
+/// The metadata the program writes in front of `frame` when it steers it to endpoint 1 (flow
+/// hash 0), from the contract's parse; `None` for a frame that does not parse.
+pub fn meta_for(frame: &[u8]) -> Option<PacketMeta> {
+    let t = parse(frame).ok()?;
+    Some(PacketMeta {
+        version: PacketMeta::VERSION,
+        protocol: t.protocol,
+        family: t.family,
+        endpoint: 1,
+        flow_hash: 0,
+        l4_offset: t.l4_offset,
+        payload_offset: t.payload_offset,
+        l3_offset: t.l3_offset,
+        _pad: 0,
+    })
+}
+
 /// Parses a frame by the contract; `Err` is the pass verdict.
 pub fn parse(frame: &[u8]) -> Result<Tuple, Verdict> {
     use Verdict::{PassFragment as Fragment, PassMalformed as Malformed};
