@@ -29,14 +29,15 @@ use crate::{
 const MAX_DATAGRAM: usize = 65_535;
 
 /// Starts reading endpoint `id`'s backing `socket` into its sink, on the current tokio
-/// runtime; `None` (and a warning) where there is none or the socket cannot be watched.
+/// runtime; `None` outside one (the host unit tests), and with a warning when the socket cannot
+/// be watched.
 pub fn spawn(
     id: u32,
     backed: &Backed,
     socket: &OwnedFd,
     handle: Arc<EndpointHandle>,
 ) -> Option<AbortHandle> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    tokio::runtime::Handle::try_current().ok()?;
     let Local::Addr(bound) = backed.binding.local else {
         return None;
     };
@@ -50,7 +51,6 @@ pub fn spawn(
                 cause,
             })
         });
-    let _enter = runtime.enter();
     let socket = match watched {
         Ok(socket) => socket,
         Err(e) => {
