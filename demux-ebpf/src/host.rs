@@ -1,7 +1,10 @@
 //! Is the packet addressed to this host, as the kernel would deliver it to a local socket? A
 //! parsed packet is steered only when every check below says yes; otherwise it passes to the
 //! kernel, counted by reason, and an endpoint still gets what the kernel delivers through its
-//! backing socket. In order, first failure wins:
+//! backing socket. In order, first failure wins; 1–4 look at the packet alone and run before
+//! the binding lookup ([`plain`]), 5–6 probe maps and run only for a packet that matched a
+//! binding ([`local`]): everything else passes anyway, so the host's own traffic never pays
+//! for them:
 //!
 //! 1. VLAN-tagged → `pass_vlan` (the kernel delivers it through its VLAN device, if any).
 //! 2. An IPv6 routing header → `pass_routing_header`; then IPv4 options or an IPv6 hop-by-hop
@@ -18,8 +21,8 @@
 //!    when `LOCAL_PREFIXES` says it holds a prefix of that family (most namespaces have none
 //!    that the martian check does not already cover, so most packets never walk the trie).
 //! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`, through its
-//!    direct-mapped copy `IFACE_CACHE` first): absent or another → `pass_not_local` (fail closed: an interface the daemon did not describe steers
-//!    nothing). The same entry gives the interface's first `XSKS` slot, handed on to the
+//!    direct-mapped copy `IFACE_CACHE` first): absent or another → `pass_not_local` (fail
+//!    closed: an interface the daemon did not describe steers nothing). The same entry gives the interface's first `XSKS` slot, handed on to the
 //!    redirect, so a steered packet looks the interface up once.
 
 use aya_ebpf::{
@@ -67,10 +70,11 @@ static IFACE_SLOTS: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFAC
 #[map(name = "IFACE_CACHE")]
 static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
 
-/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet` to a
-/// local socket; else the pass verdict.
+/// What the packet alone says: `Ok(its destination MAC as a number, for [`local`])` unless
+/// the IP layer must judge it (VLAN, routing header, options), an address is martian, or the
+/// destination is a group. Arithmetic only: run before the lookup.
 #[inline(always)]
-pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
+pub(crate) fn plain(packet: &Packet) -> Result<u64, Verdict> {
     if packet.vlan {
         return Err(Verdict::PassVlan);
     }
@@ -88,7 +92,17 @@ pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
     if packet.dst_mac[0] & 1 != 0 || multicast(v4, dst) {
         return Err(Verdict::PassMulticast);
     }
-    match local_kind(v4, packet.family, dst) {
+    Ok(mac48(&packet.dst_mac))
+}
+
+/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet`, whose
+/// destination MAC is `dst_mac` ([`plain`]), to a local socket; else the pass verdict. Map
+/// lookups: run only for a packet that matched a binding (the rest passes anyway, so the
+/// host's own traffic does not pay for them).
+#[inline(always)]
+pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u32, Verdict> {
+    let v4 = packet.family == FAMILY_IPV4;
+    match local_kind(v4, packet.family, &packet.dst_addr) {
         None => return Err(Verdict::PassNotLocal),
         Some(LOCAL_KIND_LOCAL) => {}
         Some(_) => return Err(Verdict::PassMulticast),
@@ -96,7 +110,7 @@ pub(crate) fn check(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
     match iface(ctx.ingress_ifindex() as u32) {
         // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
         Some(iface) => unsafe {
-            if mac48(&(*iface).mac) == mac48(&packet.dst_mac) {
+            if mac48(&(*iface).mac) == dst_mac {
                 Ok((*iface).first_slot)
             } else {
                 Err(Verdict::PassNotLocal)

@@ -45,15 +45,18 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     };
-    let first_slot = match host::check(ctx, &packet) {
-        Ok(first_slot) => first_slot,
+    let dst_mac = match host::plain(&packet) {
+        Ok(dst_mac) => dst_mac,
         Err(verdict) => return verdict,
     };
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
-    match lookup::resolve(target, &packet) {
-        Some((endpoint, hash)) => steer::steer(ctx, &packet, first_slot, endpoint, hash),
-        None => Verdict::PassNoMatch,
+    let Some((endpoint, hash)) = lookup::resolve(target, &packet) else {
+        return Verdict::PassNoMatch;
+    };
+    match host::local(ctx, &packet, dst_mac) {
+        Ok(first_slot) => steer::steer(ctx, &packet, first_slot, endpoint, hash),
+        Err(verdict) => verdict,
     }
 }

@@ -4,7 +4,7 @@
 //! The result is the packet's socket address tuple and the offsets of its transport header and
 //! payload, or the verdict that explains why the packet is not ours: not IP, another transport,
 //! a fragment, or malformed (truncated or inconsistent headers). Only a packet that parsed
-//! completely can ever be redirected. The parse also notes what `host::check` judges next:
+//! completely can ever be redirected. The parse also notes what `host::plain` judges next:
 //! the destination MAC, VLAN tags, IPv4 options, IPv6 hop-by-hop or destination options
 //! headers and an IPv6 routing header (the walk goes on past them, so that a malformed or
 //! fragmented packet counts as such first).

@@ -1,6 +1,6 @@
 //! Steering a matched packet: metadata in front of the frame, then a redirect to the AF_XDP
 //! socket of the interface and rx queue it arrived on (`XSKS[first slot + queue]`, the first
-//! slot from `IFACE_SLOTS[ifindex]`, which `host::check` already looked up), with XDP_PASS as
+//! slot from `IFACE_SLOTS[ifindex]`, which `host::local` already looked up), with XDP_PASS as
 //! the fallback when there is none. Per-endpoint counters record what was
 //! redirected.
 //!

@@ -199,6 +199,12 @@ impl Model {
         if endpoint == 0 {
             return no_match;
         }
+        if let Err(verdict) = self.local_here(&tuple) {
+            return Outcome {
+                verdict,
+                meta: None,
+            };
+        }
         let meta = PacketMeta {
             version: PacketMeta::VERSION,
             protocol: tuple.protocol,
@@ -221,8 +227,8 @@ impl Model {
         }
     }
 
-    /// Whether the kernel would deliver the packet to a local socket (the order of the program's
-    /// `host::check`); `Err` is the pass verdict.
+    /// What the packet alone says about whether the kernel would deliver it to a local socket
+    /// (the order of the program's `host::plain`, before the lookup); `Err` is the pass verdict.
     fn addressed_here(&self, t: &Tuple) -> Result<(), Verdict> {
         if t.vlan {
             return Err(Verdict::PassVlan);
@@ -249,6 +255,14 @@ impl Model {
         if mac_group || group(dst) {
             return Err(Verdict::PassMulticast);
         }
+        Ok(())
+    }
+
+    /// What only the host's tables say, checked for a packet that matched a binding: the
+    /// destination is a local address (a subnet broadcast passes as multicast) and the MAC
+    /// the interface's own.
+    fn local_here(&self, t: &Tuple) -> Result<(), Verdict> {
+        let dst = ip(t.family, &t.dst_addr);
         let route = self
             .host
             .local
