@@ -173,15 +173,12 @@ impl Endpoint {
             control,
             BindRequest {
                 protocol,
-                local: local.into(),
-                connect: None,
-                group: None,
-                v6only: false,
-                backed: true,
-                to: SinkSpec::Ring {
-                    slots: crate::ring::DEFAULT_SLOTS,
-                },
-                persistent: false,
+                ..BindRequest::udp(
+                    local,
+                    SinkSpec::Ring {
+                        slots: crate::ring::DEFAULT_SLOTS,
+                    },
+                )
             },
             None,
         )
@@ -410,13 +407,7 @@ impl Endpoint {
     /// [`Endpoint::recv_from`] does.
     #[cfg(feature = "async")]
     pub async fn recv_from_async(&mut self) -> Result<Datagram, Error> {
-        let socket = sys::async_readable(
-            self.socket
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(Error::Wait)?,
-        )
-        .map_err(Error::Wait)?;
+        let socket = watch(self.socket.as_fd())?;
         loop {
             self.rebind_if_due();
             if let Some(datagram) = self.try_recv()? {
@@ -434,18 +425,8 @@ impl Endpoint {
                 session.ring.stop_waiting();
                 continue;
             }
-            let wake = session
-                .ring
-                .wake_fd()
-                .try_clone_to_owned()
-                .map_err(Error::Wait)?;
-            let wake = sys::async_readable(wake).map_err(Error::Wait)?;
-            let control = session
-                .control
-                .fd()
-                .try_clone_to_owned()
-                .map_err(Error::Wait)?;
-            let control = sys::async_readable(control).map_err(Error::Wait)?;
+            let wake = watch(session.ring.wake_fd())?;
+            let control = watch(session.control.fd())?;
             let gone = tokio::select! {
                 ready = wake.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
                 ready = socket.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
@@ -457,4 +438,12 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// A copy of `fd` registered with the tokio reactor for readability.
+#[cfg(feature = "async")]
+fn watch(fd: std::os::fd::BorrowedFd<'_>) -> Result<tokio::io::unix::AsyncFd<OwnedFd>, Error> {
+    fd.try_clone_to_owned()
+        .and_then(sys::async_readable)
+        .map_err(Error::Wait)
 }

@@ -178,16 +178,7 @@ fn run_daemon_case(
         let mut endpoints = Vec::new();
         for i in 0..case.traffic.ports {
             let local = wildcard(case, PORT + i);
-            let request = BindRequest {
-                protocol: Protocol::Udp,
-                local: local.clone(),
-                connect: None,
-                group: None,
-                v6only: false,
-                backed: false,
-                to: SinkSpec::Count,
-                persistent: false,
-            };
+            let request = BindRequest::udp(local.clone(), SinkSpec::Count);
             // Root may bind without a backing socket: the switch between the two count cases.
             let socket =
                 match case.receiver {

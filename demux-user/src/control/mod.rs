@@ -219,6 +219,22 @@ pub enum Response {
 }
 
 impl BindRequest {
+    /// A UDP endpoint on `local` delivering to `to`: not connected, no group, not v6only, not
+    /// persistent (set the fields for more). `backed` is set by [`client::Client::bind`] from
+    /// whether a backing socket goes with it.
+    pub fn udp(local: impl Into<String>, to: SinkSpec) -> Self {
+        Self {
+            protocol: Protocol::Udp,
+            local: local.into(),
+            connect: None,
+            group: None,
+            v6only: false,
+            backed: false,
+            to,
+            persistent: false,
+        }
+    }
+
     /// The binding this request asks for, checked as far as the request alone allows (syntax,
     /// families, ports, prefix host bits): what a client can refuse before it connects. The
     /// daemon checks again, and adds what only it knows (who holds what, who may).

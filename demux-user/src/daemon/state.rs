@@ -897,16 +897,7 @@ mod tests {
 
     /// A UDP endpoint on `local`, counting only.
     fn request(local: &str) -> BindRequest {
-        BindRequest {
-            protocol: Protocol::Udp,
-            local: local.into(),
-            connect: None,
-            group: None,
-            v6only: false,
-            backed: false,
-            to: SinkSpec::Count,
-            persistent: false,
-        }
+        BindRequest::udp(local, SinkSpec::Count)
     }
 
     /// A member of group `name` on `local`.

@@ -14,7 +14,6 @@ use std::{
 use anyhow::{bail, ensure};
 use demux::{
     backing,
-    binding::Protocol,
     control::{
         client::{Client, ClientError},
         BindRequest, EndpointInfo, ErrorCode, Request, Response, SinkSpec,
@@ -42,16 +41,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
 
 /// A count endpoint on `local`, with the backing socket said by the caller.
 fn count_on(local: &str) -> BindRequest {
-    BindRequest {
-        protocol: Protocol::Udp,
-        local: local.into(),
-        connect: None,
-        group: None,
-        v6only: false,
-        backed: false,
-        to: SinkSpec::Count,
-        persistent: false,
-    }
+    BindRequest::udp(local, SinkSpec::Count)
 }
 
 /// A UDP socket bound to `local` as the calling thread, with `SO_REUSEPORT` if asked.

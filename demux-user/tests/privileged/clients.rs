@@ -17,7 +17,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use demux::{
-    binding::Protocol,
     control::{client::Client, BindRequest, ErrorCode, Request, Response, SinkSpec},
     sys::shm::Mapping,
 };
@@ -232,16 +231,7 @@ fn answers_list_within(daemon: &RunningDaemon, limit: Duration) -> anyhow::Resul
 }
 
 fn udp_bind(local: &str, to: SinkSpec) -> Request {
-    Request::Bind(BindRequest {
-        protocol: Protocol::Udp,
-        local: local.into(),
-        connect: None,
-        group: None,
-        v6only: false,
-        backed: false,
-        to,
-        persistent: false,
-    })
+    Request::Bind(BindRequest::udp(local, to))
 }
 
 /// xorshift64: cheap pseudo-random bytes, the same every run.

@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use demux::{
-    binding::Protocol,
     client::Endpoint,
     control::{client::Client, BindRequest, SinkSpec},
     testing::testbed::{
@@ -117,18 +116,12 @@ impl RunningDaemon {
 
     /// As [`RunningDaemon::endpoint`], with `SO_REUSEPORT` if `reuseport`.
     pub(crate) fn endpoint_with(&self, local: &str, reuseport: bool) -> anyhow::Result<Endpoint> {
-        let request = BindRequest {
-            protocol: Protocol::Udp,
-            local: local.into(),
-            connect: None,
-            group: None,
-            v6only: false,
-            backed: true,
-            to: SinkSpec::Ring {
+        let request = BindRequest::udp(
+            local,
+            SinkSpec::Ring {
                 slots: demux::ring::DEFAULT_SLOTS,
             },
-            persistent: false,
-        };
+        );
         let (netns, control) = (&self.netns, &self.control);
         thread::scope(|scope| {
             scope

@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use demux::{
-    binding::Protocol,
     control::{client::Client, BindRequest, Request, Response, SinkSpec},
     record,
     testing::testbed::{ChildGuard, NetNs, TempDir, VethPair, A_ADDR, B_ADDR},
@@ -55,14 +54,10 @@ fn bind_v6only(
     v6only: bool,
 ) -> anyhow::Result<u32> {
     let request = Request::Bind(BindRequest {
-        protocol: Protocol::Udp,
-        local: local.into(),
         connect: connect.map(Into::into),
         group: group.map(Into::into),
         v6only,
-        backed: false,
-        to,
-        persistent: false,
+        ..BindRequest::udp(local, to)
     });
     match client.call(request)? {
         Response::Bound { id } => Ok(id),
@@ -560,17 +555,12 @@ pub(crate) fn another_uid_takes_nothing_from_roots_wildcard() -> anyhow::Result<
 }
 
 /// A daemon in a veth pair of its own whose control socket group `nogroup` may use, so the
-/// CLI can run as uid 65534 ([`nobody_cli`]). Drop in reverse order: daemon, dir, net.
+/// CLI can run as uid 65534 ([`RunningDaemon::nobody_cli`]). Drop in reverse order: daemon, dir, net.
 pub(crate) fn daemon_for_nobody() -> anyhow::Result<(VethPair, TempDir, RunningDaemon)> {
     let net = VethPair::standard()?;
     let dir = TempDir::new("demux-test")?;
     let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
     Ok((net, dir, daemon))
-}
-
-/// The CLI as uid/gid 65534 (nobody/nogroup) against `daemon`, in its namespace, with `args`.
-fn nobody_cli(daemon: &RunningDaemon, args: &[&str]) -> Command {
-    daemon.nobody_cli(args)
 }
 
 /// Runs `cmd` under `timeout SECS` and returns its output.
@@ -584,7 +574,7 @@ fn within(cmd: Command, secs: u32) -> anyhow::Result<std::process::Output> {
 
 /// The CLI as nobody: its exit status and stderr.
 fn nobody_runs(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
-    let output = nobody_cli(daemon, args).output()?;
+    let output = daemon.nobody_cli(args).output()?;
     Ok((
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -680,16 +670,7 @@ pub(crate) fn the_daemon_opens_no_sink_for_a_caller() -> anyhow::Result<()> {
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     let mut root = daemon.client()?;
     let pcap_bind = |path: &std::path::Path| {
-        Request::Bind(BindRequest {
-            protocol: Protocol::Udp,
-            local: local.clone(),
-            connect: None,
-            group: None,
-            v6only: false,
-            backed: false,
-            to: SinkSpec::Pcap(path.into()),
-            persistent: false,
-        })
+        Request::Bind(BindRequest::udp(local.clone(), SinkSpec::Pcap(path.into())))
     };
     for fd in [writer.as_fd(), null.as_fd()] {
         match root.call_with_fds(pcap_bind(&fifo), &[fd]) {
@@ -790,7 +771,7 @@ pub(crate) fn the_daemon_opens_no_sink_for_a_caller() -> anyhow::Result<()> {
 /// Runs the CLI as uid/gid 65534 (nobody/nogroup) and returns its stdout, failing unless it
 /// exits 0.
 fn as_nobody(daemon: &RunningDaemon, args: &[&str]) -> anyhow::Result<String> {
-    let output = nobody_cli(daemon, args).output()?;
+    let output = daemon.nobody_cli(args).output()?;
     ensure!(
         output.status.success(),
         "{args:?} as nobody: {}",
@@ -935,7 +916,8 @@ pub(crate) fn a_user_is_held_to_the_limits_while_root_is_served() -> anyhow::Res
     // `demux bind` as nobody, running: an endpoint on a connection of its own.
     let holder = |port: u16| -> anyhow::Result<(ChildGuard, u32)> {
         let mut child = ChildGuard::spawn(
-            nobody_cli(&daemon, &["bind", "udp", &format!("{B_ADDR}:{port}")])
+            daemon
+                .nobody_cli(&["bind", "udp", &format!("{B_ADDR}:{port}")])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null()),
         )?;

@@ -37,7 +37,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use demux::{
-    binding::Protocol,
     control::{BindRequest, Request, Response, SinkSpec, Stats},
     record,
     testing::testbed::{PairSpec, TempDir, VethPair},
@@ -1106,14 +1105,12 @@ fn oracle(seed: u64, count: usize, kinds: &[Kind]) -> anyhow::Result<()> {
     let mut unregistered = Vec::new();
     for (i, (spec, socket)) in receivers.specs.iter().zip(&receivers.sockets).enumerate() {
         let request = BindRequest {
-            protocol: Protocol::Udp,
-            local: spec.local.to_string(),
             connect: spec.connect.map(|c| c.to_string()),
-            group: None,
             v6only: spec.v6only,
-            backed: true,
-            to: SinkSpec::Unix(dir.join(&format!("sink{i}"))),
-            persistent: false,
+            ..BindRequest::udp(
+                spec.local.to_string(),
+                SinkSpec::Unix(dir.join(&format!("sink{i}"))),
+            )
         };
         match client.bind(request, Some(socket.as_fd())) {
             Ok((Response::Bound { .. }, _)) => {}

@@ -566,8 +566,8 @@ mod tests {
         assert_eq!((tuple.src_port, tuple.dst_port), (1, 2));
     }
 
-    #[test]
-    fn sockets_decide_between_redirect_and_no_socket() {
+    /// A model on the fixtures' host with endpoint 9 on `0.0.0.0:2`.
+    fn wildcard_on_port_2() -> Model {
         let binding = crate::binding::Binding {
             protocol: crate::binding::Protocol::Udp,
             local: crate::binding::Local::Addr("0.0.0.0:2".parse().unwrap()),
@@ -580,6 +580,12 @@ mod tests {
         let mut model = Model::new(KEYS[0]);
         model.host = fixtures::host();
         model.insert(entry, target);
+        model
+    }
+
+    #[test]
+    fn sockets_decide_between_redirect_and_no_socket() {
+        let mut model = wildcard_on_port_2();
         let frame = crate::testing::frame::FrameSpec::udp(
             "198.18.0.1:1".parse().unwrap(),
             "198.18.0.2:2".parse().unwrap(),
@@ -594,18 +600,7 @@ mod tests {
 
     #[test]
     fn an_interface_without_a_mac_entry_steers_nothing() {
-        let binding = crate::binding::Binding {
-            protocol: crate::binding::Protocol::Udp,
-            local: crate::binding::Local::Addr("0.0.0.0:2".parse().unwrap()),
-            remote: None,
-            v6only: false,
-        };
-        let (entry, target) = binding
-            .encode(crate::binding::Receiver::Endpoint(9))
-            .unwrap();
-        let mut model = Model::new(KEYS[0]);
-        model.host = fixtures::host();
-        model.insert(entry, target);
+        let mut model = wildcard_on_port_2();
         model.ifindex = 7;
         let frame = crate::testing::frame::FrameSpec::udp(
             "198.18.0.1:1".parse().unwrap(),
