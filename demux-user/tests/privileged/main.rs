@@ -46,6 +46,9 @@ pub fn trial(module: &str, name: &str, test: fn() -> anyhow::Result<()>) -> Tria
 }
 
 fn main() -> ExitCode {
+    // Interrupted (Ctrl-C, a CI timeout's SIGTERM): stop the daemons and remove the namespaces
+    // and directories still up, instead of leaving them behind.
+    demux::testing::testbed::remove_on_signal("privileged tests");
     let args = Arguments::from_args();
     let skip = missing_privilege();
     let tests: Vec<Trial> = [
