@@ -361,6 +361,11 @@ impl PcapSink {
         thread::Builder::new()
             .name("demux-pcap".into())
             .spawn(move || {
+                // A file writer needs no capability: this thread may start before the
+                // daemon lowers its own (a configured pcap endpoint), so it drops them all.
+                if let Err(e) = crate::sys::caps::restrict_to(crate::sys::caps::CapSet(0)) {
+                    warn!("pcap sink: dropping the writer's capabilities (capset): {e}");
+                }
                 if let Err(e) = write_frames(out, frames) {
                     warn!("pcap sink: writing: {e}; later frames are dropped");
                 }

@@ -9,6 +9,7 @@ pub mod kernel_path;
 pub mod local_addrs;
 pub mod metrics;
 pub mod notify;
+pub mod privileges;
 pub mod server;
 pub mod state;
 pub mod view;
@@ -42,6 +43,7 @@ use state::{Caller, Passed, State};
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    privileges::check_load_time()?;
     let (mut loaded, maps) = Loaded::load(config.bpf_log)?;
     info!(
         bytes = crate::program::OBJECT.len(),
@@ -132,6 +134,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Loaded, attached, sockets open: keep only what the daemon still does from here on.
+    let dropped = privileges::drop_to_run_time()?;
+    info!(
+        kept = %dropped.kept,
+        dropped = %dropped.dropped,
+        bounding_set_lowered = dropped.bounding_lowered,
+        "capabilities lowered to the run-time set"
+    );
     // Attached, sockets registered, control socket listening: tell the supervisor, if any.
     let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
         warn!("{e}");

@@ -45,7 +45,18 @@ pub fn spawn(
     let worker = thread::Builder::new()
         .name(format!("demux-{iface}-q{queue}"))
         .spawn(move || {
-            let mut socket = match QueueSocket::open(&iface, queue, frames) {
+            let opened_and_lowered = QueueSocket::open(&iface, queue, frames).and_then(|socket| {
+                // Socket open: this thread keeps only the run-time capabilities from here on
+                // (it was started before the daemon's own drop, see `privileges`).
+                super::privileges::restrict_thread().map_err(|e| XskError::Step {
+                    iface: iface.clone(),
+                    queue,
+                    step: "lowering the worker's capabilities to the run-time set",
+                    errno: e.to_string(),
+                })?;
+                Ok(socket)
+            });
+            let mut socket = match opened_and_lowered {
                 Ok(socket) => {
                     let _ = opened.send(Ok(socket.fd()));
                     socket

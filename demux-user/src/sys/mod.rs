@@ -2,6 +2,7 @@
 //! memory the rest of the crate needs. Every other module is `#![deny(unsafe_code)]` (set at the
 //! crate root); every block here carries a `SAFETY:` comment (`clippy::undocumented_unsafe_blocks`).
 //!
+//! - [`caps`]: reading and lowering the process's capabilities (capget/capset, prctl).
 //! - [`scm`]: sending and receiving descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
 //! - [`sockaddr`]: `SocketAddr` to the C socket address types.
@@ -12,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod caps;
 pub mod netlink;
 pub mod scm;
 pub mod shm;
