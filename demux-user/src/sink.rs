@@ -363,7 +363,7 @@ impl PcapSink {
             .spawn(move || {
                 // A file writer needs no capability: this thread may start before the
                 // daemon lowers its own (a configured pcap endpoint), so it drops them all.
-                if let Err(e) = crate::sys::caps::restrict_to(crate::sys::caps::CapSet(0)) {
+                if let Err(e) = crate::sys::caps::lower_thread(crate::sys::caps::CapSet(0)) {
                     warn!("pcap sink: dropping the writer's capabilities (capset): {e}");
                 }
                 if let Err(e) = write_frames(out, frames) {

@@ -167,7 +167,7 @@ pub struct Dropped {
 /// Lowers the calling thread to the run-time set, for good: drops everything else from the
 /// bounding set where CAP_SETPCAP allows, sets the permitted and effective sets to the
 /// run-time set (the inheritable and ambient sets to nothing), and sets `no_new_privs` so no
-/// `execve` could regain anything.
+/// `execve` could regain anything (see [`restrict_thread`]).
 ///
 /// Capabilities belong to threads: threads started afterwards by this one inherit the run-time
 /// set; threads started earlier call [`restrict_thread`] themselves.
@@ -187,10 +187,6 @@ pub fn drop_to_run_time() -> Result<Dropped, PrivilegeError> {
         bounding_lowered = true;
     }
     restrict_thread()?;
-    caps::set_no_new_privs().map_err(|source| PrivilegeError::Prctl {
-        step: "setting no_new_privs".to_owned(),
-        source,
-    })?;
     let after = caps::current().map_err(PrivilegeError::Read)?;
     Ok(Dropped {
         kept: after.effective,
@@ -200,12 +196,16 @@ pub fn drop_to_run_time() -> Result<Dropped, PrivilegeError> {
 }
 
 /// Lowers the calling thread's effective and permitted sets to the run-time set (what of it
-/// the thread has): for threads started before [`drop_to_run_time`] (the queue workers, once
-/// their socket is open).
+/// the thread has) and sets its `no_new_privs`: for threads started before
+/// [`drop_to_run_time`] (the queue workers, once their socket is open).
 pub fn restrict_thread() -> Result<(), PrivilegeError> {
     let now = caps::current().map_err(PrivilegeError::Read)?;
     let keep = set_of(&RUN_TIME).and(now.permitted);
-    caps::restrict_to(keep).map_err(|source| PrivilegeError::Restrict { keep, source })
+    caps::restrict_to(keep).map_err(|source| PrivilegeError::Restrict { keep, source })?;
+    caps::set_no_new_privs().map_err(|source| PrivilegeError::Prctl {
+        step: "setting no_new_privs".to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -218,8 +218,14 @@ mod tests {
         // there at start.
         let (load, run) = (set_of(&LOAD_TIME), set_of(&RUN_TIME));
         assert_eq!(run.without(load), CapSet(0), "{run} not within {load}");
-        assert!(!run.has(Capability::PERFMON), "loading happens only at start");
-        assert!(!run.has(Capability::CHOWN), "the control socket is made once");
+        assert!(
+            !run.has(Capability::PERFMON),
+            "loading happens only at start"
+        );
+        assert!(
+            !run.has(Capability::CHOWN),
+            "the control socket is made once"
+        );
         assert!(!load.has(Capability::SYS_ADMIN));
     }
 

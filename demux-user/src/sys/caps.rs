@@ -106,10 +106,7 @@ impl Capability {
         } else {
             format!("CAP_{upper}")
         };
-        NAMES
-            .iter()
-            .position(|n| *n == full)
-            .map(|i| Self(i as u8))
+        NAMES.iter().position(|n| *n == full).map(|i| Self(i as u8))
     }
 }
 
@@ -234,6 +231,13 @@ pub fn restrict_to(keep: CapSet) -> io::Result<()> {
     Ok(())
 }
 
+/// Lowers the calling thread for good: [`restrict_to`] `keep`, then [`set_no_new_privs`]
+/// (both are per thread; threads it starts later inherit them).
+pub fn lower_thread(keep: CapSet) -> io::Result<()> {
+    restrict_to(keep)?;
+    set_no_new_privs()
+}
+
 /// Whether `cap` is in the calling thread's bounding set (`PR_CAPBSET_READ`); false for a
 /// capability this kernel does not know.
 pub fn in_bounding_set(cap: Capability) -> bool {
@@ -251,8 +255,9 @@ pub fn drop_from_bounding_set(cap: Capability) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets `no_new_privs` for the process (`PR_SET_NO_NEW_PRIVS`): no `execve` grants
-/// capabilities (nor set-user-ID) beyond what the caller has. It cannot be unset.
+/// Sets `no_new_privs` for the calling thread (`PR_SET_NO_NEW_PRIVS`; threads it starts later
+/// inherit it): no `execve` grants capabilities (nor set-user-ID) beyond what the caller has.
+/// It cannot be unset.
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } < 0 {
@@ -268,8 +273,14 @@ mod tests {
     #[test]
     fn names_round_trip_and_sets_print_in_number_order() {
         assert_eq!(Capability::from_name("bpf"), Some(Capability::BPF));
-        assert_eq!(Capability::from_name("CAP_NET_RAW"), Some(Capability::NET_RAW));
-        assert_eq!(Capability::from_name("cap_perfmon"), Some(Capability::PERFMON));
+        assert_eq!(
+            Capability::from_name("CAP_NET_RAW"),
+            Some(Capability::NET_RAW)
+        );
+        assert_eq!(
+            Capability::from_name("cap_perfmon"),
+            Some(Capability::PERFMON)
+        );
         assert_eq!(Capability::from_name("cap_flying"), None);
         for (i, name) in NAMES.iter().enumerate() {
             assert_eq!(Capability(i as u8).to_string(), *name);

@@ -48,9 +48,28 @@ impl RunningDaemon {
     /// Starts `demux daemon` on `net.b_if` with `extra` arguments (`--stats-interval 0`
     /// unless they say otherwise) and waits up to 10 s for its `READY=1`.
     pub(crate) fn start(net: &VethPair, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_under(net, dir, &[], extra)
+    }
+
+    /// As [`RunningDaemon::start`], run through `wrapper` (a program and its arguments that
+    /// exec the daemon, as `setpriv …` does; none when empty). The child's PID stays the
+    /// daemon's: `ip netns exec` and the wrapper both exec.
+    pub(crate) fn start_under(
+        net: &VethPair,
+        dir: &TempDir,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let control = dir.join("control.sock");
         let notify = NotifySocket::bind(dir.join("notify.sock"))?;
-        let mut command = net.b.command(DAEMON);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = net.b.command(program);
+                command.args(args).arg(DAEMON);
+                command
+            }
+            None => net.b.command(DAEMON),
+        };
         command.args(["daemon", "--iface", &net.b_if, "--control"]);
         command.arg(&control).args(extra);
         if !extra.contains(&"--stats-interval") {

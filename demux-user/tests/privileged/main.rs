@@ -19,6 +19,7 @@ macro_rules! trials {
 }
 
 mod backing;
+mod capabilities;
 mod checksums;
 mod classifier;
 mod clients;
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         multicast::tests(),
         oracle::tests(),
         reuseport::tests(),
+        capabilities::tests(),
     ]
     .into_iter()
     .flatten()
