@@ -9,6 +9,7 @@ mod fuzz;
 mod light_client;
 mod run;
 mod test;
+mod unit_file;
 // The testbed is shared as source with demux-user's tests and benchmarks
 // (`demux::testing::testbed`): the xtask cannot depend on demux-user, whose build script needs
 // the toolchain the xtask installs.

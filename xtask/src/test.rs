@@ -1,6 +1,7 @@
 //! `cargo xtask test`: rustfmt, clippy (both sides), rustdoc with warnings as errors (stale
 //! intra-doc links), the light-client contract (`crate::light_client`), then every test: unit
-//! tests and the privileged tests (BPF load, BPF_PROG_TEST_RUN, a veth in a network namespace).
+//! tests and the privileged tests (BPF load, BPF_PROG_TEST_RUN, a veth in a network namespace),
+//! and `systemd-analyze verify` on the unit file (`crate::unit_file`).
 //!
 //! It reads the test binaries' closing lines and ends with one summary line,
 //! `summary: N passed, N failed, N skipped`, where a privileged test that could not run counts
@@ -15,7 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::{cargo, light_client, show, step};
+use crate::{cargo, light_client, show, step, unit_file, workspace_root};
 
 #[derive(Debug, Args)]
 pub(crate) struct TestArgs {
@@ -82,6 +83,25 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+
+    // The systemd unit, against the daemon `cargo test` just built (`crate::unit_file`).
+    match unit_file::check(&workspace_root().join("target/debug/demux")) {
+        Ok(unit_file::Outcome::Passed) => {
+            println!("test dist/demux.service (systemd-analyze verify) ... ok");
+            tally.passed += 1;
+        }
+        Ok(unit_file::Outcome::Skipped(reason)) => {
+            let line =
+                format!("test dist/demux.service (systemd-analyze verify) ... skipped: {reason}");
+            println!("{line}");
+            skips.push(line);
+            tally.skipped += 1;
+        }
+        Err(error) => {
+            println!("test dist/demux.service (systemd-analyze verify) ... FAILED: {error:#}");
+            tally.failed += 1;
+        }
+    }
 
     if !skips.is_empty() {
         println!("\nskipped tests (not counted as passed):");
