@@ -1,5 +1,6 @@
 //! Least privilege, end to end: the daemon started with a bounding set of exactly its load-time
-//! set (`setpriv`, as systemd's `CapabilityBoundingSet` does) serves a bind and delivers to a
+//! set (`setpriv`), or with the capability settings of `dist/demux.service` (ambient
+//! capabilities only, `noroot` securebits), serves a bind and delivers to a
 //! non-root caller's `unix:` sink with that caller's credentials; once ready, every one of its
 //! threads holds exactly the run-time set, with `no_new_privs`; and with any one capability of
 //! the load-time set missing it refuses to start with one line naming it, before it attaches
@@ -26,6 +27,7 @@ use crate::{
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
         the_load_time_set_suffices_and_the_run_time_set_is_kept,
+        the_units_capability_settings_suffice,
         a_missing_capability_is_one_line_naming_it,
     ]
 }
@@ -58,10 +60,45 @@ fn status_set(status: &str, name: &str) -> anyhow::Result<CapSet> {
     Ok(CapSet(u64::from_str_radix(line.trim(), 16)?))
 }
 
+/// `setpriv` arguments that set up what `dist/demux.service` asks systemd for: uid 0 without
+/// root's automatic capabilities (`SecureBits=noroot-locked`), the load-time set as bounding,
+/// inheritable and ambient set (`CapabilityBoundingSet=`, `AmbientCapabilities=`), and
+/// `NoNewPrivileges=yes`.
+fn setpriv_as_the_unit(set: CapSet) -> Vec<String> {
+    let caps: Vec<String> = set
+        .iter()
+        .map(|cap| {
+            format!(
+                "+{}",
+                cap.to_string().trim_start_matches("CAP_").to_lowercase()
+            )
+        })
+        .collect();
+    let caps = caps.join(",");
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{caps}"),
+        format!("--inh-caps=-all,{caps}"),
+        format!("--ambient-caps=-all,{caps}"),
+        "--securebits=+noroot,+noroot_locked".into(),
+        "--no-new-privs".into(),
+    ]
+}
+
 pub(crate) fn the_load_time_set_suffices_and_the_run_time_set_is_kept() -> anyhow::Result<()> {
+    serves_with_the_run_time_set(&setpriv(set_of(&LOAD_TIME)))
+}
+
+/// The unit's way: no capability from being uid 0, only the ambient ones.
+pub(crate) fn the_units_capability_settings_suffice() -> anyhow::Result<()> {
+    serves_with_the_run_time_set(&setpriv_as_the_unit(set_of(&LOAD_TIME)))
+}
+
+/// Starts the daemon through `wrapper`, checks every thread holds the run-time set, and runs a
+/// bind and receive round trip as nobody into a `unix:` sink.
+fn serves_with_the_run_time_set(wrapper: &[String]) -> anyhow::Result<()> {
     let net = VethPair::standard()?;
     let dir = TempDir::new("demux-test")?;
-    let wrapper = setpriv(set_of(&LOAD_TIME));
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     // A control group exercises CAP_CHOWN; nobody's unix: sink exercises CAP_SETUID/SETGID.
     let daemon = RunningDaemon::start_under(&net, &dir, &wrapper, &["--control-group", "nogroup"])?;
