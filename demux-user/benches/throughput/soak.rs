@@ -245,7 +245,7 @@ fn rss_anon_kib(pid: u32) -> anyhow::Result<u64> {
 /// back and only the configured endpoints are left, then records what it found, adding a
 /// violation for what never settled.
 fn at_rest(
-    client: &mut Client,
+    control: &Path,
     testbed: &Testbed,
     pid: u32,
     veth_start: u64,
@@ -253,9 +253,12 @@ fn at_rest(
     secs: f64,
     violations: &mut Vec<String>,
 ) -> anyhow::Result<Rest> {
+    // A connection of its own each time: the daemon closes one idle for longer than
+    // `limits.idle` (60 s), root's too.
+    let mut client = Client::connect(control)?;
     let deadline = Instant::now() + Duration::from_secs(3);
     let (stats, veth) = loop {
-        let stats = ask_stats(client)?;
+        let stats = ask_stats(&mut client)?;
         let veth = testbed.veth_drops() - veth_start;
         let (delivered, passed, dropped) = accounting(&stats, veth);
         let settled = sent == delivered + passed + dropped.values().sum::<u64>()
@@ -381,7 +384,6 @@ fn run(minutes: f64, rate: Option<u64>) -> anyhow::Result<Vec<String>> {
     testbed.threaded_napi()?;
     let pid = daemon.id();
     let veth_start = testbed.veth_drops();
-    let mut client = Client::connect(&control)?;
     let churn = Churn::start(&control, testbed.pair.b.name())?;
     let total = minutes * 60.0;
     let interval = if total >= 180.0 { 60.0 } else { total / 3.0 };
@@ -412,7 +414,7 @@ fn run(minutes: f64, rate: Option<u64>) -> anyhow::Result<Vec<String>> {
         thread::sleep(Duration::from_millis(300));
         churned = churn.pause()?;
         let rest = at_rest(
-            &mut client,
+            &control,
             &testbed,
             pid,
             veth_start,
@@ -435,7 +437,6 @@ fn run(minutes: f64, rate: Option<u64>) -> anyhow::Result<Vec<String>> {
         }
     }
     churn.stop();
-    drop(client);
     let first = first.context("no interval ran")?;
     let last = last.unwrap_or_else(|| first.clone());
     if last.fds > first.fds {
