@@ -216,6 +216,14 @@ impl QueueSocket {
     pub fn frames(&self) -> (u32, usize) {
         (self.frames, self.free.len())
     }
+
+    /// Frames handed to the fill ring that the kernel has not taken yet, and frames the kernel
+    /// put on the rx ring that have not been read yet. With the free list, every frame of the
+    /// UMEM is in one of these three places whenever no frame is being received: a frame
+    /// missing from all three is lost.
+    pub fn ring_frames(&self) -> (u32, u32) {
+        (self.device.pending(), self.rx.available())
+    }
 }
 
 impl AsRawFd for QueueSocket {

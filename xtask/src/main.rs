@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod light_client;
 mod run;
+mod soak;
 mod test;
 mod unit_file;
 // The testbed is shared as source with demux-user's tests and benchmarks
@@ -61,6 +62,9 @@ enum Cmd {
     /// Fuzz the XDP program against its reference model (as root): random and mutated frames
     /// through BPF_PROG_TEST_RUN, 10,000,000 by default.
     Fuzz(fuzz::FuzzArgs),
+    /// Soak the daemon (as root): N minutes (10 by default) at the highest zero-loss rate with
+    /// endpoints binding and closing every second; fails on any leak or accounting error.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Soak(args) => soak::run(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: rustfmt, clippy (both sides), rustdoc with warnings as errors (stale
 //! intra-doc links), the light-client contract (`crate::light_client`), then every test: unit
 //! tests and the privileged tests (BPF load, BPF_PROG_TEST_RUN, a veth in a network namespace),
-//! and `systemd-analyze verify` on the unit file (`crate::unit_file`).
+//! `systemd-analyze verify` on the unit file (`crate::unit_file`), then a one-minute soak
+//! (`crate::soak`), each counted as one test.
 //!
 //! It reads the test binaries' closing lines and ends with one summary line,
 //! `summary: N passed, N failed, N skipped`, where a privileged test that could not run counts
@@ -16,7 +17,10 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::{cargo, light_client, show, step, unit_file, workspace_root};
+use crate::{cargo, light_client, show, soak, step, unit_file, workspace_root};
+
+/// Minutes of the soak this command runs.
+const SOAK_MINUTES: f64 = 1.0;
 
 #[derive(Debug, Args)]
 pub(crate) struct TestArgs {
@@ -100,6 +104,30 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
         Err(error) => {
             println!("test dist/demux.service (systemd-analyze verify) ... FAILED: {error:#}");
             tally.failed += 1;
+        }
+    }
+
+    // One minute of the soak (`cargo xtask soak` runs ten), after the tests so that nothing
+    // else competes with it for the CPUs.
+    if args.filter.as_deref().is_none_or(|f| "soak".contains(f)) {
+        if crate::is_root() {
+            let mut soak = soak::test_command(SOAK_MINUTES);
+            println!("$ {}", show(&soak));
+            let passed = soak.status().context("could not start the soak")?.success();
+            println!(
+                "test soak ({SOAK_MINUTES} min) ... {}",
+                if passed { "ok" } else { "FAILED" }
+            );
+            if passed {
+                tally.passed += 1;
+            } else {
+                tally.failed += 1;
+            }
+        } else {
+            let skip = "test soak ... skipped: not root (namespaces, XDP and AF_XDP)".to_owned();
+            println!("{skip}");
+            tally.skipped += 1;
+            skips.push(skip);
         }
     }
 

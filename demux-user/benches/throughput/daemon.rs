@@ -26,7 +26,7 @@ use demux::{
     backing,
     binding::{addr16, Protocol},
     client::Endpoint,
-    control::{client::Client, BindRequest, Request, Response, SinkSpec},
+    control::{client::Client, BindRequest, Request, Response, SinkSpec, Stats},
     testing::testbed::{enter_netns, ChildGuard, NotifySocket},
 };
 use demux_common::{
@@ -45,23 +45,28 @@ use crate::{
 /// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.
 const FRAMES: u64 = 4096;
 
-/// Starts the daemon in namespace B on the receiving CPU and waits for its `READY=1`
-/// (sd_notify); returns it (dropping it stops it), its notify socket (to keep until it has
-/// stopped) and its control socket.
-fn start_daemon(testbed: &Testbed) -> anyhow::Result<(ChildGuard, NotifySocket, PathBuf)> {
+/// Starts the daemon in namespace B on the receiving CPU (with the configuration file
+/// `config`, if given) and waits for its `READY=1` (sd_notify); returns it (dropping it stops
+/// it), its notify socket (to keep until it has stopped) and its control socket.
+pub(crate) fn start_daemon(
+    testbed: &Testbed,
+    config: Option<&Path>,
+) -> anyhow::Result<(ChildGuard, NotifySocket, PathBuf)> {
     let control = testbed.dir.join("control.sock");
     let log = testbed.dir.join("daemon.log");
     let notify = NotifySocket::bind(testbed.dir.join("notify.sock"))?;
+    let mut command = testbed.pair.b.command("taskset");
+    command
+        .args(["-c", &RX_CPU.to_string()])
+        .args([DEMUX, "daemon", "--iface", &testbed.pair.b_if])
+        .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
+        .arg("--control")
+        .arg(&control);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
     let mut daemon = ChildGuard::spawn(
-        testbed
-            .pair
-            .b
-            .command("taskset")
-            .args(["-c", &RX_CPU.to_string()])
-            .args([DEMUX, "daemon", "--iface", &testbed.pair.b_if])
-            .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
-            .arg("--control")
-            .arg(&control)
+        command
             .env(NotifySocket::VAR, notify.path())
             .stdout(Stdio::null())
             .stderr(File::create(&log)?),
@@ -80,7 +85,7 @@ pub(crate) fn measure(
     secs: f64,
     latency: bool,
 ) -> anyhow::Result<Sample> {
-    let (daemon, notify, control) = start_daemon(testbed)?;
+    let (daemon, notify, control) = start_daemon(testbed, None)?;
     let result = run_daemon_case(case, testbed, daemon.id(), &control, rate, secs, latency);
     drop(daemon);
     drop(notify);
@@ -96,14 +101,19 @@ fn wildcard(case: &Case, port: u16) -> String {
 }
 
 /// A client thread reading its endpoint's ring on the receiving CPU.
-struct RingClient {
+pub(crate) struct RingClient {
     stop: Arc<AtomicBool>,
     thread: thread::JoinHandle<(u64, Vec<u64>)>,
 }
 
 impl RingClient {
     /// Binds `local` from a thread in namespace `netns` (its backing socket must be there).
-    fn start(control: &Path, netns: &str, local: String, latency: bool) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        control: &Path,
+        netns: &str,
+        local: String,
+        latency: bool,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (control, flag, netns) = (control.to_owned(), stop.clone(), netns.to_owned());
@@ -148,7 +158,9 @@ impl RingClient {
         Ok(Self { stop, thread })
     }
 
-    fn finish(self) -> (u64, Vec<u64>) {
+    /// Stops reading and drops the endpoint (which closes it); returns the datagrams read and
+    /// their latencies.
+    pub(crate) fn finish(self) -> (u64, Vec<u64>) {
         self.stop.store(true, Relaxed);
         self.thread.join().unwrap_or_default()
     }
@@ -210,26 +222,7 @@ fn run_daemon_case(
         Response::Stats(stats) => stats,
         other => bail!("stats: {other:?}"),
     };
-    let mut dropped = BTreeMap::new();
-    // veth counts a failed redirect (the AF_XDP rx ring full) as its own rx drop too: count
-    // those once, under the socket.
-    let xsk_rx: u64 = s.sockets.iter().map(|x| x.rx_dropped).sum();
-    dropped.insert(
-        "veth",
-        (testbed.veth_drops() - veth_before).saturating_sub(xsk_rx),
-    );
-    dropped.insert("xsk_rx", xsk_rx);
-    dropped.insert(
-        "sink",
-        s.endpoints
-            .iter()
-            .map(|e| e.dropped_sink_full + e.dropped_sink_error)
-            .sum(),
-    );
-    dropped.insert(
-        "worker",
-        s.dropped_no_endpoint + s.dropped_bad_metadata + s.dropped_bad_checksum,
-    );
+    let dropped = dropped(&s, testbed.veth_drops() - veth_before);
     // The ring's client stops a little after the generator and may leave a few records unread;
     // those were delivered all the same.
     ensure!(
@@ -251,6 +244,28 @@ fn run_daemon_case(
         latencies,
         daemon_kib,
     })
+}
+
+/// Frames dropped by named reason: the daemon's counters (`stats`: AF_XDP rx ring, sinks,
+/// closed endpoints' sinks, workers) and `veth`, the veth pair's own drops over the same time.
+pub(crate) fn dropped(s: &Stats, veth: u64) -> BTreeMap<&'static str, u64> {
+    // veth counts a failed redirect (the AF_XDP rx ring full) as its own rx drop too: count
+    // those once, under the socket.
+    let xsk_rx: u64 = s.sockets.iter().map(|x| x.rx_dropped).sum();
+    let sink: u64 = s
+        .endpoints
+        .iter()
+        .map(|e| e.dropped_sink_full + e.dropped_sink_error)
+        .sum();
+    BTreeMap::from([
+        ("veth", veth.saturating_sub(xsk_rx)),
+        ("xsk_rx", xsk_rx),
+        ("sink", sink + s.closed_dropped),
+        (
+            "worker",
+            s.dropped_no_endpoint + s.dropped_bad_metadata + s.dropped_bad_checksum,
+        ),
+    ])
 }
 
 /// Finds one of the daemon's maps by name.

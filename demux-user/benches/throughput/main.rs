@@ -23,15 +23,22 @@
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
 //! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds).
+//!
+//! `--soak MINUTES [--rate PPS]` runs the soak instead (`soak`, `cargo xtask soak`): the daemon
+//! for that long at a sustained rate while endpoints bind and close every second, checking
+//! that nothing leaks.
 
 #![deny(unsafe_code)]
 
 mod cases;
+mod churn;
 mod daemon;
 mod generator;
 mod kernel;
 mod probes;
 mod report;
+mod search;
+mod soak;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -60,6 +67,9 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--soak") {
+        return soak::main();
+    }
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
@@ -343,22 +353,15 @@ fn run() -> anyhow::Result<bool> {
     }
     for r in results.iter_mut().filter(|r| searched(&r.case)) {
         // The zero-loss rate lies between 0 and the highest rate the sender offered.
-        let (mut low, mut high) = (0u64, r.offered_pps() as u64);
-        for _ in 0..plan.search_steps {
-            let rate = (low + high) / 2;
+        let case = r.case;
+        let (_, trials) = search::zero_loss(r.offered_pps() as u64, plan.search_steps, |rate| {
             step(
                 &bar,
-                format!("{} zero-loss search at {rate} pps", r.case.name()),
+                format!("{} zero-loss search at {rate} pps", case.name()),
             );
-            let trial = measure(&r.case, &mut testbed, rate, plan.search_secs, false)
-                .with_context(|| r.case.name())?;
-            if trial.lossless() {
-                low = rate;
-            } else {
-                high = rate;
-            }
-            r.search.push(trial);
-        }
+            measure(&case, &mut testbed, rate, plan.search_secs, false).with_context(|| case.name())
+        })?;
+        r.search = trials;
     }
     bar.finish_and_clear();
     drop(testbed);

@@ -57,14 +57,17 @@ pub(crate) fn report(stats: &Stats) -> String {
     out += "\nsockets:\n";
     for s in &stats.sockets {
         out += &format!(
-            "  {} queue {}: rx_dropped={} rx_ring_full={} fill_ring_empty={} frames={} free={}\n",
+            "  {} queue {}: rx_dropped={} rx_ring_full={} fill_ring_empty={} frames={} free={} \
+             fill_ring={} rx_ring={}\n",
             s.iface,
             s.queue,
             s.rx_dropped,
             s.rx_ring_full,
             s.rx_fill_ring_empty,
             s.frames,
-            s.frames_free
+            s.frames_free,
+            s.frames_fill_ring,
+            s.frames_rx_ring
         );
     }
     out += &format!(

@@ -315,6 +315,14 @@ pub struct SocketInfo {
     pub frames: u32,
     /// UMEM frames on the worker's free list.
     pub frames_free: u64,
+    /// UMEM frames on the fill ring, offered to the kernel and not taken yet.
+    #[serde(default)]
+    pub frames_fill_ring: u64,
+    /// UMEM frames on the rx ring, received and not read by the worker yet. While no frame is
+    /// being received, `frames_free + frames_fill_ring + frames_rx_ring == frames`: a frame
+    /// missing from the three is lost.
+    #[serde(default)]
+    pub frames_rx_ring: u64,
 }
 
 /// The answer to `stats`: verdicts, endpoints, sockets and the accounting

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::text,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::{
@@ -116,6 +116,30 @@ pub fn encode(stats: &Stats) -> String {
             ]
         }),
     );
+    // Where each socket's UMEM frames are: while nothing is being received, the three add up
+    // to the socket's frames (a frame missing from all three is lost).
+    let frames = Family::<Labels, Gauge>::default();
+    for s in &stats.sockets {
+        for (place, n) in [
+            ("free_list", s.frames_free),
+            ("fill_ring", s.frames_fill_ring),
+            ("rx_ring", s.frames_rx_ring),
+        ] {
+            let labels = label(&[
+                ("iface", s.iface.clone()),
+                ("queue", s.queue.to_string()),
+                ("place", place.into()),
+            ]);
+            frames
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "demux_socket_frames",
+        "UMEM frames of an AF_XDP socket by where they are (of `frames` per queue)",
+        frames,
+    );
     family(
         &mut registry,
         "demux_worker_dropped",
@@ -174,7 +198,20 @@ mod tests {
         stats.verdicts.insert("redirected".into(), 3);
         stats.dropped_no_endpoint = 2;
         stats.dropped_bad_checksum = 5;
+        stats.sockets.push(crate::control::SocketInfo {
+            iface: "veth0".into(),
+            frames: 4096,
+            frames_free: 6,
+            frames_fill_ring: 4090,
+            ..Default::default()
+        });
         let text = encode(&stats);
+        assert!(
+            text.contains(
+                "demux_socket_frames{iface=\"veth0\",queue=\"0\",place=\"fill_ring\"} 4090"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("demux_verdicts_total{verdict=\"redirected\"} 3"),
             "{text}"

@@ -155,9 +155,12 @@ pub fn spawn(
 /// Copies the socket's kernel counters where `stats` can read them.
 fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>) {
     let (frames, free) = socket.frames();
+    let (fill, rx) = socket.ring_frames();
     let mut info = cell.lock().expect("socket cell");
     info.frames = frames;
     info.frames_free = free as u64;
+    info.frames_fill_ring = u64::from(fill);
+    info.frames_rx_ring = u64::from(rx);
     if let Ok(stats) = socket.statistics() {
         info.rx_dropped = stats.rx_dropped;
         info.rx_ring_full = stats.rx_ring_full;
