@@ -10,9 +10,11 @@ pub const CONNECTED: &str = "CONNECTED";
 pub const BOUND: &str = "BOUND";
 /// LPM trie `PrefixKey → Target`.
 pub const PREFIX: &str = "PREFIX";
-/// Hash map `WildcardKey → Target`.
+/// The wildcard bindings: not a map of their own but the `wildcard_*` fields of `PORTS`
+/// entries; the name errors give them.
 pub const WILDCARD: &str = "WILDCARD";
-/// Array of `u32` bit sets: which tables hold bindings on a (protocol, port) (see `ports`).
+/// Array of `ports::PortEntry`: per (protocol, port), its wildcard bindings and which other
+/// tables hold bindings there (see `ports`).
 pub const PORTS: &str = "PORTS";
 /// Array `group id → Group`.
 pub const GROUPS: &str = "GROUPS";

@@ -1,16 +1,13 @@
 //! The daemon's bookkeeping of the binding tables: writes bindings through a [`Dataplane`] and
-//! keeps the port index (`PORTS`) in step. One binding is one map entry, so each insert is
-//! atomic; a batch that fails part-way removes what it inserted, so the maps are never left
-//! half-updated.
+//! keeps the port index bits of `PORTS` in step. One binding is one map entry (a wildcard: the
+//! fields of its port's `PORTS` entry), so each insert is atomic for the program; a batch that
+//! fails part-way removes what it inserted, so the maps are never left half-updated.
 
 use aya::maps::MapError;
 use demux_common::{
     binding::{Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
     maps,
-    ports::{
-        all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX,
-        TABLE_WILDCARD,
-    },
+    ports::{all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX},
 };
 use thiserror::Error;
 
@@ -21,7 +18,10 @@ use crate::{binding::Entry, dataplane::Dataplane};
 pub enum TableError {
     #[error("{table}: this binding is already held; close the endpoint that holds it first")]
     Exists { table: &'static str },
-    #[error("{table}: the table is full ({max} entries); remove bindings first", max = MAX_BINDINGS)]
+    #[error(
+        "{table}: the table is full; remove bindings first, or restart the daemon with a larger \
+         --max-bindings (at most {MAX_BINDINGS})"
+    )]
     Full { table: &'static str },
     #[error("{table}: no such binding")]
     NotFound { table: &'static str },
@@ -35,6 +35,10 @@ pub enum TableError {
     #[error("interface number {number}: a daemon attaches to at most {max} interfaces (0-{last})",
         max = demux_common::maps::MAX_IFACES, last = demux_common::maps::MAX_IFACES - 1)]
     BadIface { number: u32 },
+    #[error(
+        "WILDCARD: id {id} does not fit the port table's 16 bits (endpoint ids are below 65,536)"
+    )]
+    IdTooLarge { id: u32 },
     #[error("map {table}: {source}")]
     Map {
         table: &'static str,
@@ -74,7 +78,10 @@ impl Tables {
         entry: &Entry,
         target: Target,
     ) -> Result<(), TableError> {
-        let (index, bit) = entry.port_slot();
+        let Some((index, bit)) = entry.port_slot() else {
+            // A wildcard: the binding is its own entry of the port table.
+            return dataplane.insert(entry, target);
+        };
         if self.count(index, bit) == 0 {
             let bits = dataplane.port_bits(index)?;
             dataplane.set_port_bits(index, bits | bit)?;
@@ -95,8 +102,10 @@ impl Tables {
         entry: &Entry,
     ) -> Result<(), TableError> {
         dataplane.remove(entry)?;
-        let (index, bit) = entry.port_slot();
-        self.release(dataplane, index, bit)
+        match entry.port_slot() {
+            Some((index, bit)) => self.release(dataplane, index, bit),
+            None => Ok(()),
+        }
     }
 
     /// Inserts every binding, or none: on the first failure the ones already inserted are
@@ -142,9 +151,10 @@ impl Tables {
 }
 
 impl Entry {
-    /// The port index entry and bit that announce this binding.
-    pub(crate) fn port_slot(&self) -> (u32, u32) {
-        match self {
+    /// The port index entry and bit that announce this binding; `None` for a wildcard, which
+    /// is held in its port's entry itself.
+    pub(crate) fn port_slot(&self) -> Option<(u32, u32)> {
+        Some(match self {
             Entry::Connected(k) => (
                 port_index(k.protocol, k.local_port),
                 port_bit(TABLE_CONNECTED, k.family),
@@ -161,11 +171,8 @@ impl Entry {
                 port_index(k.protocol, k.local_port),
                 port_bit(TABLE_PREFIX, k.family),
             ),
-            Entry::Wildcard(k) => (
-                port_index(k.protocol, k.local_port),
-                port_bit(TABLE_WILDCARD, k.family),
-            ),
-        }
+            Entry::Wildcard(_) => return None,
+        })
     }
 }
 
@@ -223,8 +230,12 @@ mod tests {
         let mut tables = Tables::default();
         let (a, target) = udp("198.18.0.2:53");
         let (b, _) = udp("198.18.0.3:53");
-        let (index, bit) = a.port_slot();
-        assert_eq!(b.port_slot(), (index, bit), "same port, table and family");
+        let (index, bit) = a.port_slot().expect("a bound binding has a bit");
+        assert_eq!(
+            b.port_slot(),
+            Some((index, bit)),
+            "same port, table and family"
+        );
 
         tables.insert(&mut dataplane, &a, target).expect("insert a");
         assert_eq!(
@@ -261,7 +272,7 @@ mod tests {
                 .expect("insert");
         }
         let index = port_index(demux_common::binding::PROTO_UDP, 53);
-        let all = port_bit(TABLE_BOUND, 4) | port_bit(TABLE_BOUND, 6) | port_bit(TABLE_WILDCARD, 4);
+        let all = port_bit(TABLE_BOUND, 4) | port_bit(TABLE_BOUND, 6);
         assert_eq!(dataplane.bits(index), all);
         tables.remove(&mut dataplane, &bound4.0).expect("remove");
         assert_eq!(
@@ -302,7 +313,7 @@ mod tests {
             matches!(error, TableError::Exists { table: "BOUND" }),
             "{error}"
         );
-        let (index, bit) = held.port_slot();
+        let (index, bit) = held.port_slot().expect("a bit");
         assert_eq!(dataplane.bits(index), bit);
         // A full table: the new port's bit is cleared again.
         let (other, _) = udp("198.18.0.2:54");
@@ -313,7 +324,7 @@ mod tests {
             matches!(error, TableError::Full { table: "BOUND" }),
             "{error}"
         );
-        assert_eq!(dataplane.bits(other.port_slot().0), 0);
+        assert_eq!(dataplane.bits(other.port_slot().expect("a bit").0), 0);
         // And the counts are right: removing the held binding clears its bit.
         tables.remove(&mut dataplane, &held).expect("remove");
         assert!(!dataplane.any_port_bits());
@@ -338,7 +349,8 @@ mod tests {
         tables
             .insert(&mut dataplane, &entry, target)
             .expect("insert");
-        assert_eq!(dataplane.bits(entry.port_slot().0), entry.port_slot().1);
+        let (index, bit) = entry.port_slot().expect("a bit");
+        assert_eq!(dataplane.bits(index), bit);
         assert_kept_promises(&dataplane);
     }
 

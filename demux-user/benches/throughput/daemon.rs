@@ -32,7 +32,7 @@ use demux::{
 use demux_common::{
     binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
     maps,
-    ports::{port_bit, port_index, TABLE_CONNECTED},
+    ports::{port_bit, port_index, PortEntry, TABLE_CONNECTED},
 };
 
 use crate::{
@@ -322,11 +322,12 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
             .insert(key, target, 0)
             .with_context(|| format!("filler binding {i}"))?;
     }
-    let mut ports: Array<_, u32> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
+    let mut ports: Array<_, PortEntry> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
     for &(port, _) in &endpoints {
         let index = port_index(PROTO_UDP, port);
-        let bits = ports.get(&index, 0)?;
-        ports.set(index, bits | port_bit(TABLE_CONNECTED, family), 0)?;
+        let mut entry = ports.get(&index, 0)?;
+        entry.tables |= port_bit(TABLE_CONNECTED, family) as u8;
+        ports.set(index, entry, 0)?;
     }
     Ok(())
 }

@@ -218,8 +218,10 @@ impl MemoryDataplane {
     /// Logs a write and checks the promises the tables must keep after it.
     fn record(&mut self, event: Event) {
         for (entry, target) in &self.entries {
-            let (index, bit) = entry.port_slot();
-            if self.bits(index) & bit == 0 {
+            let without_bit = entry
+                .port_slot()
+                .is_some_and(|(index, bit)| self.bits(index) & bit == 0);
+            if without_bit {
                 self.violations.push(format!(
                     "after {event:?}: {entry:?} is bound without its port bit"
                 ));
@@ -255,8 +257,10 @@ impl Dataplane for MemoryDataplane {
         if self.entries.contains_key(entry) {
             return Err(TableError::Exists { table });
         }
+        // A wildcard is never full: the port table has an entry for every port.
         let held = self.entries.keys().filter(|e| e.table() == table).count();
-        if self.capacity.is_some_and(|capacity| held >= capacity) {
+        let wildcard = matches!(entry, Entry::Wildcard(_));
+        if !wildcard && self.capacity.is_some_and(|capacity| held >= capacity) {
             return Err(TableError::Full { table });
         }
         self.entries.insert(*entry, target);
