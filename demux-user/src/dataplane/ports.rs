@@ -36,7 +36,7 @@ impl PortsMap {
 
     /// Overwrites the table bits of entry `index` (one byte of the entry changes).
     pub(super) fn set(&mut self, index: u32, bits: u32) -> Result<(), TableError> {
-        let entry = self.entry(index)?;
+        let mut entry = self.entry(index)?;
         entry.tables = bits as u8;
         self.write(index, entry, maps::PORTS)
     }
