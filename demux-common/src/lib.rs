@@ -11,6 +11,7 @@ pub mod local;
 pub mod maps;
 pub mod meta;
 pub mod ports;
+pub mod presence;
 pub mod verdict;
 
 pub use verdict::Verdict;

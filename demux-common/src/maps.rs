@@ -16,6 +16,8 @@ pub const WILDCARD: &str = "WILDCARD";
 /// Array of `ports::PortEntry`: per (protocol, port), its wildcard bindings and which other
 /// tables hold bindings there (see `ports`).
 pub const PORTS: &str = "PORTS";
+/// Array of `u64` words: the presence filter of `CONNECTED` and `BOUND` keys (see `presence`).
+pub const PRESENCE: &str = "PRESENCE";
 /// Array `group id → Group`.
 pub const GROUPS: &str = "GROUPS";
 /// Per-CPU array `endpoint id → EndpointStats`.

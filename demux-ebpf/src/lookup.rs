@@ -7,6 +7,9 @@
 //! 4. Wildcard: the unspecified address of the packet's family on the port; for IPv4, then an
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
+//! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has the bit of
+//! the packet's key set.
+//!
 //! A group target picks its member by flow hash. The port's `PORTS` entry, one inlined array
 //! load, holds both wildcard bindings and says which other tables hold bindings on the
 //! packet's port and family; the others are not probed.
@@ -25,6 +28,8 @@ use demux_common::ports::{
     all_ports_index, port_bit, port_index, PortEntry, PORT_INDEX_ENTRIES, TABLE_BOUND,
     TABLE_CONNECTED, TABLE_PREFIX,
 };
+
+use demux_common::presence::{bound_bit, connected_bit, word_and_mask, PRESENCE_WORDS};
 
 use crate::parse::Packet;
 
@@ -47,6 +52,10 @@ static PREFIX: LpmTrie<PrefixKey, Target> =
 #[map(name = "PORTS")]
 static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 
+/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys.
+#[map(name = "PRESENCE")]
+static PRESENCE: Array<u64> = Array::with_max_entries(PRESENCE_WORDS, 0);
+
 /// Group id → members (SO_REUSEPORT-style).
 #[map(name = "GROUPS")]
 pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
@@ -56,7 +65,16 @@ pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
     let entry = port_entry(port_index(packet.protocol, packet.dst_port));
     let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
-    if has(TABLE_CONNECTED) {
+    if has(TABLE_CONNECTED)
+        && present(connected_bit(
+            packet.protocol,
+            packet.family,
+            packet.dst_port,
+            packet.src_port,
+            &packet.dst_addr,
+            &packet.src_addr,
+        ))
+    {
         let key = ConnectedKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -70,7 +88,14 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
             return Some(target);
         }
     }
-    if has(TABLE_BOUND) {
+    if has(TABLE_BOUND)
+        && present(bound_bit(
+            packet.protocol,
+            packet.family,
+            packet.dst_port,
+            &packet.dst_addr,
+        ))
+    {
         let key = BoundKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -114,6 +139,13 @@ fn port_entry(index: u32) -> PortEntry {
         }
         None => PortEntry::default(),
     }
+}
+
+/// Whether the presence filter's `bit` is set ("perhaps bound"); beyond the array, yes.
+#[inline(always)]
+fn present(bit: u32) -> bool {
+    let (word, mask) = word_and_mask(bit);
+    PRESENCE.get(word).is_none_or(|bits| bits & mask != 0)
 }
 
 /// A copy of the value under `key`.

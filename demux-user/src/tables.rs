@@ -8,6 +8,7 @@ use demux_common::{
     binding::{Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
     maps,
     ports::{all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX},
+    presence::{self, word_and_mask},
 };
 use thiserror::Error;
 
@@ -67,6 +68,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Tables {
     counts: std::collections::HashMap<(u32, u32), u32>,
+    /// Keys per presence filter bit (`demux_common::presence`).
+    presence: std::collections::HashMap<u32, u32>,
 }
 
 impl Tables {
@@ -87,9 +90,19 @@ impl Tables {
             dataplane.set_port_bits(index, bits | bit)?;
         }
         *self.counts.entry((index, bit)).or_default() += 1;
+        let presence = entry.presence_bit();
+        if let Some(presence) = presence {
+            if let Err(error) = self.claim_presence(dataplane, presence) {
+                let _ = self.release(dataplane, index, bit);
+                return Err(error);
+            }
+        }
         let result = dataplane.insert(entry, target);
         if result.is_err() {
-            // Should clearing the bit fail, it stays set: a wasted probe, never a wrong match.
+            // Should clearing a bit fail, it stays set: a wasted probe, never a wrong match.
+            if let Some(presence) = presence {
+                let _ = self.release_presence(dataplane, presence);
+            }
             let _ = self.release(dataplane, index, bit);
         }
         result
@@ -102,6 +115,9 @@ impl Tables {
         entry: &Entry,
     ) -> Result<(), TableError> {
         dataplane.remove(entry)?;
+        if let Some(presence) = entry.presence_bit() {
+            self.release_presence(dataplane, presence)?;
+        }
         match entry.port_slot() {
             Some((index, bit)) => self.release(dataplane, index, bit),
             None => Ok(()),
@@ -132,6 +148,39 @@ impl Tables {
         self.counts.get(&(index, bit)).copied().unwrap_or(0)
     }
 
+    /// Counts one more key behind presence bit `bit`, setting it first if it was clear. On a
+    /// failure nothing is counted.
+    fn claim_presence<D: Dataplane + ?Sized>(
+        &mut self,
+        dataplane: &mut D,
+        bit: u32,
+    ) -> Result<(), TableError> {
+        if !self.presence.contains_key(&bit) {
+            let (index, mask) = word_and_mask(bit);
+            let word = dataplane.presence_word(index)?;
+            dataplane.set_presence_word(index, word | mask)?;
+        }
+        *self.presence.entry(bit).or_default() += 1;
+        Ok(())
+    }
+
+    /// Drops one key behind presence bit `bit`, clearing it after the last.
+    fn release_presence<D: Dataplane + ?Sized>(
+        &mut self,
+        dataplane: &mut D,
+        bit: u32,
+    ) -> Result<(), TableError> {
+        let count = self.presence.entry(bit).or_default();
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.presence.remove(&bit);
+            let (index, mask) = word_and_mask(bit);
+            let word = dataplane.presence_word(index)?;
+            dataplane.set_presence_word(index, word & !mask)?;
+        }
+        Ok(())
+    }
+
     /// Drops one count of (index, bit), clearing the bit when none is left.
     fn release<D: Dataplane + ?Sized>(
         &mut self,
@@ -151,6 +200,27 @@ impl Tables {
 }
 
 impl Entry {
+    /// The presence filter bit of a `CONNECTED` or `BOUND` key; `None` for the other tables.
+    pub(crate) fn presence_bit(&self) -> Option<u32> {
+        match self {
+            Entry::Connected(k) => Some(presence::connected_bit(
+                k.protocol,
+                k.family,
+                k.local_port,
+                k.remote_port,
+                &k.local_addr,
+                &k.remote_addr,
+            )),
+            Entry::Bound(k) => Some(presence::bound_bit(
+                k.protocol,
+                k.family,
+                k.local_port,
+                &k.local_addr,
+            )),
+            Entry::Prefix(..) | Entry::Wildcard(_) => None,
+        }
+    }
+
     /// The port index entry and bit that announce this binding; `None` for a wildcard, which
     /// is held in its port's entry itself.
     pub(crate) fn port_slot(&self) -> Option<(u32, u32)> {
@@ -242,9 +312,13 @@ mod tests {
             dataplane.events(),
             [
                 Event::SetPortBits { index, bits: bit },
+                Event::SetPresence {
+                    index: word_and_mask(a.presence_bit().expect("bound")).0,
+                    word: word_and_mask(a.presence_bit().expect("bound")).1,
+                },
                 Event::Insert(a, target)
             ],
-            "the bit first, then the binding"
+            "the bits first, then the binding"
         );
         tables.insert(&mut dataplane, &b, target).expect("insert b");
         tables.remove(&mut dataplane, &a).expect("remove a");
@@ -351,6 +425,45 @@ mod tests {
             .expect("insert");
         let (index, bit) = entry.port_slot().expect("a bit");
         assert_eq!(dataplane.bits(index), bit);
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn the_presence_bit_comes_and_goes_with_its_key() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (entry, target) = Binding {
+            protocol: Protocol::Udp,
+            local: "198.18.0.2:53".parse::<Local>().expect("local"),
+            remote: Some("198.18.0.1:40000".parse().expect("remote")),
+            v6only: false,
+        }
+        .encode(Receiver::Endpoint(1))
+        .expect("encodable");
+        let (word, mask) = word_and_mask(entry.presence_bit().expect("connected"));
+        // A failed filter write: nothing inserted, the port bit cleared again.
+        dataplane.fail(Op::SetPresence, 0);
+        let error = tables
+            .insert(&mut dataplane, &entry, target)
+            .expect_err("injected");
+        assert!(
+            matches!(
+                error,
+                TableError::Map {
+                    table: "PRESENCE",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(dataplane.is_empty() && !dataplane.any_port_bits());
+        tables
+            .insert(&mut dataplane, &entry, target)
+            .expect("insert");
+        assert_eq!(dataplane.presence(word) & mask, mask, "set before the key");
+        tables.remove(&mut dataplane, &entry).expect("remove");
+        assert!(!dataplane.any_presence_bits(), "cleared after the key");
+        assert!(!dataplane.any_port_bits());
         assert_kept_promises(&dataplane);
     }
 

@@ -33,6 +33,7 @@ use demux_common::{
     binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
     maps,
     ports::{port_bit, port_index, PortEntry, TABLE_CONNECTED},
+    presence,
 };
 
 use crate::{
@@ -286,6 +287,9 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
     } else {
         (FAMILY_IPV4, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)))
     };
+    // The presence filter's words as the fillers set them: the program skips the connected
+    // probe for a tuple whose bit is clear, so the fillers' bits are set as the daemon would.
+    let mut presence_words: std::collections::BTreeMap<u32, u64> = Default::default();
     for i in 0..case.fillers {
         let (port, id) = endpoints[i as usize % endpoints.len()];
         // 198.19.0.0/16 (or 2001:2:0:1::/64) and 16 ports: a million distinct remotes.
@@ -321,6 +325,20 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
         connected
             .insert(key, target, 0)
             .with_context(|| format!("filler binding {i}"))?;
+        let (word, mask) = presence::word_and_mask(presence::connected_bit(
+            key.protocol,
+            key.family,
+            key.local_port,
+            key.remote_port,
+            &key.local_addr,
+            &key.remote_addr,
+        ));
+        *presence_words.entry(word).or_default() |= mask;
+    }
+    let mut filter: Array<_, u64> = Array::try_from(daemon_map(pid, maps::PRESENCE)?)?;
+    for (word, bits) in presence_words {
+        let old = filter.get(&word, 0)?;
+        filter.set(word, old | bits, 0)?;
     }
     let mut ports: Array<_, PortEntry> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
     for &(port, _) in &endpoints {
