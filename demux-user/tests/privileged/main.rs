@@ -26,6 +26,7 @@ mod daemon;
 mod endpoints;
 mod local;
 mod multicast;
+mod multiqueue;
 mod oracle;
 mod program;
 mod restart;
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
         restart::tests(),
         checksums::tests(),
         multicast::tests(),
+        multiqueue::tests(),
         oracle::tests(),
         reuseport::tests(),
     ]
