@@ -131,14 +131,13 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
 /// An index beyond the array reads as an empty entry.
 #[inline(always)]
 fn port_entry(index: u32) -> PortEntry {
-    match PORTS.get_ptr(index) {
-        // SAFETY: a valid, 8-aligned pointer to an 8-byte array value (`PortEntry` is
-        // `repr(C, align(8))`, size 8); a volatile read keeps it one load.
-        Some(entry) => {
-            PortEntry::from_u64(unsafe { core::ptr::read_volatile(entry.cast::<u64>()) })
-        }
-        None => PortEntry::default(),
-    }
+    let Some(entry) = PORTS.get_ptr(index) else {
+        return PortEntry::default();
+    };
+    // SAFETY: a valid, 8-aligned pointer to an 8-byte array value (`PortEntry` is
+    // `repr(C, align(8))`, size 8); a volatile read keeps it one load.
+    let raw = unsafe { core::ptr::read_volatile(entry.cast::<u64>()) };
+    PortEntry::from_u64(raw)
 }
 
 /// Whether the presence filter's `bit` is set ("perhaps bound"); beyond the array, yes.
