@@ -318,7 +318,7 @@ fn empty_memory_by_size() -> anyhow::Result<Vec<serde_json::Value>> {
         })?;
         let mut sizes = loaded.map_memory()?;
         let total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
-        sizes.sort_by(|a, b| b.1.cmp(&a.1));
+        sizes.sort_by_key(|size| std::cmp::Reverse(size.1));
         let largest: Vec<String> = sizes
             .iter()
             .take(6)

@@ -285,7 +285,7 @@ async fn tick(ticker: &mut Option<Interval>) {
 /// The five largest maps by kernel memory, as `NAME MiB` pairs.
 fn largest_maps(sizes: &[(String, u64)]) -> String {
     let mut sizes = sizes.to_vec();
-    sizes.sort_by(|a, b| b.1.cmp(&a.1));
+    sizes.sort_by_key(|size| std::cmp::Reverse(size.1));
     sizes
         .iter()
         .take(5)
