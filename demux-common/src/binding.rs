@@ -49,7 +49,9 @@ pub struct PrefixKey {
 /// Bits of a `PrefixKey` before the address: protocol, family, port.
 pub const PREFIX_KEY_FIXED_BITS: u32 = 32;
 
-/// `WILDCARD` key: the unspecified address (`0.0.0.0` or `::`) on a port. 4 bytes.
+/// A wildcard binding's coordinates: the unspecified address (`0.0.0.0` or `::`) on a port.
+/// 4 bytes. Not a map key: the binding lives in the `PORTS` entry of (protocol, port), in the
+/// family's fields (`ports::PortEntry`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WildcardKey {
@@ -83,7 +85,8 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 pub const MAX_GROUPS: u32 = 4_096;
 /// Members of one group (like SO_REUSEPORT sockets on one port).
 pub const MAX_GROUP_MEMBERS: usize = 32;
-/// Entries of each binding table.
+/// Entries of each hash and trie binding table (`CONNECTED`, `BOUND`, `PREFIX`) in the object;
+/// the daemon sizes them at load (`--max-bindings`).
 pub const MAX_BINDINGS: u32 = 1 << 20;
 
 /// `GROUPS` value: the members of one group. 132 bytes.

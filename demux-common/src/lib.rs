@@ -11,12 +11,13 @@ pub mod local;
 pub mod maps;
 pub mod meta;
 pub mod ports;
+pub mod presence;
 pub mod verdict;
 
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
 /// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
@@ -38,7 +39,7 @@ mod pod {
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for PrefixKey {}
     // SAFETY: see the module comment.
-    unsafe impl aya::Pod for WildcardKey {}
+    unsafe impl aya::Pod for crate::ports::PortEntry {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for Target {}
     // SAFETY: see the module comment.
@@ -82,6 +83,9 @@ mod layout {
     assert_layout!(BoundKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);
     assert_layout!(PrefixKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);
     assert_layout!(WildcardKey, 4; protocol @ 0, family @ 1, local_port @ 2);
+    assert_layout!(crate::ports::PortEntry, 8; tables @ 0, wildcard_flags @ 1, _pad @ 3,
+        wildcard_id @ 4);
+    const _: () = assert!(core::mem::align_of::<crate::ports::PortEntry>() == 8);
     assert_layout!(Target, 8; id @ 0, flags @ 4, prefix_len @ 6, _pad @ 7);
     assert_layout!(Group, 4 + 4 * MAX_GROUP_MEMBERS; count @ 0, members @ 4);
     assert_layout!(EndpointStats, 16; packets @ 0, bytes @ 8);

@@ -10,10 +10,14 @@ pub const CONNECTED: &str = "CONNECTED";
 pub const BOUND: &str = "BOUND";
 /// LPM trie `PrefixKey → Target`.
 pub const PREFIX: &str = "PREFIX";
-/// Hash map `WildcardKey → Target`.
+/// The wildcard bindings: not a map of their own but the `wildcard_*` fields of `PORTS`
+/// entries; the name errors give them.
 pub const WILDCARD: &str = "WILDCARD";
-/// Array of `u32` bit sets: which tables hold bindings on a (protocol, port) (see `ports`).
+/// Array of `ports::PortEntry`: per (protocol, port), its wildcard bindings and which other
+/// tables hold bindings there (see `ports`).
 pub const PORTS: &str = "PORTS";
+/// Array of `u64` words: the presence filter of `CONNECTED` and `BOUND` keys (see `presence`).
+pub const PRESENCE: &str = "PRESENCE";
 /// Array `group id → Group`.
 pub const GROUPS: &str = "GROUPS";
 /// Per-CPU array `endpoint id → EndpointStats`.

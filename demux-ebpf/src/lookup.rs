@@ -4,11 +4,15 @@
 //! 2. `BOUND`: the exact local address and port.
 //! 3. `PREFIX` (beyond the kernel): the longest local prefix; on equal length, the specific port
 //!    beats all-ports.
-//! 4. `WILDCARD`: the unspecified address of the packet's family on the port; for IPv4, then an
+//! 4. Wildcard: the unspecified address of the packet's family on the port; for IPv4, then an
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
-//! A group target picks its member by flow hash. The port index (`PORTS`) says which tables
-//! hold bindings on the packet's port and family; the others are not probed.
+//! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has the bit of
+//! the packet's key set.
+//!
+//! A group target picks its member by flow hash. The port's `PORTS` entry, one inlined array
+//! load, holds both wildcard bindings and says which other tables hold bindings on the
+//! packet's port and family; the others are not probed.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -16,14 +20,16 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use demux_common::binding::{
-    BoundKey, ConnectedKey, Group, PrefixKey, Target, WildcardKey, FAMILY_IPV4, FAMILY_IPV6,
-    MAX_BINDINGS, MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
+    BoundKey, ConnectedKey, Group, PrefixKey, Target, FAMILY_IPV4, FAMILY_IPV6, MAX_BINDINGS,
+    MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
 };
 
 use demux_common::ports::{
-    all_ports_index, port_bit, port_index, PORT_INDEX_ENTRIES, TABLE_BOUND, TABLE_CONNECTED,
-    TABLE_PREFIX, TABLE_WILDCARD,
+    all_ports_index, port_bit, port_index, PortEntry, PORT_INDEX_ENTRIES, TABLE_BOUND,
+    TABLE_CONNECTED, TABLE_PREFIX,
 };
+
+use demux_common::presence::{bound_bit, connected_bit, word_and_mask, PRESENCE_WORDS};
 
 use crate::parse::Packet;
 
@@ -42,14 +48,13 @@ static BOUND: HashMap<BoundKey, Target> =
 static PREFIX: LpmTrie<PrefixKey, Target> =
     LpmTrie::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
-/// Protocol, family and port on the unspecified address → target.
-#[map(name = "WILDCARD")]
-static WILDCARD: HashMap<WildcardKey, Target> =
-    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
-
-/// (protocol, port) → which tables hold bindings there, per family.
+/// (protocol, port) → its wildcard bindings, and which other tables hold bindings there.
 #[map(name = "PORTS")]
-static PORTS: Array<u32> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
+static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
+
+/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys.
+#[map(name = "PRESENCE")]
+static PRESENCE: Array<u64> = Array::with_max_entries(PRESENCE_WORDS, 0);
 
 /// Group id → members (SO_REUSEPORT-style).
 #[map(name = "GROUPS")]
@@ -58,12 +63,18 @@ pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 /// The binding that receives `packet`, by precedence.
 #[inline(always)]
 pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
-    let on_port = PORTS
-        .get(port_index(packet.protocol, packet.dst_port))
-        .copied()
-        .unwrap_or(0);
-    let has = |table| on_port & port_bit(table, packet.family) != 0;
-    if has(TABLE_CONNECTED) {
+    let entry = port_entry(port_index(packet.protocol, packet.dst_port));
+    let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
+    if has(TABLE_CONNECTED)
+        && present(connected_bit(
+            packet.protocol,
+            packet.family,
+            packet.dst_port,
+            packet.src_port,
+            &packet.dst_addr,
+            &packet.src_addr,
+        ))
+    {
         let key = ConnectedKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -77,7 +88,14 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
             return Some(target);
         }
     }
-    if has(TABLE_BOUND) {
+    if has(TABLE_BOUND)
+        && present(bound_bit(
+            packet.protocol,
+            packet.family,
+            packet.dst_port,
+            &packet.dst_addr,
+        ))
+    {
         let key = BoundKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -88,10 +106,7 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
             return Some(target);
         }
     }
-    let all_ports = PORTS
-        .get(all_ports_index(packet.protocol))
-        .copied()
-        .unwrap_or(0)
+    let all_ports = u32::from(port_entry(all_ports_index(packet.protocol)).tables)
         & port_bit(TABLE_PREFIX, packet.family)
         != 0;
     if has(TABLE_PREFIX) || all_ports {
@@ -99,22 +114,37 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
             return Some(target);
         }
     }
-    let mut key = WildcardKey {
-        protocol: packet.protocol,
-        family: packet.family,
-        local_port: packet.dst_port,
-    };
-    if has(TABLE_WILDCARD) {
-        if let Some(target) = get(&WILDCARD, key) {
-            return Some(target);
-        }
+    if let Some(target) = entry.wildcard(packet.family) {
+        return Some(target);
     }
-    if packet.family == FAMILY_IPV4 && on_port & port_bit(TABLE_WILDCARD, FAMILY_IPV6) != 0 {
-        key.family = FAMILY_IPV6;
+    if packet.family == FAMILY_IPV4 {
         // Dual-stack: an IPv6 wildcard that is not v6-only also receives IPv4.
-        return get(&WILDCARD, key).filter(|target| target.flags & TARGET_V6ONLY == 0);
+        return entry
+            .wildcard(FAMILY_IPV6)
+            .filter(|target| target.flags & TARGET_V6ONLY == 0);
     }
     None
+}
+
+/// `PORTS[index]`, read in one aligned 8-byte load so that the entry is one moment's (the
+/// daemon's write order makes every such moment a consistent entry: `demux_common::ports`).
+/// An index beyond the array reads as an empty entry.
+#[inline(always)]
+fn port_entry(index: u32) -> PortEntry {
+    let Some(entry) = PORTS.get_ptr(index) else {
+        return PortEntry::default();
+    };
+    // SAFETY: a valid, 8-aligned pointer to an 8-byte array value (`PortEntry` is
+    // `repr(C, align(8))`, size 8); a volatile read keeps it one load.
+    let raw = unsafe { core::ptr::read_volatile(entry.cast::<u64>()) };
+    PortEntry::from_u64(raw)
+}
+
+/// Whether the presence filter's `bit` is set ("perhaps bound"); beyond the array, yes.
+#[inline(always)]
+fn present(bit: u32) -> bool {
+    let (word, mask) = word_and_mask(bit);
+    PRESENCE.get(word).is_none_or(|bits| bits & mask != 0)
 }
 
 /// A copy of the value under `key`.

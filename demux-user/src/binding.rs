@@ -169,7 +169,7 @@ pub enum Entry {
     Bound(BoundKey),
     /// `PREFIX`: key and address prefix length.
     Prefix(PrefixKey, u8),
-    /// `WILDCARD`: the unspecified address on a port.
+    /// Wildcard: the unspecified address on a port (held in the port's `PORTS` entry).
     Wildcard(WildcardKey),
 }
 

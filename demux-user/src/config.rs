@@ -18,6 +18,9 @@ use crate::{
 /// The smallest and largest UMEM frame counts per rx queue.
 pub const FRAMES: std::ops::RangeInclusive<u32> = 64..=1 << 20;
 
+/// The smallest and largest size of each binding hash table and trie (`max_bindings`).
+pub const MAX_BINDINGS: std::ops::RangeInclusive<u32> = 1024..=1 << 24;
+
 /// Everything the daemon needs to start.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +43,9 @@ pub struct Config {
     pub frames: u32,
     /// Serve OpenMetrics here.
     pub metrics: Option<SocketAddr>,
+    /// Entries of each binding table with keys (`CONNECTED`, `BOUND`, `PREFIX`), set at load
+    /// (in [`MAX_BINDINGS`]); wildcard bindings need none (one per port always fits).
+    pub max_bindings: u32,
     /// Endpoints to create at start (persistent, owned by root; `[[endpoint]]` in the file).
     #[serde(rename = "endpoint")]
     pub endpoints: Vec<BindRequest>,
@@ -95,6 +101,7 @@ impl Default for Config {
             bpf_log: BpfLogLevel::Off,
             frames: 4096,
             metrics: None,
+            max_bindings: demux_common::binding::MAX_BINDINGS,
             endpoints: Vec::new(),
             limits: Limits::default(),
         }
@@ -177,6 +184,17 @@ impl Config {
                     self.frames,
                     FRAMES.start(),
                     FRAMES.end()
+                ),
+            ));
+        }
+        if !MAX_BINDINGS.contains(&self.max_bindings) {
+            return Err(invalid(
+                "max_bindings",
+                format!(
+                    "{} is not from {} to {}",
+                    self.max_bindings,
+                    MAX_BINDINGS.start(),
+                    MAX_BINDINGS.end()
                 ),
             ));
         }
@@ -291,6 +309,16 @@ mod tests {
         assert!(error.contains("5h"), "{error}");
     }
 
+    fn with_bindings(max_bindings: u32) -> Result<(), String> {
+        Config {
+            ifaces: vec!["veth0".into()],
+            max_bindings,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn validate_names_the_field() {
         let with = |change: fn(&mut Config)| {
@@ -302,6 +330,11 @@ mod tests {
             config.validate().map_err(|e| e.to_string())
         };
         assert_eq!(with(|_| {}), Ok(()));
+        for max_bindings in [0, 1023, (1 << 24) + 1] {
+            let error = with_bindings(max_bindings).unwrap_err();
+            assert!(error.starts_with("max_bindings:"), "{error}");
+        }
+        assert_eq!(with_bindings(1024), Ok(()));
         assert!(with(|c| c.ifaces.clear())
             .unwrap_err()
             .starts_with("interfaces:"));

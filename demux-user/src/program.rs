@@ -237,7 +237,7 @@ impl Loaded {
         loader.override_global("AYA_LOG_LEVEL", &level, false);
         loader.override_global(KEY_GLOBAL, &flow_key, true);
         if let Some(bindings) = options.bindings {
-            for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX, maps::WILDCARD] {
+            for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX] {
                 loader.map_max_entries(table, bindings);
             }
         }

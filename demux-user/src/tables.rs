@@ -1,16 +1,14 @@
 //! The daemon's bookkeeping of the binding tables: writes bindings through a [`Dataplane`] and
-//! keeps the port index (`PORTS`) in step. One binding is one map entry, so each insert is
-//! atomic; a batch that fails part-way removes what it inserted, so the maps are never left
-//! half-updated.
+//! keeps the port index bits of `PORTS` in step. One binding is one map entry (a wildcard: the
+//! fields of its port's `PORTS` entry), so each insert is atomic for the program; a batch that
+//! fails part-way removes what it inserted, so the maps are never left half-updated.
 
 use aya::maps::MapError;
 use demux_common::{
     binding::{Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
     maps,
-    ports::{
-        all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX,
-        TABLE_WILDCARD,
-    },
+    ports::{all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX},
+    presence::{self, word_and_mask},
 };
 use thiserror::Error;
 
@@ -21,7 +19,10 @@ use crate::{binding::Entry, dataplane::Dataplane};
 pub enum TableError {
     #[error("{table}: this binding is already held; close the endpoint that holds it first")]
     Exists { table: &'static str },
-    #[error("{table}: the table is full ({max} entries); remove bindings first", max = MAX_BINDINGS)]
+    #[error(
+        "{table}: the table is full; remove bindings first, or restart the daemon with a larger \
+         --max-bindings (at most {MAX_BINDINGS})"
+    )]
     Full { table: &'static str },
     #[error("{table}: no such binding")]
     NotFound { table: &'static str },
@@ -35,6 +36,10 @@ pub enum TableError {
     #[error("interface number {number}: a daemon attaches to at most {max} interfaces (0-{last})",
         max = demux_common::maps::MAX_IFACES, last = demux_common::maps::MAX_IFACES - 1)]
     BadIface { number: u32 },
+    #[error(
+        "WILDCARD: id {id} does not fit the port table's 16 bits (endpoint ids are below 65,536)"
+    )]
+    IdTooLarge { id: u32 },
     #[error("map {table}: {source}")]
     Map {
         table: &'static str,
@@ -63,6 +68,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Tables {
     counts: std::collections::HashMap<(u32, u32), u32>,
+    /// Keys per presence filter bit (`demux_common::presence`).
+    presence: std::collections::HashMap<u32, u32>,
 }
 
 impl Tables {
@@ -74,15 +81,28 @@ impl Tables {
         entry: &Entry,
         target: Target,
     ) -> Result<(), TableError> {
-        let (index, bit) = entry.port_slot();
+        let Some((index, bit)) = entry.port_slot() else {
+            // A wildcard: the binding is its own entry of the port table.
+            return dataplane.insert(entry, target);
+        };
         if self.count(index, bit) == 0 {
             let bits = dataplane.port_bits(index)?;
             dataplane.set_port_bits(index, bits | bit)?;
         }
         *self.counts.entry((index, bit)).or_default() += 1;
+        let presence = entry.presence_bit();
+        if let Some(presence) = presence {
+            if let Err(error) = self.claim_presence(dataplane, presence) {
+                let _ = self.release(dataplane, index, bit);
+                return Err(error);
+            }
+        }
         let result = dataplane.insert(entry, target);
         if result.is_err() {
-            // Should clearing the bit fail, it stays set: a wasted probe, never a wrong match.
+            // Should clearing a bit fail, it stays set: a wasted probe, never a wrong match.
+            if let Some(presence) = presence {
+                let _ = self.release_presence(dataplane, presence);
+            }
             let _ = self.release(dataplane, index, bit);
         }
         result
@@ -95,8 +115,13 @@ impl Tables {
         entry: &Entry,
     ) -> Result<(), TableError> {
         dataplane.remove(entry)?;
-        let (index, bit) = entry.port_slot();
-        self.release(dataplane, index, bit)
+        if let Some(presence) = entry.presence_bit() {
+            self.release_presence(dataplane, presence)?;
+        }
+        match entry.port_slot() {
+            Some((index, bit)) => self.release(dataplane, index, bit),
+            None => Ok(()),
+        }
     }
 
     /// Inserts every binding, or none: on the first failure the ones already inserted are
@@ -123,6 +148,39 @@ impl Tables {
         self.counts.get(&(index, bit)).copied().unwrap_or(0)
     }
 
+    /// Counts one more key behind presence bit `bit`, setting it first if it was clear. On a
+    /// failure nothing is counted.
+    fn claim_presence<D: Dataplane + ?Sized>(
+        &mut self,
+        dataplane: &mut D,
+        bit: u32,
+    ) -> Result<(), TableError> {
+        if !self.presence.contains_key(&bit) {
+            let (index, mask) = word_and_mask(bit);
+            let word = dataplane.presence_word(index)?;
+            dataplane.set_presence_word(index, word | mask)?;
+        }
+        *self.presence.entry(bit).or_default() += 1;
+        Ok(())
+    }
+
+    /// Drops one key behind presence bit `bit`, clearing it after the last.
+    fn release_presence<D: Dataplane + ?Sized>(
+        &mut self,
+        dataplane: &mut D,
+        bit: u32,
+    ) -> Result<(), TableError> {
+        let count = self.presence.entry(bit).or_default();
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.presence.remove(&bit);
+            let (index, mask) = word_and_mask(bit);
+            let word = dataplane.presence_word(index)?;
+            dataplane.set_presence_word(index, word & !mask)?;
+        }
+        Ok(())
+    }
+
     /// Drops one count of (index, bit), clearing the bit when none is left.
     fn release<D: Dataplane + ?Sized>(
         &mut self,
@@ -142,9 +200,31 @@ impl Tables {
 }
 
 impl Entry {
-    /// The port index entry and bit that announce this binding.
-    pub(crate) fn port_slot(&self) -> (u32, u32) {
+    /// The presence filter bit of a `CONNECTED` or `BOUND` key; `None` for the other tables.
+    pub(crate) fn presence_bit(&self) -> Option<u32> {
         match self {
+            Entry::Connected(k) => Some(presence::connected_bit(
+                k.protocol,
+                k.family,
+                k.local_port,
+                k.remote_port,
+                &k.local_addr,
+                &k.remote_addr,
+            )),
+            Entry::Bound(k) => Some(presence::bound_bit(
+                k.protocol,
+                k.family,
+                k.local_port,
+                &k.local_addr,
+            )),
+            Entry::Prefix(..) | Entry::Wildcard(_) => None,
+        }
+    }
+
+    /// The port index entry and bit that announce this binding; `None` for a wildcard, which
+    /// is held in its port's entry itself.
+    pub(crate) fn port_slot(&self) -> Option<(u32, u32)> {
+        Some(match self {
             Entry::Connected(k) => (
                 port_index(k.protocol, k.local_port),
                 port_bit(TABLE_CONNECTED, k.family),
@@ -161,11 +241,8 @@ impl Entry {
                 port_index(k.protocol, k.local_port),
                 port_bit(TABLE_PREFIX, k.family),
             ),
-            Entry::Wildcard(k) => (
-                port_index(k.protocol, k.local_port),
-                port_bit(TABLE_WILDCARD, k.family),
-            ),
-        }
+            Entry::Wildcard(_) => return None,
+        })
     }
 }
 
@@ -223,17 +300,25 @@ mod tests {
         let mut tables = Tables::default();
         let (a, target) = udp("198.18.0.2:53");
         let (b, _) = udp("198.18.0.3:53");
-        let (index, bit) = a.port_slot();
-        assert_eq!(b.port_slot(), (index, bit), "same port, table and family");
+        let (index, bit) = a.port_slot().expect("a bound binding has a bit");
+        assert_eq!(
+            b.port_slot(),
+            Some((index, bit)),
+            "same port, table and family"
+        );
 
         tables.insert(&mut dataplane, &a, target).expect("insert a");
         assert_eq!(
             dataplane.events(),
             [
                 Event::SetPortBits { index, bits: bit },
+                Event::SetPresence {
+                    index: word_and_mask(a.presence_bit().expect("bound")).0,
+                    word: word_and_mask(a.presence_bit().expect("bound")).1,
+                },
                 Event::Insert(a, target)
             ],
-            "the bit first, then the binding"
+            "the bits first, then the binding"
         );
         tables.insert(&mut dataplane, &b, target).expect("insert b");
         tables.remove(&mut dataplane, &a).expect("remove a");
@@ -261,7 +346,7 @@ mod tests {
                 .expect("insert");
         }
         let index = port_index(demux_common::binding::PROTO_UDP, 53);
-        let all = port_bit(TABLE_BOUND, 4) | port_bit(TABLE_BOUND, 6) | port_bit(TABLE_WILDCARD, 4);
+        let all = port_bit(TABLE_BOUND, 4) | port_bit(TABLE_BOUND, 6);
         assert_eq!(dataplane.bits(index), all);
         tables.remove(&mut dataplane, &bound4.0).expect("remove");
         assert_eq!(
@@ -302,7 +387,7 @@ mod tests {
             matches!(error, TableError::Exists { table: "BOUND" }),
             "{error}"
         );
-        let (index, bit) = held.port_slot();
+        let (index, bit) = held.port_slot().expect("a bit");
         assert_eq!(dataplane.bits(index), bit);
         // A full table: the new port's bit is cleared again.
         let (other, _) = udp("198.18.0.2:54");
@@ -313,7 +398,7 @@ mod tests {
             matches!(error, TableError::Full { table: "BOUND" }),
             "{error}"
         );
-        assert_eq!(dataplane.bits(other.port_slot().0), 0);
+        assert_eq!(dataplane.bits(other.port_slot().expect("a bit").0), 0);
         // And the counts are right: removing the held binding clears its bit.
         tables.remove(&mut dataplane, &held).expect("remove");
         assert!(!dataplane.any_port_bits());
@@ -338,7 +423,47 @@ mod tests {
         tables
             .insert(&mut dataplane, &entry, target)
             .expect("insert");
-        assert_eq!(dataplane.bits(entry.port_slot().0), entry.port_slot().1);
+        let (index, bit) = entry.port_slot().expect("a bit");
+        assert_eq!(dataplane.bits(index), bit);
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn the_presence_bit_comes_and_goes_with_its_key() {
+        let mut dataplane = MemoryDataplane::default();
+        let mut tables = Tables::default();
+        let (entry, target) = Binding {
+            protocol: Protocol::Udp,
+            local: "198.18.0.2:53".parse::<Local>().expect("local"),
+            remote: Some("198.18.0.1:40000".parse().expect("remote")),
+            v6only: false,
+        }
+        .encode(Receiver::Endpoint(1))
+        .expect("encodable");
+        let (word, mask) = word_and_mask(entry.presence_bit().expect("connected"));
+        // A failed filter write: nothing inserted, the port bit cleared again.
+        dataplane.fail(Op::SetPresence, 0);
+        let error = tables
+            .insert(&mut dataplane, &entry, target)
+            .expect_err("injected");
+        assert!(
+            matches!(
+                error,
+                TableError::Map {
+                    table: "PRESENCE",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(dataplane.is_empty() && !dataplane.any_port_bits());
+        tables
+            .insert(&mut dataplane, &entry, target)
+            .expect("insert");
+        assert_eq!(dataplane.presence(word) & mask, mask, "set before the key");
+        tables.remove(&mut dataplane, &entry).expect("remove");
+        assert!(!dataplane.any_presence_bits(), "cleared after the key");
+        assert!(!dataplane.any_port_bits());
         assert_kept_promises(&dataplane);
     }
 

@@ -198,6 +198,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let state = StateDir;
     println!("\ndemo: building the testbed (two namespaces joined by a veth pair)");
     let net = VethPair::new(PairSpec {
+        queues: 1,
         namespaces: [NS_A.into(), NS_B.into()],
         ifaces: [IF_A.into(), IF_B.into()],
         addrs: [

@@ -63,6 +63,8 @@ pub(crate) struct Traffic {
     pub frame: usize,
     /// Destination ports, one endpoint each.
     pub ports: u16,
+    /// Source addresses, from `src()` up (198.19.0.0/16 or 2001:2:0:2::/64 when more than one).
+    pub sources: u32,
     pub sender: Sender,
 }
 
@@ -72,6 +74,7 @@ impl Traffic {
             ipv6,
             frame,
             ports: 1,
+            sources: 1,
             sender: Sender::Xdp,
         }
     }
@@ -90,11 +93,13 @@ impl Traffic {
         self.headers() + self.payload()
     }
 
+    /// The first source address (the generator counts up from it, `sources` of them).
     pub(crate) fn src(&self) -> SocketAddr {
-        if self.ipv6 {
-            "[2001:2::1]:40000".parse().expect("address")
-        } else {
-            "198.18.0.1:40000".parse().expect("address")
+        match (self.ipv6, self.sources > 1) {
+            (true, false) => "[2001:2::1]:40000".parse().expect("address"),
+            (false, false) => "198.18.0.1:40000".parse().expect("address"),
+            (true, true) => "[2001:2:0:2::]:40000".parse().expect("address"),
+            (false, true) => "198.19.0.0:40000".parse().expect("address"),
         }
     }
 
@@ -136,6 +141,9 @@ impl Case {
         let mut name = format!("{} {}", self.receiver.name(), self.traffic.label());
         if self.traffic.ports > 1 {
             name += &format!(" {}ep", self.traffic.ports);
+        }
+        if self.traffic.sources > 1 {
+            name += &format!(" {}src", self.traffic.sources);
         }
         if self.fillers > 0 {
             name += &format!(

@@ -32,7 +32,8 @@ use demux::{
 use demux_common::{
     binding::{ConnectedKey, Target, FAMILY_IPV4, FAMILY_IPV6, PROTO_UDP},
     maps,
-    ports::{port_bit, port_index, TABLE_CONNECTED},
+    ports::{port_bit, port_index, PortEntry, TABLE_CONNECTED},
+    presence,
 };
 
 use crate::{
@@ -301,6 +302,9 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
     } else {
         (FAMILY_IPV4, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)))
     };
+    // The presence filter's words as the fillers set them: the program skips the connected
+    // probe for a tuple whose bit is clear, so the fillers' bits are set as the daemon would.
+    let mut presence_words: std::collections::BTreeMap<u32, u64> = Default::default();
     for i in 0..case.fillers {
         let (port, id) = endpoints[i as usize % endpoints.len()];
         // 198.19.0.0/16 (or 2001:2:0:1::/64) and 16 ports: a million distinct remotes.
@@ -336,12 +340,27 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
         connected
             .insert(key, target, 0)
             .with_context(|| format!("filler binding {i}"))?;
+        let (word, mask) = presence::word_and_mask(presence::connected_bit(
+            key.protocol,
+            key.family,
+            key.local_port,
+            key.remote_port,
+            &key.local_addr,
+            &key.remote_addr,
+        ));
+        *presence_words.entry(word).or_default() |= mask;
     }
-    let mut ports: Array<_, u32> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
+    let mut filter: Array<_, u64> = Array::try_from(daemon_map(pid, maps::PRESENCE)?)?;
+    for (word, bits) in presence_words {
+        let old = filter.get(&word, 0)?;
+        filter.set(word, old | bits, 0)?;
+    }
+    let mut ports: Array<_, PortEntry> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
     for &(port, _) in &endpoints {
         let index = port_index(PROTO_UDP, port);
-        let bits = ports.get(&index, 0)?;
-        ports.set(index, bits | port_bit(TABLE_CONNECTED, family), 0)?;
+        let mut entry = ports.get(&index, 0)?;
+        entry.tables |= port_bit(TABLE_CONNECTED, family) as u8;
+        ports.set(index, entry, 0)?;
     }
     Ok(())
 }

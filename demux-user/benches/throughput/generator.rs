@@ -40,6 +40,7 @@ pub(crate) fn generate(
         .args(["--dst", &traffic.dst().to_string()])
         .args(["--dst-ports", &traffic.ports.to_string()])
         .args(["--flows", &FLOWS.to_string()])
+        .args(["--src-addrs", &traffic.sources.to_string()])
         .args(["--payload", &traffic.payload().to_string()])
         .args(["--rate", &rate.to_string(), "--count", "100000000"])
         .args(["--duration", &secs.to_string(), "--json"])

@@ -22,7 +22,9 @@
 //!
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
-//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds).
+//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--scale`
+//! (only `demux_count` with one endpoint and the scale cases; their half-load runs are all
+//! offered the one-endpoint case's half load).
 //!
 //! `--soak MINUTES [--rate PPS]` runs the soak instead (`soak`, `cargo xtask soak`): the daemon
 //! for that long at a sustained rate while endpoints bind and close every second, checking
@@ -147,6 +149,15 @@ fn cases(quick: bool) -> Vec<Case> {
     }
     cases.push(scale(4096, 1_000_000, false));
     cases.push(scale(4096, 1_000_000, true));
+    // The same, from 65,536 source addresses: every packet's connected probe lands on another
+    // bucket, as real traffic from many clients does.
+    cases.push(Case {
+        traffic: Traffic {
+            sources: 65_536,
+            ..scale(4096, 1_000_000, true).traffic
+        },
+        ..scale(4096, 1_000_000, true)
+    });
     cases
 }
 
@@ -264,6 +275,9 @@ fn run() -> anyhow::Result<bool> {
     let json_path = value("--json");
     let receivers: Option<Vec<String>> =
         value("--receivers").map(|list| list.split(',').map(str::to_owned).collect());
+    // Only the one-endpoint demux_count case and the scale cases (demux_count at 4,096
+    // endpoints, 1,000,000 bindings, 65,536 sources), interleaved.
+    let scale_only = args.iter().any(|a| a == "--scale");
     let rounds: Option<usize> = match value("--rounds") {
         Some(n) => Some(n.parse().context("--rounds: not a number")?),
         None => None,
@@ -298,6 +312,13 @@ fn run() -> anyhow::Result<bool> {
     let mut testbed = probes::setup()?;
     let mut results: Vec<CaseResult> = cases(quick)
         .into_iter()
+        .filter(|case| {
+            !scale_only
+                || case.receiver == Receiver::DemuxCount
+                    && case.traffic.sender == Sender::Xdp
+                    && !case.traffic.ipv6
+                    && case.traffic.frame == 60
+        })
         .filter(|case| {
             receivers.as_ref().is_none_or(|names| {
                 names.iter().any(|n| n == case.receiver.name())
@@ -342,8 +363,24 @@ fn run() -> anyhow::Result<bool> {
             r.max.push(sample);
         }
     }
+    // The scale cases run at the one-endpoint case's half load, so that their receiving CPU
+    // per packet compares at one fixed offered load (a slower case at its own half load would
+    // be offered less).
+    let one_endpoint_half = results
+        .iter()
+        .find(|r| {
+            r.case.receiver == Receiver::DemuxCount
+                && r.case.traffic == Traffic::new(false, 60)
+                && r.case.fillers == 0
+        })
+        .map(|r| (r.delivered_pps() / 2.0) as u64);
     for r in &mut results {
-        let rate = (r.delivered_pps() / 2.0) as u64;
+        let scale = r.case.receiver == Receiver::DemuxCount
+            && (r.case.traffic.ports > 1 || r.case.fillers > 0 || r.case.traffic.sources > 1);
+        let rate = match one_endpoint_half {
+            Some(rate) if scale => rate,
+            _ => (r.delivered_pps() / 2.0) as u64,
+        };
         step(&bar, format!("{} at {rate} pps", r.case.name()));
         let latency = r.case.receiver.reads_payloads();
         r.half = Some(

@@ -230,8 +230,18 @@ fn print_targets(results: &[CaseResult]) {
             verdict(change >= -0.05)
         );
     }
+    let bpf_ns = |r: &CaseResult| {
+        let ns: Vec<f64> = r.max.iter().filter_map(|s| s.bpf_ns).collect();
+        (!ns.is_empty()).then(|| median(ns))
+    };
+    let rx_ns = |r: &CaseResult| {
+        r.half
+            .as_ref()
+            .map(|h| h.cpu_secs * 1e9 / h.delivered.max(1) as f64)
+    };
     for scale in results.iter().filter(|r| {
-        r.case.receiver == Receiver::DemuxCount && (r.case.traffic.ports > 1 || r.case.fillers > 0)
+        r.case.receiver == Receiver::DemuxCount
+            && (r.case.traffic.ports > 1 || r.case.fillers > 0 || r.case.traffic.sources > 1)
     }) {
         let change = scale.delivered_pps() / one.delivered_pps() - 1.0;
         let target = scale.case.traffic.ports >= 4096 && scale.case.fillers >= 1_000_000;
@@ -245,6 +255,33 @@ fn print_targets(results: &[CaseResult]) {
                 String::new()
             }
         );
+        if let (Some(mine), Some(theirs)) = (bpf_ns(scale), bpf_ns(one)) {
+            let change = mine / theirs - 1.0;
+            println!(
+                "  {:<52} BPF ns/pkt vs 1 endpoint: {mine:.0} vs {theirs:.0} ({:+.1}%){}",
+                scale.case.name(),
+                100.0 * change,
+                if target {
+                    format!(" (within 25%: {})", verdict(change <= 0.25))
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if let (Some(mine), Some(theirs)) = (rx_ns(scale), rx_ns(one)) {
+            let change = mine / theirs - 1.0;
+            println!(
+                "  {:<52} rx CPU ns/pkt at the 1-endpoint half load: {mine:.0} vs {theirs:.0} \
+                 ({:+.1}%){}",
+                scale.case.name(),
+                100.0 * change,
+                if target {
+                    format!(" (within 25%: {})", verdict(change <= 0.25))
+                } else {
+                    String::new()
+                }
+            );
+        }
         let kib: Vec<f64> = scale
             .max
             .iter()

@@ -57,6 +57,13 @@ pub(crate) struct DaemonArgs {
         Config::default().frames,
     ))]
     frames: Option<u32>,
+    #[arg(long, value_name = "N", help = with_default(
+        "Entries of each binding table (connected, bound, prefix), from 1024 to 16777216; \
+         wildcard bindings need none. An empty table costs about 16 bytes of kernel memory per \
+         entry (hash buckets, rounded up to a power of two), a binding about 100 more",
+        Config::default().max_bindings,
+    ))]
+    max_bindings: Option<u32>,
     /// Serve the statistics in OpenMetrics format over HTTP, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
@@ -75,6 +82,7 @@ impl DaemonArgs {
         config.stats_interval = self.stats_interval.unwrap_or(config.stats_interval);
         config.bpf_log = self.bpf_log.unwrap_or(config.bpf_log);
         config.frames = self.frames.unwrap_or(config.frames);
+        config.max_bindings = self.max_bindings.unwrap_or(config.max_bindings);
         config.control_group = self.control_group.or(config.control_group);
         config.metrics = self.metrics.or(config.metrics);
         config.validate()?;
@@ -146,5 +154,9 @@ mod tests {
         assert!(error.to_string().starts_with("frames:"), "{error}");
         let error = merged(&[]).unwrap_err();
         assert!(error.to_string().starts_with("interfaces:"), "{error}");
+        let error = merged(&["--iface", "a", "--max-bindings", "100"]).unwrap_err();
+        assert!(error.to_string().starts_with("max_bindings:"), "{error}");
+        let config = merged(&["--iface", "a", "--max-bindings", "65536"]).unwrap();
+        assert_eq!(config.max_bindings, 65_536);
     }
 }

@@ -235,7 +235,9 @@ impl ControlError {
             ControlError::Table(TableError::NotFound { .. }) | ControlError::NoEndpoint { .. } => {
                 ErrorCode::NotFound
             }
-            ControlError::Table(TableError::BadGroup { .. }) => ErrorCode::InvalidArgument,
+            ControlError::Table(TableError::BadGroup { .. } | TableError::IdTooLarge { .. }) => {
+                ErrorCode::InvalidArgument
+            }
             ControlError::PrivilegedPort { .. }
             | ControlError::PrefixForRoot { .. }
             | ControlError::TcpForRoot

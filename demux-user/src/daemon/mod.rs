@@ -35,7 +35,7 @@ use crate::{
     binding::{Local, Protocol},
     control::{BindRequest, SocketInfo},
     dataplane::Dataplane as _,
-    program::Loaded,
+    program::{LoadOptions, Loaded},
 };
 
 use state::{Caller, Passed, State};
@@ -44,11 +44,30 @@ use state::{Caller, Passed, State};
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     privileges::check_load_time()?;
-    let (mut loaded, maps) = Loaded::load(config.bpf_log)?;
+    let (mut loaded, maps) = Loaded::load_with(LoadOptions {
+        log_level: config.bpf_log,
+        bindings: Some(config.max_bindings),
+        flow_key: None,
+    })?;
     info!(
         bytes = crate::program::OBJECT.len(),
         "XDP program loaded and verified"
     );
+    match loaded.map_memory() {
+        Ok(sizes) => {
+            let total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
+            let largest = largest_maps(&sizes);
+            info!(
+                max_bindings = config.max_bindings,
+                kernel_memory_mib = format!("{:.1}", total as f64 / 1048576.0),
+                largest = largest.as_str(),
+                "maps sized: connected, bound and prefix hold {} bindings each, wildcards one per \
+                 port",
+                config.max_bindings
+            );
+        }
+        Err(error) => warn!("reading the maps' kernel memory: {error}"),
+    }
     let logger =
         EbpfLogger::init(loaded.ebpf_mut()).context("opening the XDP program's log ring")?;
     let mut bpf_log =
@@ -271,4 +290,16 @@ async fn tick(ticker: &mut Option<Interval>) {
         }
         None => pending().await,
     }
+}
+
+/// The five largest maps by kernel memory, as `NAME MiB` pairs.
+fn largest_maps(sizes: &[(String, u64)]) -> String {
+    let mut sizes = sizes.to_vec();
+    sizes.sort_by_key(|size| std::cmp::Reverse(size.1));
+    sizes
+        .iter()
+        .take(5)
+        .map(|(name, bytes)| format!("{name} {:.1}", *bytes as f64 / 1048576.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1150,7 +1150,12 @@ mod tests {
         assert_eq!(state.endpoints.keys().copied().collect::<Vec<_>>(), [held]);
         assert_eq!(state.dataplane.len(), before);
         assert_eq!(
-            state.dataplane.bits(entry("198.18.0.2:5001").port_slot().0),
+            state.dataplane.bits(
+                entry("198.18.0.2:5001")
+                    .port_slot()
+                    .expect("a bound binding has a bit")
+                    .0
+            ),
             0,
             "the new port's bit is cleared again"
         );

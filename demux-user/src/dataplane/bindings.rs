@@ -1,5 +1,6 @@
-//! The four binding tables, `CONNECTED`, `BOUND`, `PREFIX` (an LPM trie) and `WILDCARD`, as
-//! typed handles taken at load: one insert (`BPF_NOEXIST`) or remove per binding.
+//! The binding tables, `CONNECTED`, `BOUND` (hash maps), `PREFIX` (an LPM trie) and `PORTS`
+//! (the port table holding wildcard bindings, `ports.rs`), as typed handles taken at load: one
+//! insert (`BPF_NOEXIST`) or remove per binding (two ordered writes for a wildcard).
 
 use aya::{
     maps::{
@@ -9,10 +10,11 @@ use aya::{
     Ebpf,
 };
 use demux_common::{
-    binding::{BoundKey, ConnectedKey, PrefixKey, Target, WildcardKey, PREFIX_KEY_FIXED_BITS},
+    binding::{BoundKey, ConnectedKey, PrefixKey, Target, PREFIX_KEY_FIXED_BITS},
     maps,
 };
 
+use super::ports::PortsMap;
 use crate::{
     binding::Entry,
     program::{take_map, LoadError},
@@ -27,17 +29,18 @@ pub(super) struct BindingMaps {
     connected: HashMap<MapData, ConnectedKey, Target>,
     bound: HashMap<MapData, BoundKey, Target>,
     prefix: LpmTrie<MapData, PrefixKey, Target>,
-    wildcard: HashMap<MapData, WildcardKey, Target>,
+    /// `PORTS`: wildcard bindings and the index bits.
+    pub(super) ports: PortsMap,
 }
 
 impl BindingMaps {
-    /// Takes the four tables out of `ebpf`, each size-checked against its key and [`Target`].
+    /// Takes the tables out of `ebpf`, each size-checked against its key and [`Target`].
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
         Ok(Self {
             connected: take_map(ebpf, maps::CONNECTED, "a hash map")?,
             bound: take_map(ebpf, maps::BOUND, "a hash map")?,
             prefix: take_map(ebpf, maps::PREFIX, "an LPM trie")?,
-            wildcard: take_map(ebpf, maps::WILDCARD, "a hash map")?,
+            ports: PortsMap::take(ebpf)?,
         })
     }
 
@@ -46,7 +49,7 @@ impl BindingMaps {
         let result = match entry {
             Entry::Connected(key) => self.connected.insert(key, target, NOEXIST),
             Entry::Bound(key) => self.bound.insert(key, target, NOEXIST),
-            Entry::Wildcard(key) => self.wildcard.insert(key, target, NOEXIST),
+            Entry::Wildcard(key) => return self.ports.insert_wildcard(key, target),
             Entry::Prefix(key, len) => self.prefix.insert(&trie_key(key, *len), target, NOEXIST),
         };
         result.map_err(|source| classify(entry.table(), source))
@@ -57,7 +60,7 @@ impl BindingMaps {
         let result = match entry {
             Entry::Connected(key) => self.connected.remove(key),
             Entry::Bound(key) => self.bound.remove(key),
-            Entry::Wildcard(key) => self.wildcard.remove(key),
+            Entry::Wildcard(key) => return self.ports.remove_wildcard(key),
             Entry::Prefix(key, len) => self.prefix.remove(&trie_key(key, *len)),
         };
         result.map_err(|source| classify(entry.table(), source))

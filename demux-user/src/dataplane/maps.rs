@@ -9,7 +9,7 @@ use demux_common::binding::{EndpointStats, Target};
 
 use super::{
     bindings::BindingMaps, group_value, groups::GroupsMap, iface_slots::IfaceSlotsMap,
-    local_addrs::LocalAddrsMap, ports::PortsMap, reuseport_cookies::ReuseportCookiesMap,
+    local_addrs::LocalAddrsMap, presence::PresenceMap, reuseport_cookies::ReuseportCookiesMap,
     reuseport_program::ReuseportProgram, reuseport_sockets::ReuseportSocketsMap, CounterError,
     Counters, Dataplane, LocalKind, LocalPrefix, ReuseportError,
 };
@@ -25,8 +25,8 @@ use crate::{
 /// counters, and the reuseport program.
 pub struct Maps {
     bindings: BindingMaps,
-    ports: PortsMap,
     groups: GroupsMap,
+    presence: PresenceMap,
     reuseport_sockets: ReuseportSocketsMap,
     reuseport_cookies: ReuseportCookiesMap,
     reuseport_program: ReuseportProgram,
@@ -49,8 +49,8 @@ impl Maps {
         let (writer, reader) = endpoint_stats::take(ebpf)?;
         Ok(Self {
             bindings: BindingMaps::take(ebpf)?,
-            ports: PortsMap::take(ebpf)?,
             groups: GroupsMap::take(ebpf)?,
+            presence: PresenceMap::take(ebpf)?,
             reuseport_sockets: ReuseportSocketsMap::take(ebpf)?,
             reuseport_cookies: ReuseportCookiesMap::take(ebpf)?,
             reuseport_program: ReuseportProgram::new(reuseport),
@@ -85,11 +85,19 @@ impl Dataplane for Maps {
     }
 
     fn port_bits(&self, index: u32) -> Result<u32, TableError> {
-        self.ports.get(index)
+        self.bindings.ports.get(index)
     }
 
     fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError> {
-        self.ports.set(index, bits)
+        self.bindings.ports.set(index, bits)
+    }
+
+    fn presence_word(&self, index: u32) -> Result<u64, TableError> {
+        self.presence.get(index)
+    }
+
+    fn set_presence_word(&mut self, index: u32, word: u64) -> Result<(), TableError> {
+        self.presence.set(index, word)
     }
 
     fn set_group(&mut self, id: u32, members: &[u32]) -> Result<(), TableError> {

@@ -37,6 +37,8 @@ pub enum Op {
     Remove,
     /// [`Dataplane::set_port_bits`].
     SetPortBits,
+    /// [`Dataplane::set_presence_word`].
+    SetPresence,
     /// [`Dataplane::set_group`].
     SetGroup,
     /// [`Dataplane::reset_endpoint_stats`].
@@ -62,6 +64,13 @@ pub enum Event {
         index: u32,
         /// Its new bits.
         bits: u32,
+    },
+    /// A presence filter word was written.
+    SetPresence {
+        /// The word's index.
+        index: u32,
+        /// Its new bits.
+        word: u64,
     },
     /// A group's members were written.
     SetGroup {
@@ -97,6 +106,7 @@ pub enum Event {
 pub struct MemoryDataplane {
     entries: HashMap<Entry, Target>,
     ports: HashMap<u32, u32>,
+    presence: HashMap<u32, u64>,
     groups: HashMap<u32, Vec<u32>>,
     local: HashMap<LocalPrefix, LocalKind>,
     ifaces: HashMap<u32, IfaceSlot>,
@@ -152,6 +162,16 @@ impl MemoryDataplane {
     /// The bits of port-index entry `index` (0 when never written).
     pub fn bits(&self, index: u32) -> u32 {
         self.ports.get(&index).copied().unwrap_or(0)
+    }
+
+    /// Word `index` of the presence filter (0 when never written).
+    pub fn presence(&self, index: u32) -> u64 {
+        self.presence.get(&index).copied().unwrap_or(0)
+    }
+
+    /// Whether any presence filter bit is set.
+    pub fn any_presence_bits(&self) -> bool {
+        self.presence.values().any(|word| *word != 0)
     }
 
     /// Whether any port-index entry has a bit set.
@@ -218,8 +238,19 @@ impl MemoryDataplane {
     /// Logs a write and checks the promises the tables must keep after it.
     fn record(&mut self, event: Event) {
         for (entry, target) in &self.entries {
-            let (index, bit) = entry.port_slot();
-            if self.bits(index) & bit == 0 {
+            let without_bit = entry
+                .port_slot()
+                .is_some_and(|(index, bit)| self.bits(index) & bit == 0);
+            let without_presence = entry.presence_bit().is_some_and(|bit| {
+                let (index, mask) = demux_common::presence::word_and_mask(bit);
+                self.presence(index) & mask == 0
+            });
+            if without_presence {
+                self.violations.push(format!(
+                    "after {event:?}: {entry:?} is bound without its presence bit"
+                ));
+            }
+            if without_bit {
                 self.violations.push(format!(
                     "after {event:?}: {entry:?} is bound without its port bit"
                 ));
@@ -255,8 +286,10 @@ impl Dataplane for MemoryDataplane {
         if self.entries.contains_key(entry) {
             return Err(TableError::Exists { table });
         }
+        // A wildcard is never full: the port table has an entry for every port.
         let held = self.entries.keys().filter(|e| e.table() == table).count();
-        if self.capacity.is_some_and(|capacity| held >= capacity) {
+        let wildcard = matches!(entry, Entry::Wildcard(_));
+        if !wildcard && self.capacity.is_some_and(|capacity| held >= capacity) {
             return Err(TableError::Full { table });
         }
         self.entries.insert(*entry, target);
@@ -292,6 +325,22 @@ impl Dataplane for MemoryDataplane {
         }
         self.ports.insert(index, bits);
         self.record(Event::SetPortBits { index, bits });
+        Ok(())
+    }
+
+    fn presence_word(&self, index: u32) -> Result<u64, TableError> {
+        Ok(self.presence(index))
+    }
+
+    fn set_presence_word(&mut self, index: u32, word: u64) -> Result<(), TableError> {
+        if self.fails(Op::SetPresence) {
+            return Err(TableError::Map {
+                table: maps::PRESENCE,
+                source: injected("bpf_map_update_elem"),
+            });
+        }
+        self.presence.insert(index, word);
+        self.record(Event::SetPresence { index, word });
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub mod maps;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 mod ports;
+mod presence;
 mod reuseport_cookies;
 mod reuseport_program;
 mod reuseport_sockets;
@@ -56,6 +57,12 @@ pub trait Dataplane {
 
     /// Overwrites port-index entry `index` with `bits`.
     fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError>;
+
+    /// Word `index` of the presence filter (`demux_common::presence`).
+    fn presence_word(&self, index: u32) -> Result<u64, TableError>;
+
+    /// Overwrites word `index` of the presence filter.
+    fn set_presence_word(&mut self, index: u32, word: u64) -> Result<(), TableError>;
 
     /// Sets the members of group `id` (an empty slice empties it): refused with
     /// [`TableError::BadGroup`] or [`TableError::GroupTooLarge`] before any write.

@@ -408,6 +408,9 @@ pub struct PairSpec {
     pub addrs: [Vec<String>; 2],
     /// Whether the commands are printed.
     pub echo: Echo,
+    /// Rx and tx queues of each veth end (`numrxqueues`, `numtxqueues`); 1 is the kernel's
+    /// default.
+    pub queues: u32,
 }
 
 impl PairSpec {
@@ -420,6 +423,7 @@ impl PairSpec {
             ifaces: names,
             addrs: [a_addrs, b_addrs].map(|addrs| addrs.iter().map(|&a| a.to_owned()).collect()),
             echo: Echo::Quiet,
+            queues: 1,
         }
     }
 }
@@ -457,6 +461,7 @@ impl VethPair {
             ifaces,
             addrs,
             echo,
+            queues,
         } = spec;
         for iface in &ifaces {
             ensure!(
@@ -480,8 +485,26 @@ impl VethPair {
             }
         }
         let [a_if, b_if] = ifaces;
+        let queues = queues.max(1).to_string();
         a.ip(&[
-            "link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+            "link",
+            "add",
+            &a_if,
+            "numrxqueues",
+            &queues,
+            "numtxqueues",
+            &queues,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b_if,
+            "numrxqueues",
+            &queues,
+            "numtxqueues",
+            &queues,
+            "netns",
+            &b.name,
         ])?;
         for (ns, iface, list) in [(&a, &a_if, &addrs[0]), (&b, &b_if, &addrs[1])] {
             // With TX checksum offload on, veth hands what local sockets send over with

@@ -27,6 +27,7 @@ mod daemon;
 mod endpoints;
 mod local;
 mod multicast;
+mod multiqueue;
 mod oracle;
 mod program;
 mod restart;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         restart::tests(),
         checksums::tests(),
         multicast::tests(),
+        multiqueue::tests(),
         oracle::tests(),
         reuseport::tests(),
         capabilities::tests(),

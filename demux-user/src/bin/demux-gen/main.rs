@@ -62,6 +62,10 @@ struct GenArgs {
     /// Destination ports DST_PORT .. DST_PORT+N-1, round robin (one endpoint each, say).
     #[arg(long, value_name = "N", default_value_t = 1)]
     dst_ports: u16,
+    /// Source addresses SRC_ADDR .. SRC_ADDR+N-1 (counting in the address's last 32 bits),
+    /// round robin: traffic spread over many senders. Modes xdp and packet only.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    src_addrs: u32,
     /// Payload bytes per frame.
     #[arg(long, value_name = "BYTES", default_value_t = 18)]
     payload: usize,
@@ -156,6 +160,18 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
     if args.count > 100_000_000 || args.flows == 0 || args.dst_ports == 0 {
         bail!("--count must be at most 100,000,000, and --flows and --dst-ports at least 1");
     }
+    if !(1..=1 << 20).contains(&args.src_addrs) || args.src_addrs > 1 && args.mode == Mode::Sendmmsg
+    {
+        bail!("--src-addrs must be 1 to 1048576, and 1 with --mode sendmmsg");
+    }
+    let last_src = nth_address(args.src.ip(), args.src_addrs - 1);
+    if !args.allow_any_address && !benchmarking_range(last_src) {
+        bail!(
+            "--src-addrs {}: the last source address, {last_src}, is outside 198.18.0.0/15 and \
+             2001:2::/48; give fewer or pass --allow-any-address",
+            args.src_addrs
+        );
+    }
     if args.mode == Mode::Sendmmsg && args.tcp {
         bail!("--mode sendmmsg sends UDP datagrams only; drop --tcp or pick --mode xdp");
     }
@@ -185,13 +201,22 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
     };
     spec.dst_mac = parse_mac(&args.dst_mac)?;
     spec.src_mac = parse_mac(src_mac.trim())?;
-    let frames: Vec<Vec<u8>> = (0..args.flows.max(args.dst_ports))
+    let distinct = u32::from(args.flows.max(args.dst_ports)).max(args.src_addrs);
+    let frames: Vec<Vec<u8>> = (0..distinct)
         .map(|i| {
             let mut flow = spec.clone();
             flow.src
-                .set_port(args.src.port().wrapping_add(i % args.flows));
-            flow.dst
-                .set_port(args.dst.port().wrapping_add(i % args.dst_ports));
+                .set_ip(nth_address(args.src.ip(), i % args.src_addrs));
+            flow.src.set_port(
+                args.src
+                    .port()
+                    .wrapping_add((i % u32::from(args.flows)) as u16),
+            );
+            flow.dst.set_port(
+                args.dst
+                    .port()
+                    .wrapping_add((i % u32::from(args.dst_ports)) as u16),
+            );
             flow.build()
         })
         .collect();
@@ -309,6 +334,18 @@ fn open_xdp(iface: &str) -> anyhow::Result<demux::xsk::TxSocket> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             other => return Ok(other?),
+        }
+    }
+}
+
+/// `ip` plus `n`, counting in the address's last 32 bits (wrapping).
+fn nth_address(ip: std::net::IpAddr, n: u32) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(a) => std::net::Ipv4Addr::from(u32::from(a).wrapping_add(n)).into(),
+        std::net::IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let low = (bits as u32).wrapping_add(n);
+            std::net::Ipv6Addr::from(bits & !0xffff_ffff | u128::from(low)).into()
         }
     }
 }
