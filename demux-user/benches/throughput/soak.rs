@@ -76,6 +76,7 @@ const TRAFFIC: Traffic = Traffic {
     ipv6: false,
     frame: 60,
     ports: 5,
+    sources: 1,
     sender: Sender::Xdp,
 };
 
