@@ -10,6 +10,13 @@
 //! longest prefix there is, so this is the longest-prefix match over the whole table. Byte
 //! layouts are in docs/ARCHITECTURE.md.
 
+/// Name of the program's read-only global (`.rodata`, a `u32`) that turns the destination
+/// checks on (1, the object's default) or off (0). The daemon's loader always writes 1
+/// (`Loaded::load_with`); only the classifier benchmark loads a second copy with 0, to measure
+/// what the checks cost in the same run. The verifier sees a frozen value and drops the branch
+/// not taken, so neither copy pays for the switch.
+pub const CHECKS_GLOBAL: &str = "DEMUX_DESTINATION_CHECKS";
+
 /// `LOCAL_ADDRS` LPM trie key data (after the trie's `u32` prefix length). 20 bytes.
 ///
 /// Bit counting: the trie compares the data bytes from the first, most significant bit

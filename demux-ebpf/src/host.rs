@@ -30,6 +30,7 @@ use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
     programs::XdpContext,
+    Global,
 };
 use demux_common::{
     binding::FAMILY_IPV4,
@@ -42,6 +43,17 @@ use demux_common::{
 };
 
 use crate::parse::Packet;
+
+/// 1: the checks run (every load of the daemon); 0: skipped, only in the classifier benchmark's
+/// comparison load. The name is `demux_common::local::CHECKS_GLOBAL`.
+#[unsafe(no_mangle)]
+static DEMUX_DESTINATION_CHECKS: Global<u32> = Global::new(1);
+
+/// Whether the checks run: a frozen read-only global, so the verifier keeps one branch.
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    DEMUX_DESTINATION_CHECKS.load() != 0
+}
 
 /// IPv4 local routes that are single hosts (`/32`): address bytes → kind.
 #[map(name = "LOCAL_HOSTS_V4")]
@@ -118,6 +130,15 @@ pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u
         },
         None => Err(Verdict::PassNotLocal),
     }
+}
+
+/// The ingress interface's first `XSKS` slot without any check: the benchmark's comparison
+/// load (checks off) finds the slot the way a checked packet does, so the difference between
+/// the two loads is the checks alone.
+#[inline(always)]
+pub(crate) fn first_slot(ctx: &XdpContext) -> Option<u32> {
+    // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
+    iface(ctx.ingress_ifindex() as u32).map(|iface| unsafe { (*iface).first_slot })
 }
 
 /// The ingress interface's entry: the direct-mapped cache (an inlined array access) first,

@@ -34,6 +34,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         differential_frames,
         full_table_is_refused_by_name_and_rolled_back,
         each_load_draws_its_own_key,
+        destination_checks_are_off_only_in_the_benchmarks_load,
     ]
 }
 
@@ -669,5 +670,75 @@ pub(crate) fn each_load_draws_its_own_key() -> anyhow::Result<()> {
         "two keys, but one flow hashed alike: {:#x}",
         hashes[0].1
     );
+    Ok(())
+}
+
+/// The daemon's loads (`Loaded::load`, `Loaded::load_with` with any options) keep the
+/// destination checks: a frame to a bound port but to an address that is not local passes as
+/// `pass_not_local`. Only the benchmark's comparison load skips them and steers the same frame
+/// (to the redirect, which falls back at the empty socket slot), which shows the switch the
+/// benchmark measures with is real.
+pub(crate) fn destination_checks_are_off_only_in_the_benchmarks_load() -> anyhow::Result<()> {
+    let (client, server): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("198.18.0.1:40000".parse()?, "0.0.0.0:53".parse()?);
+    let not_local: std::net::SocketAddr = "198.18.99.99:53".parse()?;
+    let local: std::net::SocketAddr = "198.18.0.2:53".parse()?;
+    let host = fixtures::host();
+    let is_local = |ip| host.local.iter().any(|(prefix, _)| prefix.contains(ip));
+    ensure!(
+        !is_local(not_local.ip()) && is_local(local.ip()),
+        "the fixtures' host view changed: pick other addresses"
+    );
+    let binding = Binding {
+        protocol: Protocol::Udp,
+        local: Local::Addr(server),
+        remote: None,
+        v6only: false,
+    }
+    .encode(Receiver::Endpoint(1))?;
+    let loads: [(&str, fn() -> anyhow::Result<(Loaded, Maps)>, Verdict); 3] = [
+        (
+            "Loaded::load",
+            || Ok(Loaded::load(BpfLogLevel::Off)?),
+            Verdict::PassNotLocal,
+        ),
+        (
+            "Loaded::load_with",
+            || {
+                Ok(Loaded::load_with(LoadOptions {
+                    log_level: BpfLogLevel::Debug,
+                    bindings: Some(16),
+                    flow_key: Some(random_flow_key()?),
+                })?)
+            },
+            Verdict::PassNotLocal,
+        ),
+        (
+            "Loaded::load_without_destination_checks",
+            || {
+                Ok(Loaded::load_without_destination_checks(
+                    LoadOptions::default(),
+                )?)
+            },
+            Verdict::PassNoSocket,
+        ),
+    ];
+    for (name, load, want) in loads {
+        let (mut loaded, mut maps) = load()?;
+        host.install(&mut maps)?;
+        Tables::default().insert_all(&mut maps, &[binding])?;
+        let to = |server| FrameSpec::udp(client, server, b"x").build();
+        let verdict = run_frame(&mut loaded, &maps, &to(not_local))?.verdict;
+        ensure!(
+            verdict == want,
+            "{name}: a frame to a non-local address got {verdict:?}, not {want:?}"
+        );
+        // Both steer a frame to a local address alike.
+        let verdict = run_frame(&mut loaded, &maps, &to(local))?.verdict;
+        ensure!(
+            verdict == Verdict::PassNoSocket,
+            "{name}: a frame to a local address got {verdict:?}"
+        );
+    }
     Ok(())
 }
