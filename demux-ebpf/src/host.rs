@@ -17,7 +17,8 @@
 //!    destination IP 224.0.0.0/4, 255.255.255.255 or ff00::/8.
 //! 5. Destination IP a local route (longest prefix): absent → `pass_not_local`; a subnet
 //!    broadcast entry → `pass_multicast`. The exact-address hash of the family
-//!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first; on a miss the trie `LOCAL_ADDRS`, but only
+//!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first, through its direct-mapped copy
+//!    `LOCAL_CACHE` (an inlined array access; the hash only for a shared slot); on a miss the trie `LOCAL_ADDRS`, but only
 //!    when `LOCAL_PREFIXES` says it holds a prefix of that family (most namespaces have none
 //!    that the martian check does not already cover, so most packets never walk the trie).
 //! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`, through its
@@ -35,8 +36,10 @@ use aya_ebpf::{
 use demux_common::{
     binding::FAMILY_IPV4,
     local::{
-        IfaceSlot, LocalKey, IFACE_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL,
-        LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, MAX_LOCAL_ADDRS,
+        address_words, local_cache_slot, IfaceSlot, LocalKey, LocalSlot, IFACE_CACHE_ENTRIES,
+        LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_ENTRIES,
+        LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED,
+        MAX_LOCAL_ADDRS,
     },
     maps::MAX_IFACES,
     Verdict,
@@ -64,6 +67,11 @@ static LOCAL_HOSTS_V4: HashMap<[u8; 4], u32> =
 #[map(name = "LOCAL_HOSTS_V6")]
 static LOCAL_HOSTS_V6: HashMap<[u8; 16], u32> =
     HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+
+/// `local_cache_slot(addr)` → the one single-host route hashing there, none, or "shared"
+/// (`LocalSlot`): probed before the two hashes.
+#[map(name = "LOCAL_CACHE")]
+static LOCAL_CACHE: Array<LocalSlot> = Array::with_max_entries(LOCAL_CACHE_ENTRIES, 0);
 
 /// The namespace's local routes wider than one host (`ip route add local PREFIX`) → kind.
 #[map(name = "LOCAL_ADDRS")]
@@ -154,19 +162,67 @@ fn iface(ifindex: u32) -> Option<*const IfaceSlot> {
     IFACE_SLOTS.get_ptr(ifindex)
 }
 
+/// What `LOCAL_CACHE` says of `dst` as a single-host route.
+enum Cached {
+    /// It is one, of this kind.
+    Kind(u32),
+    /// It is none.
+    Absent,
+    /// The slot is shared (or being rewritten): ask the hash map.
+    Shared,
+}
+
+/// `dst`'s `LOCAL_CACHE` slot, read as [`Cached`]: one inlined array access and a compare.
+#[inline(always)]
+fn cached_host(v4: bool, family: u8, dst: &[u8; 16]) -> Cached {
+    let Some(slot) = LOCAL_CACHE.get_ptr(local_cache_slot(v4, dst)) else {
+        return Cached::Shared;
+    };
+    // SAFETY: a valid map value pointer to a `LocalSlot`, read at once.
+    let slot = unsafe { &*slot };
+    match slot.state {
+        LOCAL_SLOT_EMPTY => Cached::Absent,
+        LOCAL_SLOT_SHARED => Cached::Shared,
+        state => {
+            let same = slot.family == family
+                && if v4 {
+                    slot.addr[0] == word(dst)
+                } else {
+                    {
+                        // Word by word, no branches (an array `==` may become a memcmp call).
+                        let (a, b) = (&slot.addr, address_words(dst));
+                        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+                    }
+                };
+            if same {
+                Cached::Kind(u32::from(state))
+            } else {
+                Cached::Absent
+            }
+        }
+    }
+}
+
 /// The kind of the longest local route holding `dst`, if any: a host entry is the longest
 /// there is, so the trie is walked only on a host miss, and only when it holds a prefix of
-/// the family.
+/// the family. Hosts are looked up in `LOCAL_CACHE` first, in the family's hash only when
+/// the cache slot is shared.
 #[inline(always)]
 fn local_kind(v4: bool, family: u8, dst: &[u8; 16]) -> Option<u32> {
-    let host = if v4 {
-        LOCAL_HOSTS_V4.get_ptr([dst[0], dst[1], dst[2], dst[3]])
-    } else {
-        LOCAL_HOSTS_V6.get_ptr(dst)
-    };
-    if let Some(kind) = host {
-        // SAFETY: a valid map value pointer to a u32.
-        return Some(unsafe { *kind });
+    match cached_host(v4, family, dst) {
+        Cached::Kind(kind) => return Some(kind),
+        Cached::Absent => {}
+        Cached::Shared => {
+            let host = if v4 {
+                LOCAL_HOSTS_V4.get_ptr([dst[0], dst[1], dst[2], dst[3]])
+            } else {
+                LOCAL_HOSTS_V6.get_ptr(dst)
+            };
+            if let Some(kind) = host {
+                // SAFETY: a valid map value pointer to a u32.
+                return Some(unsafe { *kind });
+            }
+        }
     }
     let count = if v4 {
         LOCAL_PREFIXES_V4
@@ -194,9 +250,12 @@ fn martian(v4: bool, addr: &[u8; 16], source: bool) -> bool {
     if v4 {
         addr[0] == 127 || addr[0] == 0 || (source && (addr[0] & 0xf0 == 0xe0 || all_ones(addr)))
     } else {
-        let (hi, lo) = halves(addr);
+        let w = address_words(addr);
         // ::, ::1 and ::ffff:a.b.c.d
-        (hi == 0 && (lo <= 1 || lo >> 32 == 0xffff)) || (source && addr[0] == 0xff)
+        ((w[0] | w[1]) == 0
+            && ((w[2] == 0 && (w[3] == 0 || w[3] == u32::from_ne_bytes([0, 0, 0, 1])))
+                || w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])))
+            || (source && addr[0] == 0xff)
     }
 }
 
@@ -212,17 +271,15 @@ fn multicast(v4: bool, addr: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn all_ones(addr: &[u8; 16]) -> bool {
-    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]) == u32::MAX
+    word(addr) == u32::MAX
 }
 
-/// The address as two big-endian 64-bit halves.
+/// The first 4 bytes (an IPv4 address) as one integer.
 #[inline(always)]
-fn halves(a: &[u8; 16]) -> (u64, u64) {
-    (
-        u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
-        u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
-    )
+fn word(addr: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])
 }
+
 
 /// A MAC address as one integer (no memcmp in BPF).
 #[inline(always)]
