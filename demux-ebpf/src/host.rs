@@ -250,6 +250,10 @@ fn martian(v4: bool, addr: &[u8; 16], source: bool) -> bool {
     if v4 {
         addr[0] == 127 || addr[0] == 0 || (source && (addr[0] & 0xf0 == 0xe0 || all_ones(addr)))
     } else {
+        if addr[0] & 0xe0 == 0x20 {
+            // 2000::/3, global unicast: none of the below (the common case, one compare).
+            return false;
+        }
         let w = address_words(addr);
         // ::, ::1 and ::ffff:a.b.c.d
         ((w[0] | w[1]) == 0

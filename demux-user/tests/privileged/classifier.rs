@@ -788,7 +788,12 @@ pub(crate) fn local_cache_slots_shared_by_addresses() -> anyhow::Result<()> {
         addr: ip,
         len: if ip.is_ipv4() { 32 } else { 128 },
     };
-    let mut check = |step: &str, want: &[(IpAddr, Verdict)]| -> anyhow::Result<()> {
+    fn check(
+        loaded: &mut Loaded,
+        maps: &Maps,
+        step: &str,
+        want: &[(IpAddr, Verdict)],
+    ) -> anyhow::Result<()> {
         for &(ip, verdict) in want {
             let client: std::net::SocketAddr = if ip.is_ipv4() {
                 "198.18.0.1:40000".parse()?
@@ -796,34 +801,36 @@ pub(crate) fn local_cache_slots_shared_by_addresses() -> anyhow::Result<()> {
                 "[2001:2::1]:40000".parse()?
             };
             let frame = FrameSpec::udp(client, (ip, 53).into(), b"x").build();
-            let got = run_frame(&mut loaded, &maps, &frame)?.verdict;
+            let got = run_frame(loaded, maps, &frame)?.verdict;
             ensure!(got == verdict, "{step}: {ip} got {got:?}, not {verdict:?}");
         }
         Ok(())
-    };
+    }
     // Steered to the binding: it reaches the redirect (no socket under the test run).
     let (yes, no, bcast) = (
         Verdict::PassNoSocket,
         Verdict::PassNotLocal,
         Verdict::PassMulticast,
     );
-    check("none local", &[(a, no), (b, no), (c, no), (v6, no)])?;
+    check(&mut loaded, &maps, "none local", &[(a, no), (b, no), (c, no), (v6, no)])?;
     maps.set_local(host(a), LocalKind::Local)?;
-    check("a alone", &[(a, yes), (b, no), (c, no), (v6, no)])?;
+    check(&mut loaded, &maps, "a alone", &[(a, yes), (b, no), (c, no), (v6, no)])?;
     maps.set_local(host(b), LocalKind::Local)?;
-    check("a and b", &[(a, yes), (b, yes), (c, no), (v6, no)])?;
+    check(&mut loaded, &maps, "a and b", &[(a, yes), (b, yes), (c, no), (v6, no)])?;
     maps.set_local(host(v6), LocalKind::Local)?;
-    check("a, b and v6", &[(a, yes), (b, yes), (c, no), (v6, yes)])?;
+    check(&mut loaded, &maps, "a, b and v6", &[(a, yes), (b, yes), (c, no), (v6, yes)])?;
     maps.remove_local(host(a))?;
-    check("b and v6", &[(a, no), (b, yes), (c, no), (v6, yes)])?;
+    check(&mut loaded, &maps, "b and v6", &[(a, no), (b, yes), (c, no), (v6, yes)])?;
     maps.remove_local(host(v6))?;
-    check("b alone", &[(a, no), (b, yes), (c, no), (v6, no)])?;
+    check(&mut loaded, &maps, "b alone", &[(a, no), (b, yes), (c, no), (v6, no)])?;
     maps.set_local(host(b), LocalKind::Broadcast)?;
-    check("b a broadcast", &[(a, no), (b, bcast), (c, no)])?;
+    check(&mut loaded, &maps, "b a broadcast", &[(a, no), (b, bcast), (c, no)])?;
     maps.remove_local(host(b))?;
-    check("none again", &[(a, no), (b, no), (c, no), (v6, no)])?;
+    check(&mut loaded, &maps, "none again", &[(a, no), (b, no), (c, no), (v6, no)])?;
     // The fixtures' own addresses were found all along.
     check(
+        &mut loaded,
+        &maps,
         "fixtures",
         &[
             ("198.18.0.2".parse()?, yes),
