@@ -90,11 +90,11 @@ static IFACE_SLOTS: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFAC
 #[map(name = "IFACE_CACHE")]
 static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
 
-/// What the packet alone says: `Ok(its destination MAC as a number, for [`local`])` unless
+/// What the packet alone says: `Ok` unless
 /// the IP layer must judge it (VLAN, routing header, options), an address is martian, or the
 /// destination is a group. Arithmetic only: run before the lookup.
 #[inline(always)]
-pub(crate) fn plain(packet: &Packet) -> Result<u64, Verdict> {
+pub(crate) fn plain(packet: &Packet) -> Result<(), Verdict> {
     if packet.vlan {
         return Err(Verdict::PassVlan);
     }
@@ -112,15 +112,15 @@ pub(crate) fn plain(packet: &Packet) -> Result<u64, Verdict> {
     if packet.dst_mac[0] & 1 != 0 || multicast(v4, dst) {
         return Err(Verdict::PassMulticast);
     }
-    Ok(mac48(&packet.dst_mac))
+    Ok(())
 }
 
-/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet`, whose
-/// destination MAC is `dst_mac` ([`plain`]), to a local socket; else the pass verdict. Map
+/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet`
+/// (which passed [`plain`]) to a local socket; else the pass verdict. Map
 /// lookups: run only for a packet that matched a binding (the rest passes anyway, so the
 /// host's own traffic does not pay for them).
 #[inline(always)]
-pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u32, Verdict> {
+pub(crate) fn local(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
     let v4 = packet.family == FAMILY_IPV4;
     match local_kind(v4, packet.family, &packet.dst_addr) {
         None => return Err(Verdict::PassNotLocal),
@@ -130,7 +130,7 @@ pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u
     match iface(ctx.ingress_ifindex() as u32) {
         // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
         Some(iface) => unsafe {
-            if mac48(&(*iface).mac) == dst_mac {
+            if same_mac(&(*iface).mac, &packet.dst_mac) {
                 Ok((*iface).first_slot)
             } else {
                 Err(Verdict::PassNotLocal)
@@ -285,8 +285,11 @@ fn word(addr: &[u8; 16]) -> u32 {
 }
 
 
-/// A MAC address as one integer (no memcmp in BPF).
+/// Two MAC addresses are equal: compared as a word and a half-word (no memcmp in BPF; both
+/// sit 4-aligned, in `IfaceSlot` and `Packet`, so these are two loads each).
 #[inline(always)]
-fn mac48(m: &[u8; 6]) -> u64 {
-    u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let word = |m: &[u8; 6]| u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
+    let half = |m: &[u8; 6]| u16::from_ne_bytes([m[4], m[5]]);
+    (word(a) ^ word(b)) | u32::from(half(a) ^ half(b)) == 0
 }

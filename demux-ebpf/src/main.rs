@@ -47,14 +47,11 @@ fn classify(ctx: &XdpContext) -> Verdict {
     };
     // Always on in the daemon; off only in the benchmark's comparison load (`host::enabled`).
     let checks = host::enabled();
-    let dst_mac = if checks {
-        match host::plain(&packet) {
-            Ok(dst_mac) => dst_mac,
-            Err(verdict) => return verdict,
+    if checks {
+        if let Err(verdict) = host::plain(&packet) {
+            return verdict;
         }
-    } else {
-        0
-    };
+    }
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
@@ -62,7 +59,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
         return Verdict::PassNoMatch;
     };
     let first_slot = if checks {
-        host::local(ctx, &packet, dst_mac)
+        host::local(ctx, &packet)
     } else {
         host::first_slot(ctx).ok_or(Verdict::PassNoSocket)
     };
