@@ -18,9 +18,10 @@
 //! 5. Destination IP a local route (longest prefix): absent → `pass_not_local`; a subnet
 //!    broadcast entry → `pass_multicast`. The exact-address hash of the family
 //!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first, through its direct-mapped copy
-//!    `LOCAL_CACHE` (an inlined array access; the hash only for a shared slot); on a miss the trie `LOCAL_ADDRS`, but only
-//!    when `LOCAL_PREFIXES` says it holds a prefix of that family (most namespaces have none
-//!    that the martian check does not already cover, so most packets never walk the trie).
+//!    `LOCAL_CACHE` (an inlined array access; the hash only for a shared slot); on a miss
+//!    the trie `LOCAL_ADDRS`, but only when `LOCAL_PREFIXES` says it holds a prefix of that
+//!    family (most namespaces have none that the martian check does not already cover, so
+//!    most packets never walk the trie).
 //! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`, through its
 //!    direct-mapped copy `IFACE_CACHE` first): absent or another → `pass_not_local` (fail
 //!    closed: an interface the daemon did not describe steers nothing). The same entry gives the interface's first `XSKS` slot, handed on to the
@@ -38,8 +39,7 @@ use demux_common::{
     local::{
         address_words, local_cache_slot, IfaceSlot, LocalKey, LocalSlot, IFACE_CACHE_ENTRIES,
         LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_ENTRIES,
-        LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED,
-        MAX_LOCAL_ADDRS,
+        LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED, MAX_LOCAL_ADDRS,
     },
     maps::MAX_IFACES,
     Verdict,
@@ -90,9 +90,9 @@ static IFACE_SLOTS: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFAC
 #[map(name = "IFACE_CACHE")]
 static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
 
-/// What the packet alone says: `Ok` unless
-/// the IP layer must judge it (VLAN, routing header, options), an address is martian, or the
-/// destination is a group. Arithmetic only: run before the lookup.
+/// What the packet alone says: `Ok` unless the IP layer must judge it (VLAN, routing header,
+/// options), an address is martian, or the destination is a group. Arithmetic only: run
+/// before the lookup.
 #[inline(always)]
 pub(crate) fn plain(packet: &Packet) -> Result<(), Verdict> {
     if packet.vlan {
@@ -283,7 +283,6 @@ fn all_ones(addr: &[u8; 16]) -> bool {
 fn word(addr: &[u8; 16]) -> u32 {
     u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])
 }
-
 
 /// Two MAC addresses are equal: compared as a word and a half-word (no memcmp in BPF; both
 /// sit 4-aligned, in `IfaceSlot` and `Packet`, so these are two loads each).

@@ -3,7 +3,7 @@
 //! from the benchmarks' own object, `demux::testing::bench_object`), for IPv4 and IPv6 UDP, hit and miss, with 1, 1,000, 100,000 and 1,000,000 bindings.
 //!
 //! Every case first passes the destination checks (not VLAN, no options, not martian, not
-//! multicast, a local address in `LOCAL_HOSTS_V4`/`_V6`, the interface's MAC in `IFACE_SLOTS`), which
+//! multicast, a local address in `LOCAL_CACHE`, the interface's MAC in `IFACE_SLOTS`), which
 //! the program makes before any lookup. Both "hit" and "miss" take the longest lookup path: a hit matches only the wildcard table
 //! (connected, bound and both prefix lookups miss first), a miss also tries the dual-stack
 //! wildcard. There is no AF_XDP socket under BPF_PROG_TEST_RUN, so a hit ends in the redirect

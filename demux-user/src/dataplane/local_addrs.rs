@@ -3,7 +3,9 @@
 //! writes the set it reads from the kernel's local routing table.
 //!
 //! One route goes to one map (`demux_common::local`): a single host (`/32`, `/128`) to the
-//! exact-match hash of its family (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`), anything wider to the
+//! exact-match hash of its family (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) and its slot of the
+//! direct-mapped cache `LOCAL_CACHE` (the one host there, none, or shared: the slot is turned
+//! shared before the hash changes and settled after), anything wider to the
 //! LPM trie `LOCAL_ADDRS`, whose entries per family are counted in `LOCAL_PREFIXES` so that the
 //! program skips the trie when it is empty. The count is raised before a trie insert and
 //! lowered after a trie removal: the program may walk an empty trie once (a wasted probe) but
@@ -26,9 +28,9 @@ use aya::{
 use demux_common::{
     binding::{FAMILY_IPV4, FAMILY_IPV6},
     local::{
-        address_words, local_cache_slot, LocalKey, LocalSlot, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_BROADCAST,
-        LOCAL_KIND_LOCAL, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY,
-        LOCAL_SLOT_SHARED,
+        address_words, local_cache_slot, LocalKey, LocalSlot, LOCAL_KEY_FIXED_BITS,
+        LOCAL_KIND_BROADCAST, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6,
+        LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED,
     },
     maps,
 };
@@ -207,10 +209,13 @@ impl LocalAddrsMap {
     fn set_host(&mut self, addr: IpAddr, value: Option<u32>) -> Result<(), TableError> {
         let (family, bytes) = (family(addr), addr16(addr));
         let index = local_cache_slot(addr.is_ipv4(), &bytes);
-        self.write_slot(index, LocalSlot {
-            state: LOCAL_SLOT_SHARED,
-            ..self.slot_value(index)
-        })?;
+        self.write_slot(
+            index,
+            LocalSlot {
+                state: LOCAL_SLOT_SHARED,
+                ..self.slot_value(index)
+            },
+        )?;
         let result = match (addr, value) {
             (IpAddr::V4(a), Some(value)) => self
                 .hosts_v4
@@ -251,19 +256,25 @@ impl LocalAddrsMap {
         let only = match hosts.map(BTreeMap::len).unwrap_or(0) {
             0 => {
                 self.slot_hosts.remove(&index);
-                return self.write_slot(index, LocalSlot {
-                    state: LOCAL_SLOT_EMPTY,
-                    ..current
-                });
+                return self.write_slot(
+                    index,
+                    LocalSlot {
+                        state: LOCAL_SLOT_EMPTY,
+                        ..current
+                    },
+                );
             }
             1 => hosts.and_then(|h| h.iter().next()).map(|(&k, &v)| (k, v)),
             _ => None,
         };
         let Some(((family, addr), kind)) = only else {
-            return self.write_slot(index, LocalSlot {
-                state: LOCAL_SLOT_SHARED,
-                ..current
-            });
+            return self.write_slot(
+                index,
+                LocalSlot {
+                    state: LOCAL_SLOT_SHARED,
+                    ..current
+                },
+            );
         };
         let mut slot = LocalSlot {
             addr: address_words(&addr),

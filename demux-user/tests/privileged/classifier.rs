@@ -697,7 +697,8 @@ pub(crate) fn destination_checks_are_off_only_in_the_benchmarks_load() -> anyhow
         v6only: false,
     }
     .encode(Receiver::Endpoint(1))?;
-    let loads: [(&str, fn() -> anyhow::Result<(Loaded, Maps)>, Verdict); 3] = [
+    type Load = fn() -> anyhow::Result<(Loaded, Maps)>;
+    let loads: [(&str, Load, Verdict); 3] = [
         (
             "Loaded::load",
             || Ok(Loaded::load(BpfLogLevel::Off)?),
@@ -812,30 +813,67 @@ pub(crate) fn local_cache_slots_shared_by_addresses() -> anyhow::Result<()> {
         Verdict::PassNotLocal,
         Verdict::PassMulticast,
     );
-    check(&mut loaded, &maps, "none local", &[(a, no), (b, no), (c, no), (v6, no)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "none local",
+        &[(a, no), (b, no), (c, no), (v6, no)],
+    )?;
     maps.set_local(host(a), LocalKind::Local)?;
-    check(&mut loaded, &maps, "a alone", &[(a, yes), (b, no), (c, no), (v6, no)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "a alone",
+        &[(a, yes), (b, no), (c, no), (v6, no)],
+    )?;
     maps.set_local(host(b), LocalKind::Local)?;
-    check(&mut loaded, &maps, "a and b", &[(a, yes), (b, yes), (c, no), (v6, no)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "a and b",
+        &[(a, yes), (b, yes), (c, no), (v6, no)],
+    )?;
     maps.set_local(host(v6), LocalKind::Local)?;
-    check(&mut loaded, &maps, "a, b and v6", &[(a, yes), (b, yes), (c, no), (v6, yes)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "a, b and v6",
+        &[(a, yes), (b, yes), (c, no), (v6, yes)],
+    )?;
     maps.remove_local(host(a))?;
-    check(&mut loaded, &maps, "b and v6", &[(a, no), (b, yes), (c, no), (v6, yes)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "b and v6",
+        &[(a, no), (b, yes), (c, no), (v6, yes)],
+    )?;
     maps.remove_local(host(v6))?;
-    check(&mut loaded, &maps, "b alone", &[(a, no), (b, yes), (c, no), (v6, no)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "b alone",
+        &[(a, no), (b, yes), (c, no), (v6, no)],
+    )?;
     maps.set_local(host(b), LocalKind::Broadcast)?;
-    check(&mut loaded, &maps, "b a broadcast", &[(a, no), (b, bcast), (c, no)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "b a broadcast",
+        &[(a, no), (b, bcast), (c, no)],
+    )?;
     maps.remove_local(host(b))?;
-    check(&mut loaded, &maps, "none again", &[(a, no), (b, no), (c, no), (v6, no)])?;
+    check(
+        &mut loaded,
+        &maps,
+        "none again",
+        &[(a, no), (b, no), (c, no), (v6, no)],
+    )?;
     // The fixtures' own addresses were found all along.
     check(
         &mut loaded,
         &maps,
         "fixtures",
-        &[
-            ("198.18.0.2".parse()?, yes),
-            ("2001:2::2".parse()?, yes),
-        ],
+        &[("198.18.0.2".parse()?, yes), ("2001:2::2".parse()?, yes)],
     )?;
     Ok(())
 }
