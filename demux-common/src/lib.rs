@@ -28,7 +28,7 @@ mod pod {
     use crate::{
         binding::*,
         hash::FlowKey,
-        local::{IfaceSlot, LocalKey},
+        local::{IfaceSlot, LocalKey, LocalSlot},
         meta::PacketMeta,
     };
 
@@ -54,6 +54,8 @@ mod pod {
     unsafe impl aya::Pod for LocalKey {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for IfaceSlot {}
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for LocalSlot {}
 }
 
 /// The byte layout documented in docs/ARCHITECTURE.md ("ABI"), checked at compile time: a
@@ -64,7 +66,7 @@ mod layout {
     use crate::{
         binding::*,
         hash::FlowKey,
-        local::{IfaceSlot, LocalKey},
+        local::{IfaceSlot, LocalKey, LocalSlot},
         meta::PacketMeta,
     };
 
@@ -94,4 +96,5 @@ mod layout {
     assert_layout!(FlowKey, 16; k0 @ 0, k1 @ 8);
     assert_layout!(LocalKey, 20; family @ 0, _pad @ 1, addr @ 4);
     assert_layout!(IfaceSlot, 16; ifindex @ 0, first_slot @ 4, mac @ 8, _pad @ 14);
+    assert_layout!(LocalSlot, 20; addr @ 0, family @ 16, state @ 17, _pad @ 18);
 }

@@ -35,6 +35,9 @@ pub const IFACE_CACHE: &str = "IFACE_CACHE";
 pub const LOCAL_HOSTS_V4: &str = "LOCAL_HOSTS_V4";
 /// Hash map `[u8; 16] → u32 kind`: the IPv6 local routes that are single hosts (`/128`).
 pub const LOCAL_HOSTS_V6: &str = "LOCAL_HOSTS_V6";
+/// Array `local::local_cache_slot(addr) → LocalSlot`: a direct-mapped cache of
+/// `LOCAL_HOSTS_V4` and `LOCAL_HOSTS_V6`, probed first.
+pub const LOCAL_CACHE: &str = "LOCAL_CACHE";
 /// LPM trie `LocalKey → u32 kind`: the local routes wider than one host.
 pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// Array of `u32`, one per family (`local::LOCAL_PREFIXES_V4`, `_V6`): how many entries of

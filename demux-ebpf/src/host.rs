@@ -17,9 +17,11 @@
 //!    destination IP 224.0.0.0/4, 255.255.255.255 or ff00::/8.
 //! 5. Destination IP a local route (longest prefix): absent → `pass_not_local`; a subnet
 //!    broadcast entry → `pass_multicast`. The exact-address hash of the family
-//!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first; on a miss the trie `LOCAL_ADDRS`, but only
-//!    when `LOCAL_PREFIXES` says it holds a prefix of that family (most namespaces have none
-//!    that the martian check does not already cover, so most packets never walk the trie).
+//!    (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) first, through its direct-mapped copy
+//!    `LOCAL_CACHE` (an inlined array access; the hash only for a shared slot); on a miss
+//!    the trie `LOCAL_ADDRS`, but only when `LOCAL_PREFIXES` says it holds a prefix of that
+//!    family (most namespaces have none that the martian check does not already cover, so
+//!    most packets never walk the trie).
 //! 6. Destination MAC the ingress interface's own (`IFACE_SLOTS[ifindex].mac`, through its
 //!    direct-mapped copy `IFACE_CACHE` first): absent or another → `pass_not_local` (fail
 //!    closed: an interface the daemon did not describe steers nothing). The same entry gives the interface's first `XSKS` slot, handed on to the
@@ -30,18 +32,31 @@ use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
     programs::XdpContext,
+    Global,
 };
 use demux_common::{
     binding::FAMILY_IPV4,
     local::{
-        IfaceSlot, LocalKey, IFACE_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL,
-        LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, MAX_LOCAL_ADDRS,
+        address_words, local_cache_slot, IfaceSlot, LocalKey, LocalSlot, IFACE_CACHE_ENTRIES,
+        LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_ENTRIES,
+        LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED, MAX_LOCAL_ADDRS,
     },
     maps::MAX_IFACES,
     Verdict,
 };
 
 use crate::parse::Packet;
+
+/// 1: the checks run (every load of the daemon); 0: skipped, only in the classifier benchmark's
+/// comparison load. The name is `demux_common::local::CHECKS_GLOBAL`.
+#[unsafe(no_mangle)]
+static DEMUX_DESTINATION_CHECKS: Global<u32> = Global::new(1);
+
+/// Whether the checks run: a frozen read-only global, so the verifier keeps one branch.
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    DEMUX_DESTINATION_CHECKS.load() != 0
+}
 
 /// IPv4 local routes that are single hosts (`/32`): address bytes → kind.
 #[map(name = "LOCAL_HOSTS_V4")]
@@ -52,6 +67,11 @@ static LOCAL_HOSTS_V4: HashMap<[u8; 4], u32> =
 #[map(name = "LOCAL_HOSTS_V6")]
 static LOCAL_HOSTS_V6: HashMap<[u8; 16], u32> =
     HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+
+/// `local_cache_slot(addr)` → the one single-host route hashing there, none, or "shared"
+/// (`LocalSlot`): probed before the two hashes.
+#[map(name = "LOCAL_CACHE")]
+static LOCAL_CACHE: Array<LocalSlot> = Array::with_max_entries(LOCAL_CACHE_ENTRIES, 0);
 
 /// The namespace's local routes wider than one host (`ip route add local PREFIX`) → kind.
 #[map(name = "LOCAL_ADDRS")]
@@ -70,11 +90,11 @@ static IFACE_SLOTS: HashMap<u32, IfaceSlot> = HashMap::with_max_entries(MAX_IFAC
 #[map(name = "IFACE_CACHE")]
 static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRIES, 0);
 
-/// What the packet alone says: `Ok(its destination MAC as a number, for [`local`])` unless
-/// the IP layer must judge it (VLAN, routing header, options), an address is martian, or the
-/// destination is a group. Arithmetic only: run before the lookup.
+/// What the packet alone says: `Ok` unless the IP layer must judge it (VLAN, routing header,
+/// options), an address is martian, or the destination is a group. Arithmetic only: run
+/// before the lookup.
 #[inline(always)]
-pub(crate) fn plain(packet: &Packet) -> Result<u64, Verdict> {
+pub(crate) fn plain(packet: &Packet) -> Result<(), Verdict> {
     if packet.vlan {
         return Err(Verdict::PassVlan);
     }
@@ -92,15 +112,15 @@ pub(crate) fn plain(packet: &Packet) -> Result<u64, Verdict> {
     if packet.dst_mac[0] & 1 != 0 || multicast(v4, dst) {
         return Err(Verdict::PassMulticast);
     }
-    Ok(mac48(&packet.dst_mac))
+    Ok(())
 }
 
-/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet`, whose
-/// destination MAC is `dst_mac` ([`plain`]), to a local socket; else the pass verdict. Map
+/// `Ok(first XSKS slot of the ingress interface)` when the kernel would deliver `packet`
+/// (which passed [`plain`]) to a local socket; else the pass verdict. Map
 /// lookups: run only for a packet that matched a binding (the rest passes anyway, so the
 /// host's own traffic does not pay for them).
 #[inline(always)]
-pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u32, Verdict> {
+pub(crate) fn local(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
     let v4 = packet.family == FAMILY_IPV4;
     match local_kind(v4, packet.family, &packet.dst_addr) {
         None => return Err(Verdict::PassNotLocal),
@@ -110,7 +130,7 @@ pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u
     match iface(ctx.ingress_ifindex() as u32) {
         // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
         Some(iface) => unsafe {
-            if mac48(&(*iface).mac) == dst_mac {
+            if same_mac(&(*iface).mac, &packet.dst_mac) {
                 Ok((*iface).first_slot)
             } else {
                 Err(Verdict::PassNotLocal)
@@ -118,6 +138,15 @@ pub(crate) fn local(ctx: &XdpContext, packet: &Packet, dst_mac: u64) -> Result<u
         },
         None => Err(Verdict::PassNotLocal),
     }
+}
+
+/// The ingress interface's first `XSKS` slot without any check: the benchmark's comparison
+/// load (checks off) finds the slot the way a checked packet does, so the difference between
+/// the two loads is the checks alone.
+#[inline(always)]
+pub(crate) fn first_slot(ctx: &XdpContext) -> Option<u32> {
+    // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
+    iface(ctx.ingress_ifindex() as u32).map(|iface| unsafe { (*iface).first_slot })
 }
 
 /// The ingress interface's entry: the direct-mapped cache (an inlined array access) first,
@@ -133,19 +162,67 @@ fn iface(ifindex: u32) -> Option<*const IfaceSlot> {
     IFACE_SLOTS.get_ptr(ifindex)
 }
 
+/// What `LOCAL_CACHE` says of `dst` as a single-host route.
+enum Cached {
+    /// It is one, of this kind.
+    Kind(u32),
+    /// It is none.
+    Absent,
+    /// The slot is shared (or being rewritten): ask the hash map.
+    Shared,
+}
+
+/// `dst`'s `LOCAL_CACHE` slot, read as [`Cached`]: one inlined array access and a compare.
+#[inline(always)]
+fn cached_host(v4: bool, family: u8, dst: &[u8; 16]) -> Cached {
+    let Some(slot) = LOCAL_CACHE.get_ptr(local_cache_slot(v4, dst)) else {
+        return Cached::Shared;
+    };
+    // SAFETY: a valid map value pointer to a `LocalSlot`, read at once.
+    let slot = unsafe { &*slot };
+    match slot.state {
+        LOCAL_SLOT_EMPTY => Cached::Absent,
+        LOCAL_SLOT_SHARED => Cached::Shared,
+        state => {
+            let same = slot.family == family
+                && if v4 {
+                    slot.addr[0] == word(dst)
+                } else {
+                    {
+                        // Word by word, no branches (an array `==` may become a memcmp call).
+                        let (a, b) = (&slot.addr, address_words(dst));
+                        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+                    }
+                };
+            if same {
+                Cached::Kind(u32::from(state))
+            } else {
+                Cached::Absent
+            }
+        }
+    }
+}
+
 /// The kind of the longest local route holding `dst`, if any: a host entry is the longest
 /// there is, so the trie is walked only on a host miss, and only when it holds a prefix of
-/// the family.
+/// the family. Hosts are looked up in `LOCAL_CACHE` first, in the family's hash only when
+/// the cache slot is shared.
 #[inline(always)]
 fn local_kind(v4: bool, family: u8, dst: &[u8; 16]) -> Option<u32> {
-    let host = if v4 {
-        LOCAL_HOSTS_V4.get_ptr([dst[0], dst[1], dst[2], dst[3]])
-    } else {
-        LOCAL_HOSTS_V6.get_ptr(dst)
-    };
-    if let Some(kind) = host {
-        // SAFETY: a valid map value pointer to a u32.
-        return Some(unsafe { *kind });
+    match cached_host(v4, family, dst) {
+        Cached::Kind(kind) => return Some(kind),
+        Cached::Absent => {}
+        Cached::Shared => {
+            let host = if v4 {
+                LOCAL_HOSTS_V4.get_ptr([dst[0], dst[1], dst[2], dst[3]])
+            } else {
+                LOCAL_HOSTS_V6.get_ptr(dst)
+            };
+            if let Some(kind) = host {
+                // SAFETY: a valid map value pointer to a u32.
+                return Some(unsafe { *kind });
+            }
+        }
     }
     let count = if v4 {
         LOCAL_PREFIXES_V4
@@ -173,9 +250,16 @@ fn martian(v4: bool, addr: &[u8; 16], source: bool) -> bool {
     if v4 {
         addr[0] == 127 || addr[0] == 0 || (source && (addr[0] & 0xf0 == 0xe0 || all_ones(addr)))
     } else {
-        let (hi, lo) = halves(addr);
+        if addr[0] & 0xe0 == 0x20 {
+            // 2000::/3, global unicast: none of the below (the common case, one compare).
+            return false;
+        }
+        let w = address_words(addr);
         // ::, ::1 and ::ffff:a.b.c.d
-        (hi == 0 && (lo <= 1 || lo >> 32 == 0xffff)) || (source && addr[0] == 0xff)
+        ((w[0] | w[1]) == 0
+            && ((w[2] == 0 && (w[3] == 0 || w[3] == u32::from_ne_bytes([0, 0, 0, 1])))
+                || w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])))
+            || (source && addr[0] == 0xff)
     }
 }
 
@@ -191,20 +275,20 @@ fn multicast(v4: bool, addr: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn all_ones(addr: &[u8; 16]) -> bool {
-    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]) == u32::MAX
+    word(addr) == u32::MAX
 }
 
-/// The address as two big-endian 64-bit halves.
+/// The first 4 bytes (an IPv4 address) as one integer.
 #[inline(always)]
-fn halves(a: &[u8; 16]) -> (u64, u64) {
-    (
-        u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
-        u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
-    )
+fn word(addr: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])
 }
 
-/// A MAC address as one integer (no memcmp in BPF).
+/// Two MAC addresses are equal: compared as a word and a half-word (no memcmp in BPF; both
+/// sit 4-aligned, in `IfaceSlot` and `Packet`, so these are two loads each).
 #[inline(always)]
-fn mac48(m: &[u8; 6]) -> u64 {
-    u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let word = |m: &[u8; 6]| u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
+    let half = |m: &[u8; 6]| u16::from_ne_bytes([m[4], m[5]]);
+    (word(a) ^ word(b)) | u32::from(half(a) ^ half(b)) == 0
 }

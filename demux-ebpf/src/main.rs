@@ -45,17 +45,25 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     };
-    let dst_mac = match host::plain(&packet) {
-        Ok(dst_mac) => dst_mac,
-        Err(verdict) => return verdict,
-    };
+    // Always on in the daemon; off only in the benchmark's comparison load (`host::enabled`).
+    let checks = host::enabled();
+    if checks {
+        if let Err(verdict) = host::plain(&packet) {
+            return verdict;
+        }
+    }
     let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
     let Some((endpoint, hash)) = lookup::resolve(target, &packet) else {
         return Verdict::PassNoMatch;
     };
-    match host::local(ctx, &packet, dst_mac) {
+    let first_slot = if checks {
+        host::local(ctx, &packet)
+    } else {
+        host::first_slot(ctx).ok_or(Verdict::PassNoSocket)
+    };
+    match first_slot {
         Ok(first_slot) => steer::steer(ctx, &packet, first_slot, endpoint, hash),
         Err(verdict) => verdict,
     }

@@ -40,8 +40,13 @@ const MAX_VLAN_TAGS: usize = 2;
 pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// The socket address tuple of a packet that parsed completely. Addresses are 16 bytes; an
-/// IPv4 address sits in the first 4 bytes, the rest zero.
+/// IPv4 address sits in the first 4 bytes, the rest zero. The addresses come first and the
+/// struct is 8-aligned, so that reading them as words is a word load (BPF has no unaligned
+/// loads: a `[u8; 16]` at an odd offset is read byte by byte).
+#[repr(C, align(8))]
 pub(crate) struct Packet {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
     /// Destination MAC address.
     pub dst_mac: [u8; 6],
     /// At least one VLAN tag.
@@ -53,8 +58,6 @@ pub(crate) struct Packet {
     pub routing_header: bool,
     pub family: u8,
     pub protocol: u8,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
     pub src_port: u16,
     pub dst_port: u16,
     /// Offset of the UDP or TCP header from the start of the frame.

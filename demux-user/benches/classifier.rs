@@ -3,12 +3,19 @@
 //! from the benchmarks' own object, `demux::testing::bench_object`), for IPv4 and IPv6 UDP, hit and miss, with 1, 1,000, 100,000 and 1,000,000 bindings.
 //!
 //! Every case first passes the destination checks (not VLAN, no options, not martian, not
-//! multicast, a local address in `LOCAL_HOSTS_V4`/`_V6`, the interface's MAC in `IFACE_SLOTS`), which
+//! multicast, a local address in `LOCAL_CACHE`, the interface's MAC in `IFACE_SLOTS`), which
 //! the program makes before any lookup. Both "hit" and "miss" take the longest lookup path: a hit matches only the wildcard table
 //! (connected, bound and both prefix lookups miss first), a miss also tries the dual-stack
 //! wildcard. There is no AF_XDP socket under BPF_PROG_TEST_RUN, so a hit ends in the redirect
-//! helper's empty-slot fallback (`pass_no_socket`). Rounds alternate baseline and demux so that
-//! drift hits both alike; each figure is the median of the rounds.
+//! helper's empty-slot fallback (`pass_no_socket`).
+//!
+//! What the destination checks cost is measured in the same run: each scenario loads the
+//! program twice, as the daemon does (checks on) and as `Loaded::load_without_destination_checks`
+//! does (checks off: the verifier drops them, the rest is the same code), with the same tables
+//! and host view. Rounds interleave baseline, demux and demux without checks so that drift hits
+//! all three alike; each figure is the median of its rounds. The checks' share is
+//! (demux − demux without checks) / demux without checks: what the checks add to the
+//! program's own time per run, the target of issue 12 (at most 15% for a hit).
 //!
 //! Flags: `--quick` (fewer rounds and repeats, up to 100,000 bindings), `--json PATH`.
 #![deny(unsafe_code)]
@@ -36,6 +43,8 @@ const SIZES: [u64; 4] = [1, 1_000, 100_000, 1_000_000];
 /// Targets from the classifier issue.
 const MAX_OVERHEAD_NS: f64 = 50.0;
 const MAX_SPREAD: f64 = 0.15;
+/// Issue 12: the destination checks add at most this share to the program's time for a hit.
+const MAX_CHECKS_SHARE: f64 = 0.15;
 
 struct Case {
     name: &'static str,
@@ -74,8 +83,17 @@ fn run() -> anyhow::Result<()> {
     let mut memory = Vec::new();
     let mut targets = Vec::new();
     println!(
-        "{:>9}  {:<9} {:<14} {:>11} {:>9} {:>11} {:>6}",
-        "bindings", "fillers", "case", "baseline ns", "demux ns", "overhead ns", "ratio"
+        "{:>9}  {:<9} {:<14} {:>11} {:>9} {:>11} {:>6} {:>10} {:>9} {:>7}",
+        "bindings",
+        "fillers",
+        "case",
+        "baseline ns",
+        "demux ns",
+        "overhead ns",
+        "ratio",
+        "unchecked",
+        "checks ns",
+        "checks"
     );
     for placement in [Placement::OtherPorts, Placement::SamePorts] {
         let scenario = scenario(placement, rounds, repeat, sizes)?;
@@ -158,14 +176,25 @@ fn scenario(
     repeat: u32,
     sizes: &[u64],
 ) -> anyhow::Result<Scenario> {
-    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
+    let (mut loaded, maps) = Loaded::load(BpfLogLevel::Off)?;
+    // The same program without the destination checks, for their cost; its own maps get the
+    // same contents.
+    let (mut unchecked, unchecked_maps) = Loaded::load_without_destination_checks(LoadOptions {
+        log_level: BpfLogLevel::Off,
+        ..LoadOptions::default()
+    })?;
+    let mut copies = [
+        (maps, Tables::default()),
+        (unchecked_maps, Tables::default()),
+    ];
     // The host view every packet is checked against before the lookup (the local routes,
     // `IFACE_SLOTS` of BPF_PROG_TEST_RUN's loopback): the fixtures' host, whose local addresses
     // are the servers below and whose MAC is the frames' destination.
-    fixtures::host()
-        .install(&mut maps)
-        .context("writing the host view")?;
-    let mut tables = Tables::default();
+    for (maps, _) in &mut copies {
+        fixtures::host()
+            .install(maps)
+            .context("writing the host view")?;
+    }
     let mut bench = Ebpf::load(bench_object::OBJECT).context("loading the bench object")?;
     let baseline: &mut Xdp = bench
         .program_mut(bench_object::BASELINE_PROGRAM)
@@ -210,7 +239,9 @@ fn scenario(
             v6only: i == 1,
         };
         let (entry, target) = binding.encode(Receiver::Endpoint(1 + i as u32))?;
-        tables.insert(&mut maps, &entry, target)?;
+        for (maps, tables) in &mut copies {
+            tables.insert(maps, &entry, target)?;
+        }
     }
     let mut installed = 2u64;
     let mut next = 0u64;
@@ -221,8 +252,15 @@ fn scenario(
         let started = Instant::now();
         while installed < size {
             let (entry, target) = filler(next, placement);
-            match tables.insert(&mut maps, &entry, target) {
-                Ok(()) => installed += 1,
+            let (maps, tables) = &mut copies[0];
+            match tables.insert(maps, &entry, target) {
+                Ok(()) => {
+                    let (maps, tables) = &mut copies[1];
+                    tables
+                        .insert(maps, &entry, target)
+                        .with_context(|| format!("installing binding {installed} (unchecked)"))?;
+                    installed += 1;
+                }
                 Err(TableError::Exists { .. }) => {}
                 Err(e) => return Err(e).context(format!("installing binding {installed}")),
             }
@@ -237,20 +275,27 @@ fn scenario(
         for case in &cases {
             let mut base = Vec::new();
             let mut demux = Vec::new();
+            let mut bare = Vec::new();
             for _ in 0..rounds {
                 base.push(ns_per_run(baseline_of(&mut bench)?, &case.frame, repeat)?);
                 demux.push(ns_per_run(loaded.program_mut(), &case.frame, repeat)?);
+                bare.push(ns_per_run(unchecked.program_mut(), &case.frame, repeat)?);
             }
-            let (base, demux) = (median(base), median(demux));
+            let (base, demux, bare) = (median(base), median(demux), median(bare));
+            let checks = demux - bare;
+            let share = checks / bare;
             println!(
-                "{size:>9}  {fillers:<9} {:<14} {base:>11.1} {demux:>9.1} {:>11.1} {:>6.2}",
+                "{size:>9}  {fillers:<9} {:<14} {base:>11.1} {demux:>9.1} {:>11.1} {:>6.2} \
+                 {bare:>10.1} {checks:>9.1} {:>+6.1}%",
                 case.name,
                 demux - base,
-                demux / base
+                demux / base,
+                share * 100.0
             );
             rows.push(json!({
                 "bindings": size, "fillers": fillers, "case": case.name, "baseline_ns": base,
                 "demux_ns": demux, "overhead_ns": demux - base, "ratio": demux / base,
+                "unchecked_ns": bare, "checks_ns": checks, "checks_share": share,
             }));
         }
         println!(
@@ -262,6 +307,31 @@ fn scenario(
     }
 
     let mut targets = Vec::new();
+    for row in rows.iter().filter(|r| {
+        r["case"]
+            .as_str()
+            .is_some_and(|case| case.ends_with(" hit"))
+    }) {
+        let (Some(case), Some(size), Some(share), Some(checks)) = (
+            row["case"].as_str(),
+            row["bindings"].as_u64(),
+            row["checks_share"].as_f64(),
+            row["checks_ns"].as_f64(),
+        ) else {
+            continue;
+        };
+        let met = share <= MAX_CHECKS_SHARE;
+        let line = format!(
+            "target {fillers:<5} {case:<14} destination checks at {size} bindings {checks:>5.1} ns, \
+             {:>+5.1}% of the program without them (<= {:.0}%: {})",
+            share * 100.0,
+            MAX_CHECKS_SHARE * 100.0,
+            if met { "met" } else { "MISSED" }
+        );
+        targets.push(json!({ "fillers": fillers, "case": case, "bindings": size,
+                             "checks_ns": checks, "checks_share": share, "checks_met": met,
+                             "line": line }));
+    }
     let (smallest, largest) = (sizes[0], sizes[sizes.len() - 1]);
     for case in &cases {
         let at = |size: u64| {

@@ -19,6 +19,7 @@ use aya::{
 };
 use demux_common::{
     hash::{FlowKey, KEY_GLOBAL},
+    local::CHECKS_GLOBAL,
     maps,
 };
 use thiserror::Error;
@@ -202,6 +203,16 @@ pub struct LoadOptions {
     pub flow_key: Option<FlowKey>,
 }
 
+/// The value of the program's `CHECKS_GLOBAL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DestinationChecks {
+    /// Skipped (benchmark comparison only).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    Off = 0,
+    /// Run: every daemon load.
+    On = 1,
+}
+
 /// The loaded object: the program is verified and ready to attach. Its socket-slot maps stay
 /// here; the maps the daemon's rules write are handed out beside it as [`Maps`].
 pub struct Loaded {
@@ -226,8 +237,27 @@ impl Loaded {
         })
     }
 
-    /// As [`Loaded::load`], with every choice spelled out.
+    /// As [`Loaded::load`], with every choice spelled out. The destination checks are always
+    /// on: no option turns them off.
     pub fn load_with(options: LoadOptions) -> Result<(Self, Maps), LoadError> {
+        Self::load_checked(options, DestinationChecks::On)
+    }
+
+    /// As [`Loaded::load_with`], but the program skips the destination checks (`host.rs` in
+    /// the eBPF crate): only for the classifier benchmark, which measures what they cost
+    /// against this copy in the same run. Such a program steers packets the kernel would not
+    /// deliver; nothing but tests and benchmarks can call this (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn load_without_destination_checks(
+        options: LoadOptions,
+    ) -> Result<(Self, Maps), LoadError> {
+        Self::load_checked(options, DestinationChecks::Off)
+    }
+
+    fn load_checked(
+        options: LoadOptions,
+        checks: DestinationChecks,
+    ) -> Result<(Self, Maps), LoadError> {
         let flow_key = match options.flow_key {
             Some(key) => key,
             None => random_flow_key().map_err(LoadError::Key)?,
@@ -236,6 +266,8 @@ impl Loaded {
         let mut loader = EbpfLoader::new();
         loader.override_global("AYA_LOG_LEVEL", &level, false);
         loader.override_global(KEY_GLOBAL, &flow_key, true);
+        let checks = checks as u32;
+        loader.override_global(CHECKS_GLOBAL, &checks, true);
         if let Some(bindings) = options.bindings {
             for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX] {
                 loader.map_max_entries(table, bindings);

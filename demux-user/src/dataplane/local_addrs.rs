@@ -3,7 +3,9 @@
 //! writes the set it reads from the kernel's local routing table.
 //!
 //! One route goes to one map (`demux_common::local`): a single host (`/32`, `/128`) to the
-//! exact-match hash of its family (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`), anything wider to the
+//! exact-match hash of its family (`LOCAL_HOSTS_V4`, `LOCAL_HOSTS_V6`) and its slot of the
+//! direct-mapped cache `LOCAL_CACHE` (the one host there, none, or shared: the slot is turned
+//! shared before the hash changes and settled after), anything wider to the
 //! LPM trie `LOCAL_ADDRS`, whose entries per family are counted in `LOCAL_PREFIXES` so that the
 //! program skips the trie when it is empty. The count is raised before a trie insert and
 //! lowered after a trie removal: the program may walk an empty trie once (a wasted probe) but
@@ -11,7 +13,10 @@
 //! `local 127.0.0.0/8` of loopback) are not written: the martian check passes every packet to
 //! or from them before any lookup, and leaving them out keeps the IPv4 trie empty on most hosts.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+};
 
 use aya::{
     maps::{
@@ -23,8 +28,9 @@ use aya::{
 use demux_common::{
     binding::{FAMILY_IPV4, FAMILY_IPV6},
     local::{
-        LocalKey, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_BROADCAST, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_V4,
-        LOCAL_PREFIXES_V6,
+        address_words, local_cache_slot, LocalKey, LocalSlot, LOCAL_KEY_FIXED_BITS,
+        LOCAL_KIND_BROADCAST, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6,
+        LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED,
     },
     maps,
 };
@@ -114,14 +120,21 @@ impl std::fmt::Display for LocalPrefix {
     }
 }
 
-/// The local route maps of the loaded program, and which trie prefixes this handle wrote (the
-/// counts in `LOCAL_PREFIXES` follow them).
+/// The local route maps of the loaded program, which trie prefixes this handle wrote (the
+/// counts in `LOCAL_PREFIXES` follow them), and the single hosts of each `LOCAL_CACHE` slot
+/// with what the slot holds now.
 pub(super) struct LocalAddrsMap {
     hosts_v4: HashMap<MapData, [u8; 4], u32>,
     hosts_v6: HashMap<MapData, [u8; 16], u32>,
+    cache: Array<MapData, LocalSlot>,
     prefixes: LpmTrie<MapData, LocalKey, u32>,
     counts: Array<MapData, u32>,
     written: HashSet<LocalPrefix>,
+    /// Cache slot → the single-host routes in the hashes that map to it: (family, address) →
+    /// kind.
+    slot_hosts: StdHashMap<u32, BTreeMap<(u8, [u8; 16]), u8>>,
+    /// Cache slot → its value as last written (absent: still all zero, empty).
+    slot_values: StdHashMap<u32, LocalSlot>,
 }
 
 impl LocalAddrsMap {
@@ -131,9 +144,12 @@ impl LocalAddrsMap {
         Ok(Self {
             hosts_v4: take_map(ebpf, maps::LOCAL_HOSTS_V4, "a hash map")?,
             hosts_v6: take_map(ebpf, maps::LOCAL_HOSTS_V6, "a hash map")?,
+            cache: take_map(ebpf, maps::LOCAL_CACHE, "an array")?,
             prefixes: take_map(ebpf, maps::LOCAL_ADDRS, "an LPM trie")?,
             counts: take_map(ebpf, maps::LOCAL_PREFIXES, "an array")?,
             written: HashSet::new(),
+            slot_hosts: StdHashMap::new(),
+            slot_values: StdHashMap::new(),
         })
     }
 
@@ -142,14 +158,7 @@ impl LocalAddrsMap {
         let value = kind.value();
         match prefix.addr {
             _ if prefix.is_shadowed_by_martian() => Ok(()),
-            IpAddr::V4(a) if prefix.is_host() => self
-                .hosts_v4
-                .insert(a.octets(), value, 0)
-                .map_err(|source| classify(maps::LOCAL_HOSTS_V4, source)),
-            IpAddr::V6(a) if prefix.is_host() => self
-                .hosts_v6
-                .insert(a.octets(), value, 0)
-                .map_err(|source| classify(maps::LOCAL_HOSTS_V6, source)),
+            _ if prefix.is_host() => self.set_host(prefix.addr, Some(value)),
             _ => {
                 let new = !self.written.contains(&prefix);
                 if new {
@@ -180,14 +189,7 @@ impl LocalAddrsMap {
     pub(super) fn remove(&mut self, prefix: LocalPrefix) -> Result<(), TableError> {
         match prefix.addr {
             _ if prefix.is_shadowed_by_martian() => Ok(()),
-            IpAddr::V4(a) if prefix.is_host() => self
-                .hosts_v4
-                .remove(&a.octets())
-                .map_err(|source| classify(maps::LOCAL_HOSTS_V4, source)),
-            IpAddr::V6(a) if prefix.is_host() => self
-                .hosts_v6
-                .remove(&a.octets())
-                .map_err(|source| classify(maps::LOCAL_HOSTS_V6, source)),
+            _ if prefix.is_host() => self.set_host(prefix.addr, None),
             _ => {
                 self.prefixes
                     .remove(&prefix.key())
@@ -199,6 +201,107 @@ impl LocalAddrsMap {
                 Ok(())
             }
         }
+    }
+
+    /// Writes single host `addr` with kind `value`, or removes it (`None`), in the family's
+    /// hash and its `LOCAL_CACHE` slot: the slot is turned shared first (the program asks the
+    /// hash, which is complete), then the hash changes, then the slot gets its final state.
+    fn set_host(&mut self, addr: IpAddr, value: Option<u32>) -> Result<(), TableError> {
+        let (family, bytes) = (family(addr), addr16(addr));
+        let index = local_cache_slot(addr.is_ipv4(), &bytes);
+        self.write_slot(
+            index,
+            LocalSlot {
+                state: LOCAL_SLOT_SHARED,
+                ..self.slot_value(index)
+            },
+        )?;
+        let result = match (addr, value) {
+            (IpAddr::V4(a), Some(value)) => self
+                .hosts_v4
+                .insert(a.octets(), value, 0)
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V4, source)),
+            (IpAddr::V6(a), Some(value)) => self
+                .hosts_v6
+                .insert(a.octets(), value, 0)
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V6, source)),
+            (IpAddr::V4(a), None) => self
+                .hosts_v4
+                .remove(&a.octets())
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V4, source)),
+            (IpAddr::V6(a), None) => self
+                .hosts_v6
+                .remove(&a.octets())
+                .map_err(|source| classify(maps::LOCAL_HOSTS_V6, source)),
+        };
+        if result.is_ok() {
+            let hosts = self.slot_hosts.entry(index).or_default();
+            match value {
+                // The kinds are 1 and 2: they fit the slot's state byte.
+                Some(value) => hosts.insert((family, bytes), value as u8),
+                None => hosts.remove(&(family, bytes)),
+            };
+        }
+        // Settled even after a failure: the slot then says what the hash still holds.
+        self.settle_slot(index)?;
+        result
+    }
+
+    /// Gives cache slot `index` its final state from the hosts that map to it: none → empty,
+    /// one → that address and kind (its address written while the slot is still shared), more
+    /// → shared.
+    fn settle_slot(&mut self, index: u32) -> Result<(), TableError> {
+        let current = self.slot_value(index);
+        let hosts = self.slot_hosts.get(&index);
+        let only = match hosts.map(BTreeMap::len).unwrap_or(0) {
+            0 => {
+                self.slot_hosts.remove(&index);
+                return self.write_slot(
+                    index,
+                    LocalSlot {
+                        state: LOCAL_SLOT_EMPTY,
+                        ..current
+                    },
+                );
+            }
+            1 => hosts.and_then(|h| h.iter().next()).map(|(&k, &v)| (k, v)),
+            _ => None,
+        };
+        let Some(((family, addr), kind)) = only else {
+            return self.write_slot(
+                index,
+                LocalSlot {
+                    state: LOCAL_SLOT_SHARED,
+                    ..current
+                },
+            );
+        };
+        let mut slot = LocalSlot {
+            addr: address_words(&addr),
+            family,
+            state: LOCAL_SLOT_SHARED,
+            _pad: [0; 2],
+        };
+        self.write_slot(index, slot)?;
+        slot.state = kind;
+        self.write_slot(index, slot)
+    }
+
+    /// Cache slot `index` as last written.
+    fn slot_value(&self, index: u32) -> LocalSlot {
+        self.slot_values.get(&index).copied().unwrap_or_default()
+    }
+
+    /// Writes cache slot `index` unless it already holds `slot`.
+    fn write_slot(&mut self, index: u32, slot: LocalSlot) -> Result<(), TableError> {
+        if self.slot_value(index) == slot {
+            return Ok(());
+        }
+        self.cache
+            .set(index, slot, 0)
+            .map_err(|source| classify(maps::LOCAL_CACHE, source))?;
+        self.slot_values.insert(index, slot);
+        Ok(())
     }
 
     /// Writes the `LOCAL_PREFIXES` count of `prefix`'s family: the prefixes written so far of
@@ -219,6 +322,15 @@ impl LocalAddrsMap {
         self.counts
             .set(index, count, 0)
             .map_err(|source| classify(maps::LOCAL_PREFIXES, source))
+    }
+}
+
+/// The ABI family byte of `addr`.
+fn family(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
     }
 }
 

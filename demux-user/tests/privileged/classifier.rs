@@ -34,6 +34,8 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         differential_frames,
         full_table_is_refused_by_name_and_rolled_back,
         each_load_draws_its_own_key,
+        destination_checks_are_off_only_in_the_benchmarks_load,
+        local_cache_slots_shared_by_addresses,
     ]
 }
 
@@ -669,5 +671,209 @@ pub(crate) fn each_load_draws_its_own_key() -> anyhow::Result<()> {
         "two keys, but one flow hashed alike: {:#x}",
         hashes[0].1
     );
+    Ok(())
+}
+
+/// The daemon's loads (`Loaded::load`, `Loaded::load_with` with any options) keep the
+/// destination checks: a frame to a bound port but to an address that is not local passes as
+/// `pass_not_local`. Only the benchmark's comparison load skips them and steers the same frame
+/// (to the redirect, which falls back at the empty socket slot), which shows the switch the
+/// benchmark measures with is real.
+pub(crate) fn destination_checks_are_off_only_in_the_benchmarks_load() -> anyhow::Result<()> {
+    let (client, server): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("198.18.0.1:40000".parse()?, "0.0.0.0:53".parse()?);
+    let not_local: std::net::SocketAddr = "198.18.99.99:53".parse()?;
+    let local: std::net::SocketAddr = "198.18.0.2:53".parse()?;
+    let host = fixtures::host();
+    let is_local = |ip| host.local.iter().any(|(prefix, _)| prefix.contains(ip));
+    ensure!(
+        !is_local(not_local.ip()) && is_local(local.ip()),
+        "the fixtures' host view changed: pick other addresses"
+    );
+    let binding = Binding {
+        protocol: Protocol::Udp,
+        local: Local::Addr(server),
+        remote: None,
+        v6only: false,
+    }
+    .encode(Receiver::Endpoint(1))?;
+    type Load = fn() -> anyhow::Result<(Loaded, Maps)>;
+    let loads: [(&str, Load, Verdict); 3] = [
+        (
+            "Loaded::load",
+            || Ok(Loaded::load(BpfLogLevel::Off)?),
+            Verdict::PassNotLocal,
+        ),
+        (
+            "Loaded::load_with",
+            || {
+                Ok(Loaded::load_with(LoadOptions {
+                    log_level: BpfLogLevel::Debug,
+                    bindings: Some(16),
+                    flow_key: Some(random_flow_key()?),
+                })?)
+            },
+            Verdict::PassNotLocal,
+        ),
+        (
+            "Loaded::load_without_destination_checks",
+            || {
+                Ok(Loaded::load_without_destination_checks(
+                    LoadOptions::default(),
+                )?)
+            },
+            Verdict::PassNoSocket,
+        ),
+    ];
+    for (name, load, want) in loads {
+        let (mut loaded, mut maps) = load()?;
+        host.install(&mut maps)?;
+        Tables::default().insert_all(&mut maps, &[binding])?;
+        let to = |server| FrameSpec::udp(client, server, b"x").build();
+        let verdict = run_frame(&mut loaded, &maps, &to(not_local))?.verdict;
+        ensure!(
+            verdict == want,
+            "{name}: a frame to a non-local address got {verdict:?}, not {want:?}"
+        );
+        // Both steer a frame to a local address alike.
+        let verdict = run_frame(&mut loaded, &maps, &to(local))?.verdict;
+        ensure!(
+            verdict == Verdict::PassNoSocket,
+            "{name}: a frame to a local address got {verdict:?}"
+        );
+    }
+    Ok(())
+}
+
+/// `LOCAL_CACHE` slots that several addresses hash to: every local address is found whichever
+/// others share its slot (one alone in it, two through the hash map), an address that only
+/// shares the slot is never taken for local, and removing one leaves the other found. IPv4
+/// and IPv6 addresses share one cache.
+pub(crate) fn local_cache_slots_shared_by_addresses() -> anyhow::Result<()> {
+    use demux_common::local::local_cache_slot;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let slot = |ip: IpAddr| local_cache_slot(ip.is_ipv4(), &demux::binding::addr16(ip));
+    // Three IPv4 addresses and one IPv6 address of one slot, none in the fixtures' host view.
+    let a: IpAddr = Ipv4Addr::new(198, 19, 200, 1).into();
+    let same: Vec<IpAddr> = (2..u32::from(u16::MAX))
+        .map(|n| IpAddr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n)))
+        .filter(|&ip| ip != a && slot(ip) == slot(a))
+        .take(2)
+        .collect();
+    let v6 = (1..u16::MAX)
+        .flat_map(|x| (1..u16::MAX).map(move |y| (x, y)))
+        .map(|(x, y)| IpAddr::from(Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, x, y)))
+        .find(|&ip| slot(ip) == slot(a))
+        .context("no IPv6 address of the slot")?;
+    let (b, c) = (same[0], same[1]);
+
+    let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
+    fixtures::host().install(&mut maps)?;
+    let mut bindings = Vec::new();
+    for any in [
+        IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        Ipv6Addr::UNSPECIFIED.into(),
+    ] {
+        bindings.push(
+            Binding {
+                protocol: Protocol::Udp,
+                local: Local::Addr((any, 53).into()),
+                remote: None,
+                v6only: any.is_ipv6(),
+            }
+            .encode(Receiver::Endpoint(1))?,
+        );
+    }
+    Tables::default().insert_all(&mut maps, &bindings)?;
+    let host = |ip: IpAddr| LocalPrefix {
+        addr: ip,
+        len: if ip.is_ipv4() { 32 } else { 128 },
+    };
+    fn check(
+        loaded: &mut Loaded,
+        maps: &Maps,
+        step: &str,
+        want: &[(IpAddr, Verdict)],
+    ) -> anyhow::Result<()> {
+        for &(ip, verdict) in want {
+            let client: std::net::SocketAddr = if ip.is_ipv4() {
+                "198.18.0.1:40000".parse()?
+            } else {
+                "[2001:2::1]:40000".parse()?
+            };
+            let frame = FrameSpec::udp(client, (ip, 53).into(), b"x").build();
+            let got = run_frame(loaded, maps, &frame)?.verdict;
+            ensure!(got == verdict, "{step}: {ip} got {got:?}, not {verdict:?}");
+        }
+        Ok(())
+    }
+    // Steered to the binding: it reaches the redirect (no socket under the test run).
+    let (yes, no, bcast) = (
+        Verdict::PassNoSocket,
+        Verdict::PassNotLocal,
+        Verdict::PassMulticast,
+    );
+    check(
+        &mut loaded,
+        &maps,
+        "none local",
+        &[(a, no), (b, no), (c, no), (v6, no)],
+    )?;
+    maps.set_local(host(a), LocalKind::Local)?;
+    check(
+        &mut loaded,
+        &maps,
+        "a alone",
+        &[(a, yes), (b, no), (c, no), (v6, no)],
+    )?;
+    maps.set_local(host(b), LocalKind::Local)?;
+    check(
+        &mut loaded,
+        &maps,
+        "a and b",
+        &[(a, yes), (b, yes), (c, no), (v6, no)],
+    )?;
+    maps.set_local(host(v6), LocalKind::Local)?;
+    check(
+        &mut loaded,
+        &maps,
+        "a, b and v6",
+        &[(a, yes), (b, yes), (c, no), (v6, yes)],
+    )?;
+    maps.remove_local(host(a))?;
+    check(
+        &mut loaded,
+        &maps,
+        "b and v6",
+        &[(a, no), (b, yes), (c, no), (v6, yes)],
+    )?;
+    maps.remove_local(host(v6))?;
+    check(
+        &mut loaded,
+        &maps,
+        "b alone",
+        &[(a, no), (b, yes), (c, no), (v6, no)],
+    )?;
+    maps.set_local(host(b), LocalKind::Broadcast)?;
+    check(
+        &mut loaded,
+        &maps,
+        "b a broadcast",
+        &[(a, no), (b, bcast), (c, no)],
+    )?;
+    maps.remove_local(host(b))?;
+    check(
+        &mut loaded,
+        &maps,
+        "none again",
+        &[(a, no), (b, no), (c, no), (v6, no)],
+    )?;
+    // The fixtures' own addresses were found all along.
+    check(
+        &mut loaded,
+        &maps,
+        "fixtures",
+        &[("198.18.0.2".parse()?, yes), ("2001:2::2".parse()?, yes)],
+    )?;
     Ok(())
 }
