@@ -1,7 +1,7 @@
 //! Readiness for a supervisor, by the sd_notify protocol: when `NOTIFY_SOCKET` names a Unix
 //! datagram socket (a path, or `@name` in the abstract namespace), the daemon sends it
 //! `READY=1` once the program is attached, the sockets are registered and the control socket
-//! listens, and `STOPPING=1` when it shuts down. Each message is one datagram of
+//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down. Each message is one datagram of
 //! newline-separated `KEY=value` assignments. Without `NOTIFY_SOCKET` nothing is sent.
 //!
 //! systemd (`Type=notify`) and the privileged tests both wait for `READY=1` rather than for a
@@ -111,6 +111,14 @@ impl Notifier {
         self.notify(&format!("READY=1\nSTATUS={}", one_line(status)))
     }
 
+    /// `RELOADING=1`: the daemon reads its configuration again (SIGHUP, `demux reload`); a
+    /// `READY=1` follows when it is done, whatever came of it. (systemd 253's
+    /// `Type=notify-reload` also wants `MONOTONIC_USEC`; systemd 252, which the unit file
+    /// targets, reads this one line.)
+    pub fn reloading(&self) -> Result<(), NotifyError> {
+        self.notify("RELOADING=1\nSTATUS=reloading the configuration")
+    }
+
     /// `STOPPING=1`: the daemon shuts down.
     pub fn stopping(&self) -> Result<(), NotifyError> {
         self.notify("STOPPING=1\nSTATUS=shutting down")
@@ -167,6 +175,11 @@ mod tests {
         assert_eq!(
             receive(&supervisor),
             "READY=1\nSTATUS=attached to dmx-b control socket ready"
+        );
+        notifier.reloading().expect("sending RELOADING=1");
+        assert_eq!(
+            receive(&supervisor),
+            "RELOADING=1\nSTATUS=reloading the configuration"
         );
         notifier.stopping().expect("sending STOPPING=1");
         assert_eq!(receive(&supervisor), "STOPPING=1\nSTATUS=shutting down");
