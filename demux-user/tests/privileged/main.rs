@@ -28,6 +28,7 @@ mod local;
 mod multicast;
 mod oracle;
 mod program;
+mod reload;
 mod restart;
 mod reuseport;
 mod steer;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         clients::tests(),
         backing::tests(),
         restart::tests(),
+        reload::tests(),
         checksums::tests(),
         multicast::tests(),
         oracle::tests(),
