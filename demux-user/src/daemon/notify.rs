@@ -1,8 +1,9 @@
 //! Readiness for a supervisor, by the sd_notify protocol: when `NOTIFY_SOCKET` names a Unix
 //! datagram socket (a path, or `@name` in the abstract namespace), the daemon sends it
 //! `READY=1` once the program is attached, the sockets are registered and the control socket
-//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down. Each message is one datagram of
-//! newline-separated `KEY=value` assignments. Without `NOTIFY_SOCKET` nothing is sent.
+//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down.
+//! Each message is one datagram of newline-separated `KEY=value` assignments. Without
+//! `NOTIFY_SOCKET` nothing is sent.
 //!
 //! systemd (`Type=notify`) and the privileged tests both wait for `READY=1` rather than for a
 //! word in the log.
@@ -111,10 +112,10 @@ impl Notifier {
         self.notify(&format!("READY=1\nSTATUS={}", one_line(status)))
     }
 
-    /// `RELOADING=1`: the daemon reads its configuration again (SIGHUP, `demux reload`); a
-    /// `READY=1` follows when it is done, whatever came of it. (systemd 253's
-    /// `Type=notify-reload` also wants `MONOTONIC_USEC`; systemd 252, which the unit file
-    /// targets, reads this one line.)
+    /// `RELOADING=1`: the daemon re-reads its configuration (SIGHUP); send [`Notifier::ready`]
+    /// when done, whether the new configuration was applied or refused. systemd 252 (Debian
+    /// 12) has no `Type=notify-reload`, so the unit's `ExecReload` sends SIGHUP and systemd
+    /// waits for this pair.
     pub fn reloading(&self) -> Result<(), NotifyError> {
         self.notify("RELOADING=1\nSTATUS=reloading the configuration")
     }
