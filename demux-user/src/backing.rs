@@ -28,6 +28,14 @@ use crate::{
     sys::socket as sys,
 };
 
+/// The receive buffer [`open`] asks for (`SO_RCVBUF`; the kernel doubles it for its own
+/// bookkeeping and caps the request at `net.core.rmem_max`, so an unprivileged caller gets at
+/// most what the host allows). While no daemon runs — a restart — the socket carries the
+/// endpoint's whole stream, and what its reader has not yet read waits here: the default
+/// buffer (`net.core.rmem_default`, 208 KiB) holds a few hundred datagrams, a few milliseconds
+/// at tens of thousands per second. The memory is taken only while datagrams wait.
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// How a caller's backing socket is set up before it is bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -204,6 +212,9 @@ pub fn open(local: SocketAddr, options: &Options) -> Result<UdpSocket, BackingEr
             .map_err(step("setsockopt IPV6_V6ONLY"))?;
     }
     want_destination(&socket, local.is_ipv6())?;
+    socket
+        .set_recv_buffer_size(RECEIVE_BUFFER)
+        .map_err(step("setsockopt SO_RCVBUF"))?;
     socket.bind(&local.into()).map_err(step("bind"))?;
     if let Some(remote) = options.connect {
         socket.connect(&remote.into()).map_err(step("connect"))?;

@@ -18,7 +18,7 @@ fn with_default(text: &str, default: impl std::fmt::Display) -> String {
     format!("{text} [default: {default}]")
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct DaemonArgs {
     /// Interface to attach the XDP program to; repeat for several (adds to the config file's).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
@@ -91,12 +91,17 @@ impl DaemonArgs {
 }
 
 pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // A reload reads the file again and puts the same flags over it, as here.
+    let reread = args.config.is_some().then(|| {
+        let args = args.clone();
+        Box::new(move || args.clone().merge()) as daemon::reload::Reread
+    });
     let config = args.merge()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(daemon::run(config))
+        .block_on(daemon::run_reloadable(config, reread))
 }
 
 #[cfg(test)]

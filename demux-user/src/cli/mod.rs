@@ -5,6 +5,7 @@ pub(crate) mod close;
 pub(crate) mod daemon;
 pub(crate) mod list;
 pub(crate) mod recv;
+pub(crate) mod reload;
 pub(crate) mod stats;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub(crate) enum Command {
     List(list::ListArgs),
     /// Show verdicts, per-endpoint and per-socket counters, and the accounting.
     Stats(stats::StatsArgs),
+    /// Have the daemon read its config file again and apply the difference (root only; as
+    /// SIGHUP): endpoints, limits and interfaces that changed; the rest keeps running.
+    Reload(reload::ReloadArgs),
     /// Print a shell completion script: `demux completions bash > /etc/bash_completion.d/demux`.
     Completions {
         #[arg(value_enum)]
@@ -60,6 +64,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Close(args) => close::run(args),
         Command::List(args) => list::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "demux", &mut std::io::stdout());
             Ok(())

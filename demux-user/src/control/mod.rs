@@ -12,6 +12,7 @@
 //! ← {"result":"closed","id":1}
 //! → {"version":4,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
 //! → {"version":4,"op":"stats"}    ← {"result":"stats",…}
+//! → {"version":4,"op":"reload"}   ← {"result":"reloaded","changes":["endpoint 3 udp 0.0.0.0:53 closed",…]}
 //! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
 //!
@@ -151,6 +152,9 @@ pub enum Request {
     List,
     /// Counters and the accounting.
     Stats,
+    /// Read the daemon's config file again and apply the difference (root only); answered
+    /// with [`Response::Reloaded`].
+    Reload,
 }
 
 /// What `bind` asks for: a binding and where its datagrams go.
@@ -209,6 +213,11 @@ pub enum Response {
     },
     /// The answer to `stats`.
     Stats(Stats),
+    /// The config file was read again and applied.
+    Reloaded {
+        /// What changed, one line each (empty: nothing did).
+        changes: Vec<String>,
+    },
     /// A refusal.
     Error {
         /// What an application matches on.

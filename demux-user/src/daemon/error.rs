@@ -201,6 +201,15 @@ pub enum ControlError {
          the group name"
     )]
     GroupWithBacking,
+    /// A reload asked for by a caller other than root, or where the daemon takes none.
+    #[error(
+        "reload: only root may have the daemon read its config file again (you are uid {uid}); \
+         run `demux reload` as root or send the daemon SIGHUP"
+    )]
+    ReloadForRoot {
+        /// The caller.
+        uid: u32,
+    },
     /// The endpoint's statistics slot could not be reset.
     #[error("endpoint statistics: {0}")]
     Statistics(#[from] CounterError),
@@ -242,6 +251,7 @@ impl ControlError {
             | ControlError::PrefixForRoot { .. }
             | ControlError::TcpForRoot
             | ControlError::BackingRequired { .. }
+            | ControlError::ReloadForRoot { .. }
             | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
             ControlError::Sink(error) => error.code(),
             ControlError::Table(TableError::Map { .. } | TableError::BadIface { .. })

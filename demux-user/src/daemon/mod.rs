@@ -1,15 +1,18 @@
 //! The daemon: loads and attaches the XDP program, opens an AF_XDP socket for every rx queue of
 //! every interface and runs a worker for each, follows the namespace's local addresses
 //! (`local_addrs`) and writes each interface's MAC address for the program's destination
-//! checks, serves the control socket, logs the verdicts, and on SIGINT/SIGTERM detaches, stops
-//! the workers and removes the control socket.
+//! checks, serves the control socket, logs the verdicts, on SIGHUP (or `demux reload`) reads
+//! its config file again and applies the difference (`reload`), and on SIGINT/SIGTERM
+//! detaches, stops the workers and removes the control socket.
 
 pub mod error;
+pub mod ifaces;
 pub mod kernel_path;
 pub mod local_addrs;
 pub mod metrics;
 pub mod notify;
 pub mod privileges;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod view;
@@ -18,7 +21,7 @@ pub mod worker;
 use std::{
     fs,
     future::pending,
-    sync::{atomic::AtomicBool, Arc, Mutex},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
@@ -31,17 +34,22 @@ use tracing::{info, warn};
 
 pub use crate::config::Config;
 use crate::{
-    attach::{attach, ifindex},
     binding::{Local, Protocol},
-    control::{BindRequest, SocketInfo},
-    dataplane::Dataplane as _,
+    control::BindRequest,
     program::{LoadOptions, Loaded},
 };
 
 use state::{Caller, Passed, State};
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// Runs the daemon until SIGINT or SIGTERM; it takes no reloads (as started without a config
+/// file).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_reloadable(config, None).await
+}
+
+/// As [`run`]; on SIGHUP or root's `reload` request `reread` gives the configuration again and
+/// the daemon applies the difference ([`reload`]).
+pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> anyhow::Result<()> {
     config.validate()?;
     privileges::check_load_time()?;
     let (mut loaded, maps) = Loaded::load_with(LoadOptions {
@@ -73,72 +81,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut bpf_log =
         crate::sys::async_readable(logger).context("watching the XDP program's log ring")?;
 
-    // Sockets and workers first, so that no steered frame arrives before its queue has a socket.
     let state = Arc::new(Mutex::new(State::new(maps, config.limits)));
     let view = state.lock().expect("state lock").view.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    {
-        let state = state.lock().expect("state lock");
-        for (number, iface) in config.ifaces.iter().enumerate() {
-            // An unknown interface fails here, with its own clear line.
-            ifindex(iface)?;
-            for queue in 0..rx_queues(iface) {
-                let cell = Arc::new(Mutex::new(SocketInfo {
-                    iface: iface.clone(),
-                    queue,
-                    ..SocketInfo::default()
-                }));
-                let (worker, fd) = worker::spawn(
-                    iface,
-                    queue,
-                    config.frames,
-                    state.directory.clone(),
-                    state.workers.clone(),
-                    cell.clone(),
-                    stop.clone(),
-                )?;
-                workers.push(worker);
-                state.add_socket(cell);
-                loaded
-                    .register_socket(number as u32, queue, fd)
-                    .with_context(|| format!("registering the socket of {iface} queue {queue}"))?;
-            }
-        }
-    }
-    // The host's view before the first packet: local routes, then each interface's MAC.
+    // The host's view before the first packet: local routes, then each interface (its
+    // sockets and workers first, so that no steered frame arrives before its queue has a
+    // socket; then its MAC; then the attach).
     let follower = local_addrs::Follower::start(&state).await?;
     info!("local addresses: {} prefixes", follower.routes().len());
     let follower = tokio::spawn(follower.run(state.clone()));
-    for (number, iface) in config.ifaces.iter().enumerate() {
-        let mac = crate::sys::netlink::hardware_address(iface)
-            .with_context(|| format!("reading the MAC address of {iface} (SIOCGIFHWADDR)"))?;
-        state
-            .lock()
-            .expect("state lock")
-            .dataplane_mut()
-            .set_iface(ifindex(iface)?, number as u32, mac)
-            .with_context(|| format!("writing the MAC address of {iface} to IFACE_SLOTS"))?;
-    }
-    let mut links = Vec::new();
+    let mut ifaces = ifaces::Ifaces::new(config.frames, config.mode);
     for iface in &config.ifaces {
-        let attachment = attach(loaded.program_mut(), iface, config.mode)?;
-        info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
-        links.push(attachment);
+        ifaces.bring_up(iface, &mut loaded, &state)?;
     }
+    let mut configured = Vec::new();
     for request in config.endpoints.clone() {
         let local = request.local.clone();
-        let id = bind_configured(&state, request)
+        let id = bind_configured(&state, request.clone())
             .with_context(|| format!("creating the configured endpoint {local}"))?;
         info!(id, %local, "configured endpoint ready");
+        configured.push((request, id));
     }
+    let mut reloader = reload::Reloader::new(reread, &config, configured);
+    let (reloads, mut asks) = tokio::sync::mpsc::channel::<reload::Ask>(4);
     let listener = server::listen(&config.control, config.control_group.as_deref())?;
     info!(control = %config.control.display(), "control socket ready");
     let server = tokio::spawn(server::serve(
         listener,
         state.clone(),
         view.clone(),
-        config.limits,
+        reloads,
     ));
     let metrics = match config.metrics {
         Some(addr) => {
@@ -161,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bounding_set_lowered = dropped.bounding_lowered,
         "capabilities lowered to the run-time set"
     );
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // Attached, sockets registered, control socket listening: tell the supervisor, if any.
     let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
         warn!("{e}");
@@ -179,15 +151,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Backing sockets whose owners changed them after registering lose their endpoints.
     let mut audit = interval(AUDIT_EVERY);
     audit.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut ticker = (!config.stats_interval.is_zero()).then(|| {
-        let mut ticker = interval(config.stats_interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticker
-    });
+    let mut ticker = stats_ticker(config.stats_interval);
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                let result = reload::reload_notified(
+                    &mut reloader, notifier.as_ref(), &state, &mut ifaces, &mut loaded,
+                ).await;
+                if let Err(e) = result {
+                    warn!("{e}");
+                }
+                ticker = stats_ticker(reloader.current().stats_interval);
+            }
+            Some(ask) = asks.recv() => {
+                info!("reload asked for on the control socket");
+                let result = reload::reload_notified(
+                    &mut reloader, notifier.as_ref(), &state, &mut ifaces, &mut loaded,
+                ).await;
+                let _ = ask.reply.send(result);
+                ticker = stats_ticker(reloader.current().stats_interval);
+            }
             ready = bpf_log.readable_mut() => {
                 let mut ready = ready.context("reading the XDP program's log ring")?;
                 ready.get_inner_mut().flush();
@@ -209,21 +195,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    for link in links {
-        match loaded.program_mut().detach(link.link) {
-            Ok(()) => info!(iface = %link.iface, "detached"),
-            Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for worker in workers {
-        let _ = worker.join();
-    }
+    // From here on every packet goes to the kernel; the workers drain what was steered.
+    ifaces.shut_down(&mut loaded).join();
     if let Err(e) = fs::remove_file(&config.control) {
         warn!("removing {}: {e}", config.control.display());
     }
     log_stats(&view.stats());
     Ok(())
+}
+
+/// The verdict log's ticker; none for a zero interval.
+fn stats_ticker(every: std::time::Duration) -> Option<Interval> {
+    (!every.is_zero()).then(|| {
+        let mut ticker = interval(every);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    })
 }
 
 /// How often every backing socket is read again ([`State::audit`]).
@@ -232,7 +219,10 @@ const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Creates a configured endpoint as the daemon's own. A UDP endpoint on an address gets a
 /// backing socket the daemon binds itself (`SO_REUSEPORT` when the config names a group), so
 /// the kernel judges its binding as any other socket's and delivers fragments to it.
-fn bind_configured(state: &Mutex<State>, mut request: BindRequest) -> anyhow::Result<u32> {
+pub(crate) fn bind_configured(
+    state: &Mutex<State>,
+    mut request: BindRequest,
+) -> anyhow::Result<u32> {
     let binding = request.binding()?;
     let mut passed = Passed::default();
     if let (Protocol::Udp, Local::Addr(local)) = (binding.protocol, binding.local) {

@@ -53,6 +53,7 @@ use crate::{
 
 use super::{
     error::ControlError,
+    reload::{Ask, Asks, ReloadError},
     state::{Caller, Passed, State},
     view::{View, Viewer},
 };
@@ -396,13 +397,14 @@ fn needs_backing(bind: &BindRequest) -> bool {
     bind.protocol == Protocol::Udp && matches!(bind.local.parse(), Ok(Local::Addr(_)))
 }
 
-/// Serves connections until the task is dropped, holding them to `limits`. `list` and
-/// `stats` are answered from `view`, without `state`'s lock.
+/// Serves connections until the task is dropped, holding them to the state's limits as they
+/// are when each connection is accepted. `list` and `stats` are answered from `view`, without
+/// `state`'s lock; root's `reload` goes to the daemon's main task through `reloads`.
 pub async fn serve(
     listener: UnixListener,
     state: Arc<Mutex<State>>,
     view: Arc<View>,
-    limits: Limits,
+    reloads: Asks,
 ) {
     let connections = Arc::<Connections>::default();
     let mut next_connection = 1u64;
@@ -416,6 +418,7 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let limits = state.lock().expect("state lock").limits();
                 let admitted = match connections.admit(uid, &limits) {
                     Ok(admitted) => admitted,
                     Err(refusal) => {
@@ -431,8 +434,11 @@ pub async fn serve(
                 next_connection += 1;
                 tokio::spawn(connection_task(
                     stream,
-                    state.clone(),
-                    view.clone(),
+                    Shared {
+                        state: state.clone(),
+                        view: view.clone(),
+                        reloads: reloads.clone(),
+                    },
                     caller,
                     gid,
                     limits.idle,
@@ -448,18 +454,49 @@ pub async fn serve(
     }
 }
 
+/// What every connection task shares.
+struct Shared {
+    state: Arc<Mutex<State>>,
+    view: Arc<View>,
+    reloads: Asks,
+}
+
+/// Answers a `reload`: root's goes to the daemon's main task, which applies it between its
+/// other work (it owns the interfaces); anyone else's is refused.
+async fn reload(uid: u32, reloads: &Asks) -> Response {
+    let refusal = |code: ErrorCode, message: String| Response::Error { code, message };
+    if uid != 0 {
+        let error = ControlError::ReloadForRoot { uid };
+        warn!(uid, "reload refused: not root");
+        return refusal(error.code(), error.to_string());
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let result = match reloads.send(Ask { reply }).await {
+        Ok(()) => answer.await.unwrap_or(Err(ReloadError::ShuttingDown)),
+        Err(_) => Err(ReloadError::ShuttingDown),
+    };
+    match result {
+        Ok(changes) => Response::Reloaded { changes },
+        Err(error) => refusal(error.code(), error.to_string()),
+    }
+}
+
 /// Answers `caller`'s requests until it leaves, sends an endless line or idles; then closes
 /// its endpoints (but persistent ones) and gives back its place (`_admitted`).
 async fn connection_task(
     stream: UnixStream,
-    state: Arc<Mutex<State>>,
-    view: Arc<View>,
+    shared: Shared,
     caller: Caller,
     gid: u32,
     idle: Duration,
     _admitted: Admitted,
 ) {
     let Caller { uid, connection } = caller;
+    let Shared {
+        state,
+        view,
+        reloads,
+    } = shared;
     debug!(connection, uid, "control connection");
     // Records to a caller's unix: sink go out as the caller (the pid is the daemon's: the
     // caller may be gone long before its endpoint, and its pid reused).
@@ -510,6 +547,7 @@ async fn connection_task(
                     code: ErrorCode::InvalidArgument,
                     message: format!("request: {e}; see `demux::control` for the protocol"),
                 },
+                Ok(envelope) if envelope.request == Request::Reload => reload(uid, &reloads).await,
                 Ok(envelope) => match view.answer(&envelope.request, Viewer::of(uid)) {
                     Some(response) => response,
                     None => {

@@ -232,6 +232,8 @@ impl<D: Dataplane> State<D> {
                 Response::Bound { id }
             }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
+            // The control socket hands root's reload to the daemon's main task (`reload.rs`).
+            Request::Reload => Err(ControlError::ReloadForRoot { uid: caller.uid }),
             Request::Hello { .. } | Request::List | Request::Stats => Ok(self
                 .view
                 .answer(&request, Viewer::of(caller.uid))
@@ -726,6 +728,25 @@ impl<D: Dataplane> State<D> {
     /// The statistics (also readable without this state's lock: [`View::stats`]).
     pub fn stats(&self) -> Stats {
         self.view.stats()
+    }
+
+    /// What a caller may hold now.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Holds callers to `limits` from now on (reload): what they hold already stays.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The request of endpoint `id` if it is one the daemon created from its config file (not a
+    /// caller's, root's included: those have a connection of their own).
+    pub fn configured(&self, id: u32) -> Option<&BindRequest> {
+        self.endpoints
+            .get(&id)
+            .filter(|e| e.connection == Caller::DAEMON.connection)
+            .map(|e| &e.request)
     }
 
     /// Shows the statistics of one more AF_XDP socket.

@@ -726,12 +726,35 @@ impl NotifySocket {
     /// Waits up to `limit` for a message with `READY=1` and returns its `STATUS=` value (empty
     /// without one). Fails at once if `child` exits first.
     pub fn wait_ready(&self, child: &mut ChildGuard, limit: Duration) -> anyhow::Result<String> {
+        self.wait_for(child, "READY=1", limit)
+    }
+
+    /// Reads and forgets every message waiting (up to 1000), so that the next wait sees only
+    /// what comes after.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..1000 {
+            if self.socket.recv(&mut buf).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Waits up to `limit` for a message with the line `line` (`RELOADING=1`, …), skipping
+    /// others, and returns its `STATUS=` value (empty without one). Fails at once if `child`
+    /// exits first.
+    pub fn wait_for(
+        &self,
+        child: &mut ChildGuard,
+        line: &str,
+        limit: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + limit;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
             if let Some(status) = child.child.try_wait()? {
                 child.forget_pid();
-                bail!("the process exited ({status}) before it reported READY=1");
+                bail!("the process exited ({status}) before it reported {line}");
             }
             let n = match self.socket.recv(&mut buf) {
                 Ok(n) => n,
@@ -746,15 +769,15 @@ impl NotifySocket {
                 Err(e) => return Err(e).context("reading the notify socket"),
             };
             let message = String::from_utf8_lossy(&buf[..n]);
-            if message.lines().any(|line| line == "READY=1") {
+            if message.lines().any(|l| l == line) {
                 return Ok(message
                     .lines()
-                    .find_map(|line| line.strip_prefix("STATUS="))
+                    .find_map(|l| l.strip_prefix("STATUS="))
                     .unwrap_or("")
                     .to_owned());
             }
         }
-        bail!("no READY=1 within {limit:?}")
+        bail!("no {line} within {limit:?}")
     }
 }
 

@@ -41,7 +41,8 @@ pub(crate) struct RunningDaemon {
     pub control: PathBuf,
     /// The namespace it runs in: its callers' backing sockets must be created there.
     pub netns: String,
-    _notify: NotifySocket,
+    /// Its sd_notify socket (`RELOADING=1`, `READY=1` after start).
+    pub notify: NotifySocket,
 }
 
 impl RunningDaemon {
@@ -91,7 +92,7 @@ impl RunningDaemon {
             log,
             control,
             netns: net.b.name().to_owned(),
-            _notify: notify,
+            notify,
         })
     }
 

@@ -30,6 +30,7 @@ mod multicast;
 mod multiqueue;
 mod oracle;
 mod program;
+mod reload;
 mod restart;
 mod reuseport;
 mod steer;
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
         clients::tests(),
         backing::tests(),
         restart::tests(),
+        reload::tests(),
         checksums::tests(),
         multicast::tests(),
         multiqueue::tests(),

@@ -25,6 +25,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
         a_graceful_restart_loses_no_datagram,
         a_sigkilled_daemon_loses_at_most_what_was_in_flight,
+        three_restarts_at_100_kpps_to_three_clients_count_every_loss,
         a_fragmented_datagram_arrives_whole,
     ]
 }
@@ -39,8 +40,8 @@ const GAP: Duration = Duration::from_millis(300);
 /// The highest-numbered datagrams, all of which must have come through the ring (the endpoint
 /// is back on the daemon): a quarter second of traffic, well inside [`RING_PHASE`].
 const TAIL: usize = (RATE / 4) as usize;
-/// Bounds on the sender: it stops when told, or after this many datagrams or this long.
-const MAX_SENT: u64 = RATE * 20;
+/// Bound on the sender: it stops when told, or after this long (or this long's worth of its
+/// rate).
 const MAX_SENDING: Duration = Duration::from_secs(20);
 /// The receiver stops once the sender is done and nothing came for this long, or at the cap.
 const QUIET: Duration = Duration::from_millis(500);
@@ -171,7 +172,7 @@ fn restart_mid_stream(port: u16, signal: i32, extra: &[&str]) -> anyhow::Result<
         "SIGTERM"
     };
     let (sent, received, orchestrated) = thread::scope(|scope| {
-        let sender = scope.spawn(|| send_paced(net.a.name(), port, &stop_sending));
+        let sender = scope.spawn(|| send_paced(net.a.name(), &[port], RATE, &stop_sending));
         let receiver = scope.spawn(|| receive(endpoint, &sending_over));
         let orchestrated = (|| -> anyhow::Result<(RunningDaemon, Duration)> {
             thread::sleep(RING_PHASE);
@@ -305,20 +306,24 @@ struct Got {
 }
 
 /// Sends numbered datagrams (an 8-byte big-endian number, then [`TAG`]) from `A_ADDR` in
-/// namespace `netns` to `B_ADDR:port` at [`RATE`] until `stop` (or the caps); returns how many.
-fn send_paced(netns: &str, port: u16, stop: &AtomicBool) -> anyhow::Result<u64> {
+/// namespace `netns` to `B_ADDR`, datagram `seq` to port `ports[seq % ports.len()]`, at `rate`
+/// per second until `stop` (or the caps); returns how many. A datagram that is due is sent at
+/// once: a sleep that overran is made up by a burst.
+fn send_paced(netns: &str, ports: &[u16], rate: u64, stop: &AtomicBool) -> anyhow::Result<u64> {
     enter_netns(netns)?;
     let socket = UdpSocket::bind((A_ADDR, 0)).context("binding the sender")?;
     let start = Instant::now();
     let mut payload = vec![0u8; 8 + TAG.len()];
     payload[8..].copy_from_slice(TAG);
+    let max_sent = rate * MAX_SENDING.as_secs();
     let mut seq = 0;
-    while seq < MAX_SENT && !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_SENDING {
-        let due = start + Duration::from_nanos(seq * 1_000_000_000 / RATE);
+    while seq < max_sent && !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_SENDING {
+        let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
         payload[..8].copy_from_slice(&seq.to_be_bytes());
+        let port = ports[(seq % ports.len() as u64) as usize];
         socket
             .send_to(&payload, (B_ADDR, port))
             .with_context(|| format!("sending datagram {seq}"))?;
@@ -363,6 +368,214 @@ fn receive(mut endpoint: Endpoint, over: &AtomicBool) -> anyhow::Result<(Vec<Got
         });
     }
     Ok((got, endpoint))
+}
+
+/// The steady stream of [`three_restarts_at_100_kpps_to_three_clients_count_every_loss`]:
+/// datagrams per second over all endpoints, the endpoints' first port, how many endpoints and
+/// restarts.
+const FAST_RATE: u64 = 100_000;
+const FAST_PORT: u16 = 7600;
+const FAST_ENDPOINTS: u16 = 3;
+const RESTARTS: u32 = 3;
+
+/// The issue's measure of a planned restart: a steady 100 kpps stream spread over three client
+/// endpoints, the daemon stopped (SIGTERM) and started again three times in its middle. It
+/// prints sent, received and lost per endpoint, and where the loss was counted. What it
+/// requires: no datagram twice or unknown, every endpoint back on a ring after each restart
+/// and fed by its backing socket meanwhile, and every lost datagram one that a counter shows —
+/// a backing socket's full buffer (`RcvbufErrors`) or a daemon's own drop (`dropped=` in its
+/// last log line). The issue's goal, no loss at all, is not met on a loaded 2-core machine:
+/// see the figures it prints (docs/ARCHITECTURE.md, "Restart without loss").
+pub(crate) fn three_restarts_at_100_kpps_to_three_clients_count_every_loss() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let first = RunningDaemon::start(&net, &dir, &[])?;
+    let ports: Vec<u16> = (0..FAST_ENDPOINTS).map(|k| FAST_PORT + k).collect();
+    let locals: Vec<String> = ports.iter().map(|p| format!("{B_ADDR}:{p}")).collect();
+    let endpoints = locals
+        .iter()
+        .map(|local| first.endpoint(local))
+        .collect::<anyhow::Result<Vec<Endpoint>>>()?;
+    let daemon = first;
+    let udp_before = net.b.udp_counters(false)?;
+    let stop_sending = AtomicBool::new(false);
+    let sending_over = AtomicBool::new(false);
+    let started = Instant::now();
+    let softnet_before = softnet_drops()?;
+    let mut drops = Vec::new();
+    let (sent, received, orchestrated) = thread::scope(|scope| {
+        let sender = scope.spawn(|| send_paced(net.a.name(), &ports, FAST_RATE, &stop_sending));
+        let receivers: Vec<_> = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let over = &sending_over;
+                scope.spawn(move || receive(endpoint, over))
+            })
+            .collect();
+        let orchestrated = (|| -> anyhow::Result<(Vec<Duration>, Option<RunningDaemon>)> {
+            let mut away = Vec::new();
+            let mut running = Some(daemon);
+            for _ in 0..RESTARTS {
+                thread::sleep(RING_PHASE);
+                let mut old = running.take().context("a daemon runs")?;
+                let stopped = Instant::now();
+                old.child.signal(libc::SIGTERM)?;
+                let status = old.child.wait_exit(Duration::from_secs(10))?;
+                ensure!(
+                    status.success(),
+                    "the daemon exited with {status} after SIGTERM"
+                );
+                drops.push(dropped_at_exit(&old)?);
+                // Its notify socket goes before the new daemon binds one at the same path.
+                drop(old);
+                thread::sleep(GAP);
+                let daemon = running.insert(RunningDaemon::start(&net, &dir, &[])?);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let mut listed = 0;
+                    for local in &locals {
+                        listed += usize::from(endpoint_info(daemon, local)?.is_some());
+                    }
+                    if listed == locals.len() {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "{listed} of {} endpoints bound again within 5 s of READY=1",
+                        locals.len()
+                    );
+                    thread::sleep(Duration::from_millis(20));
+                }
+                away.push(stopped.elapsed());
+            }
+            thread::sleep(RING_PHASE);
+            Ok((away, running))
+        })();
+        stop_sending.store(true, Ordering::Relaxed);
+        let sent = sender
+            .join()
+            .unwrap_or_else(|_| bail!("the sender panicked"));
+        let sending = started.elapsed();
+        sending_over.store(true, Ordering::Relaxed);
+        let received: Vec<_> = receivers
+            .into_iter()
+            .map(|r| r.join().unwrap_or_else(|_| bail!("a receiver panicked")))
+            .collect();
+        ((sent, sending), received, orchestrated)
+    });
+    let (away, daemon) = orchestrated?;
+    // The last daemon's account, once the stream is over.
+    let mut daemon = daemon.context("no daemon after the restarts")?;
+    daemon.child.signal(libc::SIGTERM)?;
+    daemon.child.wait_exit(Duration::from_secs(10))?;
+    drops.push(dropped_at_exit(&daemon)?);
+    let (sent, sending) = (sent.0?, sent.1);
+    let udp_after = net.b.udp_counters(false)?;
+    let delta = |name: &str| {
+        let value = |counters: &std::collections::BTreeMap<String, u64>| {
+            counters.get(name).copied().unwrap_or(0)
+        };
+        value(&udp_after).saturating_sub(value(&udp_before))
+    };
+    let n = u64::from(FAST_ENDPOINTS);
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    let mut total_lost = 0u64;
+    for (k, result) in received.into_iter().enumerate() {
+        let (got, endpoint) = result?;
+        let k = k as u64;
+        let expected: u64 = (0..sent).filter(|s| s % n == k).count() as u64;
+        let mut seen = vec![false; sent as usize];
+        let (mut duplicates, mut strangers) = (0u64, 0u64);
+        for g in &got {
+            match seen.get_mut(g.seq as usize) {
+                Some(slot) if g.seq % n == k => {
+                    duplicates += u64::from(*slot);
+                    *slot = true;
+                }
+                _ => strangers += 1,
+            }
+        }
+        let lost: Vec<u64> = (0..sent)
+            .filter(|s| s % n == k && !seen[*s as usize])
+            .collect();
+        total_lost += lost.len() as u64;
+        let via_kernel = got.iter().filter(|g| g.via_kernel).count();
+        let rebinds = got.iter().map(|g| g.epoch).max().unwrap_or(0);
+        report.push(format!(
+            "endpoint {}: sent {expected}, received {} (lost {} [its datagrams {}], duplicates {duplicates}, unknown {strangers}), via kernel {via_kernel}, sessions regained {rebinds}, id {:?}",
+            locals[k as usize],
+            got.len(),
+            lost.len(),
+            ranges(&lost.iter().map(|s| s / n).collect::<Vec<_>>()),
+            endpoint.id()
+        ));
+        if duplicates > 0 || strangers > 0 {
+            failures.push(format!(
+                "{}: duplicates {duplicates}, unknown {strangers}",
+                locals[k as usize],
+            ));
+        }
+        if rebinds != RESTARTS || via_kernel == 0 {
+            failures.push(format!(
+                "{}: regained its session {rebinds} times (want {RESTARTS}), {via_kernel} via the kernel (want some: the daemon was away)",
+                locals[k as usize]
+            ));
+        }
+    }
+    println!(
+        "{RESTARTS} graceful restarts under {FAST_RATE}/s to {FAST_ENDPOINTS} client endpoints: sent {sent} in {sending:.2?} ({:.0}/s achieved); away (SIGTERM to all re-registered) {away:?}; net.b UDP InDatagrams +{} RcvbufErrors +{} InErrors +{} NoPorts +{}; \
+         softnet backlog drops +{}; each daemon's `dropped` at its exit: {drops:?}\n  {}",
+        sent as f64 / sending.as_secs_f64(),
+        delta("InDatagrams"),
+        delta("RcvbufErrors"),
+        delta("InErrors"),
+        delta("NoPorts"),
+        softnet_drops()?.saturating_sub(softnet_before),
+        report.join("\n  ")
+    );
+    // Every datagram lost is one a counter shows: a backing socket's full buffer (the kernel's
+    // RcvbufErrors, while no daemon ran) or a daemon's own drop.
+    let counted = delta("RcvbufErrors") + drops.iter().sum::<u64>();
+    println!(
+        "lost {total_lost} of {sent} ({:.3}%); counted drops {counted}",
+        total_lost as f64 * 100.0 / sent.max(1) as f64
+    );
+    if total_lost != counted {
+        failures.push(format!(
+            "{total_lost} datagrams lost, but the counters show {counted}: a loss nobody counted"
+        ));
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("; "));
+    drop(daemon);
+    Ok(())
+}
+
+/// What a daemon that exited counted as dropped in all (`dropped=` in its last verdicts line:
+/// sinks full or failing, AF_XDP `rx_dropped`, bad metadata or checksums, no endpoint).
+fn dropped_at_exit(daemon: &RunningDaemon) -> anyhow::Result<u64> {
+    let line = crate::daemon::wait_for(&daemon.log, Duration::from_secs(5), |line| {
+        line.contains("verdicts:")
+    })?;
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("dropped="))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no dropped= in {line:?}"))
+}
+
+/// Packets the host's CPUs dropped from their input backlogs (`/proc/net/softnet_stat`, second
+/// column, all CPUs).
+fn softnet_drops() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat")?;
+    text.lines()
+        .map(|line| {
+            let column = line
+                .split_whitespace()
+                .nth(1)
+                .context("a short softnet_stat line")?;
+            Ok(u64::from_str_radix(column, 16)?)
+        })
+        .sum()
 }
 
 /// The daemon's `list` entry for the endpoint on `local`, if there is one.

@@ -1,0 +1,190 @@
+//! The interfaces the program is attached to, each with its AF_XDP sockets and their queue
+//! workers: brought up at start and on reload (sockets and workers first, then the interface's
+//! MAC in `IFACE_SLOTS`, then the attach, so no steered frame arrives before its queue has a
+//! socket), and taken down on reload and at shutdown (detach first, so every later packet goes
+//! to the kernel, then the workers drain their rings and end).
+//!
+//! Each interface has a number (0 to `MAX_IFACES - 1`): its block of XSKMAP slots. A number is
+//! free again once its interface is down (its sockets close with their workers, and the kernel
+//! takes a closed AF_XDP socket out of the XSKMAP). A detached interface's `IFACE_SLOTS` entry
+//! stays: the program no longer runs there, and attaching again writes it anew. Its sockets'
+//! counters stay in `stats` too, so the accounting still adds up.
+
+use std::{
+    sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc, Mutex},
+    thread::JoinHandle,
+};
+
+use anyhow::Context as _;
+use demux_common::maps::MAX_IFACES;
+use tracing::{info, warn};
+
+use super::{state::State, worker};
+use crate::{
+    attach::{attach, ifindex, AttachMode, Attachment},
+    control::SocketInfo,
+    dataplane::Dataplane as _,
+    program::Loaded,
+};
+
+/// One attached interface.
+struct Iface {
+    name: String,
+    number: u32,
+    attachment: Option<Attachment>,
+    workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The interfaces the program is attached to.
+pub struct Ifaces {
+    up: Vec<Iface>,
+    frames: u32,
+    mode: AttachMode,
+}
+
+/// Workers told to stop: joined off the runtime ([`Stopping::join`]).
+#[must_use = "join the workers so that they drain their rings"]
+pub struct Stopping(Vec<JoinHandle<()>>);
+
+impl Stopping {
+    /// Waits for the workers to drain their rings and end (blocking: call it from a blocking
+    /// thread, or at shutdown).
+    pub fn join(self) {
+        for worker in self.0 {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Ifaces {
+    /// None yet; interfaces brought up later get `frames` UMEM frames per rx queue and attach in
+    /// `mode`.
+    pub fn new(frames: u32, mode: AttachMode) -> Self {
+        Self {
+            up: Vec::new(),
+            frames,
+            mode,
+        }
+    }
+
+    /// The interfaces, in the order they came up.
+    pub fn names(&self) -> Vec<String> {
+        self.up.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// Opens a socket and starts a worker for every rx queue of `name`, registers the sockets,
+    /// writes the interface's MAC address and attaches the program. On failure nothing of it
+    /// stays (the workers started end by themselves).
+    pub fn bring_up(
+        &mut self,
+        name: &str,
+        loaded: &mut Loaded,
+        state: &Mutex<State>,
+    ) -> anyhow::Result<()> {
+        // An unknown interface fails here, with its own clear line.
+        let index = ifindex(name)?;
+        anyhow::ensure!(
+            !self.up.iter().any(|i| i.name == name),
+            "interface {name} is attached already"
+        );
+        let number = (0..MAX_IFACES)
+            .find(|n| !self.up.iter().any(|i| i.number == *n))
+            .with_context(|| {
+                format!("interface {name}: the program serves at most {MAX_IFACES} interfaces")
+            })?;
+        let mut iface = Iface {
+            name: name.to_owned(),
+            number,
+            attachment: None,
+            workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let result = self.start(&mut iface, index, loaded, state);
+        if result.is_err() {
+            iface.stop.store(true, Relaxed);
+        } else {
+            self.up.push(iface);
+        }
+        result
+    }
+
+    fn start(
+        &self,
+        iface: &mut Iface,
+        index: u32,
+        loaded: &mut Loaded,
+        state: &Mutex<State>,
+    ) -> anyhow::Result<()> {
+        let name = iface.name.clone();
+        {
+            let state = state.lock().expect("state lock");
+            for queue in 0..super::rx_queues(&name) {
+                let cell = Arc::new(Mutex::new(SocketInfo {
+                    iface: name.clone(),
+                    queue,
+                    ..SocketInfo::default()
+                }));
+                let (worker, fd) = worker::spawn(
+                    &name,
+                    queue,
+                    self.frames,
+                    state.directory.clone(),
+                    state.workers.clone(),
+                    cell.clone(),
+                    iface.stop.clone(),
+                )?;
+                iface.workers.push(worker);
+                state.add_socket(cell);
+                loaded
+                    .register_socket(iface.number, queue, fd)
+                    .with_context(|| format!("registering the socket of {name} queue {queue}"))?;
+            }
+        }
+        let mac = crate::sys::netlink::hardware_address(&name)
+            .with_context(|| format!("reading the MAC address of {name} (SIOCGIFHWADDR)"))?;
+        state
+            .lock()
+            .expect("state lock")
+            .dataplane_mut()
+            .set_iface(index, iface.number, mac)
+            .with_context(|| format!("writing the MAC address of {name} to IFACE_SLOTS"))?;
+        let attachment = attach(loaded.program_mut(), &name, self.mode)?;
+        info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
+        iface.attachment = Some(attachment);
+        Ok(())
+    }
+
+    /// Detaches the program from `name` and tells its workers to drain and stop; `None` if it
+    /// is not attached.
+    pub fn take_down(&mut self, name: &str, loaded: &mut Loaded) -> Option<Stopping> {
+        let at = self.up.iter().position(|i| i.name == name)?;
+        let mut iface = self.up.remove(at);
+        detach(&mut iface, loaded);
+        iface.stop.store(true, Relaxed);
+        Some(Stopping(iface.workers))
+    }
+
+    /// Detaches the program from every interface first (from then on every packet goes to the
+    /// kernel), then tells every worker to drain and stop.
+    pub fn shut_down(mut self, loaded: &mut Loaded) -> Stopping {
+        for iface in &mut self.up {
+            detach(iface, loaded);
+        }
+        let mut workers = Vec::new();
+        for iface in self.up {
+            iface.stop.store(true, Relaxed);
+            workers.extend(iface.workers);
+        }
+        Stopping(workers)
+    }
+}
+
+fn detach(iface: &mut Iface, loaded: &mut Loaded) {
+    if let Some(link) = iface.attachment.take() {
+        match loaded.program_mut().detach(link.link) {
+            Ok(()) => info!(iface = %link.iface, "detached"),
+            Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
+        }
+    }
+}
