@@ -45,6 +45,12 @@ use crate::{
 /// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.
 const FRAMES: u64 = 4096;
 
+/// The daemon binary: this build's, or the one `DEMUX_BENCH_DAEMON` names (another build's,
+/// with a copy of that build's bench binary, to compare two builds in one interleaved session).
+fn daemon_binary() -> String {
+    std::env::var("DEMUX_BENCH_DAEMON").unwrap_or_else(|_| DEMUX.to_owned())
+}
+
 /// Starts the daemon in namespace B on the receiving CPU and waits for its `READY=1`
 /// (sd_notify); returns it (dropping it stops it), its notify socket (to keep until it has
 /// stopped) and its control socket.
@@ -58,7 +64,8 @@ fn start_daemon(testbed: &Testbed) -> anyhow::Result<(ChildGuard, NotifySocket, 
             .b
             .command("taskset")
             .args(["-c", &RX_CPU.to_string()])
-            .args([DEMUX, "daemon", "--iface", &testbed.pair.b_if])
+            .arg(daemon_binary())
+            .args(["daemon", "--iface", &testbed.pair.b_if])
             .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
             .arg("--control")
             .arg(&control)

@@ -1,4 +1,5 @@
-//! The baseline: kernel UDP sockets in the receiving namespace, read with recvmmsg.
+//! The baseline: kernel UDP sockets in the receiving namespace, read with recvmmsg, or with an
+//! io_uring multishot recvmsg on provided buffers (`uring`).
 
 use std::{
     net::SocketAddr,
@@ -17,7 +18,17 @@ use demux::testing::testbed::enter_netns;
 use crate::{
     probes::RX_CPU,
     sys::{self, pin_cpu},
+    uring::UringReceiver,
 };
+
+/// How a receiver thread reads its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// recvmmsg, 64 datagrams at most per call, blocking for the first.
+    Recvmmsg,
+    /// io_uring: one multishot recvmsg with provided buffers, waiting for completions.
+    Iouring,
+}
 
 /// Running receiver threads; `finish` stops them and returns what they read.
 pub(crate) struct Receivers {
@@ -48,11 +59,12 @@ fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace `ns`, a thread each (pinned to
+/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace `ns`, read by `reader`, a thread each (pinned to
 /// the receiving CPU when there is one socket); with `latency`, each thread keeps the
 /// send-to-read time of every datagram.
 pub(crate) fn start(
     ns: &str,
+    reader: Reader,
     sockets: usize,
     addr: SocketAddr,
     latency: bool,
@@ -74,14 +86,22 @@ pub(crate) fn start(
             ready_tx.clone(),
         );
         threads.push(thread::spawn(move || {
-            let setup = || -> anyhow::Result<std::net::UdpSocket> {
+            let setup = || -> anyhow::Result<(std::net::UdpSocket, Option<UringReceiver>)> {
                 enter_netns(&ns)?;
                 if sockets == 1 {
                     pin_cpu(RX_CPU);
                 }
-                reuseport_socket(addr)
+                let socket = reuseport_socket(addr)?;
+                // Set up on this thread, the ring's single issuer.
+                let ring = match reader {
+                    Reader::Recvmmsg => None,
+                    Reader::Iouring => {
+                        Some(UringReceiver::new(&socket).context("setting up the io_uring")?)
+                    }
+                };
+                Ok((socket, ring))
             };
-            let socket = match setup() {
+            let (socket, ring) = match setup() {
                 Ok(s) => {
                     let _ = ready.send(Ok(()));
                     s
@@ -92,7 +112,11 @@ pub(crate) fn start(
                 }
             };
             let mut latencies = Vec::new();
-            read_loop(&socket, &stop, &count, latency.then_some(&mut latencies));
+            let wanted = latency.then_some(&mut latencies);
+            match ring {
+                None => read_loop(&socket, &stop, &count, wanted),
+                Some(ring) => uring_loop(ring, &stop, &count, wanted),
+            }
             all_latencies
                 .lock()
                 .expect("latency lock")
@@ -129,6 +153,34 @@ fn read_loop(
                     latencies.push(now.saturating_sub(sent));
                 }
             }
+        }
+    }
+}
+
+/// The io_uring reader: waits for completions, the socket's read timeout as the wait's bound.
+fn uring_loop(
+    mut ring: UringReceiver,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+    mut latencies: Option<&mut Vec<u64>>,
+) {
+    let want = latencies.is_some();
+    let mut stamps = Vec::new();
+    while !stop.load(Relaxed) {
+        let n = ring.recv(Duration::from_millis(50), |datagram| {
+            if want {
+                if let Some((_, sent)) = demux::testing::frame::read_stamp(datagram) {
+                    stamps.push(sent);
+                }
+            }
+        });
+        if n == 0 {
+            continue;
+        }
+        count.fetch_add(n as u64, Relaxed);
+        if let Some(latencies) = latencies.as_deref_mut() {
+            let now = demux::sys::monotonic_ns();
+            latencies.extend(stamps.drain(..).map(|sent| now.saturating_sub(sent)));
         }
     }
 }

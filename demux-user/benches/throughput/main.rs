@@ -5,7 +5,8 @@
 //!
 //! Cases (`cases`): XDP_DROP (`bench_drop` from the benchmarks' own object,
 //! `demux::testing::bench_object`, counts and drops), one kernel UDP socket read with
-//! recvmmsg, one SO_REUSEPORT socket per core, demux delivering to a counting sink in the
+//! recvmmsg, one read through io_uring (multishot recvmsg, provided buffers; `uring`), one
+//! SO_REUSEPORT socket per core, demux delivering to a counting sink in the
 //! daemon, and demux delivering to a client's shared-memory ring; under IPv4 and IPv6, 64- and
 //! 1,400-byte frames; demux at 1, 64 and 4,096 endpoints (the last with 1,000,000 bindings in
 //! the tables); and the AF_XDP generator against its sendmmsg mode. veth accepts threaded NAPI
@@ -34,6 +35,8 @@ mod probes;
 mod report;
 #[allow(unsafe_code)]
 mod sys;
+#[allow(unsafe_code)]
+mod uring;
 
 use std::{
     collections::BTreeMap,
@@ -83,10 +86,11 @@ struct Plan {
     search_secs: f64,
 }
 
-const ALL_RECEIVERS: [Receiver; 6] = [
+const ALL_RECEIVERS: [Receiver; 7] = [
     Receiver::XdpDrop,
     Receiver::KernelRecvmmsg,
     Receiver::KernelReuseport,
+    Receiver::KernelIouring,
     Receiver::DemuxCount,
     Receiver::DemuxCountBacked,
     Receiver::DemuxRing,
@@ -186,16 +190,26 @@ fn measure(
                 ..Sample::default()
             })
         }
-        Receiver::KernelRecvmmsg | Receiver::KernelReuseport => {
+        Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::KernelIouring => {
             let _ebpf = attach_plain(testbed, bench_object::BASELINE_PROGRAM)?;
             testbed.threaded_napi()?;
-            let sockets = if case.receiver == Receiver::KernelRecvmmsg {
-                1
-            } else {
+            let sockets = if case.receiver == Receiver::KernelReuseport {
                 thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                1
             };
-            let receivers =
-                kernel::start(testbed.pair.b.name(), sockets, case.traffic.dst(), latency)?;
+            let reader = if case.receiver == Receiver::KernelIouring {
+                kernel::Reader::Iouring
+            } else {
+                kernel::Reader::Recvmmsg
+            };
+            let receivers = kernel::start(
+                testbed.pair.b.name(),
+                reader,
+                sockets,
+                case.traffic.dst(),
+                latency,
+            )?;
             let ipv6 = case.traffic.ipv6;
             let (udp_before, veth_before, cpu_before, bpf_before) = (
                 testbed.udp_counters(ipv6),
