@@ -24,6 +24,7 @@ mod classifier;
 mod clients;
 mod daemon;
 mod endpoints;
+mod large;
 mod local;
 mod multicast;
 mod oracle;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         endpoints::tests(),
         local::tests(),
         clients::tests(),
+        large::tests(),
         backing::tests(),
         restart::tests(),
         checksums::tests(),
