@@ -188,6 +188,9 @@ pub(crate) struct Sample {
     pub latencies: Vec<u64>,
     /// The daemon's resident memory beyond its UMEMs, in KiB (demux cases).
     pub daemon_kib: Option<u64>,
+    /// System calls of the receiving side while the generator ran: the receiver threads (kernel
+    /// cases), the daemon's threads and the client's receiving thread (demux cases).
+    pub syscalls: Option<u64>,
 }
 
 impl Sample {
@@ -205,6 +208,11 @@ impl Sample {
 
     pub(crate) fn delivered_pps(&self) -> f64 {
         self.delivered as f64 / self.secs
+    }
+
+    /// System calls per million delivered datagrams.
+    pub(crate) fn syscalls_per_million(&self) -> Option<f64> {
+        Some(self.syscalls? as f64 * 1e6 / self.delivered.max(1) as f64)
     }
 
     pub(crate) fn lossless(&self) -> bool {

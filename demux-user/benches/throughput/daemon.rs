@@ -40,6 +40,7 @@ use crate::{
     generator::{generate, DEMUX},
     probes::{bpf_run_stats, map_ids, CpuTimes, Testbed, RX_CPU},
     sys::pin_cpu,
+    syscalls::{thread_id, threads_of},
 };
 
 /// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.
@@ -105,6 +106,8 @@ fn wildcard(case: &Case, port: u16) -> String {
 /// A client thread reading its endpoint's ring on the receiving CPU.
 struct RingClient {
     stop: Arc<AtomicBool>,
+    /// The receiving thread's id.
+    tid: Option<u32>,
     thread: thread::JoinHandle<(u64, Vec<u64>)>,
 }
 
@@ -120,7 +123,7 @@ impl RingClient {
                 .and_then(|()| Ok(Endpoint::bind(&control, Protocol::Udp, &local)?));
             let mut endpoint = match bound {
                 Ok(e) => {
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(thread_id()));
                     e
                 }
                 Err(e) => {
@@ -151,8 +154,8 @@ impl RingClient {
             }
             (count, latencies)
         });
-        ready_rx.recv().context("the ring client died")??;
-        Ok(Self { stop, thread })
+        let tid = ready_rx.recv().context("the ring client died")??;
+        Ok(Self { stop, tid, thread })
     }
 
     fn finish(self) -> (u64, Vec<u64>) {
@@ -207,7 +210,12 @@ fn run_daemon_case(
     testbed.threaded_napi()?;
     let (veth_before, cpu_before, bpf_before) =
         (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
+    // The receiving side: every thread of the daemon, and the client's.
+    let mut threads = threads_of(pid);
+    threads.extend(ring.as_ref().and_then(|r| r.tid));
+    testbed.count_syscalls(&threads);
     let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+    let syscalls = testbed.syscalls_counted();
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
     thread::sleep(Duration::from_millis(300));
     let bpf_after = bpf_run_stats(pid);
@@ -257,6 +265,7 @@ fn run_daemon_case(
         bpf_ns: (runs > 0).then(|| (bpf_after.0 - bpf_before.0) as f64 / runs as f64),
         latencies,
         daemon_kib,
+        syscalls,
     })
 }
 

@@ -18,6 +18,7 @@ use demux::testing::testbed::enter_netns;
 use crate::{
     probes::RX_CPU,
     sys::{self, pin_cpu},
+    syscalls::thread_id,
     uring::UringReceiver,
 };
 
@@ -35,10 +36,17 @@ pub(crate) struct Receivers {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
+    /// The receiving threads' ids, for the system call count.
+    tids: Vec<u32>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Receivers {
+    /// The receiving threads' ids.
+    pub(crate) fn thread_ids(&self) -> &[u32] {
+        &self.tids
+    }
+
     /// Datagrams read, and the send-to-read latencies (ns) if asked for.
     pub(crate) fn finish(self) -> (u64, Vec<u64>) {
         self.stop.store(true, Relaxed);
@@ -73,6 +81,7 @@ pub(crate) fn start(
         stop: Arc::new(AtomicBool::new(false)),
         count: Arc::new(AtomicU64::new(0)),
         latencies: Arc::new(Mutex::new(Vec::new())),
+        tids: Vec::new(),
         threads: Vec::new(),
     };
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -103,7 +112,7 @@ pub(crate) fn start(
             };
             let (socket, ring) = match setup() {
                 Ok(s) => {
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(Ok(thread_id()));
                     s
                 }
                 Err(e) => {
@@ -123,12 +132,14 @@ pub(crate) fn start(
                 .extend(latencies);
         }));
     }
-    let receivers = Receivers {
+    let mut receivers = Receivers {
         threads,
         ..receivers
     };
     for _ in 0..sockets {
-        ready_rx.recv().context("a receiver thread died")??;
+        receivers
+            .tids
+            .extend(ready_rx.recv().context("a receiver thread died")??);
     }
     Ok(receivers)
 }

@@ -21,6 +21,11 @@
 //! sent = delivered + passed + dropped by named reason (veth ring, AF_XDP rx ring, socket
 //! buffer, full sink, …); a mismatch fails the run.
 //!
+//! While the generator runs, the receiving side's system calls are counted by the kernel's
+//! `raw_syscalls:sys_enter` tracepoint (`syscalls`; tracefs, mounted if it is not): the
+//! receiver threads of the kernel cases, every daemon thread and the client's receiving thread
+//! of the demux cases; reported per million delivered datagrams.
+//!
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
 //! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds).
@@ -35,6 +40,7 @@ mod probes;
 mod report;
 #[allow(unsafe_code)]
 mod sys;
+mod syscalls;
 #[allow(unsafe_code)]
 mod uring;
 
@@ -217,7 +223,9 @@ fn measure(
                 CpuTimes::now(),
                 bpf_run_stats(me),
             );
+            testbed.count_syscalls(receivers.thread_ids());
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+            let syscalls = testbed.syscalls_counted();
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
@@ -243,6 +251,7 @@ fn measure(
                 bpf_ns: per_run(bpf_before, bpf),
                 latencies,
                 daemon_kib: None,
+                syscalls,
             })
         }
         Receiver::DemuxCount | Receiver::DemuxCountBacked | Receiver::DemuxRing => {

@@ -86,7 +86,7 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 /// Prints the tables and the targets; returns whether every sample was accounted for.
 pub(crate) fn print(results: &[CaseResult]) -> bool {
     println!(
-        "\n{:<40} {:>11} {:>11} {:>7} {:>7} {:>7} {:>5} {:>6}  accounting",
+        "\n{:<40} {:>11} {:>11} {:>7} {:>7} {:>7} {:>5} {:>6} {:>9}  accounting",
         "case (flat out)",
         "offered pps",
         "deliv. pps",
@@ -94,7 +94,8 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
         "÷kernel",
         "÷xdpdrop",
         "cpu%",
-        "bpf ns"
+        "bpf ns",
+        "sys/Mdgm"
     );
     let mut all_accounted = true;
     for r in results {
@@ -108,10 +109,15 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
         let limit = peer(results, &r.case, Receiver::XdpDrop).map(|k| k.delivered_pps());
         let cpu = median(r.max.iter().map(|s| s.cpu_busy * 100.0).collect());
         let bpf: Vec<f64> = r.max.iter().filter_map(|s| s.bpf_ns).collect();
+        let syscalls: Vec<f64> = r
+            .max
+            .iter()
+            .filter_map(Sample::syscalls_per_million)
+            .collect();
         let accounted = r.accounted();
         all_accounted &= accounted;
         println!(
-            "{:<40} {:>11.0} {:>11.0} {:>7.2} {:>7} {:>7} {:>5.0} {:>6}  {}",
+            "{:<40} {:>11.0} {:>11.0} {:>7.2} {:>7} {:>7} {:>5.0} {:>6} {:>9}  {}",
             r.case.name(),
             r.offered_pps(),
             delivered,
@@ -124,6 +130,11 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
             } else {
                 format!("{:.0}", median(bpf))
             },
+            if syscalls.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", median(syscalls))
+            },
             if accounted {
                 "ok".to_owned()
             } else {
@@ -132,7 +143,7 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
         );
     }
     println!(
-        "\n{:<40} {:>11} {:>7} {:>9} {:>8} {:>8} {:>8} {:>13}",
+        "\n{:<40} {:>11} {:>7} {:>9} {:>8} {:>8} {:>8} {:>13} {:>9}",
         "case (half load)",
         "offered pps",
         "loss %",
@@ -140,14 +151,15 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
-        "zero-loss pps"
+        "zero-loss pps",
+        "sys/Mdgm"
     );
     for r in results {
         let Some(half) = &r.half else { continue };
         let lat = r.latency_us();
         let show = |i: usize| lat.map_or("-".to_owned(), |l| format!("{:.1}", l[i]));
         println!(
-            "{:<40} {:>11.0} {:>7.2} {:>9.0} {:>8} {:>8} {:>8} {:>13}",
+            "{:<40} {:>11.0} {:>7.2} {:>9.0} {:>8} {:>8} {:>8} {:>13} {:>9}",
             r.case.name(),
             half.offered_pps(),
             100.0 * half.sent.saturating_sub(half.delivered) as f64 / half.sent.max(1) as f64,
@@ -157,6 +169,8 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
             show(2),
             r.zero_loss_pps()
                 .map_or("-".to_owned(), |z| format!("{z:.0}")),
+            half.syscalls_per_million()
+                .map_or("-".to_owned(), |s| format!("{s:.0}")),
         );
     }
     print_targets(results);
@@ -291,7 +305,7 @@ fn sample_json(s: &Sample) -> serde_json::Value {
         "rate": s.rate, "sent": s.sent, "delivered": s.delivered, "passed": s.passed,
         "dropped": s.dropped, "seconds": s.secs, "accounted": s.accounted(),
         "cpu_busy": s.cpu_busy, "cpu_seconds": s.cpu_secs, "bpf_ns_per_packet": s.bpf_ns,
-        "daemon_kib_beyond_umem": s.daemon_kib,
+        "daemon_kib_beyond_umem": s.daemon_kib, "syscalls": s.syscalls,
         "latency_ns": (!sorted.is_empty()).then(|| json!({
             "count": sorted.len(), "p50": percentile(&sorted, 50.0),
             "p99": percentile(&sorted, 99.0), "p99.9": percentile(&sorted, 99.9),
