@@ -557,7 +557,7 @@ mod tests {
         /// refused as full; none is torn, lost or duplicated.
         #[test]
         fn concurrent_records_arrive_whole_and_in_order(sizes in proptest::collection::vec(0usize..500, 1..400)) {
-            let (mut p, mut c) = pair(8, 256);
+            let (mut p, mut c) = pair(16, 256);
             let total = sizes.len();
             let sizes2 = sizes.clone();
             let producer = std::thread::spawn(move || {
