@@ -3,6 +3,15 @@
 
 use crate::ABI_VERSION;
 
+/// Bytes of one UMEM frame of the daemon's AF_XDP sockets.
+pub const UMEM_FRAME_SIZE: u32 = 4096;
+
+/// The longest frame (from the Ethernet header; the metadata sits in the headroom) that an
+/// AF_XDP socket of the daemon takes: a UMEM frame less the kernel's 256 bytes of headroom
+/// (`XDP_PACKET_HEADROOM`). The program passes longer frames, and frames split over several
+/// buffers, as [`crate::Verdict::PassTooLarge`].
+pub const MAX_XSK_FRAME: u32 = UMEM_FRAME_SIZE - 256;
+
 /// The 20 bytes right before the frame in its UMEM chunk. Offsets count from the first byte of
 /// the Ethernet header.
 #[repr(C)]

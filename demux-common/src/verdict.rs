@@ -41,11 +41,16 @@ pub enum Verdict {
     PassRoutingHeader = 12,
     /// A VLAN-tagged frame: passed, the kernel delivers it through its VLAN device, if any.
     PassVlan = 13,
+    /// Longer than an AF_XDP frame of the daemon's sockets takes ([`crate::meta::MAX_XSK_FRAME`]),
+    /// or split over several buffers (multi-buffer XDP): passed, checked before anything else,
+    /// so the kernel delivers it (through the backing socket, for an endpoint) instead of the
+    /// AF_XDP socket dropping it after the redirect.
+    PassTooLarge = 14,
 }
 
 impl Verdict {
     /// Number of verdict slots: the `max_entries` of the `VERDICTS` map.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every verdict, in slot order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -63,6 +68,7 @@ impl Verdict {
         Verdict::PassIpOptions,
         Verdict::PassRoutingHeader,
         Verdict::PassVlan,
+        Verdict::PassTooLarge,
     ];
 
     /// Stable name, used in logs, statistics and metrics.
@@ -82,6 +88,7 @@ impl Verdict {
             Verdict::PassIpOptions => "pass_ip_options",
             Verdict::PassRoutingHeader => "pass_routing_header",
             Verdict::PassVlan => "pass_vlan",
+            Verdict::PassTooLarge => "pass_too_large",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The demux XDP program: reads each packet's socket address tuple and decides its verdict.
 //!
-//! The entry point stays trivial: `classify` parses (`parse`), checks that the packet is
+//! The entry point stays trivial: `classify` passes a frame that no AF_XDP frame could hold
+//! (`steer::fits_socket`), parses (`parse`), checks that the packet is
 //! addressed to this host as the kernel would deliver it (`host`), finds the binding (`lookup`),
 //! hashes the flow with the daemon's key (`flow`) and steers (`steer`); `counters::count`
 //! records the verdict, and the packet gets the matching XDP action. Anything that is not ours
@@ -25,7 +26,9 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use demux_common::Verdict;
 
-#[xdp]
+// `frags`: the program also sees multi-buffer frames (jumbo frames, Linux 6.6+ drivers), so an
+// interface may carry an MTU larger than a page; `classify` passes those frames to the kernel.
+#[xdp(frags)]
 pub(crate) fn demux(ctx: XdpContext) -> u32 {
     let verdict = classify(&ctx);
     counters::count(verdict);
@@ -38,6 +41,9 @@ pub(crate) fn demux(ctx: XdpContext) -> u32 {
 /// The verdict for one packet.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {
+    if !steer::fits_socket(ctx) {
+        return Verdict::PassTooLarge;
+    }
     let packet = match parse::parse(ctx) {
         Ok(packet) => packet,
         Err(verdict) => {

@@ -11,6 +11,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::generated::bpf_xdp_get_buff_len,
     macros::map,
     maps::{PerCpuArray, XskMap},
     programs::XdpContext,
@@ -18,7 +19,7 @@ use aya_ebpf::{
 use demux_common::{
     binding::{EndpointStats, MAX_ENDPOINTS},
     maps::{MAX_IFACES, MAX_QUEUES},
-    meta::PacketMeta,
+    meta::{PacketMeta, MAX_XSK_FRAME},
     Verdict,
 };
 
@@ -31,6 +32,17 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
 /// Endpoint id → packets and bytes redirected to it, per CPU.
 #[map(name = "ENDPOINT_STATS")]
 static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Whether the frame fits one frame of the daemon's AF_XDP sockets: in one buffer (no
+/// multi-buffer fragments: the sockets are bound without `XDP_USE_SG`) and no longer than
+/// [`MAX_XSK_FRAME`]. A frame that does not would be dropped by the socket after the redirect.
+#[inline(always)]
+pub(crate) fn fits_socket(ctx: &XdpContext) -> bool {
+    let linear = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: the helper only reads the frame's length; it takes the context the program got.
+    let total = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    total == linear && linear <= u64::from(MAX_XSK_FRAME)
+}
 
 /// Sends `packet` towards `endpoint` through the ingress interface's block of slots from
 /// `first_slot`; the verdict says whether it left for user space.

@@ -15,24 +15,31 @@
 //! ([`crate::sys::shm`]). A client that scribbles over the ring loses its own datagrams, no
 //! more; one that sets `need_wakeup` forever costs one eventfd write per batch.
 //!
-//! ## Layout (version 1; little-endian; offsets in bytes)
+//! ## Layout (version 2; little-endian; offsets in bytes)
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `0x52584d44` ("DMXR") |
-//! | 4 | 4 | layout version (1) |
+//! | 4 | 4 | layout version (2) |
 //! | 8 | 4 | slots (a power of two) |
 //! | 12 | 4 | slot size in bytes (a multiple of 64) |
 //! | 64 | 8 | producer index: slots published, ever (written by the daemon only, never read back) |
 //! | 128 | 8 | consumer index: slots released, ever (written by the client only; wrapping) |
 //! | 192 | 4 | need_wakeup: 1 while the client sleeps or is about to |
-//! | 256 | slots × slot size | the slots; slot `i % slots` holds record `i` |
+//! | 256 | slots × slot size | the slots; index `i` is slot `i % slots` |
 //!
-//! A slot holds a `u32` record length, 4 reserved bytes, then the record: the 64-byte header of
-//! the Unix datagram format (`crate::sink`) followed by the payload. The producer fills a slot,
-//! then publishes it with a release store of the producer index; the consumer reads the producer
-//! index with acquire, reads the slot, and releases it with a release store of the consumer index,
-//! so no slot is ever read while being written.
+//! A record starts at a slot with a `u32` record length and 4 reserved bytes, then the record:
+//! the 64-byte header of the Unix datagram format (`crate::sink`) followed by the payload. A
+//! record longer than one slot takes as many consecutive slots as it needs (`8 + length`
+//! rounded up to slots, at most a quarter of the ring), never wrapping past the last slot:
+//! when it would, the producer writes the length `0xffff_ffff` (skip) in the current slot and
+//! the record starts at slot 0. So with the default 2,048-byte slots a datagram of any size the
+//! queue's UMEM frame holds (3,840 bytes of frame) reaches the client, and small datagrams still
+//! take one slot each. The producer fills the slots, then publishes them with a release store
+//! of the producer index; the consumer reads the producer index with acquire, reads the
+//! records, and releases their slots with a release store of the consumer index, so no slot is
+//! ever read while being written. Version 1 (one slot per record, longer records dropped) is
+//! refused.
 #![deny(missing_docs)]
 
 use std::{
@@ -49,16 +56,19 @@ use crate::sys::{self, shm::Mapping};
 /// The first word of every ring (`DMXR` little-endian).
 pub const MAGIC: u32 = 0x52584d44;
 /// The layout version in the header.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes of the header before the first slot.
 pub const HEADER: usize = 256;
 const PRODUCER: usize = 64;
 const CONSUMER: usize = 128;
 const NEED_WAKEUP: usize = 192;
-/// Bytes before the record in each slot.
+/// Bytes before the record in its first slot.
 const SLOT_PREFIX: usize = 8;
+/// The length that says: no record here, the next one starts at slot 0.
+const SKIP: u32 = u32::MAX;
 
-/// Default ring geometry: 4,096 slots of 2,048 bytes (8 MiB), room for 1,976-byte payloads.
+/// Default ring geometry: 4,096 slots of 2,048 bytes (8 MiB); a record of up to 1,976 bytes of
+/// payload takes one slot, a longer one several.
 pub const DEFAULT_SLOTS: u32 = 4096;
 /// Default slot size in bytes.
 pub const DEFAULT_SLOT_SIZE: u32 = 2048;
@@ -116,6 +126,16 @@ fn slot_offset(index: u64, slots: u32, slot_size: u32) -> usize {
     HEADER + (index % u64::from(slots)) as usize * slot_size as usize
 }
 
+/// The most slots one record may take: a quarter of the ring, at least one.
+fn max_span(slots: u32) -> u64 {
+    u64::from((slots / 4).max(1))
+}
+
+/// Slots a record of `len` bytes takes (its prefix included).
+fn span(len: usize, slot_size: u32) -> u64 {
+    (SLOT_PREFIX + len).div_ceil(slot_size as usize) as u64
+}
+
 /// The daemon's end: writes records, wakes the client when it asked.
 pub struct Producer {
     map: Mapping,
@@ -170,35 +190,44 @@ impl Producer {
         ))
     }
 
-    /// The largest record a slot holds.
+    /// The largest record the ring takes (several slots' worth).
     pub fn max_record(&self) -> usize {
-        self.slot_size as usize - SLOT_PREFIX
+        max_span(self.slots) as usize * self.slot_size as usize - SLOT_PREFIX
     }
 
     /// Publishes one record made of `parts`; `false` (nothing written) when the ring is full or
-    /// the record does not fit a slot. Call [`Producer::flush`] after a batch to wake the
-    /// client if it sleeps.
+    /// the record is longer than [`Producer::max_record`]. Call [`Producer::flush`] after a
+    /// batch to wake the client if it sleeps.
     pub fn push(&mut self, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > self.max_record() {
             return false;
         }
         let slots = u64::from(self.slots);
-        if self.produced.wrapping_sub(self.consumer) >= slots {
+        let need = span(len, self.slot_size);
+        // A record never wraps: the slots left before the end are skipped when it would.
+        let at = self.produced % slots;
+        let skip = if at + need > slots { slots - at } else { 0 };
+        if self.produced.wrapping_sub(self.consumer) + skip + need > slots {
             // Untrusted: only a value between the last one seen and `produced` is progress.
             let seen = self.map.u64_at(CONSUMER).load(Ordering::Acquire);
             if seen.wrapping_sub(self.consumer) <= self.produced.wrapping_sub(self.consumer) {
                 self.consumer = seen;
             }
-            if self.produced.wrapping_sub(self.consumer) >= slots {
+            if self.produced.wrapping_sub(self.consumer) + skip + need > slots {
                 return false;
             }
         }
-        // The consumer has released this slot (index check above) and the record fits.
+        // The consumer has released these slots (index check above); they do not wrap.
+        if skip > 0 {
+            let slot = slot_offset(self.produced, self.slots, self.slot_size);
+            self.map.u32_at(slot).store(SKIP, Ordering::Relaxed);
+            self.produced = self.produced.wrapping_add(skip);
+        }
         let slot = slot_offset(self.produced, self.slots, self.slot_size);
         self.map.u32_at(slot).store(len as u32, Ordering::Relaxed);
         self.map.write(slot + SLOT_PREFIX, parts);
-        self.produced = self.produced.wrapping_add(1);
+        self.produced = self.produced.wrapping_add(need);
         self.map
             .u64_at(PRODUCER)
             .store(self.produced, Ordering::Release);
@@ -279,9 +308,14 @@ impl Consumer {
         self.available() == 0
     }
 
-    /// Records waiting, as of the last look at the producer index (at most a ring's worth).
+    /// Slots published and not yet released, as of the last look at the producer index (at most
+    /// a ring's worth).
     fn available(&mut self) -> u64 {
         let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
+        self.available_from(consumer)
+    }
+
+    fn available_from(&mut self, consumer: u64) -> u64 {
         if self.producer == consumer {
             self.producer = self.map.u64_at(PRODUCER).load(Ordering::Acquire);
         }
@@ -292,20 +326,39 @@ impl Consumer {
 
     /// Calls `each` with up to `max` records, then releases their slots. Returns how many.
     pub fn consume(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
-        let n = self.available().min(max as u64);
-        let consumer = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
-        for i in 0..n {
-            // Published by the producer (acquire above), not released yet; the length the
-            // producer wrote is bounded by the slot.
-            let slot = slot_offset(consumer.wrapping_add(i), self.slots, self.slot_size);
-            let len = (self.map.u32_at(slot).load(Ordering::Relaxed) as usize)
-                .min(self.slot_size as usize - SLOT_PREFIX);
+        let slots = u64::from(self.slots);
+        let start = self.map.u64_at(CONSUMER).load(Ordering::Relaxed);
+        let mut consumer = start;
+        let mut n = 0;
+        while n < max {
+            let available = self.available_from(consumer);
+            if available == 0 {
+                break;
+            }
+            // Published by the producer (acquire above), not released yet. The lengths are the
+            // producer's, but every span is bounded by what was published and by the ring's
+            // end, so a corrupt ring cannot make this read outside the slots.
+            let at = consumer % slots;
+            let slot = slot_offset(consumer, self.slots, self.slot_size);
+            let len = self.map.u32_at(slot).load(Ordering::Relaxed);
+            if len == SKIP {
+                consumer = consumer.wrapping_add((slots - at).min(available));
+                continue;
+            }
+            let need = span(len as usize, self.slot_size)
+                .min(max_span(self.slots))
+                .min(slots - at)
+                .min(available)
+                .max(1);
+            let len = (len as usize).min(need as usize * self.slot_size as usize - SLOT_PREFIX);
             each(self.map.bytes(slot + SLOT_PREFIX, len));
+            consumer = consumer.wrapping_add(need);
+            n += 1;
         }
-        self.map
-            .u64_at(CONSUMER)
-            .store(consumer.wrapping_add(n), Ordering::Release);
-        n as usize
+        if consumer != start {
+            self.map.u64_at(CONSUMER).store(consumer, Ordering::Release);
+        }
+        n
     }
 
     /// Announces that the client is about to sleep; `true` if records arrived meanwhile (do not
@@ -357,22 +410,56 @@ mod tests {
             let got = drain(&mut c);
             assert_eq!(got, (0..4u8).map(|i| vec![round, i]).collect::<Vec<_>>());
         }
-        assert!(!p.push(&[&[0u8; 121]]), "a record larger than a slot");
+        assert!(
+            !p.push(&[&[0u8; 121]]),
+            "a record longer than a quarter of 4 slots"
+        );
         assert!(p.push(&[&[0u8; 120]]));
+    }
+
+    #[test]
+    fn long_records_span_slots_and_never_wrap() {
+        // 16 slots of 128 bytes: records of up to 4 slots (504 bytes).
+        let (mut p, mut c) = pair(16, 128);
+        assert_eq!(p.max_record(), 4 * 128 - 8);
+        assert!(
+            !p.push(&[&[0u8; 505]]),
+            "a record longer than a quarter of the ring"
+        );
+        let record = |round: usize, len: usize| -> Vec<u8> {
+            (0..len).map(|j| (round * 7 + j) as u8).collect()
+        };
+        // Lengths that leave every possible remainder before the ring's end.
+        let lens = [300, 120, 504, 121, 0, 250, 380, 504, 7, 200];
+        for round in 0..40 {
+            let len = lens[round % lens.len()];
+            assert!(p.push(&[&record(round, len)]), "round {round}");
+            let got = drain(&mut c);
+            assert_eq!(got, vec![record(round, len)], "round {round}");
+        }
+        // A full ring refuses a record that needs more slots than are free: three or four
+        // 4-slot records fit in 16 slots, depending on the skip before the ring's end.
+        let fitted = (0..10).take_while(|_| p.push(&[&[1u8; 504]])).count();
+        assert!(
+            (3..=4).contains(&fitted),
+            "{fitted} four-slot records in 16 slots"
+        );
+        assert_eq!(drain(&mut c), vec![vec![1u8; 504]; fitted]);
+        assert!(p.push(&[&[2u8; 504]]), "room again after the drain");
     }
 
     #[test]
     fn refuses_bad_headers() {
         let (_p, fds) = Producer::create(8, 128).unwrap();
         let map = Mapping::shared(&fds.memory, HEADER).unwrap();
-        map.u32_at(4).store(2, Ordering::Relaxed);
+        map.u32_at(4).store(1, Ordering::Relaxed);
         let error = Consumer::open(ClientFds {
             memory: fds.memory.try_clone().unwrap(),
             wake: fds.wake.try_clone().unwrap(),
         })
         .err()
-        .expect("version 2 accepted");
-        assert!(error.to_string().contains("version 2"), "{error}");
+        .expect("version 1 accepted");
+        assert!(error.to_string().contains("version 1"), "{error}");
         map.u32_at(0).store(7, Ordering::Relaxed);
         assert!(matches!(Consumer::open(fds), Err(RingError::Magic(7))));
         assert!(Producer::create(6, 128).is_err() && Producer::create(8, 100).is_err());
@@ -469,8 +556,8 @@ mod tests {
         /// A producer and a consumer thread: every record arrives whole, in order, or was
         /// refused as full; none is torn, lost or duplicated.
         #[test]
-        fn concurrent_records_arrive_whole_and_in_order(sizes in proptest::collection::vec(0usize..200, 1..400)) {
-            let (mut p, mut c) = pair(8, 256);
+        fn concurrent_records_arrive_whole_and_in_order(sizes in proptest::collection::vec(0usize..500, 1..400)) {
+            let (mut p, mut c) = pair(16, 256);
             let total = sizes.len();
             let sizes2 = sizes.clone();
             let producer = std::thread::spawn(move || {

@@ -85,17 +85,17 @@ mod tests {
             "total=7 redirected=0 pass_no_match=5 pass_not_ip=2 pass_other_protocol=0 \
              pass_fragment=0 pass_malformed=0 pass_no_socket=0 pass_no_metadata=0 \
              pass_not_local=0 pass_multicast=0 pass_martian=0 pass_ip_options=0 \
-             pass_routing_header=0 pass_vlan=0"
+             pass_routing_header=0 pass_vlan=0 pass_too_large=0"
         );
     }
 
     #[test]
     fn since_subtracts_per_verdict() {
-        let earlier = VerdictCounts([1, 2, 3, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
-        let later = VerdictCounts([4, 2, 5, 1, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0]);
+        let earlier = VerdictCounts([1, 2, 3, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0]);
+        let later = VerdictCounts([4, 2, 5, 1, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 2]);
         assert_eq!(
             later.since(&earlier),
-            VerdictCounts([3, 0, 2, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0])
+            VerdictCounts([3, 0, 2, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2])
         );
     }
 }

@@ -24,8 +24,8 @@ use xdpilone::{
 
 use crate::sys::UmemArea;
 
-/// Size of one UMEM frame.
-pub const FRAME_SIZE: u32 = 4096;
+/// Size of one UMEM frame (the program passes what does not fit one: `pass_too_large`).
+pub const FRAME_SIZE: u32 = demux_common::meta::UMEM_FRAME_SIZE;
 
 /// A failed step while opening an AF_XDP socket.
 #[derive(Debug, Error)]

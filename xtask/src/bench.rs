@@ -29,9 +29,10 @@ enum Which {
     /// with 1 to 1,000,000 bindings.
     Classifier,
     /// Delivered packets per second on a veth testbed: XDP_DROP, kernel UDP sockets (recvmmsg,
-    /// SO_REUSEPORT), demux to a counting sink and to a client ring; IPv4 and IPv6, 64- and
-    /// 1,400-byte frames, 1 to 4,096 endpoints and 1,000,000 bindings; latency at half load and
-    /// the zero-loss rate. Writes JSON and a plot (SVG, PNG) under target/bench/.
+    /// io_uring, SO_REUSEPORT), demux to a counting sink and to a client ring; IPv4 and IPv6,
+    /// 64- and 1,400-byte frames, 1 to 4,096 endpoints and 1,000,000 bindings; latency at half
+    /// load, the zero-loss rate and the receiving side's system calls per million datagrams.
+    /// Writes JSON and a plot (SVG, PNG) under target/bench/.
     Throughput,
 }
 

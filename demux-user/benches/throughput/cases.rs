@@ -16,6 +16,9 @@ pub(crate) enum Receiver {
     KernelRecvmmsg,
     /// One SO_REUSEPORT kernel socket per core, a thread each.
     KernelReuseport,
+    /// One kernel UDP socket, a thread reading it through io_uring: one multishot recvmsg on
+    /// provided buffers, `SINGLE_ISSUER | DEFER_TASKRUN`, no SQPOLL.
+    KernelIouring,
     /// The daemon delivering to in-daemon counting sinks.
     DemuxCount,
     /// As `DemuxCount`, each endpoint backed by a kernel socket the bench created and passed,
@@ -31,6 +34,7 @@ impl Receiver {
             Receiver::XdpDrop => "xdp_drop",
             Receiver::KernelRecvmmsg => "kernel_recvmmsg",
             Receiver::KernelReuseport => "kernel_reuseport",
+            Receiver::KernelIouring => "kernel_iouring",
             Receiver::DemuxCount => "demux_count",
             Receiver::DemuxCountBacked => "demux_count_backed",
             Receiver::DemuxRing => "demux_ring",
@@ -41,9 +45,19 @@ impl Receiver {
     pub(crate) fn reads_payloads(self) -> bool {
         matches!(
             self,
-            Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::DemuxRing
+            Receiver::KernelRecvmmsg
+                | Receiver::KernelReuseport
+                | Receiver::KernelIouring
+                | Receiver::DemuxRing
         )
     }
+
+    /// The kernel's own sockets: the baselines.
+    pub(crate) const KERNEL: [Receiver; 3] = [
+        Receiver::KernelRecvmmsg,
+        Receiver::KernelReuseport,
+        Receiver::KernelIouring,
+    ];
 }
 
 /// How the generator sends.
@@ -182,6 +196,9 @@ pub(crate) struct Sample {
     pub latencies: Vec<u64>,
     /// The daemon's resident memory beyond its UMEMs, in KiB (demux cases).
     pub daemon_kib: Option<u64>,
+    /// System calls of the receiving side while the generator ran: the receiver threads (kernel
+    /// cases), the daemon's threads and the client's receiving thread (demux cases).
+    pub syscalls: Option<u64>,
 }
 
 impl Sample {
@@ -199,6 +216,11 @@ impl Sample {
 
     pub(crate) fn delivered_pps(&self) -> f64 {
         self.delivered as f64 / self.secs
+    }
+
+    /// System calls per million delivered datagrams.
+    pub(crate) fn syscalls_per_million(&self) -> Option<f64> {
+        Some(self.syscalls? as f64 * 1e6 / self.delivered.max(1) as f64)
     }
 
     pub(crate) fn lossless(&self) -> bool {

@@ -41,10 +41,17 @@ use crate::{
     generator::{generate, DEMUX},
     probes::{bpf_run_stats, map_ids, CpuTimes, Testbed, RX_CPU},
     sys::pin_cpu,
+    syscalls::{thread_id, threads_of},
 };
 
 /// UMEM frames per queue the daemon runs with (its default), of `demux::xsk::FRAME_SIZE`.
 const FRAMES: u64 = 4096;
+
+/// The daemon binary: this build's, or the one `DEMUX_BENCH_DAEMON` names (another build's,
+/// with a copy of that build's bench binary, to compare two builds in one interleaved session).
+fn daemon_binary() -> String {
+    std::env::var("DEMUX_BENCH_DAEMON").unwrap_or_else(|_| DEMUX.to_owned())
+}
 
 /// Starts the daemon in namespace B on the receiving CPU (with the configuration file
 /// `config`, if given) and waits for its `READY=1` (sd_notify); returns it (dropping it stops
@@ -59,7 +66,8 @@ pub(crate) fn start_daemon(
     let mut command = testbed.pair.b.command("taskset");
     command
         .args(["-c", &RX_CPU.to_string()])
-        .args([DEMUX, "daemon", "--iface", &testbed.pair.b_if])
+        .arg(daemon_binary())
+        .args(["daemon", "--iface", &testbed.pair.b_if])
         .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
         .arg("--control")
         .arg(&control);
@@ -104,6 +112,8 @@ fn wildcard(case: &Case, port: u16) -> String {
 /// A client thread reading its endpoint's ring on the receiving CPU.
 pub(crate) struct RingClient {
     stop: Arc<AtomicBool>,
+    /// The receiving thread's id.
+    tid: Option<u32>,
     thread: thread::JoinHandle<(u64, Vec<u64>)>,
 }
 
@@ -124,7 +134,7 @@ impl RingClient {
                 .and_then(|()| Ok(Endpoint::bind(&control, Protocol::Udp, &local)?));
             let mut endpoint = match bound {
                 Ok(e) => {
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(thread_id()));
                     e
                 }
                 Err(e) => {
@@ -155,8 +165,8 @@ impl RingClient {
             }
             (count, latencies)
         });
-        ready_rx.recv().context("the ring client died")??;
-        Ok(Self { stop, thread })
+        let tid = ready_rx.recv().context("the ring client died")??;
+        Ok(Self { stop, tid, thread })
     }
 
     /// Stops reading and drops the endpoint (which closes it); returns the datagrams read and
@@ -213,7 +223,12 @@ fn run_daemon_case(
     testbed.threaded_napi()?;
     let (veth_before, cpu_before, bpf_before) =
         (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
+    // The receiving side: every thread of the daemon, and the client's.
+    let mut threads = threads_of(pid);
+    threads.extend(ring.as_ref().and_then(|r| r.tid));
+    testbed.count_syscalls(&threads);
     let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+    let syscalls = testbed.syscalls_counted();
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
     thread::sleep(Duration::from_millis(300));
     let bpf_after = bpf_run_stats(pid);
@@ -244,6 +259,7 @@ fn run_daemon_case(
         bpf_ns: (runs > 0).then(|| (bpf_after.0 - bpf_before.0) as f64 / runs as f64),
         latencies,
         daemon_kib,
+        syscalls,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The baseline: kernel UDP sockets in the receiving namespace, read with recvmmsg.
+//! The baseline: kernel UDP sockets in the receiving namespace, read with recvmmsg, or with an
+//! io_uring multishot recvmsg on provided buffers (`uring`).
 
 use std::{
     net::SocketAddr,
@@ -17,17 +18,35 @@ use demux::testing::testbed::enter_netns;
 use crate::{
     probes::RX_CPU,
     sys::{self, pin_cpu},
+    syscalls::thread_id,
+    uring::UringReceiver,
 };
+
+/// How a receiver thread reads its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// recvmmsg, 64 datagrams at most per call, blocking for the first.
+    Recvmmsg,
+    /// io_uring: one multishot recvmsg with provided buffers, waiting for completions.
+    Iouring,
+}
 
 /// Running receiver threads; `finish` stops them and returns what they read.
 pub(crate) struct Receivers {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
+    /// The receiving threads' ids, for the system call count.
+    tids: Vec<u32>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Receivers {
+    /// The receiving threads' ids.
+    pub(crate) fn thread_ids(&self) -> &[u32] {
+        &self.tids
+    }
+
     /// Datagrams read, and the send-to-read latencies (ns) if asked for.
     pub(crate) fn finish(self) -> (u64, Vec<u64>) {
         self.stop.store(true, Relaxed);
@@ -48,11 +67,12 @@ fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace `ns`, a thread each (pinned to
+/// Starts `sockets` SO_REUSEPORT sockets on `addr` in namespace `ns`, read by `reader`, a thread each (pinned to
 /// the receiving CPU when there is one socket); with `latency`, each thread keeps the
 /// send-to-read time of every datagram.
 pub(crate) fn start(
     ns: &str,
+    reader: Reader,
     sockets: usize,
     addr: SocketAddr,
     latency: bool,
@@ -61,6 +81,7 @@ pub(crate) fn start(
         stop: Arc::new(AtomicBool::new(false)),
         count: Arc::new(AtomicU64::new(0)),
         latencies: Arc::new(Mutex::new(Vec::new())),
+        tids: Vec::new(),
         threads: Vec::new(),
     };
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -74,16 +95,24 @@ pub(crate) fn start(
             ready_tx.clone(),
         );
         threads.push(thread::spawn(move || {
-            let setup = || -> anyhow::Result<std::net::UdpSocket> {
+            let setup = || -> anyhow::Result<(std::net::UdpSocket, Option<UringReceiver>)> {
                 enter_netns(&ns)?;
                 if sockets == 1 {
                     pin_cpu(RX_CPU);
                 }
-                reuseport_socket(addr)
+                let socket = reuseport_socket(addr)?;
+                // Set up on this thread, the ring's single issuer.
+                let ring = match reader {
+                    Reader::Recvmmsg => None,
+                    Reader::Iouring => {
+                        Some(UringReceiver::new(&socket).context("setting up the io_uring")?)
+                    }
+                };
+                Ok((socket, ring))
             };
-            let socket = match setup() {
+            let (socket, ring) = match setup() {
                 Ok(s) => {
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(Ok(thread_id()));
                     s
                 }
                 Err(e) => {
@@ -92,19 +121,25 @@ pub(crate) fn start(
                 }
             };
             let mut latencies = Vec::new();
-            read_loop(&socket, &stop, &count, latency.then_some(&mut latencies));
+            let wanted = latency.then_some(&mut latencies);
+            match ring {
+                None => read_loop(&socket, &stop, &count, wanted),
+                Some(ring) => uring_loop(ring, &stop, &count, wanted),
+            }
             all_latencies
                 .lock()
                 .expect("latency lock")
                 .extend(latencies);
         }));
     }
-    let receivers = Receivers {
+    let mut receivers = Receivers {
         threads,
         ..receivers
     };
     for _ in 0..sockets {
-        ready_rx.recv().context("a receiver thread died")??;
+        receivers
+            .tids
+            .extend(ready_rx.recv().context("a receiver thread died")??);
     }
     Ok(receivers)
 }
@@ -129,6 +164,34 @@ fn read_loop(
                     latencies.push(now.saturating_sub(sent));
                 }
             }
+        }
+    }
+}
+
+/// The io_uring reader: waits for completions, the socket's read timeout as the wait's bound.
+fn uring_loop(
+    mut ring: UringReceiver,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+    mut latencies: Option<&mut Vec<u64>>,
+) {
+    let want = latencies.is_some();
+    let mut stamps = Vec::new();
+    while !stop.load(Relaxed) {
+        let n = ring.recv(Duration::from_millis(50), |datagram| {
+            if want {
+                if let Some((_, sent)) = demux::testing::frame::read_stamp(datagram) {
+                    stamps.push(sent);
+                }
+            }
+        });
+        if n == 0 {
+            continue;
+        }
+        count.fetch_add(n as u64, Relaxed);
+        if let Some(latencies) = latencies.as_deref_mut() {
+            let now = demux::sys::monotonic_ns();
+            latencies.extend(stamps.drain(..).map(|sent| now.saturating_sub(sent)));
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Cases (`cases`): XDP_DROP (`bench_drop` from the benchmarks' own object,
 //! `demux::testing::bench_object`, counts and drops), one kernel UDP socket read with
-//! recvmmsg, one SO_REUSEPORT socket per core, demux delivering to a counting sink in the
+//! recvmmsg, one read through io_uring (multishot recvmsg, provided buffers; `uring`), one
+//! SO_REUSEPORT socket per core, demux delivering to a counting sink in the
 //! daemon, and demux delivering to a client's shared-memory ring; under IPv4 and IPv6, 64- and
 //! 1,400-byte frames; demux at 1, 64 and 4,096 endpoints (the last with 1,000,000 bindings in
 //! the tables); and the AF_XDP generator against its sendmmsg mode. veth accepts threaded NAPI
@@ -19,6 +20,11 @@
 //! for the highest rate without loss (RFC 2544 style). Every sample checks the accounting:
 //! sent = delivered + passed + dropped by named reason (veth ring, AF_XDP rx ring, socket
 //! buffer, full sink, …); a mismatch fails the run.
+//!
+//! While the generator runs, the receiving side's system calls are counted by the kernel's
+//! `raw_syscalls:sys_enter` tracepoint (`syscalls`; tracefs, mounted if it is not): the
+//! receiver threads of the kernel cases, every daemon thread and the client's receiving thread
+//! of the demux cases; reported per million delivered datagrams.
 //!
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
@@ -43,6 +49,9 @@ mod search;
 mod soak;
 #[allow(unsafe_code)]
 mod sys;
+mod syscalls;
+#[allow(unsafe_code)]
+mod uring;
 
 use std::{
     collections::BTreeMap,
@@ -95,10 +104,11 @@ struct Plan {
     search_secs: f64,
 }
 
-const ALL_RECEIVERS: [Receiver; 6] = [
+const ALL_RECEIVERS: [Receiver; 7] = [
     Receiver::XdpDrop,
     Receiver::KernelRecvmmsg,
     Receiver::KernelReuseport,
+    Receiver::KernelIouring,
     Receiver::DemuxCount,
     Receiver::DemuxCountBacked,
     Receiver::DemuxRing,
@@ -207,16 +217,26 @@ fn measure(
                 ..Sample::default()
             })
         }
-        Receiver::KernelRecvmmsg | Receiver::KernelReuseport => {
+        Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::KernelIouring => {
             let _ebpf = attach_plain(testbed, bench_object::BASELINE_PROGRAM)?;
             testbed.threaded_napi()?;
-            let sockets = if case.receiver == Receiver::KernelRecvmmsg {
-                1
-            } else {
+            let sockets = if case.receiver == Receiver::KernelReuseport {
                 thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                1
             };
-            let receivers =
-                kernel::start(testbed.pair.b.name(), sockets, case.traffic.dst(), latency)?;
+            let reader = if case.receiver == Receiver::KernelIouring {
+                kernel::Reader::Iouring
+            } else {
+                kernel::Reader::Recvmmsg
+            };
+            let receivers = kernel::start(
+                testbed.pair.b.name(),
+                reader,
+                sockets,
+                case.traffic.dst(),
+                latency,
+            )?;
             let ipv6 = case.traffic.ipv6;
             let (udp_before, veth_before, cpu_before, bpf_before) = (
                 testbed.udp_counters(ipv6),
@@ -224,7 +244,9 @@ fn measure(
                 CpuTimes::now(),
                 bpf_run_stats(me),
             );
+            testbed.count_syscalls(receivers.thread_ids());
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+            let syscalls = testbed.syscalls_counted();
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
@@ -250,6 +272,7 @@ fn measure(
                 bpf_ns: per_run(bpf_before, bpf),
                 latencies,
                 daemon_kib: None,
+                syscalls,
             })
         }
         Receiver::DemuxCount | Receiver::DemuxCountBacked | Receiver::DemuxRing => {

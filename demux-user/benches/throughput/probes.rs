@@ -6,6 +6,8 @@
 
 use demux::testing::testbed::{Echo, PairSpec, TempDir, VethPair};
 
+use crate::syscalls::SyscallCounter;
+
 /// The receiving side's CPU: the veth NAPI thread and every receiver run there.
 pub(crate) const RX_CPU: usize = 1;
 
@@ -13,6 +15,8 @@ pub(crate) const RX_CPU: usize = 1;
 pub(crate) struct Testbed {
     pub pair: VethPair,
     pub dir: TempDir,
+    /// Counts the receiving threads' system calls, where tracefs allows.
+    pub syscalls: Option<SyscallCounter>,
 }
 
 /// Builds the testbed, printing each step so it can be rebuilt by hand: the sender sends
@@ -38,10 +42,31 @@ pub(crate) fn setup() -> anyhow::Result<Testbed> {
     // Only the steps that build it: the probes run quietly.
     pair.a.set_echo(Echo::Quiet);
     pair.b.set_echo(Echo::Quiet);
-    Ok(Testbed { pair, dir })
+    let syscalls = SyscallCounter::new()
+        .inspect_err(|e| println!("  (system calls not counted: {e:#})"))
+        .ok();
+    Ok(Testbed {
+        pair,
+        dir,
+        syscalls,
+    })
 }
 
 impl Testbed {
+    /// Starts counting the system calls of `threads` (the receiving side of a case).
+    pub(crate) fn count_syscalls(&self, threads: &[u32]) {
+        if let Some(counter) = &self.syscalls {
+            if let Err(e) = counter.start(threads) {
+                eprintln!("system calls not counted: {e:#}");
+            }
+        }
+    }
+
+    /// The system calls counted since `count_syscalls`.
+    pub(crate) fn syscalls_counted(&self) -> Option<u64> {
+        self.syscalls.as_ref()?.stop().ok()
+    }
+
     /// Makes the receiving veth's NAPI threaded and pins its thread to the receiving CPU
     /// (veth takes threaded NAPI only while an XDP program is attached).
     pub(crate) fn threaded_napi(&self) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! The benchmark's system calls that std does not wrap, behind safe functions: the only
+//! The benchmark's system calls that std does not wrap, behind safe functions: with `uring`, the only
 //! `unsafe` of this benchmark (the rest denies `unsafe_code`).
 
 use std::{

@@ -1891,7 +1891,7 @@ mod tests {
             .dataplane
             .memory_counters()
             .set_verdicts(crate::verdicts::VerdictCounts([
-                7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ]));
         let view = state.view.clone();
         let state = Mutex::new(state);

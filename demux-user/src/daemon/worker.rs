@@ -67,6 +67,9 @@ pub fn spawn(
                 }
             };
             let mut published = Instant::now();
+            // Busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL) needs the socket to know its
+            // NAPI instance: logged once, after the first frames.
+            let mut napi_logged = false;
             // Endpoints delivered to in a batch, to flush (wake) once each after it.
             let mut touched: Vec<u32> = Vec::new();
             loop {
@@ -132,6 +135,17 @@ pub fn spawn(
                         }
                     }
                     drop(endpoints);
+                    if read > 0 && !napi_logged {
+                        napi_logged = true;
+                        let napi = crate::sys::socket::int_option(
+                            &socket.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_INCOMING_NAPI_ID,
+                        );
+                        tracing::info!(
+                            "AF_XDP socket on {iface} queue {queue}: SO_INCOMING_NAPI_ID {napi:?}"
+                        );
+                    }
                     if read < BATCH {
                         break;
                     }

@@ -22,7 +22,7 @@ use demux::{
 use demux_common::{
     binding::Target,
     hash::{flow_hash, FlowKey},
-    meta::PacketMeta,
+    meta::{PacketMeta, MAX_XSK_FRAME},
     Verdict,
 };
 
@@ -429,8 +429,8 @@ fn special_ip(rng: &mut SplitMix64, v6: bool) -> std::net::IpAddr {
 }
 
 /// A random frame from the pools, with random structure, then maybe mutated: bytes flipped in
-/// the headers or anywhere, truncated at a random offset, padded, or spliced with another
-/// frame's tail at a random offset.
+/// the headers or anywhere, truncated at a random offset, padded (now and then beyond what an
+/// AF_XDP frame takes), or spliced with another frame's tail at a random offset.
 fn random_frame(rng: &mut SplitMix64) -> Vec<u8> {
     let mut frame = structured_frame(rng);
     match rng.below(12) {
@@ -459,6 +459,13 @@ fn random_frame(rng: &mut SplitMix64) -> Vec<u8> {
             let from = rng.below(other.len() as u64) as usize;
             frame.truncate(cut);
             frame.extend_from_slice(&other[from..]);
+        }
+        _ if rng.below(16) == 0 => {
+            // Longer than an AF_XDP frame takes (and than a test run's first buffer): passed
+            // as too large. Never between a page's buffer and MAX_XSK_FRAME, where the program
+            // sees fragments and the model a frame that fits.
+            let long = MAX_XSK_FRAME as u64 + 1 + rng.below(2000);
+            frame.resize(long as usize, 0);
         }
         _ => frame.extend(std::iter::repeat_n(0, rng.below(30) as usize)),
     }

@@ -25,6 +25,7 @@ mod classifier;
 mod clients;
 mod daemon;
 mod endpoints;
+mod large;
 mod local;
 mod multicast;
 mod multiqueue;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         endpoints::tests(),
         local::tests(),
         clients::tests(),
+        large::tests(),
         backing::tests(),
         restart::tests(),
         reload::tests(),

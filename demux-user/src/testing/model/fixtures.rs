@@ -796,6 +796,27 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         .build(),
         PassFragment,
     );
+    // Longer than an AF_XDP frame takes: passed before anything else is looked at (BPF_PROG_TEST_RUN
+    // puts what does not fit a page in fragments, so these are multi-buffer frames too).
+    let long = |spec: FrameSpec| FrameSpec {
+        payload: vec![0x5a; 4000],
+        ..spec
+    };
+    f.passed(
+        "a frame longer than an AF_XDP frame",
+        long(udp4()).build(),
+        PassTooLarge,
+    );
+    f.passed("a long IPv6 frame", long(udp6()).build(), PassTooLarge);
+    f.passed(
+        "too large outranks a VLAN tag",
+        FrameSpec {
+            vlan_tags: vec![0x8100],
+            ..long(udp4())
+        }
+        .build(),
+        PassTooLarge,
+    );
 
     // Truncation at every length: headers cut anywhere, or the payload cut short.
     let bases = [

@@ -156,6 +156,13 @@ impl Model {
 
     /// The outcome for `frame` arriving on `rx_queue`.
     pub fn classify(&self, frame: &[u8], rx_queue: u32) -> Outcome {
+        // First: a frame no AF_XDP frame could hold is passed unexamined.
+        if frame.len() > demux_common::meta::MAX_XSK_FRAME as usize {
+            return Outcome {
+                verdict: Verdict::PassTooLarge,
+                meta: None,
+            };
+        }
         let tuple = match parse(frame) {
             Ok(tuple) => tuple,
             Err(verdict) => {
