@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::{cargo, light_client, show, step};
+use crate::{cargo, dist::install_test::Outcome, light_client, show, step};
 
 #[derive(Debug, Args)]
 pub(crate) struct TestArgs {
@@ -82,6 +82,30 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+    // The Debian package of the binaries just built, installed into a scratch root and run
+    // (root; `dist::install_test`).
+    if args.filter.is_none() {
+        let install = std::env::var_os("DEMUX_NO_INSTALL").is_none();
+        for (name, outcome) in crate::dist::install_test::run(install) {
+            let line = match outcome {
+                Outcome::Passed => {
+                    tally.passed += 1;
+                    format!("test {name} ... ok")
+                }
+                Outcome::Skipped(why) => {
+                    tally.skipped += 1;
+                    let line = format!("test {name} ... skipped: {why}");
+                    skips.push(line.clone());
+                    line
+                }
+                Outcome::Failed(error) => {
+                    tally.failed += 1;
+                    format!("test {name} ... FAILED: {error:#}")
+                }
+            };
+            println!("{line}");
+        }
+    }
 
     if !skips.is_empty() {
         println!("\nskipped tests (not counted as passed):");

@@ -77,6 +77,14 @@ impl DaemonArgs {
         config.frames = self.frames.unwrap_or(config.frames);
         config.control_group = self.control_group.or(config.control_group);
         config.metrics = self.metrics.or(config.metrics);
+        // A file may list no interface (the package's default: the daemon starts and steers
+        // nothing); a command line without a file must name one, or it is a mistake.
+        if self.config.is_none() && config.ifaces.is_empty() {
+            anyhow::bail!(
+                "interfaces: none given: pass --iface IFACE (repeatable) or set `interfaces` in \
+                 --config"
+            );
+        }
         config.validate()?;
         Ok(config)
     }
@@ -146,5 +154,9 @@ mod tests {
         assert!(error.to_string().starts_with("frames:"), "{error}");
         let error = merged(&[]).unwrap_err();
         assert!(error.to_string().starts_with("interfaces:"), "{error}");
+        // The package's default file lists none, and is valid as it is.
+        let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/demux.toml");
+        let config = merged(&["--config", packaged]).unwrap();
+        assert!(config.ifaces.is_empty());
     }
 }

@@ -42,6 +42,12 @@ use state::{Caller, Passed, State};
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    if config.ifaces.is_empty() {
+        warn!(
+            "no interface configured: nothing is steered; set `interfaces` in the config file \
+             and restart"
+        );
+    }
     let (mut loaded, maps) = Loaded::load(config.bpf_log)?;
     info!(
         bytes = crate::program::OBJECT.len(),
