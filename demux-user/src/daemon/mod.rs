@@ -5,6 +5,7 @@
 //! the workers and removes the control socket.
 
 pub mod error;
+pub mod kernel_features;
 pub mod kernel_path;
 pub mod local_addrs;
 pub mod metrics;
@@ -42,6 +43,7 @@ use state::{Caller, Passed, State};
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    kernel_features::log(&kernel_features::detect());
     if config.ifaces.is_empty() {
         warn!(
             "no interface configured: nothing is steered; set `interfaces` in the config file \

@@ -17,7 +17,8 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File},
-    net::UdpSocket,
+    io::{Read as _, Write as _},
+    net::{TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -62,6 +63,8 @@ const EXPECTED_FILES: &[&str] = &[
 
 /// The round trip's endpoint, on the receiving side of the veth.
 const LOCAL: &str = "198.18.0.2:7000";
+/// Where the round trip's daemon serves its metrics.
+const METRICS: &str = "198.18.0.2:9464";
 
 /// Runs the package test and the seccomp coverage check: `(name, outcome)` each.
 pub(crate) fn run(install: bool) -> Vec<(&'static str, Outcome)> {
@@ -220,7 +223,10 @@ fn check_man_pages(root: &Path) -> anyhow::Result<()> {
             .nth(1)
             .unwrap_or("");
         ensure!(
-            name_line.trim_start().starts_with(&format!("{name} - ")),
+            name_line
+                .split_whitespace()
+                .take(2)
+                .eq([name.as_str(), "-"]),
             "man -l {}: the NAME section says `{name_line}`, not `{name} - …`",
             page.display()
         );
@@ -298,7 +304,15 @@ fn round_trip(
     cmd.arg("daemon")
         .arg("--config")
         .arg(root.join("etc/demux/demux.toml"))
-        .args(["--iface", &net.b_if, "--stats-interval", "0", "--control"])
+        .args([
+            "--iface",
+            &net.b_if,
+            "--stats-interval",
+            "0",
+            "--metrics",
+            METRICS,
+        ])
+        .arg("--control")
         .arg(&control)
         .env(NotifySocket::VAR, notify.path())
         .stdout(Stdio::null())
@@ -308,6 +322,11 @@ fn round_trip(
     notify
         .wait_ready(&mut daemon, Duration::from_secs(30))
         .with_context(|| format!("the packaged daemon is not ready: {}", log()))?;
+    ensure!(
+        log().contains(": features on: "),
+        "the daemon did not report the kernel's features at start-up: {}",
+        log()
+    );
 
     // The CLI from the package, in the daemon's namespace, under strace too.
     let cli = |args: &[&str], out: &str| {
@@ -352,7 +371,6 @@ fn round_trip(
     };
     let mut out = String::new();
     let mut err = String::new();
-    use std::io::Read as _;
     recv.child()
         .stdout
         .take()
@@ -375,6 +393,19 @@ fn round_trip(
         "the datagram did not go through XDP (redirected = {redirected}): {stats}"
     );
     testbed::run(&mut cli(&["list"], "list"))?;
+    // One scrape of the metrics, from the other side of the veth.
+    let scrape = net.a.run_in(|| {
+        let mut stream = TcpStream::connect(METRICS).context("connecting to --metrics")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })?;
+    ensure!(
+        scrape.contains("demux_verdicts_total{verdict=\"redirected\"}"),
+        "the metrics scrape has no verdicts: {scrape}"
+    );
 
     // Stop the daemon by its PID: under strace, the traced child's.
     let pid = if traced {
