@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod demo;
+mod dist;
 mod fuzz;
 mod light_client;
 mod run;
@@ -59,6 +60,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// Run a benchmark (as root): `cargo xtask bench classifier [--quick]`.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (cargo-deb): binaries, systemd unit, default configuration,
+    /// man pages, shell completions, into target/debian/release/.
+    Dist(dist::DistArgs),
     /// Fuzz the XDP program against its reference model (as root): random and mutated frames
     /// through BPF_PROG_TEST_RUN, 10,000,000 by default.
     Fuzz(fuzz::FuzzArgs),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Soak(args) => soak::run(args),
+        Cmd::Dist(args) => dist::run(args, !cli.no_install),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,9 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::{cargo, light_client, show, soak, step, unit_file, workspace_root};
+use crate::{
+    cargo, dist::install_test::Outcome, light_client, show, soak, step, unit_file, workspace_root,
+};
 
 /// Minutes of the soak this command runs.
 const SOAK_MINUTES: f64 = 1.0;
@@ -87,6 +89,30 @@ pub(crate) fn run(args: TestArgs) -> anyhow::Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+    // The Debian package of the binaries just built, installed into a scratch root and run
+    // (root; `dist::install_test`).
+    if args.filter.is_none() {
+        let install = std::env::var_os("DEMUX_NO_INSTALL").is_none();
+        for (name, outcome) in crate::dist::install_test::run(install) {
+            let line = match outcome {
+                Outcome::Passed => {
+                    tally.passed += 1;
+                    format!("test {name} ... ok")
+                }
+                Outcome::Skipped(why) => {
+                    tally.skipped += 1;
+                    let line = format!("test {name} ... skipped: {why}");
+                    skips.push(line.clone());
+                    line
+                }
+                Outcome::Failed(error) => {
+                    tally.failed += 1;
+                    format!("test {name} ... FAILED: {error:#}")
+                }
+            };
+            println!("{line}");
+        }
+    }
 
     // The systemd unit, against the daemon `cargo test` just built (`crate::unit_file`).
     match unit_file::check(&workspace_root().join("target/debug/demux")) {

@@ -85,6 +85,14 @@ impl DaemonArgs {
         config.max_bindings = self.max_bindings.unwrap_or(config.max_bindings);
         config.control_group = self.control_group.or(config.control_group);
         config.metrics = self.metrics.or(config.metrics);
+        // A file may list no interface (the package's default: the daemon starts and steers
+        // nothing); a command line without a file must name one, or it is a mistake.
+        if self.config.is_none() && config.ifaces.is_empty() {
+            anyhow::bail!(
+                "interfaces: none given: pass --iface IFACE (repeatable) or set `interfaces` in \
+                 --config"
+            );
+        }
         config.validate()?;
         Ok(config)
     }
@@ -163,5 +171,9 @@ mod tests {
         assert!(error.to_string().starts_with("max_bindings:"), "{error}");
         let config = merged(&["--iface", "a", "--max-bindings", "65536"]).unwrap();
         assert_eq!(config.max_bindings, 65_536);
+        // The package's default file lists none, and is valid as it is.
+        let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/demux.toml");
+        let config = merged(&["--config", packaged]).unwrap();
+        assert!(config.ifaces.is_empty());
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod bind;
 pub(crate) mod close;
 pub(crate) mod daemon;
 pub(crate) mod list;
+pub(crate) mod manuals;
 pub(crate) mod recv;
 pub(crate) mod reload;
 pub(crate) mod stats;
@@ -54,6 +55,10 @@ pub(crate) enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages and shell completions of `demux` and `demux-gen` into a directory
+    /// (the Debian package's, `cargo xtask dist`).
+    #[command(hide = true)]
+    Manuals(manuals::ManualsArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
@@ -69,6 +74,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "demux", &mut std::io::stdout());
             Ok(())
         }
+        Command::Manuals(args) => manuals::run(args),
     }
 }
 

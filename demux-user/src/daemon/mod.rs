@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod ifaces;
+pub mod kernel_features;
 pub mod kernel_path;
 pub mod local_addrs;
 pub mod metrics;
@@ -52,6 +53,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> anyhow::Result<()> {
     config.validate()?;
     privileges::check_load_time()?;
+    kernel_features::log(&kernel_features::detect());
+    if config.ifaces.is_empty() {
+        warn!(
+            "no interface configured: nothing is steered; set `interfaces` in the config file \
+             and reload"
+        );
+    }
     let (mut loaded, maps) = Loaded::load_with(LoadOptions {
         log_level: config.bpf_log,
         bindings: Some(config.max_bindings),

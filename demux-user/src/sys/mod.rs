@@ -51,6 +51,13 @@ pub fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
     }
 }
 
+/// Whether the kernel takes `MFD_NOEXEC_SEAL` (6.3 and later): creates and closes a probe.
+pub fn has_memfd_noexec_seal() -> bool {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_NOEXEC_SEAL;
+    // SAFETY: a valid NUL-terminated name; the descriptor is owned and closed at once.
+    owned(unsafe { libc::memfd_create(c"demux-probe".as_ptr(), flags) }).is_ok()
+}
+
 /// Seals `memfd`'s size for good: no one holding it (the client included) can shrink or grow
 /// it, or change the seals, so a mapping of it can never fault (no SIGBUS).
 pub fn seal_size(memfd: &File) -> io::Result<()> {
