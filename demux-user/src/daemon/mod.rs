@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 pub use crate::config::Config;
 use crate::{
-    attach::{attach, ifindex},
+    attach::{attach_loaded, detach, ifindex},
     binding::{Local, Protocol},
     control::{BindRequest, SocketInfo},
     dataplane::Dataplane as _,
@@ -42,7 +42,11 @@ use state::{Caller, Passed, State};
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    let (mut loaded, maps) = Loaded::load(config.bpf_log)?;
+    let (mut loaded, maps) = Loaded::load_with(crate::program::LoadOptions {
+        log_level: config.bpf_log,
+        extension: config.xdp_mode.uses_dispatcher(&config.ifaces)?,
+        ..crate::program::LoadOptions::default()
+    })?;
     info!(
         bytes = crate::program::OBJECT.len(),
         "XDP program loaded and verified"
@@ -101,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let mut links = Vec::new();
     for iface in &config.ifaces {
-        let attachment = attach(loaded.program_mut(), iface, config.mode)?;
+        let attachment = attach_loaded(&mut loaded, iface, config.mode)?;
         info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
         links.push(attachment);
     }
@@ -181,9 +185,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.abort();
     }
     for link in links {
-        match loaded.program_mut().detach(link.link) {
-            Ok(()) => info!(iface = %link.iface, "detached"),
-            Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
+        let iface = link.iface.clone();
+        match detach(&mut loaded, link) {
+            Ok(()) => info!(%iface, "detached"),
+            Err(e) => warn!(%iface, "detaching failed: {e}"),
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
