@@ -320,3 +320,44 @@ fn hint(error: &ProgramError, iface: &str) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_mode_parses_from_the_flag_and_the_file() {
+        assert_eq!("multiprog".parse(), Ok(Sharing::Multiprog));
+        assert_eq!("direct".parse(), Ok(Sharing::Direct));
+        assert_eq!("auto".parse(), Ok(Sharing::Auto));
+        let error = "shared".parse::<Sharing>().unwrap_err();
+        assert!(error.contains("auto, direct, multiprog"), "{error}");
+        let config = crate::config::Config::parse("xdp_mode = \"multiprog\"\n").unwrap();
+        assert_eq!(config.xdp_mode, Sharing::Multiprog);
+        assert_eq!(crate::config::Config::default().xdp_mode, Sharing::Auto);
+        assert!(crate::config::Config::parse("xdp_mode = \"shared\"\n").is_err());
+    }
+
+    #[test]
+    fn fixed_modes_need_no_kernel() {
+        assert_eq!(
+            Sharing::Direct.uses_dispatcher(&["x".into()]).ok(),
+            Some(false)
+        );
+        assert_eq!(
+            Sharing::Multiprog.uses_dispatcher(&["x".into()]).ok(),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn only_a_refused_driver_mode_falls_back() {
+        let swap = |code| MultiprogError::Swap {
+            ifindex: 1,
+            source: io::Error::from_raw_os_error(code),
+        };
+        assert!(driver_refused_dispatcher(&swap(libc::EOPNOTSUPP)));
+        assert!(driver_refused_dispatcher(&swap(libc::EINVAL)));
+        assert!(!driver_refused_dispatcher(&swap(libc::EBUSY)));
+    }
+}

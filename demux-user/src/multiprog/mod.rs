@@ -60,6 +60,10 @@ pub const RUN_PRIORITY: u32 = 100;
 const XDP_PASS: u32 = 2;
 /// demux's chain-call actions: only a passed packet continues.
 pub const CHAIN_CALL_ACTIONS: u32 = 1 << XDP_PASS;
+const _: () = assert!(
+    RUN_PRIORITY > 50,
+    "demux runs after libxdp's default priority"
+);
 
 /// A failed step of the multi-program protocol, naming it.
 #[derive(Debug, Error)]
@@ -466,6 +470,13 @@ impl Member<'_> {
     }
 }
 
+/// libxdp's run order: run priority, then program name (libxdp breaks rarer ties by load
+/// state, size, tag and load time; two components of equal priority and name do not occur
+/// here, as demux drops its own earlier component).
+fn run_order(a: (&str, &Slot), b: (&str, &Slot)) -> std::cmp::Ordering {
+    (a.1.run_prio, a.0).cmp(&(b.1.run_prio, b.0))
+}
+
 /// Builds a dispatcher with `members` (sorted here by run priority, then name, as libxdp
 /// does), links and pins every member, and puts it on `ifindex` in place of `old` (or as the
 /// first program). Returns the new dispatcher's id.
@@ -475,7 +486,7 @@ fn install(
     old: Option<&Running>,
     mode: DispatcherMode,
 ) -> Result<u32, MultiprogError> {
-    members.sort_by(|a, b| (a.2.run_prio, &a.1).cmp(&(b.2.run_prio, &b.1)));
+    members.sort_by(|a, b| run_order((&a.1, &a.2), (&b.1, &b.2)));
     let all_frags = members.iter().all(|m| m.2.flags != 0);
     let config = DispatcherConfig {
         is_xdp_frags: false,
@@ -627,15 +638,9 @@ pub fn join(
         flags: 0,
     };
     members.push((Member::Ours(ours), name.to_owned(), ours_slot));
-    let mut order: Vec<(u32, String)> = members
-        .iter()
-        .map(|m| (m.2.run_prio, m.1.clone()))
-        .collect();
-    order.sort();
-    let slot = order
-        .iter()
-        .position(|(prio, n)| *prio == RUN_PRIORITY && n == name)
-        .unwrap_or(0);
+    let mut order: Vec<(&str, &Slot)> = members.iter().map(|m| (m.1.as_str(), &m.2)).collect();
+    order.sort_by(|a, b| run_order(*a, *b));
+    let slot = order.iter().position(|(n, _)| *n == name).unwrap_or(0);
     let dispatcher_id = install(ifindex, members, old.as_ref(), mode)?;
     Ok(Joined {
         ifindex,
@@ -681,4 +686,28 @@ pub fn leave(ifindex: u32, name: &str) -> Result<usize, MultiprogError> {
         install(ifindex, members, Some(&old), old.mode)?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demux_runs_after_filters_and_default_priority_programs() {
+        let slot = |run_prio| Slot {
+            run_prio,
+            chain_call_actions: CHAIN_CALL_ACTIONS,
+            flags: 0,
+        };
+        let (filter, default, ours, tie) = (slot(10), slot(50), slot(RUN_PRIORITY), slot(50));
+        let mut members = [
+            ("demux", &ours),
+            ("zz_lb", &default),
+            ("xdpfilt_alw_all", &filter),
+            ("aa_fw", &tie),
+        ];
+        members.sort_by(|a, b| run_order(*a, *b));
+        let names: Vec<&str> = members.iter().map(|m| m.0).collect();
+        assert_eq!(names, ["xdpfilt_alw_all", "aa_fw", "zz_lb", "demux"]);
+    }
 }

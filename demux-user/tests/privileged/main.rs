@@ -88,7 +88,7 @@ fn main() -> ExitCode {
                 let reason = skip.as_deref().or_else(|| {
                     t.name()
                         .starts_with("multiprog::")
-                        .then(multiprog::skip_reason)
+                        .then(|| multiprog::skip_reason(t.name()))
                         .flatten()
                 })?;
                 Some(format!("test {} ... skipped: {reason}", t.name()))

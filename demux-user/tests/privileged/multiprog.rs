@@ -34,24 +34,39 @@ use demux::{
 use crate::daemon::{lines_of, DAEMON};
 
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
-    let mut tests = trials![a_dispatcher_is_attached_replaced_and_read_back];
-    let shared = trials![demux_runs_after_xdp_filter_and_leaves_it_working];
-    tests.extend(
-        shared
-            .into_iter()
-            .map(|t| t.with_ignored_flag(skip_reason().is_some())),
-    );
-    tests
+    trials![
+        a_dispatcher_is_attached_replaced_and_read_back,
+        demux_runs_after_xdp_filter_and_leaves_it_working
+    ]
+    .into_iter()
+    .map(|t| {
+        let ignored = skip_reason(t.name()).is_some();
+        t.with_ignored_flag(ignored)
+    })
+    .collect()
 }
 
-/// Why the test with `xdp-filter` cannot run here, if it cannot (asked once).
-pub(crate) fn skip_reason() -> Option<&'static str> {
-    static REASON: OnceLock<Option<String>> = OnceLock::new();
-    REASON
+/// Why test `name` (`multiprog::…`) cannot run here, if it cannot (each probe runs once).
+pub(crate) fn skip_reason(name: &str) -> Option<&'static str> {
+    static OBJECT: OnceLock<Option<String>> = OnceLock::new();
+    static SHARED: OnceLock<Option<String>> = OnceLock::new();
+    let object = OBJECT
         .get_or_init(|| {
             if demux::sys::euid() != 0 {
                 return Some("not root".into());
             }
+            let found = multiprog::DISPATCHER_OBJECTS
+                .iter()
+                .any(|path| Path::new(path).exists());
+            (!found)
+                .then(|| "libxdp's dispatcher object is not installed (apt install libxdp1)".into())
+        })
+        .as_deref();
+    if object.is_some() || !name.ends_with("demux_runs_after_xdp_filter_and_leaves_it_working") {
+        return object;
+    }
+    SHARED
+        .get_or_init(|| {
             if Command::new("xdp-filter").arg("--help").output().is_err() {
                 return Some("xdp-filter is not installed (apt install xdp-tools)".into());
             }
