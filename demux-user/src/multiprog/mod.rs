@@ -166,9 +166,8 @@ fn extension_hint(error: &ProgramError) -> &'static str {
             .downcast_ref::<io::Error>()
             .and_then(io::Error::raw_os_error)
         {
-            return " (EPERM before verification: this kernel refuses the extension; seen on \
-                    a virtualised 6.18 kernel for extensions using an XSKMAP, libxdp's own \
-                    AF_XDP program included, where libxdp falls back to one program per \
+            return " (EPERM before verification: this kernel refuses extension programs, \
+                    as some virtualised kernels do; libxdp then falls back to one program per \
                     interface too; use --xdp-mode direct)";
         }
         current = e.source();
@@ -194,10 +193,25 @@ impl DispatcherMode {
     }
 }
 
-/// Where libxdp keeps its state: `$LIBXDP_BPFFS/xdp`, else `/sys/fs/bpf/xdp`.
+/// A bpffs root set by [`use_bpffs`], over `$LIBXDP_BPFFS`.
+static BPFFS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes this process use `root` as libxdp's bpffs (as `LIBXDP_BPFFS` would; for tests, which
+/// cannot change their own environment safely). Once per process: a second call is refused
+/// with the path it gave.
+pub fn use_bpffs(root: PathBuf) -> Result<(), PathBuf> {
+    BPFFS.set(root)
+}
+
+/// Where libxdp keeps its state: `<bpffs>/xdp`, `<bpffs>` being [`use_bpffs`]'s,
+/// `$LIBXDP_BPFFS` or `/sys/fs/bpf`.
 pub fn state_dir() -> PathBuf {
-    let root = std::env::var_os("LIBXDP_BPFFS").unwrap_or_else(|| "/sys/fs/bpf".into());
-    Path::new(&root).join("xdp")
+    let root = BPFFS.get().cloned().unwrap_or_else(|| {
+        std::env::var_os("LIBXDP_BPFFS")
+            .unwrap_or_else(|| "/sys/fs/bpf".into())
+            .into()
+    });
+    root.join("xdp")
 }
 
 fn dispatch_dir(ifindex: u32, dispatcher_id: u32) -> PathBuf {
@@ -223,7 +237,7 @@ fn lock() -> Result<File, MultiprogError> {
 }
 
 /// The installed dispatcher object.
-fn dispatcher_object() -> Result<&'static str, MultiprogError> {
+pub fn dispatcher_object() -> Result<&'static str, MultiprogError> {
     DISPATCHER_OBJECTS
         .iter()
         .copied()

@@ -3,9 +3,11 @@
 //! - The rtnetlink side and the dispatcher object run on every kernel: libxdp's installed
 //!   dispatcher loads through aya with its configuration, is attached, atomically replaced
 //!   (`XDP_FLAGS_REPLACE`) and removed over netlink, and its configuration reads back.
-//! - demux next to `xdp-filter` needs extension programs (`BPF_PROG_TYPE_EXT`) and
-//!   `xdp-tools`: where either is missing the test is skipped with the reason. It mounts a
-//!   bpffs of its own (`LIBXDP_BPFFS`), so the host's `/sys/fs/bpf` is never touched.
+//! - Joining and leaving, with stand-in components (libxdp's dispatcher entry loaded as an
+//!   extension), as `xdp-loader` sees it; and demux next to `xdp-filter`. Both need a kernel
+//!   that loads extension programs (`BPF_PROG_TYPE_EXT`), the second also `xdp-tools`; where
+//!   one is missing they are skipped with the reason. They mount a bpffs of their own
+//!   (`LIBXDP_BPFFS`), so the host's `/sys/fs/bpf` is never touched.
 
 use std::{
     net::UdpSocket,
@@ -36,6 +38,7 @@ use crate::daemon::{lines_of, DAEMON};
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
         a_dispatcher_is_attached_replaced_and_read_back,
+        components_join_and_leave_as_libxdp_sees_them,
         demux_runs_after_xdp_filter_and_leaves_it_working
     ]
     .into_iter()
@@ -62,8 +65,18 @@ pub(crate) fn skip_reason(name: &str) -> Option<&'static str> {
                 .then(|| "libxdp's dispatcher object is not installed (apt install libxdp1)".into())
         })
         .as_deref();
-    if object.is_some() || !name.ends_with("demux_runs_after_xdp_filter_and_leaves_it_working") {
+    if object.is_some() || name.ends_with("a_dispatcher_is_attached_replaced_and_read_back") {
         return object;
+    }
+    static EXTENSIONS: OnceLock<Option<String>> = OnceLock::new();
+    let extensions = EXTENSIONS
+        .get_or_init(|| StandIn::load().err().map(|e| format!("{e:#}")))
+        .as_deref();
+    if extensions.is_some() || name.ends_with("components_join_and_leave_as_libxdp_sees_them") {
+        return extensions.map(|_| {
+            "the kernel refuses extension programs (BPF_PROG_TYPE_EXT): the stand-in \
+             component does not load"
+        });
     }
     SHARED
         .get_or_init(|| {
@@ -423,6 +436,155 @@ pub(crate) fn demux_runs_after_xdp_filter_and_leaves_it_working() -> anyhow::Res
     ensure!(
         got == COUNT,
         "after demux left the kernel socket received {got} of {COUNT}"
+    );
+    Ok(())
+}
+
+/// A stand-in component: libxdp's dispatcher entry function (its `conf` all zero, so it returns
+/// `XDP_PASS`) loaded as an extension, which kernels that refuse demux's program as one still
+/// load. It drives join and leave through the whole protocol without demux's program.
+struct StandIn {
+    ebpf: aya::Ebpf,
+    _template: Dispatcher,
+}
+
+impl StandIn {
+    fn load() -> anyhow::Result<Self> {
+        let template = Dispatcher::template()?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .extension(multiprog::DISPATCHER_PROGRAM)
+            .load_file(multiprog::dispatcher_object()?)?;
+        let program: &mut aya::programs::Extension = ebpf
+            .program_mut(multiprog::DISPATCHER_PROGRAM)
+            .context("no entry function")?
+            .try_into()?;
+        program.load(template.fd()?, "prog0")?;
+        Ok(Self {
+            ebpf,
+            _template: template,
+        })
+    }
+
+    fn extension(&mut self) -> &mut aya::programs::Extension {
+        self.ebpf
+            .program_mut(multiprog::DISPATCHER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded")
+    }
+}
+
+fn dispatch_dirs(bpffs: &Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(bpffs.join("xdp"))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("dispatch-") {
+            let mut pins: Vec<String> = std::fs::read_dir(entry.path())?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            pins.sort();
+            dirs.push((name, pins));
+        }
+    }
+    Ok(dirs)
+}
+
+pub(crate) fn components_join_and_leave_as_libxdp_sees_them() -> anyhow::Result<()> {
+    let bpffs = Bpffs::mount()?;
+    if let Err(other) = multiprog::use_bpffs(bpffs.path().to_owned()) {
+        bail!("this process already uses the bpffs {}", other.display());
+    }
+    let net = VethPair::standard()?;
+    let kernel = kernel_socket(&net, KERNEL_PORT)?;
+    let ns = net.b.name().to_owned();
+    let loader_status = || xdp_tool(&ns, bpffs.path(), &["xdp-loader", "status", &net.b_if]);
+    let index = thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<u32> {
+                net.b.enter_thread()?;
+                let index = ifindex(&net.b_if)?;
+                let mut first = StandIn::load()?;
+                let joined = multiprog::join(
+                    index,
+                    first.extension(),
+                    "a",
+                    multiprog::DispatcherMode::Driver,
+                )?;
+                ensure!(joined.slot == 0 && joined.others.is_empty(), "{joined:?}");
+                ensure!(link::query(index)?.prog_id == joined.dispatcher_id);
+                let dirs = dispatch_dirs(bpffs.path())?;
+                ensure!(
+                    dirs == [(
+                        format!("dispatch-{index}-{}", joined.dispatcher_id),
+                        vec!["prog0-link".to_owned(), "prog0-prog".to_owned()]
+                    )],
+                    "{dirs:?}"
+                );
+                drop(first); // the pins hold it now
+
+                let mut second = StandIn::load()?;
+                let again = multiprog::join(
+                    index,
+                    second.extension(),
+                    "b",
+                    multiprog::DispatcherMode::Driver,
+                )?;
+                ensure!(again.dispatcher_id != joined.dispatcher_id);
+                ensure!(link::query(index)?.prog_id == again.dispatcher_id);
+                let described = multiprog::describe(index)?.context("no dispatcher")?;
+                ensure!(described.slots.len() == 2, "{described:?}");
+                ensure!(
+                    described
+                        .slots
+                        .iter()
+                        .all(|(_, slot)| slot.run_prio == multiprog::RUN_PRIORITY
+                            && slot.chain_call_actions == multiprog::CHAIN_CALL_ACTIONS),
+                    "{described:?}"
+                );
+                let dirs = dispatch_dirs(bpffs.path())?;
+                ensure!(
+                    dirs.len() == 1
+                        && dirs[0].0 == format!("dispatch-{index}-{}", again.dispatcher_id)
+                        && dirs[0].1.len() == 4,
+                    "the old dispatcher's pins are not replaced by the new one's: {dirs:?}"
+                );
+                Ok(index)
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("the test thread panicked"))
+    })?;
+    // libxdp reads what we wrote: its dispatcher, two components at priority 100.
+    let status = loader_status()?;
+    ensure!(
+        status.contains("xdp_dispatcher") && status.matches(" 100 ").count() == 2,
+        "xdp-loader does not see the dispatcher and its two components: {status}"
+    );
+    // Packets run through both components and reach the kernel.
+    send(&net, 0, KERNEL_PORT, COUNT)?;
+    let got = drain(&kernel);
+    ensure!(
+        got == COUNT,
+        "through the dispatcher the kernel socket received {got} of {COUNT}"
+    );
+
+    thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<()> {
+                net.b.enter_thread()?;
+                let removed = multiprog::leave(index, multiprog::DISPATCHER_PROGRAM)?;
+                ensure!(removed == 2, "removed {removed}");
+                let state = link::query(index)?;
+                ensure!(state.prog_id == 0, "a program is left: {state:?}");
+                ensure!(multiprog::leave(index, multiprog::DISPATCHER_PROGRAM)? == 0);
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("the test thread panicked"))
+    })?;
+    let dirs = dispatch_dirs(bpffs.path())?;
+    ensure!(
+        dirs.is_empty(),
+        "pins left after the last component left: {dirs:?}"
     );
     Ok(())
 }
