@@ -669,6 +669,10 @@ pub fn join(
 /// removed from the interface. Their pins are removed either way. Returns how many were taken
 /// out (0 when the interface has no dispatcher or none of them).
 pub fn leave(ifindex: u32, name: &str) -> Result<usize, MultiprogError> {
+    if !state_dir().is_dir() {
+        // No libxdp state (no bpffs, or nothing ever pinned): nothing of demux's is pinned.
+        return Ok(0);
+    }
     let _lock = lock()?;
     let Some(mut old) = running(ifindex)? else {
         return Ok(0);
