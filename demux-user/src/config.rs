@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::{
-    attach::AttachMode,
+    attach::{AttachMode, Sharing},
     control::{BindRequest, SinkSpec, DEFAULT_SOCKET},
     program::BpfLogLevel,
 };
@@ -30,6 +30,9 @@ pub struct Config {
     pub ifaces: Vec<String>,
     /// XDP attach mode.
     pub mode: AttachMode,
+    /// Whether the program owns the interface's XDP slot or shares it through libxdp's
+    /// dispatcher.
+    pub xdp_mode: Sharing,
     /// The control socket's path.
     pub control: PathBuf,
     /// The group that may use the control socket (mode 0660).
@@ -95,6 +98,7 @@ impl Default for Config {
         Self {
             ifaces: Vec::new(),
             mode: AttachMode::Auto,
+            xdp_mode: Sharing::Auto,
             control: DEFAULT_SOCKET.into(),
             control_group: None,
             stats_interval: Duration::from_secs(5),

@@ -44,6 +44,8 @@ pub mod dataplane;
 #[cfg(feature = "daemon")]
 pub mod endpoint_stats;
 #[cfg(feature = "daemon")]
+pub mod multiprog;
+#[cfg(feature = "daemon")]
 pub mod program;
 #[cfg(feature = "daemon")]
 pub mod sink;

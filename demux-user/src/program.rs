@@ -14,7 +14,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::{
     maps::{Map, MapData, MapError, MapInfo, XskMap},
-    programs::{ProgramError, SkReuseport, Xdp},
+    programs::{Extension, ProgramError, SkReuseport, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use demux_common::{
@@ -75,6 +75,9 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("the kernel refused to load the XDP program (verifier or permissions): {0}")]
     Verify(#[source] ProgramError),
+    /// libxdp's dispatcher, the target of the program as an extension, could not be loaded.
+    #[error("loading the program as a dispatcher extension: {0}")]
+    Dispatcher(#[source] Box<crate::multiprog::MultiprogError>),
     /// The kernel refused `demux_reuseport`, or its descriptor could not be duplicated.
     #[error("the kernel refused to load the reuseport program `{program}` (verifier or permissions): {source}")]
     VerifyReuseport {
@@ -201,6 +204,9 @@ pub struct LoadOptions {
     /// The flow hash key; `None` draws a random one ([`random_flow_key`]). Tests give one so
     /// that the reference model hashes alike.
     pub flow_key: Option<FlowKey>,
+    /// Load the XDP program as an extension (`BPF_PROG_TYPE_EXT`) for a slot of libxdp's
+    /// multi-program dispatcher (`crate::multiprog`) instead of as a program of its own.
+    pub extension: bool,
 }
 
 /// The value of the program's `CHECKS_GLOBAL`.
@@ -219,6 +225,9 @@ pub struct Loaded {
     ebpf: Ebpf,
     slots: SocketSlots,
     flow_key: FlowKey,
+    /// For an extension: the one-slot dispatcher it was verified against (kept loaded while
+    /// the extension lives).
+    template: Option<crate::multiprog::Dispatcher>,
 }
 
 /// `XSKS`: which AF_XDP socket receives an (interface, rx queue). The interface's block of slots
@@ -273,12 +282,32 @@ impl Loaded {
                 loader.map_max_entries(table, bindings);
             }
         }
+        if options.extension {
+            loader.extension(maps::PROGRAM);
+        }
         let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram(maps::PROGRAM))?;
-        program.load().map_err(LoadError::Verify)?;
+        let template = if options.extension {
+            let template = crate::multiprog::Dispatcher::template()
+                .map_err(|e| LoadError::Dispatcher(Box::new(e)))?;
+            let target = template.fd().map_err(LoadError::Verify)?;
+            let program: &mut Extension = ebpf
+                .program_mut(maps::PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::MissingProgram(maps::PROGRAM))?;
+            program.load(target, "prog0").map_err(|source| {
+                LoadError::Dispatcher(Box::new(crate::multiprog::MultiprogError::Extension {
+                    source,
+                }))
+            })?;
+            Some(template)
+        } else {
+            let program: &mut Xdp = ebpf
+                .program_mut(maps::PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::MissingProgram(maps::PROGRAM))?;
+            program.load().map_err(LoadError::Verify)?;
+            None
+        };
         let reuseport: &mut SkReuseport = ebpf
             .program_mut(maps::REUSEPORT_PROGRAM)
             .and_then(|p| p.try_into().ok())
@@ -301,6 +330,7 @@ impl Loaded {
                 ebpf,
                 slots,
                 flow_key,
+                template,
             },
             dataplane,
         ))
@@ -313,11 +343,24 @@ impl Loaded {
     }
 
     /// The verified XDP program.
+    ///
+    /// # Panics
+    ///
+    /// If it was loaded as an extension ([`LoadOptions::extension`]): see
+    /// [`Loaded::extension_mut`].
     pub fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf
             .program_mut(maps::PROGRAM)
             .and_then(|p| p.try_into().ok())
-            .expect("checked in load()")
+            .expect("loaded as an XDP program (LoadOptions::extension is false)")
+    }
+
+    /// The verified program as a dispatcher extension, if it was loaded as one.
+    pub fn extension_mut(&mut self) -> Option<&mut Extension> {
+        self.template.as_ref()?;
+        self.ebpf
+            .program_mut(maps::PROGRAM)
+            .and_then(|p| p.try_into().ok())
     }
 
     /// The underlying object: its programs and the maps nobody took (the log ring, the
@@ -355,7 +398,11 @@ impl Loaded {
     /// Kernel memory of each of the program's maps (name, bytes), as the kernel accounts it
     /// (`memlock` in the map's fdinfo: actual use for maps that allocate on demand).
     pub fn map_memory(&mut self) -> Result<Vec<(String, u64)>, ProgramError> {
-        let ids = self.program_mut().info()?.map_ids()?.unwrap_or_default();
+        let program = self
+            .ebpf
+            .program(maps::PROGRAM)
+            .ok_or(ProgramError::NotLoaded)?;
+        let ids = program.info()?.map_ids()?.unwrap_or_default();
         let mut sizes = Vec::with_capacity(ids.len());
         for id in ids {
             let Ok(info) = MapInfo::from_id(id) else {

@@ -2,8 +2,8 @@
 //!
 //! It checks, prints and (on Debian, as root, unless `--no-install`/`DEMUX_NO_INSTALL`)
 //! installs: a Rust route to the BPF target (Debian's rustc-web and libstd-rust-web-dev-bpf),
-//! bpf-linker (built against Debian's llvm-22-dev), and iproute2 and ethtool for the network
-//! tests.
+//! bpf-linker (built against Debian's llvm-22-dev), and iproute2, ethtool and xdp-tools (with
+//! libxdp1's dispatcher object) for the network tests.
 //! Elsewhere it prints the exact commands to run instead.
 
 #[path = "../../demux-user/build/toolchain.rs"]
@@ -153,6 +153,14 @@ fn check(report: bool) -> Missing {
     } else {
         say("ethtool (for network tests)", "missing");
         missing.apt.push("ethtool");
+    }
+    // The multiprog tests load libxdp's dispatcher object (libxdp1) and run xdp-filter and
+    // xdp-loader next to demux.
+    if has_program("xdp-filter") {
+        say("xdp-tools (libxdp dispatcher tests)", "ok");
+    } else {
+        say("xdp-tools (libxdp dispatcher tests)", "missing");
+        missing.apt.push("xdp-tools");
     }
     missing
 }

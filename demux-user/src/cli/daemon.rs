@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 use demux::{
-    attach::AttachMode,
+    attach::{AttachMode, Sharing},
     config::{parse_duration, Config},
     daemon,
     program::BpfLogLevel,
@@ -29,6 +29,16 @@ pub(crate) struct DaemonArgs {
         format!("{:?}", Config::default().mode).to_lowercase(),
     ))]
     mode: Option<AttachMode>,
+    #[arg(long, value_name = "SHARING", help = with_default(
+        "How the program takes the interface: `direct` attaches it as the interface's only XDP \
+         program; `multiprog` joins libxdp's multi-program dispatcher (xdp-loader, xdp-filter), \
+         after filtering programs (run priority 100), with its pins under \
+         /sys/fs/bpf/xdp/dispatch-IFINDEX-ID/ (removed on stop; after a crash run \
+         `demux detach --iface IFACE`); `auto` is `multiprog` when an interface already runs a \
+         dispatcher at start, else `direct`",
+        format!("{:?}", Config::default().xdp_mode).to_lowercase(),
+    ))]
+    xdp_mode: Option<Sharing>,
     /// Config file (TOML, format in docs/CONFIG.md): interfaces, control socket, endpoints to
     /// create at start, and every setting below. Flags given here override it.
     #[arg(long, value_name = "FILE")]
@@ -78,6 +88,7 @@ impl DaemonArgs {
         };
         config.ifaces.extend(self.ifaces);
         config.mode = self.mode.unwrap_or(config.mode);
+        config.xdp_mode = self.xdp_mode.unwrap_or(config.xdp_mode);
         config.control = self.control.unwrap_or(config.control);
         config.stats_interval = self.stats_interval.unwrap_or(config.stats_interval);
         config.bpf_log = self.bpf_log.unwrap_or(config.bpf_log);

@@ -3,6 +3,7 @@
 pub(crate) mod bind;
 pub(crate) mod close;
 pub(crate) mod daemon;
+pub(crate) mod detach;
 pub(crate) mod list;
 pub(crate) mod manuals;
 pub(crate) mod recv;
@@ -37,6 +38,10 @@ pub(crate) enum Command {
     /// Run the daemon: load the XDP program, attach it to interfaces, open an AF_XDP socket per
     /// rx queue, serve the control socket, until SIGINT or SIGTERM. Needs root.
     Daemon(daemon::DaemonArgs),
+    /// Take demux's program out of the interfaces' libxdp dispatchers and remove its pins: the
+    /// cleanup after a daemon in `--xdp-mode multiprog` that was killed (a unit's
+    /// `ExecStopPost`). Needs root; run it only while no daemon runs on those interfaces.
+    Detach(detach::DetachArgs),
     /// Create an endpoint with a binding and print its descriptor.
     Bind(bind::BindArgs),
     /// Bind an endpoint for this command's lifetime and print what it receives.
@@ -64,6 +69,7 @@ pub(crate) enum Command {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
+        Command::Detach(args) => detach::run(args),
         Command::Bind(args) => bind::run(args),
         Command::Recv(args) => recv::run(args),
         Command::Close(args) => close::run(args),

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{state::State, worker};
 use crate::{
-    attach::{attach, ifindex, AttachMode, Attachment},
+    attach::{attach_loaded, ifindex, AttachMode, Attachment},
     control::SocketInfo,
     dataplane::Dataplane as _,
     program::Loaded,
@@ -149,7 +149,7 @@ impl Ifaces {
             .dataplane_mut()
             .set_iface(index, iface.number, mac)
             .with_context(|| format!("writing the MAC address of {name} to IFACE_SLOTS"))?;
-        let attachment = attach(loaded.program_mut(), &name, self.mode)?;
+        let attachment = attach_loaded(loaded, &name, self.mode)?;
         info!(iface = %attachment.iface, mode = %attachment.mode, "attached");
         iface.attachment = Some(attachment);
         Ok(())
@@ -182,9 +182,10 @@ impl Ifaces {
 
 fn detach(iface: &mut Iface, loaded: &mut Loaded) {
     if let Some(link) = iface.attachment.take() {
-        match loaded.program_mut().detach(link.link) {
-            Ok(()) => info!(iface = %link.iface, "detached"),
-            Err(e) => warn!(iface = %link.iface, "detaching failed: {e}"),
+        let name = link.iface.clone();
+        match crate::attach::detach(loaded, link) {
+            Ok(()) => info!(iface = %name, "detached"),
+            Err(e) => warn!(iface = %name, "detaching failed: {e}"),
         }
     }
 }

@@ -63,7 +63,8 @@ pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> a
     let (mut loaded, maps) = Loaded::load_with(LoadOptions {
         log_level: config.bpf_log,
         bindings: Some(config.max_bindings),
-        flow_key: None,
+        extension: config.xdp_mode.uses_dispatcher(&config.ifaces)?,
+        ..LoadOptions::default()
     })?;
     info!(
         bytes = crate::program::OBJECT.len(),

@@ -6,6 +6,7 @@
 //! - [`scm`]: sending and receiving descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`shm`]: shared and anonymous memory mappings with bounds-checked access.
 //! - [`sockaddr`]: `SocketAddr` to the C socket address types.
+//! - [`flock`]: the exclusive advisory lock libxdp's multi-program protocol takes.
 //! - [`netlink`]: a raw `NETLINK_ROUTE` socket (the local routes), an interface's MAC address.
 //! - [`socket`]: socket options, namespace cookies and receiving with the destination address.
 //! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod caps;
+pub mod flock;
 pub mod netlink;
 pub mod scm;
 pub mod shm;

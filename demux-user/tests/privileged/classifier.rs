@@ -718,6 +718,7 @@ pub(crate) fn destination_checks_are_off_only_in_the_benchmarks_load() -> anyhow
                     log_level: BpfLogLevel::Debug,
                     bindings: Some(16),
                     flow_key: Some(random_flow_key()?),
+                    extension: false,
                 })?)
             },
             Verdict::PassNotLocal,

@@ -28,6 +28,7 @@ mod endpoints;
 mod large;
 mod local;
 mod multicast;
+mod multiprog;
 mod multiqueue;
 mod oracle;
 mod program;
@@ -73,19 +74,34 @@ fn main() -> ExitCode {
         oracle::tests(),
         reuseport::tests(),
         capabilities::tests(),
+        multiprog::tests(),
     ]
     .into_iter()
     .flatten()
-    .map(|trial| trial.with_ignored_flag(skip.is_some()))
+    .map(|trial| {
+        // A module may have marked some ignored itself (a kernel feature they need is missing).
+        let ignored = skip.is_some() || trial.has_ignored_flag();
+        trial.with_ignored_flag(ignored)
+    })
     .collect();
     // The tests this run skips, with the reason (libtest-mimic itself only says `ignored`).
-    let skipped: Vec<String> = match &skip {
-        Some(reason) if !args.list => tests
+    let skipped: Vec<String> = if args.list {
+        Vec::new()
+    } else {
+        tests
             .iter()
             .filter(|t| !args.is_filtered_out(t) && args.is_ignored(t))
-            .map(|t| format!("test {} ... skipped: {reason}", t.name()))
-            .collect(),
-        _ => Vec::new(),
+            .filter_map(|t| {
+                // The run's own reason, or a module's (tests that need a kernel feature).
+                let reason = skip.as_deref().or_else(|| {
+                    t.name()
+                        .starts_with("multiprog::")
+                        .then(|| multiprog::skip_reason(t.name()))
+                        .flatten()
+                })?;
+                Some(format!("test {} ... skipped: {reason}", t.name()))
+            })
+            .collect()
     };
     let conclusion = libtest_mimic::run(&args, tests);
     for line in &skipped {
