@@ -54,6 +54,8 @@ const EXPECTED_FILES: &[&str] = &[
     "usr/share/man/man1/demux-close.1.gz",
     "usr/share/man/man1/demux-list.1.gz",
     "usr/share/man/man1/demux-stats.1.gz",
+    "usr/share/man/man1/demux-reload.1.gz",
+    "usr/share/man/man1/demux-detach.1.gz",
     "usr/share/man/man1/demux-completions.1.gz",
     "usr/share/man/man1/demux-gen.1.gz",
     "usr/share/bash-completion/completions/demux",
