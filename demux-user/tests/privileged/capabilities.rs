@@ -35,6 +35,15 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
 /// `setpriv` arguments that exec the next program with a bounding set of exactly `set` (and
 /// nothing inheritable): as root, that program's permitted and effective sets are `set`.
 fn setpriv(set: CapSet) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{}", setpriv_list(set)),
+        "--inh-caps=-all".into(),
+    ]
+}
+
+/// `set` as setpriv's capability list: `+bpf,+net_admin,…`.
+fn setpriv_list(set: CapSet) -> String {
     let caps: Vec<String> = set
         .iter()
         .map(|cap| {
@@ -44,11 +53,7 @@ fn setpriv(set: CapSet) -> Vec<String> {
             )
         })
         .collect();
-    vec![
-        "setpriv".into(),
-        format!("--bounding-set=-all,{}", caps.join(",")),
-        "--inh-caps=-all".into(),
-    ]
+    caps.join(",")
 }
 
 /// `Name:\t<hex>` of a `/proc/…/status` file as a set.
@@ -65,16 +70,7 @@ fn status_set(status: &str, name: &str) -> anyhow::Result<CapSet> {
 /// inheritable and ambient set (`CapabilityBoundingSet=`, `AmbientCapabilities=`), and
 /// `NoNewPrivileges=yes`.
 fn setpriv_as_the_unit(set: CapSet) -> Vec<String> {
-    let caps: Vec<String> = set
-        .iter()
-        .map(|cap| {
-            format!(
-                "+{}",
-                cap.to_string().trim_start_matches("CAP_").to_lowercase()
-            )
-        })
-        .collect();
-    let caps = caps.join(",");
+    let caps = setpriv_list(set);
     vec![
         "setpriv".into(),
         format!("--bounding-set=-all,{caps}"),
