@@ -297,6 +297,15 @@ mod tests {
     #[test]
     fn errors_name_line_and_field() {
         let text = |toml: &str| Config::parse(toml).unwrap_err().to_string();
+        // An unknown key inside an endpoint is an error too, not ignored.
+        let error = text(
+            "interfaces = [\"a\"]\n[[endpoint]]\nprotocol = \"udp\"\nlocal = \"0.0.0.0:53\"\n\
+             to = \"count\"\npersistant = true\n",
+        );
+        assert!(
+            error.contains("line 6") && error.contains("persistant"),
+            "{error}"
+        );
         let error = text("interfaces = [\"a\"]\nmod = \"skb\"\n");
         assert!(error.contains("line 2") && error.contains("mod"), "{error}");
         let error = text("mode = \"fast\"\n");

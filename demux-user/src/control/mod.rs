@@ -157,8 +157,11 @@ pub enum Request {
     Reload,
 }
 
-/// What `bind` asks for: a binding and where its datagrams go.
+/// What `bind` asks for: a binding and where its datagrams go. Unknown keys are refused, on
+/// the control socket and in the config file's `[[endpoint]]` tables alike (a misspelt
+/// `persistant` must not be ignored).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BindRequest {
     /// UDP or TCP.
     pub protocol: Protocol,
