@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::state::State;
 use crate::{
     dataplane::{Dataplane, LocalKind, LocalPrefix},
-    sys::netlink::{RouteSocket, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE},
+    sys::netlink::{self, RouteSocket, NLMSG_HDRLEN, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE},
     tables::TableError,
 };
 
@@ -51,7 +51,6 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Receive buffer: a netlink dump datagram is at most a page or two; 64 KiB is plenty.
 const RECV_BUFFER: usize = 64 * 1024;
 
-const NLMSG_HDRLEN: usize = 16;
 const RTMSG_LEN: usize = 12;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -97,15 +96,13 @@ pub enum FollowError {
 
 /// The `RTM_GETROUTE` dump request for every family, with sequence number `seq`.
 pub fn dump_request(seq: u32) -> Vec<u8> {
-    let len = (NLMSG_HDRLEN + RTMSG_LEN) as u32;
-    let mut message = Vec::with_capacity(len as usize);
-    message.extend_from_slice(&len.to_ne_bytes());
-    message.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
-    message.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    message.extend_from_slice(&[0; RTMSG_LEN]); // rtmsg: AF_UNSPEC, every table
-    message
+    // rtmsg: AF_UNSPEC, every table.
+    netlink::message(
+        RTM_GETROUTE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        &[0; RTMSG_LEN],
+    )
 }
 
 /// One dump in progress: feed it the datagrams that answer request `seq`.
@@ -204,20 +201,12 @@ fn parse_route(body: &[u8], at: usize) -> Result<Option<(LocalPrefix, LocalKind)
     let (family, dst_len, table, kind) = (rtmsg[0], rtmsg[1], rtmsg[4], rtmsg[7]);
     let mut table = u32::from(table);
     let mut dst: Option<&[u8]> = None;
-    let mut attrs = &body[RTMSG_LEN..];
-    while attrs.len() >= 4 {
-        let len = usize::from(ne_u16(&attrs[0..2]));
-        let attr = ne_u16(&attrs[2..4]);
-        if len < 4 || len > attrs.len() {
-            return Err(malformed("attribute length"));
-        }
-        let value = &attrs[4..len];
-        match attr {
-            RTA_TABLE if value.len() >= 4 => table = ne_u32(&value[..4]),
-            RTA_DST => dst = Some(value),
+    for attr in netlink::attributes(&body[RTMSG_LEN..]) {
+        match attr.map_err(|_| malformed("attribute length"))? {
+            (RTA_TABLE, value) if value.len() >= 4 => table = ne_u32(&value[..4]),
+            (RTA_DST, value) => dst = Some(value),
             _ => {}
         }
-        attrs = &attrs[align4(len).min(attrs.len())..];
     }
     let kind = match kind {
         RTN_LOCAL => LocalKind::Local,

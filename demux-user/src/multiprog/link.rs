@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::sys::netlink::RouteSocket;
+use crate::sys::netlink::{self, RouteSocket, NLMSG_HDRLEN};
 
 const RTM_GETLINK: u16 = 18;
 const RTM_SETLINK: u16 = 19;
@@ -17,7 +17,6 @@ const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLA_F_NESTED: u16 = 1 << 15;
-const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_FD: u16 = 1;
@@ -60,17 +59,6 @@ pub struct XdpState {
     pub prog_id: u32,
 }
 
-fn header(kind: u16, flags: u16, body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-    message.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-    message.extend_from_slice(&kind.to_ne_bytes());
-    message.extend_from_slice(&flags.to_ne_bytes());
-    message.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    message.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel's
-    message.extend_from_slice(body);
-    message
-}
-
 fn ifinfomsg(ifindex: u32) -> Vec<u8> {
     let mut body = vec![0u8; IFINFOMSG_LEN];
     body[0] = libc::AF_UNSPEC as u8;
@@ -89,21 +77,12 @@ fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
     attr
 }
 
-/// Iterates over the attributes in `bytes` as (type without flags, value).
-fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if bytes.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & !NLA_F_NESTED;
-        if len < 4 || len > bytes.len() {
-            return None;
-        }
-        let value = &bytes[4..len];
-        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
-        Some((kind, value))
-    })
+/// Iterates over the attributes in `bytes` as (type without flags, value), up to the first
+/// bad one.
+fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    netlink::attributes(bytes)
+        .map_while(Result::ok)
+        .map(|(kind, value)| (kind & !NLA_F_NESTED, value))
 }
 
 /// Sends `request` and returns the kernel's answers until an ack or the first message of
@@ -160,7 +139,7 @@ fn exchange(request: &[u8], want: u16) -> io::Result<Vec<u8>> {
 
 /// What is attached to interface `ifindex` (in this network namespace).
 pub fn query(ifindex: u32) -> io::Result<XdpState> {
-    let request = header(RTM_GETLINK, NLM_F_REQUEST, &ifinfomsg(ifindex));
+    let request = netlink::message(RTM_GETLINK, NLM_F_REQUEST, 1, &ifinfomsg(ifindex));
     let body = exchange(&request, libc::RTM_NEWLINK)?;
     let mut state = XdpState {
         attached: Attached::None,
@@ -213,7 +192,7 @@ pub fn set(
     }
     let mut body = ifinfomsg(ifindex);
     body.extend(attribute(IFLA_XDP | NLA_F_NESTED, &nested));
-    let request = header(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, &body);
+    let request = netlink::message(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, 1, &body);
     exchange(&request, NLMSG_ERROR).map(drop)
 }
 

@@ -1,6 +1,8 @@
 //! A raw `NETLINK_ROUTE` socket: open (non-blocking, close-on-exec, optionally subscribed to
-//! multicast groups), send one request to the kernel, receive one datagram. Building requests
-//! and parsing what comes back is safe code elsewhere (`daemon::local_addrs`).
+//! multicast groups), send one request to the kernel, receive one datagram; and the two safe
+//! pieces every user of it shares: a message's header ([`message`]) and the walk over a
+//! body's attributes ([`attributes`]). What the messages mean is elsewhere
+//! (`daemon::local_addrs`, `multiprog::link`).
 
 use std::{
     io,
@@ -14,6 +16,46 @@ use super::owned;
 pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 /// `RTMGRP_IPV6_ROUTE`: IPv6 route changes.
 pub const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+
+/// `struct nlmsghdr`'s length.
+pub const NLMSG_HDRLEN: usize = 16;
+
+/// A netlink message: the header (length, `kind`, `flags`, `seq`, port id 0: the kernel
+/// fills it in) followed by `body`.
+pub fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    message.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+    message.extend_from_slice(&kind.to_ne_bytes());
+    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    message.extend_from_slice(body);
+    message
+}
+
+/// An attribute whose length is under 4 or past the end of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAttribute;
+
+/// The attributes (`struct nlattr`, 4-byte aligned) in `bytes`, as (type with its flag bits,
+/// value). Fewer than 4 bytes left ends the walk; a bad length ends it with
+/// `Err(BadAttribute)`.
+pub fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), BadAttribute>> {
+    std::iter::from_fn(move || {
+        if bytes.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([bytes[0], bytes[1]]));
+        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]);
+        if len < 4 || len > bytes.len() {
+            bytes = &[];
+            return Some(Err(BadAttribute));
+        }
+        let value = &bytes[4..len];
+        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
+        Some(Ok((kind, value)))
+    })
+}
 
 /// One `AF_NETLINK`, `NETLINK_ROUTE` datagram socket of this network namespace.
 #[derive(Debug)]
