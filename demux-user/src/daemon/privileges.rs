@@ -19,6 +19,16 @@ pub struct Need {
     pub step: &'static str,
 }
 
+/// Kept from start to end: `unix:` sink records carry the caller's credentials.
+const UNIX_SINK_UID: Need = Need {
+    cap: Capability::SETUID,
+    step: "delivering to unix: sinks with the caller's uid (SCM_CREDENTIALS)",
+};
+const UNIX_SINK_GID: Need = Need {
+    cap: Capability::SETGID,
+    step: "delivering to unix: sinks with the caller's gid (SCM_CREDENTIALS)",
+};
+
 /// What the daemon needs to start: every step up to READY=1, for any configuration.
 pub const LOAD_TIME: [Need; 9] = [
     Need {
@@ -52,14 +62,8 @@ pub const LOAD_TIME: [Need; 9] = [
         cap: Capability::CHOWN,
         step: "giving the control socket to --control-group",
     },
-    Need {
-        cap: Capability::SETUID,
-        step: "delivering to unix: sinks with the caller's uid (SCM_CREDENTIALS)",
-    },
-    Need {
-        cap: Capability::SETGID,
-        step: "delivering to unix: sinks with the caller's gid (SCM_CREDENTIALS)",
-    },
+    UNIX_SINK_UID,
+    UNIX_SINK_GID,
 ];
 
 /// What the daemon keeps once started, for what it still does while it runs.
@@ -86,14 +90,8 @@ pub const RUN_TIME: [Need; 7] = [
         cap: Capability::NET_BIND_SERVICE,
         step: "binding endpoints below port 1024 added to the config on reload",
     },
-    Need {
-        cap: Capability::SETUID,
-        step: "delivering to unix: sinks with the caller's uid (SCM_CREDENTIALS)",
-    },
-    Need {
-        cap: Capability::SETGID,
-        step: "delivering to unix: sinks with the caller's gid (SCM_CREDENTIALS)",
-    },
+    UNIX_SINK_UID,
+    UNIX_SINK_GID,
 ];
 
 /// The set of `needs`.
