@@ -1,7 +1,9 @@
 //! Readiness for a supervisor, by the sd_notify protocol: when `NOTIFY_SOCKET` names a Unix
 //! datagram socket (a path, or `@name` in the abstract namespace), the daemon sends it
 //! `READY=1` once the program is attached, the sockets are registered and the control socket
-//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down.
+//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down;
+//! at a graceful stop it stores descriptors (`FDSTORE=1`, `FDNAME=`, SCM_RIGHTS) and waits
+//! for `BARRIER=1` (`handover`).
 //! Each message is one datagram of newline-separated `KEY=value` assignments. Without
 //! `NOTIFY_SOCKET` nothing is sent.
 //!
@@ -11,6 +13,7 @@
 use std::{
     ffi::OsStr,
     io,
+    os::fd::{AsRawFd as _, RawFd},
     os::{
         linux::net::SocketAddrExt as _,
         unix::{
@@ -18,9 +21,13 @@ use std::{
             net::{SocketAddr, UnixDatagram},
         },
     },
+    time::Duration,
 };
 
 use thiserror::Error;
+
+/// The longest wait for room in the manager's queue for one message with a descriptor.
+const SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// The variable that names the supervisor's socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -105,6 +112,71 @@ impl Notifier {
                 value: self.value.clone(),
                 source,
             })
+    }
+
+    /// Sends `message` with descriptor `fd` attached (SCM_RIGHTS), as sd_pid_notify_with_fds
+    /// does.
+    fn notify_with_fd(&self, message: &str, fd: RawFd) -> Result<(), NotifyError> {
+        let failed = |source| NotifyError::Send {
+            message: message.lines().next().unwrap_or("").to_owned(),
+            value: self.value.clone(),
+            source,
+        };
+        // A connected socket of its own: `scm::send` sends without an address. It does not
+        // wait; a manager that has not read the previous messages yet (its queue holds
+        // `net.unix.max_dgram_qlen`) is waited for, at most SEND_WAIT.
+        let socket = UnixDatagram::unbound().map_err(failed)?;
+        socket.connect_addr(&self.addr).map_err(failed)?;
+        let deadline = std::time::Instant::now() + SEND_WAIT;
+        loop {
+            match crate::sys::scm::send(socket.as_raw_fd(), message.as_bytes(), &[fd]) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(failed(e));
+                    }
+                    let mut fds = [crate::sys::pollfd(&socket, libc::POLLOUT)];
+                    crate::sys::poll(&mut fds, left.as_millis().max(1) as i32).map_err(failed)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+    }
+
+    /// `FDSTORE=1` with `FDNAME=name`: the service manager keeps a copy of `fd` for the next
+    /// start of the service (`FileDescriptorStoreMax=`), which finds it in `LISTEN_FDS`.
+    pub fn store_fd(&self, name: &str, fd: RawFd) -> Result<(), NotifyError> {
+        self.notify_with_fd(&format!("FDSTORE=1\nFDNAME={name}"), fd)
+    }
+
+    /// `FDSTOREREMOVE=1` with `FDNAME=name`: the manager closes its copies of the descriptors
+    /// stored under `name`.
+    pub fn remove_fds(&self, name: &str) -> Result<(), NotifyError> {
+        self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
+    }
+
+    /// `BARRIER=1` (sd_notify_barrier(3)): waits at most `timeout` until the manager has
+    /// processed every message sent before (it closes the pipe end sent with this one).
+    pub fn barrier(&self, timeout: Duration) -> Result<(), NotifyError> {
+        let failed = |source| NotifyError::Send {
+            message: "BARRIER=1".into(),
+            value: self.value.clone(),
+            source,
+        };
+        let (read, write) = std::io::pipe().map_err(failed)?;
+        self.notify_with_fd("BARRIER=1", write.as_raw_fd())?;
+        drop(write);
+        let mut fds = [crate::sys::pollfd(&read, libc::POLLIN)];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        match crate::sys::poll(&mut fds, ms).map_err(failed)? {
+            0 => Err(failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the manager did not answer within {timeout:?}"),
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// `READY=1` with a status line: the daemon serves.

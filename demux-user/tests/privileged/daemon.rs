@@ -16,7 +16,8 @@ use demux::{
     client::Endpoint,
     control::{client::Client, BindRequest, SinkSpec},
     testing::testbed::{
-        enter_netns, ChildGuard, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR,
+        enter_netns, ChildGuard, FdStore, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR,
+        LISTEN_PID_WRAPPER,
     },
 };
 
@@ -61,6 +62,41 @@ impl RunningDaemon {
         wrapper: &[&str],
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_full(net, dir, wrapper, extra, None)
+    }
+
+    /// As [`RunningDaemon::start`], as a service manager starts it with its file descriptor
+    /// store: `store`'s descriptors at 3, 4, … with `LISTEN_PID`, `LISTEN_FDS` and
+    /// `LISTEN_FDNAMES`; what the daemon says to the store until `READY=1` is applied to it.
+    pub(crate) fn start_handed(
+        net: &VethPair,
+        dir: &TempDir,
+        extra: &[&str],
+        store: &mut FdStore,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(net, dir, &LISTEN_PID_WRAPPER, extra, Some(store))
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) as systemd does, keeping what it stores
+    /// (`FDSTORE=1`) in `store`; returns its exit status.
+    pub(crate) fn stop_handing_over(
+        &mut self,
+        store: &mut FdStore,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.child.signal(libc::SIGTERM)?;
+        let status =
+            self.notify
+                .serve_store(store, &mut self.child, None, Duration::from_secs(10))?;
+        status.context("no exit status")
+    }
+
+    fn start_full(
+        net: &VethPair,
+        dir: &TempDir,
+        wrapper: &[&str],
+        extra: &[&str],
+        store: Option<&mut FdStore>,
+    ) -> anyhow::Result<Self> {
         let control = dir.join("control.sock");
         let notify = NotifySocket::bind(dir.join("notify.sock"))?;
         let mut command = match wrapper.split_first() {
@@ -76,14 +112,24 @@ impl RunningDaemon {
         if !extra.contains(&"--stats-interval") {
             command.args(["--stats-interval", "0"]);
         }
-        let mut child = ChildGuard::spawn(
-            command
-                .env(NotifySocket::VAR, notify.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )?;
+        command
+            .env(NotifySocket::VAR, notify.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = match &store {
+            Some(store) => ChildGuard::spawn_with_fds(&mut command, &store.fds)?,
+            None => ChildGuard::spawn(&mut command)?,
+        };
         let log = lines_of(child.child().stderr.take().expect("piped"));
-        if let Err(error) = notify.wait_ready(&mut child, Duration::from_secs(10)) {
+        let ready = match store {
+            Some(store) => notify
+                .serve_store(store, &mut child, Some("READY=1"), Duration::from_secs(10))
+                .map(drop),
+            None => notify
+                .wait_ready(&mut child, Duration::from_secs(10))
+                .map(drop),
+        };
+        if let Err(error) = ready {
             let said: Vec<String> = log.try_iter().collect();
             bail!("the daemon is not ready: {error:#}; it said: {said:#?}");
         }
