@@ -27,7 +27,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fs::File,
-    io,
+    io::{self, Write as _},
     os::{
         fd::{AsFd as _, AsRawFd as _, OwnedFd},
         unix::fs::{FileExt as _, MetadataExt as _},
@@ -437,7 +437,8 @@ pub fn record_memfd(handed: &[Handed]) -> io::Result<OwnedFd> {
 pub fn seal_record(record: &Record) -> io::Result<OwnedFd> {
     let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
     let memfd = sys::memfd(c"demux-state")?;
-    memfd.write_all_at(&bytes, 0)?;
+    // write(2), not pwrite: the seccomp profile (dist/k8s) allows the calls the daemon makes.
+    (&memfd).write_all(&bytes)?;
     sys::seal_all(&memfd)?;
     Ok(OwnedFd::from(memfd))
 }

@@ -733,6 +733,50 @@ impl Drop for ChildGuard {
     }
 }
 
+/// One `recvmsg` on `socket` into `buf`, the descriptors that came along (SCM_RIGHTS, as many
+/// as the control buffer holds) added to `fds`, close-on-exec. (This file is also built into xtask, without the
+/// library's `sys` module.)
+fn recv_with_fds(
+    socket: &UnixDatagram,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> std::io::Result<usize> {
+    use std::os::fd::FromRawFd as _;
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers of the stated
+    // sizes (the control buffer is u64-aligned, as cmsg headers need, and holds MAX fds).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg into the buffers above; MSG_CMSG_CLOEXEC makes the fds close-on-exec.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: walking the control messages the kernel wrote, within msg_controllen; each
+    // SCM_RIGHTS payload is an array of descriptors now ours.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<i32>();
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for k in 0..len / std::mem::size_of::<i32>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n as usize)
+}
+
 /// A program and arguments that run the rest of the command line with `LISTEN_PID` set to
 /// its own pid, kept through `exec` (as `ip netns exec` keeps it): what sd_listen_fds(3)
 /// checks.
@@ -849,7 +893,7 @@ impl NotifySocket {
                 }
             }
             let mut fds = Vec::new();
-            let n = match crate::sys::scm::recv(&self.socket, &mut buf, &mut fds) {
+            let n = match recv_with_fds(&self.socket, &mut buf, &mut fds) {
                 Ok(n) => n,
                 Err(e)
                     if matches!(
