@@ -444,13 +444,18 @@ pub fn seal_record(record: &Record) -> io::Result<OwnedFd> {
 }
 
 /// Stores `handed` and their record with the service manager, one descriptor per message,
-/// then waits (at most `barrier`) until the manager has taken them. Returns how many
-/// descriptors went.
+/// then waits until the manager has taken them (`BARRIER=1`), all within `within`: a manager
+/// that does not read (another supervisor, a test) costs the stop at most that. Nothing is
+/// sent when there is nothing to hand over. Returns how many descriptors went.
 pub fn store(
     notifier: &super::notify::Notifier,
     handed: &[Handed],
-    barrier: Duration,
+    within: Duration,
 ) -> Result<usize, super::notify::NotifyError> {
+    if handed.is_empty() {
+        return Ok(0);
+    }
+    let deadline = std::time::Instant::now() + within;
     let record = record_memfd(handed).map_err(|source| super::notify::NotifyError::Send {
         message: "FDSTORE=1 (creating the state record)".into(),
         value: String::new(),
@@ -464,13 +469,13 @@ pub fn store(
             ("ring", h.ring.memory.as_fd()),
             ("wake", h.ring.wake.as_fd()),
         ] {
-            notifier.store_fd(&fd_name(id, part), fd.as_raw_fd())?;
+            notifier.store_fd(&fd_name(id, part), fd.as_raw_fd(), deadline)?;
             sent += 1;
         }
     }
     // The record last: a new daemon that finds it finds every descriptor it names.
-    notifier.store_fd(STATE_NAME, record.as_raw_fd())?;
-    notifier.barrier(barrier)?;
+    notifier.store_fd(STATE_NAME, record.as_raw_fd(), deadline)?;
+    notifier.barrier(deadline)?;
     Ok(sent + 1)
 }
 

@@ -21,13 +21,10 @@ use std::{
             net::{SocketAddr, UnixDatagram},
         },
     },
-    time::Duration,
+    time::Instant,
 };
 
 use thiserror::Error;
-
-/// The longest wait for room in the manager's queue for one message with a descriptor.
-const SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// The variable that names the supervisor's socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -116,7 +113,12 @@ impl Notifier {
 
     /// Sends `message` with descriptor `fd` attached (SCM_RIGHTS), as sd_pid_notify_with_fds
     /// does.
-    fn notify_with_fd(&self, message: &str, fd: RawFd) -> Result<(), NotifyError> {
+    fn notify_with_fd(
+        &self,
+        message: &str,
+        fd: RawFd,
+        deadline: Instant,
+    ) -> Result<(), NotifyError> {
         let failed = |source| NotifyError::Send {
             message: message.lines().next().unwrap_or("").to_owned(),
             value: self.value.clone(),
@@ -124,15 +126,14 @@ impl Notifier {
         };
         // A connected socket of its own: `scm::send` sends without an address. It does not
         // wait; a manager that has not read the previous messages yet (its queue holds
-        // `net.unix.max_dgram_qlen`) is waited for, at most SEND_WAIT.
+        // `net.unix.max_dgram_qlen`) is waited for until `deadline`.
         let socket = UnixDatagram::unbound().map_err(failed)?;
         socket.connect_addr(&self.addr).map_err(failed)?;
-        let deadline = std::time::Instant::now() + SEND_WAIT;
         loop {
             match crate::sys::scm::send(socket.as_raw_fd(), message.as_bytes(), &[fd]) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(failed(e));
                     }
@@ -147,8 +148,11 @@ impl Notifier {
 
     /// `FDSTORE=1` with `FDNAME=name`: the service manager keeps a copy of `fd` for the next
     /// start of the service (`FileDescriptorStoreMax=`), which finds it in `LISTEN_FDS`.
-    pub fn store_fd(&self, name: &str, fd: RawFd) -> Result<(), NotifyError> {
-        self.notify_with_fd(&format!("FDSTORE=1\nFDNAME={name}"), fd)
+    /// `FDPOLL=0` (systemd 246+): the manager otherwise drops a stored descriptor that reports
+    /// POLLERR, as a connected UDP socket does after an ICMP error.
+    /// Waits for room in the manager's queue until `deadline`.
+    pub fn store_fd(&self, name: &str, fd: RawFd, deadline: Instant) -> Result<(), NotifyError> {
+        self.notify_with_fd(&format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0"), fd, deadline)
     }
 
     /// `FDSTOREREMOVE=1` with `FDNAME=name`: the manager closes its copies of the descriptors
@@ -157,25 +161,30 @@ impl Notifier {
         self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
     }
 
-    /// `BARRIER=1` (sd_notify_barrier(3)): waits at most `timeout` until the manager has
-    /// processed every message sent before (it closes the pipe end sent with this one).
-    pub fn barrier(&self, timeout: Duration) -> Result<(), NotifyError> {
+    /// `BARRIER=1` (sd_notify_barrier(3)): waits, until `deadline` at most, for the manager to
+    /// have processed every message sent before (it closes the pipe end sent with this one).
+    pub fn barrier(&self, deadline: Instant) -> Result<(), NotifyError> {
         let failed = |source| NotifyError::Send {
             message: "BARRIER=1".into(),
             value: self.value.clone(),
             source,
         };
         let (read, write) = std::io::pipe().map_err(failed)?;
-        self.notify_with_fd("BARRIER=1", write.as_raw_fd())?;
+        self.notify_with_fd("BARRIER=1", write.as_raw_fd(), deadline)?;
         drop(write);
         let mut fds = [crate::sys::pollfd(&read, libc::POLLIN)];
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        match crate::sys::poll(&mut fds, ms).map_err(failed)? {
-            0 => Err(failed(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the manager did not answer within {timeout:?}"),
-            ))),
-            _ => Ok(()),
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the manager did not answer in time",
+                )));
+            }
+            // Readable at EOF: the manager closed its end. (0: timed out or interrupted.)
+            if crate::sys::poll(&mut fds, left.as_millis().max(1) as i32).map_err(failed)? > 0 {
+                return Ok(());
+            }
         }
     }
 

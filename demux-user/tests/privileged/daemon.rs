@@ -46,6 +46,22 @@ pub(crate) struct RunningDaemon {
     pub notify: NotifySocket,
 }
 
+impl Drop for RunningDaemon {
+    /// Stops the daemon as a service manager would: SIGTERM, then the notify socket served
+    /// (its `BARRIER=1` answered) until it exits, so that a daemon with client endpoints to
+    /// hand over does not wait for a manager that never reads. The guard kills it if not.
+    fn drop(&mut self) {
+        if self.child.signal(libc::SIGTERM).is_ok() {
+            let _ = self.notify.serve_store(
+                &mut FdStore::default(),
+                &mut self.child,
+                None,
+                Duration::from_secs(5),
+            );
+        }
+    }
+}
+
 impl RunningDaemon {
     /// Starts `demux daemon` on `net.b_if` with `extra` arguments (`--stats-interval 0`
     /// unless they say otherwise) and waits up to 10 s for its `READY=1`.

@@ -552,8 +552,7 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
     let (away, daemon) = orchestrated?;
     // The last daemon's account, once the stream is over.
     let mut daemon = daemon.context("no daemon after the restarts")?;
-    daemon.child.signal(libc::SIGTERM)?;
-    daemon.child.wait_exit(Duration::from_secs(10))?;
+    daemon.stop_handing_over(&mut FdStore::default())?;
     drops.push(counted_at_exit(&daemon, "dropped")?);
     let (sent, sending) = (sent.0?, sent.1);
     let udp_after = net.b.udp_counters(false)?;
