@@ -451,6 +451,12 @@ const FAST_RATE: u64 = 100_000;
 const FAST_PORT: u16 = 7600;
 const FAST_ENDPOINTS: u16 = 3;
 const RESTARTS: u32 = 3;
+/// `--frames` of its daemons: the UMEM frames (and the fill and rx rings) of the one rx queue,
+/// so at 100 kpps its worker may be kept off the CPU for 16384 / 100,000 s = 164 ms before
+/// the kernel finds the fill ring empty (`rx_dropped`). With the default 4,096 (41 ms), runs
+/// alongside the other privileged tests on 2 cores lost 1,127 and 5,973 datagrams that way, in
+/// a running daemon, never in a restart window.
+const FAST_FRAMES: &str = "16384";
 
 /// The issue's measure of a planned restart: a steady 100 kpps stream spread over three client
 /// endpoints, the daemon stopped (SIGTERM) and started again three times in its middle, each
@@ -463,7 +469,8 @@ const RESTARTS: u32 = 3;
 pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyhow::Result<()> {
     let net = VethPair::standard()?;
     let dir = TempDir::new("demux-test")?;
-    let first = RunningDaemon::start(&net, &dir, &[])?;
+    let extra = ["--frames", FAST_FRAMES];
+    let first = RunningDaemon::start(&net, &dir, &extra)?;
     let ports: Vec<u16> = (0..FAST_ENDPOINTS).map(|k| FAST_PORT + k).collect();
     let locals: Vec<String> = ports.iter().map(|p| format!("{B_ADDR}:{p}")).collect();
     let endpoints = locals
@@ -478,6 +485,7 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
     let started = Instant::now();
     let softnet_before = softnet_drops()?;
     let mut drops = Vec::new();
+    let mut kinds = Vec::new();
     let (sent, received, orchestrated) = thread::scope(|scope| {
         let sender = scope.spawn(|| send_paced(net.a.name(), &ports, FAST_RATE, &stop_sending));
         let receivers: Vec<_> = endpoints
@@ -493,6 +501,7 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
             for _ in 0..RESTARTS {
                 thread::sleep(RING_PHASE);
                 let mut old = running.take().context("a daemon runs")?;
+                kinds.push(drop_kinds(&old)?);
                 let stopped = Instant::now();
                 let mut store = FdStore::default();
                 let status = old.stop_handing_over(&mut store)?;
@@ -510,7 +519,7 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
                 drop(old);
                 thread::sleep(GAP);
                 let daemon =
-                    running.insert(RunningDaemon::start_handed(&net, &dir, &[], &mut store)?);
+                    running.insert(RunningDaemon::start_handed(&net, &dir, &extra, &mut store)?);
                 ensure!(
                     store.fds.is_empty(),
                     "the new daemon left {:?} in the store",
@@ -552,6 +561,7 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
     let (away, daemon) = orchestrated?;
     // The last daemon's account, once the stream is over.
     let mut daemon = daemon.context("no daemon after the restarts")?;
+    kinds.push(drop_kinds(&daemon)?);
     daemon.stop_handing_over(&mut FdStore::default())?;
     drops.push(counted_at_exit(&daemon, "dropped")?);
     let (sent, sending) = (sent.0?, sent.1);
@@ -621,7 +631,7 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
     }
     println!(
         "{RESTARTS} graceful restarts under {FAST_RATE}/s to {FAST_ENDPOINTS} client endpoints: sent {sent} in {sending:.2?} ({:.0}/s achieved); SIGTERM to all listed by the new daemon {away:.2?}; net.b UDP InDatagrams +{} RcvbufErrors +{} InErrors +{} NoPorts +{}; \
-         softnet backlog drops +{}; each daemon's `dropped` at its exit: {drops:?}\n  {}",
+         softnet backlog drops +{}; each daemon's `dropped` at its exit: {drops:?}, by kind just before its stop: {kinds:?}\n  {}",
         sent as f64 / sending.as_secs_f64(),
         delta("InDatagrams"),
         delta("RcvbufErrors"),
@@ -663,6 +673,26 @@ fn counted_at_exit(daemon: &RunningDaemon, key: &str) -> anyhow::Result<u64> {
         .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no {key}= in {line:?}"))
+}
+
+/// Where a running daemon's drops are, from its `stats`: the AF_XDP sockets' kernel counters
+/// (`rx_dropped`, `rx_ring_full`, `fill_ring_empty`) and the endpoints' full sinks.
+fn drop_kinds(daemon: &RunningDaemon) -> anyhow::Result<String> {
+    let Response::Stats(stats) = daemon.client()?.call(Request::Stats)? else {
+        bail!("no answer to stats")
+    };
+    let sum = |f: fn(&demux::control::SocketInfo) -> u64| stats.sockets.iter().map(f).sum::<u64>();
+    Ok(format!(
+        "rx_dropped {} rx_ring_full {} fill_ring_empty {} sink_full {}",
+        sum(|s| s.rx_dropped),
+        sum(|s| s.rx_ring_full),
+        sum(|s| s.rx_fill_ring_empty),
+        stats
+            .endpoints
+            .iter()
+            .map(|e| e.dropped_sink_full)
+            .sum::<u64>()
+    ))
 }
 
 /// Packets the host's CPUs dropped from their input backlogs (`/proc/net/softnet_stat`, second
