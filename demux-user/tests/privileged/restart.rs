@@ -746,8 +746,9 @@ fn ranges(seqs: &[u64]) -> String {
 const NOBODY: u32 = 65534;
 
 /// The store a stopping daemon left, tampered with endpoint by endpoint, is refused at pickup
-/// for those endpoints only: a ring memfd without its seals (A), a TCP socket in place of a
-/// backing socket (B), a record re-sealed to say root owns nobody's endpoint (C); the intact
+/// for those endpoints only: a ring memfd without its seals (A, the record re-sealed to name
+/// its inode), a TCP socket in place of a backing socket (B), a record re-sealed to say root
+/// owns nobody's endpoint (C); the intact
 /// ones (D root's, E nobody's) are picked up. Then the attach rules, tried as nobody: nobody
 /// cannot take up its own endpoint with another socket, nor root's with root's own socket;
 /// root cannot take up nobody's (only the owner); nobody with its socket can.
@@ -826,6 +827,15 @@ pub(crate) fn a_tampered_fd_store_is_refused_at_pickup() -> anyhow::Result<()> {
         forged.owner
     );
     forged.owner = 0;
+    // A's record names the fake's inode, so that only the missing seals can refuse it.
+    use std::os::unix::fs::MetadataExt as _;
+    let fake_inode = fake.metadata()?.ino();
+    record
+        .endpoints
+        .iter_mut()
+        .find(|s| s.id == ia)
+        .context("A is not in the record")?
+        .ring_inode = fake_inode;
     store.fds.extend([
         (handover::fd_name(ia, "ring"), OwnedFd::from(fake)),
         (handover::fd_name(ib, "sock"), OwnedFd::from(tcp)),
