@@ -369,7 +369,7 @@ impl<D: Dataplane> State<D> {
         expired
     }
 
-    /// The client ring endpoints, as the next daemon needs them ([`handover`]): their
+    /// The client ring endpoints, as the next daemon needs them ([`super::handover`]): their
     /// records, backing sockets and rings. Call once the workers have stopped (the producer
     /// indexes are final).
     pub fn handover(&self) -> Vec<Handed> {
