@@ -276,7 +276,43 @@ impl<D: Dataplane> State<D> {
         caller: Caller,
         passed: Passed,
     ) -> Result<(u32, Option<ClientFds>), ControlError> {
+        self.replace_waiting(caller, &passed);
         self.bind_inner(request, caller, passed, None)
+    }
+
+    /// A client that binds again with the backing socket of an endpoint picked up after a
+    /// restart (a client library without `attach`) gets a new endpoint in its place: the
+    /// picked-up one, which it no longer reads, closes first (same owner, same socket cookie,
+    /// so it is the same client).
+    fn replace_waiting(&mut self, caller: Caller, passed: &Passed) {
+        let Some(cookie) = passed
+            .backing
+            .as_ref()
+            .and_then(|s| crate::sys::socket::cookie(s).ok())
+        else {
+            return;
+        };
+        let waiting: Vec<u32> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.waiting.is_some() && e.owner == caller.uid)
+            .filter(|(_, e)| {
+                e.backing
+                    .as_ref()
+                    .and_then(|b| crate::sys::socket::cookie(&b.socket).ok())
+                    == Some(cookie)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            info!(
+                id,
+                "its client binds again instead of attaching: the picked-up endpoint is replaced"
+            );
+            if let Err(error) = self.close(id, Caller::DAEMON) {
+                warn!(id, "closing: {error}");
+            }
+        }
     }
 
     /// Re-creates an endpoint the previous daemon handed over, with its id, ring and backing
@@ -1897,6 +1933,119 @@ mod tests {
         bind(&mut state, tcp("198.18.0.0/24:*"), ROOT);
         // UDP on the same address and port is alice's to take: another protocol.
         bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        consistent(&state);
+    }
+
+    /// A picked-up endpoint of alice's on a fresh 127.0.0.1 socket, with id `id`; returns the
+    /// socket (what alice's client holds).
+    fn restore_alices(state: &mut State<MemoryDataplane>, id: u32) -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+        let local = socket.local_addr().expect("bound").to_string();
+        let (ring, _client) = Producer::create(64, DEFAULT_SLOT_SIZE).expect("a ring");
+        let picked = Picked {
+            stored: crate::daemon::handover::Stored {
+                id,
+                owner: ALICE.uid,
+                request: BindRequest {
+                    backed: true,
+                    ..BindRequest::udp(local, SinkSpec::Ring { slots: 64 })
+                },
+                cookie: 0,
+                ring_inode: 0,
+                slots: 64,
+                slot_size: DEFAULT_SLOT_SIZE,
+                produced: 0,
+            },
+            backing: OwnedFd::from(socket.try_clone().expect("a copy")),
+            ring,
+        };
+        assert_eq!(state.restore(picked).expect("restored"), id);
+        socket
+    }
+
+    /// A picked-up endpoint keeps its id, waits for its client, and is taken up only by its
+    /// owner passing its own socket; until then it is nobody's connection's, and one nobody
+    /// takes up closes after the grace time.
+    #[test]
+    fn a_picked_up_endpoint_is_taken_up_only_by_its_owner_with_its_socket() {
+        let mut state = state();
+        let socket = restore_alices(&mut state, 7);
+        let own = || Some(OwnedFd::from(socket.try_clone().expect("a copy")));
+        let other = || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+            Some(OwnedFd::from(s))
+        };
+        assert!(!state.holds_endpoints(ALICE.connection));
+        let error = state
+            .attach(7, BOB, own())
+            .expect_err("bob is not the owner");
+        assert!(
+            matches!(error, ControlError::AttachOwner { id: 7, owner: 1000 }),
+            "{error}"
+        );
+        let error = state.attach(7, ROOT, own()).expect_err("nor is root");
+        assert!(matches!(error, ControlError::AttachOwner { .. }), "{error}");
+        let error = state.attach(7, ALICE, other()).expect_err("another socket");
+        assert!(
+            matches!(error, ControlError::AttachSocket { id: 7 }),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::PermissionDenied);
+        let error = state.attach(7, ALICE, None).expect_err("no socket");
+        assert!(
+            matches!(error, ControlError::AttachSocket { .. }),
+            "{error}"
+        );
+        let error = state.attach(8, ALICE, own()).expect_err("no such endpoint");
+        assert!(
+            matches!(error, ControlError::NotWaiting { id: 8 }),
+            "{error}"
+        );
+        state
+            .attach(7, ALICE, own())
+            .expect("alice with her socket");
+        assert!(state.holds_endpoints(ALICE.connection));
+        let error = state.attach(7, ALICE, own()).expect_err("taken up already");
+        assert!(matches!(error, ControlError::NotWaiting { .. }), "{error}");
+        assert!(state.expire_waiting(std::time::Duration::ZERO).is_empty());
+        state.connection_closed(ALICE.connection);
+        empty(&state);
+
+        // Nobody comes back: it closes after the grace time, not before.
+        let _socket = restore_alices(&mut state, 9);
+        assert!(state
+            .expire_waiting(std::time::Duration::from_secs(60))
+            .is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(state.expire_waiting(std::time::Duration::ZERO), [9]);
+        empty(&state);
+    }
+
+    /// A client library without `attach` binds again with the same socket: the picked-up
+    /// endpoint it no longer reads makes room for the new one.
+    #[test]
+    fn binding_again_with_a_picked_up_endpoints_socket_replaces_it() {
+        let mut state = state();
+        let socket = restore_alices(&mut state, 7);
+        let local = socket.local_addr().expect("bound").to_string();
+        let again = BindRequest {
+            backed: true,
+            ..BindRequest::udp(local, SinkSpec::Ring { slots: 64 })
+        };
+        let passed = || Passed {
+            backing: Some(OwnedFd::from(socket.try_clone().expect("a copy"))),
+            sink: None,
+        };
+        // Bob's bind with it changes nothing of alice's (and the kernel would not let bob
+        // hold alice's socket).
+        assert!(state.bind_passed(again.clone(), BOB, passed()).is_err());
+        assert_eq!(state.endpoints.keys().copied().collect::<Vec<_>>(), [7]);
+        let (id, ring) = state
+            .bind_passed(again, ALICE, passed())
+            .expect("bound again");
+        assert!(ring.is_some());
+        assert_eq!(state.endpoints.keys().copied().collect::<Vec<_>>(), [id]);
+        assert!(state.endpoints[&id].waiting.is_none());
         consistent(&state);
     }
 
