@@ -267,6 +267,51 @@ mod tests {
         assert_eq!(receive(&supervisor), "STOPPING=1\nSTATUS=shutting down");
     }
 
+    /// `FDSTORE=1` carries its descriptor and name, `FDSTOREREMOVE=1` its name, and the
+    /// barrier returns once the manager closed the pipe it got, or fails at its deadline.
+    #[test]
+    fn descriptors_are_stored_by_name_and_the_barrier_waits_for_the_manager() {
+        let dir = Scratch::new("fdstore");
+        let path = dir.0.join("notify.sock");
+        let manager = UnixDatagram::bind(&path).expect("binding the manager's socket");
+        manager
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("a read timeout");
+        let notifier = Notifier::new(path.as_os_str()).expect("a notifier");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let memfd = crate::sys::memfd(c"stored").expect("a memfd");
+        notifier
+            .store_fd("demux-ep1-ring", memfd.as_raw_fd(), deadline)
+            .expect("FDSTORE=1");
+        let mut buf = [0u8; 512];
+        let mut fds = Vec::new();
+        let n = crate::sys::scm::recv(&manager, &mut buf, &mut fds).expect("the message");
+        assert_eq!(
+            String::from_utf8_lossy(&buf[..n]),
+            "FDSTORE=1\nFDNAME=demux-ep1-ring\nFDPOLL=0"
+        );
+        assert_eq!(fds.len(), 1);
+        notifier
+            .remove_fds("demux-ep1-ring")
+            .expect("FDSTOREREMOVE=1");
+        assert_eq!(receive(&manager), "FDSTOREREMOVE=1\nFDNAME=demux-ep1-ring");
+        // Nobody answers: the barrier gives up at its deadline.
+        let soon = Instant::now() + std::time::Duration::from_millis(200);
+        assert!(notifier.barrier(soon).is_err());
+        let mut fds = Vec::new();
+        crate::sys::scm::recv(&manager, &mut buf, &mut fds).expect("the first barrier");
+        drop(fds);
+        // The manager reads it and closes the pipe: the barrier returns.
+        let answer = std::thread::spawn(move || {
+            let mut fds = Vec::new();
+            let n = crate::sys::scm::recv(&manager, &mut buf, &mut fds).expect("the barrier");
+            assert_eq!(&buf[..n], b"BARRIER=1");
+            assert_eq!(fds.len(), 1);
+        });
+        notifier.barrier(deadline).expect("answered");
+        answer.join().expect("the manager");
+    }
+
     #[test]
     fn an_abstract_name_is_reached_too() {
         let name = format!("demux-notify-test-{}", std::process::id());
