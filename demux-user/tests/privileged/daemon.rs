@@ -190,6 +190,24 @@ impl RunningDaemon {
         cmd
     }
 
+    /// Runs `f` with the control socket's path on a thread inside the daemon's namespace
+    /// (where a client's backing socket must be created).
+    pub(crate) fn b_side<T: Send>(
+        &self,
+        f: impl FnOnce(&std::path::Path) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let (netns, control) = (&self.netns, &self.control);
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_netns(netns)?;
+                    f(control)
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("the thread in the daemon's namespace panicked"))
+        })
+    }
+
     /// A client-library endpoint on UDP `local`, its backing socket created in the daemon's
     /// namespace (by a thread that entered it).
     pub(crate) fn endpoint(&self, local: &str) -> anyhow::Result<Endpoint> {

@@ -457,6 +457,11 @@ const RESTARTS: u32 = 3;
 /// alongside the other privileged tests on 2 cores lost 1,127 and 5,973 datagrams that way, in
 /// a running daemon, never in a restart window.
 const FAST_FRAMES: &str = "16384";
+/// Ring slots of its endpoints: at a third of 100 kpps each, 16,384 slots hold 490 ms of
+/// datagrams, so a receiving thread may be kept off the CPU that long (sink_full). With the
+/// default 4,096 (120 ms), the whole privileged suite running beside it on 2 cores cost one
+/// endpoint 123 datagrams that way, in a running daemon.
+const FAST_SLOTS: u32 = 16384;
 
 /// The measure of a planned restart: a steady 100 kpps stream spread over three client
 /// endpoints, the daemon stopped (SIGTERM) and started again three times in its middle, each
@@ -475,7 +480,13 @@ pub(crate) fn three_restarts_at_100_kpps_to_three_clients_lose_nothing() -> anyh
     let locals: Vec<String> = ports.iter().map(|p| format!("{B_ADDR}:{p}")).collect();
     let endpoints = locals
         .iter()
-        .map(|local| first.endpoint(local))
+        .map(|local| {
+            let request = demux::control::BindRequest::udp(
+                local.as_str(),
+                demux::control::SinkSpec::Ring { slots: FAST_SLOTS },
+            );
+            first.b_side(|control| Ok(Endpoint::bind_with(control, request, None)?))
+        })
         .collect::<anyhow::Result<Vec<Endpoint>>>()?;
     let first_ids: Vec<Option<u32>> = endpoints.iter().map(Endpoint::id).collect();
     let daemon = first;
