@@ -8,8 +8,10 @@
 //! everything while the daemon is away — the kernel delivers to that socket, and the endpoint
 //! reads both as one stream: the socket whenever the ring is empty, and at least every
 //! [`KERNEL_EVERY`] while it is busy, so neither starves. When the daemon goes away the endpoint
-//! drains its ring, goes on reading its socket, and binds again once the daemon is back. Send
-//! replies through [`Endpoint::socket`].
+//! keeps its ring, goes on reading its socket, and once a daemon listens again attaches to
+//! its endpoint (a daemon restarted under systemd picked it up, same id and ring) or, when
+//! that daemon did not, binds afresh once the old ring is drained. Send replies through
+//! [`Endpoint::socket`].
 //!
 //! ```no_run
 //! use demux::{binding::Protocol, client::Endpoint};
@@ -31,7 +33,7 @@
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -155,12 +157,15 @@ pub struct Endpoint {
     /// When to try binding again while there is no session.
     rebind_due: Instant,
     via_kernel: u64,
+    reattached: u32,
     buf: Vec<u8>,
 }
 
-/// The daemon's side of an endpoint: its control connection, descriptor and ring.
+/// The daemon's side of an endpoint: its control connection, descriptor and ring. Without a
+/// connection (the daemon stopped), the ring stays: a daemon restarted under systemd picks
+/// the endpoint up with its ring, and the endpoint attaches to it again.
 struct Session {
-    control: Client,
+    control: Option<Client>,
     id: u32,
     ring: Consumer,
 }
@@ -214,6 +219,7 @@ impl Endpoint {
             kernel_due: Instant::now(),
             rebind_due: Instant::now(),
             via_kernel: 0,
+            reattached: 0,
             buf: vec![0; MAX_DATAGRAM],
         };
         endpoint.session = Some(endpoint.register(client)?);
@@ -233,12 +239,44 @@ impl Endpoint {
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| Error::Descriptors(fds.len()))?;
         let ring = Consumer::open(ClientFds { memory, wake })?;
-        Ok(Session { control, id, ring })
+        Ok(Session {
+            control: Some(control),
+            id,
+            ring,
+        })
     }
 
-    /// The endpoint's descriptor on the daemon; `None` while the daemon is away.
+    /// Takes up endpoint `id` again on a restarted daemon that picked it up (`attach`, proving
+    /// with the backing socket that it is ours).
+    fn attach(&self, mut control: Client, id: u32) -> Result<Client, Error> {
+        let (response, _) = control.call_with_fds(
+            crate::control::Request::Attach { id },
+            &[self.socket.as_fd()],
+        )?;
+        match response {
+            Response::Attached { id: got } if got == id => Ok(control),
+            other => Err(ClientError::BadResponse(format!(
+                "unexpected answer to attach: {other:?}"
+            ))
+            .into()),
+        }
+    }
+
+    /// The endpoint's descriptor on the daemon; `None` once the session is lost (the daemon
+    /// went away and its ring is drained, and it did not pick the endpoint up).
     pub fn id(&self) -> Option<u32> {
         self.session.as_ref().map(|session| session.id)
+    }
+
+    /// Whether the endpoint has a control connection to a daemon now (`false` while the daemon
+    /// is away; the ring may still bring what the daemon steered).
+    pub fn connected(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.control.is_some())
+    }
+
+    /// How often the endpoint took up its session again on a restarted daemon (`attach`).
+    pub fn reattached(&self) -> u32 {
+        self.reattached
     }
 
     /// The backing socket: send replies through it (`send_to`), from the endpoint's address.
@@ -334,17 +372,45 @@ impl Endpoint {
         self.rebind_due = Instant::now() + REBIND_EVERY;
     }
 
-    /// Without a session, binds again once [`REBIND_EVERY`] has passed since the last try.
+    /// Without a connection, tries once [`REBIND_EVERY`] has passed since the last try: to
+    /// attach to the endpoint again (a daemon restarted under systemd picked it up, ring and
+    /// all), else — once the old ring is drained — to bind afresh.
     fn rebind_if_due(&mut self) {
-        if self.session.is_some() || Instant::now() < self.rebind_due {
+        if self.connected() || Instant::now() < self.rebind_due {
             return;
         }
-        match Client::connect(&self.control)
-            .map_err(Error::from)
-            .and_then(|client| self.register(client))
-        {
-            Ok(session) => self.session = Some(session),
-            Err(_) => self.rebind_due = Instant::now() + REBIND_EVERY,
+        self.rebind_due = Instant::now() + REBIND_EVERY;
+        let Ok(client) = Client::connect(&self.control) else {
+            return;
+        };
+        if let Some(session) = &self.session {
+            match self.attach(client, session.id) {
+                Ok(client) => {
+                    if let Some(session) = &mut self.session {
+                        session.control = Some(client);
+                    }
+                    self.reattached += 1;
+                    return;
+                }
+                // The daemon did not pick it up: bind afresh once the old ring is drained
+                // (until then its datagrams are still to be read).
+                Err(_) => {
+                    if !self.session.as_mut().is_some_and(|s| s.ring.is_empty()) {
+                        return;
+                    }
+                    self.session = None;
+                }
+            }
+            let Ok(client) = Client::connect(&self.control) else {
+                return;
+            };
+            if let Ok(session) = self.register(client) {
+                self.session = Some(session);
+            }
+            return;
+        }
+        if let Ok(session) = self.register(client) {
+            self.session = Some(session);
         }
     }
 
@@ -366,6 +432,10 @@ impl Endpoint {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
+            if !self.connected() {
+                let rebind = self.rebind_due.saturating_duration_since(now);
+                wait = Some(wait.map_or(rebind, |w| w.min(rebind)));
+            }
             let wait_ms = wait.map_or(-1, |w| w.as_millis().clamp(1, i32::MAX as u128) as i32);
             let Some(session) = &mut self.session else {
                 let mut fds = [sys::pollfd(&self.socket, libc::POLLIN)];
@@ -376,9 +446,19 @@ impl Endpoint {
                 session.ring.stop_waiting();
                 continue;
             }
+            // Without a connection, the ring's wakeup and the socket (and the retry's timer).
+            let control = session
+                .control
+                .as_ref()
+                .map(|c| c.fd().as_raw_fd())
+                .unwrap_or(-1);
             let mut fds = [
                 sys::pollfd(&session.ring.wake_fd(), libc::POLLIN),
-                sys::pollfd(&session.control.fd(), libc::POLLIN),
+                libc::pollfd {
+                    fd: control,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
                 sys::pollfd(&self.socket, libc::POLLIN),
             ];
             let ready = sys::poll(&mut fds, wait_ms);
@@ -390,15 +470,15 @@ impl Endpoint {
         }
     }
 
-    /// The daemon closed the connection (it stopped or restarted): the session stays until its
-    /// ring is drained (its memory stays mapped), then the socket carries everything until the
-    /// daemon is back.
+    /// The daemon closed the connection (it stopped or restarted): the session keeps its ring
+    /// (its memory stays mapped; a restarted daemon may pick the endpoint up and fill it
+    /// again) and the socket carries what the kernel delivers until the endpoint attaches
+    /// again or, if the new daemon did not pick it up, binds afresh ([`Endpoint::rebind_if_due`]).
     fn daemon_gone(&mut self) {
-        if self
-            .session
-            .as_mut()
-            .is_none_or(|session| session.ring.is_empty())
-        {
+        if let Some(session) = &mut self.session {
+            session.control = None;
+            self.rebind_due = Instant::now() + REBIND_EVERY;
+        } else {
             self.lose_session();
         }
     }
@@ -426,11 +506,16 @@ impl Endpoint {
                 continue;
             }
             let wake = watch(session.ring.wake_fd())?;
-            let control = watch(session.control.fd())?;
+            let control = match &session.control {
+                Some(control) => Some(watch(control.fd())?),
+                None => None,
+            };
+            let rebind = self.rebind_due.saturating_duration_since(Instant::now());
             let gone = tokio::select! {
                 ready = wake.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
                 ready = socket.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
-                _ = control.readable() => true,
+                _ = async { control.as_ref().expect("connected").readable().await }, if control.is_some() => true,
+                () = tokio::time::sleep(rebind), if control.is_none() => false,
             };
             session.ring.stop_waiting();
             if gone {

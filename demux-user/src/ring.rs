@@ -96,6 +96,15 @@ pub enum RingError {
         /// Slot size in the header.
         slot_size: u32,
     },
+    /// A handed-over memfd without the seals that keep its size fixed.
+    #[error("ring: the memfd's seals are {seals:#x}; a ring is sealed against shrinking, growing and new seals")]
+    Seals {
+        /// `F_GET_SEALS`.
+        seals: i32,
+    },
+    /// A handed-over wakeup descriptor that is not an eventfd.
+    #[error("ring: the wakeup descriptor is not an eventfd")]
+    NotEventfd,
     /// The memory is not as large as the header says.
     #[error("ring: the shared memory is {actual} bytes, the header says {expected}")]
     Size {
@@ -139,6 +148,8 @@ fn span(len: usize, slot_size: u32) -> u64 {
 /// The daemon's end: writes records, wakes the client when it asked.
 pub struct Producer {
     map: Mapping,
+    /// The memfd behind `map`, kept to hand the ring over to the next daemon ([`Producer::handover`]).
+    memory: File,
     slots: u32,
     slot_size: u32,
     wake: File,
@@ -148,6 +159,17 @@ pub struct Producer {
     consumer: u64,
     /// Records published since the last [`Producer::flush`].
     unflushed: bool,
+}
+
+/// A ring's shape and position, as a daemon hands it over to the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Slots (a power of two).
+    pub slots: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// The producer index: slots published, ever.
+    pub produced: u64,
 }
 
 /// The file descriptors a client needs: the ring's memfd and the wakeup eventfd.
@@ -179,6 +201,7 @@ impl Producer {
         Ok((
             Self {
                 map,
+                memory,
                 slots,
                 slot_size,
                 wake,
@@ -187,6 +210,66 @@ impl Producer {
                 unflushed: false,
             },
             fds,
+        ))
+    }
+
+    /// Takes over a ring a previous daemon created and handed over (the systemd fd store):
+    /// `slots`, `slot_size` and `produced` come from its own state record, never from the
+    /// shared memory, which the client may have written. The memfd must be sealed against
+    /// shrinking, growing and new seals and be exactly as large as the geometry says (so the
+    /// mapping can never fault); `wake` must be an eventfd. The consumer index is read as
+    /// untrusted, as always: until it proves progress, the ring counts as full.
+    pub fn resume(
+        memory: OwnedFd,
+        wake: OwnedFd,
+        slots: u32,
+        slot_size: u32,
+        produced: u64,
+    ) -> Result<Self, RingError> {
+        check_geometry(slots, slot_size)?;
+        let memory = File::from(memory);
+        let seals = sys::seals(&memory)?;
+        let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if seals & needed != needed {
+            return Err(RingError::Seals { seals });
+        }
+        let len = ring_len(slots, slot_size);
+        let actual = memory.metadata()?.len();
+        if actual != len as u64 {
+            return Err(RingError::Size {
+                actual,
+                expected: len as u64,
+            });
+        }
+        if !sys::is_eventfd(&wake)? {
+            return Err(RingError::NotEventfd);
+        }
+        let map = Mapping::shared(&memory, len)?;
+        Ok(Self {
+            map,
+            memory,
+            slots,
+            slot_size,
+            wake: File::from(wake),
+            produced,
+            consumer: produced.wrapping_sub(u64::from(slots)),
+            unflushed: false,
+        })
+    }
+
+    /// What the next daemon needs to [`Producer::resume`] this ring: copies of its memfd and
+    /// eventfd, its geometry and the producer index.
+    pub fn handover(&self) -> io::Result<(ClientFds, Geometry)> {
+        Ok((
+            ClientFds {
+                memory: OwnedFd::from(self.memory.try_clone()?),
+                wake: OwnedFd::from(self.wake.try_clone()?),
+            },
+            Geometry {
+                slots: self.slots,
+                slot_size: self.slot_size,
+                produced: self.produced,
+            },
         ))
     }
 

@@ -66,23 +66,32 @@ pub(crate) fn check(built: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome::Passed)
 }
 
-/// The unit with its `ExecStart` command [`INSTALLED`] replaced by `built`.
+/// The unit with its commands' [`INSTALLED`] replaced by `built`: the one `ExecStart`, and
+/// any other `Exec…=` line that runs it (`ExecStopPost=-/usr/bin/demux detach`, with or without
+/// a `-` prefix).
 fn with_binary(unit: &str, built: &Path) -> anyhow::Result<String> {
-    let prefix = format!("ExecStart={INSTALLED} ");
     let mut found = 0;
     let lines: Vec<String> = unit
         .lines()
-        .map(|line| match line.strip_prefix(&prefix) {
-            Some(rest) => {
-                found += 1;
-                format!("ExecStart={} {rest}", built.display())
+        .map(|line| {
+            let Some((key, value)) = line.split_once('=').filter(|(k, _)| k.starts_with("Exec"))
+            else {
+                return line.to_owned();
+            };
+            let (prefix, command) =
+                value.split_at(value.len() - value.trim_start_matches('-').len());
+            match command.strip_prefix(INSTALLED) {
+                Some(rest) if rest.is_empty() || rest.starts_with(' ') => {
+                    found += usize::from(key == "ExecStart");
+                    format!("{key}={prefix}{}{rest}", built.display())
+                }
+                _ => line.to_owned(),
             }
-            None => line.to_owned(),
         })
         .collect();
     ensure!(
         found == 1,
-        "dist/demux.service: expected one `{prefix}…` line, found {found}"
+        "dist/demux.service: expected one `ExecStart={INSTALLED} …` line, found {found}"
     );
     Ok(lines.join("\n") + "\n")
 }
@@ -102,5 +111,18 @@ mod tests {
              ExecReload=/bin/kill -HUP $MAINPID\n"
         );
         assert!(with_binary("[Service]\nExecStart=/opt/demux daemon\n", Path::new("/x")).is_err());
+    }
+
+    #[test]
+    fn exec_stop_post_runs_the_built_binary_too() {
+        let unit =
+            "[Service]\nExecStart=/usr/bin/demux daemon\nExecStopPost=-/usr/bin/demux detach\n\
+                    ExecStopPost=/usr/bin/demuxer x\n";
+        let copy = with_binary(unit, Path::new("/w/demux")).unwrap();
+        assert_eq!(
+            copy,
+            "[Service]\nExecStart=/w/demux daemon\nExecStopPost=-/w/demux detach\n\
+             ExecStopPost=/usr/bin/demuxer x\n"
+        );
     }
 }

@@ -110,6 +110,9 @@ impl DaemonArgs {
 }
 
 pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // First, before anything opens a descriptor: those a service manager passed
+    // (`LISTEN_FDS`), the endpoints the previous daemon handed over.
+    let inherited = daemon::handover::Inherited::take_from_env();
     // A reload reads the file again and puts the same flags over it, as here.
     let reread = args.config.is_some().then(|| {
         let args = args.clone();
@@ -120,7 +123,7 @@ pub(crate) fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(daemon::run_reloadable(config, reread))
+        .block_on(daemon::run_with(config, reread, inherited))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! → {"version":4,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
 //! → {"version":4,"op":"stats"}    ← {"result":"stats",…}
 //! → {"version":4,"op":"reload"}   ← {"result":"reloaded","changes":["endpoint 3 udp 0.0.0.0:53 closed",…]}
+//! → {"version":4,"fds":1,"op":"attach","id":2}   ← {"result":"attached","id":2}
 //! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
 //!
@@ -48,6 +49,14 @@
 //! connection that created it, unless it was created `persistent`. A `bound` answer to a bind
 //! with `"to":"ring"` carries two descriptors (SCM_RIGHTS): the ring's memfd, then its eventfd
 //! ([`crate::ring`], passed with [`crate::sys::scm`]); only the caller gets them.
+//!
+//! **Restarts.** A daemon stopped gracefully under systemd hands its client endpoints (ring,
+//! backing socket, request, owner) to the next one through the service manager's file
+//! descriptor store (`daemon::handover`). The client keeps its ring mapped and, once the new
+//! daemon listens, sends `attach` with the endpoint's id and its backing socket: the daemon
+//! checks that the caller (SO_PEERCRED) is the owner and that the socket is the endpoint's
+//! own (same `SO_COOKIE`), and the session goes on with the same ring and id. An endpoint
+//! nobody attaches to within `daemon::handover::GRACE` closes (unless persistent).
 #![deny(missing_docs)]
 
 pub mod client;
@@ -155,6 +164,16 @@ pub enum Request {
     /// Read the daemon's config file again and apply the difference (root only); answered
     /// with [`Response::Reloaded`].
     Reload,
+    /// Take up again, after a daemon restart, endpoint `id` that the previous daemon handed
+    /// over to this one (its ring and backing socket): the request carries the endpoint's
+    /// backing socket (`"fds":1`), the caller must be its owner. Answered with
+    /// [`Response::Attached`]; the endpoint then closes with this connection, as it did with
+    /// the one that bound it. Added within protocol version 4: a daemon that does not know it
+    /// answers `invalid_argument`, and the client binds afresh.
+    Attach {
+        /// The endpoint's descriptor, as the previous daemon gave it.
+        id: u32,
+    },
 }
 
 /// What `bind` asks for: a binding and where its datagrams go. Unknown keys are refused, on
@@ -201,6 +220,11 @@ pub enum Response {
     },
     /// The endpoint exists now.
     Bound {
+        /// Its descriptor.
+        id: u32,
+    },
+    /// The caller holds the endpoint again (its ring, as before the restart).
+    Attached {
         /// Its descriptor.
         id: u32,
     },

@@ -15,6 +15,27 @@ use crate::{
 /// A refused or failed control request.
 #[derive(Debug, Error)]
 pub enum ControlError {
+    /// `attach` names an endpoint that is not waiting for its client (it was not picked up
+    /// from the previous daemon, or its client is back already).
+    #[error("attach: endpoint {id} is not waiting for its client after a restart (bind afresh)")]
+    NotWaiting {
+        /// The endpoint asked for.
+        id: u32,
+    },
+    /// `attach` from another uid than the endpoint's owner.
+    #[error("attach: endpoint {id} belongs to uid {owner}; only its owner may attach to it")]
+    AttachOwner {
+        /// The endpoint asked for.
+        id: u32,
+        /// Its owner.
+        owner: u32,
+    },
+    /// `attach` with another socket than the endpoint's backing socket.
+    #[error("attach: the socket passed is not endpoint {id}'s backing socket; pass the socket the endpoint was bound with")]
+    AttachSocket {
+        /// The endpoint asked for.
+        id: u32,
+    },
     /// The binding in the request is invalid.
     #[error(transparent)]
     Binding(#[from] BindingError),
@@ -252,7 +273,10 @@ impl ControlError {
             | ControlError::TcpForRoot
             | ControlError::BackingRequired { .. }
             | ControlError::ReloadForRoot { .. }
-            | ControlError::NotOwner { .. } => ErrorCode::PermissionDenied,
+            | ControlError::NotOwner { .. }
+            | ControlError::AttachOwner { .. }
+            | ControlError::AttachSocket { .. } => ErrorCode::PermissionDenied,
+            ControlError::NotWaiting { .. } => ErrorCode::NotFound,
             ControlError::Sink(error) => error.code(),
             ControlError::Table(TableError::Map { .. } | TableError::BadIface { .. })
             | ControlError::Statistics(_)

@@ -3,9 +3,11 @@
 //! (`local_addrs`) and writes each interface's MAC address for the program's destination
 //! checks, serves the control socket, logs the verdicts, on SIGHUP (or `demux reload`) reads
 //! its config file again and applies the difference (`reload`), and on SIGINT/SIGTERM
-//! detaches, stops the workers and removes the control socket.
+//! detaches, stops the workers, hands its client endpoints to the service manager for the
+//! next daemon (`handover`) and removes the control socket.
 
 pub mod error;
+pub mod handover;
 pub mod ifaces;
 pub mod kernel_features;
 pub mod kernel_path;
@@ -51,6 +53,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// As [`run`]; on SIGHUP or root's `reload` request `reread` gives the configuration again and
 /// the daemon applies the difference ([`reload`]).
 pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> anyhow::Result<()> {
+    run_with(config, reread, handover::Inherited::default()).await
+}
+
+/// As [`run_reloadable`], picking up the endpoints a previous daemon handed over in
+/// `inherited` (the service manager's file descriptor store, [`handover`]); at a graceful stop
+/// under a manager (`NOTIFY_SOCKET`) it hands its own over the same way.
+pub async fn run_with(
+    config: Config,
+    reread: Option<reload::Reread>,
+    inherited: handover::Inherited,
+) -> anyhow::Result<()> {
     config.validate()?;
     privileges::check_load_time()?;
     kernel_features::log(&kernel_features::detect());
@@ -98,6 +111,15 @@ pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> a
     let follower = local_addrs::Follower::start(&state).await?;
     info!("local addresses: {} prefixes", follower.routes().len());
     let follower = tokio::spawn(follower.run(state.clone()));
+    let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
+        warn!("{e}");
+        None
+    });
+    // Endpoints handed over by the previous daemon, with their ids, before the configured
+    // ones take ids and before the first packet is steered.
+    if !inherited.is_empty() {
+        pick_up(&state, inherited, notifier.as_ref());
+    }
     let mut ifaces = ifaces::Ifaces::new(config.frames, config.mode);
     for iface in &config.ifaces {
         ifaces.bring_up(iface, &mut loaded, &state)?;
@@ -143,10 +165,6 @@ pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> a
     );
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // Attached, sockets registered, control socket listening: tell the supervisor, if any.
-    let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
-        warn!("{e}");
-        None
-    });
     if let Some(notifier) = &notifier {
         let status = format!(
             "attached to {}; control socket {}",
@@ -190,7 +208,9 @@ pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> a
             }
             _ = tick(&mut ticker) => log_stats(&view.stats()),
             _ = audit.tick() => {
-                state.lock().expect("state lock").audit();
+                let mut state = state.lock().expect("state lock");
+                state.audit();
+                state.expire_waiting(handover::GRACE);
             }
         }
     }
@@ -206,12 +226,65 @@ pub async fn run_reloadable(config: Config, reread: Option<reload::Reread>) -> a
     }
     // From here on every packet goes to the kernel; the workers drain what was steered.
     ifaces.shut_down(&mut loaded).join();
+    // Drained: the kernel delivers to the backing sockets now. Hand the client endpoints to
+    // the next daemon, if a service manager keeps them.
+    if let Some(notifier) = &notifier {
+        hand_over(&state, notifier);
+    }
     if let Err(e) = fs::remove_file(&config.control) {
         warn!("removing {}: {e}", config.control.display());
     }
     log_stats(&view.stats());
     Ok(())
 }
+
+/// Re-creates the endpoints the previous daemon handed over (each checked, [`handover`]) and
+/// removes what the manager passed from its store: a stale backing socket there would hold
+/// its port after its endpoint closed.
+fn pick_up(
+    state: &Mutex<State>,
+    inherited: handover::Inherited,
+    notifier: Option<&notify::Notifier>,
+) {
+    let names = inherited.names();
+    let count = inherited.len();
+    let picked = inherited.pickup(handover::udp_socket_uid);
+    let mut restored = 0;
+    for one in picked {
+        let (id, local) = (one.stored.id, one.stored.request.local.clone());
+        match state.lock().expect("state lock").restore(one) {
+            Ok(_) => restored += 1,
+            Err(error) => warn!(id, %local, "restart: endpoint not picked up: {error}"),
+        }
+    }
+    info!(
+        descriptors = count,
+        endpoints = restored,
+        "restart: endpoints picked up from the previous daemon; their clients attach again"
+    );
+    if let Some(notifier) = notifier {
+        for name in &names {
+            if let Err(e) = notifier.remove_fds(name) {
+                warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Stores the client endpoints with the service manager for the next daemon.
+fn hand_over(state: &Mutex<State>, notifier: &notify::Notifier) {
+    let handed = state.lock().expect("state lock").handover();
+    match handover::store(notifier, &handed, HANDOVER_BARRIER) {
+        Ok(descriptors) => info!(
+            endpoints = handed.len(),
+            descriptors, "restart: endpoints handed to the service manager for the next daemon"
+        ),
+        Err(e) => warn!("restart: handing the endpoints over: {e}; their clients bind afresh"),
+    }
+}
+
+/// How long a stopping daemon waits for the manager to take the stored descriptors.
+const HANDOVER_BARRIER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The verdict log's ticker; none for a zero interval.
 fn stats_ticker(every: std::time::Duration) -> Option<Interval> {

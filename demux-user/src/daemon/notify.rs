@@ -1,7 +1,9 @@
 //! Readiness for a supervisor, by the sd_notify protocol: when `NOTIFY_SOCKET` names a Unix
 //! datagram socket (a path, or `@name` in the abstract namespace), the daemon sends it
 //! `READY=1` once the program is attached, the sockets are registered and the control socket
-//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down.
+//! listens, `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down;
+//! at a graceful stop it stores descriptors (`FDSTORE=1`, `FDNAME=`, SCM_RIGHTS) and waits
+//! for `BARRIER=1` (`handover`).
 //! Each message is one datagram of newline-separated `KEY=value` assignments. Without
 //! `NOTIFY_SOCKET` nothing is sent.
 //!
@@ -11,6 +13,7 @@
 use std::{
     ffi::OsStr,
     io,
+    os::fd::{AsRawFd as _, RawFd},
     os::{
         linux::net::SocketAddrExt as _,
         unix::{
@@ -18,6 +21,7 @@ use std::{
             net::{SocketAddr, UnixDatagram},
         },
     },
+    time::Instant,
 };
 
 use thiserror::Error;
@@ -107,6 +111,83 @@ impl Notifier {
             })
     }
 
+    /// Sends `message` with descriptor `fd` attached (SCM_RIGHTS), as sd_pid_notify_with_fds
+    /// does.
+    fn notify_with_fd(
+        &self,
+        message: &str,
+        fd: RawFd,
+        deadline: Instant,
+    ) -> Result<(), NotifyError> {
+        let failed = |source| NotifyError::Send {
+            message: message.lines().next().unwrap_or("").to_owned(),
+            value: self.value.clone(),
+            source,
+        };
+        // A connected socket of its own: `scm::send` sends without an address. It does not
+        // wait; a manager that has not read the previous messages yet (its queue holds
+        // `net.unix.max_dgram_qlen`) is waited for until `deadline`.
+        let socket = UnixDatagram::unbound().map_err(failed)?;
+        socket.connect_addr(&self.addr).map_err(failed)?;
+        loop {
+            match crate::sys::scm::send(socket.as_raw_fd(), message.as_bytes(), &[fd]) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(failed(e));
+                    }
+                    let mut fds = [crate::sys::pollfd(&socket, libc::POLLOUT)];
+                    crate::sys::poll(&mut fds, left.as_millis().max(1) as i32).map_err(failed)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+    }
+
+    /// `FDSTORE=1` with `FDNAME=name`: the service manager keeps a copy of `fd` for the next
+    /// start of the service (`FileDescriptorStoreMax=`), which finds it in `LISTEN_FDS`.
+    /// `FDPOLL=0` (systemd 246+): the manager otherwise drops a stored descriptor that reports
+    /// POLLERR, as a connected UDP socket does after an ICMP error.
+    /// Waits for room in the manager's queue until `deadline`.
+    pub fn store_fd(&self, name: &str, fd: RawFd, deadline: Instant) -> Result<(), NotifyError> {
+        self.notify_with_fd(&format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0"), fd, deadline)
+    }
+
+    /// `FDSTOREREMOVE=1` with `FDNAME=name`: the manager closes its copies of the descriptors
+    /// stored under `name`.
+    pub fn remove_fds(&self, name: &str) -> Result<(), NotifyError> {
+        self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"))
+    }
+
+    /// `BARRIER=1` (sd_notify_barrier(3)): waits, until `deadline` at most, for the manager to
+    /// have processed every message sent before (it closes the pipe end sent with this one).
+    pub fn barrier(&self, deadline: Instant) -> Result<(), NotifyError> {
+        let failed = |source| NotifyError::Send {
+            message: "BARRIER=1".into(),
+            value: self.value.clone(),
+            source,
+        };
+        let (read, write) = std::io::pipe().map_err(failed)?;
+        self.notify_with_fd("BARRIER=1", write.as_raw_fd(), deadline)?;
+        drop(write);
+        let mut fds = [crate::sys::pollfd(&read, libc::POLLIN)];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the manager did not answer in time",
+                )));
+            }
+            // Readable at EOF: the manager closed its end. (0: timed out or interrupted.)
+            if crate::sys::poll(&mut fds, left.as_millis().max(1) as i32).map_err(failed)? > 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// `READY=1` with a status line: the daemon serves.
     pub fn ready(&self, status: &str) -> Result<(), NotifyError> {
         self.notify(&format!("READY=1\nSTATUS={}", one_line(status)))
@@ -184,6 +265,51 @@ mod tests {
         );
         notifier.stopping().expect("sending STOPPING=1");
         assert_eq!(receive(&supervisor), "STOPPING=1\nSTATUS=shutting down");
+    }
+
+    /// `FDSTORE=1` carries its descriptor and name, `FDSTOREREMOVE=1` its name, and the
+    /// barrier returns once the manager closed the pipe it got, or fails at its deadline.
+    #[test]
+    fn descriptors_are_stored_by_name_and_the_barrier_waits_for_the_manager() {
+        let dir = Scratch::new("fdstore");
+        let path = dir.0.join("notify.sock");
+        let manager = UnixDatagram::bind(&path).expect("binding the manager's socket");
+        manager
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("a read timeout");
+        let notifier = Notifier::new(path.as_os_str()).expect("a notifier");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let memfd = crate::sys::memfd(c"stored").expect("a memfd");
+        notifier
+            .store_fd("demux-ep1-ring", memfd.as_raw_fd(), deadline)
+            .expect("FDSTORE=1");
+        let mut buf = [0u8; 512];
+        let mut fds = Vec::new();
+        let n = crate::sys::scm::recv(&manager, &mut buf, &mut fds).expect("the message");
+        assert_eq!(
+            String::from_utf8_lossy(&buf[..n]),
+            "FDSTORE=1\nFDNAME=demux-ep1-ring\nFDPOLL=0"
+        );
+        assert_eq!(fds.len(), 1);
+        notifier
+            .remove_fds("demux-ep1-ring")
+            .expect("FDSTOREREMOVE=1");
+        assert_eq!(receive(&manager), "FDSTOREREMOVE=1\nFDNAME=demux-ep1-ring");
+        // Nobody answers: the barrier gives up at its deadline.
+        let soon = Instant::now() + std::time::Duration::from_millis(200);
+        assert!(notifier.barrier(soon).is_err());
+        let mut fds = Vec::new();
+        crate::sys::scm::recv(&manager, &mut buf, &mut fds).expect("the first barrier");
+        drop(fds);
+        // The manager reads it and closes the pipe: the barrier returns.
+        let answer = std::thread::spawn(move || {
+            let mut fds = Vec::new();
+            let n = crate::sys::scm::recv(&manager, &mut buf, &mut fds).expect("the barrier");
+            assert_eq!(&buf[..n], b"BARRIER=1");
+            assert_eq!(fds.len(), 1);
+        });
+        notifier.barrier(deadline).expect("answered");
+        answer.join().expect("the manager");
     }
 
     #[test]

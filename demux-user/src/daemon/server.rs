@@ -9,7 +9,7 @@
 //!
 //! Requests are read with `recvmsg`: the descriptors received up to the end of a request line
 //! are that request's. It takes as many as its line declares (`fds`: a bind's backing socket,
-//! then its `pcap:` or `unix:` sink: [`Passed`]) and the rest are closed; at most [`MAX_FDS`]
+//! then its `pcap:` or `unix:` sink: [`Passed`]; an attach's backing socket) and the rest are closed; at most [`MAX_FDS`]
 //! wait at a time. A non-root caller's UDP bind on an address without its backing socket is
 //! refused here (`permission_denied`).
 //!
@@ -348,6 +348,20 @@ fn passed(
              them to the line's first byte, SCM_RIGHTS)",
             received.len()
         )));
+    }
+    if let Request::Attach { .. } = request {
+        // An attach carries exactly the endpoint's backing socket: the proof that the caller
+        // holds it.
+        return match (declared, received.into_iter().next()) {
+            (1, Some(socket)) => Ok(Passed {
+                backing: Some(socket),
+                sink: None,
+            }),
+            _ => Err(refuse(format!(
+                "fds: attach carries the endpoint's backing socket, 1 descriptor; {declared} \
+                 declared"
+            ))),
+        };
     }
     let Request::Bind(bind) = request else {
         return match declared {

@@ -51,6 +51,7 @@ use demux_common::{
 use tracing::{info, warn};
 
 use super::{
+    handover::{Handed, Picked},
     kernel_path,
     view::{Listing, View, Viewer},
 };
@@ -62,7 +63,7 @@ use crate::{
     control::{BindRequest, EndpointInfo, Request, Response, SocketInfo, Stats},
     daemon::error::ControlError,
     dataplane::{maps::Maps, Dataplane, ReuseportError},
-    ring::{ClientFds, DEFAULT_SLOT_SIZE},
+    ring::{ClientFds, Producer, DEFAULT_SLOT_SIZE},
     sink::{CallerSink, Sink},
     tables::Tables,
 };
@@ -80,6 +81,9 @@ impl Caller {
         uid: 0,
         connection: 0,
     };
+    /// The connection of an endpoint picked up from the previous daemon until its client
+    /// attaches: none of the control socket's (they count from 1).
+    pub const RESTORED: u64 = u64::MAX;
 }
 
 /// What a queue worker needs of an endpoint: its sink and its delivery counters.
@@ -135,6 +139,9 @@ struct Endpoint {
     placement: Placement,
     /// The kernel socket behind it, if any.
     backing: Option<Backing>,
+    /// Picked up from the previous daemon at this time, its client not back yet
+    /// ([`State::attach`]).
+    waiting: Option<std::time::Instant>,
 }
 
 /// An endpoint's backing socket, what it said when registered, and the task reading it into a
@@ -232,6 +239,9 @@ impl<D: Dataplane> State<D> {
                 Response::Bound { id }
             }),
             Request::Close { id } => self.close(id, caller).map(|()| Response::Closed { id }),
+            Request::Attach { id } => self
+                .attach(id, caller, passed.backing)
+                .map(|()| Response::Attached { id }),
             // The control socket hands root's reload to the daemon's main task (`reload.rs`).
             Request::Reload => Err(ControlError::ReloadForRoot { uid: caller.uid }),
             Request::Hello { .. } | Request::List | Request::Stats => Ok(self
@@ -262,9 +272,183 @@ impl<D: Dataplane> State<D> {
     /// the daemon's own, the config file's, are opened by path).
     pub fn bind_passed(
         &mut self,
+        request: BindRequest,
+        caller: Caller,
+        passed: Passed,
+    ) -> Result<(u32, Option<ClientFds>), ControlError> {
+        self.replace_waiting(caller, &passed);
+        self.bind_inner(request, caller, passed, None)
+    }
+
+    /// A client that binds again with the backing socket of an endpoint picked up after a
+    /// restart (a client library without `attach`) gets a new endpoint in its place: the
+    /// picked-up one, which it no longer reads, closes first (same owner, same socket cookie,
+    /// so it is the same client).
+    fn replace_waiting(&mut self, caller: Caller, passed: &Passed) {
+        let Some(cookie) = passed
+            .backing
+            .as_ref()
+            .and_then(|s| crate::sys::socket::cookie(s).ok())
+        else {
+            return;
+        };
+        let waiting: Vec<u32> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.waiting.is_some() && e.owner == caller.uid)
+            .filter(|(_, e)| {
+                e.backing
+                    .as_ref()
+                    .and_then(|b| crate::sys::socket::cookie(&b.socket).ok())
+                    == Some(cookie)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            info!(
+                id,
+                "its client binds again instead of attaching: the picked-up endpoint is replaced"
+            );
+            if let Err(error) = self.close(id, Caller::DAEMON) {
+                warn!(id, "closing: {error}");
+            }
+        }
+    }
+
+    /// Re-creates an endpoint the previous daemon handed over, with its id, ring and backing
+    /// socket, checked as a new bind of its owner is (the socket inspected again, the binding,
+    /// the overlaps, the limits); it waits for its client to [`State::attach`].
+    pub fn restore(&mut self, picked: Picked) -> Result<u32, ControlError> {
+        let Picked {
+            stored,
+            backing,
+            ring,
+        } = picked;
+        let caller = Caller {
+            uid: stored.owner,
+            connection: Caller::RESTORED,
+        };
+        let passed = Passed {
+            backing: Some(backing),
+            sink: None,
+        };
+        // A backed endpoint's group name is the daemon's, derived from its socket again.
+        let request = BindRequest {
+            group: None,
+            ..stored.request
+        };
+        let (id, _) = self.bind_inner(request, caller, passed, Some((stored.id, ring)))?;
+        if let Some(endpoint) = self.endpoints.get_mut(&id) {
+            endpoint.waiting = Some(std::time::Instant::now());
+        }
+        Ok(id)
+    }
+
+    /// The caller takes up again endpoint `id`, picked up after a restart: it must be its
+    /// owner (SO_PEERCRED) and pass the endpoint's own backing socket (same `SO_COOKIE`), which
+    /// only a holder of that socket can. The endpoint then belongs to the caller's connection.
+    pub fn attach(
+        &mut self,
+        id: u32,
+        caller: Caller,
+        socket: Option<OwnedFd>,
+    ) -> Result<(), ControlError> {
+        let endpoint = self
+            .endpoints
+            .get_mut(&id)
+            .filter(|e| e.waiting.is_some())
+            .ok_or(ControlError::NotWaiting { id })?;
+        if caller.uid != endpoint.owner {
+            return Err(ControlError::AttachOwner {
+                id,
+                owner: endpoint.owner,
+            });
+        }
+        let theirs = socket.and_then(|s| crate::sys::socket::cookie(&s).ok());
+        let ours = endpoint
+            .backing
+            .as_ref()
+            .and_then(|b| crate::sys::socket::cookie(&b.socket).ok());
+        if theirs.is_none() || theirs != ours {
+            return Err(ControlError::AttachSocket { id });
+        }
+        endpoint.waiting = None;
+        endpoint.connection = caller.connection;
+        info!(
+            id,
+            owner = caller.uid,
+            "endpoint attached again after the restart"
+        );
+        Ok(())
+    }
+
+    /// Closes the picked-up endpoints whose client has not attached within `grace` (persistent
+    /// ones stay: they do not need a connection). Returns them.
+    pub fn expire_waiting(&mut self, grace: std::time::Duration) -> Vec<u32> {
+        let expired: Vec<u32> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| {
+                !e.request.persistent && e.waiting.is_some_and(|t| t.elapsed() > grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            warn!(
+                id,
+                "no client attached within {grace:?} of the restart: endpoint closed"
+            );
+            if let Err(error) = self.close(*id, Caller::DAEMON) {
+                warn!(id, "closing: {error}");
+            }
+        }
+        expired
+    }
+
+    /// The client ring endpoints, as the next daemon needs them ([`super::handover`]): their
+    /// records, backing sockets and rings. Call once the workers have stopped (the producer
+    /// indexes are final).
+    pub fn handover(&self) -> Vec<Handed> {
+        let directory = self
+            .directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut handed = Vec::new();
+        for (id, endpoint) in &self.endpoints {
+            let (Some(backing), Some(handle)) = (&endpoint.backing, directory.get(id)) else {
+                continue;
+            };
+            let Sink::Ring(producer) = &handle.sink else {
+                continue;
+            };
+            let ring = producer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .handover();
+            let one = ring.and_then(|ring| {
+                Handed::new(
+                    *id,
+                    endpoint.owner,
+                    endpoint.request.clone(),
+                    backing.socket.try_clone()?,
+                    ring,
+                )
+            });
+            match one {
+                Ok(one) => handed.push(one),
+                Err(error) => warn!(id, "not handed over: {error}"),
+            }
+        }
+        handed
+    }
+
+    /// As [`State::bind_passed`]; `resumed` is a picked-up endpoint's id and ring.
+    fn bind_inner(
+        &mut self,
         mut request: BindRequest,
         caller: Caller,
         passed: Passed,
+        resumed: Option<(u32, Producer)>,
     ) -> Result<(u32, Option<ClientFds>), ControlError> {
         let Passed {
             backing: socket,
@@ -309,7 +493,15 @@ impl<D: Dataplane> State<D> {
         if caller.uid != 0 {
             self.within_limits(&request.to, caller.uid)?;
         }
-        let id = self.free_endpoint_id()?;
+        let id = match &resumed {
+            Some((id, _)) if self.endpoints.contains_key(id) => {
+                return Err(ControlError::InUse {
+                    holder: format!("endpoint {id}"),
+                })
+            }
+            Some((id, _)) => *id,
+            None => self.free_endpoint_id()?,
+        };
         // Validate the binding before touching anything.
         let (own_entry, own_target) = binding.encode(Receiver::Endpoint(id))?;
         self.no_foreign_overlap(&request, &binding, caller.uid)?;
@@ -318,7 +510,9 @@ impl<D: Dataplane> State<D> {
         {
             return Err(ControlError::RingForDaemon);
         }
-        let (sink, ring) = if caller.connection == Caller::DAEMON.connection {
+        let (sink, ring) = if let Some((_, producer)) = resumed {
+            (Sink::Ring(std::sync::Mutex::new(producer)), None)
+        } else if caller.connection == Caller::DAEMON.connection {
             Sink::open(&request.to)?
         } else {
             Sink::passed(&request.to, passed)?
@@ -355,9 +549,9 @@ impl<D: Dataplane> State<D> {
         let backing = match (socket, backed) {
             (Some(socket), Some(backed)) => {
                 // A ring's client reads the socket itself; the daemon reads it for its own sinks.
-                let reader = match ring {
-                    Some(_) => None,
-                    None => kernel_path::spawn(id, &backed, &socket, handle.clone()),
+                let reader = match &handle.sink {
+                    Sink::Ring(_) => None,
+                    _ => kernel_path::spawn(id, &backed, &socket, handle.clone()),
                 };
                 Some(Backing {
                     socket,
@@ -386,6 +580,7 @@ impl<D: Dataplane> State<D> {
                 connection: caller.connection,
                 placement,
                 backing,
+                waiting: None,
             },
         );
         self.next_endpoint = id + 1;
@@ -1342,6 +1537,7 @@ mod tests {
             connection: ROOT.connection,
             placement: Placement::Member("placeholder".into()),
             backing: None,
+            waiting: None,
         };
         for id in 1..MAX_ENDPOINTS {
             state.endpoints.insert(
@@ -1737,6 +1933,119 @@ mod tests {
         bind(&mut state, tcp("198.18.0.0/24:*"), ROOT);
         // UDP on the same address and port is alice's to take: another protocol.
         bind(&mut state, request("198.18.0.2:5000"), ALICE);
+        consistent(&state);
+    }
+
+    /// A picked-up endpoint of alice's on a fresh 127.0.0.1 socket, with id `id`; returns the
+    /// socket (what alice's client holds).
+    fn restore_alices(state: &mut State<MemoryDataplane>, id: u32) -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+        let local = socket.local_addr().expect("bound").to_string();
+        let (ring, _client) = Producer::create(64, DEFAULT_SLOT_SIZE).expect("a ring");
+        let picked = Picked {
+            stored: crate::daemon::handover::Stored {
+                id,
+                owner: ALICE.uid,
+                request: BindRequest {
+                    backed: true,
+                    ..BindRequest::udp(local, SinkSpec::Ring { slots: 64 })
+                },
+                cookie: 0,
+                ring_inode: 0,
+                slots: 64,
+                slot_size: DEFAULT_SLOT_SIZE,
+                produced: 0,
+            },
+            backing: OwnedFd::from(socket.try_clone().expect("a copy")),
+            ring,
+        };
+        assert_eq!(state.restore(picked).expect("restored"), id);
+        socket
+    }
+
+    /// A picked-up endpoint keeps its id, waits for its client, and is taken up only by its
+    /// owner passing its own socket; until then it is nobody's connection's, and one nobody
+    /// takes up closes after the grace time.
+    #[test]
+    fn a_picked_up_endpoint_is_taken_up_only_by_its_owner_with_its_socket() {
+        let mut state = state();
+        let socket = restore_alices(&mut state, 7);
+        let own = || Some(OwnedFd::from(socket.try_clone().expect("a copy")));
+        let other = || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+            Some(OwnedFd::from(s))
+        };
+        assert!(!state.holds_endpoints(ALICE.connection));
+        let error = state
+            .attach(7, BOB, own())
+            .expect_err("bob is not the owner");
+        assert!(
+            matches!(error, ControlError::AttachOwner { id: 7, owner: 1000 }),
+            "{error}"
+        );
+        let error = state.attach(7, ROOT, own()).expect_err("nor is root");
+        assert!(matches!(error, ControlError::AttachOwner { .. }), "{error}");
+        let error = state.attach(7, ALICE, other()).expect_err("another socket");
+        assert!(
+            matches!(error, ControlError::AttachSocket { id: 7 }),
+            "{error}"
+        );
+        assert_eq!(error.code(), ErrorCode::PermissionDenied);
+        let error = state.attach(7, ALICE, None).expect_err("no socket");
+        assert!(
+            matches!(error, ControlError::AttachSocket { .. }),
+            "{error}"
+        );
+        let error = state.attach(8, ALICE, own()).expect_err("no such endpoint");
+        assert!(
+            matches!(error, ControlError::NotWaiting { id: 8 }),
+            "{error}"
+        );
+        state
+            .attach(7, ALICE, own())
+            .expect("alice with her socket");
+        assert!(state.holds_endpoints(ALICE.connection));
+        let error = state.attach(7, ALICE, own()).expect_err("taken up already");
+        assert!(matches!(error, ControlError::NotWaiting { .. }), "{error}");
+        assert!(state.expire_waiting(std::time::Duration::ZERO).is_empty());
+        state.connection_closed(ALICE.connection);
+        empty(&state);
+
+        // Nobody comes back: it closes after the grace time, not before.
+        let _socket = restore_alices(&mut state, 9);
+        assert!(state
+            .expire_waiting(std::time::Duration::from_secs(60))
+            .is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(state.expire_waiting(std::time::Duration::ZERO), [9]);
+        empty(&state);
+    }
+
+    /// A client library without `attach` binds again with the same socket: the picked-up
+    /// endpoint it no longer reads makes room for the new one.
+    #[test]
+    fn binding_again_with_a_picked_up_endpoints_socket_replaces_it() {
+        let mut state = state();
+        let socket = restore_alices(&mut state, 7);
+        let local = socket.local_addr().expect("bound").to_string();
+        let again = BindRequest {
+            backed: true,
+            ..BindRequest::udp(local, SinkSpec::Ring { slots: 64 })
+        };
+        let passed = || Passed {
+            backing: Some(OwnedFd::from(socket.try_clone().expect("a copy"))),
+            sink: None,
+        };
+        // Bob's bind with it changes nothing of alice's (and the kernel would not let bob
+        // hold alice's socket).
+        assert!(state.bind_passed(again.clone(), BOB, passed()).is_err());
+        assert_eq!(state.endpoints.keys().copied().collect::<Vec<_>>(), [7]);
+        let (id, ring) = state
+            .bind_passed(again, ALICE, passed())
+            .expect("bound again");
+        assert!(ring.is_some());
+        assert_eq!(state.endpoints.keys().copied().collect::<Vec<_>>(), [id]);
+        assert!(state.endpoints[&id].waiting.is_none());
         consistent(&state);
     }
 

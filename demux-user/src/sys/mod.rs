@@ -10,7 +10,8 @@
 //! - [`netlink`]: a raw `NETLINK_ROUTE` socket (the local routes), an interface's MAC address.
 //! - [`socket`]: socket options, namespace cookies and receiving with the destination address.
 //! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
-//!   what a passed descriptor is (its access mode, its socket domain and type), random bytes.
+//!   what a passed descriptor is (its access mode, its socket domain and type, a memfd's seals,
+//!   whether it is an eventfd), descriptors inherited through `sd_listen_fds`, random bytes.
 
 #![deny(missing_docs)]
 
@@ -26,7 +27,7 @@ use std::{
     ffi::CString,
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
 /// Turns a returned descriptor into an owned one, or the call's error.
@@ -69,6 +70,92 @@ pub fn seal_size(memfd: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A memfd's seals (`F_GET_SEALS`); `EINVAL` for a descriptor that is no memfd.
+pub fn seals(memfd: &impl AsRawFd) -> io::Result<i32> {
+    // SAFETY: fcntl on a descriptor we hold, without an argument; it only reads the seals.
+    let seals = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(seals)
+}
+
+/// Seals `memfd` for good against any change: writes, size, new seals (a record handed to
+/// the next daemon).
+pub fn seal_all(memfd: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is an eventfd (its `/proc/self/fd` link says `anon_inode:[eventfd]`).
+pub fn is_eventfd(fd: &impl AsRawFd) -> io::Result<bool> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    Ok(link.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// The descriptors the service manager passed (sd_listen_fds(3) with `unset_environment`):
+/// when `LISTEN_PID` is this process, the `LISTEN_FDS` descriptors from 3 on, each with its
+/// name from `LISTEN_FDNAMES`, made close-on-exec and owned from here on; the three variables
+/// are unset in any case, so a second call takes nothing. At most `max` are taken. Call it
+/// before anything opens a descriptor: the numbers are taken as inherited. Also returns what
+/// was wrong with the variables.
+pub fn listen_fds(max: usize) -> (Vec<(String, OwnedFd)>, Vec<String>) {
+    let var = |name| std::env::var(name).ok();
+    let (pid, count, names) = (var("LISTEN_PID"), var("LISTEN_FDS"), var("LISTEN_FDNAMES"));
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(name);
+    }
+    let mut problems = Vec::new();
+    let Some(pid) = pid else {
+        return (Vec::new(), problems);
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        problems.push(format!(
+            "LISTEN_PID={pid} is not this process ({}): no descriptor taken",
+            std::process::id()
+        ));
+        return (Vec::new(), problems);
+    }
+    let count = match count.as_deref().map(str::parse::<usize>) {
+        Some(Ok(n)) if n <= max => n,
+        _ => {
+            problems.push(format!(
+                "LISTEN_FDS={count:?}: not a count up to {max}; no descriptor taken"
+            ));
+            return (Vec::new(), problems);
+        }
+    };
+    let names: Vec<&str> = names.as_deref().unwrap_or("").split(':').collect();
+    let mut fds = Vec::new();
+    for k in 0..count {
+        let fd = 3 + k as RawFd;
+        // SAFETY: F_GETFD only reads the descriptor's flags; a closed number gives EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            problems.push(format!(
+                "LISTEN_FDS names descriptor {fd}, which is not open"
+            ));
+            continue;
+        }
+        // SAFETY: an open descriptor inherited at exec (the variables said so, for this very
+        // process, and they are gone now, so no one takes it twice); nothing in this process
+        // owns it yet, as the caller runs this before opening any.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fcntl on the descriptor just taken, with an integer argument.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            problems.push(format!(
+                "descriptor {fd}: F_SETFD: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        fds.push((names.get(k).copied().unwrap_or("").to_owned(), owned));
+    }
+    (fds, problems)
 }
 
 /// A new non-blocking, close-on-exec eventfd. Read and write it as a `File` (8 bytes each).

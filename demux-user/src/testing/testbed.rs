@@ -20,7 +20,7 @@ use std::{
     fs::File,
     net::IpAddr,
     os::{
-        fd::AsRawFd as _,
+        fd::{AsRawFd as _, OwnedFd},
         unix::{net::UnixDatagram, process::CommandExt as _},
     },
     path::{Path, PathBuf},
@@ -622,6 +622,44 @@ impl ChildGuard {
         Ok(Self { child })
     }
 
+    /// As [`ChildGuard::spawn`], passing `fds` as the service manager passes its file
+    /// descriptor store (sd_listen_fds(3)): at descriptors 3, 4, … of the child, close-on-exec
+    /// cleared, with `LISTEN_FDS` and `LISTEN_FDNAMES` set here. `LISTEN_PID` must be the
+    /// child's own pid after every exec: `cmd` must set it itself (a wrapper such as
+    /// `sh -c 'LISTEN_PID=$$ exec "$@"'`, [`LISTEN_PID_WRAPPER`]).
+    pub fn spawn_with_fds(cmd: &mut Command, fds: &[(String, OwnedFd)]) -> anyhow::Result<Self> {
+        let names: Vec<&str> = fds.iter().map(|(name, _)| name.as_str()).collect();
+        cmd.env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+        // (fcntl, dup2) on descriptors of its own copy of the table: first every source moves
+        // above any target (close-on-exec copies), then each goes to its place 3 + k, where
+        // dup2 clears close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut high = [0i32; 1024];
+                if raw.len() > high.len() {
+                    return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+                }
+                for (k, fd) in raw.iter().enumerate() {
+                    let copy = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3 + raw.len() as i32 + 64);
+                    if copy < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    high[k] = copy;
+                }
+                for (k, copy) in high[..raw.len()].iter().enumerate() {
+                    if libc::dup2(*copy, 3 + k as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Self::spawn(cmd)
+    }
+
     /// The process's PID.
     pub fn id(&self) -> u32 {
         self.child.id()
@@ -695,6 +733,100 @@ impl Drop for ChildGuard {
     }
 }
 
+/// One `recvmsg` on `socket` into `buf`, the descriptors that came along (SCM_RIGHTS, as many
+/// as the control buffer holds) added to `fds`, close-on-exec. (This file is also built into xtask, without the
+/// library's `sys` module.)
+fn recv_with_fds(
+    socket: &UnixDatagram,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> std::io::Result<usize> {
+    use std::os::fd::FromRawFd as _;
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set point at live buffers of the stated
+    // sizes (the control buffer is u64-aligned, as cmsg headers need, and holds MAX fds).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg into the buffers above; MSG_CMSG_CLOEXEC makes the fds close-on-exec.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: walking the control messages the kernel wrote, within msg_controllen; each
+    // SCM_RIGHTS payload is an array of descriptors now ours.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<i32>();
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for k in 0..len / std::mem::size_of::<i32>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n as usize)
+}
+
+/// A program and arguments that run the rest of the command line with `LISTEN_PID` set to
+/// its own pid, kept through `exec` (as `ip netns exec` keeps it): what sd_listen_fds(3)
+/// checks.
+pub const LISTEN_PID_WRAPPER: [&str; 4] = [
+    "sh",
+    "-c",
+    "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"",
+    "sh",
+];
+
+/// The service manager's file descriptor store as the tests emulate it, per sd_notify(3):
+/// `FDSTORE=1` with `FDNAME=` keeps the message's descriptors under that name,
+/// `FDSTOREREMOVE=1` drops those of the name, and the descriptor of `BARRIER=1` is closed at
+/// once (which answers the barrier). The next start passes what it holds
+/// ([`ChildGuard::spawn_with_fds`]).
+#[derive(Debug, Default)]
+pub struct FdStore {
+    /// The stored descriptors and their names, in the order they came.
+    pub fds: Vec<(String, OwnedFd)>,
+    /// `FDSTOREREMOVE=1` messages seen.
+    pub removals: u32,
+}
+
+impl FdStore {
+    /// Applies one message and its descriptors.
+    fn apply(&mut self, message: &str, fds: Vec<OwnedFd>) {
+        let has = |line: &str| message.lines().any(|l| l == line);
+        let name = message
+            .lines()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or("stored")
+            .to_owned();
+        if has("FDSTORE=1") {
+            self.fds
+                .extend(fds.into_iter().map(|fd| (name.clone(), fd)));
+        } else if has("FDSTOREREMOVE=1") {
+            self.removals += 1;
+            self.fds.retain(|(n, _)| *n != name);
+        }
+        // Anything else's descriptors (BARRIER=1's pipe) close here.
+    }
+
+    /// The names held, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.fds.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
+}
+
 /// A Unix datagram socket a daemon reports to by the sd_notify protocol: start the daemon with
 /// `NOTIFY_SOCKET` set to [`NotifySocket::path`], then [`NotifySocket::wait_ready`]. A path,
 /// not an abstract name: abstract names belong to a network namespace, and the daemon runs in
@@ -738,6 +870,59 @@ impl NotifySocket {
                 break;
             }
         }
+    }
+
+    /// Serves `store` (every message and its descriptors, [`FdStore`]) until `child` exits or
+    /// sends `until` (a line such as `READY=1`; `None`: until it exits), at most `limit`.
+    /// Returns the exit status if it exited.
+    pub fn serve_store(
+        &self,
+        store: &mut FdStore,
+        child: &mut ChildGuard,
+        until: Option<&str>,
+        limit: Duration,
+    ) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if exited.is_none() {
+                if let Some(status) = child.child.try_wait()? {
+                    child.forget_pid();
+                    exited = Some(status);
+                }
+            }
+            let mut fds = Vec::new();
+            let n = match recv_with_fds(&self.socket, &mut buf, &mut fds) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Exited and nothing left to read.
+                    if let Some(status) = exited {
+                        ensure!(
+                            until.is_none(),
+                            "the process exited ({status}) before it reported {until:?}"
+                        );
+                        return Ok(Some(status));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e).context("reading the notify socket"),
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            store.apply(&message, fds);
+            if until.is_some_and(|line| message.lines().any(|l| l == line)) {
+                return Ok(exited);
+            }
+        }
+        bail!(
+            "the process did not {} within {limit:?}",
+            until.map_or("exit".to_owned(), |l| format!("report {l}"))
+        )
     }
 
     /// Waits up to `limit` for a message with the line `line` (`RELOADING=1`, …), skipping

@@ -16,7 +16,8 @@ use demux::{
     client::Endpoint,
     control::{client::Client, BindRequest, SinkSpec},
     testing::testbed::{
-        enter_netns, ChildGuard, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR,
+        enter_netns, ChildGuard, FdStore, NetNs, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR,
+        LISTEN_PID_WRAPPER,
     },
 };
 
@@ -45,6 +46,22 @@ pub(crate) struct RunningDaemon {
     pub notify: NotifySocket,
 }
 
+impl Drop for RunningDaemon {
+    /// Stops the daemon as a service manager would: SIGTERM, then the notify socket served
+    /// (its `BARRIER=1` answered) until it exits, so that a daemon with client endpoints to
+    /// hand over does not wait for a manager that never reads. The guard kills it if not.
+    fn drop(&mut self) {
+        if self.child.signal(libc::SIGTERM).is_ok() {
+            let _ = self.notify.serve_store(
+                &mut FdStore::default(),
+                &mut self.child,
+                None,
+                Duration::from_secs(5),
+            );
+        }
+    }
+}
+
 impl RunningDaemon {
     /// Starts `demux daemon` on `net.b_if` with `extra` arguments (`--stats-interval 0`
     /// unless they say otherwise) and waits up to 10 s for its `READY=1`.
@@ -61,6 +78,41 @@ impl RunningDaemon {
         wrapper: &[&str],
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_full(net, dir, wrapper, extra, None)
+    }
+
+    /// As [`RunningDaemon::start`], as a service manager starts it with its file descriptor
+    /// store: `store`'s descriptors at 3, 4, … with `LISTEN_PID`, `LISTEN_FDS` and
+    /// `LISTEN_FDNAMES`; what the daemon says to the store until `READY=1` is applied to it.
+    pub(crate) fn start_handed(
+        net: &VethPair,
+        dir: &TempDir,
+        extra: &[&str],
+        store: &mut FdStore,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(net, dir, &LISTEN_PID_WRAPPER, extra, Some(store))
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) as systemd does, keeping what it stores
+    /// (`FDSTORE=1`) in `store`; returns its exit status.
+    pub(crate) fn stop_handing_over(
+        &mut self,
+        store: &mut FdStore,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.child.signal(libc::SIGTERM)?;
+        let status =
+            self.notify
+                .serve_store(store, &mut self.child, None, Duration::from_secs(10))?;
+        status.context("no exit status")
+    }
+
+    fn start_full(
+        net: &VethPair,
+        dir: &TempDir,
+        wrapper: &[&str],
+        extra: &[&str],
+        store: Option<&mut FdStore>,
+    ) -> anyhow::Result<Self> {
         let control = dir.join("control.sock");
         let notify = NotifySocket::bind(dir.join("notify.sock"))?;
         let mut command = match wrapper.split_first() {
@@ -76,14 +128,24 @@ impl RunningDaemon {
         if !extra.contains(&"--stats-interval") {
             command.args(["--stats-interval", "0"]);
         }
-        let mut child = ChildGuard::spawn(
-            command
-                .env(NotifySocket::VAR, notify.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )?;
+        command
+            .env(NotifySocket::VAR, notify.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = match &store {
+            Some(store) => ChildGuard::spawn_with_fds(&mut command, &store.fds)?,
+            None => ChildGuard::spawn(&mut command)?,
+        };
         let log = lines_of(child.child().stderr.take().expect("piped"));
-        if let Err(error) = notify.wait_ready(&mut child, Duration::from_secs(10)) {
+        let ready = match store {
+            Some(store) => notify
+                .serve_store(store, &mut child, Some("READY=1"), Duration::from_secs(10))
+                .map(drop),
+            None => notify
+                .wait_ready(&mut child, Duration::from_secs(10))
+                .map(drop),
+        };
+        if let Err(error) = ready {
             let said: Vec<String> = log.try_iter().collect();
             bail!("the daemon is not ready: {error:#}; it said: {said:#?}");
         }
@@ -126,6 +188,24 @@ impl RunningDaemon {
             .arg("--control")
             .arg(&self.control);
         cmd
+    }
+
+    /// Runs `f` with the control socket's path on a thread inside the daemon's namespace
+    /// (where a client's backing socket must be created).
+    pub(crate) fn b_side<T: Send>(
+        &self,
+        f: impl FnOnce(&std::path::Path) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let (netns, control) = (&self.netns, &self.control);
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_netns(netns)?;
+                    f(control)
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("the thread in the daemon's namespace panicked"))
+        })
     }
 
     /// A client-library endpoint on UDP `local`, its backing socket created in the daemon's

@@ -30,7 +30,9 @@ use demux::{
         Dispatcher,
     },
     program::{BpfLogLevel, LoadOptions, Loaded},
-    testing::testbed::{enter_netns, ChildGuard, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR},
+    testing::testbed::{
+        enter_netns, ChildGuard, FdStore, NotifySocket, TempDir, VethPair, A_ADDR, B_ADDR,
+    },
 };
 
 use crate::daemon::{lines_of, DAEMON};
@@ -403,7 +405,15 @@ pub(crate) fn demux_runs_after_xdp_filter_and_leaves_it_working() -> anyhow::Res
     );
 
     daemon.signal(libc::SIGTERM)?;
-    let exit = daemon.wait_exit(Duration::from_secs(5))?;
+    // As systemd: the notify socket served (the endpoint's handover answered) until it exits.
+    let exit = notify
+        .serve_store(
+            &mut FdStore::default(),
+            &mut daemon,
+            None,
+            Duration::from_secs(5),
+        )?
+        .context("no exit status")?;
     ensure!(exit.success(), "the daemon exited with {exit}");
     let status = xdp_tool(&ns, bpffs.path(), &["xdp-loader", "status", &b_if])?;
     ensure!(
@@ -436,6 +446,32 @@ pub(crate) fn demux_runs_after_xdp_filter_and_leaves_it_working() -> anyhow::Res
     ensure!(
         got == COUNT,
         "after demux left the kernel socket received {got} of {COUNT}"
+    );
+
+    // A killed daemon leaves its program pinned in the dispatcher: the unit's
+    // `ExecStopPost=-/usr/bin/demux detach`, naming no interface, takes it out.
+    let mut killed = ChildGuard::spawn(&mut command)?;
+    let _log = lines_of(killed.child().stderr.take().expect("piped"));
+    notify.wait_ready(&mut killed, Duration::from_secs(10))?;
+    killed.signal(libc::SIGKILL)?;
+    killed.wait_exit(Duration::from_secs(5))?;
+    let status = xdp_tool(&ns, bpffs.path(), &["xdp-loader", "status", &b_if])?;
+    ensure!(
+        status.contains(" demux "),
+        "demux left the dispatcher though killed: {status}"
+    );
+    let mut detach = net.b.command(DAEMON);
+    detach.arg("detach").env("LIBXDP_BPFFS", bpffs.path());
+    let said = demux::testing::testbed::run(&mut detach)?;
+    let status = xdp_tool(&ns, bpffs.path(), &["xdp-loader", "status", &b_if])?;
+    println!("demux detach after SIGKILL: {said:?}; then: {status}");
+    ensure!(
+        !status.contains(" demux ") && status.contains("xdpfilt"),
+        "`demux detach` did not take demux alone out: {status}"
+    );
+    ensure!(
+        said.contains(&format!("{b_if}: removed 1 demux program")),
+        "`demux detach` said {said:?}"
     );
     Ok(())
 }
