@@ -288,9 +288,18 @@ pub(crate) fn precedence_end_to_end_and_the_kernel_keeps_the_rest() -> anyhow::R
         "the kernel socket behind v6only got {v6only_kernel} of 3"
     );
 
-    let Response::Stats(stats) = client.call(Request::Stats)? else {
-        bail!("no stats")
-    };
+    // The pcap sink counts a datagram once written, which may come after the other sinks had
+    // theirs: wait (bounded) for the daemon's count to settle before checking it.
+    let mut stats = None;
+    settle(|| {
+        let Response::Stats(now) = client.call(Request::Stats)? else {
+            bail!("no stats")
+        };
+        let done = now.delivered() >= 45;
+        stats = Some(now);
+        Ok(done)
+    })?;
+    let stats = stats.context("stats were read")?;
     ensure!(
         stats.delivered() == 45 && stats.dropped() == 0,
         "{}",
