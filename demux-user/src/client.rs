@@ -80,6 +80,10 @@ pub enum Error {
     /// Waiting for the ring's wakeup failed.
     #[error("waiting for datagrams: {0}")]
     Wait(io::Error),
+    /// The fast path's queues could not be mapped.
+    #[cfg(feature = "fast-path")]
+    #[error(transparent)]
+    FastPath(#[from] crate::fastpath::FastPathError),
 }
 
 impl Error {
@@ -91,6 +95,8 @@ impl Error {
             Error::Backing(e) => e.code(),
             Error::Ring(_) | Error::Descriptors(_) | Error::Record(_) => ErrorCode::VersionMismatch,
             Error::Wait(_) => ErrorCode::Internal,
+            #[cfg(feature = "fast-path")]
+            Error::FastPath(_) => ErrorCode::Internal,
         }
     }
 }
@@ -156,6 +162,9 @@ pub struct Endpoint {
     rebind_due: Instant,
     via_kernel: u64,
     buf: Vec<u8>,
+    /// The interface whose queues this endpoint asks to lease, again after every rebind.
+    #[cfg(feature = "fast-path")]
+    fast_iface: Option<String>,
 }
 
 /// The daemon's side of an endpoint: its control connection, descriptor and ring.
@@ -163,6 +172,9 @@ struct Session {
     control: Client,
     id: u32,
     ring: Consumer,
+    /// The leased queues, read before the ring.
+    #[cfg(feature = "fast-path")]
+    fast: Option<crate::fastpath::FastPath>,
 }
 
 impl Endpoint {
@@ -215,8 +227,16 @@ impl Endpoint {
             rebind_due: Instant::now(),
             via_kernel: 0,
             buf: vec![0; MAX_DATAGRAM],
+            #[cfg(feature = "fast-path")]
+            fast_iface: None,
         };
-        endpoint.session = Some(endpoint.register(client)?);
+        match endpoint.register(client) {
+            Ok(session) => endpoint.session = Some(session),
+            // Another client's fast path holds the daemon's queues: the backing socket serves
+            // this endpoint until it ends; binding again is tried every REBIND_EVERY.
+            Err(e) if e.code() == ErrorCode::Busy => endpoint.lose_session(),
+            Err(e) => return Err(e),
+        }
         Ok(endpoint)
     }
 
@@ -233,7 +253,71 @@ impl Endpoint {
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| Error::Descriptors(fds.len()))?;
         let ring = Consumer::open(ClientFds { memory, wake })?;
-        Ok(Session { control, id, ring })
+        #[allow(unused_mut)]
+        let mut session = Session {
+            control,
+            id,
+            ring,
+            #[cfg(feature = "fast-path")]
+            fast: None,
+        };
+        #[cfg(feature = "fast-path")]
+        if let Some(iface) = &self.fast_iface {
+            // Refused (another uid's endpoint is bound, …): the ring serves meanwhile.
+            if let Ok(fast) = lease(&mut session, iface) {
+                session.fast = Some(fast);
+            }
+        }
+        Ok(session)
+    }
+
+    /// Asks the daemon for a fast path on `iface` (feature `fast-path`; see "The fast path" in
+    /// docs/ARCHITECTURE.md): granted while this endpoint is the only one the daemon holds, it
+    /// reads every rx queue of `iface` itself, with no daemon thread in between; asked for
+    /// again after every rebind. Returns whether it is on; refused, the ring serves as before
+    /// (the refusal's reason is the error). Datagrams arrive through the same calls.
+    /// [`Endpoint::recv_from_async`] does not wait on the fast path's queues yet.
+    #[cfg(feature = "fast-path")]
+    pub fn fast_path(&mut self, iface: &str) -> Result<(), Error> {
+        self.fast_iface = Some(iface.to_owned());
+        let Some(session) = &mut self.session else {
+            return Err(ClientError::Closed.into());
+        };
+        if session.fast.is_some() {
+            return Ok(());
+        }
+        match lease(session, iface) {
+            Ok(fast) => {
+                session.fast = Some(fast);
+                Ok(())
+            }
+            Err(e) => {
+                // A lease granted but not mapped would keep the queues from everyone: start
+                // over without it.
+                if matches!(e, Error::FastPath(_)) {
+                    self.fast_iface = None;
+                    self.lose_session();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Frames the fast path read but did not deliver: `(foreign, bad_checksum)`. A foreign
+    /// frame (another endpoint's, or without this build's metadata) never appears while the
+    /// lease rule holds.
+    #[cfg(feature = "fast-path")]
+    pub fn fast_dropped(&self) -> (u64, u64) {
+        self.session
+            .as_ref()
+            .and_then(|s| s.fast.as_ref())
+            .map_or((0, 0), |f| (f.dropped_foreign, f.dropped_bad_checksum))
+    }
+
+    /// Whether the fast path serves this endpoint now.
+    #[cfg(feature = "fast-path")]
+    pub fn is_fast(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.fast.is_some())
     }
 
     /// The endpoint's descriptor on the daemon; `None` while the daemon is away.
@@ -272,6 +356,10 @@ impl Endpoint {
             self.kernel_due = now + KERNEL_EVERY;
             n = self.recv_kernel(1, &mut each)?;
             socket_empty = n == 0;
+        }
+        #[cfg(feature = "fast-path")]
+        if let Some(fast) = self.session.as_mut().and_then(|s| s.fast.as_mut()) {
+            n += fast.receive(max - n, &mut each);
         }
         if let Some(session) = &mut self.session {
             let mut bad = None;
@@ -376,12 +464,29 @@ impl Endpoint {
                 session.ring.stop_waiting();
                 continue;
             }
+            #[allow(unused_mut)]
             let mut fds = [
                 sys::pollfd(&session.ring.wake_fd(), libc::POLLIN),
                 sys::pollfd(&session.control.fd(), libc::POLLIN),
                 sys::pollfd(&self.socket, libc::POLLIN),
+                sys::pollfd(&-1, 0),
+                sys::pollfd(&-1, 0),
             ];
-            let ready = sys::poll(&mut fds, wait_ms);
+            #[allow(unused_mut)]
+            let mut watched = 3;
+            #[cfg(feature = "fast-path")]
+            if let Some(fast) = &session.fast {
+                // At most two queues (the daemon's limit per lease).
+                for fd in fast.fds().take(2) {
+                    fds[watched] = sys::pollfd(&fd, libc::POLLIN);
+                    watched += 1;
+                }
+                if fast.has_frames() {
+                    session.ring.stop_waiting();
+                    continue;
+                }
+            }
+            let ready = sys::poll(&mut fds[..watched], wait_ms);
             session.ring.stop_waiting();
             ready.map_err(Error::Wait)?;
             if fds[1].revents != 0 {
@@ -437,6 +542,37 @@ impl Endpoint {
                 self.daemon_gone();
             }
         }
+    }
+}
+
+/// Leases the queues of `iface` on `session`'s connection and maps them.
+#[cfg(feature = "fast-path")]
+fn lease(session: &mut Session, iface: &str) -> Result<crate::fastpath::FastPath, Error> {
+    let (response, fds) = session.control.call_with_fds(
+        crate::control::Request::FastPath {
+            iface: iface.to_owned(),
+        },
+        &[],
+    )?;
+    let Response::FastPath {
+        frames, frame_size, ..
+    } = response
+    else {
+        return Err(ClientError::BadResponse(format!(
+            "unexpected answer to fast_path: {response:?}"
+        ))
+        .into());
+    };
+    let fast = crate::fastpath::FastPath::open(session.id, frames, frame_size, fds)?;
+    match session
+        .control
+        .call(crate::control::Request::FastPathReady)?
+    {
+        Response::FastPathOn => Ok(fast),
+        other => Err(ClientError::BadResponse(format!(
+            "unexpected answer to fast_path_ready: {other:?}"
+        ))
+        .into()),
     }
 }
 

@@ -155,6 +155,17 @@ pub enum Request {
     /// Read the daemon's config file again and apply the difference (root only); answered
     /// with [`Response::Reloaded`].
     Reload,
+    /// Lease every rx queue of `iface` to this connection for a fast path (see "The fast path"
+    /// in docs/ARCHITECTURE.md): granted only while every endpoint of the daemon is this
+    /// connection's. Answered with [`Response::FastPath`] and, per queue, the queue's AF_XDP
+    /// socket (not bound yet) and its UMEM memfd (read-only).
+    FastPath {
+        /// The interface.
+        iface: String,
+    },
+    /// The client has mapped the leased sockets' rings: bind them and steer the queues to
+    /// them. Answered with [`Response::FastPathOn`].
+    FastPathReady,
 }
 
 /// What `bind` asks for: a binding and where its datagrams go. Unknown keys are refused, on
@@ -221,6 +232,17 @@ pub enum Response {
         /// What changed, one line each (empty: nothing did).
         changes: Vec<String>,
     },
+    /// A fast-path lease: `queues` pairs of descriptors (socket, UMEM) came with it.
+    FastPath {
+        /// Rx queues leased, in order 0, 1, ….
+        queues: u32,
+        /// UMEM frames per queue; also the size of its fill and rx rings.
+        frames: u32,
+        /// Bytes per UMEM frame.
+        frame_size: u32,
+    },
+    /// The leased queues are bound and steered: frames arrive on their rx rings.
+    FastPathOn,
     /// A refusal.
     Error {
         /// What an application matches on.
@@ -335,6 +357,9 @@ pub struct SocketInfo {
     /// missing from the three is lost.
     #[serde(default)]
     pub frames_rx_ring: u64,
+    /// Leased to a client's fast path: the client reads the queue (the frame counts are 0).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub leased: bool,
 }
 
 /// The answer to `stats`: verdicts, endpoints, sockets and the accounting

@@ -1,0 +1,326 @@
+//! The fast path (a client reading a leased interface's AF_XDP queues itself, see "The fast
+//! path" in docs/ARCHITECTURE.md), as uid 65534 in-process (`NetNs::run_as`) beside root: its
+//! datagrams arrive whole with their sender and never through the daemon's ring; a lease is
+//! refused while another uid's endpoint is bound; while a lease holds, another uid's bind is
+//! refused and its kernel socket serves it, until the lease ends and it binds again. In every
+//! case each client receives exactly its own datagrams, and the fast path never reads a frame
+//! of another endpoint.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use demux::{
+    client::{Endpoint, ErrorCode},
+    control::{BindRequest, Request, Response, SinkSpec, Stats},
+    testing::testbed::{NetNs, A_ADDR, B_ADDR},
+};
+
+use crate::{daemon::RunningDaemon, endpoints::daemon_for_nobody};
+
+/// Nobody's uid.
+const NOBODY: u32 = 65534;
+
+pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
+    trials![
+        a_fast_path_client_receives_whole_datagrams_with_their_sender,
+        a_fast_path_is_refused_while_another_uids_endpoint_is_bound,
+        another_uid_is_served_by_its_kernel_socket_while_a_lease_holds,
+    ]
+}
+
+/// A ring endpoint on `local`, bound as uid `uid` from a thread in `ns`, and with a fast path
+/// on `iface` asked for when `fast` (the answer is returned beside it).
+fn endpoint_as(
+    ns: &NetNs,
+    uid: u32,
+    daemon: &RunningDaemon,
+    local: &str,
+    fast: Option<&str>,
+) -> anyhow::Result<(Endpoint, Option<Result<(), demux::client::Error>>)> {
+    let control = daemon.control.clone();
+    ns.run_as(uid, || {
+        let request = BindRequest::udp(
+            local,
+            SinkSpec::Ring {
+                slots: demux::ring::DEFAULT_SLOTS,
+            },
+        );
+        let mut endpoint = Endpoint::bind_with(&control, request, None)?;
+        let answer = fast.map(|iface| endpoint.fast_path(iface));
+        Ok((endpoint, answer))
+    })
+}
+
+/// Sends each of `payloads` from `A_ADDR:src_port` to `B_ADDR:dst_port`, 1 ms apart in bursts
+/// of 50 (the kernel socket behind a fallback must not overflow).
+fn send_payloads(
+    ns: &NetNs,
+    src_port: u16,
+    dst_port: u16,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    ns.run_in(|| {
+        let socket = UdpSocket::bind((A_ADDR, src_port))?;
+        for (i, payload) in payloads.iter().enumerate() {
+            socket.send_to(payload, (B_ADDR, dst_port))?;
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Payload `i` to port `port`: its label, padded to `len` bytes.
+fn payload(port: u16, i: usize, len: usize) -> Vec<u8> {
+    let mut bytes = format!("to {port} #{i} ").into_bytes();
+    bytes.resize(len.max(bytes.len()), b'.');
+    bytes
+}
+
+/// Receives until `want` datagrams came or 5 s pass (no datagram for 1 s ends it early once
+/// `want` is reached; more than `want` are read too, to catch extras).
+fn receive(endpoint: &mut Endpoint, want: usize) -> anyhow::Result<Vec<demux::client::Datagram>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let wait = if got.len() >= want {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_millis(200)
+        };
+        match endpoint.recv_from(Some(wait))? {
+            Some(datagram) => got.push(datagram),
+            None if got.len() >= want => break,
+            None => {}
+        }
+    }
+    Ok(got)
+}
+
+fn stats(daemon: &RunningDaemon) -> anyhow::Result<Stats> {
+    match daemon.client()?.call(Request::Stats)? {
+        Response::Stats(stats) => Ok(stats),
+        other => bail!("stats: {other:?}"),
+    }
+}
+
+/// Checks that `got` is exactly `sent`, in order, each from `A_ADDR:src` to `B_ADDR:dst`.
+fn exactly(
+    who: &str,
+    got: &[demux::client::Datagram],
+    sent: &[Vec<u8>],
+    src: u16,
+    dst: u16,
+) -> anyhow::Result<()> {
+    let peer: SocketAddr = format!("{A_ADDR}:{src}").parse()?;
+    let local: SocketAddr = format!("{B_ADDR}:{dst}").parse()?;
+    for (i, d) in got.iter().enumerate() {
+        ensure!(
+            d.peer == peer && d.local == local,
+            "{who}: datagram {i} from {} to {} (expected {peer} to {local}): {:?}",
+            d.peer,
+            d.local,
+            String::from_utf8_lossy(&d.payload[..d.payload.len().min(24)])
+        );
+        ensure!(
+            sent.get(i) == Some(&d.payload),
+            "{who}: datagram {i} ({} bytes, {:?}…) is not the {i}th sent",
+            d.payload.len(),
+            String::from_utf8_lossy(&d.payload[..d.payload.len().min(24)])
+        );
+    }
+    ensure!(
+        got.len() == sent.len(),
+        "{who}: received {} of {} datagrams",
+        got.len(),
+        sent.len()
+    );
+    Ok(())
+}
+
+/// As nobody, with the daemon's only endpoint: the lease is granted, datagrams of 1 to 1,472
+/// bytes arrive whole, in order, with their sender and destination, through the fast path
+/// alone (the daemon delivers nothing to the ring, the kernel socket gets nothing), and the
+/// program redirected each of them.
+pub(crate) fn a_fast_path_client_receives_whole_datagrams_with_their_sender() -> anyhow::Result<()>
+{
+    let (net, _dir, daemon) = daemon_for_nobody()?;
+    let (mut endpoint, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        &daemon,
+        &format!("{B_ADDR}:9800"),
+        Some(&net.b_if),
+    )?;
+    answer
+        .context("asked")?
+        .context("the fast path was refused")?;
+    ensure!(endpoint.is_fast(), "the fast path is not on");
+    let sent: Vec<Vec<u8>> = (0..300)
+        .map(|i| payload(9800, i, [1, 64, 1000, 1472][i % 4]))
+        .collect();
+    send_payloads(&net.a, 41000, 9800, &sent)?;
+    let got = receive(&mut endpoint, sent.len())?;
+    exactly("the fast path", &got, &sent, 41000, 9800)?;
+    ensure!(
+        endpoint.via_kernel() == 0,
+        "{} datagrams came through the kernel socket",
+        endpoint.via_kernel()
+    );
+    ensure!(
+        endpoint.fast_dropped() == (0, 0),
+        "the fast path dropped {:?}",
+        endpoint.fast_dropped()
+    );
+    let stats = stats(&daemon)?;
+    let listed = stats
+        .endpoints
+        .iter()
+        .find(|e| e.id == endpoint.id().unwrap_or(0))
+        .context("the endpoint is not listed")?;
+    ensure!(
+        listed.redirected == sent.len() as u64 && listed.delivered == 0,
+        "redirected {} (want {}), delivered through the daemon {} (want 0)",
+        listed.redirected,
+        sent.len(),
+        listed.delivered
+    );
+    ensure!(
+        stats.sockets.iter().all(|s| s.leased),
+        "not every queue is leased: {:?}",
+        stats.sockets
+    );
+    Ok(())
+}
+
+/// Root binds first; nobody's lease is refused (its endpoint stays on the ring) and both
+/// receive exactly their own datagrams. Without the rule, nobody's queue would carry root's
+/// frames: the lease would be granted, and root would receive nothing.
+pub(crate) fn a_fast_path_is_refused_while_another_uids_endpoint_is_bound() -> anyhow::Result<()> {
+    let (net, _dir, daemon) = daemon_for_nobody()?;
+    let mut roots = daemon.endpoint(&format!("{B_ADDR}:9811"))?;
+    let (mut nobodys, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        &daemon,
+        &format!("{B_ADDR}:9810"),
+        Some(&net.b_if),
+    )?;
+    match answer.context("asked")? {
+        Err(e) if e.code() == ErrorCode::PermissionDenied && e.to_string().contains("uid 0") => {}
+        other => bail!("nobody's fast path beside root's endpoint: {other:?}"),
+    }
+    ensure!(!nobodys.is_fast(), "the fast path is on");
+    let (to_nobody, to_root): (Vec<_>, Vec<_>) = (
+        (0..200).map(|i| payload(9810, i, 100)).collect(),
+        (0..200).map(|i| payload(9811, i, 100)).collect(),
+    );
+    send_payloads(&net.a, 41010, 9810, &to_nobody)?;
+    send_payloads(&net.a, 41011, 9811, &to_root)?;
+    exactly(
+        "nobody",
+        &receive(&mut nobodys, 200)?,
+        &to_nobody,
+        41010,
+        9810,
+    )?;
+    exactly("root", &receive(&mut roots, 200)?, &to_root, 41011, 9811)?;
+    ensure!(
+        nobodys.fast_dropped() == (0, 0),
+        "nobody's fast path read {:?} frames not its own",
+        nobodys.fast_dropped()
+    );
+    Ok(())
+}
+
+/// Nobody holds a lease; root's bind is refused as busy and its kernel socket serves it
+/// (its endpoint has no session); neither receives a datagram of the other, and nobody's fast
+/// path reads no frame not its own. When nobody's endpoint goes, the lease ends: root's
+/// endpoint binds again by itself and receives through the daemon's ring.
+pub(crate) fn another_uid_is_served_by_its_kernel_socket_while_a_lease_holds() -> anyhow::Result<()>
+{
+    let (net, _dir, daemon) = daemon_for_nobody()?;
+    let (mut nobodys, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        &daemon,
+        &format!("{B_ADDR}:9820"),
+        Some(&net.b_if),
+    )?;
+    answer
+        .context("asked")?
+        .context("the fast path was refused")?;
+    ensure!(nobodys.is_fast(), "the fast path is not on");
+    let mut roots = daemon.endpoint(&format!("{B_ADDR}:9821"))?;
+    let roots_bound = roots.id();
+    let (to_nobody, to_root): (Vec<_>, Vec<_>) = (
+        (0..200).map(|i| payload(9820, i, 100)).collect(),
+        (0..200).map(|i| payload(9821, i, 100)).collect(),
+    );
+    send_payloads(&net.a, 41020, 9820, &to_nobody)?;
+    send_payloads(&net.a, 41021, 9821, &to_root)?;
+    exactly(
+        "nobody",
+        &receive(&mut nobodys, 200)?,
+        &to_nobody,
+        41020,
+        9820,
+    )?;
+    ensure!(
+        nobodys.fast_dropped() == (0, 0),
+        "nobody's fast path read {:?} frames not its own",
+        nobodys.fast_dropped()
+    );
+    exactly("root", &receive(&mut roots, 200)?, &to_root, 41021, 9821)?;
+    ensure!(
+        roots_bound.is_none(),
+        "root's endpoint was bound on the daemon ({roots_bound:?}) while nobody's lease holds",
+    );
+    ensure!(
+        roots.via_kernel() == 200,
+        "root received {} of 200 through its kernel socket",
+        roots.via_kernel()
+    );
+    // The lease ends with nobody's endpoint; root's binds again within a few seconds.
+    drop(nobodys);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while roots.id().is_none() && Instant::now() < deadline {
+        roots.recv_from(Some(Duration::from_millis(50)))?;
+    }
+    ensure!(
+        roots.id().is_some(),
+        "root's endpoint did not bind again after the lease ended"
+    );
+    // Steered again once the queue's own socket is back (the worker retries every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&daemon)?
+        .sockets
+        .iter()
+        .any(|s| s.leased || s.frames == 0)
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the daemon did not take its queue back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again: Vec<_> = (200..300).map(|i| payload(9821, i, 100)).collect();
+    send_payloads(&net.a, 41021, 9821, &again)?;
+    exactly(
+        "root, after the lease",
+        &receive(&mut roots, 100)?,
+        &again,
+        41021,
+        9821,
+    )?;
+    ensure!(
+        roots.via_kernel() == 200,
+        "after the lease root received {} through its kernel socket, not the ring",
+        roots.via_kernel() - 200
+    );
+    Ok(())
+}
