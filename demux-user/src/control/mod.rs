@@ -13,8 +13,14 @@
 //! → {"version":4,"op":"list"}     ← {"result":"endpoints","endpoints":[…]}
 //! → {"version":4,"op":"stats"}    ← {"result":"stats",…}
 //! → {"version":4,"op":"reload"}   ← {"result":"reloaded","changes":["endpoint 3 udp 0.0.0.0:53 closed",…]}
+//! → {"version":4,"op":"fast_path","iface":"eth0"}   ← {"result":"fast_path","queues":1,"frames":4096,"frame_size":4096} + 2 fds per queue
+//! → {"version":4,"op":"fast_path_ready"}            ← {"result":"fast_path_on"}
 //! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
+//!
+//! **Fast path** (`fast_path`, `fast_path_ready`): a lease on every rx queue of an interface for
+//! a connection holding every endpoint of the daemon; see "The fast path" in
+//! docs/ARCHITECTURE.md. While one holds, other connections' binds are refused as `busy`.
 //!
 //! **Backing sockets.** A UDP endpoint on an address (not a prefix) is backed by a kernel
 //! socket the caller created and bound (and connected, for a connected binding) itself

@@ -119,6 +119,8 @@ impl Ifaces {
         let name = iface.name.clone();
         {
             let mut state = state.lock().expect("state lock");
+            // Workers of an earlier bring-up of this name are gone with it.
+            state.forget_queues(&name);
             for queue in 0..super::rx_queues(&name) {
                 let cell = Arc::new(Mutex::new(SocketInfo {
                     iface: name.clone(),

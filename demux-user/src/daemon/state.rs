@@ -744,6 +744,11 @@ impl<D: Dataplane> State<D> {
         self.end_lease(connection);
     }
 
+    /// Forgets the queue workers of `iface` (brought up again: its new workers follow).
+    pub fn forget_queues(&mut self, iface: &str) {
+        self.queues.remove(iface);
+    }
+
     /// Takes the workers of one more rx queue, for fast-path leases.
     pub fn add_queue(&mut self, control: QueueControl) {
         self.queues
