@@ -28,6 +28,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         a_fast_path_client_receives_whole_datagrams_with_their_sender,
         a_fast_path_is_refused_while_another_uids_endpoint_is_bound,
         another_uid_is_served_by_its_kernel_socket_while_a_lease_holds,
+        a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams,
     ]
 }
 
@@ -322,5 +323,76 @@ pub(crate) fn another_uid_is_served_by_its_kernel_socket_while_a_lease_holds() -
         "after the lease root received {} through its kernel socket, not the ring",
         roots.via_kernel() - 200
     );
+    Ok(())
+}
+
+/// Nobody holds a lease (the daemon's 256 frames per queue) and reads nothing while 2,000
+/// datagrams arrive for it: its queue's rings hold at most 256, the kernel drops the rest on
+/// nobody's socket (counted: `rx_dropped` or `rx_ring_full` of the leased queue), and root,
+/// served by its kernel socket meanwhile, receives every one of its own. Then nobody reads: at
+/// most 256 of its own datagrams, in order, and nothing of root's; new ones arrive again.
+pub(crate) fn a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams(
+) -> anyhow::Result<()> {
+    let net = demux::testing::testbed::VethPair::standard()?;
+    let dir = demux::testing::testbed::TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(
+        &net,
+        &dir,
+        &["--control-group", "nogroup", "--frames", "256"],
+    )?;
+    let (mut nobodys, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        &daemon,
+        &format!("{B_ADDR}:9830"),
+        Some(&net.b_if),
+    )?;
+    answer
+        .context("asked")?
+        .context("the fast path was refused")?;
+    let mut roots = daemon.endpoint(&format!("{B_ADDR}:9831"))?;
+    let flood: Vec<_> = (0..2000).map(|i| payload(9830, i, 100)).collect();
+    let to_root: Vec<_> = (0..200).map(|i| payload(9831, i, 100)).collect();
+    send_payloads(&net.a, 41030, 9830, &flood)?;
+    send_payloads(&net.a, 41031, 9831, &to_root)?;
+    exactly("root", &receive(&mut roots, 200)?, &to_root, 41031, 9831)?;
+    let got = receive(&mut nobodys, 256)?;
+    ensure!(
+        !got.is_empty() && got.len() <= 256,
+        "nobody received {} datagrams after stalling (its rings hold 256)",
+        got.len()
+    );
+    let mut next = 0;
+    for d in &got {
+        let at = flood[next..]
+            .iter()
+            .position(|p| *p == d.payload)
+            .with_context(|| {
+                format!(
+                    "nobody received {:?}, not one of its own in order",
+                    String::from_utf8_lossy(&d.payload[..d.payload.len().min(24)])
+                )
+            })?;
+        next += at + 1;
+    }
+    ensure!(
+        nobodys.fast_dropped() == (0, 0),
+        "nobody's fast path read {:?} frames not its own",
+        nobodys.fast_dropped()
+    );
+    let stats = stats(&daemon)?;
+    let lost: u64 = stats
+        .sockets
+        .iter()
+        .map(|s| s.rx_dropped.max(s.rx_ring_full))
+        .sum();
+    ensure!(
+        lost + got.len() as u64 >= 2000,
+        "of 2,000 sent, {} received and only {lost} counted as dropped on the leased socket",
+        got.len()
+    );
+    let after: Vec<_> = (2000..2010).map(|i| payload(9830, i, 100)).collect();
+    send_payloads(&net.a, 41030, 9830, &after)?;
+    exactly("nobody, reading again", &receive(&mut nobodys, 10)?, &after, 41030, 9830)?;
     Ok(())
 }
