@@ -69,6 +69,8 @@ pub(crate) fn start_daemon(
         .arg(daemon_binary())
         .args(["daemon", "--iface", &testbed.pair.b_if])
         .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
+        // The bench's client (root) may take the fast path; only demux_client_fast asks.
+        .args(["--fast-path-uid", "0"])
         .arg("--control")
         .arg(&control);
     if let Some(config) = config {

@@ -242,6 +242,15 @@ pub enum ControlError {
         /// Its owner.
         owner: u32,
     },
+    /// A fast path asked for by a uid the configuration does not name.
+    #[error(
+        "fast path: uid {uid} may not lease queues; the administrator names the one uid that \
+         may (`fast_path_uid` in the config file, `--fast-path-uid`); the ring serves you"
+    )]
+    FastPathNotAllowed {
+        /// The caller.
+        uid: u32,
+    },
     /// A fast path on an interface the daemon does not serve, or one it cannot lease.
     #[error("fast path: {0}")]
     FastPathUnavailable(String),
@@ -282,7 +291,8 @@ impl ControlError {
             | ControlError::BackingRequired { .. }
             | ControlError::ReloadForRoot { .. }
             | ControlError::NotOwner { .. }
-            | ControlError::FastPathShared { .. } => ErrorCode::PermissionDenied,
+            | ControlError::FastPathShared { .. }
+            | ControlError::FastPathNotAllowed { .. } => ErrorCode::PermissionDenied,
             ControlError::Leased { .. } => ErrorCode::Busy,
             ControlError::FastPathUnavailable(_) => ErrorCode::InvalidArgument,
             ControlError::Sink(error) => error.code(),

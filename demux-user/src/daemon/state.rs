@@ -190,6 +190,8 @@ pub struct State<D: Dataplane = Maps> {
     queues: HashMap<String, Vec<QueueControl>>,
     /// The fast-path lease, if a connection holds one.
     lease: Option<Lease>,
+    /// The uid that may take a lease (`fast_path_uid`); none: nobody.
+    fast_path_uid: Option<u32>,
 }
 
 /// A fast-path lease: a connection reads every rx queue of `iface` itself (see "The fast path"
@@ -219,6 +221,7 @@ impl<D: Dataplane> State<D> {
             netns: own_netns(),
             queues: HashMap::new(),
             lease: None,
+            fast_path_uid: None,
         }
     }
 
@@ -744,6 +747,11 @@ impl<D: Dataplane> State<D> {
         self.end_lease(connection);
     }
 
+    /// Lets `uid` take fast-path leases (none: nobody may).
+    pub fn set_fast_path_uid(&mut self, uid: Option<u32>) {
+        self.fast_path_uid = uid;
+    }
+
     /// Forgets the queue workers of `iface` (brought up again: its new workers follow).
     pub fn forget_queues(&mut self, iface: &str) {
         self.queues.remove(iface);
@@ -767,6 +775,9 @@ impl<D: Dataplane> State<D> {
         caller: Caller,
         iface: &str,
     ) -> Result<Vec<QueueControl>, ControlError> {
+        if self.fast_path_uid != Some(caller.uid) {
+            return Err(ControlError::FastPathNotAllowed { uid: caller.uid });
+        }
         if let Some(lease) = &self.lease {
             return Err(match lease.connection == caller.connection {
                 true => ControlError::FastPathUnavailable(format!(

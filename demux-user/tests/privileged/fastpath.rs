@@ -18,7 +18,9 @@ use demux::{
     testing::testbed::{NetNs, A_ADDR, B_ADDR},
 };
 
-use crate::{daemon::RunningDaemon, endpoints::daemon_for_nobody};
+use demux::testing::testbed::{TempDir, VethPair};
+
+use crate::daemon::RunningDaemon;
 
 /// Nobody's uid.
 const NOBODY: u32 = 65534;
@@ -29,7 +31,21 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         a_fast_path_is_refused_while_another_uids_endpoint_is_bound,
         another_uid_is_served_by_its_kernel_socket_while_a_lease_holds,
         a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams,
+        only_the_configured_uid_may_take_a_fast_path,
     ]
+}
+
+/// A daemon in a veth pair of its own whose control socket nobody may use, and which lets
+/// nobody (only) take a fast path; `extra` arguments after those. Drop in reverse order.
+fn daemon_for_nobodys_fast_path(
+    extra: &[&str],
+) -> anyhow::Result<(VethPair, TempDir, RunningDaemon)> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let mut args = vec!["--control-group", "nogroup", "--fast-path-uid", "65534"];
+    args.extend_from_slice(extra);
+    let daemon = RunningDaemon::start(&net, &dir, &args)?;
+    Ok((net, dir, daemon))
 }
 
 /// A ring endpoint on `local`, bound as uid `uid` from a thread in `ns`, and with a fast path
@@ -149,7 +165,7 @@ fn exactly(
 /// program redirected each of them.
 pub(crate) fn a_fast_path_client_receives_whole_datagrams_with_their_sender() -> anyhow::Result<()>
 {
-    let (net, _dir, daemon) = daemon_for_nobody()?;
+    let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
     let (mut endpoint, answer) = endpoint_as(
         &net.b,
         NOBODY,
@@ -202,7 +218,7 @@ pub(crate) fn a_fast_path_client_receives_whole_datagrams_with_their_sender() ->
 /// receive exactly their own datagrams. Without the rule, nobody's queue would carry root's
 /// frames: the lease would be granted, and root would receive nothing.
 pub(crate) fn a_fast_path_is_refused_while_another_uids_endpoint_is_bound() -> anyhow::Result<()> {
-    let (net, _dir, daemon) = daemon_for_nobody()?;
+    let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
     let mut roots = daemon.endpoint(&format!("{B_ADDR}:9811"))?;
     let (mut nobodys, answer) = endpoint_as(
         &net.b,
@@ -244,7 +260,7 @@ pub(crate) fn a_fast_path_is_refused_while_another_uids_endpoint_is_bound() -> a
 /// endpoint binds again by itself and receives through the daemon's ring.
 pub(crate) fn another_uid_is_served_by_its_kernel_socket_while_a_lease_holds() -> anyhow::Result<()>
 {
-    let (net, _dir, daemon) = daemon_for_nobody()?;
+    let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
     let (mut nobodys, answer) = endpoint_as(
         &net.b,
         NOBODY,
@@ -333,13 +349,7 @@ pub(crate) fn another_uid_is_served_by_its_kernel_socket_while_a_lease_holds() -
 /// most 256 of its own datagrams, in order, and nothing of root's; new ones arrive again.
 pub(crate) fn a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams(
 ) -> anyhow::Result<()> {
-    let net = demux::testing::testbed::VethPair::standard()?;
-    let dir = demux::testing::testbed::TempDir::new("demux-test")?;
-    let daemon = RunningDaemon::start(
-        &net,
-        &dir,
-        &["--control-group", "nogroup", "--frames", "256"],
-    )?;
+    let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&["--frames", "256"])?;
     let (mut nobodys, answer) = endpoint_as(
         &net.b,
         NOBODY,
@@ -393,6 +403,57 @@ pub(crate) fn a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams
     );
     let after: Vec<_> = (2000..2010).map(|i| payload(9830, i, 100)).collect();
     send_payloads(&net.a, 41030, 9830, &after)?;
-    exactly("nobody, reading again", &receive(&mut nobodys, 10)?, &after, 41030, 9830)?;
+    exactly(
+        "nobody, reading again",
+        &receive(&mut nobodys, 10)?,
+        &after,
+        41030,
+        9830,
+    )?;
+    Ok(())
+}
+
+/// The daemon lets nobody (65534) take a lease: root, alone on the daemon, is refused and reads
+/// its ring; without `--fast-path-uid`, nobody alone on the daemon is refused too. Each still
+/// receives its datagrams, through the ring.
+pub(crate) fn only_the_configured_uid_may_take_a_fast_path() -> anyhow::Result<()> {
+    let refused = |who: &str, answer: Option<Result<(), demux::client::Error>>| match answer {
+        Some(Err(e))
+            if e.code() == ErrorCode::PermissionDenied
+                && e.to_string().contains("may not lease") =>
+        {
+            Ok(())
+        }
+        other => bail!("{who}'s fast path: {other:?}"),
+    };
+    {
+        let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
+        let (mut roots, answer) = endpoint_as(
+            &net.b,
+            0,
+            &daemon,
+            &format!("{B_ADDR}:9840"),
+            Some(&net.b_if),
+        )?;
+        refused("root", answer)?;
+        ensure!(!roots.is_fast(), "root's fast path is on");
+        let sent: Vec<_> = (0..50).map(|i| payload(9840, i, 100)).collect();
+        send_payloads(&net.a, 41040, 9840, &sent)?;
+        exactly("root", &receive(&mut roots, 50)?, &sent, 41040, 9840)?;
+    }
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--control-group", "nogroup"])?;
+    let (mut nobodys, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        &daemon,
+        &format!("{B_ADDR}:9841"),
+        Some(&net.b_if),
+    )?;
+    refused("nobody, without --fast-path-uid", answer)?;
+    let sent: Vec<_> = (0..50).map(|i| payload(9841, i, 100)).collect();
+    send_payloads(&net.a, 41041, 9841, &sent)?;
+    exactly("nobody", &receive(&mut nobodys, 50)?, &sent, 41041, 9841)?;
     Ok(())
 }
