@@ -223,6 +223,22 @@ impl QueueSocket {
         self.user.as_raw_fd()
     }
 
+    /// Whether the kernel maps the fill ring of this (bound) socket for another mapping, as a
+    /// fast-path client would map a leased socket bound before the hand-over. Older kernels
+    /// refuse (`EBUSY`: rings are mapped before the bind only).
+    pub fn maps_bound_rings(&self) -> bool {
+        let fd = self.fd();
+        crate::sys::xdp::mmap_offsets(&fd).is_ok_and(|(_, fill)| {
+            crate::sys::shm::Mapping::shared_at(
+                &fd,
+                (fill.desc + 8) as usize,
+                libc::XDP_UMEM_PGOFF_FILL_RING,
+                false,
+            )
+            .is_ok()
+        })
+    }
+
     /// The kernel's counters for this socket (XDP_STATISTICS: rx dropped, rx ring full, fill
     /// ring empty, …).
     pub fn statistics(&self) -> Result<XdpStatisticsV2, String> {

@@ -121,7 +121,13 @@ pub fn spawn(
                     return;
                 }
             };
+            let maps_bound_rings = socket.maps_bound_rings();
+            tracing::debug!(
+                "{iface} queue {queue}: the kernel maps a bound AF_XDP socket's rings: \
+                 {maps_bound_rings} (a leased socket is bound before the hand-over if so)"
+            );
             let mut worker = Worker {
+                maps_bound_rings,
                 iface,
                 queue,
                 frames,
@@ -191,6 +197,10 @@ struct Worker {
     napi_logged: bool,
     /// Endpoints delivered to in a batch, to flush (wake) once each after it.
     touched: Vec<u32>,
+    /// Whether the kernel maps a bound socket's rings ([`QueueSocket::maps_bound_rings`]):
+    /// then a leased socket is bound before the client gets it, so the client never holds an
+    /// unbound AF_XDP socket it could bind elsewhere.
+    maps_bound_rings: bool,
 }
 
 impl Worker {
@@ -291,7 +301,11 @@ impl Worker {
                     // socket out of the slot, and a fresh UMEM holds no frame of before.
                     self.serve(&mut socket, false);
                 }
-                match LeasedSocket::open(&iface, queue, self.frames).and_then(|leased| {
+                let bind_first = self.maps_bound_rings;
+                match LeasedSocket::open(&iface, queue, self.frames).and_then(|mut leased| {
+                    if bind_first {
+                        bind_retrying(&mut leased, &iface, queue)?;
+                    }
                     let (socket, umem) = leased.client_fds().map_err(|e| XskError::Step {
                         iface: iface.clone(),
                         queue,
@@ -317,17 +331,7 @@ impl Worker {
                 }
             }
             (Command::Bind(reply), Mode::Leased(mut leased)) => {
-                // The kernel lets go of the queue's previous UMEM in a deferred work item after
-                // its socket closed: `EBUSY` for a moment.
-                let mut bound = leased.bind(&iface, queue);
-                for _ in 0..BIND_RETRIES {
-                    if bound.is_ok() {
-                        break;
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                    bound = leased.bind(&iface, queue);
-                }
-                let result = bound
+                let result = bind_retrying(&mut leased, &iface, queue)
                     .map_err(|e| e.to_string())
                     .and_then(|()| self.slot.set(leased.fd()).map_err(|e| e.to_string()));
                 let _ = reply.send(result);
@@ -387,6 +391,20 @@ impl Worker {
             Mode::Reopening => {}
         }
     }
+}
+
+/// Binds `leased` (nothing if bound already). The kernel lets go of the queue's previous UMEM
+/// in a deferred work item after its socket closed: `EBUSY` for a moment, so it retries.
+fn bind_retrying(leased: &mut LeasedSocket, iface: &str, queue: u32) -> Result<(), XskError> {
+    let mut bound = leased.bind(iface, queue);
+    for _ in 0..BIND_RETRIES {
+        if bound.is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+        bound = leased.bind(iface, queue);
+    }
+    bound
 }
 
 /// Copies the socket's kernel counters where `stats` can read them.
