@@ -274,9 +274,8 @@ impl Endpoint {
     /// Asks the daemon for a fast path on `iface` (feature `fast-path`; see "The fast path" in
     /// docs/ARCHITECTURE.md): granted while this endpoint is the only one the daemon holds, it
     /// reads every rx queue of `iface` itself, with no daemon thread in between; asked for
-    /// again after every rebind. Returns whether it is on; refused, the ring serves as before
-    /// (the refusal's reason is the error). Datagrams arrive through the same calls.
-    /// [`Endpoint::recv_from_async`] does not wait on the fast path's queues yet.
+    /// again after every rebind. `Ok` once it is on; refused, the ring serves as before (the
+    /// error says why). Datagrams arrive through the same calls, blocking, batch or async.
     #[cfg(feature = "fast-path")]
     pub fn fast_path(&mut self, iface: &str) -> Result<(), Error> {
         self.fast_iface = Some(iface.to_owned());
@@ -530,11 +529,24 @@ impl Endpoint {
                 session.ring.stop_waiting();
                 continue;
             }
+            #[allow(unused_mut)]
+            let mut queues = Vec::new();
+            #[cfg(feature = "fast-path")]
+            if let Some(fast) = &session.fast {
+                if fast.has_frames() {
+                    session.ring.stop_waiting();
+                    continue;
+                }
+                for fd in fast.fds() {
+                    queues.push(watch(fd)?);
+                }
+            }
             let wake = watch(session.ring.wake_fd())?;
             let control = watch(session.control.fd())?;
             let gone = tokio::select! {
                 ready = wake.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
                 ready = socket.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
+                ready = any_readable(&queues) => { ready.map_err(Error::Wait)?; false }
                 _ = control.readable() => true,
             };
             session.ring.stop_waiting();
@@ -573,6 +585,20 @@ fn lease(session: &mut Session, iface: &str) -> Result<crate::fastpath::FastPath
             "unexpected answer to fast_path_ready: {other:?}"
         ))
         .into()),
+    }
+}
+
+/// Waits until one of `fds` (the fast path's queues, at most two) is readable; forever if there
+/// is none.
+#[cfg(feature = "async")]
+async fn any_readable(fds: &[tokio::io::unix::AsyncFd<OwnedFd>]) -> io::Result<()> {
+    match fds {
+        [] => std::future::pending().await,
+        [one] => one.readable().await.map(|mut ready| ready.clear_ready()),
+        [one, two, ..] => tokio::select! {
+            ready = one.readable() => ready.map(|mut ready| ready.clear_ready()),
+            ready = two.readable() => ready.map(|mut ready| ready.clear_ready()),
+        },
     }
 }
 

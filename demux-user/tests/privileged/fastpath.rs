@@ -211,6 +211,34 @@ pub(crate) fn a_fast_path_client_receives_whole_datagrams_with_their_sender() ->
         "not every queue is leased: {:?}",
         stats.sockets
     );
+    // The async receive waits on the leased queue too: datagrams sent while it waits arrive.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let later: Vec<Vec<u8>> = (300..310).map(|i| payload(9800, i, 200)).collect();
+    let got = std::thread::scope(|scope| -> anyhow::Result<Vec<demux::client::Datagram>> {
+        let sender = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            send_payloads(&net.a, 41000, 9800, &later)
+        });
+        let got = runtime.block_on(async {
+            let mut got = Vec::new();
+            while got.len() < later.len() {
+                let next = tokio::time::timeout(Duration::from_secs(5), endpoint.recv_from_async());
+                got.push(next.await.context("async receive timed out")??);
+            }
+            anyhow::Ok(got)
+        })?;
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+        Ok(got)
+    })?;
+    exactly("the fast path, async", &got, &later, 41000, 9800)?;
+    ensure!(
+        endpoint.via_kernel() == 0,
+        "async: through the kernel socket"
+    );
     Ok(())
 }
 
