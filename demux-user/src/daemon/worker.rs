@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use xdpilone::xdp::XdpStatisticsV2;
+
 use crate::{
     checksum::{self, BadChecksum},
     control::SocketInfo,
@@ -127,6 +129,7 @@ pub fn spawn(
                  {maps_bound_rings} (a leased socket is bound before the hand-over if so)"
             );
             let mut worker = Worker {
+                retired: KernelCounts::default(),
                 maps_bound_rings,
                 iface,
                 queue,
@@ -197,6 +200,9 @@ struct Worker {
     napi_logged: bool,
     /// Endpoints delivered to in a batch, to flush (wake) once each after it.
     touched: Vec<u32>,
+    /// The kernel counters of the queue's earlier sockets (replaced when a lease starts and
+    /// ends), added to the current socket's so that `stats` never goes back.
+    retired: KernelCounts,
     /// Whether the kernel maps a bound socket's rings ([`QueueSocket::maps_bound_rings`]):
     /// then a leased socket is bound before the client gets it, so the client never holds an
     /// unbound AF_XDP socket it could bind elsewhere.
@@ -300,6 +306,7 @@ impl Worker {
                     // Deliver what is steered already, then close: the kernel takes the closed
                     // socket out of the slot, and a fresh UMEM holds no frame of before.
                     self.serve(&mut socket, false);
+                    self.retired.add(socket.statistics());
                 }
                 let bind_first = self.maps_bound_rings;
                 match LeasedSocket::open(&iface, queue, self.frames).and_then(|mut leased| {
@@ -341,7 +348,8 @@ impl Worker {
                 let _ = reply.send(Err(format!("queue {queue} of {iface} is not leased")));
                 mode
             }
-            (Command::End, Mode::Leased(_)) => {
+            (Command::End, Mode::Leased(leased)) => {
+                self.retired.add(leased.statistics());
                 tracing::info!(%iface, queue, "fast-path lease ended");
                 Mode::Reopening
             }
@@ -372,7 +380,7 @@ impl Worker {
 
     fn publish(&self, mode: &Mode) {
         match mode {
-            Mode::Own(socket) => publish(socket, &self.cell),
+            Mode::Own(socket) => publish(socket, &self.cell, &self.retired),
             Mode::Leased(leased) => {
                 let mut info = self.cell.lock().expect("socket cell");
                 // The client holds the frames: the daemon cannot count where they are.
@@ -381,12 +389,9 @@ impl Worker {
                 info.frames_free = 0;
                 info.frames_fill_ring = 0;
                 info.frames_rx_ring = 0;
-                if let Ok(stats) = leased.statistics() {
-                    info.rx_dropped = stats.rx_dropped;
-                    info.rx_ring_full = stats.rx_ring_full;
-                    info.rx_fill_ring_empty = stats.rx_fill_ring_empty_descs;
-                    info.rx_invalid_descs = stats.rx_invalid_descs;
-                }
+                let mut counts = self.retired;
+                counts.add(leased.statistics());
+                counts.write(&mut info);
             }
             Mode::Reopening => {}
         }
@@ -407,8 +412,37 @@ fn bind_retrying(leased: &mut LeasedSocket, iface: &str, queue: u32) -> Result<(
     bound
 }
 
-/// Copies the socket's kernel counters where `stats` can read them.
-fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>) {
+/// XDP_STATISTICS counters, summed over sockets.
+#[derive(Clone, Copy, Default)]
+struct KernelCounts {
+    rx_dropped: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty: u64,
+    rx_invalid_descs: u64,
+}
+
+impl KernelCounts {
+    /// Adds a socket's counters (nothing if they could not be read).
+    fn add(&mut self, stats: Result<XdpStatisticsV2, String>) {
+        if let Ok(stats) = stats {
+            self.rx_dropped += stats.rx_dropped;
+            self.rx_ring_full += stats.rx_ring_full;
+            self.rx_fill_ring_empty += stats.rx_fill_ring_empty_descs;
+            self.rx_invalid_descs += stats.rx_invalid_descs;
+        }
+    }
+
+    fn write(&self, info: &mut SocketInfo) {
+        info.rx_dropped = self.rx_dropped;
+        info.rx_ring_full = self.rx_ring_full;
+        info.rx_fill_ring_empty = self.rx_fill_ring_empty;
+        info.rx_invalid_descs = self.rx_invalid_descs;
+    }
+}
+
+/// Copies the socket's kernel counters, on top of the queue's earlier sockets' `retired`,
+/// where `stats` can read them.
+fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>, retired: &KernelCounts) {
     let (frames, free) = socket.frames();
     let (fill, rx) = socket.ring_frames();
     let mut info = cell.lock().expect("socket cell");
@@ -417,10 +451,7 @@ fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>) {
     info.frames_free = free as u64;
     info.frames_fill_ring = u64::from(fill);
     info.frames_rx_ring = u64::from(rx);
-    if let Ok(stats) = socket.statistics() {
-        info.rx_dropped = stats.rx_dropped;
-        info.rx_ring_full = stats.rx_ring_full;
-        info.rx_fill_ring_empty = stats.rx_fill_ring_empty_descs;
-        info.rx_invalid_descs = stats.rx_invalid_descs;
-    }
+    let mut counts = *retired;
+    counts.add(socket.statistics());
+    counts.write(&mut info);
 }

@@ -418,8 +418,7 @@ pub(crate) fn a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams
         "nobody's fast path read {:?} frames not its own",
         nobodys.fast_dropped()
     );
-    let stats = stats(&daemon)?;
-    let lost: u64 = stats
+    let lost: u64 = stats(&daemon)?
         .sockets
         .iter()
         .map(|s| s.rx_dropped.max(s.rx_ring_full))
@@ -438,6 +437,28 @@ pub(crate) fn a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams
         41030,
         9830,
     )?;
+    // The lease ends; the queue's own socket is back, and the drops counted on the leased one
+    // stay in `stats` (the accounting never goes back).
+    drop(nobodys);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let counted = loop {
+        let sockets = stats(&daemon)?.sockets;
+        if sockets.iter().all(|s| !s.leased && s.frames > 0) {
+            break sockets
+                .iter()
+                .map(|s| s.rx_dropped.max(s.rx_ring_full))
+                .sum::<u64>();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the daemon did not take its queue back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(
+        counted >= lost,
+        "after the lease, stats count {counted} drops, {lost} during it"
+    );
     Ok(())
 }
 
