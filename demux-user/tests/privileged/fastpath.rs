@@ -32,6 +32,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         another_uid_is_served_by_its_kernel_socket_while_a_lease_holds,
         a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams,
         only_the_configured_uid_may_take_a_fast_path,
+        demux_recv_takes_the_fast_path,
     ]
 }
 
@@ -504,5 +505,70 @@ pub(crate) fn only_the_configured_uid_may_take_a_fast_path() -> anyhow::Result<(
     let sent: Vec<_> = (0..50).map(|i| payload(9841, i, 100)).collect();
     send_payloads(&net.a, 41041, 9841, &sent)?;
     exactly("nobody", &receive(&mut nobodys, 50)?, &sent, 41041, 9841)?;
+    Ok(())
+}
+
+/// `demux recv --fast-path IFACE` (root, named by the daemon) says the fast path is on and
+/// prints every datagram, each from its sender.
+pub(crate) fn demux_recv_takes_the_fast_path() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(&net, &dir, &["--fast-path-uid", "0"])?;
+    let out = dir.join("recv.out");
+    let err = dir.join("recv.err");
+    let mut recv = demux::testing::testbed::ChildGuard::spawn(
+        daemon
+            .cli(&[
+                "recv",
+                "udp",
+                &format!("{B_ADDR}:9850"),
+                "--fast-path",
+                &net.b_if,
+                "--count",
+                "20",
+                "--timeout",
+                "10",
+                "--format",
+                "json",
+            ])
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?),
+    )?;
+    // Until the lease is on (every queue leased), then send.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stats(&daemon)?.sockets.iter().all(|s| s.leased) {
+        ensure!(
+            Instant::now() < deadline,
+            "no lease within 5 s: {}",
+            std::fs::read_to_string(&err)?
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent: Vec<_> = (0..20).map(|i| payload(9850, i, 64)).collect();
+    send_payloads(&net.a, 41050, 9850, &sent)?;
+    let status = recv.wait_exit(Duration::from_secs(15))?;
+    let said = std::fs::read_to_string(&err)?;
+    ensure!(status.success(), "demux recv exited {status}: {said}");
+    ensure!(
+        said.contains(&format!("fast path on {}", net.b_if)),
+        "demux recv said: {said}"
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&out)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        lines.len() == 20,
+        "demux recv printed {} of 20",
+        lines.len()
+    );
+    for (i, line) in lines.iter().enumerate() {
+        let d: serde_json::Value = serde_json::from_str(line)?;
+        let want: String = sent[i].iter().map(|b| format!("{b:02x}")).collect();
+        ensure!(
+            d["payload_hex"] == want.as_str() && d["peer"] == format!("{A_ADDR}:41050").as_str(),
+            "datagram {i}: {line}"
+        );
+    }
     Ok(())
 }
