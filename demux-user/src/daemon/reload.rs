@@ -315,6 +315,7 @@ impl Reloader {
         self.configured = configured;
         for name in plan.detach {
             if let Some(stopping) = ifaces.take_down(&name, loaded) {
+                state.lock().expect("state lock").forget_queues(&name);
                 // The workers drain their rings off the runtime.
                 let _ = tokio::task::spawn_blocking(move || stopping.join()).await;
                 done.push(format!("interface {name} detached"));

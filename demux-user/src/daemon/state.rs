@@ -752,8 +752,18 @@ impl<D: Dataplane> State<D> {
         self.fast_path_uid = uid;
     }
 
-    /// Forgets the queue workers of `iface` (brought up again: its new workers follow).
+    /// Forgets the queue workers of `iface` (taken down, or brought up again: its new workers
+    /// follow), ending a lease on it first: its slots are emptied while their numbers are still
+    /// its own (another interface may take them next).
     pub fn forget_queues(&mut self, iface: &str) {
+        if let Some(connection) = self
+            .lease
+            .as_ref()
+            .filter(|lease| lease.iface == iface)
+            .map(|lease| lease.connection)
+        {
+            self.end_lease(connection);
+        }
         self.queues.remove(iface);
     }
 
