@@ -19,7 +19,7 @@ use std::{
     time::SystemTime,
 };
 
-use demux_common::meta::PacketMeta;
+use demux_common::{binding::PROTO_TCP, meta::PacketMeta};
 use thiserror::Error;
 
 use crate::{
@@ -205,7 +205,10 @@ impl FastPath {
                         Some((meta, datagram)) => match checksum::verify(frame, &meta) {
                             Ok(()) => {
                                 each(DatagramView {
-                                    protocol: Protocol::Udp,
+                                    protocol: match datagram.protocol {
+                                        PROTO_TCP => Protocol::Tcp,
+                                        _ => Protocol::Udp,
+                                    },
                                     peer: datagram.peer,
                                     local: datagram.local,
                                     received_ns,
