@@ -4,7 +4,8 @@
 //! ```sh
 //! cargo run --release --example echo_server -- /run/demux-demo/control.sock 198.18.0.2:7000
 //! ```
-//! Arguments: control socket, a local socket address. Runs until interrupted.
+//! Arguments: control socket, a local socket address, and optionally an interface to ask the
+//! fast path on (see `udp_sink`). Runs until interrupted.
 
 use std::net::SocketAddr;
 
@@ -12,8 +13,10 @@ use demux::{binding::Protocol, client::Endpoint};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, control, local] = args.as_slice() else {
-        return Err("usage: echo_server CONTROL_SOCKET ADDR:PORT".into());
+    let (control, local, iface) = match args.as_slice() {
+        [_, control, local] => (control, local, None),
+        [_, control, local, iface] => (control, local, Some(iface)),
+        _ => return Err("usage: echo_server CONTROL_SOCKET ADDR:PORT [IFACE]".into()),
     };
     let local: SocketAddr = local.parse()?;
     let mut endpoint = Endpoint::bind(control, Protocol::Udp, &local.to_string())?;
@@ -21,6 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "echoing on {local} (endpoint {})",
         endpoint.id().unwrap_or_default()
     );
+    if let Some(iface) = iface {
+        match endpoint.fast_path(iface) {
+            Ok(()) => eprintln!("fast path on {iface}"),
+            Err(e) => eprintln!("fast path refused ({e}); reading the ring"),
+        }
+    }
     while let Some(request) = endpoint.recv_from(None)? {
         let mut answer = b"echo: ".to_vec();
         answer.extend_from_slice(&request.payload);

@@ -82,6 +82,10 @@ pub enum Error {
     /// Waiting for the ring's wakeup failed.
     #[error("waiting for datagrams: {0}")]
     Wait(io::Error),
+    /// The fast path's queues could not be mapped.
+    #[cfg(feature = "fast-path")]
+    #[error(transparent)]
+    FastPath(#[from] crate::fastpath::FastPathError),
 }
 
 impl Error {
@@ -93,6 +97,8 @@ impl Error {
             Error::Backing(e) => e.code(),
             Error::Ring(_) | Error::Descriptors(_) | Error::Record(_) => ErrorCode::VersionMismatch,
             Error::Wait(_) => ErrorCode::Internal,
+            #[cfg(feature = "fast-path")]
+            Error::FastPath(_) => ErrorCode::Internal,
         }
     }
 }
@@ -159,6 +165,9 @@ pub struct Endpoint {
     via_kernel: u64,
     reattached: u32,
     buf: Vec<u8>,
+    /// The interface whose queues this endpoint asks to lease, again after every rebind.
+    #[cfg(feature = "fast-path")]
+    fast_iface: Option<String>,
 }
 
 /// The daemon's side of an endpoint: its control connection, descriptor and ring. Without a
@@ -168,6 +177,9 @@ struct Session {
     control: Option<Client>,
     id: u32,
     ring: Consumer,
+    /// The leased queues, read before the ring.
+    #[cfg(feature = "fast-path")]
+    fast: Option<crate::fastpath::FastPath>,
 }
 
 impl Endpoint {
@@ -221,8 +233,16 @@ impl Endpoint {
             via_kernel: 0,
             reattached: 0,
             buf: vec![0; MAX_DATAGRAM],
+            #[cfg(feature = "fast-path")]
+            fast_iface: None,
         };
-        endpoint.session = Some(endpoint.register(client)?);
+        match endpoint.register(client) {
+            Ok(session) => endpoint.session = Some(session),
+            // Another client's fast path holds the daemon's queues: the backing socket serves
+            // this endpoint until it ends; binding again is tried every REBIND_EVERY.
+            Err(e) if e.code() == ErrorCode::Busy => endpoint.lose_session(),
+            Err(e) => return Err(e),
+        }
         Ok(endpoint)
     }
 
@@ -239,11 +259,70 @@ impl Endpoint {
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| Error::Descriptors(fds.len()))?;
         let ring = Consumer::open(ClientFds { memory, wake })?;
-        Ok(Session {
+        #[allow(unused_mut)]
+        let mut session = Session {
             control: Some(control),
             id,
             ring,
-        })
+            #[cfg(feature = "fast-path")]
+            fast: None,
+        };
+        #[cfg(feature = "fast-path")]
+        if let Some(iface) = &self.fast_iface {
+            // Refused (another uid's endpoint is bound, …): the ring serves meanwhile.
+            if let Ok(fast) = lease(&mut session, iface) {
+                session.fast = Some(fast);
+            }
+        }
+        Ok(session)
+    }
+
+    /// Asks the daemon for a fast path on `iface` (feature `fast-path`; see "The fast path" in
+    /// docs/ARCHITECTURE.md): granted while this endpoint is the only one the daemon holds, it
+    /// reads every rx queue of `iface` itself, with no daemon thread in between; asked for
+    /// again after every rebind. `Ok` once it is on; refused, the ring serves as before (the
+    /// error says why). Datagrams arrive through the same calls, blocking, batch or async.
+    #[cfg(feature = "fast-path")]
+    pub fn fast_path(&mut self, iface: &str) -> Result<(), Error> {
+        self.fast_iface = Some(iface.to_owned());
+        let Some(session) = &mut self.session else {
+            return Err(ClientError::Closed.into());
+        };
+        if session.fast.is_some() {
+            return Ok(());
+        }
+        match lease(session, iface) {
+            Ok(fast) => {
+                session.fast = Some(fast);
+                Ok(())
+            }
+            Err(e) => {
+                // A lease granted but not mapped would keep the queues from everyone: start
+                // over without it.
+                if matches!(e, Error::FastPath(_)) {
+                    self.fast_iface = None;
+                    self.lose_session();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Frames the fast path read but did not deliver: `(foreign, bad_checksum)`. A foreign
+    /// frame (another endpoint's, or without this build's metadata) never appears while the
+    /// lease rule holds.
+    #[cfg(feature = "fast-path")]
+    pub fn fast_dropped(&self) -> (u64, u64) {
+        self.session
+            .as_ref()
+            .and_then(|s| s.fast.as_ref())
+            .map_or((0, 0), |f| (f.dropped_foreign, f.dropped_bad_checksum))
+    }
+
+    /// Whether the fast path serves this endpoint now.
+    #[cfg(feature = "fast-path")]
+    pub fn is_fast(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.fast.is_some())
     }
 
     /// Takes up endpoint `id` again on a restarted daemon that picked it up (`attach`, proving
@@ -310,6 +389,10 @@ impl Endpoint {
             self.kernel_due = now + KERNEL_EVERY;
             n = self.recv_kernel(1, &mut each)?;
             socket_empty = n == 0;
+        }
+        #[cfg(feature = "fast-path")]
+        if let Some(fast) = self.session.as_mut().and_then(|s| s.fast.as_mut()) {
+            n += fast.receive(max - n, &mut each);
         }
         if let Some(session) = &mut self.session {
             let mut bad = None;
@@ -388,6 +471,14 @@ impl Endpoint {
                 Ok(client) => {
                     if let Some(session) = &mut self.session {
                         session.control = Some(client);
+                        // The old lease ended with the old daemon: ask the new one.
+                        #[cfg(feature = "fast-path")]
+                        {
+                            session.fast = None;
+                            if let Some(iface) = &self.fast_iface {
+                                session.fast = lease(session, iface).ok();
+                            }
+                        }
                     }
                     self.reattached += 1;
                     return;
@@ -452,6 +543,7 @@ impl Endpoint {
                 .as_ref()
                 .map(|c| c.fd().as_raw_fd())
                 .unwrap_or(-1);
+            #[allow(unused_mut)]
             let mut fds = [
                 sys::pollfd(&session.ring.wake_fd(), libc::POLLIN),
                 libc::pollfd {
@@ -460,8 +552,24 @@ impl Endpoint {
                     revents: 0,
                 },
                 sys::pollfd(&self.socket, libc::POLLIN),
+                sys::pollfd(&-1, 0),
+                sys::pollfd(&-1, 0),
             ];
-            let ready = sys::poll(&mut fds, wait_ms);
+            #[allow(unused_mut)]
+            let mut watched = 3;
+            #[cfg(feature = "fast-path")]
+            if let Some(fast) = &session.fast {
+                // At most two queues (the daemon's limit per lease).
+                for fd in fast.fds().take(2) {
+                    fds[watched] = sys::pollfd(&fd, libc::POLLIN);
+                    watched += 1;
+                }
+                if fast.has_frames() {
+                    session.ring.stop_waiting();
+                    continue;
+                }
+            }
+            let ready = sys::poll(&mut fds[..watched], wait_ms);
             session.ring.stop_waiting();
             ready.map_err(Error::Wait)?;
             if fds[1].revents != 0 {
@@ -505,6 +613,18 @@ impl Endpoint {
                 session.ring.stop_waiting();
                 continue;
             }
+            #[allow(unused_mut)]
+            let mut queues = Vec::new();
+            #[cfg(feature = "fast-path")]
+            if let Some(fast) = &session.fast {
+                if fast.has_frames() {
+                    session.ring.stop_waiting();
+                    continue;
+                }
+                for fd in fast.fds() {
+                    queues.push(watch(fd)?);
+                }
+            }
             let wake = watch(session.ring.wake_fd())?;
             let control = match &session.control {
                 Some(control) => Some(watch(control.fd())?),
@@ -514,6 +634,7 @@ impl Endpoint {
             let gone = tokio::select! {
                 ready = wake.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
                 ready = socket.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
+                ready = any_readable(&queues) => { ready.map_err(Error::Wait)?; false }
                 _ = async { control.as_ref().expect("connected").readable().await }, if control.is_some() => true,
                 () = tokio::time::sleep(rebind), if control.is_none() => false,
             };
@@ -522,6 +643,49 @@ impl Endpoint {
                 self.daemon_gone();
             }
         }
+    }
+}
+
+/// Leases the queues of `iface` on `session`'s connection and maps them.
+#[cfg(feature = "fast-path")]
+fn lease(session: &mut Session, iface: &str) -> Result<crate::fastpath::FastPath, Error> {
+    let control = session.control.as_mut().ok_or(ClientError::Closed)?;
+    let (response, fds) = control.call_with_fds(
+        crate::control::Request::FastPath {
+            iface: iface.to_owned(),
+        },
+        &[],
+    )?;
+    let Response::FastPath {
+        frames, frame_size, ..
+    } = response
+    else {
+        return Err(ClientError::BadResponse(format!(
+            "unexpected answer to fast_path: {response:?}"
+        ))
+        .into());
+    };
+    let fast = crate::fastpath::FastPath::open(session.id, frames, frame_size, fds)?;
+    match control.call(crate::control::Request::FastPathReady)? {
+        Response::FastPathOn => Ok(fast),
+        other => Err(ClientError::BadResponse(format!(
+            "unexpected answer to fast_path_ready: {other:?}"
+        ))
+        .into()),
+    }
+}
+
+/// Waits until one of `fds` (the fast path's queues, at most two) is readable; forever if there
+/// is none.
+#[cfg(feature = "async")]
+async fn any_readable(fds: &[tokio::io::unix::AsyncFd<OwnedFd>]) -> io::Result<()> {
+    match fds {
+        [] => std::future::pending().await,
+        [one] => one.readable().await.map(|mut ready| ready.clear_ready()),
+        [one, two, ..] => tokio::select! {
+            ready = one.readable() => ready.map(|mut ready| ready.clear_ready()),
+            ready = two.readable() => ready.map(|mut ready| ready.clear_ready()),
+        },
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Config {
     pub endpoints: Vec<BindRequest>,
     /// What one caller of the control socket may hold (`[limits]` in the file).
     pub limits: Limits,
+    /// The uid that may lease an interface's queues for a fast path (see "The fast path" in
+    /// docs/ARCHITECTURE.md); none: no lease is ever granted.
+    pub fast_path_uid: Option<u32>,
 }
 
 /// What the callers of the control socket may hold (`[limits]` in the file). Every refusal is
@@ -108,6 +111,7 @@ impl Default for Config {
             max_bindings: demux_common::binding::MAX_BINDINGS,
             endpoints: Vec::new(),
             limits: Limits::default(),
+            fast_path_uid: None,
         }
     }
 }

@@ -31,18 +31,20 @@ pub mod sys;
 
 #[cfg(feature = "daemon")]
 pub mod attach;
-#[cfg(feature = "daemon")]
+#[cfg(any(feature = "daemon", feature = "fast-path"))]
 pub mod checksum;
 #[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
-#[cfg(feature = "daemon")]
+#[cfg(any(feature = "daemon", feature = "fast-path"))]
 pub mod datagram;
 #[cfg(feature = "daemon")]
 pub mod dataplane;
 #[cfg(feature = "daemon")]
 pub mod endpoint_stats;
+#[cfg(feature = "fast-path")]
+pub mod fastpath;
 #[cfg(feature = "daemon")]
 pub mod multiprog;
 #[cfg(feature = "daemon")]

@@ -10,7 +10,10 @@
 //! global `demux_common::hash::KEY_GLOBAL`: each start of the daemon picks group members with a
 //! key nobody outside it knows.
 
-use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use aya::{
     maps::{Map, MapData, MapError, MapInfo, XskMap},
@@ -233,7 +236,37 @@ pub struct Loaded {
 /// `XSKS`: which AF_XDP socket receives an (interface, rx queue). The interface's block of slots
 /// is in its `IFACE_SLOTS` entry, which the dataplane writes (`Dataplane::set_iface`).
 struct SocketSlots {
-    xsks: XskMap<MapData>,
+    xsks: Arc<Mutex<XskMap<MapData>>>,
+}
+
+/// One (interface, rx queue) slot of `XSKS`, for the queue's worker, which replaces its socket
+/// when a fast-path lease starts or ends (see "The fast path" in docs/ARCHITECTURE.md).
+#[derive(Clone)]
+pub struct SocketSlot {
+    xsks: Arc<Mutex<XskMap<MapData>>>,
+    index: u32,
+}
+
+impl SocketSlot {
+    /// Steers the slot's queue to the AF_XDP socket `fd`.
+    pub fn set(&self, fd: RawFd) -> Result<(), SocketSlotError> {
+        let mut xsks = self.xsks.lock().unwrap_or_else(PoisonError::into_inner);
+        xsks.set(self.index, fd, 0)?;
+        Ok(())
+    }
+
+    /// Empties the slot: from now on the program passes the queue's steered frames to the
+    /// kernel (`pass_no_socket`), whoever still holds the socket that was there.
+    pub fn unset(&self) -> Result<(), SocketSlotError> {
+        let mut xsks = self.xsks.lock().unwrap_or_else(PoisonError::into_inner);
+        match xsks.unset(self.index) {
+            // Already empty (the socket closed and the kernel took it out).
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
 }
 
 impl Loaded {
@@ -322,7 +355,7 @@ impl Loaded {
             .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
             .map_err(verify_reuseport)?;
         let slots = SocketSlots {
-            xsks: take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?,
+            xsks: Arc::new(Mutex::new(take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?)),
         };
         let dataplane = Maps::take(&mut ebpf, reuseport)?;
         Ok((
@@ -384,15 +417,25 @@ impl Loaded {
         queue: u32,
         fd: RawFd,
     ) -> Result<(), SocketSlotError> {
+        self.socket_slot(iface_number, queue)?.set(fd)
+    }
+
+    /// The slot of (interface number `iface_number`, rx `queue`), as a handle its worker keeps.
+    pub fn socket_slot(
+        &self,
+        iface_number: u32,
+        queue: u32,
+    ) -> Result<SocketSlot, SocketSlotError> {
         if iface_number >= maps::MAX_IFACES || queue >= maps::MAX_QUEUES {
             return Err(SocketSlotError::OutOfRange {
                 iface_number,
                 queue,
             });
         }
-        let base = iface_number * maps::MAX_QUEUES;
-        self.slots.xsks.set(base + queue, fd, 0)?;
-        Ok(())
+        Ok(SocketSlot {
+            xsks: self.slots.xsks.clone(),
+            index: iface_number * maps::MAX_QUEUES + queue,
+        })
     }
 
     /// Kernel memory of each of the program's maps (name, bytes), as the kernel accounts it

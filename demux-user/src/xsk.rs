@@ -68,6 +68,17 @@ fn open_parts(
     frames: u32,
     config: SocketConfig,
 ) -> Result<Parts, XskError> {
+    open_parts_on(iface, queue, frames, config, None)
+}
+
+/// As [`open_parts`]; with `memfd`, the UMEM is on a sealed memfd, put there.
+fn open_parts_on(
+    iface: &str,
+    queue: u32,
+    frames: u32,
+    config: SocketConfig,
+    memfd: Option<&mut Option<std::fs::File>>,
+) -> Result<Parts, XskError> {
     let umem_config = UmemConfig {
         fill_size: frames,
         complete_size: frames,
@@ -75,13 +86,19 @@ fn open_parts(
         headroom: 0,
         flags: 0,
     };
-    let umem = UmemArea::new(umem_config, frames as usize * FRAME_SIZE as usize).map_err(|e| {
-        XskError::Step {
-            iface: iface.to_owned(),
-            queue,
-            step: "allocating and registering the UMEM",
-            errno: e.to_string(),
-        }
+    let len = frames as usize * FRAME_SIZE as usize;
+    let umem = match memfd {
+        None => UmemArea::new(umem_config, len),
+        Some(out) => UmemArea::on_memfd(umem_config, len).map(|(umem, file)| {
+            *out = Some(file);
+            umem
+        }),
+    }
+    .map_err(|e| XskError::Step {
+        iface: iface.to_owned(),
+        queue,
+        step: "allocating and registering the UMEM",
+        errno: e.to_string(),
     })?;
     let mut info = IfInfo::invalid();
     let name = CString::new(iface).map_err(|_| XskError::Interface {
@@ -206,6 +223,22 @@ impl QueueSocket {
         self.user.as_raw_fd()
     }
 
+    /// Whether the kernel maps the fill ring of this (bound) socket for another mapping, as a
+    /// fast-path client would map a leased socket bound before the hand-over. Older kernels
+    /// refuse (`EBUSY`: rings are mapped before the bind only).
+    pub fn maps_bound_rings(&self) -> bool {
+        let fd = self.fd();
+        crate::sys::xdp::mmap_offsets(&fd).is_ok_and(|(_, fill)| {
+            crate::sys::shm::Mapping::shared_at(
+                &fd,
+                (fill.desc + 8) as usize,
+                libc::XDP_UMEM_PGOFF_FILL_RING,
+                false,
+            )
+            .is_ok()
+        })
+    }
+
     /// The kernel's counters for this socket (XDP_STATISTICS: rx dropped, rx ring full, fill
     /// ring empty, …).
     pub fn statistics(&self) -> Result<XdpStatisticsV2, String> {
@@ -229,6 +262,88 @@ impl QueueSocket {
 impl AsRawFd for QueueSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd()
+    }
+}
+
+/// A queue's AF_XDP socket for a fast-path lease (see "The fast path" in docs/ARCHITECTURE.md):
+/// a fresh UMEM on a sealed memfd (so it holds no frame from before the lease), fill and rx
+/// rings of `frames` entries, opened but not bound, so that the client can still map the rings
+/// (the kernel refuses to map the rings of a bound socket). [`LeasedSocket::bind`] binds it
+/// once the client said it has mapped them. The daemon never reads or fills it: the kernel
+/// counters ([`LeasedSocket::statistics`]) are all it keeps of the queue.
+pub struct LeasedSocket {
+    // Drop order: rings and socket before the UMEM before its memory.
+    _device: DeviceQueue,
+    user: User,
+    _socket: Socket,
+    umem: UmemArea,
+    memfd: std::fs::File,
+    bound: bool,
+    pub frames: u32,
+}
+
+impl LeasedSocket {
+    /// Opens the socket on `iface` rx queue `queue` with `frames` frames (a power of two),
+    /// unbound.
+    pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
+        let config = SocketConfig {
+            rx_size: NonZeroU32::new(frames),
+            tx_size: None,
+            bind_flags: SocketConfig::XDP_BIND_COPY,
+        };
+        let mut memfd = None;
+        let Parts {
+            user,
+            device,
+            socket,
+            umem,
+        } = open_parts_on(iface, queue, frames, config, Some(&mut memfd))?;
+        Ok(Self {
+            _device: device,
+            user,
+            _socket: socket,
+            umem,
+            memfd: memfd.expect("open_parts_on fills the memfd it is given"),
+            bound: false,
+            frames,
+        })
+    }
+
+    /// What the client receives with: a descriptor of the socket (to map its rx and fill rings,
+    /// and to poll), and a read-only descriptor of the UMEM's memfd (it reads frames, never
+    /// writes them: a read-only descriptor cannot be mapped writable, truncated or punched).
+    pub fn client_fds(&self) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        let socket = crate::sys::dup(&self.fd())?;
+        let umem = std::fs::File::open(format!("/proc/self/fd/{}", self.memfd.as_raw_fd()))?;
+        Ok((socket, umem.into()))
+    }
+
+    /// Binds the socket to its queue (copy mode), once the client has mapped its rings.
+    pub fn bind(&mut self, iface: &str, queue: u32) -> Result<(), XskError> {
+        if !self.bound {
+            self.umem.umem().bind(&self.user).map_err(step(
+                iface,
+                queue,
+                "binding the leased socket (copy mode)",
+            ))?;
+            self.bound = true;
+        }
+        Ok(())
+    }
+
+    /// Whether [`LeasedSocket::bind`] has bound it.
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+
+    /// The socket's fd, for the XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.user.as_raw_fd()
+    }
+
+    /// The kernel's counters for this socket (XDP_STATISTICS).
+    pub fn statistics(&self) -> Result<XdpStatisticsV2, String> {
+        self.user.statistics_v2().map_err(|e| e.to_string())
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) enum Receiver {
     DemuxCountBacked,
     /// The daemon delivering to a client process's shared-memory ring.
     DemuxRing,
+    /// The same client on the fast path: it leases the interface's queues and reads their
+    /// AF_XDP rings itself, no daemon thread in between (`Endpoint::fast_path`).
+    DemuxClientFast,
 }
 
 impl Receiver {
@@ -38,6 +41,7 @@ impl Receiver {
             Receiver::DemuxCount => "demux_count",
             Receiver::DemuxCountBacked => "demux_count_backed",
             Receiver::DemuxRing => "demux_ring",
+            Receiver::DemuxClientFast => "demux_client_fast",
         }
     }
 
@@ -49,6 +53,7 @@ impl Receiver {
                 | Receiver::KernelReuseport
                 | Receiver::KernelIouring
                 | Receiver::DemuxRing
+                | Receiver::DemuxClientFast
         )
     }
 

@@ -69,6 +69,8 @@ pub(crate) fn start_daemon(
         .arg(daemon_binary())
         .args(["daemon", "--iface", &testbed.pair.b_if])
         .args(["--stats-interval", "0", "--frames", &FRAMES.to_string()])
+        // The bench's client (root) may take the fast path; only demux_client_fast asks.
+        .args(["--fast-path-uid", "0"])
         .arg("--control")
         .arg(&control);
     if let Some(config) = config {
@@ -118,20 +120,27 @@ pub(crate) struct RingClient {
 }
 
 impl RingClient {
-    /// Binds `local` from a thread in namespace `netns` (its backing socket must be there).
+    /// Binds `local` from a thread in namespace `netns` (its backing socket must be there);
+    /// with `fast`, also leases that interface's queues (the fast path), failing if refused.
     pub(crate) fn start(
         control: &Path,
         netns: &str,
         local: String,
         latency: bool,
+        fast: Option<String>,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (control, flag, netns) = (control.to_owned(), stop.clone(), netns.to_owned());
         let thread = thread::spawn(move || {
             pin_cpu(RX_CPU);
-            let bound = enter_netns(&netns)
-                .and_then(|()| Ok(Endpoint::bind(&control, Protocol::Udp, &local)?));
+            let bound = enter_netns(&netns).and_then(|()| {
+                let mut endpoint = Endpoint::bind(&control, Protocol::Udp, &local)?;
+                if let Some(iface) = &fast {
+                    endpoint.fast_path(iface)?;
+                }
+                Ok(endpoint)
+            });
             let mut endpoint = match bound {
                 Ok(e) => {
                     let _ = ready_tx.send(Ok(thread_id()));
@@ -190,12 +199,17 @@ fn run_daemon_case(
     let mut ring = None;
     // Held until the case ends: the endpoints' backing sockets, for the backed count case.
     let mut backing_sockets = Vec::new();
-    if case.receiver == Receiver::DemuxRing {
+    let fast = case.receiver == Receiver::DemuxClientFast;
+    if matches!(
+        case.receiver,
+        Receiver::DemuxRing | Receiver::DemuxClientFast
+    ) {
         ring = Some(RingClient::start(
             control,
             testbed.pair.b.name(),
             wildcard(case, PORT),
             latency,
+            fast.then(|| testbed.pair.b_if.clone()),
         )?);
     } else {
         let mut endpoints = Vec::new();
@@ -240,17 +254,19 @@ fn run_daemon_case(
     };
     let dropped = dropped(&s, testbed.veth_drops() - veth_before);
     // The ring's client stops a little after the generator and may leave a few records unread;
-    // those were delivered all the same.
+    // those were delivered all the same. On the fast path the daemon delivers nothing: what
+    // the client read is what was delivered.
     ensure!(
-        read <= s.delivered(),
+        fast || read <= s.delivered(),
         "the client read {read} of {} delivered",
         s.delivered()
     );
+    let delivered = if fast { read } else { s.delivered() };
     let runs = bpf_after.1.saturating_sub(bpf_before.1);
     Ok(Sample {
         rate,
         sent,
-        delivered: s.delivered(),
+        delivered,
         secs,
         dropped,
         passed: s.passed(),

@@ -104,7 +104,7 @@ struct Plan {
     search_secs: f64,
 }
 
-const ALL_RECEIVERS: [Receiver; 7] = [
+const ALL_RECEIVERS: [Receiver; 8] = [
     Receiver::XdpDrop,
     Receiver::KernelRecvmmsg,
     Receiver::KernelReuseport,
@@ -112,6 +112,7 @@ const ALL_RECEIVERS: [Receiver; 7] = [
     Receiver::DemuxCount,
     Receiver::DemuxCountBacked,
     Receiver::DemuxRing,
+    Receiver::DemuxClientFast,
 ];
 
 fn cases(quick: bool) -> Vec<Case> {
@@ -275,9 +276,10 @@ fn measure(
                 syscalls,
             })
         }
-        Receiver::DemuxCount | Receiver::DemuxCountBacked | Receiver::DemuxRing => {
-            daemon::measure(case, testbed, rate, secs, latency)
-        }
+        Receiver::DemuxCount
+        | Receiver::DemuxCountBacked
+        | Receiver::DemuxRing
+        | Receiver::DemuxClientFast => daemon::measure(case, testbed, rate, secs, latency),
     }
 }
 

@@ -224,7 +224,11 @@ fn print_targets(results: &[CaseResult]) {
         );
     }
     let limit = find(Receiver::XdpDrop, 1, 0);
-    for receiver in [Receiver::DemuxCount, Receiver::DemuxRing] {
+    for receiver in [
+        Receiver::DemuxCount,
+        Receiver::DemuxRing,
+        Receiver::DemuxClientFast,
+    ] {
         let Some(r) = find(receiver, 1, 0) else {
             continue;
         };
@@ -406,6 +410,7 @@ fn color_of(receiver: Receiver) -> RGBAColor {
         Receiver::DemuxRing,
         Receiver::DemuxCountBacked,
         Receiver::KernelIouring,
+        Receiver::DemuxClientFast,
     ]
     .iter()
     .position(|r| *r == receiver)

@@ -77,6 +77,11 @@ pub(crate) struct DaemonArgs {
     /// Serve the statistics in OpenMetrics format over HTTP, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// The uid that may lease an interface's AF_XDP queues and read them itself (the fast
+    /// path; granted only while that uid's one connection holds every endpoint). None by
+    /// default: every client reads through the daemon's ring.
+    #[arg(long, value_name = "UID")]
+    fast_path_uid: Option<u32>,
 }
 
 impl DaemonArgs {
@@ -96,6 +101,7 @@ impl DaemonArgs {
         config.max_bindings = self.max_bindings.unwrap_or(config.max_bindings);
         config.control_group = self.control_group.or(config.control_group);
         config.metrics = self.metrics.or(config.metrics);
+        config.fast_path_uid = self.fast_path_uid.or(config.fast_path_uid);
         // A file may list no interface (the package's default: the daemon starts and steers
         // nothing); a command line without a file must name one, or it is a mistake.
         if self.config.is_none() && config.ifaces.is_empty() {

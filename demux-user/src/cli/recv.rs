@@ -29,6 +29,11 @@ pub(crate) struct RecvArgs {
     pub timeout: Option<f64>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Read the AF_XDP queues of IFACE directly, with no daemon thread in between: a lease,
+    /// granted only while this is the daemon's only endpoint (see "The fast path" in
+    /// docs/ARCHITECTURE.md). Refused, the endpoint reads its ring as without this flag.
+    #[arg(long, value_name = "IFACE")]
+    pub fast_path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,12 +59,20 @@ pub(crate) fn run(args: RecvArgs) -> anyhow::Result<()> {
     };
     let options = b.socket_options(&request.binding()?);
     let mut endpoint = Endpoint::bind_with(&b.control.control, request, Some(options))?;
-    eprintln!(
-        "endpoint {} bound to {} {}",
-        endpoint.id().unwrap_or_default(),
-        b.protocol,
-        b.local
-    );
+    match endpoint.id() {
+        Some(id) => eprintln!("endpoint {id} bound to {} {}", b.protocol, b.local),
+        None => eprintln!(
+            "{} {}: the daemon is busy (another client's fast path); the kernel socket serves \
+             it until the daemon takes it",
+            b.protocol, b.local
+        ),
+    }
+    if let Some(iface) = &args.fast_path {
+        match endpoint.fast_path(iface) {
+            Ok(()) => eprintln!("fast path on {iface}"),
+            Err(e) => eprintln!("fast path on {iface} refused, reading the ring: {e}"),
+        }
+    }
     let deadline = args
         .timeout
         .map(|secs| Instant::now() + Duration::from_secs_f64(secs));

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     VersionMismatch,
     /// The daemon is not running or went away (`ECONNREFUSED`); produced by the client.
     Unavailable,
+    /// Not now: another client's fast-path lease holds the daemon's queues (`EBUSY`); the
+    /// kernel socket serves the caller meanwhile, and a bind may succeed once the lease ends.
+    Busy,
     /// The daemon failed on its side (a map update, a sink it could not open) (`EIO`).
     Internal,
     /// A code this build does not know (`EIO`).
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
             ErrorCode::Other => "other",
         }
@@ -57,6 +61,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => libc::EACCES,
             ErrorCode::InvalidArgument => libc::EINVAL,
             ErrorCode::NotFound => libc::ENOENT,
+            ErrorCode::Busy => libc::EBUSY,
             ErrorCode::LimitReached => libc::EDQUOT,
             ErrorCode::VersionMismatch => libc::EPROTO,
             ErrorCode::Unavailable => libc::ECONNREFUSED,
@@ -74,6 +79,7 @@ impl ErrorCode {
             ErrorCode::LimitReached => io::ErrorKind::QuotaExceeded,
             ErrorCode::VersionMismatch => io::ErrorKind::InvalidData,
             ErrorCode::Unavailable => io::ErrorKind::ConnectionRefused,
+            ErrorCode::Busy => io::ErrorKind::ResourceBusy,
             ErrorCode::Internal | ErrorCode::Other => io::ErrorKind::Other,
         }
     }
@@ -91,7 +97,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 6,
             ErrorCode::LimitReached => 7,
             ErrorCode::VersionMismatch => 8,
-            ErrorCode::Internal | ErrorCode::Other => 1,
+            ErrorCode::Busy | ErrorCode::Internal | ErrorCode::Other => 1,
         }
     }
 }
@@ -116,6 +122,7 @@ mod tests {
             ErrorCode::LimitReached,
             ErrorCode::VersionMismatch,
             ErrorCode::Unavailable,
+            ErrorCode::Busy,
             ErrorCode::Internal,
         ] {
             let wire = serde_json::to_string(&code).unwrap();

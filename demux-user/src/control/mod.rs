@@ -14,8 +14,14 @@
 //! → {"version":4,"op":"stats"}    ← {"result":"stats",…}
 //! → {"version":4,"op":"reload"}   ← {"result":"reloaded","changes":["endpoint 3 udp 0.0.0.0:53 closed",…]}
 //! → {"version":4,"fds":1,"op":"attach","id":2}   ← {"result":"attached","id":2}
+//! → {"version":4,"op":"fast_path","iface":"eth0"}   ← {"result":"fast_path","queues":1,"frames":4096,"frame_size":4096} + 2 fds per queue
+//! → {"version":4,"op":"fast_path_ready"}            ← {"result":"fast_path_on"}
 //! ← {"result":"error","code":"address_in_use","message":"…"}
 //! ```
+//!
+//! **Fast path** (`fast_path`, `fast_path_ready`): a lease on every rx queue of an interface for
+//! a connection holding every endpoint of the daemon; see "The fast path" in
+//! docs/ARCHITECTURE.md. While one holds, other connections' binds are refused as `busy`.
 //!
 //! **Backing sockets.** A UDP endpoint on an address (not a prefix) is backed by a kernel
 //! socket the caller created and bound (and connected, for a connected binding) itself
@@ -174,6 +180,17 @@ pub enum Request {
         /// The endpoint's descriptor, as the previous daemon gave it.
         id: u32,
     },
+    /// Lease every rx queue of `iface` to this connection for a fast path (see "The fast path"
+    /// in docs/ARCHITECTURE.md): granted only while every endpoint of the daemon is this
+    /// connection's. Answered with [`Response::FastPath`] and, per queue, the queue's AF_XDP
+    /// socket (not bound yet) and its UMEM memfd (read-only).
+    FastPath {
+        /// The interface.
+        iface: String,
+    },
+    /// The client has mapped the leased sockets' rings: bind them and steer the queues to
+    /// them. Answered with [`Response::FastPathOn`].
+    FastPathReady,
 }
 
 /// What `bind` asks for: a binding and where its datagrams go. Unknown keys are refused, on
@@ -245,6 +262,17 @@ pub enum Response {
         /// What changed, one line each (empty: nothing did).
         changes: Vec<String>,
     },
+    /// A fast-path lease: `queues` pairs of descriptors (socket, UMEM) came with it.
+    FastPath {
+        /// Rx queues leased, in order 0, 1, ….
+        queues: u32,
+        /// UMEM frames per queue; also the size of its fill and rx rings.
+        frames: u32,
+        /// Bytes per UMEM frame.
+        frame_size: u32,
+    },
+    /// The leased queues are bound and steered: frames arrive on their rx rings.
+    FastPathOn,
     /// A refusal.
     Error {
         /// What an application matches on.
@@ -359,6 +387,9 @@ pub struct SocketInfo {
     /// missing from the three is lost.
     #[serde(default)]
     pub frames_rx_ring: u64,
+    /// Leased to a client's fast path: the client reads the queue (the frame counts are 0).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub leased: bool,
 }
 
 /// The answer to `stats`: verdicts, endpoints, sockets and the accounting

@@ -237,6 +237,44 @@ pub enum ControlError {
     /// A reuseport member could not be written for the reuseport program.
     #[error(transparent)]
     Reuseport(#[from] ReuseportError),
+    /// A bind while another connection's fast-path lease holds the daemon's queues.
+    #[error(
+        "busy: uid {uid}'s fast path holds the queues of {iface}, and every frame steered there \
+         goes to it; your kernel socket serves you until it ends (the client library binds \
+         again by itself)"
+    )]
+    Leased {
+        /// The lease holder.
+        uid: u32,
+        /// The leased interface.
+        iface: String,
+    },
+    /// A fast path asked for while an endpoint of another connection is steered.
+    #[error(
+        "fast path: endpoint {id} ({local}, uid {owner}) is not this connection's; a client \
+         that maps a queue reads every frame the queue carries, so the fast path is only for \
+         a connection holding every endpoint of the daemon (it uses the copying ring meanwhile)"
+    )]
+    FastPathShared {
+        /// The other endpoint.
+        id: u32,
+        /// Its local address.
+        local: String,
+        /// Its owner.
+        owner: u32,
+    },
+    /// A fast path asked for by a uid the configuration does not name.
+    #[error(
+        "fast path: uid {uid} may not lease queues; the administrator names the one uid that \
+         may (`fast_path_uid` in the config file, `--fast-path-uid`); the ring serves you"
+    )]
+    FastPathNotAllowed {
+        /// The caller.
+        uid: u32,
+    },
+    /// A fast path on an interface the daemon does not serve, or one it cannot lease.
+    #[error("fast path: {0}")]
+    FastPathUnavailable(String),
 }
 
 impl ControlError {
@@ -275,7 +313,11 @@ impl ControlError {
             | ControlError::ReloadForRoot { .. }
             | ControlError::NotOwner { .. }
             | ControlError::AttachOwner { .. }
-            | ControlError::AttachSocket { .. } => ErrorCode::PermissionDenied,
+            | ControlError::AttachSocket { .. }
+            | ControlError::FastPathShared { .. }
+            | ControlError::FastPathNotAllowed { .. } => ErrorCode::PermissionDenied,
+            ControlError::Leased { .. } => ErrorCode::Busy,
+            ControlError::FastPathUnavailable(_) => ErrorCode::InvalidArgument,
             ControlError::NotWaiting { .. } => ErrorCode::NotFound,
             ControlError::Sink(error) => error.code(),
             ControlError::Table(TableError::Map { .. } | TableError::BadIface { .. })

@@ -118,14 +118,19 @@ impl Ifaces {
     ) -> anyhow::Result<()> {
         let name = iface.name.clone();
         {
-            let state = state.lock().expect("state lock");
+            let mut state = state.lock().expect("state lock");
+            // Workers of an earlier bring-up of this name are gone with it.
+            state.forget_queues(&name);
             for queue in 0..super::rx_queues(&name) {
                 let cell = Arc::new(Mutex::new(SocketInfo {
                     iface: name.clone(),
                     queue,
                     ..SocketInfo::default()
                 }));
-                let (worker, fd) = worker::spawn(
+                let slot = loaded
+                    .socket_slot(iface.number, queue)
+                    .with_context(|| format!("the socket slot of {name} queue {queue}"))?;
+                let (worker, fd, control) = worker::spawn(
                     &name,
                     queue,
                     self.frames,
@@ -133,9 +138,11 @@ impl Ifaces {
                     state.workers.clone(),
                     cell.clone(),
                     iface.stop.clone(),
+                    slot,
                 )?;
                 iface.workers.push(worker);
                 state.add_socket(cell);
+                state.add_queue(control);
                 loaded
                     .register_socket(iface.number, queue, fd)
                     .with_context(|| format!("registering the socket of {name} queue {queue}"))?;

@@ -103,7 +103,9 @@ pub async fn run_with(
     let mut bpf_log =
         crate::sys::async_readable(logger).context("watching the XDP program's log ring")?;
 
-    let state = Arc::new(Mutex::new(State::new(maps, config.limits)));
+    let mut state = State::new(maps, config.limits);
+    state.set_fast_path_uid(config.fast_path_uid);
+    let state = Arc::new(Mutex::new(state));
     let view = state.lock().expect("state lock").view.clone();
     // The host's view before the first packet: local routes, then each interface (its
     // sockets and workers first, so that no steered frame arrives before its queue has a

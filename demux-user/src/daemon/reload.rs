@@ -12,7 +12,7 @@
 //!   that came into it is brought up as at start ([`Ifaces::bring_up`]).
 //! - `stats_interval` takes effect at once.
 //! - The keys the daemon uses only at start (`mode`, `control`, `control_group`, `metrics`,
-//!   `frames`, `bpf_log`) are reported as changed and left as they are until a restart.
+//!   `frames`, `bpf_log`, `fast_path_uid`) are reported as changed and left as they are until a restart.
 //!
 //! A file that cannot be read, parsed or validated is refused whole, with the parser's line and
 //! field, before anything changes, as is a new interface that does not exist. A step that fails
@@ -156,6 +156,7 @@ pub fn plan(old: &Config, configured: &[(BindRequest, u32)], new: &Config) -> Pl
         ("metrics", old.metrics != new.metrics),
         ("frames", old.frames != new.frames),
         ("bpf_log", old.bpf_log != new.bpf_log),
+        ("fast_path_uid", old.fast_path_uid != new.fast_path_uid),
     ];
     plan.at_restart = changed
         .into_iter()
@@ -314,6 +315,7 @@ impl Reloader {
         self.configured = configured;
         for name in plan.detach {
             if let Some(stopping) = ifaces.take_down(&name, loaded) {
+                state.lock().expect("state lock").forget_queues(&name);
                 // The workers drain their rings off the runtime.
                 let _ = tokio::task::spawn_blocking(move || stopping.join()).await;
                 done.push(format!("interface {name} detached"));
@@ -349,6 +351,7 @@ impl Reloader {
             metrics: running.metrics,
             frames: running.frames,
             bpf_log: running.bpf_log,
+            fast_path_uid: running.fast_path_uid,
             ..new.clone()
         };
         Ok(())

@@ -56,6 +56,7 @@ use super::{
     reload::{Ask, Asks, ReloadError},
     state::{Caller, Passed, State},
     view::{View, Viewer},
+    worker::{Command, QueueControl},
 };
 
 /// Longest request line accepted, newline included.
@@ -495,6 +496,109 @@ async fn reload(uid: u32, reloads: &Asks) -> Response {
     }
 }
 
+/// How long the control socket waits for a queue worker to hand over or bind a leased socket.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The refusal answer of `error`.
+fn refusal_of(error: &ControlError) -> Response {
+    Response::Error {
+        code: error.code(),
+        message: error.to_string(),
+    }
+}
+
+/// Sends `command` (made around a fresh oneshot) to every queue in `queues` and awaits each
+/// answer, within [`WORKER_TIMEOUT`].
+async fn ask_workers<T>(
+    queues: &[QueueControl],
+    command: impl Fn(tokio::sync::oneshot::Sender<Result<T, String>>) -> Command,
+) -> Result<Vec<T>, String> {
+    let mut answers = Vec::with_capacity(queues.len());
+    for queue in queues {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        queue.commands.send(command(reply)).map_err(|_| {
+            format!(
+                "the worker of {} queue {} is gone",
+                queue.iface, queue.queue
+            )
+        })?;
+        let answer = tokio::time::timeout(WORKER_TIMEOUT, answer)
+            .await
+            .map_err(|_| {
+                format!(
+                    "the worker of {} queue {} did not answer",
+                    queue.iface, queue.queue
+                )
+            })?
+            .map_err(|_| {
+                format!(
+                    "the worker of {} queue {} is gone",
+                    queue.iface, queue.queue
+                )
+            })?;
+        answers.push(answer.map_err(|e| format!("{} queue {}: {e}", queue.iface, queue.queue))?);
+    }
+    Ok(answers)
+}
+
+/// Answers `fast_path`: the lease if the state grants it, with each queue's socket and UMEM.
+/// A lease whose hand-over fails ends at once (the workers reopen their own sockets).
+async fn fast_path(state: &Mutex<State>, caller: Caller, iface: &str) -> (Response, Vec<OwnedFd>) {
+    let granted = state.lock().expect("state lock").grant_lease(caller, iface);
+    let queues = match granted {
+        Ok(queues) => queues,
+        Err(error) => {
+            warn!(uid = caller.uid, iface, "fast path refused: {error}");
+            return (refusal_of(&error), Vec::new());
+        }
+    };
+    match ask_workers(&queues, Command::Lease).await {
+        Ok(leased) => {
+            let frames = leased.first().map_or(0, |l| l.frames);
+            let fds = leased
+                .into_iter()
+                .flat_map(|l| [l.socket, l.umem])
+                .collect();
+            let response = Response::FastPath {
+                queues: queues.len() as u32,
+                frames,
+                frame_size: crate::xsk::FRAME_SIZE,
+            };
+            (response, fds)
+        }
+        Err(why) => {
+            state
+                .lock()
+                .expect("state lock")
+                .end_lease(caller.connection);
+            let error = ControlError::FastPathUnavailable(why);
+            warn!(uid = caller.uid, iface, "fast path failed: {error}");
+            (refusal_of(&error), Vec::new())
+        }
+    }
+}
+
+/// Answers `fast_path_ready`: binds the leased sockets and steers their queues to them.
+async fn fast_path_ready(state: &Mutex<State>, caller: Caller) -> Response {
+    let queues = match state.lock().expect("state lock").leased_queues(caller) {
+        Ok(queues) => queues,
+        Err(error) => return refusal_of(&error),
+    };
+    match ask_workers(&queues, Command::Bind).await {
+        Ok(_) => {
+            info!(uid = caller.uid, "fast path on");
+            Response::FastPathOn
+        }
+        Err(why) => {
+            state
+                .lock()
+                .expect("state lock")
+                .end_lease(caller.connection);
+            refusal_of(&ControlError::FastPathUnavailable(why))
+        }
+    }
+}
+
 /// Answers `caller`'s requests until it leaves, sends an endless line or idles; then closes
 /// its endpoints (but persistent ones) and gives back its place (`_admitted`).
 async fn connection_task(
@@ -562,6 +666,21 @@ async fn connection_task(
                     message: format!("request: {e}; see `demux::control` for the protocol"),
                 },
                 Ok(envelope) if envelope.request == Request::Reload => reload(uid, &reloads).await,
+                Ok(Envelope {
+                    request: Request::FastPath { iface },
+                    ..
+                }) => {
+                    let (response, fds) = fast_path(&state, caller, &iface).await;
+                    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    if !answer(&mut write, &response, &raw).await {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Envelope {
+                    request: Request::FastPathReady,
+                    ..
+                }) => fast_path_ready(&state, caller).await,
                 Ok(envelope) => match view.answer(&envelope.request, Viewer::of(uid)) {
                     Some(response) => response,
                     None => {

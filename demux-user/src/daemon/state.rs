@@ -54,6 +54,7 @@ use super::{
     handover::{Handed, Picked},
     kernel_path,
     view::{Listing, View, Viewer},
+    worker::QueueControl,
 };
 use crate::{
     backing::{self, Backed},
@@ -192,6 +193,20 @@ pub struct State<D: Dataplane = Maps> {
     limits: Limits,
     /// The daemon's network namespace (`SO_NETNS_COOKIE`): backing sockets must live in it.
     netns: u64,
+    /// Each interface's queue workers, for fast-path leases.
+    queues: HashMap<String, Vec<QueueControl>>,
+    /// The fast-path lease, if a connection holds one.
+    lease: Option<Lease>,
+    /// The uid that may take a lease (`fast_path_uid`); none: nobody.
+    fast_path_uid: Option<u32>,
+}
+
+/// A fast-path lease: a connection reads every rx queue of `iface` itself (see "The fast path"
+/// in docs/ARCHITECTURE.md).
+struct Lease {
+    connection: u64,
+    uid: u32,
+    iface: String,
 }
 
 impl<D: Dataplane> State<D> {
@@ -211,6 +226,9 @@ impl<D: Dataplane> State<D> {
             view,
             limits,
             netns: own_netns(),
+            queues: HashMap::new(),
+            lease: None,
+            fast_path_uid: None,
         }
     }
 
@@ -244,6 +262,10 @@ impl<D: Dataplane> State<D> {
                 .map(|()| Response::Attached { id }),
             // The control socket hands root's reload to the daemon's main task (`reload.rs`).
             Request::Reload => Err(ControlError::ReloadForRoot { uid: caller.uid }),
+            // The control socket hands the workers their part (`server.rs`).
+            Request::FastPath { .. } | Request::FastPathReady => Err(
+                ControlError::FastPathUnavailable("answered by the control socket only".into()),
+            ),
             Request::Hello { .. } | Request::List | Request::Stats => Ok(self
                 .view
                 .answer(&request, Viewer::of(caller.uid))
@@ -450,6 +472,18 @@ impl<D: Dataplane> State<D> {
         passed: Passed,
         resumed: Option<(u32, Producer)>,
     ) -> Result<(u32, Option<ClientFds>), ControlError> {
+        // While a lease holds the queues, everything steered goes to its holder: nobody else's
+        // binding may reach the tables (the caller's kernel socket serves it meanwhile).
+        if let Some(lease) = self
+            .lease
+            .as_ref()
+            .filter(|lease| lease.connection != caller.connection)
+        {
+            return Err(ControlError::Leased {
+                uid: lease.uid,
+                iface: lease.iface.clone(),
+            });
+        }
         let Passed {
             backing: socket,
             sink: passed,
@@ -891,7 +925,8 @@ impl<D: Dataplane> State<D> {
         result
     }
 
-    /// Closes the endpoints a connection created, except persistent ones.
+    /// Closes the endpoints a connection created, except persistent ones, and ends its
+    /// fast-path lease.
     pub fn connection_closed(&mut self, connection: u64) {
         let ids: Vec<u32> = self
             .endpoints
@@ -904,6 +939,122 @@ impl<D: Dataplane> State<D> {
                 warn!(id, "closing after its client left: {error}");
             }
         }
+        self.end_lease(connection);
+    }
+
+    /// Lets `uid` take fast-path leases (none: nobody may).
+    pub fn set_fast_path_uid(&mut self, uid: Option<u32>) {
+        self.fast_path_uid = uid;
+    }
+
+    /// Forgets the queue workers of `iface` (taken down, or brought up again: its new workers
+    /// follow), ending a lease on it first: its slots are emptied while their numbers are still
+    /// its own (another interface may take them next).
+    pub fn forget_queues(&mut self, iface: &str) {
+        if let Some(connection) = self
+            .lease
+            .as_ref()
+            .filter(|lease| lease.iface == iface)
+            .map(|lease| lease.connection)
+        {
+            self.end_lease(connection);
+        }
+        self.queues.remove(iface);
+    }
+
+    /// Takes the workers of one more rx queue, for fast-path leases.
+    pub fn add_queue(&mut self, control: QueueControl) {
+        self.queues
+            .entry(control.iface.clone())
+            .or_default()
+            .push(control);
+    }
+
+    /// Grants `caller` a fast-path lease on every rx queue of `iface`, if every endpoint of the
+    /// daemon is the caller's connection's: a client that maps a queue's UMEM reads every frame
+    /// the queue carries, and on veth and under plain RSS any flow may land on any queue, while
+    /// bindings hold on every interface. From now on other connections' binds are refused
+    /// ([`ControlError::Leased`]). Returns the queues' workers, to hand the sockets over.
+    pub fn grant_lease(
+        &mut self,
+        caller: Caller,
+        iface: &str,
+    ) -> Result<Vec<QueueControl>, ControlError> {
+        if self.fast_path_uid != Some(caller.uid) {
+            return Err(ControlError::FastPathNotAllowed { uid: caller.uid });
+        }
+        if let Some(lease) = &self.lease {
+            return Err(match lease.connection == caller.connection {
+                true => ControlError::FastPathUnavailable(format!(
+                    "this connection holds the queues of {} already",
+                    lease.iface
+                )),
+                false => ControlError::Leased {
+                    uid: lease.uid,
+                    iface: lease.iface.clone(),
+                },
+            });
+        }
+        let queues = self.queues.get(iface).cloned().ok_or_else(|| {
+            ControlError::FastPathUnavailable(format!(
+                "`{iface}` is not an interface this daemon serves"
+            ))
+        })?;
+        // Two descriptors per queue in one answer.
+        let most = crate::sys::scm::MAX_FDS / 2;
+        if queues.len() > most {
+            return Err(ControlError::FastPathUnavailable(format!(
+                "`{iface}` has {} rx queues; a lease takes at most {most}",
+                queues.len()
+            )));
+        }
+        if let Some((id, other)) = self
+            .endpoints
+            .iter()
+            .find(|(_, e)| e.connection != caller.connection)
+        {
+            return Err(ControlError::FastPathShared {
+                id: *id,
+                local: other.request.local.clone(),
+                owner: other.owner,
+            });
+        }
+        self.lease = Some(Lease {
+            connection: caller.connection,
+            uid: caller.uid,
+            iface: iface.to_owned(),
+        });
+        info!(uid = caller.uid, iface, "fast-path lease granted");
+        Ok(queues)
+    }
+
+    /// The leased queues' workers, if `caller`'s connection holds the lease.
+    pub fn leased_queues(&self, caller: Caller) -> Result<Vec<QueueControl>, ControlError> {
+        self.lease
+            .as_ref()
+            .filter(|lease| lease.connection == caller.connection)
+            .and_then(|lease| self.queues.get(&lease.iface).cloned())
+            .ok_or_else(|| {
+                ControlError::FastPathUnavailable(
+                    "this connection holds no lease; ask for `fast_path` first".into(),
+                )
+            })
+    }
+
+    /// Ends `connection`'s lease, if it holds one: empties the leased queues' slots first
+    /// (the client may keep its descriptors, but no frame reaches them from now on), then
+    /// tells the workers to open the queues' own sockets again.
+    pub fn end_lease(&mut self, connection: u64) {
+        let Some(lease) = self.lease.take_if(|lease| lease.connection == connection) else {
+            return;
+        };
+        for queue in self.queues.get(&lease.iface).into_iter().flatten() {
+            if let Err(error) = queue.slot.unset() {
+                warn!(iface = %queue.iface, queue = queue.queue, "emptying a leased slot: {error}");
+            }
+            let _ = queue.commands.send(super::worker::Command::End);
+        }
+        info!(uid = lease.uid, iface = %lease.iface, "fast-path lease ended");
     }
 
     fn free_endpoint_id(&self) -> Result<u32, ControlError> {

@@ -5,7 +5,7 @@
 //! datagram to the endpoint's sink, and returns every frame to the fill ring.
 
 use std::{
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::mpsc,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -15,22 +15,71 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use xdpilone::xdp::XdpStatisticsV2;
+
 use crate::{
     checksum::{self, BadChecksum},
     control::SocketInfo,
     datagram::Datagram,
+    program::SocketSlot,
     sink::DropReason,
-    xsk::{QueueSocket, XskError},
+    xsk::{LeasedSocket, QueueSocket, XskError},
 };
 
 use super::state::{Directory, WorkerCounters};
 
 /// Frames read per batch.
 const BATCH: u32 = 64;
+/// Tries of a leased socket's bind, 20 ms apart (within the control socket's wait for it).
+const BIND_RETRIES: u32 = 50;
 /// How long a worker sleeps in poll when its ring is empty; also how soon it notices `stop`.
 const POLL_MS: i32 = 100;
 
-/// Starts the worker of (`iface`, `queue`); returns it and its socket's fd, for the XSKMAP.
+/// What the control plane asks of a queue worker for a fast-path lease (see "The fast path" in
+/// docs/ARCHITECTURE.md). The worker answers through the oneshot; the control socket's task
+/// awaits it, never blocking the runtime.
+pub enum Command {
+    /// Drain and close the queue's own socket, open a leased one (fresh UMEM, unbound) and
+    /// answer with what the client maps.
+    Lease(tokio::sync::oneshot::Sender<Result<LeaseFds, String>>),
+    /// Bind the leased socket (the client has mapped its rings) and steer the queue to it.
+    Bind(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// The lease is over (its slot is empty already): close the leased socket and open the
+    /// queue's own again, retrying while the client still holds the old one (the kernel takes
+    /// one UMEM per queue).
+    End,
+}
+
+/// A leased queue's descriptors for the client: its AF_XDP socket and its UMEM (read-only).
+pub struct LeaseFds {
+    pub socket: OwnedFd,
+    pub umem: OwnedFd,
+    pub frames: u32,
+}
+
+/// A queue worker's handle, kept by the state for leases.
+#[derive(Clone)]
+pub struct QueueControl {
+    pub iface: String,
+    pub queue: u32,
+    pub commands: mpsc::Sender<Command>,
+    pub slot: SocketSlot,
+}
+
+/// What the worker's queue is served by.
+enum Mode {
+    /// Its own socket: the worker reads every frame and delivers it.
+    Own(QueueSocket),
+    /// A fast-path lease: the client reads the queue; the worker only publishes its counters.
+    Leased(LeasedSocket),
+    /// Between the two: no socket (the slot is empty, steered frames go to the kernel) until
+    /// the queue's own socket can be opened again.
+    Reopening,
+}
+
+/// Starts the worker of (`iface`, `queue`); returns it, its socket's fd for the XSKMAP, and
+/// its control handle (`slot` is where a replacement socket goes).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     iface: &str,
     queue: u32,
@@ -39,8 +88,16 @@ pub fn spawn(
     counters: Arc<WorkerCounters>,
     cell: Arc<Mutex<SocketInfo>>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<(JoinHandle<()>, RawFd)> {
+    slot: SocketSlot,
+) -> anyhow::Result<(JoinHandle<()>, RawFd, QueueControl)> {
     let (opened, fd) = mpsc::channel::<Result<RawFd, XskError>>();
+    let (commands, inbox) = mpsc::channel::<Command>();
+    let control = QueueControl {
+        iface: iface.to_owned(),
+        queue,
+        commands,
+        slot: slot.clone(),
+    };
     let iface = iface.to_owned();
     let worker = thread::Builder::new()
         .name(format!("demux-{iface}-q{queue}"))
@@ -56,7 +113,7 @@ pub fn spawn(
                 })?;
                 Ok(socket)
             });
-            let mut socket = match opened_and_lowered {
+            let socket = match opened_and_lowered {
                 Ok(socket) => {
                     let _ = opened.send(Ok(socket.fd()));
                     socket
@@ -66,119 +123,335 @@ pub fn spawn(
                     return;
                 }
             };
+            let maps_bound_rings = socket.maps_bound_rings();
+            tracing::debug!(
+                "{iface} queue {queue}: the kernel maps a bound AF_XDP socket's rings: \
+                 {maps_bound_rings} (a leased socket is bound before the hand-over if so)"
+            );
+            let mut worker = Worker {
+                retired: KernelCounts::default(),
+                maps_bound_rings,
+                iface,
+                queue,
+                frames,
+                directory,
+                counters,
+                cell,
+                slot,
+                napi_logged: false,
+                touched: Vec::new(),
+            };
+            let mut mode = Mode::Own(socket);
             let mut published = Instant::now();
-            // Busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL) needs the socket to know its
-            // NAPI instance: logged once, after the first frames.
-            let mut napi_logged = false;
-            // Endpoints delivered to in a batch, to flush (wake) once each after it.
-            let mut touched: Vec<u32> = Vec::new();
             loop {
                 // Set after the program is detached: one last drain, then the worker ends, so a
                 // graceful stop loses nothing that was steered.
                 let stopping = stop.load(Relaxed);
-                if !stopping {
-                    // Readable or not, the loop below looks; the timeout bounds the wait.
-                    let _ = crate::sys::poll(
-                        &mut [crate::sys::pollfd(&socket.as_raw_fd(), libc::POLLIN)],
-                        POLL_MS,
-                    );
-                }
-                loop {
-                    let now = SystemTime::now();
-                    let endpoints = directory.read().expect("directory lock");
-                    let read = socket.receive(BATCH, |frame, meta| {
-                        let Some(meta) = meta else {
-                            counters.dropped_bad_metadata.fetch_add(1, Relaxed);
-                            return;
-                        };
-                        let Some(endpoint) = endpoints.get(&meta.endpoint) else {
-                            counters.dropped_no_endpoint.fetch_add(1, Relaxed);
-                            return;
-                        };
-                        let Some(datagram) = Datagram::from_frame(frame, &meta) else {
-                            counters.dropped_bad_metadata.fetch_add(1, Relaxed);
-                            return;
-                        };
-                        // As the kernel: a bad checksum never reaches a socket.
-                        match checksum::verify(frame, &meta) {
-                            Ok(()) => {}
-                            Err(BadChecksum::Malformed) => {
-                                counters.dropped_bad_metadata.fetch_add(1, Relaxed);
-                                return;
+                let command = match &mut mode {
+                    Mode::Own(socket) => {
+                        worker.serve(socket, !stopping);
+                        inbox.try_recv().ok()
+                    }
+                    Mode::Leased(_) | Mode::Reopening => {
+                        match inbox.recv_timeout(Duration::from_millis(POLL_MS as u64)) {
+                            Ok(command) => Some(command),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            // The state is gone: the daemon is stopping.
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                thread::sleep(Duration::from_millis(POLL_MS as u64));
+                                None
                             }
-                            Err(_) => {
-                                counters.dropped_bad_checksum.fetch_add(1, Relaxed);
-                                return;
-                            }
-                        }
-                        if !touched.contains(&meta.endpoint) {
-                            touched.push(meta.endpoint);
-                        }
-                        match endpoint.sink.deliver(meta.endpoint, &datagram, frame, now) {
-                            Ok(()) => {
-                                endpoint.delivered.fetch_add(1, Relaxed);
-                                endpoint
-                                    .delivered_bytes
-                                    .fetch_add(datagram.payload.len() as u64, Relaxed);
-                            }
-                            Err(DropReason::SinkFull) => {
-                                endpoint.dropped_sink_full.fetch_add(1, Relaxed);
-                            }
-                            Err(DropReason::SinkError) => {
-                                endpoint.dropped_sink_error.fetch_add(1, Relaxed);
-                            }
-                        }
-                    });
-                    for id in touched.drain(..) {
-                        if let Some(endpoint) = endpoints.get(&id) {
-                            endpoint.sink.flush();
                         }
                     }
-                    drop(endpoints);
-                    if read > 0 && !napi_logged {
-                        napi_logged = true;
-                        let napi = crate::sys::socket::int_option(
-                            &socket.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_INCOMING_NAPI_ID,
-                        );
-                        tracing::info!(
-                            "AF_XDP socket on {iface} queue {queue}: SO_INCOMING_NAPI_ID {napi:?}"
-                        );
-                    }
-                    if read < BATCH {
-                        break;
-                    }
-                }
+                };
                 if stopping {
                     break;
                 }
+                if let Some(command) = command {
+                    mode = worker.obey(command, mode);
+                }
+                if matches!(mode, Mode::Reopening) {
+                    mode = worker.reopen();
+                }
                 if published.elapsed() > Duration::from_millis(100) {
-                    publish(&socket, &cell);
+                    worker.publish(&mode);
                     published = Instant::now();
                 }
             }
-            publish(&socket, &cell);
+            worker.publish(&mode);
         })?;
     let fd = fd.recv().map_err(|_| {
         anyhow::anyhow!("the worker of queue {queue} died while opening its socket")
     })??;
-    Ok((worker, fd))
+    Ok((worker, fd, control))
 }
 
-/// Copies the socket's kernel counters where `stats` can read them.
-fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>) {
+/// A worker's fixed parts.
+struct Worker {
+    iface: String,
+    queue: u32,
+    frames: u32,
+    directory: Arc<Directory>,
+    counters: Arc<WorkerCounters>,
+    cell: Arc<Mutex<SocketInfo>>,
+    slot: SocketSlot,
+    /// Busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL) needs the socket to know its NAPI
+    /// instance: logged once, after the first frames.
+    napi_logged: bool,
+    /// Endpoints delivered to in a batch, to flush (wake) once each after it.
+    touched: Vec<u32>,
+    /// The kernel counters of the queue's earlier sockets (replaced when a lease starts and
+    /// ends), added to the current socket's so that `stats` never goes back.
+    retired: KernelCounts,
+    /// Whether the kernel maps a bound socket's rings ([`QueueSocket::maps_bound_rings`]):
+    /// then a leased socket is bound before the client gets it, so the client never holds an
+    /// unbound AF_XDP socket it could bind elsewhere.
+    maps_bound_rings: bool,
+}
+
+impl Worker {
+    /// Waits for frames (`wait`: poll, bounded by [`POLL_MS`]) and delivers them all.
+    fn serve(&mut self, socket: &mut QueueSocket, wait: bool) {
+        let Self {
+            iface,
+            queue,
+            directory,
+            counters,
+            napi_logged,
+            touched,
+            ..
+        } = self;
+        if wait {
+            // Readable or not, the loop below looks; the timeout bounds the wait.
+            let _ = crate::sys::poll(
+                &mut [crate::sys::pollfd(&socket.as_raw_fd(), libc::POLLIN)],
+                POLL_MS,
+            );
+        }
+        loop {
+            let now = SystemTime::now();
+            let endpoints = directory.read().expect("directory lock");
+            let read = socket.receive(BATCH, |frame, meta| {
+                let Some(meta) = meta else {
+                    counters.dropped_bad_metadata.fetch_add(1, Relaxed);
+                    return;
+                };
+                let Some(endpoint) = endpoints.get(&meta.endpoint) else {
+                    counters.dropped_no_endpoint.fetch_add(1, Relaxed);
+                    return;
+                };
+                let Some(datagram) = Datagram::from_frame(frame, &meta) else {
+                    counters.dropped_bad_metadata.fetch_add(1, Relaxed);
+                    return;
+                };
+                // As the kernel: a bad checksum never reaches a socket.
+                match checksum::verify(frame, &meta) {
+                    Ok(()) => {}
+                    Err(BadChecksum::Malformed) => {
+                        counters.dropped_bad_metadata.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    Err(_) => {
+                        counters.dropped_bad_checksum.fetch_add(1, Relaxed);
+                        return;
+                    }
+                }
+                if !touched.contains(&meta.endpoint) {
+                    touched.push(meta.endpoint);
+                }
+                match endpoint.sink.deliver(meta.endpoint, &datagram, frame, now) {
+                    Ok(()) => {
+                        endpoint.delivered.fetch_add(1, Relaxed);
+                        endpoint
+                            .delivered_bytes
+                            .fetch_add(datagram.payload.len() as u64, Relaxed);
+                    }
+                    Err(DropReason::SinkFull) => {
+                        endpoint.dropped_sink_full.fetch_add(1, Relaxed);
+                    }
+                    Err(DropReason::SinkError) => {
+                        endpoint.dropped_sink_error.fetch_add(1, Relaxed);
+                    }
+                }
+            });
+            for id in touched.drain(..) {
+                if let Some(endpoint) = endpoints.get(&id) {
+                    endpoint.sink.flush();
+                }
+            }
+            drop(endpoints);
+            if read > 0 && !*napi_logged {
+                *napi_logged = true;
+                let napi = crate::sys::socket::int_option(
+                    &socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_INCOMING_NAPI_ID,
+                );
+                tracing::info!(
+                    "AF_XDP socket on {iface} queue {queue}: SO_INCOMING_NAPI_ID {napi:?}"
+                );
+            }
+            if read < BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Carries out `command`; returns what serves the queue next.
+    fn obey(&mut self, command: Command, mode: Mode) -> Mode {
+        let (iface, queue) = (self.iface.clone(), self.queue);
+        match (command, mode) {
+            (Command::Lease(reply), mode) => {
+                if let Mode::Own(mut socket) = mode {
+                    // Deliver what is steered already, then close: the kernel takes the closed
+                    // socket out of the slot, and a fresh UMEM holds no frame of before.
+                    self.serve(&mut socket, false);
+                    self.retired.add(socket.statistics());
+                }
+                let bind_first = self.maps_bound_rings;
+                match LeasedSocket::open(&iface, queue, self.frames).and_then(|mut leased| {
+                    if bind_first {
+                        bind_retrying(&mut leased, &iface, queue)?;
+                    }
+                    let (socket, umem) = leased.client_fds().map_err(|e| XskError::Step {
+                        iface: iface.clone(),
+                        queue,
+                        step: "handing over the leased socket",
+                        errno: e.to_string(),
+                    })?;
+                    Ok((leased, socket, umem))
+                }) {
+                    Ok((leased, socket, umem)) => {
+                        tracing::info!(%iface, queue, "queue leased for a fast path");
+                        let frames = leased.frames;
+                        let _ = reply.send(Ok(LeaseFds {
+                            socket,
+                            umem,
+                            frames,
+                        }));
+                        Mode::Leased(leased)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        Mode::Reopening
+                    }
+                }
+            }
+            (Command::Bind(reply), Mode::Leased(mut leased)) => {
+                let result = bind_retrying(&mut leased, &iface, queue)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| self.slot.set(leased.fd()).map_err(|e| e.to_string()));
+                let _ = reply.send(result);
+                Mode::Leased(leased)
+            }
+            (Command::Bind(reply), mode) => {
+                let _ = reply.send(Err(format!("queue {queue} of {iface} is not leased")));
+                mode
+            }
+            (Command::End, Mode::Leased(leased)) => {
+                self.retired.add(leased.statistics());
+                tracing::info!(%iface, queue, "fast-path lease ended");
+                Mode::Reopening
+            }
+            (Command::End, mode) => mode,
+        }
+    }
+
+    /// Opens the queue's own socket again and steers the queue to it; stays [`Mode::Reopening`]
+    /// while the kernel refuses (a client still holds the leased socket: `EBUSY`).
+    fn reopen(&mut self) -> Mode {
+        match QueueSocket::open(&self.iface, self.queue, self.frames) {
+            Ok(socket) => match self.slot.set(socket.fd()) {
+                Ok(()) => {
+                    tracing::info!(iface = %self.iface, queue = self.queue, "queue served by the daemon again");
+                    Mode::Own(socket)
+                }
+                Err(e) => {
+                    tracing::warn!(iface = %self.iface, queue = self.queue, "steering to the reopened socket: {e}");
+                    Mode::Reopening
+                }
+            },
+            Err(e) => {
+                tracing::debug!(iface = %self.iface, queue = self.queue, "reopening: {e}");
+                Mode::Reopening
+            }
+        }
+    }
+
+    fn publish(&self, mode: &Mode) {
+        match mode {
+            Mode::Own(socket) => publish(socket, &self.cell, &self.retired),
+            Mode::Leased(leased) => {
+                let mut info = self.cell.lock().expect("socket cell");
+                // The client holds the frames: the daemon cannot count where they are.
+                info.leased = true;
+                info.frames = 0;
+                info.frames_free = 0;
+                info.frames_fill_ring = 0;
+                info.frames_rx_ring = 0;
+                let mut counts = self.retired;
+                counts.add(leased.statistics());
+                counts.write(&mut info);
+            }
+            Mode::Reopening => {}
+        }
+    }
+}
+
+/// Binds `leased` (nothing if bound already). The kernel lets go of the queue's previous UMEM
+/// in a deferred work item after its socket closed: `EBUSY` for a moment, so it retries.
+fn bind_retrying(leased: &mut LeasedSocket, iface: &str, queue: u32) -> Result<(), XskError> {
+    let mut bound = leased.bind(iface, queue);
+    for _ in 0..BIND_RETRIES {
+        if bound.is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+        bound = leased.bind(iface, queue);
+    }
+    bound
+}
+
+/// XDP_STATISTICS counters, summed over sockets.
+#[derive(Clone, Copy, Default)]
+struct KernelCounts {
+    rx_dropped: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty: u64,
+    rx_invalid_descs: u64,
+}
+
+impl KernelCounts {
+    /// Adds a socket's counters (nothing if they could not be read).
+    fn add(&mut self, stats: Result<XdpStatisticsV2, String>) {
+        if let Ok(stats) = stats {
+            self.rx_dropped += stats.rx_dropped;
+            self.rx_ring_full += stats.rx_ring_full;
+            self.rx_fill_ring_empty += stats.rx_fill_ring_empty_descs;
+            self.rx_invalid_descs += stats.rx_invalid_descs;
+        }
+    }
+
+    fn write(&self, info: &mut SocketInfo) {
+        info.rx_dropped = self.rx_dropped;
+        info.rx_ring_full = self.rx_ring_full;
+        info.rx_fill_ring_empty = self.rx_fill_ring_empty;
+        info.rx_invalid_descs = self.rx_invalid_descs;
+    }
+}
+
+/// Copies the socket's kernel counters, on top of the queue's earlier sockets' `retired`,
+/// where `stats` can read them.
+fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>, retired: &KernelCounts) {
     let (frames, free) = socket.frames();
     let (fill, rx) = socket.ring_frames();
     let mut info = cell.lock().expect("socket cell");
+    info.leased = false;
     info.frames = frames;
     info.frames_free = free as u64;
     info.frames_fill_ring = u64::from(fill);
     info.frames_rx_ring = u64::from(rx);
-    if let Ok(stats) = socket.statistics() {
-        info.rx_dropped = stats.rx_dropped;
-        info.rx_ring_full = stats.rx_ring_full;
-        info.rx_fill_ring_empty = stats.rx_fill_ring_empty_descs;
-        info.rx_invalid_descs = stats.rx_invalid_descs;
-    }
+    let mut counts = *retired;
+    counts.add(socket.statistics());
+    counts.write(&mut info);
 }

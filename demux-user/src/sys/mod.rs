@@ -9,6 +9,7 @@
 //! - [`flock`]: the exclusive advisory lock libxdp's multi-program protocol takes.
 //! - [`netlink`]: a raw `NETLINK_ROUTE` socket (the local routes), an interface's MAC address.
 //! - [`socket`]: socket options, namespace cookies and receiving with the destination address.
+//! - [`xdp`]: where an AF_XDP socket's rings sit in its mapping (`XDP_MMAP_OFFSETS`).
 //! - the functions below: memfd, eventfd, poll, interface and group lookups, the effective uid,
 //!   what a passed descriptor is (its access mode, its socket domain and type, a memfd's seals,
 //!   whether it is an eventfd), descriptors inherited through `sd_listen_fds`, random bytes.
@@ -22,6 +23,7 @@ pub mod scm;
 pub mod shm;
 pub mod sockaddr;
 pub mod socket;
+pub mod xdp;
 
 use std::{
     ffi::CString,
@@ -156,6 +158,14 @@ pub fn listen_fds(max: usize) -> (Vec<(String, OwnedFd)>, Vec<String>) {
         fds.push((names.get(k).copied().unwrap_or("").to_owned(), owned));
     }
     (fds, problems)
+}
+
+/// A close-on-exec duplicate of `fd` (`F_DUPFD_CLOEXEC`), for descriptors held by types that
+/// offer only `AsRawFd` (xdpilone's sockets).
+pub fn dup(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl with an integer argument; a closed or invalid descriptor gives EBADF,
+    // and the result is checked by `owned`.
+    owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })
 }
 
 /// A new non-blocking, close-on-exec eventfd. Read and write it as a `File` (8 bytes each).
@@ -311,6 +321,20 @@ impl UmemArea {
         let umem = unsafe { xdpilone::Umem::new(config, area.region()) }
             .map_err(|errno| UmemError::Register(errno.to_string()))?;
         Ok(Self { umem, area })
+    }
+
+    /// As [`UmemArea::new`], on a sealed memfd of `len` bytes instead of anonymous memory, so
+    /// that another process can map the frames (a fast-path lease, `crate::xsk::LeasedSocket`);
+    /// returns the memfd too.
+    pub fn on_memfd(config: xdpilone::UmemConfig, len: usize) -> Result<(Self, File), UmemError> {
+        let memfd = memfd(c"demux-umem").map_err(UmemError::Mmap)?;
+        memfd.set_len(len as u64).map_err(UmemError::Mmap)?;
+        seal_size(&memfd).map_err(UmemError::Mmap)?;
+        let area = shm::Mapping::shared(&memfd, len).map_err(UmemError::Mmap)?;
+        // SAFETY: as in `new`: page aligned, `len` bytes, outlives the UMEM registered on it.
+        let umem = unsafe { xdpilone::Umem::new(config, area.region()) }
+            .map_err(|errno| UmemError::Register(errno.to_string()))?;
+        Ok((Self { umem, area }, memfd))
     }
 
     /// The UMEM, to create sockets and rings on.

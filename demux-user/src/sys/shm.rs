@@ -40,22 +40,47 @@ impl Mapping {
         )
     }
 
+    /// Maps `len` bytes of `fd` from `offset` (a multiple of the page size, or one of the
+    /// kernel's special offsets, such as an AF_XDP socket's rings), shared, populated at once;
+    /// read-only unless `writable`.
+    pub fn shared_at(
+        fd: &impl AsRawFd,
+        len: usize,
+        offset: u64,
+        writable: bool,
+    ) -> io::Result<Self> {
+        let prot = match writable {
+            true => libc::PROT_READ | libc::PROT_WRITE,
+            false => libc::PROT_READ,
+        };
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+        Self::map_with(
+            len,
+            prot,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            offset,
+        )
+    }
+
     fn map(len: usize, flags: i32, fd: i32) -> io::Result<Self> {
+        Self::map_with(len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0)
+    }
+
+    fn map_with(
+        len: usize,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        offset: libc::off_t,
+    ) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
         }
         // SAFETY: a new mapping chosen by the kernel; no existing memory is touched. The
         // result is checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

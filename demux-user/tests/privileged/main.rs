@@ -25,6 +25,7 @@ mod classifier;
 mod clients;
 mod daemon;
 mod endpoints;
+mod fastpath;
 mod large;
 mod local;
 mod multicast;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         endpoints::tests(),
         local::tests(),
         clients::tests(),
+        fastpath::tests(),
         large::tests(),
         backing::tests(),
         restart::tests(),
