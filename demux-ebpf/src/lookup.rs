@@ -2,8 +2,8 @@
 //!
 //! 1. `CONNECTED`: the exact 5-tuple.
 //! 2. `BOUND`: the exact local address and port.
-//! 3. `PREFIX` (beyond the kernel): the longest local prefix; on equal length, the specific port
-//!    beats all-ports.
+//! 3. `PREFIX_V4`/`PREFIX_V6` (beyond the kernel): the longest local prefix; on equal length,
+//!    the specific port beats all-ports.
 //! 4. Wildcard: the unspecified address of the packet's family on the port; for IPv4, then an
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
@@ -21,8 +21,8 @@ use aya_ebpf::{
     Global,
 };
 use demux_common::binding::{
-    BoundKey, ConnectedKey, Group, PrefixKey, Target, FAMILY_IPV4, FAMILY_IPV6, MAX_BINDINGS,
-    MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
+    BoundKey, ConnectedKey, Group, PrefixKey, PrefixKeyV4, Target, FAMILY_IPV4, FAMILY_IPV6,
+    MAX_BINDINGS, MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
 };
 
 use demux_common::ports::{
@@ -44,9 +44,14 @@ static CONNECTED: HashMap<ConnectedKey, Target> =
 static BOUND: HashMap<BoundKey, Target> =
     HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
-/// Protocol, family, port (0: all ports) and local prefix → target.
-#[map(name = "PREFIX")]
-static PREFIX: LpmTrie<PrefixKey, Target> =
+/// Protocol, port (0: all ports) and local IPv4 prefix → target.
+#[map(name = "PREFIX_V4")]
+static PREFIX_V4: LpmTrie<PrefixKeyV4, Target> =
+    LpmTrie::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// Protocol, family (6), port (0: all ports) and local IPv6 prefix → target.
+#[map(name = "PREFIX_V6")]
+static PREFIX_V6: LpmTrie<PrefixKey, Target> =
     LpmTrie::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
 /// (protocol, port) → its wildcard bindings, and which other tables hold bindings there.
@@ -168,32 +173,38 @@ fn get<K>(map: &HashMap<K, Target>, key: K) -> Option<Target> {
 }
 
 /// Longest prefix on the packet's port and on all ports; the longer wins, the port on a tie.
+/// IPv4 and IPv6 prefixes are in tries of their own (`PREFIX_V4`, `PREFIX_V6`).
 #[inline(always)]
 fn lookup_prefix(packet: &Packet, on_port: bool, all_ports: bool) -> Option<Target> {
-    let address_bits = if packet.family == FAMILY_IPV4 {
-        32
+    let (port, all) = if packet.family == FAMILY_IPV4 {
+        let a = &packet.dst_addr;
+        let mut key = Key::new(
+            PREFIX_KEY_FIXED_BITS + 32,
+            PrefixKeyV4 {
+                protocol: packet.protocol,
+                _pad: 0,
+                local_port: packet.dst_port,
+                local_addr: [a[0], a[1], a[2], a[3]],
+            },
+        );
+        let port = on_port.then(|| PREFIX_V4.get(&key).copied()).flatten();
+        key.data.local_port = 0;
+        let all = all_ports.then(|| PREFIX_V4.get(&key).copied()).flatten();
+        (port, all)
     } else {
-        128
-    };
-    let mut key = Key::new(
-        PREFIX_KEY_FIXED_BITS + address_bits,
-        PrefixKey {
-            protocol: packet.protocol,
-            family: packet.family,
-            local_port: packet.dst_port,
-            local_addr: packet.dst_addr,
-        },
-    );
-    let port = if on_port {
-        PREFIX.get(&key).copied()
-    } else {
-        None
-    };
-    key.data.local_port = 0;
-    let all = if all_ports {
-        PREFIX.get(&key).copied()
-    } else {
-        None
+        let mut key = Key::new(
+            PREFIX_KEY_FIXED_BITS + 128,
+            PrefixKey {
+                protocol: packet.protocol,
+                family: packet.family,
+                local_port: packet.dst_port,
+                local_addr: packet.dst_addr,
+            },
+        );
+        let port = on_port.then(|| PREFIX_V6.get(&key).copied()).flatten();
+        key.data.local_port = 0;
+        let all = all_ports.then(|| PREFIX_V6.get(&key).copied()).flatten();
+        (port, all)
     };
     match (port, all) {
         (Some(port), Some(all)) if all.prefix_len > port.prefix_len => Some(all),

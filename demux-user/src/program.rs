@@ -279,7 +279,12 @@ impl Loaded {
         let checks = checks as u32;
         loader.override_global(CHECKS_GLOBAL, &checks, true);
         if let Some(bindings) = options.bindings {
-            for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX] {
+            for table in [
+                maps::CONNECTED,
+                maps::BOUND,
+                maps::PREFIX_V4,
+                maps::PREFIX_V6,
+            ] {
                 loader.map_max_entries(table, bindings);
             }
         }
