@@ -49,6 +49,33 @@ pub struct PrefixKey {
 /// Bits of a `PrefixKey` before the address: protocol, family, port.
 pub const PREFIX_KEY_FIXED_BITS: u32 = 32;
 
+/// `PREFIX_V4` LPM trie key data (after the trie's `u32` prefix length): an IPv4 prefix
+/// binding, in a trie of its own so that its key is 8 bytes and the walk has no family level.
+/// The trie matches `32 + address prefix length` bits, so protocol and port always match
+/// exactly; `local_port` 0 means all ports. (`PREFIX_V6` takes [`PrefixKey`], family 6.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrefixKeyV4 {
+    pub protocol: u8,
+    pub _pad: u8,
+    pub local_port: u16,
+    pub local_addr: [u8; 4],
+}
+
+impl PrefixKeyV4 {
+    /// The `PREFIX_V4` key of an IPv4 [`PrefixKey`] (its address's first 4 bytes).
+    #[inline(always)]
+    pub fn from_key(key: &PrefixKey) -> Self {
+        let a = &key.local_addr;
+        Self {
+            protocol: key.protocol,
+            _pad: 0,
+            local_port: key.local_port,
+            local_addr: [a[0], a[1], a[2], a[3]],
+        }
+    }
+}
+
 /// A wildcard binding's coordinates: the unspecified address (`0.0.0.0` or `::`) on a port.
 /// 4 bytes. Not a map key: the binding lives in the `PORTS` entry of (protocol, port), in the
 /// family's fields (`ports::PortEntry`).

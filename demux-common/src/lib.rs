@@ -17,7 +17,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
 /// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
@@ -38,6 +38,8 @@ mod pod {
     unsafe impl aya::Pod for BoundKey {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for PrefixKey {}
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for PrefixKeyV4 {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for crate::ports::PortEntry {}
     // SAFETY: see the module comment.
@@ -84,6 +86,7 @@ mod layout {
         remote_port @ 4, _pad @ 6, local_addr @ 8, remote_addr @ 24);
     assert_layout!(BoundKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);
     assert_layout!(PrefixKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);
+    assert_layout!(PrefixKeyV4, 8; protocol @ 0, _pad @ 1, local_port @ 2, local_addr @ 4);
     assert_layout!(WildcardKey, 4; protocol @ 0, family @ 1, local_port @ 2);
     assert_layout!(crate::ports::PortEntry, 8; tables @ 0, wildcard_flags @ 1, _pad @ 3,
         wildcard_id @ 4);

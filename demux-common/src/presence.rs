@@ -1,112 +1,291 @@
-//! The presence filter `PRESENCE`: a bit array that says, for a `CONNECTED` or `BOUND` key,
-//! "perhaps bound" or "certainly not", so that a packet whose port has bindings in those tables
-//! (the `PORTS` bits) but none for its own tuple skips the hash probe: a few multiplications and
-//! one inlined array load instead of a helper call, jhash of a 20–40-byte key and a bucket walk
-//! in a table of up to millions of buckets.
+//! The presence filter `PRESENCE`: a blocked Bloom filter that says, for a `CONNECTED` or
+//! `BOUND` key, "perhaps bound" or "certainly not", so that a packet whose port has bindings in
+//! those tables (the `PORTS` bits) but none for its own tuple skips the hash probe: a few
+//! multiplications and one inlined array load instead of a helper call, jhash of a 20–40-byte
+//! key and a bucket walk in a table of up to millions of buckets.
 //!
-//! One bit per key, at [`connected_bit`] or [`bound_bit`] (a multiply-xorshift hash of the key's
-//! fields, IPv4 addresses as one word); a bit may stand for several keys (a false "perhaps": one
-//! wasted probe), never for none while a key behind it is bound. The daemon counts keys per bit
-//! (`demux::tables::Tables`), sets a bit before inserting the first key behind it and clears it
-//! after removing the last, as with the `PORTS` bits. The hash is not keyed: a sender who picks
-//! colliding tuples only gets the probe every packet paid before the filter.
+//! A key's [`Probe`] is one `u64` word of the filter and two bits in it (`mask`; the two may
+//! coincide), from one 64-bit hash of the key's fields ([`Filter::bound`],
+//! [`Filter::connected`]). The key is "perhaps bound" when both bits are set. The bits may stand
+//! for other keys too (a false "perhaps": one wasted probe), never for none while a key behind
+//! them is bound. The daemon counts keys per bit (`demux::tables::Tables`), sets a key's bits
+//! before inserting it and clears a bit after removing the last key behind it, as with the
+//! `PORTS` bits. The hash is not keyed: a sender who picks colliding tuples only gets the probe
+//! every packet paid before the filter.
 //!
-//! `PRESENCE` is an array of `PRESENCE_WORDS` `u64` words (4 MiB, 2^25 bits): at 1,000,000 keys
-//! about 3% of absent tuples find their bit set. A word is written whole by `memcpy`; a reader
-//! sees each byte old or new, and a write changes one bit, so every other bit reads as it was.
+//! The hash is a sum of products of independent 32-bit words (each plus a constant), so its
+//! multiplications run in parallel rather than in a chain (the IPv6 connected key has ten
+//! words), then one multiply-xorshift finish; IPv4 addresses are the same formula with three
+//! zero words. The bound key's sum is the first part of the connected key's.
+//!
+//! Size: `PRESENCE` has `2^words_log2` words, chosen by the daemon at load from the table size
+//! (`--max-bindings`, [`Filter::for_bindings`]: [`BITS_PER_BINDING`] bits per binding, at least
+//! [`MIN_WORDS_LOG2`], at most [`MAX_WORDS_LOG2`]), and written to the program's read-only
+//! global [`WORDS_LOG2_GLOBAL`] (frozen, so the shift is a constant to the verifier). At
+//! 1,000,000 keys in the default 1 MiB filter (8 bits a key) about 5% of absent tuples find both
+//! bits set; a filter that fits the CPU's cache beats a sparser one that does not (measured in
+//! docs/BENCHMARKS.md). A word is written whole by `memcpy`; a reader sees each byte old or new,
+//! and a write changes one bit, so every other bit reads as it was.
 
-use crate::binding::FAMILY_IPV4;
+use crate::binding::{FAMILY_IPV4, MAX_BINDINGS};
 
-/// log2 of the filter's bits.
-pub const PRESENCE_BITS_LOG2: u32 = 25;
-/// `u64` words of `PRESENCE`.
-pub const PRESENCE_WORDS: u32 = 1 << (PRESENCE_BITS_LOG2 - 6);
+/// Name of the program's `u32` global holding the filter's `words_log2`.
+pub const WORDS_LOG2_GLOBAL: &str = "DEMUX_PRESENCE_WORDS_LOG2";
 
-const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-const SEED_CONNECTED: u64 = 0x6a09_e667_f3bc_c908;
+/// Filter bits per binding of a table's capacity.
+pub const BITS_PER_BINDING: u32 = 8;
+/// The smallest filter: 64 words (512 bytes).
+pub const MIN_WORDS_LOG2: u32 = 6;
+/// The largest filter: 2^19 words (4 MiB).
+pub const MAX_WORDS_LOG2: u32 = 19;
+/// `PRESENCE`'s entries in the object (the largest filter); the daemon sizes it at load.
+pub const MAX_WORDS: u32 = 1 << MAX_WORDS_LOG2;
+
+/// Constants of the sum of products (random odd 64-bit values).
+const K: [u64; 12] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xbf58_476d_1ce4_e5b9,
+    0x94d0_49bb_1331_11eb,
+    0xd6e8_feb8_6659_fd93,
+    0xa076_1d64_78bd_642f,
+    0xe703_7ed1_a0b4_28db,
+    0x8ebc_6af0_9c88_c6e3,
+    0x5899_65cc_7537_4cc3,
+    0x1d8e_4e27_c47d_124f,
+    0xff51_afd7_ed55_8ccd,
+    0xc4ce_b9fe_1a85_ec53,
+    0x2545_f491_4f6c_dd1d,
+];
 const SEED_BOUND: u64 = 0xbb67_ae85_84ca_a73b;
+const SEED_CONNECTED: u64 = 0x6a09_e667_f3bc_c908;
+const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
-#[inline(always)]
-fn mix(h: u64, word: u32) -> u64 {
-    let h = (h ^ u64::from(word)).wrapping_mul(MULTIPLIER);
-    h ^ (h >> 29)
+/// A filter's geometry: `2^words_log2` words of 64 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub words_log2: u32,
 }
 
-#[inline(always)]
-fn word(addr: &[u8; 16], i: usize) -> u32 {
-    u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]])
+/// Where a key's bits are: `word` of the filter, both bits of `mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    pub word: u32,
+    pub mask: u64,
 }
 
-/// Mixes an address in: one word for IPv4 (the other 12 bytes are zero), four for IPv6.
-#[inline(always)]
-fn mix_addr(h: u64, family: u8, addr: &[u8; 16]) -> u64 {
-    let h = mix(h, word(addr, 0));
-    if family == FAMILY_IPV4 {
-        return h;
+impl Default for Filter {
+    /// The filter of the object's own table size ([`MAX_BINDINGS`]).
+    fn default() -> Self {
+        Self::for_bindings(MAX_BINDINGS)
     }
-    mix(mix(mix(h, word(addr, 4)), word(addr, 8)), word(addr, 12))
 }
 
-#[inline(always)]
-fn finish(h: u64) -> u32 {
-    (h.wrapping_mul(MULTIPLIER) >> (64 - PRESENCE_BITS_LOG2)) as u32
+impl Filter {
+    /// The filter for tables of `bindings` entries each: [`BITS_PER_BINDING`] bits per binding,
+    /// rounded up to a power of two of words, within [`MIN_WORDS_LOG2`]–[`MAX_WORDS_LOG2`].
+    pub const fn for_bindings(bindings: u32) -> Self {
+        let words = (bindings as u64 * BITS_PER_BINDING as u64).div_ceil(64);
+        let mut words_log2 = MIN_WORDS_LOG2;
+        while words_log2 < MAX_WORDS_LOG2 && (1u64 << words_log2) < words {
+            words_log2 += 1;
+        }
+        Self { words_log2 }
+    }
+
+    /// Words of the filter (entries of `PRESENCE`).
+    pub const fn words(self) -> u32 {
+        1 << self.words_log2
+    }
+
+    /// The probe of a `BOUND` key.
+    #[inline(always)]
+    pub fn bound(self, protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> Probe {
+        self.probe(SEED_BOUND ^ local_sum(protocol, family, port, local))
+    }
+
+    /// The probe of a `CONNECTED` key.
+    #[inline(always)]
+    pub fn connected(
+        self,
+        protocol: u8,
+        family: u8,
+        local_port: u16,
+        remote_port: u16,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+    ) -> Probe {
+        let local = local_sum(protocol, family, local_port, local);
+        let [r0, r1, r2, r3] = words(remote);
+        let mut sum = local.wrapping_add(pair(u32::from(remote_port), K[6], r0, K[7]));
+        if family != FAMILY_IPV4 {
+            sum = sum
+                .wrapping_add(pair(r1, K[8], r2, K[9]))
+                .wrapping_add(u64::from(r3).wrapping_add(K[10]).wrapping_mul(K[11]));
+        }
+        self.probe(SEED_CONNECTED ^ sum)
+    }
+
+    /// The word and two bits of hash sum `h`.
+    #[inline(always)]
+    fn probe(self, h: u64) -> Probe {
+        let h = (h ^ (h >> 29)).wrapping_mul(MULTIPLIER);
+        let h = h ^ (h >> 32);
+        let word = ((h >> 32) & (u64::from(self.words()) - 1)) as u32;
+        Probe {
+            word,
+            mask: 1 << (h & 63) | 1 << ((h >> 6) & 63),
+        }
+    }
 }
 
-/// The bit of a `BOUND` key.
+/// `(a + ka) * (b + kb)`, wrapping: one product of the sum.
 #[inline(always)]
-pub fn bound_bit(protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> u32 {
-    let h = mix(
-        SEED_BOUND,
-        u32::from(protocol) | u32::from(family) << 8 | u32::from(port) << 16,
-    );
-    finish(mix_addr(h, family, local))
+fn pair(a: u32, ka: u64, b: u32, kb: u64) -> u64 {
+    u64::from(a)
+        .wrapping_add(ka)
+        .wrapping_mul(u64::from(b).wrapping_add(kb))
 }
 
-/// The bit of a `CONNECTED` key.
+/// An address as four little-endian words (an IPv4 address: the first, then three zeros).
 #[inline(always)]
-pub fn connected_bit(
-    protocol: u8,
-    family: u8,
-    local_port: u16,
-    remote_port: u16,
-    local: &[u8; 16],
-    remote: &[u8; 16],
-) -> u32 {
-    let h = mix(
-        SEED_CONNECTED,
-        u32::from(protocol) | u32::from(family) << 8 | u32::from(local_port) << 16,
-    );
-    let h = mix_addr(mix(h, u32::from(remote_port)), family, local);
-    finish(mix_addr(h, family, remote))
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
 }
 
-/// The word of `bit` and the bit's mask in it.
+/// The sum of products of protocol, family, port and local address: the bound key's, and the
+/// first half of the connected key's.
 #[inline(always)]
-pub const fn word_and_mask(bit: u32) -> (u32, u64) {
-    (bit >> 6, 1 << (bit & 63))
+fn local_sum(protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> u64 {
+    let head = u32::from(protocol) | u32::from(family) << 8 | u32::from(port) << 16;
+    let [l0, l1, l2, l3] = words(local);
+    let sum = pair(head, K[0], l0, K[1]);
+    if family == FAMILY_IPV4 {
+        // The other 12 bytes are zero: skip their products (a constant).
+        return sum;
+    }
+    sum.wrapping_add(pair(l1, K[2], l2, K[3]))
+        .wrapping_add(u64::from(l3).wrapping_add(K[4]).wrapping_mul(K[5]))
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
+    use crate::binding::{FAMILY_IPV6, PROTO_UDP};
+
+    fn v4(a: u32) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&a.to_be_bytes());
+        out
+    }
+
+    fn v6(a: u128) -> [u8; 16] {
+        a.to_be_bytes()
+    }
 
     #[test]
-    fn bits_fall_inside_the_filter_and_spread() {
-        let local = [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let mut seen = [false; 1024];
-        let mut distinct = 0;
-        for i in 0u32..1024 {
-            let mut remote = [0u8; 16];
-            remote[..4].copy_from_slice(&(0xc613_0000u32 + i).to_be_bytes());
-            let bit = connected_bit(17, 4, 53, 1024, &local, &remote);
-            assert!(bit < PRESENCE_WORDS * 64);
-            let bucket = (bit >> (PRESENCE_BITS_LOG2 - 10)) as usize;
-            distinct += usize::from(!seen[bucket]);
-            seen[bucket] = true;
+    fn sizes_follow_the_bindings_within_bounds() {
+        assert_eq!(Filter::for_bindings(0).words_log2, MIN_WORDS_LOG2);
+        assert_eq!(Filter::for_bindings(1).words_log2, MIN_WORDS_LOG2);
+        // 1,048,576 bindings × 8 bits = 2^23 bits = 2^17 words (1 MiB).
+        assert_eq!(Filter::for_bindings(1 << 20).words_log2, 17);
+        assert_eq!(Filter::for_bindings((1 << 20) + 1).words_log2, 18);
+        assert_eq!(Filter::for_bindings(u32::MAX).words_log2, MAX_WORDS_LOG2);
+        assert_eq!(Filter::default(), Filter::for_bindings(MAX_BINDINGS));
+    }
+
+    #[test]
+    fn probes_fall_inside_the_filter_with_one_or_two_bits() {
+        for log2 in [MIN_WORDS_LOG2, 10, 17, MAX_WORDS_LOG2] {
+            let filter = Filter { words_log2: log2 };
+            for i in 0..2000u32 {
+                let probe = filter.connected(17, 4, 53, i as u16, &v4(0xc612_0002), &v4(i));
+                assert!(probe.word < filter.words());
+                assert!((1..=2).contains(&probe.mask.count_ones()));
+            }
         }
-        // 1,024 keys over 1,024 buckets of the filter: about 1 - 1/e of them hit, if spread.
-        assert!(distinct > 550, "{distinct} of 1024 buckets");
-        assert_ne!(bound_bit(17, 4, 53, &local), bound_bit(17, 4, 54, &local));
-        assert_ne!(bound_bit(17, 4, 53, &local), bound_bit(6, 4, 53, &local));
+    }
+
+    /// The false-positive rate on structured keys (sequential addresses and ports, as a
+    /// server's clients or the benchmarks' fillers are) is close to a random hash's: a filter
+    /// sized for `n` keys holding `n` keys, probed with `n` absent keys of the same shape.
+    fn false_positives(family: u8, connected: bool) -> f64 {
+        const N: u32 = 1 << 16;
+        let filter = Filter::for_bindings(N);
+        let mut words = std::vec![0u64; filter.words() as usize];
+        let addr = |i: u32| {
+            if family == FAMILY_IPV4 {
+                v4(0xc613_0000 + i)
+            } else {
+                v6(0x2001_0002_0000_0001_0000_0000_0000_0000 + u128::from(i))
+            }
+        };
+        let probe = |i: u32| {
+            let local = addr(i >> 8);
+            if connected {
+                filter.connected(
+                    PROTO_UDP,
+                    family,
+                    53,
+                    1024 + (i & 15) as u16,
+                    &local,
+                    &addr(i),
+                )
+            } else {
+                filter.bound(PROTO_UDP, family, 53 + (i & 1) as u16, &addr(i))
+            }
+        };
+        for i in 0..N {
+            let p = probe(i);
+            words[p.word as usize] |= p.mask;
+        }
+        let hits = (N..2 * N)
+            .filter(|&i| {
+                let p = probe(i);
+                words[p.word as usize] & p.mask == p.mask
+            })
+            .count();
+        hits as f64 / f64::from(N)
+    }
+
+    #[test]
+    fn structured_keys_spread_like_random_ones() {
+        // 8 bits a key, two bits in one word: a random hash gives about 5-6%.
+        for family in [FAMILY_IPV4, FAMILY_IPV6] {
+            for connected in [false, true] {
+                let rate = false_positives(family, connected);
+                assert!(
+                    rate < 0.08,
+                    "family {family} connected {connected}: {:.1}% false positives",
+                    rate * 100.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_moves_the_probe() {
+        let f = Filter::default();
+        let (a, b) = (v6(0x2001_0002 << 96 | 2), v6(0x2001_0002 << 96 | 1));
+        let base = f.connected(17, 6, 53, 40000, &a, &b);
+        assert_ne!(base, f.connected(6, 6, 53, 40000, &a, &b));
+        assert_ne!(base, f.connected(17, 6, 54, 40000, &a, &b));
+        assert_ne!(base, f.connected(17, 6, 53, 40001, &a, &b));
+        assert_ne!(base, f.connected(17, 6, 53, 40000, &b, &a));
+        for byte in 0..16 {
+            let mut c = b;
+            c[byte] ^= 1;
+            assert_ne!(base, f.connected(17, 6, 53, 40000, &a, &c), "byte {byte}");
+            let mut d = a;
+            d[byte] ^= 1;
+            assert_ne!(
+                f.bound(17, 6, 53, &a),
+                f.bound(17, 6, 53, &d),
+                "byte {byte}"
+            );
+        }
+        assert_ne!(f.bound(17, 4, 53, &v4(1)), f.bound(17, 4, 54, &v4(1)));
     }
 }

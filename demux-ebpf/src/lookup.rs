@@ -2,13 +2,13 @@
 //!
 //! 1. `CONNECTED`: the exact 5-tuple.
 //! 2. `BOUND`: the exact local address and port.
-//! 3. `PREFIX` (beyond the kernel): the longest local prefix; on equal length, the specific port
-//!    beats all-ports.
+//! 3. `PREFIX_V4`/`PREFIX_V6` (beyond the kernel): the longest local prefix; on equal length,
+//!    the specific port beats all-ports.
 //! 4. Wildcard: the unspecified address of the packet's family on the port; for IPv4, then an
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
-//! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has the bit of
-//! the packet's key set.
+//! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has both bits
+//! of the packet's key set.
 //!
 //! A group target picks its member by flow hash. The port's `PORTS` entry, one inlined array
 //! load, holds both wildcard bindings and says which other tables hold bindings on the
@@ -18,10 +18,11 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    Global,
 };
 use demux_common::binding::{
-    BoundKey, ConnectedKey, Group, PrefixKey, Target, FAMILY_IPV4, FAMILY_IPV6, MAX_BINDINGS,
-    MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
+    BoundKey, ConnectedKey, Group, PrefixKey, PrefixKeyV4, Target, FAMILY_IPV4, FAMILY_IPV6,
+    MAX_BINDINGS, MAX_GROUPS, PREFIX_KEY_FIXED_BITS, TARGET_GROUP, TARGET_V6ONLY,
 };
 
 use demux_common::ports::{
@@ -29,7 +30,7 @@ use demux_common::ports::{
     TABLE_CONNECTED, TABLE_PREFIX,
 };
 
-use demux_common::presence::{bound_bit, connected_bit, word_and_mask, PRESENCE_WORDS};
+use demux_common::presence::{Filter, Probe, MAX_WORDS, MAX_WORDS_LOG2};
 
 use crate::parse::Packet;
 
@@ -43,18 +44,30 @@ static CONNECTED: HashMap<ConnectedKey, Target> =
 static BOUND: HashMap<BoundKey, Target> =
     HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
-/// Protocol, family, port (0: all ports) and local prefix → target.
-#[map(name = "PREFIX")]
-static PREFIX: LpmTrie<PrefixKey, Target> =
+/// Protocol, port (0: all ports) and local IPv4 prefix → target.
+#[map(name = "PREFIX_V4")]
+static PREFIX_V4: LpmTrie<PrefixKeyV4, Target> =
+    LpmTrie::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// Protocol, family (6), port (0: all ports) and local IPv6 prefix → target.
+#[map(name = "PREFIX_V6")]
+static PREFIX_V6: LpmTrie<PrefixKey, Target> =
     LpmTrie::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 
 /// (protocol, port) → its wildcard bindings, and which other tables hold bindings there.
 #[map(name = "PORTS")]
 static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 
-/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys.
+/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys; the daemon
+/// sizes it at load (`demux_common::presence::Filter`).
 #[map(name = "PRESENCE")]
-static PRESENCE: Array<u64> = Array::with_max_entries(PRESENCE_WORDS, 0);
+static PRESENCE: Array<u64> = Array::with_max_entries(MAX_WORDS, 0);
+
+/// log2 of `PRESENCE`'s words, written by the daemon at load with the map's size (name
+/// `demux_common::presence::WORDS_LOG2_GLOBAL`, required); frozen, so a constant to the
+/// verifier.
+#[unsafe(no_mangle)]
+static DEMUX_PRESENCE_WORDS_LOG2: Global<u32> = Global::new(MAX_WORDS_LOG2);
 
 /// Group id → members (SO_REUSEPORT-style).
 #[map(name = "GROUPS")]
@@ -65,8 +78,11 @@ pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
     let entry = port_entry(port_index(packet.protocol, packet.dst_port));
     let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
+    let filter = Filter {
+        words_log2: DEMUX_PRESENCE_WORDS_LOG2.load(),
+    };
     if has(TABLE_CONNECTED)
-        && present(connected_bit(
+        && present(filter.connected(
             packet.protocol,
             packet.family,
             packet.dst_port,
@@ -89,7 +105,7 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
         }
     }
     if has(TABLE_BOUND)
-        && present(bound_bit(
+        && present(filter.bound(
             packet.protocol,
             packet.family,
             packet.dst_port,
@@ -140,11 +156,13 @@ fn port_entry(index: u32) -> PortEntry {
     PortEntry::from_u64(raw)
 }
 
-/// Whether the presence filter's `bit` is set ("perhaps bound"); beyond the array, yes.
+/// Whether both bits of `probe` are set in the presence filter ("perhaps bound"); beyond the
+/// array, yes.
 #[inline(always)]
-fn present(bit: u32) -> bool {
-    let (word, mask) = word_and_mask(bit);
-    PRESENCE.get(word).is_none_or(|bits| bits & mask != 0)
+fn present(probe: Probe) -> bool {
+    PRESENCE
+        .get(probe.word)
+        .is_none_or(|bits| bits & probe.mask == probe.mask)
 }
 
 /// A copy of the value under `key`.
@@ -155,32 +173,38 @@ fn get<K>(map: &HashMap<K, Target>, key: K) -> Option<Target> {
 }
 
 /// Longest prefix on the packet's port and on all ports; the longer wins, the port on a tie.
+/// IPv4 and IPv6 prefixes are in tries of their own (`PREFIX_V4`, `PREFIX_V6`).
 #[inline(always)]
 fn lookup_prefix(packet: &Packet, on_port: bool, all_ports: bool) -> Option<Target> {
-    let address_bits = if packet.family == FAMILY_IPV4 {
-        32
+    let (port, all) = if packet.family == FAMILY_IPV4 {
+        let a = &packet.dst_addr;
+        let mut key = Key::new(
+            PREFIX_KEY_FIXED_BITS + 32,
+            PrefixKeyV4 {
+                protocol: packet.protocol,
+                _pad: 0,
+                local_port: packet.dst_port,
+                local_addr: [a[0], a[1], a[2], a[3]],
+            },
+        );
+        let port = on_port.then(|| PREFIX_V4.get(&key).copied()).flatten();
+        key.data.local_port = 0;
+        let all = all_ports.then(|| PREFIX_V4.get(&key).copied()).flatten();
+        (port, all)
     } else {
-        128
-    };
-    let mut key = Key::new(
-        PREFIX_KEY_FIXED_BITS + address_bits,
-        PrefixKey {
-            protocol: packet.protocol,
-            family: packet.family,
-            local_port: packet.dst_port,
-            local_addr: packet.dst_addr,
-        },
-    );
-    let port = if on_port {
-        PREFIX.get(&key).copied()
-    } else {
-        None
-    };
-    key.data.local_port = 0;
-    let all = if all_ports {
-        PREFIX.get(&key).copied()
-    } else {
-        None
+        let mut key = Key::new(
+            PREFIX_KEY_FIXED_BITS + 128,
+            PrefixKey {
+                protocol: packet.protocol,
+                family: packet.family,
+                local_port: packet.dst_port,
+                local_addr: packet.dst_addr,
+            },
+        );
+        let port = on_port.then(|| PREFIX_V6.get(&key).copied()).flatten();
+        key.data.local_port = 0;
+        let all = all_ports.then(|| PREFIX_V6.get(&key).copied()).flatten();
+        (port, all)
     };
     match (port, all) {
         (Some(port), Some(all)) if all.prefix_len > port.prefix_len => Some(all),

@@ -21,9 +21,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use demux_common::{
+    binding::MAX_BINDINGS,
     hash::{FlowKey, KEY_GLOBAL},
     local::CHECKS_GLOBAL,
-    maps,
+    maps, presence,
 };
 use thiserror::Error;
 
@@ -311,10 +312,19 @@ impl Loaded {
         let checks = checks as u32;
         loader.override_global(CHECKS_GLOBAL, &checks, true);
         if let Some(bindings) = options.bindings {
-            for table in [maps::CONNECTED, maps::BOUND, maps::PREFIX] {
+            for table in [
+                maps::CONNECTED,
+                maps::BOUND,
+                maps::PREFIX_V4,
+                maps::PREFIX_V6,
+            ] {
                 loader.map_max_entries(table, bindings);
             }
         }
+        // The presence filter sized to the tables (`demux_common::presence`).
+        let filter = presence::Filter::for_bindings(options.bindings.unwrap_or(MAX_BINDINGS));
+        loader.map_max_entries(maps::PRESENCE, filter.words());
+        loader.override_global(presence::WORDS_LOG2_GLOBAL, &filter.words_log2, true);
         if options.extension {
             loader.extension(maps::PROGRAM);
         }
@@ -357,7 +367,7 @@ impl Loaded {
         let slots = SocketSlots {
             xsks: Arc::new(Mutex::new(take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?)),
         };
-        let dataplane = Maps::take(&mut ebpf, reuseport)?;
+        let dataplane = Maps::take(&mut ebpf, reuseport, filter)?;
         Ok((
             Self {
                 ebpf,

@@ -8,7 +8,7 @@ use demux_common::{
     binding::{Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
     maps,
     ports::{all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX},
-    presence::{self, word_and_mask},
+    presence::{Filter, Probe},
 };
 use thiserror::Error;
 
@@ -68,8 +68,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Tables {
     counts: std::collections::HashMap<(u32, u32), u32>,
-    /// Keys per presence filter bit (`demux_common::presence`).
-    presence: std::collections::HashMap<u32, u32>,
+    /// Keys per presence filter bit (`demux_common::presence`), by (word, bit number).
+    presence: std::collections::HashMap<(u32, u32), u32>,
 }
 
 impl Tables {
@@ -90,7 +90,7 @@ impl Tables {
             dataplane.set_port_bits(index, bits | bit)?;
         }
         *self.counts.entry((index, bit)).or_default() += 1;
-        let presence = entry.presence_bit();
+        let presence = entry.presence_probe(dataplane.presence_filter());
         if let Some(presence) = presence {
             if let Err(error) = self.claim_presence(dataplane, presence) {
                 let _ = self.release(dataplane, index, bit);
@@ -115,7 +115,7 @@ impl Tables {
         entry: &Entry,
     ) -> Result<(), TableError> {
         dataplane.remove(entry)?;
-        if let Some(presence) = entry.presence_bit() {
+        if let Some(presence) = entry.presence_probe(dataplane.presence_filter()) {
             self.release_presence(dataplane, presence)?;
         }
         match entry.port_slot() {
@@ -148,35 +148,43 @@ impl Tables {
         self.counts.get(&(index, bit)).copied().unwrap_or(0)
     }
 
-    /// Counts one more key behind presence bit `bit`, setting it first if it was clear. On a
-    /// failure nothing is counted.
+    /// Counts one more key behind the bits of `probe`, setting those that were clear first (in
+    /// one write of the word). On a failure nothing is counted.
     fn claim_presence<D: Dataplane + ?Sized>(
         &mut self,
         dataplane: &mut D,
-        bit: u32,
+        probe: Probe,
     ) -> Result<(), TableError> {
-        if !self.presence.contains_key(&bit) {
-            let (index, mask) = word_and_mask(bit);
-            let word = dataplane.presence_word(index)?;
-            dataplane.set_presence_word(index, word | mask)?;
+        let clear = bits(probe.mask).any(|bit| !self.presence.contains_key(&(probe.word, bit)));
+        if clear {
+            let word = dataplane.presence_word(probe.word)?;
+            dataplane.set_presence_word(probe.word, word | probe.mask)?;
         }
-        *self.presence.entry(bit).or_default() += 1;
+        for bit in bits(probe.mask) {
+            *self.presence.entry((probe.word, bit)).or_default() += 1;
+        }
         Ok(())
     }
 
-    /// Drops one key behind presence bit `bit`, clearing it after the last.
+    /// Drops one key behind the bits of `probe`, clearing each after its last key (in one write
+    /// of the word).
     fn release_presence<D: Dataplane + ?Sized>(
         &mut self,
         dataplane: &mut D,
-        bit: u32,
+        probe: Probe,
     ) -> Result<(), TableError> {
-        let count = self.presence.entry(bit).or_default();
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            self.presence.remove(&bit);
-            let (index, mask) = word_and_mask(bit);
-            let word = dataplane.presence_word(index)?;
-            dataplane.set_presence_word(index, word & !mask)?;
+        let mut unused = 0u64;
+        for bit in bits(probe.mask) {
+            let count = self.presence.entry((probe.word, bit)).or_default();
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.presence.remove(&(probe.word, bit));
+                unused |= 1 << bit;
+            }
+        }
+        if unused != 0 {
+            let word = dataplane.presence_word(probe.word)?;
+            dataplane.set_presence_word(probe.word, word & !unused)?;
         }
         Ok(())
     }
@@ -199,11 +207,17 @@ impl Tables {
     }
 }
 
+/// The bit numbers (0–63) set in `mask`.
+fn bits(mask: u64) -> impl Iterator<Item = u32> {
+    (0..64).filter(move |bit| mask & (1 << bit) != 0)
+}
+
 impl Entry {
-    /// The presence filter bit of a `CONNECTED` or `BOUND` key; `None` for the other tables.
-    pub(crate) fn presence_bit(&self) -> Option<u32> {
+    /// The presence filter word and bits of a `CONNECTED` or `BOUND` key in `filter`; `None`
+    /// for the other tables.
+    pub(crate) fn presence_probe(&self, filter: Filter) -> Option<Probe> {
         match self {
-            Entry::Connected(k) => Some(presence::connected_bit(
+            Entry::Connected(k) => Some(filter.connected(
                 k.protocol,
                 k.family,
                 k.local_port,
@@ -211,12 +225,9 @@ impl Entry {
                 &k.local_addr,
                 &k.remote_addr,
             )),
-            Entry::Bound(k) => Some(presence::bound_bit(
-                k.protocol,
-                k.family,
-                k.local_port,
-                &k.local_addr,
-            )),
+            Entry::Bound(k) => {
+                Some(filter.bound(k.protocol, k.family, k.local_port, &k.local_addr))
+            }
             Entry::Prefix(..) | Entry::Wildcard(_) => None,
         }
     }
@@ -313,8 +324,8 @@ mod tests {
             [
                 Event::SetPortBits { index, bits: bit },
                 Event::SetPresence {
-                    index: word_and_mask(a.presence_bit().expect("bound")).0,
-                    word: word_and_mask(a.presence_bit().expect("bound")).1,
+                    index: a.presence_probe(Filter::default()).expect("bound").word,
+                    word: a.presence_probe(Filter::default()).expect("bound").mask,
                 },
                 Event::Insert(a, target)
             ],
@@ -440,7 +451,7 @@ mod tests {
         }
         .encode(Receiver::Endpoint(1))
         .expect("encodable");
-        let (word, mask) = word_and_mask(entry.presence_bit().expect("connected"));
+        let Probe { word, mask } = entry.presence_probe(Filter::default()).expect("connected");
         // A failed filter write: nothing inserted, the port bit cleared again.
         dataplane.fail(Op::SetPresence, 0);
         let error = tables
@@ -465,6 +476,59 @@ mod tests {
         assert!(!dataplane.any_presence_bits(), "cleared after the key");
         assert!(!dataplane.any_port_bits());
         assert_kept_promises(&dataplane);
+    }
+
+    /// In a filter of 64 words, 600 keys share words and bits: each bit stays set while any
+    /// key behind it is bound (the dataplane checks every key after every write) and goes with
+    /// the last; every key is found "perhaps bound" throughout.
+    #[test]
+    fn shared_presence_bits_stay_until_their_last_key_goes() {
+        let filter = Filter::for_bindings(0);
+        let mut dataplane = MemoryDataplane::with_presence_filter(filter);
+        let mut tables = Tables::default();
+        let entries: Vec<(Entry, Target)> = (0..600u32)
+            .map(|i| {
+                let (v4, v6) = (i % 250, 0x2001_0002_u128 << 96 | u128::from(i));
+                let local = if i % 2 == 0 {
+                    format!("198.18.1.{v4}:{}", 53 + i % 7)
+                } else {
+                    format!("[{}]:53", std::net::Ipv6Addr::from(v6))
+                };
+                Binding {
+                    protocol: Protocol::Udp,
+                    local: local.parse::<Local>().expect("local"),
+                    remote: (i % 3 == 0).then(|| {
+                        format!("198.18.2.{}:{}", i % 200, 1024 + i)
+                            .parse()
+                            .expect("remote")
+                    }),
+                    v6only: false,
+                }
+                .encode(Receiver::Endpoint(1))
+                .unwrap_or_else(|_| udp(&format!("198.18.3.{}:{}", i % 250, 1000 + i)))
+            })
+            .filter(|(entry, _)| !matches!(entry, Entry::Connected(k) if k.family == 6))
+            .collect();
+        let probes: std::collections::HashSet<Probe> = entries
+            .iter()
+            .filter_map(|(entry, _)| entry.presence_probe(filter))
+            .collect();
+        let words: std::collections::HashSet<u32> = probes.iter().map(|p| p.word).collect();
+        assert!(words.len() < probes.len(), "keys must share words");
+        for (entry, target) in &entries {
+            tables
+                .insert(&mut dataplane, entry, *target)
+                .expect("insert");
+        }
+        assert_kept_promises(&dataplane);
+        for (entry, _) in entries.iter().rev() {
+            tables.remove(&mut dataplane, entry).expect("remove");
+        }
+        assert_kept_promises(&dataplane);
+        assert!(
+            !dataplane.any_presence_bits(),
+            "every bit cleared at the end"
+        );
     }
 
     #[test]

@@ -301,6 +301,17 @@ pub(crate) fn dropped(s: &Stats, veth: u64) -> BTreeMap<&'static str, u64> {
     ])
 }
 
+/// The kernel's description of one of the daemon's maps, found by name.
+fn daemon_map_info(pid: u32, name: &str) -> anyhow::Result<MapInfo> {
+    for id in map_ids(pid) {
+        let info = MapInfo::from_id(id)?;
+        if info.name_as_str() == Some(name) {
+            return Ok(info);
+        }
+    }
+    bail!("the daemon (pid {pid}) holds no map named {name}")
+}
+
 /// Finds one of the daemon's maps by name.
 fn daemon_map(pid: u32, name: &str) -> anyhow::Result<Map> {
     for id in map_ids(pid) {
@@ -337,6 +348,12 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
     // The presence filter's words as the fillers set them: the program skips the connected
     // probe for a tuple whose bit is clear, so the fillers' bits are set as the daemon would.
     let mut presence_words: std::collections::BTreeMap<u32, u64> = Default::default();
+    // The filter's geometry is its size, which the daemon chose at load.
+    let filter = presence::Filter {
+        words_log2: daemon_map_info(pid, maps::PRESENCE)?
+            .max_entries()
+            .trailing_zeros(),
+    };
     for i in 0..case.fillers {
         let (port, id) = endpoints[i as usize % endpoints.len()];
         // 198.19.0.0/16 (or 2001:2:0:1::/64) and 16 ports: a million distinct remotes.
@@ -372,15 +389,15 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
         connected
             .insert(key, target, 0)
             .with_context(|| format!("filler binding {i}"))?;
-        let (word, mask) = presence::word_and_mask(presence::connected_bit(
+        let probe = filter.connected(
             key.protocol,
             key.family,
             key.local_port,
             key.remote_port,
             &key.local_addr,
             &key.remote_addr,
-        ));
-        *presence_words.entry(word).or_default() |= mask;
+        );
+        *presence_words.entry(probe.word).or_default() |= probe.mask;
     }
     let mut filter: Array<_, u64> = Array::try_from(daemon_map(pid, maps::PRESENCE)?)?;
     for (word, bits) in presence_words {

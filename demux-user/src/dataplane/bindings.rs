@@ -1,4 +1,5 @@
-//! The binding tables, `CONNECTED`, `BOUND` (hash maps), `PREFIX` (an LPM trie) and `PORTS`
+//! The binding tables, `CONNECTED`, `BOUND` (hash maps), `PREFIX_V4`/`PREFIX_V6` (LPM tries, one
+//! per family; errors name them `PREFIX`) and `PORTS`
 //! (the port table holding wildcard bindings, `ports.rs`), as typed handles taken at load: one
 //! insert (`BPF_NOEXIST`) or remove per binding (two ordered writes for a wildcard).
 
@@ -10,7 +11,9 @@ use aya::{
     Ebpf,
 };
 use demux_common::{
-    binding::{BoundKey, ConnectedKey, PrefixKey, Target, PREFIX_KEY_FIXED_BITS},
+    binding::{
+        BoundKey, ConnectedKey, PrefixKey, PrefixKeyV4, Target, FAMILY_IPV4, PREFIX_KEY_FIXED_BITS,
+    },
     maps,
 };
 
@@ -28,7 +31,8 @@ const NOEXIST: u64 = 1;
 pub(super) struct BindingMaps {
     connected: HashMap<MapData, ConnectedKey, Target>,
     bound: HashMap<MapData, BoundKey, Target>,
-    prefix: LpmTrie<MapData, PrefixKey, Target>,
+    prefix_v4: LpmTrie<MapData, PrefixKeyV4, Target>,
+    prefix_v6: LpmTrie<MapData, PrefixKey, Target>,
     /// `PORTS`: wildcard bindings and the index bits.
     pub(super) ports: PortsMap,
 }
@@ -39,7 +43,8 @@ impl BindingMaps {
         Ok(Self {
             connected: take_map(ebpf, maps::CONNECTED, "a hash map")?,
             bound: take_map(ebpf, maps::BOUND, "a hash map")?,
-            prefix: take_map(ebpf, maps::PREFIX, "an LPM trie")?,
+            prefix_v4: take_map(ebpf, maps::PREFIX_V4, "an LPM trie")?,
+            prefix_v6: take_map(ebpf, maps::PREFIX_V6, "an LPM trie")?,
             ports: PortsMap::take(ebpf)?,
         })
     }
@@ -50,7 +55,12 @@ impl BindingMaps {
             Entry::Connected(key) => self.connected.insert(key, target, NOEXIST),
             Entry::Bound(key) => self.bound.insert(key, target, NOEXIST),
             Entry::Wildcard(key) => return self.ports.insert_wildcard(key, target),
-            Entry::Prefix(key, len) => self.prefix.insert(&trie_key(key, *len), target, NOEXIST),
+            Entry::Prefix(key, len) if key.family == FAMILY_IPV4 => self.prefix_v4.insert(
+                &trie_key(&PrefixKeyV4::from_key(key), *len),
+                target,
+                NOEXIST,
+            ),
+            Entry::Prefix(key, len) => self.prefix_v6.insert(&trie_key(key, *len), target, NOEXIST),
         };
         result.map_err(|source| classify(entry.table(), source))
     }
@@ -61,14 +71,17 @@ impl BindingMaps {
             Entry::Connected(key) => self.connected.remove(key),
             Entry::Bound(key) => self.bound.remove(key),
             Entry::Wildcard(key) => return self.ports.remove_wildcard(key),
-            Entry::Prefix(key, len) => self.prefix.remove(&trie_key(key, *len)),
+            Entry::Prefix(key, len) if key.family == FAMILY_IPV4 => self
+                .prefix_v4
+                .remove(&trie_key(&PrefixKeyV4::from_key(key), *len)),
+            Entry::Prefix(key, len) => self.prefix_v6.remove(&trie_key(key, *len)),
         };
         result.map_err(|source| classify(entry.table(), source))
     }
 }
 
-/// The trie key of a prefix binding: protocol, family and port always match, then `len` bits
-/// of the address.
-fn trie_key(key: &PrefixKey, len: u8) -> Key<PrefixKey> {
+/// The trie key of a prefix binding: the fixed part (protocol, family or padding, port) always
+/// matches, then `len` bits of the address.
+fn trie_key<K: aya::Pod>(key: &K, len: u8) -> Key<K> {
     Key::new(PREFIX_KEY_FIXED_BITS + u32::from(len), *key)
 }

@@ -5,7 +5,10 @@
 use std::{os::fd::BorrowedFd, sync::Arc};
 
 use aya::{programs::ProgramFd, Ebpf};
-use demux_common::binding::{EndpointStats, Target};
+use demux_common::{
+    binding::{EndpointStats, Target},
+    presence::Filter,
+};
 
 use super::{
     bindings::BindingMaps, group_value, groups::GroupsMap, iface_slots::IfaceSlotsMap,
@@ -27,6 +30,8 @@ pub struct Maps {
     bindings: BindingMaps,
     groups: GroupsMap,
     presence: PresenceMap,
+    /// `PRESENCE`'s geometry, as loaded.
+    filter: Filter,
     reuseport_sockets: ReuseportSocketsMap,
     reuseport_cookies: ReuseportCookiesMap,
     reuseport_program: ReuseportProgram,
@@ -44,13 +49,19 @@ pub struct MapCounters {
 
 impl Maps {
     /// Takes the maps out of `ebpf`, each checked against its `demux-common` types, and keeps
-    /// `reuseport`, a descriptor of the loaded `demux_reuseport` program.
-    pub(crate) fn take(ebpf: &mut Ebpf, reuseport: ProgramFd) -> Result<Self, LoadError> {
+    /// `reuseport`, a descriptor of the loaded `demux_reuseport` program; `filter` is the
+    /// presence filter's geometry the program was loaded with.
+    pub(crate) fn take(
+        ebpf: &mut Ebpf,
+        reuseport: ProgramFd,
+        filter: Filter,
+    ) -> Result<Self, LoadError> {
         let (writer, reader) = endpoint_stats::take(ebpf)?;
         Ok(Self {
             bindings: BindingMaps::take(ebpf)?,
             groups: GroupsMap::take(ebpf)?,
             presence: PresenceMap::take(ebpf)?,
+            filter,
             reuseport_sockets: ReuseportSocketsMap::take(ebpf)?,
             reuseport_cookies: ReuseportCookiesMap::take(ebpf)?,
             reuseport_program: ReuseportProgram::new(reuseport),
@@ -90,6 +101,10 @@ impl Dataplane for Maps {
 
     fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError> {
         self.bindings.ports.set(index, bits)
+    }
+
+    fn presence_filter(&self) -> Filter {
+        self.filter
     }
 
     fn presence_word(&self, index: u32) -> Result<u64, TableError> {

@@ -107,6 +107,8 @@ pub struct MemoryDataplane {
     entries: HashMap<Entry, Target>,
     ports: HashMap<u32, u32>,
     presence: HashMap<u32, u64>,
+    /// The presence filter's geometry (the object's default unless set).
+    filter: demux_common::presence::Filter,
     groups: HashMap<u32, Vec<u32>>,
     local: HashMap<LocalPrefix, LocalKind>,
     ifaces: HashMap<u32, IfaceSlot>,
@@ -135,6 +137,15 @@ impl MemoryDataplane {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             capacity: Some(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// Empty tables with a presence filter of `filter`'s geometry (a small one makes keys
+    /// share bits).
+    pub fn with_presence_filter(filter: demux_common::presence::Filter) -> Self {
+        Self {
+            filter,
             ..Self::default()
         }
     }
@@ -241,10 +252,9 @@ impl MemoryDataplane {
             let without_bit = entry
                 .port_slot()
                 .is_some_and(|(index, bit)| self.bits(index) & bit == 0);
-            let without_presence = entry.presence_bit().is_some_and(|bit| {
-                let (index, mask) = demux_common::presence::word_and_mask(bit);
-                self.presence(index) & mask == 0
-            });
+            let without_presence = entry
+                .presence_probe(self.presence_filter())
+                .is_some_and(|probe| self.presence(probe.word) & probe.mask != probe.mask);
             if without_presence {
                 self.violations.push(format!(
                     "after {event:?}: {entry:?} is bound without its presence bit"
@@ -326,6 +336,10 @@ impl Dataplane for MemoryDataplane {
         self.ports.insert(index, bits);
         self.record(Event::SetPortBits { index, bits });
         Ok(())
+    }
+
+    fn presence_filter(&self) -> demux_common::presence::Filter {
+        self.filter
     }
 
     fn presence_word(&self, index: u32) -> Result<u64, TableError> {

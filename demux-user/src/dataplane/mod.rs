@@ -58,6 +58,9 @@ pub trait Dataplane {
     /// Overwrites port-index entry `index` with `bits`.
     fn set_port_bits(&mut self, index: u32, bits: u32) -> Result<(), TableError>;
 
+    /// The presence filter's geometry (`demux_common::presence`), as the program was loaded.
+    fn presence_filter(&self) -> demux_common::presence::Filter;
+
     /// Word `index` of the presence filter (`demux_common::presence`).
     fn presence_word(&self, index: u32) -> Result<u64, TableError>;
 

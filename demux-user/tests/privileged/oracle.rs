@@ -873,7 +873,8 @@ fn run(
                 loop {
                     thread::sleep(Duration::from_millis(2));
                     let now = since_start();
-                    let quiet = now - last.load(Relaxed).max(begun);
+                    // The receiver may stamp `last` after `now` was read: saturate.
+                    let quiet = now.saturating_sub(last.load(Relaxed).max(begun));
                     let reached = want.is_none_or(|w| count.load(Relaxed) >= w);
                     if (reached && quiet > 15_000) || quiet > 100_000 {
                         break;
