@@ -13,6 +13,7 @@ use std::{
     ffi::CString,
     num::NonZeroU32,
     os::fd::{AsRawFd, RawFd},
+    sync::atomic::Ordering::Acquire,
 };
 
 use demux_common::meta::PacketMeta;
@@ -22,7 +23,7 @@ use xdpilone::{
     DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, UmemConfig, User,
 };
 
-use crate::sys::UmemArea;
+use crate::sys::{shm::Mapping, UmemArea};
 
 /// Size of one UMEM frame (the program passes what does not fit one: `pass_too_large`).
 pub const FRAME_SIZE: u32 = demux_common::meta::UMEM_FRAME_SIZE;
@@ -270,9 +271,14 @@ impl AsRawFd for QueueSocket {
 /// rings of `frames` entries, opened but not bound, so that the client can still map the rings
 /// (the kernel refuses to map the rings of a bound socket). [`LeasedSocket::bind`] binds it
 /// once the client said it has mapped them. The daemon never reads or fills it: the kernel
-/// counters ([`LeasedSocket::statistics`]) are all it keeps of the queue.
+/// counters ([`LeasedSocket::statistics`]) and the rx ring's producer index (frames handed to
+/// the client, [`LeasedSocket::handed_to_client`]) are all it keeps of the queue.
 pub struct LeasedSocket {
-    // Drop order: rings and socket before the UMEM before its memory.
+    // Drop order: the daemon's view of the rx ring, rings and socket before the UMEM before
+    // its memory.
+    rx_head: Mapping,
+    rx_producer: usize,
+    handed: ProducedCount,
     _device: DeviceQueue,
     user: User,
     _socket: Socket,
@@ -298,7 +304,31 @@ impl LeasedSocket {
             socket,
             umem,
         } = open_parts_on(iface, queue, frames, config, Some(&mut memfd))?;
+        // The daemon's own view of the rx ring's producer index (mapped before the bind, which
+        // every kernel allows), read-only where the kernel lets it be.
+        let fd = user.as_raw_fd();
+        let (rx_offsets, _) = crate::sys::xdp::mmap_offsets(&fd).map_err(|e| XskError::Step {
+            iface: iface.to_owned(),
+            queue,
+            step: "reading the leased socket's ring offsets",
+            errno: e.to_string(),
+        })?;
+        let rx_producer = rx_offsets.producer as usize;
+        let len = rx_producer + size_of::<u32>();
+        let rx_ring = libc::XDP_PGOFF_RX_RING as u64;
+        let rx_head = Mapping::shared_at(&fd, len, rx_ring, false)
+            .or_else(|_| Mapping::shared_at(&fd, len, rx_ring, true))
+            .map_err(|e| XskError::Step {
+                iface: iface.to_owned(),
+                queue,
+                step: "mapping the leased socket's rx ring (producer index)",
+                errno: e.to_string(),
+            })?;
+        let handed = ProducedCount::starting_at(rx_head.u32_at(rx_producer).load(Acquire));
         Ok(Self {
+            rx_head,
+            rx_producer,
+            handed,
             _device: device,
             user,
             _socket: socket,
@@ -344,6 +374,45 @@ impl LeasedSocket {
     /// The kernel's counters for this socket (XDP_STATISTICS).
     pub fn statistics(&self) -> Result<XdpStatisticsV2, String> {
         self.user.statistics_v2().map_err(|e| e.to_string())
+    }
+
+    /// Frames the kernel has put on the rx ring since the socket was opened, from the ring's
+    /// producer index (read now; see [`ProducedCount`] for how often it must be read). The
+    /// index sits in memory the client maps writable: the figure is the client's own claim
+    /// about its own lease, any value taken without harm.
+    pub fn handed_to_client(&mut self) -> u64 {
+        let index = self.rx_head.u32_at(self.rx_producer).load(Acquire);
+        self.handed.update(index)
+    }
+}
+
+/// Entries a ring's producer has published, from its free-running `u32` index read now and
+/// then: the forward distance from the previous read (wrapping) is added to a `u64`. Exact as
+/// long as fewer than 2^32 entries are produced between two reads (the caller's bound). Any
+/// index is taken: an index moved by someone else than the kernel (a fast-path client writing
+/// its rx ring's head) adds at most 2^32 − 1 per read and never takes anything away; nothing
+/// loops on it, and the sum saturates instead of overflowing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProducedCount {
+    last: u32,
+    total: u64,
+}
+
+impl ProducedCount {
+    /// A count of 0 at producer index `index`.
+    pub fn starting_at(index: u32) -> Self {
+        Self {
+            last: index,
+            total: 0,
+        }
+    }
+
+    /// Takes the producer index read now; returns the entries produced since the start.
+    pub fn update(&mut self, index: u32) -> u64 {
+        let produced = index.wrapping_sub(self.last);
+        self.last = index;
+        self.total = self.total.saturating_add(u64::from(produced));
+        self.total
     }
 }
 
@@ -438,5 +507,47 @@ impl TxSocket {
     /// Frames queued or in transmission (not yet completed).
     pub fn in_flight(&self) -> usize {
         self.frames as usize - self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProducedCount;
+
+    #[test]
+    fn a_producer_index_is_counted_across_its_wrap() {
+        let mut count = ProducedCount::starting_at(u32::MAX - 9);
+        assert_eq!(count.update(u32::MAX - 9), 0);
+        assert_eq!(count.update(u32::MAX), 9);
+        // Past the wrap: 0 is one further, 5 six further.
+        assert_eq!(count.update(0), 10);
+        assert_eq!(count.update(5), 15);
+        // Many wraps, each read less than 2^32 after the last: all counted.
+        let mut index = 5u32;
+        for _ in 0..10 {
+            index = index.wrapping_add(3_000_000_000);
+            count.update(index);
+        }
+        assert_eq!(count.update(index), 15 + 30_000_000_000);
+    }
+
+    #[test]
+    fn any_index_a_client_writes_only_adds_and_never_overflows() {
+        let mut count = ProducedCount::starting_at(100);
+        // Backwards: taken as almost a full wrap forwards, never as a decrease.
+        let after = count.update(99);
+        assert_eq!(after, u64::from(u32::MAX));
+        let mut previous = after;
+        for index in [0, u32::MAX, 1, u32::MAX / 2, 7, 7] {
+            let now = count.update(index);
+            assert!(now >= previous, "{now} < {previous}");
+            previous = now;
+        }
+        let mut count = ProducedCount {
+            last: 0,
+            total: u64::MAX - 1,
+        };
+        assert_eq!(count.update(u32::MAX), u64::MAX);
+        assert_eq!(count.update(0), u64::MAX);
     }
 }

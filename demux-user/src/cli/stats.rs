@@ -1,5 +1,6 @@
 //! `demux stats`: verdicts, per-endpoint counters, AF_XDP socket counters, and the accounting
-//! (seen = delivered + passed + dropped). `--watch` redraws it every second, like `top`.
+//! (seen = delivered + handed to fast-path clients + passed + dropped). `--watch` redraws it
+//! every second, like `top`.
 
 use std::time::Duration;
 
@@ -46,19 +47,21 @@ pub(crate) fn report(stats: &Stats) -> String {
         out += &format!(" {name}={n}");
     }
     out += &format!(
-        "\naccounting: seen {} = delivered {} + passed {} + dropped {} (+ {} in flight)\n\n",
+        "\naccounting: seen {} = delivered {} + handed to fast-path clients {} + passed {} + \
+         dropped {} (+ {} in flight)\n\n",
         stats.seen(),
         stats.delivered(),
+        stats.handed_to_clients(),
         stats.passed(),
         stats.dropped(),
-        stats.seen() as i64 - (stats.delivered() + stats.passed() + stats.dropped()) as i64,
+        stats.seen() as i128 - i128::from(stats.accounted()),
     );
     out += &super::list::table(&stats.endpoints);
     out += "\nsockets:\n";
     for s in &stats.sockets {
         out += &format!(
             "  {} queue {}: rx_dropped={} rx_ring_full={} fill_ring_empty={} frames={} free={} \
-             fill_ring={} rx_ring={}\n",
+             fill_ring={} rx_ring={} handed_to_client={}{}\n",
             s.iface,
             s.queue,
             s.rx_dropped,
@@ -67,7 +70,9 @@ pub(crate) fn report(stats: &Stats) -> String {
             s.frames,
             s.frames_free,
             s.frames_fill_ring,
-            s.frames_rx_ring
+            s.frames_rx_ring,
+            s.handed_to_client,
+            if s.leased { " (leased)" } else { "" }
         );
     }
     out += &format!(

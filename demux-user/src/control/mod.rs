@@ -390,10 +390,16 @@ pub struct SocketInfo {
     /// Leased to a client's fast path: the client reads the queue (the frame counts are 0).
     #[serde(default, skip_serializing_if = "is_false")]
     pub leased: bool,
+    /// Frames the kernel put on the rx rings of this queue's leased sockets, for fast-path
+    /// clients, over every lease so far: read from each ring's producer index, which its client
+    /// can write too, so this is the client's own claim about its own lease (see
+    /// docs/SECURITY.md). Part of the accounting beside `delivered`.
+    #[serde(default)]
+    pub handed_to_client: u64,
 }
 
 /// The answer to `stats`: verdicts, endpoints, sockets and the accounting
-/// `seen = delivered + passed + dropped` (+ in flight).
+/// `seen = delivered + handed to fast-path clients + passed + dropped` (+ in flight).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// The XDP program's verdicts by name.
@@ -434,6 +440,23 @@ impl Stats {
     /// Packets handed to sinks, closed endpoints included.
     pub fn delivered(&self) -> u64 {
         self.closed_delivered + self.endpoints.iter().map(|e| e.delivered).sum::<u64>()
+    }
+
+    /// Packets the kernel put on leased queues' rx rings for fast-path clients (what a client
+    /// then drops, it counts itself). Saturating: the figures come from client-writable memory.
+    pub fn handed_to_clients(&self) -> u64 {
+        self.sockets
+            .iter()
+            .fold(0, |sum, s| sum.saturating_add(s.handed_to_client))
+    }
+
+    /// The right-hand side of the accounting: delivered + handed to fast-path clients + passed
+    /// + dropped (saturating). Equal to [`Stats::seen`] when nothing is in flight.
+    pub fn accounted(&self) -> u64 {
+        self.delivered()
+            .saturating_add(self.handed_to_clients())
+            .saturating_add(self.passed())
+            .saturating_add(self.dropped())
     }
 
     /// Redirected packets that did not reach a sink, each for a named reason.

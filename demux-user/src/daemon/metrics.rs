@@ -116,6 +116,18 @@ pub fn encode(stats: &Stats) -> String {
             ]
         }),
     );
+    family(
+        &mut registry,
+        "demux_socket_handed_to_client",
+        "Frames the kernel put on a leased AF_XDP socket's rx ring for its fast-path client \
+         (the ring's producer index: the client's own figure)",
+        stats.sockets.iter().map(|s| {
+            (
+                label(&[("iface", s.iface.clone()), ("queue", s.queue.to_string())]),
+                s.handed_to_client,
+            )
+        }),
+    );
     // Where each socket's UMEM frames are: while nothing is being received, the three add up
     // to the socket's frames (a frame missing from all three is lost).
     let frames = Family::<Labels, Gauge>::default();
@@ -203,6 +215,7 @@ mod tests {
             frames: 4096,
             frames_free: 6,
             frames_fill_ring: 4090,
+            handed_to_client: 7,
             ..Default::default()
         });
         let text = encode(&stats);
@@ -222,6 +235,10 @@ mod tests {
         );
         assert!(
             text.contains("demux_worker_dropped_total{reason=\"bad_checksum\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demux_socket_handed_to_client_total{iface=\"veth0\",queue=\"0\"} 7"),
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");

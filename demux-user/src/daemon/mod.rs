@@ -327,8 +327,8 @@ pub(crate) fn bind_configured(
     Ok(id)
 }
 
-/// One log line with the verdicts and the accounting: seen = delivered + passed + dropped
-/// (+ frames still between the program and a sink).
+/// One log line with the verdicts and the accounting: seen = delivered + handed to fast-path
+/// clients + passed + dropped (+ frames still between the program and a sink).
 fn log_stats(stats: &crate::control::Stats) {
     let verdicts: Vec<String> = stats
         .verdicts
@@ -336,10 +336,11 @@ fn log_stats(stats: &crate::control::Stats) {
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
     info!(
-        "verdicts: total={} {} | delivered={} dropped={} (bad_checksum={})",
+        "verdicts: total={} {} | delivered={} handed_to_clients={} dropped={} (bad_checksum={})",
         stats.seen(),
         verdicts.join(" "),
         stats.delivered(),
+        stats.handed_to_clients(),
         stats.dropped(),
         stats.dropped_bad_checksum
     );

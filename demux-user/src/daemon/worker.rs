@@ -34,6 +34,13 @@ const BATCH: u32 = 64;
 const BIND_RETRIES: u32 = 50;
 /// How long a worker sleeps in poll when its ring is empty; also how soon it notices `stop`.
 const POLL_MS: i32 = 100;
+/// How often a worker publishes its counters. For a leased queue this is also how often the
+/// rx ring's producer index (a wrapping `u32`) is read, which must happen before 2^32 more
+/// frames arrive: between two reads lie at most this, one poll wait ([`POLL_MS`]) and one
+/// command (the longest, a bind retried for [`BIND_RETRIES`] × 20 ms), about 1.2 s, while 2^32
+/// frames take over 7 s even at 400 Gb/s line rate of minimum-size frames (595 Mpps), and a
+/// copy-mode queue takes a few Mpps at most.
+const PUBLISH_MS: u64 = 100;
 
 /// What the control plane asks of a queue worker for a fast-path lease (see "The fast path" in
 /// docs/ARCHITECTURE.md). The worker answers through the oneshot; the control socket's task
@@ -173,12 +180,14 @@ pub fn spawn(
                 if matches!(mode, Mode::Reopening) {
                     mode = worker.reopen();
                 }
-                if published.elapsed() > Duration::from_millis(100) {
-                    worker.publish(&mode);
+                // Also bounds the time between two reads of a leased rx ring's producer index
+                // (`LeasedSocket::handed_to_client`): see `PUBLISH_MS`.
+                if published.elapsed() > Duration::from_millis(PUBLISH_MS) {
+                    worker.publish(&mut mode);
                     published = Instant::now();
                 }
             }
-            worker.publish(&mode);
+            worker.publish(&mut mode);
         })?;
     let fd = fd.recv().map_err(|_| {
         anyhow::anyhow!("the worker of queue {queue} died while opening its socket")
@@ -302,11 +311,16 @@ impl Worker {
         let (iface, queue) = (self.iface.clone(), self.queue);
         match (command, mode) {
             (Command::Lease(reply), mode) => {
-                if let Mode::Own(mut socket) = mode {
-                    // Deliver what is steered already, then close: the kernel takes the closed
-                    // socket out of the slot, and a fresh UMEM holds no frame of before.
-                    self.serve(&mut socket, false);
-                    self.retired.add(socket.statistics());
+                match mode {
+                    Mode::Own(mut socket) => {
+                        // Deliver what is steered already, then close: the kernel takes the
+                        // closed socket out of the slot, and a fresh UMEM holds no frame of
+                        // before.
+                        self.serve(&mut socket, false);
+                        self.retired.add(socket.statistics());
+                    }
+                    Mode::Leased(mut old) => self.retired.retire_lease(&mut old),
+                    Mode::Reopening => {}
                 }
                 let bind_first = self.maps_bound_rings;
                 match LeasedSocket::open(&iface, queue, self.frames).and_then(|mut leased| {
@@ -348,8 +362,10 @@ impl Worker {
                 let _ = reply.send(Err(format!("queue {queue} of {iface} is not leased")));
                 mode
             }
-            (Command::End, Mode::Leased(leased)) => {
-                self.retired.add(leased.statistics());
+            (Command::End, Mode::Leased(mut leased)) => {
+                // The slot is empty already: this last read of the producer index counts every
+                // frame the lease got.
+                self.retired.retire_lease(&mut leased);
                 tracing::info!(%iface, queue, "fast-path lease ended");
                 Mode::Reopening
             }
@@ -378,7 +394,7 @@ impl Worker {
         }
     }
 
-    fn publish(&self, mode: &Mode) {
+    fn publish(&self, mode: &mut Mode) {
         match mode {
             Mode::Own(socket) => publish(socket, &self.cell, &self.retired),
             Mode::Leased(leased) => {
@@ -390,7 +406,7 @@ impl Worker {
                 info.frames_fill_ring = 0;
                 info.frames_rx_ring = 0;
                 let mut counts = self.retired;
-                counts.add(leased.statistics());
+                counts.retire_lease(leased);
                 counts.write(&mut info);
             }
             Mode::Reopening => {}
@@ -412,13 +428,15 @@ fn bind_retrying(leased: &mut LeasedSocket, iface: &str, queue: u32) -> Result<(
     bound
 }
 
-/// XDP_STATISTICS counters, summed over sockets.
+/// XDP_STATISTICS counters, and the frames the kernel put on leased sockets' rx rings, summed
+/// over sockets.
 #[derive(Clone, Copy, Default)]
 struct KernelCounts {
     rx_dropped: u64,
     rx_ring_full: u64,
     rx_fill_ring_empty: u64,
     rx_invalid_descs: u64,
+    handed_to_client: u64,
 }
 
 impl KernelCounts {
@@ -432,11 +450,21 @@ impl KernelCounts {
         }
     }
 
+    /// Adds a leased socket's counters and the frames handed to its client so far (its rx
+    /// ring's producer index, read now).
+    fn retire_lease(&mut self, leased: &mut LeasedSocket) {
+        self.add(leased.statistics());
+        self.handed_to_client = self
+            .handed_to_client
+            .saturating_add(leased.handed_to_client());
+    }
+
     fn write(&self, info: &mut SocketInfo) {
         info.rx_dropped = self.rx_dropped;
         info.rx_ring_full = self.rx_ring_full;
         info.rx_fill_ring_empty = self.rx_fill_ring_empty;
         info.rx_invalid_descs = self.rx_invalid_descs;
+        info.handed_to_client = self.handed_to_client;
     }
 }
 

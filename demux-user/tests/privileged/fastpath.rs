@@ -4,7 +4,8 @@
 //! refused while another uid's endpoint is bound; while a lease holds, another uid's bind is
 //! refused and its kernel socket serves it, until the lease ends and it binds again. In every
 //! case each client receives exactly its own datagrams, and the fast path never reads a frame
-//! of another endpoint.
+//! of another endpoint. The accounting holds through a lease: the daemon counts the frames
+//! handed to the client from the leased rx rings' producer index.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -240,7 +241,52 @@ pub(crate) fn a_fast_path_client_receives_whole_datagrams_with_their_sender() ->
         endpoint.via_kernel() == 0,
         "async: through the kernel socket"
     );
+    // Every frame is accounted for: the daemon counts what the kernel put on the leased rx
+    // rings (their producer index), which is what the client received or dropped itself.
+    let (foreign, bad) = endpoint.fast_dropped();
+    let received = (sent.len() + later.len()) as u64 + foreign + bad;
+    accounting_holds(&daemon, received, "during the lease")?;
+    // The lease ends with the connection: the count stays, carried over to the queue's own
+    // socket, and the equation still holds.
+    drop(endpoint);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while self::stats(&daemon)?.sockets.iter().any(|s| s.leased) {
+        ensure!(
+            Instant::now() < deadline,
+            "the lease did not end within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    accounting_holds(&daemon, received, "after the lease")?;
     Ok(())
+}
+
+/// Waits (up to 3 s: workers publish every 100 ms) until `stats` says
+/// seen = delivered + handed to fast-path clients + passed + dropped, with `handed` frames
+/// handed to fast-path clients.
+fn accounting_holds(daemon: &RunningDaemon, handed: u64, when: &str) -> anyhow::Result<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = stats(daemon)?;
+        let balanced = stats.seen()
+            == stats.delivered() + stats.handed_to_clients() + stats.passed() + stats.dropped();
+        if (balanced && stats.handed_to_clients() == handed) || Instant::now() > deadline {
+            ensure!(
+                balanced && stats.handed_to_clients() == handed,
+                "{when}: seen {} = delivered {} + handed to fast-path clients {} (want {handed}) \
+                 + passed {} + dropped {}? verdicts {:?}, sockets {:?}",
+                stats.seen(),
+                stats.delivered(),
+                stats.handed_to_clients(),
+                stats.passed(),
+                stats.dropped(),
+                stats.verdicts,
+                stats.sockets
+            );
+            return Ok(stats);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Root binds first; nobody's lease is refused (its endpoint stays on the ring) and both
