@@ -267,7 +267,7 @@ fn scenario(
             next += 1;
         }
         let fill_secs = started.elapsed().as_secs_f64();
-        let map_bytes: u64 = loaded.map_memory()?.iter().map(|(_, bytes)| bytes).sum();
+        let map_bytes: u64 = loaded.map_memory().iter().map(|(_, bytes)| bytes).sum();
         memory.push(
             json!({ "bindings": size, "fillers": fillers, "installed": installed,
                             "map_bytes": map_bytes, "fill_seconds": fill_secs }),
@@ -382,11 +382,11 @@ fn empty_memory_by_size() -> anyhow::Result<Vec<serde_json::Value>> {
     println!("\nkernel memory of all maps, empty, by --max-bindings (largest maps in MiB)");
     let mut report = Vec::new();
     for bindings in [65_536u32, 1 << 20, 1 << 22] {
-        let (mut loaded, _maps) = Loaded::load_with(LoadOptions {
+        let (loaded, _maps) = Loaded::load_with(LoadOptions {
             bindings: Some(bindings),
             ..LoadOptions::default()
         })?;
-        let mut sizes = loaded.map_memory()?;
+        let mut sizes = loaded.map_memory();
         let total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
         sizes.sort_by_key(|size| std::cmp::Reverse(size.1));
         let largest: Vec<String> = sizes

@@ -11,12 +11,12 @@
 //! key nobody outside it knows.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
     sync::{Arc, Mutex, PoisonError},
 };
 
 use aya::{
-    maps::{Map, MapData, MapError, MapInfo, XskMap},
+    maps::{Map, MapData, MapError, XskMap},
     programs::{Extension, ProgramError, SkReuseport, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -232,6 +232,9 @@ pub struct Loaded {
     /// For an extension: the one-slot dispatcher it was verified against (kept loaded while
     /// the extension lives).
     template: Option<crate::multiprog::Dispatcher>,
+    /// Every map of the object by name, through a duplicate of its descriptor (most are taken
+    /// out of `ebpf` by their typed owners), for [`Loaded::map_memory`].
+    map_fds: Vec<(String, OwnedFd)>,
 }
 
 /// `XSKS`: which AF_XDP socket receives an (interface, rx queue). The interface's block of slots
@@ -364,6 +367,13 @@ impl Loaded {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
             .map_err(verify_reuseport)?;
+        let map_fds = ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let fd = crate::sys::dup(&map_data(map)?.fd().as_fd().as_raw_fd()).ok()?;
+                Some((name.to_owned(), fd))
+            })
+            .collect();
         let slots = SocketSlots {
             xsks: Arc::new(Mutex::new(take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?)),
         };
@@ -374,6 +384,7 @@ impl Loaded {
                 slots,
                 flow_key,
                 template,
+                map_fds,
             },
             dataplane,
         ))
@@ -449,30 +460,41 @@ impl Loaded {
     }
 
     /// Kernel memory of each of the program's maps (name, bytes), as the kernel accounts it
-    /// (`memlock` in the map's fdinfo: actual use for maps that allocate on demand).
-    pub fn map_memory(&mut self) -> Result<Vec<(String, u64)>, ProgramError> {
-        let program = self
-            .ebpf
-            .program(maps::PROGRAM)
-            .ok_or(ProgramError::NotLoaded)?;
-        let ids = program.info()?.map_ids()?.unwrap_or_default();
-        let mut sizes = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Ok(info) = MapInfo::from_id(id) else {
-                continue;
-            };
-            let Ok(fd) = info.fd() else { continue };
-            let fdinfo =
-                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
-                    .unwrap_or_default();
-            let bytes = fdinfo
-                .lines()
-                .find_map(|line| line.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            sizes.push((info.name_as_str().unwrap_or("?").to_owned(), bytes));
-        }
-        Ok(sizes)
+    /// (`memlock` in the map's fdinfo: actual use for maps that allocate on demand). Read
+    /// through descriptors kept at load: looking maps up by id would need CAP_SYS_ADMIN,
+    /// which the daemon never has.
+    pub fn map_memory(&self) -> Vec<(String, u64)> {
+        self.map_fds
+            .iter()
+            .map(|(name, fd)| {
+                let fdinfo =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                        .unwrap_or_default();
+                let bytes = fdinfo
+                    .lines()
+                    .find_map(|line| line.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (name.clone(), bytes)
+            })
+            .collect()
+    }
+}
+
+/// The map's handle, for the kinds of map the programs declare.
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::Array(data)
+        | Map::PerCpuArray(data)
+        | Map::HashMap(data)
+        | Map::PerCpuHashMap(data)
+        | Map::LruHashMap(data)
+        | Map::LpmTrie(data)
+        | Map::XskMap(data)
+        | Map::ReusePortSockArray(data)
+        | Map::RingBuf(data)
+        | Map::PerfEventArray(data) => Some(data),
+        _ => None,
     }
 }
 

@@ -83,21 +83,15 @@ pub async fn run_with(
         bytes = crate::program::OBJECT.len(),
         "XDP program loaded and verified"
     );
-    match loaded.map_memory() {
-        Ok(sizes) => {
-            let total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
-            let largest = largest_maps(&sizes);
-            info!(
-                max_bindings = config.max_bindings,
-                kernel_memory_mib = format!("{:.1}", total as f64 / 1048576.0),
-                largest = largest.as_str(),
-                "maps sized: connected, bound and prefix hold {} bindings each, wildcards one per \
-                 port",
-                config.max_bindings
-            );
-        }
-        Err(error) => warn!("reading the maps' kernel memory: {error}"),
-    }
+    let sizes = loaded.map_memory();
+    let total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
+    info!(
+        max_bindings = config.max_bindings,
+        kernel_memory_mib = format!("{:.1}", total as f64 / 1048576.0),
+        largest = largest_maps(&sizes).as_str(),
+        "maps sized: connected, bound and prefix hold {} bindings each, wildcards one per port",
+        config.max_bindings
+    );
     let logger =
         EbpfLogger::init(loaded.ebpf_mut()).context("opening the XDP program's log ring")?;
     let mut bpf_log =
