@@ -78,7 +78,9 @@ impl ZeroCopy {
                 host_traffic: false,
             },
             ZeroCopy::Auto => {
-                let demux_only = queues.clone().all(|queue| queue_is_demux_only(iface, queue));
+                let demux_only = queues
+                    .clone()
+                    .all(|queue| queue_is_demux_only(iface, queue));
                 Decision {
                     bind: if demux_only && !queues.is_empty() {
                         BindMode::ZeroCopy

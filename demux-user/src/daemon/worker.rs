@@ -111,17 +111,18 @@ pub fn spawn(
     let worker = thread::Builder::new()
         .name(format!("demux-{iface}-q{queue}"))
         .spawn(move || {
-            let opened_and_lowered = QueueSocket::open(&iface, queue, frames, bind).and_then(|socket| {
-                // Socket open: this thread keeps only the run-time capabilities from here on
-                // (it was started before the daemon's own drop, see `privileges`).
-                super::privileges::restrict_thread().map_err(|e| XskError::Step {
-                    iface: iface.clone(),
-                    queue,
-                    step: "lowering the worker's capabilities to the run-time set",
-                    errno: e.to_string(),
-                })?;
-                Ok(socket)
-            });
+            let opened_and_lowered =
+                QueueSocket::open(&iface, queue, frames, bind).and_then(|socket| {
+                    // Socket open: this thread keeps only the run-time capabilities from here on
+                    // (it was started before the daemon's own drop, see `privileges`).
+                    super::privileges::restrict_thread().map_err(|e| XskError::Step {
+                        iface: iface.clone(),
+                        queue,
+                        step: "lowering the worker's capabilities to the run-time set",
+                        errno: e.to_string(),
+                    })?;
+                    Ok(socket)
+                });
             let socket = match opened_and_lowered {
                 Ok(socket) => {
                     let _ = opened.send(Ok(socket.fd()));
@@ -327,18 +328,20 @@ impl Worker {
                     Mode::Reopening => {}
                 }
                 let bind_first = self.maps_bound_rings;
-                match LeasedSocket::open(&iface, queue, self.frames, self.bind).and_then(|mut leased| {
-                    if bind_first {
-                        bind_retrying(&mut leased, &iface, queue)?;
-                    }
-                    let (socket, umem) = leased.client_fds().map_err(|e| XskError::Step {
-                        iface: iface.clone(),
-                        queue,
-                        step: "handing over the leased socket",
-                        errno: e.to_string(),
-                    })?;
-                    Ok((leased, socket, umem))
-                }) {
+                match LeasedSocket::open(&iface, queue, self.frames, self.bind).and_then(
+                    |mut leased| {
+                        if bind_first {
+                            bind_retrying(&mut leased, &iface, queue)?;
+                        }
+                        let (socket, umem) = leased.client_fds().map_err(|e| XskError::Step {
+                            iface: iface.clone(),
+                            queue,
+                            step: "handing over the leased socket",
+                            errno: e.to_string(),
+                        })?;
+                        Ok((leased, socket, umem))
+                    },
+                ) {
                     Ok((leased, socket, umem)) => {
                         tracing::info!(%iface, queue, "queue leased for a fast path");
                         let frames = leased.frames;

@@ -327,7 +327,14 @@ pub(crate) fn zero_copy_on_a_veth_fails_at_start_with_one_line() -> anyhow::Resu
     let control = dir.join("control.sock");
     let mut command = net.b.command(DAEMON);
     command
-        .args(["daemon", "--iface", &net.b_if, "--zero-copy", "on", "--control"])
+        .args([
+            "daemon",
+            "--iface",
+            &net.b_if,
+            "--zero-copy",
+            "on",
+            "--control",
+        ])
         .arg(&control)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -339,7 +346,10 @@ pub(crate) fn zero_copy_on_a_veth_fails_at_start_with_one_line() -> anyhow::Resu
     while let Ok(line) = log.recv_timeout(Duration::from_secs(2)) {
         stderr.push(line);
     }
-    ensure!(status.code() == Some(1), "exit {status} (want 1): {stderr:#?}");
+    ensure!(
+        status.code() == Some(1),
+        "exit {status} (want 1): {stderr:#?}"
+    );
     let errors: Vec<&String> = stderr
         .iter()
         .filter(|l| l.starts_with("demux: error:"))
