@@ -9,8 +9,9 @@
 //! ring within seconds). A socket binds in the [`BindMode`] it is given: copy mode on every
 //! driver (veth has nothing else), zero-copy where the driver has it (see
 //! [`crate::zero_copy`] for when the daemon asks for it). The UMEM suits both: page-aligned
-//! memory, 4,096-byte aligned frames (a page: every zero-copy driver takes 2,048 up to a
-//! page), no extra headroom; the kernel pins it when it is registered, in either mode.
+//! memory, 4,096-byte aligned frames (the kernel's aligned mode takes 2,048 up to a page, the
+//! range zero-copy drivers handle), no extra headroom; the kernel pins it when it is
+//! registered, in either mode.
 
 use std::{
     ffi::CString,
