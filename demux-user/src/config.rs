@@ -13,6 +13,7 @@ use crate::{
     attach::{AttachMode, Sharing},
     control::{BindRequest, SinkSpec, DEFAULT_SOCKET},
     program::BpfLogLevel,
+    zero_copy::ZeroCopy,
 };
 
 /// The smallest and largest UMEM frame counts per rx queue.
@@ -57,6 +58,9 @@ pub struct Config {
     /// The uid that may lease an interface's queues for a fast path (see "The fast path" in
     /// docs/ARCHITECTURE.md); none: no lease is ever granted.
     pub fast_path_uid: Option<u32>,
+    /// Whether the AF_XDP sockets bind in zero-copy mode (`auto`: only on a queue that carries
+    /// no host traffic, which today is none; see [`crate::zero_copy`]).
+    pub zero_copy: ZeroCopy,
 }
 
 /// What the callers of the control socket may hold (`[limits]` in the file). Every refusal is
@@ -112,6 +116,7 @@ impl Default for Config {
             endpoints: Vec::new(),
             limits: Limits::default(),
             fast_path_uid: None,
+            zero_copy: ZeroCopy::Auto,
         }
     }
 }
@@ -319,6 +324,31 @@ mod tests {
         );
         let error = text("stats_interval = \"5h\"\n");
         assert!(error.contains("5h"), "{error}");
+        // The key, the value and the three it may be.
+        let error = text("interfaces = [\"a\"]\nzero_copy = \"yes\"\n");
+        assert!(
+            error.contains("line 2")
+                && error.contains("zero_copy")
+                && error.contains("yes")
+                && ["auto", "on", "off"].iter().all(|w| error.contains(w)),
+            "{error}"
+        );
+        let error = text("zero_copy = true\n");
+        assert!(error.contains("zero_copy"), "{error}");
+    }
+
+    #[test]
+    fn zero_copy_is_auto_unless_the_file_says() {
+        assert_eq!(Config::default().zero_copy, ZeroCopy::Auto);
+        assert_eq!(Config::parse("").unwrap().zero_copy, ZeroCopy::Auto);
+        for (word, setting) in [
+            ("auto", ZeroCopy::Auto),
+            ("on", ZeroCopy::On),
+            ("off", ZeroCopy::Off),
+        ] {
+            let config = Config::parse(&format!("zero_copy = \"{word}\"\n")).unwrap();
+            assert_eq!(config.zero_copy, setting);
+        }
     }
 
     fn with_bindings(max_bindings: u32) -> Result<(), String> {

@@ -57,6 +57,8 @@ pub mod tables;
 pub mod verdicts;
 #[cfg(feature = "daemon")]
 pub mod xsk;
+#[cfg(feature = "daemon")]
+pub mod zero_copy;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -6,8 +6,12 @@
 //! [`QueueSocket::receive`] hands each frame and its metadata to a callback, then returns the
 //! frame to the free list and the free list to the fill ring. The kernel may take fewer frames
 //! than offered: the rest stay on the free list, never lost (a lost frame would starve the fill
-//! ring within seconds). veth supports copy mode only, which is what [`QueueSocket::open`]
-//! asks for.
+//! ring within seconds). A socket binds in the [`BindMode`] it is given: copy mode on every
+//! driver (veth has nothing else), zero-copy where the driver has it (see
+//! [`crate::zero_copy`] for when the daemon asks for it). The UMEM suits both: page-aligned
+//! memory, 4,096-byte aligned frames (the kernel's aligned mode takes 2,048 up to a page, the
+//! range zero-copy drivers handle), no extra headroom; the kernel pins it when it is
+//! registered, in either mode.
 
 use std::{
     ffi::CString,
@@ -33,6 +37,16 @@ pub const FRAME_SIZE: u32 = demux_common::meta::UMEM_FRAME_SIZE;
 pub enum XskError {
     #[error("interface `{iface}`: {reason}")]
     Interface { iface: String, reason: String },
+    #[error(
+        "AF_XDP on `{iface}` queue {queue}: the driver lacks AF_XDP zero-copy (binding with \
+         XDP_ZEROCOPY failed: {errno}); start with `--zero-copy off` or `auto` (`zero_copy` in \
+         the config file)"
+    )]
+    NoZeroCopy {
+        iface: String,
+        queue: u32,
+        errno: String,
+    },
     #[error("AF_XDP on `{iface}` queue {queue}: {step} failed: {errno}")]
     Step {
         iface: String,
@@ -42,9 +56,64 @@ pub enum XskError {
     },
 }
 
+/// How a socket binds to its queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// `XDP_COPY`: the kernel copies each frame into the UMEM (every driver, veth included).
+    Copy,
+    /// `XDP_ZEROCOPY`: the driver receives into the UMEM itself; the bind fails where the
+    /// driver lacks it.
+    ZeroCopy,
+}
+
+impl BindMode {
+    /// The bind flag.
+    pub fn flag(self) -> u16 {
+        match self {
+            BindMode::Copy => SocketConfig::XDP_BIND_COPY,
+            BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BindMode::Copy => "copy mode",
+            BindMode::ZeroCopy => "zero-copy",
+        }
+    }
+}
+
+/// The error of binding in `mode`: a zero-copy bind the driver refuses (`EOPNOTSUPP`: no
+/// zero-copy at all; `EINVAL`: not with this UMEM or queue) says so and names the fix.
+fn bind_error(
+    iface: &str,
+    queue: u32,
+    mode: BindMode,
+    what: &'static str,
+) -> impl Fn(xdpilone::Errno) -> XskError {
+    let iface = iface.to_owned();
+    move |errno| {
+        let refused = matches!(errno.get_raw(), libc::EOPNOTSUPP | libc::EINVAL);
+        if mode == BindMode::ZeroCopy && refused {
+            XskError::NoZeroCopy {
+                iface: iface.clone(),
+                queue,
+                errno: errno.to_string(),
+            }
+        } else {
+            XskError::Step {
+                iface: iface.clone(),
+                queue,
+                step: what,
+                errno: format!("{errno} ({})", mode.name()),
+            }
+        }
+    }
+}
+
 /// The parts every AF_XDP socket here needs: its own UMEM on `frames` chunks, a socket on
-/// (`iface`, `queue`), the fill/completion rings, and the packet ring(s) `config` asks for,
-/// bound in copy mode (with `config.bind_flags`).
+/// (`iface`, `queue`), the fill/completion rings, and the packet ring(s) `config` asks for
+/// (bound later with `config.bind_flags`).
 struct Parts {
     user: User,
     device: DeviceQueue,
@@ -151,12 +220,12 @@ pub struct QueueSocket {
 
 impl QueueSocket {
     /// Opens a socket on `iface` rx queue `queue` with `frames` UMEM frames (a power of two),
-    /// and hands all of them to the fill ring.
-    pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
+    /// bound in `mode`, and hands all of them to the fill ring.
+    pub fn open(iface: &str, queue: u32, frames: u32, mode: BindMode) -> Result<Self, XskError> {
         let config = SocketConfig {
             rx_size: NonZeroU32::new(frames),
             tx_size: None,
-            bind_flags: SocketConfig::XDP_BIND_COPY,
+            bind_flags: mode.flag(),
         };
         let Parts {
             user,
@@ -169,7 +238,7 @@ impl QueueSocket {
             .map_err(step(iface, queue, "mapping the rx ring"))?;
         umem.umem()
             .bind(&user)
-            .map_err(step(iface, queue, "binding (copy mode)"))?;
+            .map_err(bind_error(iface, queue, mode, "binding"))?;
         let mut socket = Self {
             rx,
             device,
@@ -285,17 +354,18 @@ pub struct LeasedSocket {
     umem: UmemArea,
     memfd: std::fs::File,
     bound: bool,
+    mode: BindMode,
     pub frames: u32,
 }
 
 impl LeasedSocket {
     /// Opens the socket on `iface` rx queue `queue` with `frames` frames (a power of two),
-    /// unbound.
-    pub fn open(iface: &str, queue: u32, frames: u32) -> Result<Self, XskError> {
+    /// unbound ([`LeasedSocket::bind`] binds it in `mode`).
+    pub fn open(iface: &str, queue: u32, frames: u32, mode: BindMode) -> Result<Self, XskError> {
         let config = SocketConfig {
             rx_size: NonZeroU32::new(frames),
             tx_size: None,
-            bind_flags: SocketConfig::XDP_BIND_COPY,
+            bind_flags: mode.flag(),
         };
         let mut memfd = None;
         let Parts {
@@ -335,6 +405,7 @@ impl LeasedSocket {
             umem,
             memfd: memfd.expect("open_parts_on fills the memfd it is given"),
             bound: false,
+            mode,
             frames,
         })
     }
@@ -348,13 +419,15 @@ impl LeasedSocket {
         Ok((socket, umem.into()))
     }
 
-    /// Binds the socket to its queue (copy mode), once the client has mapped its rings.
+    /// Binds the socket to its queue (in the mode it was opened for), once the client has
+    /// mapped its rings.
     pub fn bind(&mut self, iface: &str, queue: u32) -> Result<(), XskError> {
         if !self.bound {
-            self.umem.umem().bind(&self.user).map_err(step(
+            self.umem.umem().bind(&self.user).map_err(bind_error(
                 iface,
                 queue,
-                "binding the leased socket (copy mode)",
+                self.mode,
+                "binding the leased socket",
             ))?;
             self.bound = true;
         }

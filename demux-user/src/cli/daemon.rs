@@ -11,6 +11,7 @@ use demux::{
     config::{parse_duration, Config},
     daemon,
     program::BpfLogLevel,
+    zero_copy::ZeroCopy,
 };
 
 /// `help` text ending in the default from `Config::default()`.
@@ -82,6 +83,15 @@ pub(crate) struct DaemonArgs {
     /// default: every client reads through the daemon's ring.
     #[arg(long, value_name = "UID")]
     fast_path_uid: Option<u32>,
+    #[arg(long, value_name = "WHEN", help = with_default(
+        "AF_XDP zero-copy (the driver receives straight into the UMEM): `on` on every queue, \
+         and the daemon fails at start where the driver lacks it (veth does); `off` copy mode; \
+         `auto` zero-copy only on a queue that carries none of the host's own traffic (a \
+         stalled daemon would cut that off), which today is none: the daemon installs no flow \
+         steering rule, so `auto` is copy mode and says so once per interface",
+        Config::default().zero_copy,
+    ))]
+    zero_copy: Option<ZeroCopy>,
 }
 
 impl DaemonArgs {
@@ -102,6 +112,7 @@ impl DaemonArgs {
         config.control_group = self.control_group.or(config.control_group);
         config.metrics = self.metrics.or(config.metrics);
         config.fast_path_uid = self.fast_path_uid.or(config.fast_path_uid);
+        config.zero_copy = self.zero_copy.unwrap_or(config.zero_copy);
         // A file may list no interface (the package's default: the daemon starts and steers
         // nothing); a command line without a file must name one, or it is a mistake.
         if self.config.is_none() && config.ifaces.is_empty() {
@@ -177,6 +188,36 @@ mod tests {
             "the file wins over the default"
         );
         assert_eq!(config.control, Config::default().control);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn zero_copy_from_the_flag_over_the_file_over_the_default() {
+        let dir = std::env::temp_dir().join(format!("demux-zc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("demux.toml");
+        std::fs::write(&file, "interfaces = [\"a\"]\nzero_copy = \"off\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert_eq!(merged(&["--iface", "a"]).unwrap().zero_copy, ZeroCopy::Auto);
+        assert_eq!(
+            merged(&["--config", path]).unwrap().zero_copy,
+            ZeroCopy::Off
+        );
+        assert_eq!(
+            merged(&["--config", path, "--zero-copy", "on"])
+                .unwrap()
+                .zero_copy,
+            ZeroCopy::On,
+            "the flag wins"
+        );
+        // A wrong word names the flag and the three it may be.
+        let error = merged(&["--iface", "a", "--zero-copy", "yes"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--zero-copy") && error.contains("auto, on, off"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

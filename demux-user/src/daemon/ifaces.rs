@@ -25,6 +25,7 @@ use crate::{
     control::SocketInfo,
     dataplane::Dataplane as _,
     program::Loaded,
+    zero_copy::ZeroCopy,
 };
 
 /// One attached interface.
@@ -41,6 +42,7 @@ pub struct Ifaces {
     up: Vec<Iface>,
     frames: u32,
     mode: AttachMode,
+    zero_copy: ZeroCopy,
 }
 
 /// Workers told to stop: joined off the runtime ([`Stopping::join`]).
@@ -58,13 +60,14 @@ impl Stopping {
 }
 
 impl Ifaces {
-    /// None yet; interfaces brought up later get `frames` UMEM frames per rx queue and attach in
-    /// `mode`.
-    pub fn new(frames: u32, mode: AttachMode) -> Self {
+    /// None yet; interfaces brought up later get `frames` UMEM frames per rx queue, bind their
+    /// sockets as `zero_copy` decides, and attach in `mode`.
+    pub fn new(frames: u32, mode: AttachMode, zero_copy: ZeroCopy) -> Self {
         Self {
             up: Vec::new(),
             frames,
             mode,
+            zero_copy,
         }
     }
 
@@ -117,11 +120,19 @@ impl Ifaces {
         state: &Mutex<State>,
     ) -> anyhow::Result<()> {
         let name = iface.name.clone();
+        let queues = 0..super::rx_queues(&name);
+        let zero_copy = self.zero_copy.bind_mode(&name, queues.clone());
+        if zero_copy.host_traffic {
+            info!(
+                "zero-copy not used on {name}: the queue also carries the host's traffic (copy \
+                 mode; `--zero-copy on` forces it)"
+            );
+        }
         {
             let mut state = state.lock().expect("state lock");
             // Workers of an earlier bring-up of this name are gone with it.
             state.forget_queues(&name);
-            for queue in 0..super::rx_queues(&name) {
+            for queue in queues {
                 let cell = Arc::new(Mutex::new(SocketInfo {
                     iface: name.clone(),
                     queue,
@@ -134,6 +145,7 @@ impl Ifaces {
                     &name,
                     queue,
                     self.frames,
+                    zero_copy.bind,
                     state.directory.clone(),
                     state.workers.clone(),
                     cell.clone(),

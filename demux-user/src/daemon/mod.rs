@@ -116,7 +116,7 @@ pub async fn run_with(
     if !inherited.is_empty() {
         pick_up(&state, inherited, notifier.as_ref());
     }
-    let mut ifaces = ifaces::Ifaces::new(config.frames, config.mode);
+    let mut ifaces = ifaces::Ifaces::new(config.frames, config.mode, config.zero_copy);
     for iface in &config.ifaces {
         ifaces.bring_up(iface, &mut loaded, &state)?;
     }

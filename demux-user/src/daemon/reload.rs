@@ -12,7 +12,9 @@
 //!   that came into it is brought up as at start ([`Ifaces::bring_up`]).
 //! - `stats_interval` takes effect at once.
 //! - The keys the daemon uses only at start (`mode`, `control`, `control_group`, `metrics`,
-//!   `frames`, `bpf_log`, `fast_path_uid`) are reported as changed and left as they are until a restart.
+//!   `frames`, `bpf_log`, `fast_path_uid`, `zero_copy`) are reported as changed and left as
+//!   they are until a restart (an interface brought up by the reload binds as the running
+//!   `zero_copy` says).
 //!
 //! A file that cannot be read, parsed or validated is refused whole, with the parser's line and
 //! field, before anything changes, as is a new interface that does not exist. A step that fails
@@ -157,6 +159,7 @@ pub fn plan(old: &Config, configured: &[(BindRequest, u32)], new: &Config) -> Pl
         ("frames", old.frames != new.frames),
         ("bpf_log", old.bpf_log != new.bpf_log),
         ("fast_path_uid", old.fast_path_uid != new.fast_path_uid),
+        ("zero_copy", old.zero_copy != new.zero_copy),
     ];
     plan.at_restart = changed
         .into_iter()
@@ -352,6 +355,7 @@ impl Reloader {
             frames: running.frames,
             bpf_log: running.bpf_log,
             fast_path_uid: running.fast_path_uid,
+            zero_copy: running.zero_copy,
             ..new.clone()
         };
         Ok(())
@@ -439,6 +443,7 @@ mod tests {
             r#"
             interfaces = ["b", "c"]
             frames = 1024
+            zero_copy = "off"
             stats_interval = "1s"
             [[endpoint]]
             protocol = "udp"
@@ -462,7 +467,8 @@ mod tests {
         assert_eq!(plan.create[0].to, SinkSpec::Pcap("/tmp/x.pcap".into()));
         assert_eq!(plan.limits.map(|l| l.endpoints_per_uid), Some(3));
         assert_eq!(plan.stats_interval, Some(Duration::from_secs(1)));
-        assert_eq!(plan.at_restart, ["frames"]);
+        // zero_copy needs the sockets opened again: reported, left for a restart.
+        assert_eq!(plan.at_restart, ["frames", "zero_copy"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{
     datagram::Datagram,
     program::SocketSlot,
     sink::DropReason,
-    xsk::{LeasedSocket, QueueSocket, XskError},
+    xsk::{BindMode, LeasedSocket, QueueSocket, XskError},
 };
 
 use super::state::{Directory, WorkerCounters};
@@ -85,12 +85,14 @@ enum Mode {
 }
 
 /// Starts the worker of (`iface`, `queue`); returns it, its socket's fd for the XSKMAP, and
-/// its control handle (`slot` is where a replacement socket goes).
+/// its control handle (`slot` is where a replacement socket goes). Every socket of the queue
+/// (its own, reopened, leased) has `frames` frames and binds in `bind`.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     iface: &str,
     queue: u32,
     frames: u32,
+    bind: BindMode,
     directory: Arc<Directory>,
     counters: Arc<WorkerCounters>,
     cell: Arc<Mutex<SocketInfo>>,
@@ -109,17 +111,18 @@ pub fn spawn(
     let worker = thread::Builder::new()
         .name(format!("demux-{iface}-q{queue}"))
         .spawn(move || {
-            let opened_and_lowered = QueueSocket::open(&iface, queue, frames).and_then(|socket| {
-                // Socket open: this thread keeps only the run-time capabilities from here on
-                // (it was started before the daemon's own drop, see `privileges`).
-                super::privileges::restrict_thread().map_err(|e| XskError::Step {
-                    iface: iface.clone(),
-                    queue,
-                    step: "lowering the worker's capabilities to the run-time set",
-                    errno: e.to_string(),
-                })?;
-                Ok(socket)
-            });
+            let opened_and_lowered =
+                QueueSocket::open(&iface, queue, frames, bind).and_then(|socket| {
+                    // Socket open: this thread keeps only the run-time capabilities from here on
+                    // (it was started before the daemon's own drop, see `privileges`).
+                    super::privileges::restrict_thread().map_err(|e| XskError::Step {
+                        iface: iface.clone(),
+                        queue,
+                        step: "lowering the worker's capabilities to the run-time set",
+                        errno: e.to_string(),
+                    })?;
+                    Ok(socket)
+                });
             let socket = match opened_and_lowered {
                 Ok(socket) => {
                     let _ = opened.send(Ok(socket.fd()));
@@ -141,6 +144,7 @@ pub fn spawn(
                 iface,
                 queue,
                 frames,
+                bind,
                 directory,
                 counters,
                 cell,
@@ -200,6 +204,7 @@ struct Worker {
     iface: String,
     queue: u32,
     frames: u32,
+    bind: BindMode,
     directory: Arc<Directory>,
     counters: Arc<WorkerCounters>,
     cell: Arc<Mutex<SocketInfo>>,
@@ -323,18 +328,20 @@ impl Worker {
                     Mode::Reopening => {}
                 }
                 let bind_first = self.maps_bound_rings;
-                match LeasedSocket::open(&iface, queue, self.frames).and_then(|mut leased| {
-                    if bind_first {
-                        bind_retrying(&mut leased, &iface, queue)?;
-                    }
-                    let (socket, umem) = leased.client_fds().map_err(|e| XskError::Step {
-                        iface: iface.clone(),
-                        queue,
-                        step: "handing over the leased socket",
-                        errno: e.to_string(),
-                    })?;
-                    Ok((leased, socket, umem))
-                }) {
+                match LeasedSocket::open(&iface, queue, self.frames, self.bind).and_then(
+                    |mut leased| {
+                        if bind_first {
+                            bind_retrying(&mut leased, &iface, queue)?;
+                        }
+                        let (socket, umem) = leased.client_fds().map_err(|e| XskError::Step {
+                            iface: iface.clone(),
+                            queue,
+                            step: "handing over the leased socket",
+                            errno: e.to_string(),
+                        })?;
+                        Ok((leased, socket, umem))
+                    },
+                ) {
                     Ok((leased, socket, umem)) => {
                         tracing::info!(%iface, queue, "queue leased for a fast path");
                         let frames = leased.frames;
@@ -376,7 +383,7 @@ impl Worker {
     /// Opens the queue's own socket again and steers the queue to it; stays [`Mode::Reopening`]
     /// while the kernel refuses (a client still holds the leased socket: `EBUSY`).
     fn reopen(&mut self) -> Mode {
-        match QueueSocket::open(&self.iface, self.queue, self.frames) {
+        match QueueSocket::open(&self.iface, self.queue, self.frames, self.bind) {
             Ok(socket) => match self.slot.set(socket.fd()) {
                 Ok(()) => {
                     tracing::info!(iface = %self.iface, queue = self.queue, "queue served by the daemon again");

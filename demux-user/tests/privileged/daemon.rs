@@ -27,7 +27,9 @@ const DATAGRAMS: u64 = 5;
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
         counts_packets_on_a_veth_and_detaches,
-        unknown_interface_is_one_clear_line
+        unknown_interface_is_one_clear_line,
+        zero_copy_on_a_veth_fails_at_start_with_one_line,
+        zero_copy_off_and_auto_deliver_as_before
     ]
 }
 
@@ -313,6 +315,103 @@ pub(crate) fn unknown_interface_is_one_clear_line() -> anyhow::Result<()> {
         errors == ["demux: error: interface `dmx-missing` does not exist (list interfaces with `ip link`)"],
         "unexpected error output: {stderr}"
     );
+    Ok(())
+}
+
+/// veth has no AF_XDP zero-copy: `--zero-copy on` must stop the daemon at start with one
+/// error line naming the interface, the queue, the missing driver feature and the fix, and
+/// leave no XDP program and no control socket behind.
+pub(crate) fn zero_copy_on_a_veth_fails_at_start_with_one_line() -> anyhow::Result<()> {
+    let net = VethPair::standard()?;
+    let dir = TempDir::new("demux-test")?;
+    let control = dir.join("control.sock");
+    let mut command = net.b.command(DAEMON);
+    command
+        .args([
+            "daemon",
+            "--iface",
+            &net.b_if,
+            "--zero-copy",
+            "on",
+            "--control",
+        ])
+        .arg(&control)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut command)?;
+    let log = lines_of(child.child().stderr.take().expect("piped"));
+    let status = child.wait_exit(Duration::from_secs(10))?;
+    // The reader thread ends with the pipe; what it read is all there is.
+    let mut stderr = Vec::new();
+    while let Ok(line) = log.recv_timeout(Duration::from_secs(2)) {
+        stderr.push(line);
+    }
+    ensure!(
+        status.code() == Some(1),
+        "exit {status} (want 1): {stderr:#?}"
+    );
+    let errors: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.starts_with("demux: error:"))
+        .collect();
+    let want = format!(
+        "demux: error: AF_XDP on `{}` queue 0: the driver lacks AF_XDP zero-copy",
+        net.b_if
+    );
+    ensure!(
+        errors.len() == 1
+            && errors[0].starts_with(&want)
+            && errors[0].contains("--zero-copy off")
+            && errors[0].contains("auto"),
+        "want one line starting {want:?} naming the fix: {stderr:#?}"
+    );
+    ensure!(
+        !net.b.ip(&["link", "show", &net.b_if])?.contains("xdp"),
+        "an XDP program is attached to {} after the failed start",
+        net.b_if
+    );
+    ensure!(!control.exists(), "the control socket stayed");
+    Ok(())
+}
+
+/// `--zero-copy off` and `auto` (copy mode on a veth, `auto` saying why once) deliver
+/// steered datagrams through the queue's AF_XDP socket as before.
+pub(crate) fn zero_copy_off_and_auto_deliver_as_before() -> anyhow::Result<()> {
+    for setting in ["off", "auto"] {
+        let net = VethPair::standard()?;
+        let dir = TempDir::new("demux-test")?;
+        let daemon = RunningDaemon::start(&net, &dir, &["--zero-copy", setting])?;
+        let said: Vec<String> = daemon.log.try_iter().collect();
+        let because = format!(
+            "zero-copy not used on {}: the queue also carries the host's traffic",
+            net.b_if
+        );
+        let told = said.iter().filter(|l| l.contains(&because)).count();
+        let want_told = usize::from(setting == "auto");
+        ensure!(
+            told == want_told,
+            "--zero-copy {setting}: {told} lines saying {because:?} (want {want_told}): {said:#?}"
+        );
+        let mut endpoint = daemon.endpoint(&format!("{B_ADDR}:9700"))?;
+        net.a.run_in(|| {
+            let socket = UdpSocket::bind((A_ADDR, 0)).context("binding the sender")?;
+            for i in 0..DATAGRAMS {
+                socket
+                    .send_to(format!("zc #{i}").as_bytes(), (B_ADDR, 9700))
+                    .context("sending")?;
+            }
+            Ok(())
+        })?;
+        for i in 0..DATAGRAMS {
+            let datagram = endpoint
+                .recv_from(Some(Duration::from_secs(5)))?
+                .with_context(|| format!("--zero-copy {setting}: datagram {i} did not arrive"))?;
+            ensure!(
+                datagram.payload == format!("zc #{i}").as_bytes(),
+                "--zero-copy {setting}: {datagram:?}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use demux::{
     dataplane::Dataplane as _,
     program::{BpfLogLevel, Loaded},
     tables::Tables,
-    xsk::QueueSocket,
+    xsk::{BindMode, QueueSocket},
 };
 use demux_common::Verdict;
 
@@ -38,7 +38,7 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                 net.b.enter_thread()?;
                 let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
                 attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
-                let mut socket = QueueSocket::open(&net.b_if, 0, 256)?;
+                let mut socket = QueueSocket::open(&net.b_if, 0, 256, BindMode::Copy)?;
                 let ifindex = demux::attach::ifindex(&net.b_if)?;
                 loaded.register_socket(0, 0, socket.fd())?;
                 // The host view, as the daemon writes it: local routes and the MAC.
