@@ -624,8 +624,8 @@ pub(crate) fn demux_recv_takes_the_fast_path() -> anyhow::Result<()> {
 /// ticks of 10 ms).
 fn thread_cpu() -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    // The fields after the command name (which may hold spaces) in parentheses: state is the
-    // 3rd field of the line, utime and stime the 14th and 15th.
+    // The fields after the command name (in parentheses, and it may hold spaces): utime and
+    // stime are the 14th and 15th of the line.
     let after = stat.rsplit_once(')').context("no ')' in stat")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = fields
@@ -639,7 +639,8 @@ fn thread_cpu() -> anyhow::Result<Duration> {
 
 /// The fast path spins a bounded while on its rx rings before it sleeps (`FAST_SPIN`), then
 /// sleeps in poll(2): a receive that waits 1 s with no traffic uses little CPU (a spin
-/// without a bound would use the whole second), and a datagram sent while it sleeps wakes it.
+/// without a bound would use the whole second), and a datagram sent while it sleeps wakes it,
+/// through the fast path or (passed by the program) through the backing socket.
 pub(crate) fn an_idle_fast_path_receive_sleeps_instead_of_spinning() -> anyhow::Result<()> {
     let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
     let (mut endpoint, answer) = endpoint_as(
@@ -683,5 +684,18 @@ pub(crate) fn an_idle_fast_path_receive_sleeps_instead_of_spinning() -> anyhow::
         "waiting 300 ms for a datagram used {used:?} of CPU"
     );
     ensure!(endpoint.via_kernel() == 0, "through the kernel socket");
+    // A datagram the program passes (3,000 bytes: fragmented on the 1,500-byte veth) reaches
+    // the backing socket, and the sleeping receive reads it although the fast path serves.
+    let fragmented = vec![payload(9860, 1, 3000)];
+    send_payloads(&net.a, 41060, 9860, &fragmented)?;
+    let got: Vec<_> = endpoint
+        .recv_from(Some(Duration::from_secs(2)))?
+        .into_iter()
+        .collect();
+    exactly("the backing socket", &got, &fragmented, 41060, 9860)?;
+    ensure!(
+        endpoint.via_kernel() == 1,
+        "the fragmented datagram did not come through the kernel socket"
+    );
     Ok(())
 }
