@@ -143,6 +143,12 @@ impl From<DatagramView<'_>> for Datagram {
 /// How long a busy ring may keep the endpoint from its backing socket.
 pub const KERNEL_EVERY: Duration = Duration::from_millis(2);
 
+/// How long a fast-path endpoint spins on its leased rx rings before it sleeps in poll(2):
+/// long enough to catch the next batch NAPI hands over under load (no system call, no
+/// wakeup), short enough that an idle endpoint costs next to nothing.
+#[cfg(feature = "fast-path")]
+pub const FAST_SPIN: Duration = Duration::from_micros(20);
+
 /// How soon an endpoint whose daemon went away tries to bind again.
 pub const REBIND_EVERY: Duration = Duration::from_millis(200);
 
@@ -160,6 +166,9 @@ pub struct Endpoint {
     session: Option<Session>,
     /// When to look at the socket next while the ring is busy.
     kernel_due: Instant,
+    /// poll(2) saw the socket readable and it was not read empty since: while a fast path
+    /// serves, a short batch reads the socket only then (or when [`KERNEL_EVERY`] is due).
+    kernel_readable: bool,
     /// When to try binding again while there is no session.
     rebind_due: Instant,
     via_kernel: u64,
@@ -229,6 +238,7 @@ impl Endpoint {
             bound,
             session: None,
             kernel_due: Instant::now(),
+            kernel_readable: false,
             rebind_due: Instant::now(),
             via_kernel: 0,
             reattached: 0,
@@ -372,8 +382,10 @@ impl Endpoint {
     /// Hands up to `max` waiting datagrams to `each`, without blocking: from the ring without a
     /// system call, and from the backing socket when the ring has fewer than `max` or has kept
     /// it waiting [`KERNEL_EVERY`] (then the socket's first datagram goes first, so that a busy
-    /// ring cannot starve it even one datagram at a time). Never more than `max`. Returns how
-    /// many.
+    /// ring cannot starve it even one datagram at a time). While a fast path serves, whose
+    /// batches are short by nature, a short batch reads the socket only once poll(2) saw it
+    /// readable: so datagrams flowing through the fast path cost no system call here. Never
+    /// more than `max`. Returns how many.
     pub fn recv_batch(
         &mut self,
         max: usize,
@@ -390,9 +402,12 @@ impl Endpoint {
             n = self.recv_kernel(1, &mut each)?;
             socket_empty = n == 0;
         }
+        #[allow(unused_mut)]
+        let mut fast = false;
         #[cfg(feature = "fast-path")]
-        if let Some(fast) = self.session.as_mut().and_then(|s| s.fast.as_mut()) {
-            n += fast.receive(max - n, &mut each);
+        if let Some(queues) = self.session.as_mut().and_then(|s| s.fast.as_mut()) {
+            fast = true;
+            n += queues.receive(max - n, &mut each);
         }
         if let Some(session) = &mut self.session {
             let mut bad = None;
@@ -406,9 +421,15 @@ impl Endpoint {
                 return Err(e.into());
             }
         }
-        if n < max && !socket_empty {
+        if socket_empty {
+            self.kernel_readable = false;
+        } else if n < max && (!fast || self.kernel_readable) {
             self.kernel_due = Instant::now() + KERNEL_EVERY;
-            n += self.recv_kernel(max - n, &mut each)?;
+            let got = self.recv_kernel(max - n, &mut each)?;
+            if got < max - n {
+                self.kernel_readable = false;
+            }
+            n += got;
         }
         Ok(n)
     }
@@ -533,6 +554,18 @@ impl Endpoint {
                 sys::poll(&mut fds, wait_ms).map_err(Error::Wait)?;
                 continue;
             };
+            // A fast path spins a little on its rx rings (and the ring) before it sleeps: the
+            // first look at an empty ring; the second is below, after the wakeup request.
+            #[cfg(feature = "fast-path")]
+            if let Some(fast) = &session.fast {
+                let ring = &mut session.ring;
+                let budget = deadline.map_or(FAST_SPIN, |d| {
+                    FAST_SPIN.min(d.saturating_duration_since(now))
+                });
+                if spin_until(budget, || fast.has_frames() || !ring.is_empty()) {
+                    continue;
+                }
+            }
             if session.ring.prepare_to_sleep() {
                 session.ring.stop_waiting();
                 continue;
@@ -565,13 +598,23 @@ impl Endpoint {
                     watched += 1;
                 }
                 if fast.has_frames() {
-                    session.ring.stop_waiting();
+                    // The daemon does not write the eventfd for a leased queue's frames.
+                    session.ring.cancel_wait();
                     continue;
                 }
             }
             let ready = sys::poll(&mut fds[..watched], wait_ms);
-            session.ring.stop_waiting();
+            // The eventfd is read (a system call) only when poll saw it readable; a write that
+            // comes later keeps it readable, and the next sleep returns at once and reads it.
+            if fds[0].revents != 0 {
+                session.ring.stop_waiting();
+            } else {
+                session.ring.cancel_wait();
+            }
             ready.map_err(Error::Wait)?;
+            if fds[2].revents != 0 {
+                self.kernel_readable = true;
+            }
             if fds[1].revents != 0 {
                 self.daemon_gone();
             }
@@ -618,7 +661,7 @@ impl Endpoint {
             #[cfg(feature = "fast-path")]
             if let Some(fast) = &session.fast {
                 if fast.has_frames() {
-                    session.ring.stop_waiting();
+                    session.ring.cancel_wait();
                     continue;
                 }
                 for fd in fast.fds() {
@@ -633,7 +676,11 @@ impl Endpoint {
             let rebind = self.rebind_due.saturating_duration_since(Instant::now());
             let gone = tokio::select! {
                 ready = wake.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
-                ready = socket.readable() => { ready.map_err(Error::Wait)?.clear_ready(); false }
+                ready = socket.readable() => {
+                    ready.map_err(Error::Wait)?.clear_ready();
+                    self.kernel_readable = true;
+                    false
+                }
                 ready = any_readable(&queues) => { ready.map_err(Error::Wait)?; false }
                 _ = async { control.as_ref().expect("connected").readable().await }, if control.is_some() => true,
                 () = tokio::time::sleep(rebind), if control.is_none() => false,
@@ -642,6 +689,24 @@ impl Endpoint {
             if gone {
                 self.daemon_gone();
             }
+        }
+    }
+}
+
+/// Spins until `ready` says yes or `budget` has passed (the clock is read every 64 looks: a
+/// vDSO call, no system call). Whether `ready` said yes.
+#[cfg(feature = "fast-path")]
+fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= budget {
+            return false;
         }
     }
 }

@@ -459,6 +459,13 @@ impl Consumer {
         let _ = (&self.wake).read(&mut [0u8; 8]);
     }
 
+    /// Clears the wakeup request without reading the eventfd (no system call): after a sleep
+    /// that something else ended, or a change of mind for frames the daemon does not announce.
+    /// A write to the eventfd keeps it readable, so the next sleep returns at once.
+    pub fn cancel_wait(&mut self) {
+        self.map.u32_at(NEED_WAKEUP).store(0, Ordering::Relaxed);
+    }
+
     /// The eventfd to wait on (readable once the daemon wrote after `prepare_to_sleep`).
     pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;

@@ -34,6 +34,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams,
         only_the_configured_uid_may_take_a_fast_path,
         demux_recv_takes_the_fast_path,
+        an_idle_fast_path_receive_sleeps_instead_of_spinning,
     ]
 }
 
@@ -616,5 +617,85 @@ pub(crate) fn demux_recv_takes_the_fast_path() -> anyhow::Result<()> {
             "datagram {i}: {line}"
         );
     }
+    Ok(())
+}
+
+/// CPU time the calling thread has used (`/proc/thread-self/stat`: utime + stime, in clock
+/// ticks of 10 ms).
+fn thread_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    // The fields after the command name (in parentheses, and it may hold spaces): utime and
+    // stime are the 14th and 15th of the line.
+    let after = stat.rsplit_once(')').context("no ')' in stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("stat too short")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// The fast path spins a bounded while on its rx rings before it sleeps (`FAST_SPIN`), then
+/// sleeps in poll(2): a receive that waits 1 s with no traffic uses little CPU (a spin
+/// without a bound would use the whole second), and a datagram sent while it sleeps wakes it,
+/// through the fast path or (passed by the program) through the backing socket.
+pub(crate) fn an_idle_fast_path_receive_sleeps_instead_of_spinning() -> anyhow::Result<()> {
+    let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
+    let (mut endpoint, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        &daemon,
+        &format!("{B_ADDR}:9860"),
+        Some(&net.b_if),
+    )?;
+    answer
+        .context("asked")?
+        .context("the fast path was refused")?;
+    ensure!(endpoint.is_fast(), "the fast path is not on");
+    let before = thread_cpu()?;
+    let idle = endpoint.recv_from(Some(Duration::from_secs(1)))?;
+    let used = thread_cpu()?.saturating_sub(before);
+    ensure!(idle.is_none(), "a datagram arrived with no traffic");
+    ensure!(
+        used <= Duration::from_millis(200),
+        "an idle receive of 1 s used {used:?} of CPU: it spun instead of sleeping"
+    );
+    // Asleep in poll, it wakes for a datagram sent 300 ms later, still through the fast path.
+    let later = vec![payload(9860, 0, 64)];
+    let before = thread_cpu()?;
+    let got = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let sender = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            send_payloads(&net.a, 41060, 9860, &later)
+        });
+        let got = endpoint.recv_from(Some(Duration::from_secs(5)))?;
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+        Ok(got)
+    })?;
+    let used = thread_cpu()?.saturating_sub(before);
+    let got: Vec<_> = got.into_iter().collect();
+    exactly("the fast path, woken", &got, &later, 41060, 9860)?;
+    ensure!(
+        used <= Duration::from_millis(100),
+        "waiting 300 ms for a datagram used {used:?} of CPU"
+    );
+    ensure!(endpoint.via_kernel() == 0, "through the kernel socket");
+    // A datagram the program passes (3,000 bytes: fragmented on the 1,500-byte veth) reaches
+    // the backing socket, and the sleeping receive reads it although the fast path serves.
+    let fragmented = vec![payload(9860, 1, 3000)];
+    send_payloads(&net.a, 41060, 9860, &fragmented)?;
+    let got: Vec<_> = endpoint
+        .recv_from(Some(Duration::from_secs(2)))?
+        .into_iter()
+        .collect();
+    exactly("the backing socket", &got, &fragmented, 41060, 9860)?;
+    ensure!(
+        endpoint.via_kernel() == 1,
+        "the fragmented datagram did not come through the kernel socket"
+    );
     Ok(())
 }
