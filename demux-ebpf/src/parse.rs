@@ -68,6 +68,18 @@ pub(crate) struct Packet {
     pub l3_offset: u16,
 }
 
+impl Packet {
+    /// The destination address as four native-endian words (`demux_common::local::
+    /// address_words`), read as words: the field sits 8-aligned.
+    #[inline(always)]
+    pub(crate) fn dst_words(&self) -> &[u32; 4] {
+        const { assert!(core::mem::offset_of!(Packet, dst_addr) % 4 == 0) };
+        // SAFETY: `dst_addr` is 16 bytes at a 4-aligned offset of a `repr(C, align(8))` struct,
+        // so it is a valid, aligned `[u32; 4]` (any bit pattern is), borrowed as long as `self`.
+        unsafe { &*self.dst_addr.as_ptr().cast::<[u32; 4]>() }
+    }
+}
+
 /// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
 #[inline(always)]
 pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
