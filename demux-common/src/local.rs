@@ -125,69 +125,17 @@ pub fn address_words(addr: &[u8; 16]) -> [u32; 4] {
 /// top bits. The program and the daemon both use this one (both little-endian).
 #[inline(always)]
 pub fn local_cache_slot(v4: bool, addr: &[u8; 16]) -> u32 {
-    let w = address_words(addr);
+    local_cache_slot_of_words(v4, &address_words(addr))
+}
+
+/// [`local_cache_slot`] of an address already read as words ([`address_words`]): the
+/// program reads its packet's destination so, in the widths the parse wrote it.
+#[inline(always)]
+pub fn local_cache_slot_of_words(v4: bool, w: &[u32; 4]) -> u32 {
     let folded = if v4 {
         w[0]
     } else {
         w[0] ^ w[1] ^ w[2] ^ w[3] ^ 0x6666_6666
     };
     folded.wrapping_mul(0x9e37_79b1) >> (32 - LOCAL_CACHE_BITS)
-}
-
-/// [`local_cache_slot`] of an address read as two native-endian 8-byte halves (the program
-/// reads its packet's destination so: two loads): the same slot, since the xor of the halves
-/// folded once more is the xor of the four words.
-#[inline(always)]
-pub fn local_cache_slot_of_halves(v4: bool, h: &[u64; 2]) -> u32 {
-    let folded = if v4 {
-        first_word(h[0])
-    } else {
-        let x = h[0] ^ h[1];
-        (x as u32) ^ ((x >> 32) as u32) ^ 0x6666_6666
-    };
-    folded.wrapping_mul(0x9e37_79b1) >> (32 - LOCAL_CACHE_BITS)
-}
-
-/// The first 4 bytes of a native-endian 8-byte half, as the word [`address_words`] reads.
-#[inline(always)]
-pub fn first_word(half: u64) -> u32 {
-    let b = half.to_ne_bytes();
-    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The program's two-load slot is the daemon's slot, for both families.
-    #[test]
-    fn slot_of_halves_is_the_slot() {
-        let mut x = 0x0123_4567_89ab_cdef_u64;
-        for _ in 0..10_000 {
-            let mut addr = [0u8; 16];
-            for chunk in addr.chunks_mut(8) {
-                // xorshift64
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_ne_bytes());
-            }
-            let h = [
-                u64::from_ne_bytes(addr[..8].try_into().unwrap()),
-                u64::from_ne_bytes(addr[8..].try_into().unwrap()),
-            ];
-            assert_eq!(
-                local_cache_slot_of_halves(false, &h),
-                local_cache_slot(false, &addr)
-            );
-            assert_eq!(first_word(h[0]), address_words(&addr)[0]);
-            let mut v4 = [0u8; 16];
-            v4[..4].copy_from_slice(&addr[..4]);
-            let h4 = [u64::from_ne_bytes(v4[..8].try_into().unwrap()), 0];
-            assert_eq!(
-                local_cache_slot_of_halves(true, &h4),
-                local_cache_slot(true, &v4)
-            );
-        }
-    }
 }

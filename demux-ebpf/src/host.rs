@@ -37,10 +37,10 @@ use aya_ebpf::{
 use demux_common::{
     binding::{FAMILY_IPV4, FAMILY_IPV6},
     local::{
-        address_words, local_cache_slot, local_cache_slot_of_halves, IfaceSlot, LocalKey,
-        LocalSlot, IFACE_CACHE_ENTRIES, LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS,
-        LOCAL_KIND_LOCAL, LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6,
-        LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED, MAX_LOCAL_ADDRS,
+        address_words, local_cache_slot, local_cache_slot_of_words, IfaceSlot, LocalKey, LocalSlot,
+        IFACE_CACHE_ENTRIES, LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL,
+        LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY,
+        LOCAL_SLOT_SHARED, MAX_LOCAL_ADDRS,
     },
     maps::MAX_IFACES,
     Verdict,
@@ -247,11 +247,9 @@ fn cached_host(v4: bool, family: u8, dst: &[u8; 16]) -> Cached {
 /// inlined array access and one compare. `false` only means "ask the exact checks".
 #[inline(always)]
 fn quick_local(v4: bool, family: u8, iface: *const IfaceSlot, packet: &Packet) -> bool {
-    let dst = packet.dst_halves();
-    match LOCAL_CACHE.get_ptr(local_cache_slot_of_halves(v4, dst)) {
-        Some(slot) => {
-            local_diff(v4, family, slot, dst, packet.dst_word()) | mac_diff(iface, packet) == 0
-        }
+    let dst = packet.dst_words();
+    match LOCAL_CACHE.get_ptr(local_cache_slot_of_words(v4, dst)) {
+        Some(slot) => local_diff(v4, family, slot, dst) | mac_diff(iface, packet) == 0,
         None => false,
     }
 }
@@ -259,39 +257,33 @@ fn quick_local(v4: bool, family: u8, iface: *const IfaceSlot, packet: &Packet) -
 /// Zero when the `LOCAL_CACHE` slot at `slot` holds `dst` itself, of `family`, as a local
 /// address (`LOCAL_KIND_LOCAL`); anything else is non-zero (the slow path then decides).
 #[inline(always)]
-fn local_diff(v4: bool, family: u8, slot: *const LocalSlot, dst: &[u64; 2], dst_word: u32) -> u64 {
-    // SAFETY: a valid map value pointer to a `LocalSlot` (`repr(C)`, 20 bytes), read at once.
-    // Array map values start 8-aligned (the kernel rounds each value up to 8 bytes), so the
-    // address is two aligned 8-byte halves; bytes 16..20 (family, state, padding) one word.
-    let (addr, tail) = unsafe {
-        let halves = slot.cast::<u64>();
-        (
-            [halves.read(), halves.add(1).read()],
-            slot.cast::<u32>().add(4).read(),
-        )
-    };
+fn local_diff(v4: bool, family: u8, slot: *const LocalSlot, dst: &[u32; 4]) -> u32 {
+    // SAFETY: a valid map value pointer to a `LocalSlot` (`repr(C)`, 4-aligned, 20 bytes),
+    // read at once; bytes 16..20 (family, state, padding) are one aligned word.
+    let (addr, tail) = unsafe { (&(*slot).addr, slot.cast::<u32>().add(4).read()) };
     let want = u32::from_ne_bytes([family, LOCAL_KIND_LOCAL as u8, 0, 0]);
     let addr = if v4 {
-        // SAFETY: as above, the slot's first word.
-        u64::from(unsafe { slot.cast::<u32>().read() } ^ dst_word)
+        addr[0] ^ dst[0]
     } else {
-        (addr[0] ^ dst[0]) | (addr[1] ^ dst[1])
+        (addr[0] ^ dst[0]) | (addr[1] ^ dst[1]) | (addr[2] ^ dst[2]) | (addr[3] ^ dst[3])
     };
-    u64::from(tail ^ want) | addr
+    (tail ^ want) | addr
 }
 
 /// Zero when the interface's MAC (at `iface`) is the packet's destination MAC (as
-/// [`same_mac`], without a branch): one 8-byte load each side, the 2 bytes past the MAC
-/// masked off.
+/// [`same_mac`], without a branch): a word and a half-word each side.
 #[inline(always)]
-fn mac_diff(iface: *const IfaceSlot, packet: &Packet) -> u64 {
-    const { assert!(core::mem::offset_of!(IfaceSlot, mac) == 8) };
-    const MAC_BYTES: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
-    // SAFETY: a valid map value pointer to an `IfaceSlot` (`repr(C)`, 16 bytes), read at
-    // once: map values start 8-aligned (array and hash maps alike), so bytes 8..16 (`mac`
-    // and `_pad`) are an aligned `u64` inside the value.
-    let word = unsafe { iface.cast::<u64>().add(1).read() };
-    (word ^ packet.dst_mac_word()) & MAC_BYTES
+fn mac_diff(iface: *const IfaceSlot, packet: &Packet) -> u32 {
+    const { assert!(core::mem::offset_of!(IfaceSlot, mac) % 4 == 0) };
+    // SAFETY: a valid map value pointer to an `IfaceSlot` (`repr(C)`, 4-aligned), read at
+    // once: `mac` sits 4-aligned, so its first 4 bytes are an aligned `u32` and its last 2 an
+    // aligned `u16`.
+    let (word, half) = unsafe {
+        let mac = core::ptr::addr_of!((*iface).mac).cast::<u8>();
+        (mac.cast::<u32>().read(), mac.add(4).cast::<u16>().read())
+    };
+    let (dst_word, dst_half) = packet.dst_mac_parts();
+    (word ^ dst_word) | u32::from(half ^ dst_half)
 }
 
 /// Zero when `dst` is the address `words` (as in `LocalSlot::addr`): for IPv4 the first word

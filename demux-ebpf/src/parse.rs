@@ -69,34 +69,27 @@ pub(crate) struct Packet {
 }
 
 impl Packet {
-    /// The destination address as two native-endian 8-byte halves, read as such: the field
-    /// sits 8-aligned, so this is two loads (`demux_common::local::local_cache_slot_of_halves`).
+    /// The destination address as four native-endian words (`demux_common::local::
+    /// address_words`), read as words: the field sits 8-aligned. Words, not wider: the parse
+    /// writes the addresses a word at a time, and a load wider than the stores it reads stalls
+    /// store-to-load forwarding.
     #[inline(always)]
-    pub(crate) fn dst_halves(&self) -> &[u64; 2] {
-        const { assert!(core::mem::offset_of!(Packet, dst_addr) % 8 == 0) };
-        // SAFETY: `dst_addr` is 16 bytes at an 8-aligned offset of a `repr(C, align(8))`
-        // struct, so it is a valid, aligned `[u64; 2]` (any bit pattern is), borrowed as long
-        // as `self`.
-        unsafe { &*self.dst_addr.as_ptr().cast::<[u64; 2]>() }
+    pub(crate) fn dst_words(&self) -> &[u32; 4] {
+        const { assert!(core::mem::offset_of!(Packet, dst_addr) % 4 == 0) };
+        // SAFETY: `dst_addr` is 16 bytes at a 4-aligned offset of a `repr(C, align(8))` struct,
+        // so it is a valid, aligned `[u32; 4]` (any bit pattern is), borrowed as long as `self`.
+        unsafe { &*self.dst_addr.as_ptr().cast::<[u32; 4]>() }
     }
 
-    /// The 8 bytes from the destination MAC on, read as one native-endian word: the MAC in
-    /// its first 6 bytes (`host::mac_diff` masks the other 2).
+    /// The destination MAC as its first 4 bytes and last 2, read as a word and a half-word
+    /// (the widths the parse writes it in; see [`Packet::dst_words`]).
     #[inline(always)]
-    pub(crate) fn dst_mac_word(&self) -> u64 {
-        const { assert!(core::mem::offset_of!(Packet, dst_mac) % 8 == 0) };
-        const { assert!(core::mem::offset_of!(Packet, dst_mac) + 8 <= size_of::<Packet>()) };
-        // SAFETY: `dst_mac` sits at an 8-aligned offset of a `repr(C, align(8))` struct with
-        // at least 8 bytes from there on, all initialised plain fields (no padding: the bools
-        // and the family follow): an aligned, valid `u64` inside `self`.
-        unsafe { self.dst_mac.as_ptr().cast::<u64>().read() }
-    }
-
-    /// The first 4 bytes of the destination address (an IPv4 address), read as one word.
-    #[inline(always)]
-    pub(crate) fn dst_word(&self) -> u32 {
-        // SAFETY: as in `dst_halves`: an aligned `u32` at the start of `dst_addr`.
-        unsafe { self.dst_addr.as_ptr().cast::<u32>().read() }
+    pub(crate) fn dst_mac_parts(&self) -> (u32, u16) {
+        const { assert!(core::mem::offset_of!(Packet, dst_mac) % 4 == 0) };
+        let p = self.dst_mac.as_ptr();
+        // SAFETY: `dst_mac` is 6 bytes at a 4-aligned offset of a `repr(C, align(8))` struct:
+        // an aligned `u32` at its start and an aligned `u16` 4 bytes in, both inside it.
+        unsafe { (p.cast::<u32>().read(), p.add(4).cast::<u16>().read()) }
     }
 }
 
