@@ -4,7 +4,9 @@
 //! backing socket. In order, first failure wins; 1–4 look at the packet alone and run before
 //! the binding lookup ([`plain`]), 5–6 probe maps and run only for a packet that matched a
 //! binding ([`local`]): everything else passes anyway, so the host's own traffic never pays
-//! for them:
+//! for them. Each half first runs a branch-free quick test for the common packet ([`clean`],
+//! [`quick_local`]) that ORs everything it checks into one value: a zero is a yes of the
+//! exact checks; anything else runs them below, in order, so the verdicts are the same:
 //!
 //! 1. VLAN-tagged → `pass_vlan` (the kernel delivers it through its VLAN device, if any).
 //! 2. An IPv6 routing header → `pass_routing_header`; then IPv4 options or an IPv6 hop-by-hop
