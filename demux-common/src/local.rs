@@ -125,7 +125,13 @@ pub fn address_words(addr: &[u8; 16]) -> [u32; 4] {
 /// top bits. The program and the daemon both use this one (both little-endian).
 #[inline(always)]
 pub fn local_cache_slot(v4: bool, addr: &[u8; 16]) -> u32 {
-    let w = address_words(addr);
+    local_cache_slot_of_words(v4, &address_words(addr))
+}
+
+/// [`local_cache_slot`] of an address already read as words ([`address_words`]): the
+/// program reads its packet's destination so, in the widths the parse wrote it.
+#[inline(always)]
+pub fn local_cache_slot_of_words(v4: bool, w: &[u32; 4]) -> u32 {
     let folded = if v4 {
         w[0]
     } else {

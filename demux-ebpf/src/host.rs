@@ -4,7 +4,9 @@
 //! backing socket. In order, first failure wins; 1–4 look at the packet alone and run before
 //! the binding lookup ([`plain`]), 5–6 probe maps and run only for a packet that matched a
 //! binding ([`local`]): everything else passes anyway, so the host's own traffic never pays
-//! for them:
+//! for them. Each half first runs a branch-free quick test for the common packet ([`clean`],
+//! [`quick_local`]) that ORs everything it checks into one value: a zero is a yes of the
+//! exact checks; anything else runs them below, in order, so the verdicts are the same:
 //!
 //! 1. VLAN-tagged → `pass_vlan` (the kernel delivers it through its VLAN device, if any).
 //! 2. An IPv6 routing header → `pass_routing_header`; then IPv4 options or an IPv6 hop-by-hop
@@ -35,11 +37,12 @@ use aya_ebpf::{
     Global,
 };
 use demux_common::{
-    binding::FAMILY_IPV4,
+    binding::{FAMILY_IPV4, FAMILY_IPV6},
     local::{
-        address_words, local_cache_slot, IfaceSlot, LocalKey, LocalSlot, IFACE_CACHE_ENTRIES,
-        LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL, LOCAL_PREFIXES_ENTRIES,
-        LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY, LOCAL_SLOT_SHARED, MAX_LOCAL_ADDRS,
+        address_words, local_cache_slot, local_cache_slot_of_words, IfaceSlot, LocalKey, LocalSlot,
+        IFACE_CACHE_ENTRIES, LOCAL_CACHE_ENTRIES, LOCAL_KEY_FIXED_BITS, LOCAL_KIND_LOCAL,
+        LOCAL_PREFIXES_ENTRIES, LOCAL_PREFIXES_V4, LOCAL_PREFIXES_V6, LOCAL_SLOT_EMPTY,
+        LOCAL_SLOT_SHARED, MAX_LOCAL_ADDRS,
     },
     maps::MAX_IFACES,
     Verdict,
@@ -95,6 +98,40 @@ static IFACE_CACHE: Array<IfaceSlot> = Array::with_max_entries(IFACE_CACHE_ENTRI
 /// before the lookup.
 #[inline(always)]
 pub(crate) fn plain(packet: &Packet) -> Result<(), Verdict> {
+    if clean(packet) {
+        return Ok(());
+    }
+    plain_exact(packet)
+}
+
+/// First address bytes that may make an IPv4 packet martian or a group destination, in
+/// groups of four (bit `b >> 2`): 0–3, 124–127, 224–255. A superset (1–3 and 124–126 are
+/// fine): such a packet takes the exact path.
+const V4_SUSPECT: u64 = 1 | 1 << 31 | 0xff << 56;
+
+/// A quick yes for the common packet, without branches: no VLAN tag, no options or routing
+/// header, destination MAC unicast, and both addresses clear of every range [`plain_exact`]
+/// rejects (IPv4: first byte not in [`V4_SUSPECT`]; IPv6: both in 2000::/3). `false` only
+/// means "ask [`plain_exact`]".
+#[inline(always)]
+fn clean(packet: &Packet) -> bool {
+    let (src, dst) = (&packet.src_addr, &packet.dst_addr);
+    let flags = u32::from(packet.vlan)
+        | u32::from(packet.ip_options)
+        | u32::from(packet.routing_header)
+        | u32::from(packet.dst_mac[0] & 1);
+    let addrs = if packet.family == FAMILY_IPV4 {
+        let (s, d) = (u64::from(src[0]), u64::from(dst[0]));
+        ((V4_SUSPECT >> (s >> 2)) | (V4_SUSPECT >> (d >> 2))) as u32 & 1
+    } else {
+        u32::from(((src[0] ^ 0x20) | (dst[0] ^ 0x20)) & 0xe0)
+    };
+    flags | addrs == 0
+}
+
+/// [`plain`] for a packet that [`clean`] did not clear: each check in order.
+#[inline(always)]
+fn plain_exact(packet: &Packet) -> Result<(), Verdict> {
     if packet.vlan {
         return Err(Verdict::PassVlan);
     }
@@ -122,6 +159,20 @@ pub(crate) fn plain(packet: &Packet) -> Result<(), Verdict> {
 #[inline(always)]
 pub(crate) fn local(ctx: &XdpContext, packet: &Packet) -> Result<u32, Verdict> {
     let v4 = packet.family == FAMILY_IPV4;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // The common hit first, one compare: `LOCAL_CACHE` holds the destination itself as a
+    // local address and the destination MAC is the interface's. A straight line per family.
+    if let Some(iface) = iface(ifindex) {
+        let hit = if v4 {
+            quick_local(true, FAMILY_IPV4, iface, packet)
+        } else {
+            quick_local(false, FAMILY_IPV6, iface, packet)
+        };
+        if hit {
+            // SAFETY: a valid map value pointer to an `IfaceSlot`, read at once.
+            return Ok(unsafe { (*iface).first_slot });
+        }
+    }
     match local_kind(v4, packet.family, &packet.dst_addr) {
         None => return Err(Verdict::PassNotLocal),
         Some(LOCAL_KIND_LOCAL) => {}
@@ -184,22 +235,68 @@ fn cached_host(v4: bool, family: u8, dst: &[u8; 16]) -> Cached {
         LOCAL_SLOT_EMPTY => Cached::Absent,
         LOCAL_SLOT_SHARED => Cached::Shared,
         state => {
-            let same = slot.family == family
-                && if v4 {
-                    slot.addr[0] == word(dst)
-                } else {
-                    {
-                        // Word by word, no branches (an array `==` may become a memcmp call).
-                        let (a, b) = (&slot.addr, address_words(dst));
-                        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
-                    }
-                };
-            if same {
+            if slot.family == family && address_diff(v4, &slot.addr, dst) == 0 {
                 Cached::Kind(u32::from(state))
             } else {
                 Cached::Absent
             }
         }
+    }
+}
+
+/// Whether `LOCAL_CACHE` holds `packet`'s destination itself as a local address of
+/// `family` (`v4`: IPv4) and its destination MAC is the interface's (at `iface`): one
+/// inlined array access and one compare. `false` only means "ask the exact checks".
+#[inline(always)]
+fn quick_local(v4: bool, family: u8, iface: *const IfaceSlot, packet: &Packet) -> bool {
+    let dst = packet.dst_words();
+    match LOCAL_CACHE.get_ptr(local_cache_slot_of_words(v4, dst)) {
+        Some(slot) => local_diff(v4, family, slot, dst) | mac_diff(iface, packet) == 0,
+        None => false,
+    }
+}
+
+/// Zero when the `LOCAL_CACHE` slot at `slot` holds `dst` itself, of `family`, as a local
+/// address (`LOCAL_KIND_LOCAL`); anything else is non-zero (the slow path then decides).
+#[inline(always)]
+fn local_diff(v4: bool, family: u8, slot: *const LocalSlot, dst: &[u32; 4]) -> u32 {
+    // SAFETY: a valid map value pointer to a `LocalSlot` (`repr(C)`, 4-aligned, 20 bytes),
+    // read at once; bytes 16..20 (family, state, padding) are one aligned word.
+    let (addr, tail) = unsafe { (&(*slot).addr, slot.cast::<u32>().add(4).read()) };
+    let want = u32::from_ne_bytes([family, LOCAL_KIND_LOCAL as u8, 0, 0]);
+    let addr = if v4 {
+        addr[0] ^ dst[0]
+    } else {
+        (addr[0] ^ dst[0]) | (addr[1] ^ dst[1]) | (addr[2] ^ dst[2]) | (addr[3] ^ dst[3])
+    };
+    (tail ^ want) | addr
+}
+
+/// Zero when the interface's MAC (at `iface`) is the packet's destination MAC (as
+/// [`same_mac`], without a branch): a word and a half-word each side.
+#[inline(always)]
+fn mac_diff(iface: *const IfaceSlot, packet: &Packet) -> u32 {
+    const { assert!(core::mem::offset_of!(IfaceSlot, mac) % 4 == 0) };
+    // SAFETY: a valid map value pointer to an `IfaceSlot` (`repr(C)`, 4-aligned), read at
+    // once: `mac` sits 4-aligned, so its first 4 bytes are an aligned `u32` and its last 2 an
+    // aligned `u16`.
+    let (word, half) = unsafe {
+        let mac = core::ptr::addr_of!((*iface).mac).cast::<u8>();
+        (mac.cast::<u32>().read(), mac.add(4).cast::<u16>().read())
+    };
+    let (dst_word, dst_half) = packet.dst_mac_parts();
+    (word ^ dst_word) | u32::from(half ^ dst_half)
+}
+
+/// Zero when `dst` is the address `words` (as in `LocalSlot::addr`): for IPv4 the first word
+/// only. Word by word, no branches (an array `==` may become a memcmp call).
+#[inline(always)]
+fn address_diff(v4: bool, words: &[u32; 4], dst: &[u8; 16]) -> u32 {
+    let (a, b) = (words, address_words(dst));
+    if v4 {
+        a[0] ^ b[0]
+    } else {
+        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])
     }
 }
 

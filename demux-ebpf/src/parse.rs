@@ -68,6 +68,31 @@ pub(crate) struct Packet {
     pub l3_offset: u16,
 }
 
+impl Packet {
+    /// The destination address as four native-endian words (`demux_common::local::
+    /// address_words`), read as words: the field sits 8-aligned. Words, not wider: the parse
+    /// writes the addresses a word at a time, and a load wider than the stores it reads stalls
+    /// store-to-load forwarding.
+    #[inline(always)]
+    pub(crate) fn dst_words(&self) -> &[u32; 4] {
+        const { assert!(core::mem::offset_of!(Packet, dst_addr) % 4 == 0) };
+        // SAFETY: `dst_addr` is 16 bytes at a 4-aligned offset of a `repr(C, align(8))` struct,
+        // so it is a valid, aligned `[u32; 4]` (any bit pattern is), borrowed as long as `self`.
+        unsafe { &*self.dst_addr.as_ptr().cast::<[u32; 4]>() }
+    }
+
+    /// The destination MAC as its first 4 bytes and last 2, read as a word and a half-word
+    /// (the widths the parse writes it in; see [`Packet::dst_words`]).
+    #[inline(always)]
+    pub(crate) fn dst_mac_parts(&self) -> (u32, u16) {
+        const { assert!(core::mem::offset_of!(Packet, dst_mac) % 4 == 0) };
+        let p = self.dst_mac.as_ptr();
+        // SAFETY: `dst_mac` is 6 bytes at a 4-aligned offset of a `repr(C, align(8))` struct:
+        // an aligned `u32` at its start and an aligned `u16` 4 bytes in, both inside it.
+        unsafe { (p.cast::<u32>().read(), p.add(4).cast::<u16>().read()) }
+    }
+}
+
 /// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
 #[inline(always)]
 pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {

@@ -607,6 +607,29 @@ pub fn all(flow_key: &FlowKey) -> Vec<Fixture> {
         all53.clone(),
         1,
     );
+    // Sources the program's branch-free quick test sends to the exact checks (IPv4 first
+    // bytes near the martian ranges, IPv6 outside 2000::/3) but that are fine: steered.
+    for src in [
+        "1.2.3.4:40000",
+        "126.0.0.1:40000",
+        "128.0.0.1:40000",
+        "240.0.0.1:40000",
+    ] {
+        f.steered(
+            &format!("source {src} is not martian"),
+            from(src).build(),
+            all53.clone(),
+            1,
+        );
+    }
+    for src in ["[fd00::1]:40000", "[fe80::1]:40000"] {
+        f.steered(
+            &format!("source {src} is not martian"),
+            from6(src).build(),
+            all53.clone(),
+            1,
+        );
+    }
     let with_mac = |mac: [u8; 6], spec: FrameSpec| FrameSpec {
         dst_mac: mac,
         ..spec
