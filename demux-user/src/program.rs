@@ -370,7 +370,7 @@ impl Loaded {
         let map_fds = ebpf
             .maps()
             .filter_map(|(name, map)| {
-                let fd = crate::sys::dup(&map_data(map)?.fd().as_fd().as_raw_fd()).ok()?;
+                let fd = map_data(map)?.fd().as_fd().try_clone_to_owned().ok()?;
                 Some((name.to_owned(), fd))
             })
             .collect();

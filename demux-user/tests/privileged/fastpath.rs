@@ -74,6 +74,26 @@ fn endpoint_as(
     })
 }
 
+/// Nobody's ring endpoint on `B_ADDR:port`, with the fast path on `net.b_if` asked for and
+/// granted (an error otherwise).
+fn fast_endpoint_as_nobody(
+    net: &VethPair,
+    daemon: &RunningDaemon,
+    port: u16,
+) -> anyhow::Result<Endpoint> {
+    let (endpoint, answer) = endpoint_as(
+        &net.b,
+        NOBODY,
+        daemon,
+        &format!("{B_ADDR}:{port}"),
+        Some(&net.b_if),
+    )?;
+    answer
+        .context("asked")?
+        .context("the fast path was refused")?;
+    Ok(endpoint)
+}
+
 /// Sends each of `payloads` from `A_ADDR:src_port` to `B_ADDR:dst_port`, 1 ms apart in bursts
 /// of 50 (the kernel socket behind a fallback must not overflow).
 fn send_payloads(
@@ -169,16 +189,7 @@ fn exactly(
 pub(crate) fn a_fast_path_client_receives_whole_datagrams_with_their_sender() -> anyhow::Result<()>
 {
     let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
-    let (mut endpoint, answer) = endpoint_as(
-        &net.b,
-        NOBODY,
-        &daemon,
-        &format!("{B_ADDR}:9800"),
-        Some(&net.b_if),
-    )?;
-    answer
-        .context("asked")?
-        .context("the fast path was refused")?;
+    let mut endpoint = fast_endpoint_as_nobody(&net, &daemon, 9800)?;
     ensure!(endpoint.is_fast(), "the fast path is not on");
     let sent: Vec<Vec<u8>> = (0..300)
         .map(|i| payload(9800, i, [1, 64, 1000, 1472][i % 4]))
@@ -337,16 +348,7 @@ pub(crate) fn a_fast_path_is_refused_while_another_uids_endpoint_is_bound() -> a
 pub(crate) fn another_uid_is_served_by_its_kernel_socket_while_a_lease_holds() -> anyhow::Result<()>
 {
     let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
-    let (mut nobodys, answer) = endpoint_as(
-        &net.b,
-        NOBODY,
-        &daemon,
-        &format!("{B_ADDR}:9820"),
-        Some(&net.b_if),
-    )?;
-    answer
-        .context("asked")?
-        .context("the fast path was refused")?;
+    let mut nobodys = fast_endpoint_as_nobody(&net, &daemon, 9820)?;
     ensure!(nobodys.is_fast(), "the fast path is not on");
     let mut roots = daemon.endpoint(&format!("{B_ADDR}:9821"))?;
     let roots_bound = roots.id();
@@ -426,16 +428,7 @@ pub(crate) fn another_uid_is_served_by_its_kernel_socket_while_a_lease_holds() -
 pub(crate) fn a_fast_path_client_that_stops_reading_loses_only_its_own_datagrams(
 ) -> anyhow::Result<()> {
     let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&["--frames", "256"])?;
-    let (mut nobodys, answer) = endpoint_as(
-        &net.b,
-        NOBODY,
-        &daemon,
-        &format!("{B_ADDR}:9830"),
-        Some(&net.b_if),
-    )?;
-    answer
-        .context("asked")?
-        .context("the fast path was refused")?;
+    let mut nobodys = fast_endpoint_as_nobody(&net, &daemon, 9830)?;
     let mut roots = daemon.endpoint(&format!("{B_ADDR}:9831"))?;
     let flood: Vec<_> = (0..2000).map(|i| payload(9830, i, 100)).collect();
     let to_root: Vec<_> = (0..200).map(|i| payload(9831, i, 100)).collect();
@@ -643,16 +636,7 @@ fn thread_cpu() -> anyhow::Result<Duration> {
 /// through the fast path or (passed by the program) through the backing socket.
 pub(crate) fn an_idle_fast_path_receive_sleeps_instead_of_spinning() -> anyhow::Result<()> {
     let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
-    let (mut endpoint, answer) = endpoint_as(
-        &net.b,
-        NOBODY,
-        &daemon,
-        &format!("{B_ADDR}:9860"),
-        Some(&net.b_if),
-    )?;
-    answer
-        .context("asked")?
-        .context("the fast path was refused")?;
+    let mut endpoint = fast_endpoint_as_nobody(&net, &daemon, 9860)?;
     ensure!(endpoint.is_fast(), "the fast path is not on");
     let before = thread_cpu()?;
     let idle = endpoint.recv_from(Some(Duration::from_secs(1)))?;
