@@ -76,8 +76,11 @@ pub(crate) fn report(stats: &Stats) -> String {
         );
     }
     out += &format!(
-        "worker drops: no_endpoint={} bad_metadata={} bad_checksum={}\n",
-        stats.dropped_no_endpoint, stats.dropped_bad_metadata, stats.dropped_bad_checksum
+        "worker drops: no_endpoint={} bad_metadata={} bad_checksum={} bad_chain={}\n",
+        stats.dropped_no_endpoint,
+        stats.dropped_bad_metadata,
+        stats.dropped_bad_checksum,
+        stats.dropped_bad_chain
     );
     out
 }
