@@ -789,7 +789,80 @@ impl TxSocket {
 
 #[cfg(test)]
 mod tests {
-    use super::ProducedCount;
+    use demux_common::meta::{PacketMeta, MAX_XSK_SEGMENTS};
+
+    use super::{Chain, ChainError, ProducedCount, Received};
+
+    fn meta(endpoint: u32) -> Option<PacketMeta> {
+        Some(PacketMeta {
+            version: PacketMeta::VERSION,
+            protocol: 17,
+            family: 4,
+            endpoint,
+            flow_hash: 0,
+            l4_offset: 34,
+            payload_offset: 42,
+            l3_offset: 14,
+            _pad: 0,
+        })
+    }
+
+    /// What a finished packet was: its bytes and endpoint, or why it broke.
+    fn outcome(received: Option<Received<'_>>) -> Option<Result<(Vec<u8>, u32), ChainError>> {
+        received.map(|r| match r {
+            Received::Frame(bytes, meta) => Ok((bytes.to_vec(), meta.unwrap().endpoint)),
+            Received::Broken(e) => Err(e),
+        })
+    }
+
+    #[test]
+    fn a_chain_is_gathered_in_order_with_the_first_descriptors_metadata() {
+        let mut chain = Chain::default();
+        assert!(!chain.is_open());
+        assert_eq!(outcome(chain.push(Some(b"abc"), meta(5), false)), None);
+        assert!(chain.is_open());
+        // Only the first descriptor's metadata counts.
+        assert_eq!(outcome(chain.push(Some(b"de"), meta(9), false)), None);
+        assert_eq!(
+            outcome(chain.push(Some(b"f"), None, true)),
+            Some(Ok((b"abcdef".to_vec(), 5)))
+        );
+        assert!(!chain.is_open());
+        // The next chain starts empty.
+        assert_eq!(
+            outcome(chain.push(Some(b"xy"), meta(6), true)),
+            Some(Ok((b"xy".to_vec(), 6)))
+        );
+    }
+
+    #[test]
+    fn a_broken_chain_is_reported_once_at_its_last_descriptor_and_the_next_is_whole() {
+        let mut chain = Chain::default();
+        // A descriptor out of bounds in the middle.
+        assert_eq!(outcome(chain.push(Some(b"a"), meta(1), false)), None);
+        assert_eq!(outcome(chain.push(None, None, false)), None);
+        assert_eq!(outcome(chain.push(Some(b"c"), None, false)), None);
+        assert_eq!(
+            outcome(chain.push(Some(b"d"), None, true)),
+            Some(Err(ChainError::OutOfFrame))
+        );
+        // More descriptors than the program lets through: dropped at the end, not before.
+        for i in 0..MAX_XSK_SEGMENTS + 3 {
+            assert_eq!(outcome(chain.push(Some(b"z"), meta(2), false)), None, "{i}");
+        }
+        assert_eq!(
+            outcome(chain.push(Some(b"z"), None, true)),
+            Some(Err(ChainError::TooLong))
+        );
+        // Exactly the most it takes: whole.
+        for _ in 0..MAX_XSK_SEGMENTS - 1 {
+            assert_eq!(outcome(chain.push(Some(b"q"), meta(3), false)), None);
+        }
+        assert_eq!(
+            outcome(chain.push(Some(b"q"), None, true)),
+            Some(Ok((vec![b'q'; MAX_XSK_SEGMENTS as usize], 3)))
+        );
+    }
 
     #[test]
     fn a_producer_index_is_counted_across_its_wrap() {
