@@ -332,14 +332,17 @@ impl QueueSocket {
     pub fn open(iface: &str, queue: u32, frames: u32, mode: BindMode) -> Result<Self, XskError> {
         let failed = |opened| match opened {
             Opened::Failed(e) => e,
-            Opened::Refused(errno) => bind_error(iface, queue, mode, "binding with XDP_USE_SG")(errno),
+            Opened::Refused(errno) => {
+                bind_error(iface, queue, mode, "binding with XDP_USE_SG")(errno)
+            }
         };
         match Self::open_as(iface, queue, frames, mode, true) {
             Ok(socket) => Ok(socket),
             Err(Opened::Refused(errno))
                 if matches!(errno.get_raw(), libc::EINVAL | libc::EOPNOTSUPP) =>
             {
-                let mut socket = Self::open_as(iface, queue, frames, mode, false).map_err(failed)?;
+                let mut socket =
+                    Self::open_as(iface, queue, frames, mode, false).map_err(failed)?;
                 socket.sg_refused = Some(errno.to_string());
                 Ok(socket)
             }
@@ -472,7 +475,9 @@ impl QueueSocket {
             let last = desc.options & libc::XDP_PKT_CONTD == 0;
             match bytes {
                 // The common case: a frame in one descriptor, handed over where it lies.
-                Some(bytes) if last && !self.chain.is_open() => each(Received::Frame(bytes, meta())),
+                Some(bytes) if last && !self.chain.is_open() => {
+                    each(Received::Frame(bytes, meta()))
+                }
                 _ => {
                     let first = !self.chain.is_open();
                     let meta = if first { meta() } else { None };

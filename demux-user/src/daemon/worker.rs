@@ -372,12 +372,13 @@ impl Worker {
             (Command::Bind(reply), Mode::Leased(mut leased)) => {
                 let result = bind_retrying(&mut leased, &iface, queue)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| self
-                        .slot
-                        // A leased socket is bound without XDP_USE_SG (the client reads one
-                        // descriptor per frame): longer frames pass to the kernel.
-                        .set(leased.fd(), 0)
-                        .map_err(|e| e.to_string()));
+                    .and_then(|()| {
+                        self.slot
+                            // A leased socket is bound without XDP_USE_SG (the client reads one
+                            // descriptor per frame): longer frames pass to the kernel.
+                            .set(leased.fd(), 0)
+                            .map_err(|e| e.to_string())
+                    });
                 let _ = reply.send(result);
                 Mode::Leased(leased)
             }

@@ -62,7 +62,9 @@ const SIZES_V6: [usize; 3] = [1473, 4000, 8952];
 
 /// Datagram `i` of `size` bytes: a pattern that tells datagrams and offsets apart.
 fn payload(i: usize, size: usize) -> Vec<u8> {
-    (0..size).map(|j| (i * 31 + j * 7 + j / 251) as u8).collect()
+    (0..size)
+        .map(|j| (i * 31 + j * 7 + j / 251) as u8)
+        .collect()
 }
 
 fn set_mtu(net: &VethPair) -> anyhow::Result<()> {
