@@ -249,13 +249,22 @@ impl From<XskError> for Opened {
 }
 
 /// One packet [`QueueSocket::receive`] read.
-#[derive(Debug)]
 pub enum Received<'a> {
     /// A whole frame (gathered when it spanned several descriptors), with its metadata when the
     /// bytes in front of its first descriptor carry the current ABI version.
     Frame(&'a [u8], Option<PacketMeta>),
     /// A chain of descriptors that is no usable frame: dropped (its frames are recycled).
     Broken(ChainError),
+}
+
+impl std::fmt::Debug for Received<'_> {
+    /// The frame's length, not its bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Received::Frame(bytes, meta) => write!(f, "Frame({} bytes, {meta:?})", bytes.len()),
+            Received::Broken(e) => write!(f, "Broken({e:?})"),
+        }
+    }
 }
 
 /// Why a chain of rx descriptors (`XDP_PKT_CONTD`) was dropped. The kernel produces neither;

@@ -252,7 +252,8 @@ impl Worker {
             let read = socket.receive(BATCH, |packet| {
                 let (frame, meta) = match packet {
                     Received::Frame(frame, meta) => (frame, meta),
-                    Received::Broken(_) => {
+                    Received::Broken(e) => {
+                        tracing::debug!("{iface} queue {queue}: dropped a frame: {e}");
                         counters.dropped_bad_chain.fetch_add(1, Relaxed);
                         return;
                     }

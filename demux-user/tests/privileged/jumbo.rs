@@ -3,7 +3,9 @@
 //! (gathered from several rx descriptors), IPv4 and IPv6, not through the backing socket; and
 //! a frame longer than what the socket of its queue takes (its `XSK_FRAME_LIMITS` entry) is
 //! passed to the kernel by the program and counted as `pass_too_large`, never redirected and
-//! dropped. Where the kernel has no `XDP_USE_SG`, both are skipped with the reason.
+//! dropped: also while a fast-path lease holds the queue (its socket is bound without
+//! `XDP_USE_SG`), and the daemon's own socket takes them again after the lease. Where the
+//! kernel has no `XDP_USE_SG`, these are skipped with the reason.
 
 use std::{
     net::UdpSocket,
@@ -17,7 +19,8 @@ use demux::{
     attach::{attach, AttachMode},
     binding::{Binding, Local, Protocol, Receiver},
     client::Endpoint,
-    control::{Request, Response, Stats},
+    control::{BindRequest, SinkSpec},
+    control::{Request, Response, SocketInfo, Stats},
     daemon::{kernel_features::Release, local_addrs},
     dataplane::Dataplane as _,
     program::{BpfLogLevel, Loaded},
@@ -32,7 +35,8 @@ use crate::daemon::RunningDaemon;
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
         jumbo_datagrams_arrive_whole_through_the_ring,
-        a_frame_longer_than_its_socket_takes_passes_to_the_kernel
+        a_frame_longer_than_its_socket_takes_passes_to_the_kernel,
+        a_leased_queue_passes_jumbo_frames_to_the_backing_socket
     ]
     .into_iter()
     .map(|t| t.with_ignored_flag(skip_reason().is_some()))
@@ -82,6 +86,34 @@ fn stats(daemon: &RunningDaemon) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
+/// Stats once every socket's state satisfies `ready` (the workers publish it every 100 ms;
+/// within 3 s).
+fn stats_when(
+    daemon: &RunningDaemon,
+    ready: impl Fn(&SocketInfo) -> bool,
+) -> anyhow::Result<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut now = stats(daemon)?;
+    while !now.sockets.iter().all(&ready) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        now = stats(daemon)?;
+    }
+    Ok(now)
+}
+
+/// Sends one datagram of each of `sizes` from namespace A to `B_ADDR:port`; returns them.
+fn send_sizes(net: &VethPair, port: u16, sizes: &[usize]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let payloads: Vec<Vec<u8>> = sizes.iter().map(|s| payload(*s, *s)).collect();
+    net.a.run_in(|| {
+        let socket = UdpSocket::bind((A_ADDR, 0))?;
+        for p in &payloads {
+            socket.send_to(p, (B_ADDR, port))?;
+        }
+        Ok(())
+    })?;
+    Ok(payloads)
+}
+
 fn verdict(stats: &Stats, name: &str) -> u64 {
     stats.verdicts.get(name).copied().unwrap_or(0)
 }
@@ -114,13 +146,7 @@ pub(crate) fn jumbo_datagrams_arrive_whole_through_the_ring() -> anyhow::Result<
     let daemon = RunningDaemon::start(&net, &dir, &[])?;
     let locals = ["198.18.0.2:9800", "[2001:2::2]:9800"];
     let mut endpoints = [daemon.endpoint(locals[0])?, daemon.endpoint(locals[1])?];
-    // The workers publish their sockets' state every 100 ms.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut before = stats(&daemon)?;
-    while before.sockets.iter().any(|s| s.frames == 0) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-        before = stats(&daemon)?;
-    }
+    let before = stats_when(&daemon, |s| s.frames > 0)?;
     for socket in &before.sockets {
         ensure!(
             socket.frame_limit > MAX_XSK_FRAME,
@@ -341,4 +367,100 @@ pub(crate) fn a_frame_longer_than_its_socket_takes_passes_to_the_kernel() -> any
             .join()
             .expect("namespace thread panicked")
     })
+}
+
+/// A fast-path lease binds its sockets without XDP_USE_SG (the client reads one descriptor
+/// per frame): while it holds, the slot's limit is 0 and a jumbo datagram to the client's
+/// endpoint passes to the kernel (`pass_too_large`) and arrives through its backing socket,
+/// none dropped; once the lease ends the daemon's own socket, bound with XDP_USE_SG again,
+/// takes jumbo frames through the ring.
+pub(crate) fn a_leased_queue_passes_jumbo_frames_to_the_backing_socket() -> anyhow::Result<()> {
+    const NOBODY: u32 = 65534;
+    let net = VethPair::standard()?;
+    set_mtu(&net)?;
+    let dir = TempDir::new("demux-test")?;
+    let daemon = RunningDaemon::start(
+        &net,
+        &dir,
+        &["--control-group", "nogroup", "--fast-path-uid", "65534"],
+    )?;
+    let control = daemon.control.clone();
+    let iface = net.b_if.clone();
+    let mut endpoint = net.b.run_as(NOBODY, || {
+        let request = BindRequest::udp(
+            &format!("{B_ADDR}:9810"),
+            SinkSpec::Ring {
+                slots: demux::ring::DEFAULT_SLOTS,
+            },
+        );
+        let mut endpoint = Endpoint::bind_with(&control, request, None)?;
+        endpoint.fast_path(&iface)?;
+        Ok(endpoint)
+    })?;
+    let before = stats_when(&daemon, |s| s.leased)?;
+    ensure!(
+        before
+            .sockets
+            .iter()
+            .all(|s| s.leased && s.frame_limit == 0),
+        "not leased, or a leased socket's limit is not 0: {:?}",
+        before.sockets
+    );
+    let mut sent = send_sizes(&net, 9810, &[1000, 4000, 8972])?;
+    let mut got = receive(&mut endpoint, sent.len())?;
+    sent.sort();
+    got.sort();
+    let lens = |v: &[Vec<u8>]| v.iter().map(Vec::len).collect::<Vec<_>>();
+    ensure!(
+        got == sent,
+        "during the lease: sent {:?}, received {:?}",
+        lens(&sent),
+        lens(&got)
+    );
+    let after = stats_when(&daemon, |s| s.leased)?;
+    let delta = |name| verdict(&after, name) - verdict(&before, name);
+    ensure!(
+        delta("redirected") == 1 && delta("pass_too_large") == 2,
+        "during the lease: redirected {}, passed as too large {}",
+        delta("redirected"),
+        delta("pass_too_large")
+    );
+    ensure!(
+        after.sockets.iter().all(|s| s.rx_dropped == 0),
+        "a leased socket dropped frames: {:?}",
+        after.sockets
+    );
+    drop(endpoint);
+
+    // The lease is over: the daemon's own socket again, with XDP_USE_SG and its limit.
+    let reopened = stats_when(&daemon, |s| !s.leased && s.frames > 0)?;
+    ensure!(
+        reopened
+            .sockets
+            .iter()
+            .all(|s| !s.leased && s.frame_limit > MAX_XSK_FRAME),
+        "after the lease: {:?}",
+        reopened.sockets
+    );
+    let mut endpoint = daemon.endpoint(&format!("{B_ADDR}:9811"))?;
+    let before = stats(&daemon)?;
+    let mut sent = send_sizes(&net, 9811, &[4000, 8972])?;
+    let mut got = receive(&mut endpoint, sent.len())?;
+    sent.sort();
+    got.sort();
+    ensure!(
+        got == sent,
+        "after the lease: sent {:?}, received {:?}",
+        lens(&sent),
+        lens(&got)
+    );
+    let after = stats(&daemon)?;
+    let delta = |name| verdict(&after, name) - verdict(&before, name);
+    ensure!(
+        delta("redirected") == 2 && delta("pass_too_large") == 0 && after.dropped() == 0,
+        "after the lease: redirected {}, passed as too large {}, {after:?}",
+        delta("redirected"),
+        delta("pass_too_large")
+    );
+    Ok(())
 }
