@@ -273,6 +273,15 @@ impl SocketSlot {
         Ok(())
     }
 
+    /// Writes the slot's `XSK_FRAME_LIMITS` entry alone: for tests of the program under
+    /// BPF_PROG_TEST_RUN, where no socket takes the redirect (`pass_no_socket`).
+    #[cfg(feature = "testing")]
+    pub fn set_frame_limit(&self, frame_limit: u32) -> Result<(), SocketSlotError> {
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        maps.limits.set(self.index, frame_limit, 0)?;
+        Ok(())
+    }
+
     /// Empties the slot: from now on the program passes the queue's steered frames to the
     /// kernel (`pass_no_socket`), whoever still holds the socket that was there.
     pub fn unset(&self) -> Result<(), SocketSlotError> {

@@ -284,7 +284,7 @@ pub enum ChainError {
 /// kernel: a chain that breaks (too many descriptors, one out of bounds) swallows descriptors
 /// up to its last and is reported once, as [`ChainError`].
 #[derive(Default)]
-pub struct Chain {
+struct Chain {
     bytes: Vec<u8>,
     meta: Option<PacketMeta>,
     segments: u32,
@@ -293,14 +293,14 @@ pub struct Chain {
 
 impl Chain {
     /// Whether a chain is being gathered (its last descriptor not read yet).
-    pub fn is_open(&self) -> bool {
+    fn is_open(&self) -> bool {
         self.segments > 0
     }
 
     /// Adds one descriptor's bytes (`None`: the descriptor was out of bounds) and, for the
     /// first, its metadata. `last`: the descriptor has no `XDP_PKT_CONTD`. Returns the packet
     /// when this was the last descriptor.
-    pub fn push(
+    fn push(
         &mut self,
         bytes: Option<&[u8]>,
         meta: Option<PacketMeta>,
@@ -310,7 +310,7 @@ impl Chain {
             self.bytes.clear();
             self.meta = meta;
         }
-        self.segments += 1;
+        self.segments = self.segments.saturating_add(1);
         if self.broken.is_none() {
             match bytes {
                 _ if self.segments > MAX_XSK_SEGMENTS => self.broken = Some(ChainError::TooLong),

@@ -388,7 +388,7 @@ pub(crate) fn a_leased_queue_passes_jumbo_frames_to_the_backing_socket() -> anyh
     let iface = net.b_if.clone();
     let mut endpoint = net.b.run_as(NOBODY, || {
         let request = BindRequest::udp(
-            &format!("{B_ADDR}:9810"),
+            format!("{B_ADDR}:9810"),
             SinkSpec::Ring {
                 slots: demux::ring::DEFAULT_SLOTS,
             },
