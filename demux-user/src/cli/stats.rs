@@ -61,7 +61,7 @@ pub(crate) fn report(stats: &Stats) -> String {
     for s in &stats.sockets {
         out += &format!(
             "  {} queue {}: rx_dropped={} rx_ring_full={} fill_ring_empty={} frames={} free={} \
-             fill_ring={} rx_ring={} handed_to_client={}{}\n",
+             fill_ring={} rx_ring={} handed_to_client={} frame_limit={}{}\n",
             s.iface,
             s.queue,
             s.rx_dropped,
@@ -72,6 +72,7 @@ pub(crate) fn report(stats: &Stats) -> String {
             s.frames_fill_ring,
             s.frames_rx_ring,
             s.handed_to_client,
+            s.frame_limit,
             if s.leased { " (leased)" } else { "" }
         );
     }
