@@ -17,7 +17,7 @@
 //! takes it (Linux 6.6+; zero-copy also needs the driver's support) and without it where the
 //! bind is refused. With it, the kernel puts a frame longer than one UMEM frame
 //! ([`MAX_XSK_FRAME`] bytes) in several, one rx descriptor each, `XDP_PKT_CONTD` set on all but
-//! the last; [`QueueSocket::receive`] gathers such a chain into one buffer ([`Chain`]) and
+//! the last; [`QueueSocket::receive`] gathers such a chain into one buffer (`Chain`) and
 //! hands it over whole, and every frame of the chain goes back to the free list as it is read,
 //! also when the chain is broken (counted, [`ChainError`]). The socket's
 //! [`QueueSocket::frame_limit`] goes into the program's `XSK_FRAME_LIMITS` beside its `XSKS`
