@@ -29,6 +29,11 @@ pub const GROUPS: &str = "GROUPS";
 pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 /// XSKMAP `slot → AF_XDP socket`, slot = `IFACE_SLOTS[ifindex] + rx queue`.
 pub const XSKS: &str = "XSKS";
+/// Array of `u32`, one per `XSKS` slot: the longest frame the socket there takes when the frame
+/// is longer than `meta::MAX_XSK_FRAME` or split over several buffers (the socket is bound with
+/// `XDP_USE_SG`: `meta::MAX_XSK_SG_FRAME`); 0 when it takes only one buffer of at most
+/// `meta::MAX_XSK_FRAME` (bound without it, or an empty slot).
+pub const XSK_FRAME_LIMITS: &str = "XSK_FRAME_LIMITS";
 /// Hash map `ifindex → IfaceSlot`: each attached interface's first XSKS slot (a multiple of
 /// `MAX_QUEUES`) and its own MAC address.
 pub const IFACE_SLOTS: &str = "IFACE_SLOTS";

@@ -6,11 +6,22 @@ use crate::ABI_VERSION;
 /// Bytes of one UMEM frame of the daemon's AF_XDP sockets.
 pub const UMEM_FRAME_SIZE: u32 = 4096;
 
-/// The longest frame (from the Ethernet header; the metadata sits in the headroom) that an
-/// AF_XDP socket of the daemon takes: a UMEM frame less the kernel's 256 bytes of headroom
-/// (`XDP_PACKET_HEADROOM`). The program passes longer frames, and frames split over several
-/// buffers, as [`crate::Verdict::PassTooLarge`].
+/// The longest frame (from the Ethernet header; the metadata sits in the headroom) that one
+/// UMEM frame of the daemon's AF_XDP sockets holds: a UMEM frame less the kernel's 256 bytes of
+/// headroom (`XDP_PACKET_HEADROOM`). A socket bound without `XDP_USE_SG` takes nothing longer,
+/// nor a frame split over several buffers: the program passes those as
+/// [`crate::Verdict::PassTooLarge`] unless the socket's `XSK_FRAME_LIMITS` entry says more.
 pub const MAX_XSK_FRAME: u32 = UMEM_FRAME_SIZE - 256;
+
+/// The most UMEM frames (rx descriptors) one packet may span on a socket bound with
+/// `XDP_USE_SG`: the kernel fills [`MAX_XSK_FRAME`] bytes per descriptor and marks all but the
+/// last with `XDP_PKT_CONTD`; the daemon gathers up to this many. Enough for any IP packet
+/// (65,535 bytes, an Ethernet header and two VLAN tags: 65,557 bytes).
+pub const MAX_XSK_SEGMENTS: u32 = 18;
+
+/// The `XSK_FRAME_LIMITS` value of a slot whose socket is bound with `XDP_USE_SG`: the longest
+/// frame it takes, [`MAX_XSK_SEGMENTS`] descriptors of [`MAX_XSK_FRAME`] bytes (69,120).
+pub const MAX_XSK_SG_FRAME: u32 = MAX_XSK_SEGMENTS * MAX_XSK_FRAME;
 
 /// The 20 bytes right before the frame in its UMEM chunk. Offsets count from the first byte of
 /// the Ethernet header.

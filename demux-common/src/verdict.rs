@@ -41,10 +41,12 @@ pub enum Verdict {
     PassRoutingHeader = 12,
     /// A VLAN-tagged frame: passed, the kernel delivers it through its VLAN device, if any.
     PassVlan = 13,
-    /// Longer than an AF_XDP frame of the daemon's sockets takes ([`crate::meta::MAX_XSK_FRAME`]),
-    /// or split over several buffers (multi-buffer XDP): passed, checked before anything else,
-    /// so the kernel delivers it (through the backing socket, for an endpoint) instead of the
-    /// AF_XDP socket dropping it after the redirect.
+    /// Longer than the AF_XDP socket of the ingress queue takes: more than one UMEM frame
+    /// ([`crate::meta::MAX_XSK_FRAME`]) or split over several buffers (multi-buffer XDP), unless
+    /// the socket is bound with `XDP_USE_SG`, and then more than its `XSK_FRAME_LIMITS` entry
+    /// (the length from `bpf_xdp_get_buff_len`). Passed, checked before anything else, so the
+    /// kernel delivers it (through the backing socket, for an endpoint) instead of the AF_XDP
+    /// socket dropping it after the redirect.
     PassTooLarge = 14,
 }
 

@@ -12,20 +12,26 @@ use core::{
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_meta, programs::XdpContext};
 
 /// A read position inside one packet; views it hands out live as long as the packet (`'a`).
+/// It reads the first buffer only; a multi-buffer frame's further bytes count in
+/// [`Cursor::remaining`] but are never read.
 pub(crate) struct Cursor<'a> {
     start: usize,
     pos: usize,
     end: usize,
+    /// Bytes of the frame in fragments after the first buffer.
+    beyond: usize,
     packet: PhantomData<&'a XdpContext>,
 }
 
 impl<'a> Cursor<'a> {
+    /// A cursor at the frame's start; `beyond` bytes follow its first buffer in fragments.
     #[inline(always)]
-    pub(crate) fn new(ctx: &'a XdpContext) -> Self {
+    pub(crate) fn new(ctx: &'a XdpContext, beyond: usize) -> Self {
         Self {
             start: ctx.data(),
             pos: ctx.data(),
             end: ctx.data_end(),
+            beyond,
             packet: PhantomData,
         }
     }
@@ -61,10 +67,12 @@ impl<'a> Cursor<'a> {
         self.pos - self.start
     }
 
-    /// Bytes left from the read position to the end of the packet.
+    /// Bytes left from the read position to the end of the packet, fragments included.
     #[inline(always)]
     pub(crate) fn remaining(&self) -> usize {
-        self.end - self.pos
+        // The linear part first, as a scalar of its own: the verifier refuses arithmetic on
+        // `data_end`, which `end + beyond - pos` (how LLVM would reorder the sum) does.
+        core::hint::black_box(self.end - self.pos) + self.beyond
     }
 }
 

@@ -1,7 +1,7 @@
 //! The demux XDP program: reads each packet's socket address tuple and decides its verdict.
 //!
-//! The entry point stays trivial: `classify` passes a frame that no AF_XDP frame could hold
-//! (`steer::fits_socket`), parses (`parse`), checks that the packet is
+//! The entry point stays trivial: `classify` passes a frame that the AF_XDP socket of its queue
+//! could not take whole (`steer::fits_socket`), parses (`parse`), checks that the packet is
 //! addressed to this host as the kernel would deliver it (`host`), finds the binding (`lookup`),
 //! hashes the flow with the daemon's key (`flow`) and steers (`steer`); `counters::count`
 //! records the verdict, and the packet gets the matching XDP action. Anything that is not ours
@@ -27,7 +27,8 @@ use aya_log_ebpf::debug;
 use demux_common::Verdict;
 
 // `frags`: the program also sees multi-buffer frames (jumbo frames, Linux 6.6+ drivers), so an
-// interface may carry an MTU larger than a page; `classify` passes those frames to the kernel.
+// interface may carry an MTU larger than a page; `classify` steers those only to a socket bound
+// with `XDP_USE_SG` and passes them to the kernel everywhere else.
 #[xdp(frags)]
 pub(crate) fn demux(ctx: XdpContext) -> u32 {
     let verdict = classify(&ctx);
@@ -41,10 +42,10 @@ pub(crate) fn demux(ctx: XdpContext) -> u32 {
 /// The verdict for one packet.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {
-    if !steer::fits_socket(ctx) {
+    let Some(fits) = steer::fits_socket(ctx) else {
         return Verdict::PassTooLarge;
-    }
-    let packet = match parse::parse(ctx) {
+    };
+    let packet = match parse::parse(ctx, fits.beyond) {
         Ok(packet) => packet,
         Err(verdict) => {
             debug!(ctx, "pass: {}", verdict.name());
@@ -70,7 +71,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
         host::first_slot(ctx).ok_or(Verdict::PassNoSocket)
     };
     match first_slot {
-        Ok(first_slot) => steer::steer(ctx, &packet, first_slot, endpoint, hash),
+        Ok(first_slot) => steer::steer(ctx, &packet, first_slot, endpoint, hash, fits),
         Err(verdict) => verdict,
     }
 }

@@ -93,10 +93,12 @@ impl Packet {
     }
 }
 
-/// Parses one frame; `Err` carries the pass verdict that says why it is not steerable.
+/// Parses one frame, `beyond` bytes of which lie in multi-buffer fragments after the first
+/// buffer (the headers must be in the first; the lengths they state may reach into the rest);
+/// `Err` carries the pass verdict that says why it is not steerable.
 #[inline(always)]
-pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
-    let mut cur = Cursor::new(ctx);
+pub(crate) fn parse(ctx: &XdpContext, beyond: usize) -> Result<Packet, Verdict> {
+    let mut cur = Cursor::new(ctx, beyond);
     let eth = cur.read::<EthHdr>().ok_or(Verdict::PassMalformed)?;
     let dst_mac = eth.dst_addr;
     let mut ether_type = u16::from_be(eth.ether_type);

@@ -13,7 +13,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_xdp_get_buff_len,
     macros::map,
-    maps::{PerCpuArray, XskMap},
+    maps::{Array, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use demux_common::{
@@ -23,7 +23,7 @@ use demux_common::{
     Verdict,
 };
 
-use crate::{cursor, parse::Packet};
+use crate::{cursor, host, parse::Packet};
 
 /// Slot → the daemon's AF_XDP socket for one (interface, rx queue).
 #[map(name = "XSKS")]
@@ -33,15 +33,42 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
 #[map(name = "ENDPOINT_STATS")]
 static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
 
-/// Whether the frame fits one frame of the daemon's AF_XDP sockets: in one buffer (no
-/// multi-buffer fragments: the sockets are bound without `XDP_USE_SG`) and no longer than
-/// [`MAX_XSK_FRAME`]. A frame that does not would be dropped by the socket after the redirect.
+/// Slot → the longest frame the socket in `XSKS` there takes beyond one UMEM frame (it is
+/// bound with `XDP_USE_SG`); 0: one buffer of at most [`MAX_XSK_FRAME`] (see
+/// `demux_common::maps::XSK_FRAME_LIMITS`).
+#[map(name = "XSK_FRAME_LIMITS")]
+static XSK_FRAME_LIMITS: Array<u32> = Array::with_max_entries(MAX_IFACES * MAX_QUEUES, 0);
+
+/// A frame the socket of its queue takes whole: its bytes beyond the first buffer (0 unless
+/// the frame is multi-buffer), for the parse, and its whole length, for the counters.
+#[derive(Clone, Copy)]
+pub(crate) struct Fits {
+    pub(crate) beyond: usize,
+    total: u64,
+}
+
+/// Whether the AF_XDP socket of the frame's (interface, rx queue) would take it whole. One
+/// buffer of at most [`MAX_XSK_FRAME`] fits every socket: decided without a map lookup.
+/// Anything longer, or split over several buffers (its length from `bpf_xdp_get_buff_len`),
+/// fits only a socket bound with `XDP_USE_SG`, up to that slot's `XSK_FRAME_LIMITS` entry.
+/// A frame that does not fit would be dropped by the socket after the redirect: `None`.
 #[inline(always)]
-pub(crate) fn fits_socket(ctx: &XdpContext) -> bool {
+pub(crate) fn fits_socket(ctx: &XdpContext) -> Option<Fits> {
     let linear = (ctx.data_end() - ctx.data()) as u64;
     // SAFETY: the helper only reads the frame's length; it takes the context the program got.
     let total = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    total == linear && linear <= u64::from(MAX_XSK_FRAME)
+    if total == linear && linear <= u64::from(MAX_XSK_FRAME) {
+        return Some(Fits { beyond: 0, total });
+    }
+    let queue = ctx.rx_queue_index();
+    if queue >= MAX_QUEUES || total < linear {
+        return None;
+    }
+    let limit = XSK_FRAME_LIMITS.get(host::first_slot(ctx)? + queue)?;
+    (total <= u64::from(*limit)).then_some(Fits {
+        beyond: (total - linear) as usize,
+        total,
+    })
 }
 
 /// Sends `packet` towards `endpoint` through the ingress interface's block of slots from
@@ -53,8 +80,10 @@ pub(crate) fn steer(
     first_slot: u32,
     endpoint: u32,
     flow_hash: u32,
+    fits: Fits,
 ) -> Verdict {
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    // From `bpf_xdp_get_buff_len`: a scalar (the verifier refuses sums with `data_end`).
+    let frame_len = fits.total;
     let meta = PacketMeta {
         version: PacketMeta::VERSION,
         protocol: packet.protocol,

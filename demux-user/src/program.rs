@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, MapError, XskMap},
+    maps::{Array, Map, MapData, MapError, XskMap},
     programs::{Extension, ProgramError, SkReuseport, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -237,33 +237,57 @@ pub struct Loaded {
     map_fds: Vec<(String, OwnedFd)>,
 }
 
-/// `XSKS`: which AF_XDP socket receives an (interface, rx queue). The interface's block of slots
-/// is in its `IFACE_SLOTS` entry, which the dataplane writes (`Dataplane::set_iface`).
+/// `XSKS`: which AF_XDP socket receives an (interface, rx queue), and `XSK_FRAME_LIMITS`: how
+/// long a frame that socket takes. The interface's block of slots is in its `IFACE_SLOTS`
+/// entry, which the dataplane writes (`Dataplane::set_iface`).
 struct SocketSlots {
-    xsks: Arc<Mutex<XskMap<MapData>>>,
+    maps: Arc<Mutex<SlotMaps>>,
+}
+
+struct SlotMaps {
+    xsks: XskMap<MapData>,
+    limits: Array<MapData, u32>,
 }
 
 /// One (interface, rx queue) slot of `XSKS`, for the queue's worker, which replaces its socket
 /// when a fast-path lease starts or ends (see "The fast path" in docs/ARCHITECTURE.md).
 #[derive(Clone)]
 pub struct SocketSlot {
-    xsks: Arc<Mutex<XskMap<MapData>>>,
+    maps: Arc<Mutex<SlotMaps>>,
     index: u32,
 }
 
 impl SocketSlot {
-    /// Steers the slot's queue to the AF_XDP socket `fd`.
-    pub fn set(&self, fd: RawFd) -> Result<(), SocketSlotError> {
-        let mut xsks = self.xsks.lock().unwrap_or_else(PoisonError::into_inner);
-        xsks.set(self.index, fd, 0)?;
+    /// Steers the slot's queue to the AF_XDP socket `fd`, which takes frames longer than one
+    /// UMEM frame, or split over buffers, up to `frame_limit` bytes (bound with `XDP_USE_SG`:
+    /// [`crate::xsk::QueueSocket::frame_limit`]; 0: bound without it). The limit is 0 while the
+    /// socket changes, so the program never redirects a frame to a socket that would drop it
+    /// (it passes such frames meanwhile, `pass_too_large`).
+    pub fn set(&self, fd: RawFd, frame_limit: u32) -> Result<(), SocketSlotError> {
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        maps.limits.set(self.index, 0, 0)?;
+        maps.xsks.set(self.index, fd, 0)?;
+        if frame_limit != 0 {
+            maps.limits.set(self.index, frame_limit, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the slot's `XSK_FRAME_LIMITS` entry alone: for tests of the program under
+    /// BPF_PROG_TEST_RUN, where no socket takes the redirect (`pass_no_socket`).
+    #[cfg(feature = "testing")]
+    pub fn set_frame_limit(&self, frame_limit: u32) -> Result<(), SocketSlotError> {
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        maps.limits.set(self.index, frame_limit, 0)?;
         Ok(())
     }
 
     /// Empties the slot: from now on the program passes the queue's steered frames to the
     /// kernel (`pass_no_socket`), whoever still holds the socket that was there.
     pub fn unset(&self) -> Result<(), SocketSlotError> {
-        let mut xsks = self.xsks.lock().unwrap_or_else(PoisonError::into_inner);
-        match xsks.unset(self.index) {
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        maps.limits.set(self.index, 0, 0)?;
+        match maps.xsks.unset(self.index) {
             // Already empty (the socket closed and the kernel took it out).
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(())
@@ -375,7 +399,10 @@ impl Loaded {
             })
             .collect();
         let slots = SocketSlots {
-            xsks: Arc::new(Mutex::new(take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?)),
+            maps: Arc::new(Mutex::new(SlotMaps {
+                xsks: take_map(&mut ebpf, maps::XSKS, "an XSKMAP")?,
+                limits: take_map(&mut ebpf, maps::XSK_FRAME_LIMITS, "an array of u32")?,
+            })),
         };
         let dataplane = Maps::take(&mut ebpf, reuseport, filter)?;
         Ok((
@@ -428,7 +455,8 @@ impl Loaded {
         &mut self.ebpf
     }
 
-    /// Steers (interface number `iface_number`, rx `queue`) to the AF_XDP socket `fd`.
+    /// Steers (interface number `iface_number`, rx `queue`) to the AF_XDP socket `fd`, which
+    /// takes frames up to `frame_limit` beyond one UMEM frame (see [`SocketSlot::set`]).
     /// `iface_number` (0 to `MAX_IFACES - 1`) gives the interface its own block of `MAX_QUEUES`
     /// XSKMAP slots; the program finds the block through the interface's `IFACE_SLOTS` entry,
     /// written with the same number by `Dataplane::set_iface`.
@@ -437,8 +465,9 @@ impl Loaded {
         iface_number: u32,
         queue: u32,
         fd: RawFd,
+        frame_limit: u32,
     ) -> Result<(), SocketSlotError> {
-        self.socket_slot(iface_number, queue)?.set(fd)
+        self.socket_slot(iface_number, queue)?.set(fd, frame_limit)
     }
 
     /// The slot of (interface number `iface_number`, rx `queue`), as a handle its worker keeps.
@@ -454,7 +483,7 @@ impl Loaded {
             });
         }
         Ok(SocketSlot {
-            xsks: self.slots.xsks.clone(),
+            maps: self.slots.maps.clone(),
             index: iface_number * maps::MAX_QUEUES + queue,
         })
     }

@@ -12,6 +12,16 @@
 //! memory, 4,096-byte aligned frames (the kernel's aligned mode takes 2,048 up to a page, the
 //! range zero-copy drivers handle), no extra headroom; the kernel pins it when it is
 //! registered, in either mode.
+//!
+//! Multi-buffer (jumbo) frames: [`QueueSocket::open`] binds with `XDP_USE_SG` where the kernel
+//! takes it (Linux 6.6+; zero-copy also needs the driver's support) and without it where the
+//! bind is refused. With it, the kernel puts a frame longer than one UMEM frame
+//! ([`MAX_XSK_FRAME`] bytes) in several, one rx descriptor each, `XDP_PKT_CONTD` set on all but
+//! the last; [`QueueSocket::receive`] gathers such a chain into one buffer (`Chain`) and
+//! hands it over whole, and every frame of the chain goes back to the free list as it is read,
+//! also when the chain is broken (counted, [`ChainError`]). The socket's
+//! [`QueueSocket::frame_limit`] goes into the program's `XSK_FRAME_LIMITS` beside its `XSKS`
+//! slot, so the program passes what the socket could not take.
 
 use std::{
     ffi::CString,
@@ -20,7 +30,7 @@ use std::{
     sync::atomic::Ordering::Acquire,
 };
 
-use demux_common::meta::PacketMeta;
+use demux_common::meta::{PacketMeta, MAX_XSK_FRAME, MAX_XSK_SEGMENTS, MAX_XSK_SG_FRAME};
 use thiserror::Error;
 use xdpilone::{
     xdp::{XdpDesc, XdpStatisticsV2},
@@ -214,18 +224,154 @@ pub struct QueueSocket {
     /// Frame addresses the kernel does not hold: handed to the fill ring as it takes them.
     free: Vec<u64>,
     frames: u32,
+    /// Bound with `XDP_USE_SG`.
+    sg: bool,
+    /// Why a bind with `XDP_USE_SG` was refused.
+    sg_refused: Option<String>,
+    /// The multi-buffer frame being gathered (it may continue in the next batch).
+    chain: Chain,
     pub iface: String,
     pub queue: u32,
+    mode: BindMode,
+}
+
+/// Why [`QueueSocket::open_as`] failed: the bind with `XDP_USE_SG` was refused with this
+/// errno, or a step failed.
+enum Opened {
+    Refused(xdpilone::Errno),
+    Failed(XskError),
+}
+
+impl From<XskError> for Opened {
+    fn from(e: XskError) -> Self {
+        Opened::Failed(e)
+    }
+}
+
+/// One packet [`QueueSocket::receive`] read.
+pub enum Received<'a> {
+    /// A whole frame (gathered when it spanned several descriptors), with its metadata when the
+    /// bytes in front of its first descriptor carry the current ABI version.
+    Frame(&'a [u8], Option<PacketMeta>),
+    /// A chain of descriptors that is no usable frame: dropped (its frames are recycled).
+    Broken(ChainError),
+}
+
+impl std::fmt::Debug for Received<'_> {
+    /// The frame's length, not its bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Received::Frame(bytes, meta) => write!(f, "Frame({} bytes, {meta:?})", bytes.len()),
+            Received::Broken(e) => write!(f, "Broken({e:?})"),
+        }
+    }
+}
+
+/// Why a chain of rx descriptors (`XDP_PKT_CONTD`) was dropped. The kernel produces neither;
+/// the worker counts them as `dropped_bad_chain`.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// More descriptors than [`MAX_XSK_SEGMENTS`] (longer than the program lets through).
+    #[error("a frame over more than {MAX_XSK_SEGMENTS} descriptors")]
+    TooLong,
+    /// A descriptor that points outside its UMEM frame or outside the UMEM.
+    #[error("a descriptor outside its UMEM frame")]
+    OutOfFrame,
+}
+
+/// A multi-buffer frame being gathered: the bytes of its descriptors so far, in order, and the
+/// metadata in front of the first. Pure bookkeeping, so that its rules are tested without a
+/// kernel: a chain that breaks (too many descriptors, one out of bounds) swallows descriptors
+/// up to its last and is reported once, as [`ChainError`].
+#[derive(Default)]
+struct Chain {
+    bytes: Vec<u8>,
+    meta: Option<PacketMeta>,
+    segments: u32,
+    broken: Option<ChainError>,
+}
+
+impl Chain {
+    /// Whether a chain is being gathered (its last descriptor not read yet).
+    fn is_open(&self) -> bool {
+        self.segments > 0
+    }
+
+    /// Adds one descriptor's bytes (`None`: the descriptor was out of bounds) and, for the
+    /// first, its metadata. `last`: the descriptor has no `XDP_PKT_CONTD`. Returns the packet
+    /// when this was the last descriptor.
+    fn push(
+        &mut self,
+        bytes: Option<&[u8]>,
+        meta: Option<PacketMeta>,
+        last: bool,
+    ) -> Option<Received<'_>> {
+        if self.segments == 0 {
+            self.bytes.clear();
+            self.meta = meta;
+        }
+        self.segments = self.segments.saturating_add(1);
+        if self.broken.is_none() {
+            match bytes {
+                _ if self.segments > MAX_XSK_SEGMENTS => self.broken = Some(ChainError::TooLong),
+                None => self.broken = Some(ChainError::OutOfFrame),
+                Some(bytes) => self.bytes.extend_from_slice(bytes),
+            }
+        }
+        if !last {
+            return None;
+        }
+        // The bytes stay until the next chain's first push: the packet returned borrows them.
+        self.segments = 0;
+        let meta = self.meta.take();
+        Some(match self.broken.take() {
+            Some(e) => Received::Broken(e),
+            None => Received::Frame(&self.bytes, meta),
+        })
+    }
 }
 
 impl QueueSocket {
     /// Opens a socket on `iface` rx queue `queue` with `frames` UMEM frames (a power of two),
-    /// bound in `mode`, and hands all of them to the fill ring.
+    /// bound in `mode`, with `XDP_USE_SG` where the kernel (and, for zero-copy, the driver)
+    /// takes it, and hands all of them to the fill ring. A bind with `XDP_USE_SG` refused with
+    /// `EINVAL` (a kernel before 6.6 knows no such flag) or `EOPNOTSUPP` (a zero-copy driver
+    /// without multi-buffer support) is tried again, on a fresh socket, without it:
+    /// [`QueueSocket::sg_refused`] says why.
     pub fn open(iface: &str, queue: u32, frames: u32, mode: BindMode) -> Result<Self, XskError> {
+        let failed = |opened| match opened {
+            Opened::Failed(e) => e,
+            Opened::Refused(errno) => {
+                bind_error(iface, queue, mode, "binding with XDP_USE_SG")(errno)
+            }
+        };
+        match Self::open_as(iface, queue, frames, mode, true) {
+            Ok(socket) => Ok(socket),
+            Err(Opened::Refused(errno))
+                if matches!(errno.get_raw(), libc::EINVAL | libc::EOPNOTSUPP) =>
+            {
+                let mut socket =
+                    Self::open_as(iface, queue, frames, mode, false).map_err(failed)?;
+                socket.sg_refused = Some(errno.to_string());
+                Ok(socket)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// As [`QueueSocket::open`], with `XDP_USE_SG` or without.
+    fn open_as(
+        iface: &str,
+        queue: u32,
+        frames: u32,
+        mode: BindMode,
+        sg: bool,
+    ) -> Result<Self, Opened> {
+        let sg_flag = if sg { libc::XDP_USE_SG } else { 0 };
         let config = SocketConfig {
             rx_size: NonZeroU32::new(frames),
             tx_size: None,
-            bind_flags: mode.flag(),
+            bind_flags: mode.flag() | sg_flag,
         };
         let Parts {
             user,
@@ -236,9 +382,12 @@ impl QueueSocket {
         let rx = user
             .map_rx()
             .map_err(step(iface, queue, "mapping the rx ring"))?;
-        umem.umem()
-            .bind(&user)
-            .map_err(bind_error(iface, queue, mode, "binding"))?;
+        if let Err(errno) = umem.umem().bind(&user) {
+            if sg {
+                return Err(Opened::Refused(errno));
+            }
+            return Err(bind_error(iface, queue, mode, "binding")(errno).into());
+        }
         let mut socket = Self {
             rx,
             device,
@@ -249,11 +398,57 @@ impl QueueSocket {
                 .map(|i| i * u64::from(FRAME_SIZE))
                 .collect(),
             frames,
+            sg,
+            sg_refused: None,
+            chain: Chain::default(),
             iface: iface.to_owned(),
             queue,
+            mode,
         };
         socket.refill();
         Ok(socket)
+    }
+
+    /// The longest frame the socket takes beyond one UMEM frame, for the program's
+    /// `XSK_FRAME_LIMITS` ([`crate::program::SocketSlot::set`]): [`MAX_XSK_SG_FRAME`] when it is
+    /// bound with `XDP_USE_SG`, 0 when not.
+    pub fn frame_limit(&self) -> u32 {
+        if self.sg {
+            MAX_XSK_SG_FRAME
+        } else {
+            0
+        }
+    }
+
+    /// Why the kernel refused `XDP_USE_SG` (the socket is bound without it), if it did.
+    pub fn sg_refused(&self) -> Option<&str> {
+        self.sg_refused.as_deref()
+    }
+
+    /// One line saying how the socket is bound and what frames it takes, for the log.
+    pub fn describe(&self) -> String {
+        match (&self.sg_refused, self.sg) {
+            (_, true) => format!(
+                "AF_XDP socket on {} queue {}: {} with XDP_USE_SG (multi-buffer): frames up to \
+                 {} bytes through AF_XDP",
+                self.iface,
+                self.queue,
+                self.mode.name(),
+                MAX_XSK_SG_FRAME
+            ),
+            (refused, false) => format!(
+                "AF_XDP socket on {} queue {}: {} without XDP_USE_SG ({}): frames longer than \
+                 {MAX_XSK_FRAME} bytes pass to the kernel (`pass_too_large`) and reach \
+                 endpoints through their backing sockets",
+                self.iface,
+                self.queue,
+                self.mode.name(),
+                refused.as_deref().map_or_else(
+                    || "not asked".to_owned(),
+                    |e| format!("the kernel refused it: {e}")
+                ),
+            ),
+        }
     }
 
     /// Offers every free frame to the fill ring; what the kernel does not take stays free.
@@ -264,23 +459,46 @@ impl QueueSocket {
         self.free.truncate(self.free.len() - taken);
     }
 
-    /// Reads up to `max` frames: calls `each(frame, metadata)` for every one (metadata when the
-    /// bytes in front carry the current ABI version), then recycles the frames. Returns how
-    /// many frames were read.
-    pub fn receive(&mut self, max: u32, mut each: impl FnMut(&[u8], Option<PacketMeta>)) -> u32 {
+    /// Reads up to `max` rx descriptors: calls `each` once for every packet (a frame of one
+    /// descriptor as it lies in the UMEM, a chain gathered; a chain may end in a later call),
+    /// then recycles the frames. Returns how many descriptors were read.
+    pub fn receive(&mut self, max: u32, mut each: impl FnMut(Received<'_>)) -> u32 {
         let mut read = 0;
         let memory = self.umem.bytes();
+        let frame_size = u64::from(FRAME_SIZE);
         let mut reader = self.rx.receive(max);
         while let Some(desc) = reader.read() {
-            let (start, len) = (desc.addr as usize, desc.len as usize);
-            let chunk = desc.addr - desc.addr % u64::from(FRAME_SIZE);
-            let meta = (start >= PacketMeta::LEN + chunk as usize)
-                .then(|| PacketMeta::read(&memory[start - PacketMeta::LEN..start]))
-                .flatten()
-                .filter(|meta| meta.version == PacketMeta::VERSION);
-            each(&memory[start..start + len], meta);
-            self.free.push(chunk);
             read += 1;
+            let chunk = desc.addr - desc.addr % frame_size;
+            let in_umem = chunk + frame_size <= memory.len() as u64;
+            let end = desc.addr + u64::from(desc.len);
+            let bytes = (in_umem && end <= chunk + frame_size)
+                .then(|| &memory[desc.addr as usize..end as usize]);
+            let start = desc.addr as usize;
+            let meta = || {
+                (bytes.is_some() && start >= PacketMeta::LEN + chunk as usize)
+                    .then(|| PacketMeta::read(&memory[start - PacketMeta::LEN..start]))
+                    .flatten()
+                    .filter(|meta| meta.version == PacketMeta::VERSION)
+            };
+            let last = desc.options & libc::XDP_PKT_CONTD == 0;
+            match bytes {
+                // The common case: a frame in one descriptor, handed over where it lies.
+                Some(bytes) if last && !self.chain.is_open() => {
+                    each(Received::Frame(bytes, meta()))
+                }
+                _ => {
+                    let first = !self.chain.is_open();
+                    let meta = if first { meta() } else { None };
+                    if let Some(packet) = self.chain.push(bytes, meta, last) {
+                        each(packet);
+                    }
+                }
+            }
+            // The kernel never hands out a chunk outside the UMEM; if it did, it is no frame.
+            if in_umem {
+                self.free.push(chunk);
+            }
         }
         reader.release();
         drop(reader);
@@ -585,7 +803,80 @@ impl TxSocket {
 
 #[cfg(test)]
 mod tests {
-    use super::ProducedCount;
+    use demux_common::meta::{PacketMeta, MAX_XSK_SEGMENTS};
+
+    use super::{Chain, ChainError, ProducedCount, Received};
+
+    fn meta(endpoint: u32) -> Option<PacketMeta> {
+        Some(PacketMeta {
+            version: PacketMeta::VERSION,
+            protocol: 17,
+            family: 4,
+            endpoint,
+            flow_hash: 0,
+            l4_offset: 34,
+            payload_offset: 42,
+            l3_offset: 14,
+            _pad: 0,
+        })
+    }
+
+    /// What a finished packet was: its bytes and endpoint, or why it broke.
+    fn outcome(received: Option<Received<'_>>) -> Option<Result<(Vec<u8>, u32), ChainError>> {
+        received.map(|r| match r {
+            Received::Frame(bytes, meta) => Ok((bytes.to_vec(), meta.unwrap().endpoint)),
+            Received::Broken(e) => Err(e),
+        })
+    }
+
+    #[test]
+    fn a_chain_is_gathered_in_order_with_the_first_descriptors_metadata() {
+        let mut chain = Chain::default();
+        assert!(!chain.is_open());
+        assert_eq!(outcome(chain.push(Some(b"abc"), meta(5), false)), None);
+        assert!(chain.is_open());
+        // Only the first descriptor's metadata counts.
+        assert_eq!(outcome(chain.push(Some(b"de"), meta(9), false)), None);
+        assert_eq!(
+            outcome(chain.push(Some(b"f"), None, true)),
+            Some(Ok((b"abcdef".to_vec(), 5)))
+        );
+        assert!(!chain.is_open());
+        // The next chain starts empty.
+        assert_eq!(
+            outcome(chain.push(Some(b"xy"), meta(6), true)),
+            Some(Ok((b"xy".to_vec(), 6)))
+        );
+    }
+
+    #[test]
+    fn a_broken_chain_is_reported_once_at_its_last_descriptor_and_the_next_is_whole() {
+        let mut chain = Chain::default();
+        // A descriptor out of bounds in the middle.
+        assert_eq!(outcome(chain.push(Some(b"a"), meta(1), false)), None);
+        assert_eq!(outcome(chain.push(None, None, false)), None);
+        assert_eq!(outcome(chain.push(Some(b"c"), None, false)), None);
+        assert_eq!(
+            outcome(chain.push(Some(b"d"), None, true)),
+            Some(Err(ChainError::OutOfFrame))
+        );
+        // More descriptors than the program lets through: dropped at the end, not before.
+        for i in 0..MAX_XSK_SEGMENTS + 3 {
+            assert_eq!(outcome(chain.push(Some(b"z"), meta(2), false)), None, "{i}");
+        }
+        assert_eq!(
+            outcome(chain.push(Some(b"z"), None, true)),
+            Some(Err(ChainError::TooLong))
+        );
+        // Exactly the most it takes: whole.
+        for _ in 0..MAX_XSK_SEGMENTS - 1 {
+            assert_eq!(outcome(chain.push(Some(b"q"), meta(3), false)), None);
+        }
+        assert_eq!(
+            outcome(chain.push(Some(b"q"), None, true)),
+            Some(Ok((vec![b'q'; MAX_XSK_SEGMENTS as usize], 3)))
+        );
+    }
 
     #[test]
     fn a_producer_index_is_counted_across_its_wrap() {

@@ -61,7 +61,7 @@ pub(crate) fn report(stats: &Stats) -> String {
     for s in &stats.sockets {
         out += &format!(
             "  {} queue {}: rx_dropped={} rx_ring_full={} fill_ring_empty={} frames={} free={} \
-             fill_ring={} rx_ring={} handed_to_client={}{}\n",
+             fill_ring={} rx_ring={} handed_to_client={} frame_limit={}{}\n",
             s.iface,
             s.queue,
             s.rx_dropped,
@@ -72,12 +72,16 @@ pub(crate) fn report(stats: &Stats) -> String {
             s.frames_fill_ring,
             s.frames_rx_ring,
             s.handed_to_client,
+            s.frame_limit,
             if s.leased { " (leased)" } else { "" }
         );
     }
     out += &format!(
-        "worker drops: no_endpoint={} bad_metadata={} bad_checksum={}\n",
-        stats.dropped_no_endpoint, stats.dropped_bad_metadata, stats.dropped_bad_checksum
+        "worker drops: no_endpoint={} bad_metadata={} bad_checksum={} bad_chain={}\n",
+        stats.dropped_no_endpoint,
+        stats.dropped_bad_metadata,
+        stats.dropped_bad_checksum,
+        stats.dropped_bad_chain
     );
     out
 }

@@ -390,6 +390,11 @@ pub struct SocketInfo {
     /// Leased to a client's fast path: the client reads the queue (the frame counts are 0).
     #[serde(default, skip_serializing_if = "is_false")]
     pub leased: bool,
+    /// The longest frame the queue's own socket takes through AF_XDP beyond one UMEM frame
+    /// (bound with `XDP_USE_SG`: `demux_common::meta::MAX_XSK_SG_FRAME`); 0 when it takes one
+    /// UMEM frame (`meta::MAX_XSK_FRAME` bytes) at most, and while leased.
+    #[serde(default)]
+    pub frame_limit: u32,
     /// Frames the kernel put on the rx rings of this queue's leased sockets, for fast-path
     /// clients, over every lease so far: read from each ring's producer index, which its client
     /// can write too, so this is the client's own claim about its own lease (see
@@ -416,6 +421,10 @@ pub struct Stats {
     /// TCP) or an IPv6 UDP datagram had none, as the kernel drops them.
     #[serde(default)]
     pub dropped_bad_checksum: u64,
+    /// Multi-buffer frames a queue worker dropped because their chain of descriptors was
+    /// broken (more descriptors than it gathers, or one outside its UMEM frame).
+    #[serde(default)]
+    pub dropped_bad_chain: u64,
     /// What endpoints that are closed by now delivered, so the accounting adds up.
     pub closed_delivered: u64,
     /// What endpoints that are closed by now dropped.
@@ -472,6 +481,7 @@ impl Stats {
             + self.dropped_no_endpoint
             + self.dropped_bad_metadata
             + self.dropped_bad_checksum
+            + self.dropped_bad_chain
             + self.closed_dropped
     }
 }

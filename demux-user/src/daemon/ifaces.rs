@@ -141,7 +141,7 @@ impl Ifaces {
                 let slot = loaded
                     .socket_slot(iface.number, queue)
                     .with_context(|| format!("the socket slot of {name} queue {queue}"))?;
-                let (worker, fd, control) = worker::spawn(
+                let (worker, fd, frame_limit, control) = worker::spawn(
                     &name,
                     queue,
                     self.frames,
@@ -156,7 +156,7 @@ impl Ifaces {
                 state.add_socket(cell);
                 state.add_queue(control);
                 loaded
-                    .register_socket(iface.number, queue, fd)
+                    .register_socket(iface.number, queue, fd, frame_limit)
                     .with_context(|| format!("registering the socket of {name} queue {queue}"))?;
             }
         }

@@ -70,6 +70,16 @@ pub fn detect() -> Vec<Feature> {
                        address is refused",
         },
         Feature {
+            // Decided by trying: each queue's socket binds with it and falls back without on
+            // EINVAL (the worker logs which it got, `QueueSocket::describe`).
+            name: "multi-buffer AF_XDP (XDP_USE_SG)",
+            since: Release(6, 6),
+            on: at_least(Release(6, 6)),
+            when_off: "AF_XDP sockets are bound without it: frames longer than one UMEM frame \
+                       (3,840 bytes: jumbo MTUs) pass to the kernel (`pass_too_large`) and reach \
+                       endpoints through their backing sockets",
+        },
+        Feature {
             name: "MFD_NOEXEC_SEAL",
             since: Release(6, 3),
             on: crate::sys::has_memfd_noexec_seal(),
@@ -95,8 +105,8 @@ pub fn log(features: &[Feature]) {
     };
     let release = Release::running().map_or_else(|| "unknown".to_owned(), |r| r.to_string());
     info!(
-        "kernel {release}: features on: {}; off: {}; not used by this version: XDP multi-buffer \
-         (XDP_USE_SG, 6.6+), XDP metadata kfuncs (6.3+, VLAN tag 6.8+)",
+        "kernel {release}: features on: {}; off: {}; not used by this version: XDP metadata \
+         kfuncs (6.3+, VLAN tag 6.8+)",
         list(true),
         list(false)
     );

@@ -169,6 +169,10 @@ pub fn encode(stats: &Stats) -> String {
                 label(&[("reason", "bad_checksum".into())]),
                 stats.dropped_bad_checksum,
             ),
+            (
+                label(&[("reason", "bad_chain".into())]),
+                stats.dropped_bad_chain,
+            ),
         ],
     );
     let mut out = String::new();

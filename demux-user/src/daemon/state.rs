@@ -120,6 +120,8 @@ pub struct WorkerCounters {
     pub dropped_bad_metadata: AtomicU64,
     /// Bad IPv4 header, UDP or TCP checksums, IPv6 UDP without one ([`crate::checksum`]).
     pub dropped_bad_checksum: AtomicU64,
+    /// Broken chains of multi-buffer descriptors ([`crate::xsk::ChainError`]).
+    pub dropped_bad_chain: AtomicU64,
 }
 
 impl EndpointHandle {

@@ -153,6 +153,7 @@ impl View {
             dropped_no_endpoint: self.workers.dropped_no_endpoint.load(Relaxed),
             dropped_bad_metadata: self.workers.dropped_bad_metadata.load(Relaxed),
             dropped_bad_checksum: self.workers.dropped_bad_checksum.load(Relaxed),
+            dropped_bad_chain: self.workers.dropped_bad_chain.load(Relaxed),
             closed_delivered: listed.closed_delivered,
             closed_dropped: listed.closed_dropped,
         }

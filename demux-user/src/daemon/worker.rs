@@ -1,6 +1,7 @@
 //! A queue worker: one thread per AF_XDP socket, which it opens itself (the UMEM's memory stays
-//! with the thread that uses it). It waits for frames (poll), reads them in batches, finds each
-//! frame's endpoint from its metadata, checks the frame's checksums as the kernel would
+//! with the thread that uses it). It waits for frames (poll), reads them in batches (a
+//! multi-buffer frame gathered whole from its descriptors; a broken chain of descriptors is
+//! counted as `dropped_bad_chain`), finds each frame's endpoint from its metadata, checks the frame's checksums as the kernel would
 //! ([`crate::checksum`]; a bad one is dropped, counted as `dropped_bad_checksum`), delivers the
 //! datagram to the endpoint's sink, and returns every frame to the fill ring.
 
@@ -23,7 +24,7 @@ use crate::{
     datagram::Datagram,
     program::SocketSlot,
     sink::DropReason,
-    xsk::{BindMode, LeasedSocket, QueueSocket, XskError},
+    xsk::{BindMode, LeasedSocket, QueueSocket, Received, XskError},
 };
 
 use super::state::{Directory, WorkerCounters};
@@ -84,8 +85,9 @@ enum Mode {
     Reopening,
 }
 
-/// Starts the worker of (`iface`, `queue`); returns it, its socket's fd for the XSKMAP, and
-/// its control handle (`slot` is where a replacement socket goes). Every socket of the queue
+/// Starts the worker of (`iface`, `queue`); returns it, its socket's fd for the XSKMAP and the
+/// socket's frame limit for `XSK_FRAME_LIMITS` ([`QueueSocket::frame_limit`]), and its control
+/// handle (`slot` is where a replacement socket goes). Every socket of the queue
 /// (its own, reopened, leased) has `frames` frames and binds in `bind`.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
@@ -98,8 +100,8 @@ pub fn spawn(
     cell: Arc<Mutex<SocketInfo>>,
     stop: Arc<AtomicBool>,
     slot: SocketSlot,
-) -> anyhow::Result<(JoinHandle<()>, RawFd, QueueControl)> {
-    let (opened, fd) = mpsc::channel::<Result<RawFd, XskError>>();
+) -> anyhow::Result<(JoinHandle<()>, RawFd, u32, QueueControl)> {
+    let (opened, fd) = mpsc::channel::<Result<(RawFd, u32), XskError>>();
     let (commands, inbox) = mpsc::channel::<Command>();
     let control = QueueControl {
         iface: iface.to_owned(),
@@ -125,7 +127,9 @@ pub fn spawn(
                 });
             let socket = match opened_and_lowered {
                 Ok(socket) => {
-                    let _ = opened.send(Ok(socket.fd()));
+                    // Once per queue: whether jumbo frames come through AF_XDP here.
+                    tracing::info!("{}", socket.describe());
+                    let _ = opened.send(Ok((socket.fd(), socket.frame_limit())));
                     socket
                 }
                 Err(e) => {
@@ -193,10 +197,10 @@ pub fn spawn(
             }
             worker.publish(&mut mode);
         })?;
-    let fd = fd.recv().map_err(|_| {
+    let (fd, frame_limit) = fd.recv().map_err(|_| {
         anyhow::anyhow!("the worker of queue {queue} died while opening its socket")
     })??;
-    Ok((worker, fd, control))
+    Ok((worker, fd, frame_limit, control))
 }
 
 /// A worker's fixed parts.
@@ -245,7 +249,15 @@ impl Worker {
         loop {
             let now = SystemTime::now();
             let endpoints = directory.read().expect("directory lock");
-            let read = socket.receive(BATCH, |frame, meta| {
+            let read = socket.receive(BATCH, |packet| {
+                let (frame, meta) = match packet {
+                    Received::Frame(frame, meta) => (frame, meta),
+                    Received::Broken(e) => {
+                        tracing::debug!("{iface} queue {queue}: dropped a frame: {e}");
+                        counters.dropped_bad_chain.fetch_add(1, Relaxed);
+                        return;
+                    }
+                };
                 let Some(meta) = meta else {
                     counters.dropped_bad_metadata.fetch_add(1, Relaxed);
                     return;
@@ -361,7 +373,13 @@ impl Worker {
             (Command::Bind(reply), Mode::Leased(mut leased)) => {
                 let result = bind_retrying(&mut leased, &iface, queue)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| self.slot.set(leased.fd()).map_err(|e| e.to_string()));
+                    .and_then(|()| {
+                        self.slot
+                            // A leased socket is bound without XDP_USE_SG (the client reads one
+                            // descriptor per frame): longer frames pass to the kernel.
+                            .set(leased.fd(), 0)
+                            .map_err(|e| e.to_string())
+                    });
                 let _ = reply.send(result);
                 Mode::Leased(leased)
             }
@@ -384,9 +402,10 @@ impl Worker {
     /// while the kernel refuses (a client still holds the leased socket: `EBUSY`).
     fn reopen(&mut self) -> Mode {
         match QueueSocket::open(&self.iface, self.queue, self.frames, self.bind) {
-            Ok(socket) => match self.slot.set(socket.fd()) {
+            Ok(socket) => match self.slot.set(socket.fd(), socket.frame_limit()) {
                 Ok(()) => {
                     tracing::info!(iface = %self.iface, queue = self.queue, "queue served by the daemon again");
+                    tracing::debug!("{}", socket.describe());
                     Mode::Own(socket)
                 }
                 Err(e) => {
@@ -409,6 +428,7 @@ impl Worker {
                 // The client holds the frames: the daemon cannot count where they are.
                 info.leased = true;
                 info.frames = 0;
+                info.frame_limit = 0;
                 info.frames_free = 0;
                 info.frames_fill_ring = 0;
                 info.frames_rx_ring = 0;
@@ -482,6 +502,7 @@ fn publish(socket: &QueueSocket, cell: &Mutex<SocketInfo>, retired: &KernelCount
     let (fill, rx) = socket.ring_frames();
     let mut info = cell.lock().expect("socket cell");
     info.leased = false;
+    info.frame_limit = socket.frame_limit();
     info.frames = frames;
     info.frames_free = free as u64;
     info.frames_fill_ring = u64::from(fill);

@@ -22,7 +22,7 @@ use demux::{
 use demux_common::{
     binding::Target,
     hash::{flow_hash, FlowKey},
-    meta::{PacketMeta, MAX_XSK_FRAME},
+    meta::{PacketMeta, MAX_XSK_FRAME, MAX_XSK_SG_FRAME},
     Verdict,
 };
 
@@ -36,6 +36,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         each_load_draws_its_own_key,
         destination_checks_are_off_only_in_the_benchmarks_load,
         local_cache_slots_shared_by_addresses,
+        multi_buffer_frames_agree_with_the_model_when_their_slot_takes_them,
     ]
 }
 
@@ -221,6 +222,104 @@ pub(crate) fn fixtures_agree_with_the_program() -> anyhow::Result<()> {
         hex(&key.to_bytes()),
         failures.join("\n")
     );
+    Ok(())
+}
+
+/// Frames longer than a page, which BPF_PROG_TEST_RUN hands the program as multi-buffer
+/// frames (the headers in the first buffer, the rest in fragments), against the model, with the
+/// slot's `XSK_FRAME_LIMITS` entry 0 (a socket without XDP_USE_SG: all passed as too large),
+/// the full multi-buffer limit, and one byte short of the frame: the lengths the headers state
+/// are checked against the whole frame, fragments included (a correct frame is steered, one
+/// whose IP or UDP length reaches past its end is malformed), and the metadata agrees.
+pub(crate) fn multi_buffer_frames_agree_with_the_model_when_their_slot_takes_them(
+) -> anyhow::Result<()> {
+    let (mut loaded, mut maps, key) = load_with_random_key()?;
+    let host = fixtures::host();
+    host.install(&mut maps)?;
+    let slot = loaded.socket_slot(0, 0)?;
+    let binding = Binding {
+        protocol: Protocol::Udp,
+        local: Local::Addr("[::]:53".parse()?),
+        remote: None,
+        v6only: false,
+    };
+    let bindings = vec![binding.encode(Receiver::Endpoint(1))?];
+    let mut model = install(
+        key,
+        &mut maps,
+        &mut Tables::default(),
+        &bindings,
+        &[],
+        &host,
+    )?;
+    let mut frames = Vec::new();
+    for (src, dst) in [
+        ("198.18.0.1:40000", "198.18.0.2:53"),
+        ("[2001:2::1]:40000", "[2001:2::2]:53"),
+    ] {
+        // Not between a page's first buffer and MAX_XSK_FRAME (about 3,500 to 3,840 bytes),
+        // where the program sees fragments and the model a frame one UMEM frame holds.
+        for size in [1000, 3900, 4000, 8952, 8972, 30_000, 60_000] {
+            let frame = FrameSpec::udp(src.parse()?, dst.parse()?, &vec![0x5a; size]).build();
+            let v4 = src.starts_with('1');
+            // IPv4 total length or IPv6 payload length, and the UDP length.
+            let (ip_len_at, udp_len_at) = if v4 { (16, 38) } else { (18, 58) };
+            let longer = |at: usize| {
+                let mut f = frame.clone();
+                let len = u16::from_be_bytes([f[at], f[at + 1]]) + 1;
+                f[at..at + 2].copy_from_slice(&len.to_be_bytes());
+                f
+            };
+            let mut padded = frame.clone();
+            padded.extend_from_slice(&[0; 10]);
+            let mut truncated = frame.clone();
+            truncated.pop();
+            frames.extend([
+                frame.clone(),
+                longer(ip_len_at),
+                longer(udp_len_at),
+                padded,
+                truncated,
+            ]);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut verdicts = std::collections::BTreeMap::<&str, u32>::new();
+    for frame in &frames {
+        let len = frame.len() as u32;
+        for limit in [0, MAX_XSK_SG_FRAME, len - 1] {
+            slot.set_frame_limit(limit)?;
+            model.frame_limits.insert(0, limit);
+            let observed = run_frame(&mut loaded, &maps, frame)?;
+            let expected = model.classify(frame, 0);
+            *verdicts.entry(observed.verdict.name()).or_default() += 1;
+            if observed.verdict != expected.verdict || observed.meta != expected.meta {
+                failures.push(format!(
+                    "{len}-byte frame, limit {limit}: program {:?} {:?}, model {:?} {:?}",
+                    observed.verdict, observed.meta, expected.verdict, expected.meta
+                ));
+            }
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{} of {} runs differ (DEMUX_FLOW_KEY={}):\n{}",
+        failures.len(),
+        frames.len() * 3,
+        hex(&key.to_bytes()),
+        failures.join("\n")
+    );
+    // Every outcome the runs are there for happened.
+    for verdict in [
+        Verdict::PassNoSocket,
+        Verdict::PassTooLarge,
+        Verdict::PassMalformed,
+    ] {
+        ensure!(
+            verdicts.get(verdict.name()).copied().unwrap_or(0) > 0,
+            "no run gave {verdict:?}: {verdicts:?}"
+        );
+    }
     Ok(())
 }
 

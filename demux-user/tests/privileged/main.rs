@@ -26,6 +26,7 @@ mod clients;
 mod daemon;
 mod endpoints;
 mod fastpath;
+mod jumbo;
 mod large;
 mod local;
 mod multicast;
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
         clients::tests(),
         fastpath::tests(),
         large::tests(),
+        jumbo::tests(),
         backing::tests(),
         restart::tests(),
         reload::tests(),
@@ -100,6 +102,12 @@ fn main() -> ExitCode {
                         .starts_with("multiprog::")
                         .then(|| multiprog::skip_reason(t.name()))
                         .flatten()
+                        .or_else(|| {
+                            t.name()
+                                .starts_with("jumbo::")
+                                .then(jumbo::skip_reason)
+                                .flatten()
+                        })
                 })?;
                 Some(format!("test {} ... skipped: {reason}", t.name()))
             })

@@ -16,7 +16,7 @@ use demux::{
     dataplane::Dataplane as _,
     program::{BpfLogLevel, Loaded},
     tables::Tables,
-    xsk::{BindMode, QueueSocket},
+    xsk::{BindMode, QueueSocket, Received},
 };
 use demux_common::Verdict;
 
@@ -40,7 +40,7 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                 attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
                 let mut socket = QueueSocket::open(&net.b_if, 0, 256, BindMode::Copy)?;
                 let ifindex = demux::attach::ifindex(&net.b_if)?;
-                loaded.register_socket(0, 0, socket.fd())?;
+                loaded.register_socket(0, 0, socket.fd(), socket.frame_limit())?;
                 // The host view, as the daemon writes it: local routes and the MAC.
                 let routes = local_addrs::dump_blocking()?;
                 local_addrs::apply(&mut maps, &mut Default::default(), &routes)?;
@@ -79,8 +79,8 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                 let mut problems = Vec::new();
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while (payloads.len() as u64) < STEERED && Instant::now() < deadline {
-                    let read = socket.receive(64, |frame, meta| match meta {
-                        Some(meta) if meta.endpoint == ENDPOINT => {
+                    let read = socket.receive(64, |packet| match packet {
+                        Received::Frame(frame, Some(meta)) if meta.endpoint == ENDPOINT => {
                             frame_bytes += frame.len() as u64;
                             payloads.push(frame[usize::from(meta.payload_offset)..].to_vec());
                             if frame[usize::from(meta.l4_offset) + 2..][..2]
@@ -90,7 +90,7 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                                     .push("l4_offset does not point at the UDP header".to_owned());
                             }
                         }
-                        other => problems.push(format!("frame without our metadata: {other:?}")),
+                        other => problems.push(format!("not a frame with our metadata: {other:?}")),
                     });
                     if read == 0 {
                         thread::sleep(Duration::from_millis(5));

@@ -111,6 +111,9 @@ pub struct Model {
     wildcard: HashMap<WildcardKey, Target>,
     groups: HashMap<u32, Vec<u32>>,
     pub sockets: HashSet<u32>,
+    /// Rx queue → the `XSK_FRAME_LIMITS` entry of its slot: the longest frame its socket takes
+    /// beyond one UMEM frame (bound with `XDP_USE_SG`); absent: 0.
+    pub frame_limits: HashMap<u32, u32>,
     /// Local routes and interface MACs; empty: nothing is local.
     pub host: Host,
     /// The interface frames arrive on ([`TEST_RUN_IFINDEX`] by default).
@@ -129,6 +132,7 @@ impl Model {
             wildcard: HashMap::new(),
             groups: HashMap::new(),
             sockets: HashSet::new(),
+            frame_limits: HashMap::new(),
             host: Host::default(),
             ifindex: TEST_RUN_IFINDEX,
         }
@@ -156,8 +160,15 @@ impl Model {
 
     /// The outcome for `frame` arriving on `rx_queue`.
     pub fn classify(&self, frame: &[u8], rx_queue: u32) -> Outcome {
-        // First: a frame no AF_XDP frame could hold is passed unexamined.
-        if frame.len() > demux_common::meta::MAX_XSK_FRAME as usize {
+        // First: a frame the socket of its queue could not take is passed unexamined. Longer
+        // than one UMEM frame fits only a socket bound with XDP_USE_SG, up to its limit, found
+        // through the interface's entry (the program's too; none: it fits nothing).
+        let limit = match self.host.macs.get(&self.ifindex) {
+            Some(_) => self.frame_limits.get(&rx_queue).copied().unwrap_or(0),
+            None => 0,
+        };
+        if frame.len() > demux_common::meta::MAX_XSK_FRAME as usize && frame.len() > limit as usize
+        {
             return Outcome {
                 verdict: Verdict::PassTooLarge,
                 meta: None,
@@ -603,6 +614,27 @@ mod tests {
         model.sockets.insert(3);
         assert_eq!(model.classify(&frame, 3).verdict, Verdict::Redirected);
         assert_eq!(model.classify(&frame, 4).verdict, Verdict::PassNoSocket);
+    }
+
+    #[test]
+    fn a_long_frame_fits_only_a_socket_bound_for_multi_buffer_frames() {
+        let mut model = wildcard_on_port_2();
+        model.sockets.insert(0);
+        let frame = crate::testing::frame::FrameSpec::udp(
+            "198.18.0.1:1".parse().unwrap(),
+            "198.18.0.2:2".parse().unwrap(),
+            &[7; 5000],
+        )
+        .build();
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::PassTooLarge);
+        model.frame_limits.insert(0, frame.len() as u32 - 1);
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::PassTooLarge);
+        model.frame_limits.insert(0, frame.len() as u32);
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::Redirected);
+        // Another queue's socket, or an interface without an entry: passed.
+        assert_eq!(model.classify(&frame, 1).verdict, Verdict::PassTooLarge);
+        model.ifindex = 7;
+        assert_eq!(model.classify(&frame, 0).verdict, Verdict::PassTooLarge);
     }
 
     #[test]
