@@ -73,16 +73,46 @@ static DEMUX_PRESENCE_WORDS_LOG2: Global<u32> = Global::new(MAX_WORDS_LOG2);
 #[map(name = "GROUPS")]
 pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 
-/// The binding that receives `packet`, by precedence.
+/// What [`lookup`] reads before the destination checks: the port's `PORTS` entry and the
+/// presence filter's words for the packet's `CONNECTED` and `BOUND` keys (each only when the
+/// port bit of that table is set). The word is a random 8-byte read of a table sized to the
+/// bindings (a cache and TLB miss at scale): issued as soon as the tuple is parsed, it overlaps
+/// the destination checks and the rest of the lookup, and its value is used only where the
+/// connected or bound decision needs it.
+pub(crate) struct Early {
+    entry: PortEntry,
+    connected: Presence,
+    bound: Presence,
+}
+
+/// A presence-filter word as read, and the key's two bits in it.
+#[derive(Clone, Copy)]
+struct Presence {
+    bits: u64,
+    mask: u64,
+}
+
+impl Presence {
+    /// The port has no binding in the table: never present.
+    const NONE: Self = Self { bits: 0, mask: 1 };
+
+    /// Whether both bits are set ("perhaps bound").
+    #[inline(always)]
+    fn present(self) -> bool {
+        self.bits & self.mask == self.mask
+    }
+}
+
+/// Reads the port entry and the filter words [`lookup`] needs (see [`Early`]).
 #[inline(always)]
-pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
+pub(crate) fn start(packet: &Packet) -> Early {
     let entry = port_entry(port_index(packet.protocol, packet.dst_port));
     let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
     let filter = Filter {
         words_log2: DEMUX_PRESENCE_WORDS_LOG2.load(),
     };
-    if has(TABLE_CONNECTED)
-        && present(filter.connected(
+    let connected = if has(TABLE_CONNECTED) {
+        read_presence(filter.connected(
             packet.protocol,
             packet.family,
             packet.dst_port,
@@ -90,7 +120,32 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
             &packet.dst_addr,
             &packet.src_addr,
         ))
-    {
+    } else {
+        Presence::NONE
+    };
+    let bound = if has(TABLE_BOUND) {
+        read_presence(filter.bound(
+            packet.protocol,
+            packet.family,
+            packet.dst_port,
+            &packet.dst_addr,
+        ))
+    } else {
+        Presence::NONE
+    };
+    Early {
+        entry,
+        connected,
+        bound,
+    }
+}
+
+/// The binding that receives `packet`, by precedence, with what [`start`] read.
+#[inline(always)]
+pub(crate) fn lookup(packet: &Packet, early: &Early) -> Option<Target> {
+    let entry = early.entry;
+    let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
+    if early.connected.present() {
         let key = ConnectedKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -104,14 +159,7 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
             return Some(target);
         }
     }
-    if has(TABLE_BOUND)
-        && present(filter.bound(
-            packet.protocol,
-            packet.family,
-            packet.dst_port,
-            &packet.dst_addr,
-        ))
-    {
+    if early.bound.present() {
         let key = BoundKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -156,13 +204,19 @@ fn port_entry(index: u32) -> PortEntry {
     PortEntry::from_u64(raw)
 }
 
-/// Whether both bits of `probe` are set in the presence filter ("perhaps bound"); beyond the
-/// array, yes.
+/// The filter word of `probe`, read now (volatile: one load, kept where it is issued rather
+/// than sunk to its use); beyond the array, all bits set ("perhaps bound").
 #[inline(always)]
-fn present(probe: Probe) -> bool {
-    PRESENCE
-        .get(probe.word)
-        .is_none_or(|bits| bits & probe.mask == probe.mask)
+fn read_presence(probe: Probe) -> Presence {
+    let bits = match PRESENCE.get_ptr(probe.word) {
+        // SAFETY: a valid, 8-aligned pointer to a `u64` array value.
+        Some(word) => unsafe { core::ptr::read_volatile(word) },
+        None => u64::MAX,
+    };
+    Presence {
+        bits,
+        mask: probe.mask,
+    }
 }
 
 /// A copy of the value under `key`.

@@ -51,6 +51,9 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     };
+    // The lookup's port entry and presence-filter words, read before the checks so that their
+    // latency overlaps them (`lookup::Early`).
+    let early = lookup::start(&packet);
     // Always on in the daemon; off only in the benchmark's comparison load (`host::enabled`).
     let checks = host::enabled();
     if checks {
@@ -58,7 +61,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     }
-    let Some(target) = lookup::lookup(&packet) else {
+    let Some(target) = lookup::lookup(&packet, &early) else {
         return Verdict::PassNoMatch;
     };
     let Some((endpoint, hash)) = lookup::resolve(target, &packet) else {
