@@ -73,46 +73,16 @@ static DEMUX_PRESENCE_WORDS_LOG2: Global<u32> = Global::new(MAX_WORDS_LOG2);
 #[map(name = "GROUPS")]
 pub(crate) static GROUPS: Array<Group> = Array::with_max_entries(MAX_GROUPS, 0);
 
-/// What [`lookup`] reads before the destination checks: the port's `PORTS` entry and the
-/// presence filter's words for the packet's `CONNECTED` and `BOUND` keys (each only when the
-/// port bit of that table is set). The word is a random 8-byte read of a table sized to the
-/// bindings (a cache and TLB miss at scale): issued as soon as the tuple is parsed, it overlaps
-/// the destination checks and the rest of the lookup, and its value is used only where the
-/// connected or bound decision needs it.
-pub(crate) struct Early {
-    entry: PortEntry,
-    connected: Presence,
-    bound: Presence,
-}
-
-/// A presence-filter word as read, and the key's two bits in it.
-#[derive(Clone, Copy)]
-struct Presence {
-    bits: u64,
-    mask: u64,
-}
-
-impl Presence {
-    /// The port has no binding in the table: never present.
-    const NONE: Self = Self { bits: 0, mask: 1 };
-
-    /// Whether both bits are set ("perhaps bound").
-    #[inline(always)]
-    fn present(self) -> bool {
-        self.bits & self.mask == self.mask
-    }
-}
-
-/// Reads the port entry and the filter words [`lookup`] needs (see [`Early`]).
+/// The binding that receives `packet`, by precedence.
 #[inline(always)]
-pub(crate) fn start(packet: &Packet) -> Early {
+pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
     let entry = port_entry(port_index(packet.protocol, packet.dst_port));
     let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
     let filter = Filter {
         words_log2: DEMUX_PRESENCE_WORDS_LOG2.load(),
     };
-    let connected = if has(TABLE_CONNECTED) {
-        read_presence(filter.connected(
+    if has(TABLE_CONNECTED)
+        && present(filter.connected(
             packet.protocol,
             packet.family,
             packet.dst_port,
@@ -120,32 +90,7 @@ pub(crate) fn start(packet: &Packet) -> Early {
             &packet.dst_addr,
             &packet.src_addr,
         ))
-    } else {
-        Presence::NONE
-    };
-    let bound = if has(TABLE_BOUND) {
-        read_presence(filter.bound(
-            packet.protocol,
-            packet.family,
-            packet.dst_port,
-            &packet.dst_addr,
-        ))
-    } else {
-        Presence::NONE
-    };
-    Early {
-        entry,
-        connected,
-        bound,
-    }
-}
-
-/// The binding that receives `packet`, by precedence, with what [`start`] read.
-#[inline(always)]
-pub(crate) fn lookup(packet: &Packet, early: &Early) -> Option<Target> {
-    let entry = early.entry;
-    let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
-    if early.connected.present() {
+    {
         let key = ConnectedKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -159,7 +104,14 @@ pub(crate) fn lookup(packet: &Packet, early: &Early) -> Option<Target> {
             return Some(target);
         }
     }
-    if early.bound.present() {
+    if has(TABLE_BOUND)
+        && present(filter.bound(
+            packet.protocol,
+            packet.family,
+            packet.dst_port,
+            &packet.dst_addr,
+        ))
+    {
         let key = BoundKey {
             protocol: packet.protocol,
             family: packet.family,
@@ -204,19 +156,13 @@ fn port_entry(index: u32) -> PortEntry {
     PortEntry::from_u64(raw)
 }
 
-/// The filter word of `probe`, read now (volatile: one load, kept where it is issued rather
-/// than sunk to its use); beyond the array, all bits set ("perhaps bound").
+/// Whether both bits of `probe` are set in the presence filter ("perhaps bound"); beyond the
+/// array, yes.
 #[inline(always)]
-fn read_presence(probe: Probe) -> Presence {
-    let bits = match PRESENCE.get_ptr(probe.word) {
-        // SAFETY: a valid, 8-aligned pointer to a `u64` array value.
-        Some(word) => unsafe { core::ptr::read_volatile(word) },
-        None => u64::MAX,
-    };
-    Presence {
-        bits,
-        mask: probe.mask,
-    }
+fn present(probe: Probe) -> bool {
+    PRESENCE
+        .get(probe.word)
+        .is_none_or(|bits| bits & probe.mask == probe.mask)
 }
 
 /// A copy of the value under `key`.

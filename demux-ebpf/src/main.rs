@@ -51,9 +51,6 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     };
-    // The lookup's port entry and presence-filter words, read before the checks so that their
-    // latency overlaps them (`lookup::Early`).
-    let early = lookup::start(&packet);
     // Always on in the daemon; off only in the benchmark's comparison load (`host::enabled`).
     let checks = host::enabled();
     if checks {
@@ -61,7 +58,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return verdict;
         }
     }
-    let Some(target) = lookup::lookup(&packet, &early) else {
+    let Some(target) = lookup::lookup(&packet) else {
         return Verdict::PassNoMatch;
     };
     let Some((endpoint, hash)) = lookup::resolve(target, &packet) else {
