@@ -8,9 +8,6 @@ pub const VERDICTS: &str = "VERDICTS";
 pub const CONNECTED: &str = "CONNECTED";
 /// Hash map `BoundKey → Target`.
 pub const BOUND: &str = "BOUND";
-/// The prefix bindings, both families: the name errors give them (the maps are
-/// [`PREFIX_V4`] and [`PREFIX_V6`]).
-pub const PREFIX: &str = "PREFIX";
 /// LPM trie `PrefixKeyV4 → Target`: IPv4 prefix bindings.
 pub const PREFIX_V4: &str = "PREFIX_V4";
 /// LPM trie `PrefixKey → Target`: IPv6 prefix bindings (family 6).

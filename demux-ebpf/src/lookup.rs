@@ -7,7 +7,7 @@
 //! 4. Wildcard: the unspecified address of the packet's family on the port; for IPv4, then an
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
-//! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has both bits
+//! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has all the bits
 //! of the packet's key set.
 //!
 //! A group target picks its member by flow hash. The port's `PORTS` entry, one inlined array
@@ -156,7 +156,7 @@ fn port_entry(index: u32) -> PortEntry {
     PortEntry::from_u64(raw)
 }
 
-/// Whether both bits of `probe` are set in the presence filter ("perhaps bound"); beyond the
+/// Whether all bits of `probe` are set in the presence filter ("perhaps bound"); beyond the
 /// array, yes.
 #[inline(always)]
 fn present(probe: Probe) -> bool {

@@ -577,13 +577,13 @@ mod tests {
     #[test]
     fn a_wrong_kind_or_name_names_the_map() {
         let error = map_error(
-            maps::PREFIX,
+            maps::PREFIX_V4,
             "an LPM trie",
             MapError::InvalidMapType { map_type: 1 },
         );
         assert_eq!(
             error.to_string(),
-            "map PREFIX: expected an LPM trie, the object has map type 1"
+            "map PREFIX_V4: expected an LPM trie, the object has map type 1"
         );
         assert_eq!(
             LoadError::MissingMap { map: maps::PORTS }.to_string(),

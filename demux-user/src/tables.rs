@@ -5,7 +5,7 @@
 
 use aya::maps::MapError;
 use demux_common::{
-    binding::{Target, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
+    binding::{Target, FAMILY_IPV4, MAX_BINDINGS, MAX_GROUPS, MAX_GROUP_MEMBERS},
     maps,
     ports::{all_ports_index, port_bit, port_index, TABLE_BOUND, TABLE_CONNECTED, TABLE_PREFIX},
     presence::{Filter, Probe},
@@ -49,12 +49,14 @@ pub enum TableError {
 }
 
 impl Entry {
-    /// The name of the map this entry lives in.
+    /// The name of the map this entry lives in: a prefix binding's family's trie
+    /// (`PREFIX_V4` or `PREFIX_V6`, each of `--max-bindings` entries).
     pub fn table(&self) -> &'static str {
         match self {
             Entry::Connected(_) => maps::CONNECTED,
             Entry::Bound(_) => maps::BOUND,
-            Entry::Prefix(..) => maps::PREFIX,
+            Entry::Prefix(key, _) if key.family == FAMILY_IPV4 => maps::PREFIX_V4,
+            Entry::Prefix(..) => maps::PREFIX_V6,
             Entry::Wildcard(_) => maps::WILDCARD,
         }
     }
@@ -413,6 +415,34 @@ mod tests {
         // And the counts are right: removing the held binding clears its bit.
         tables.remove(&mut dataplane, &held).expect("remove");
         assert!(!dataplane.any_port_bits());
+        assert_kept_promises(&dataplane);
+    }
+
+    #[test]
+    fn each_family_has_its_own_prefix_table() {
+        // The kernel holds the prefix bindings in two tries of `--max-bindings` entries each:
+        // a full IPv4 trie leaves room for IPv6 prefixes, and the error names the full one.
+        let mut dataplane = MemoryDataplane::with_capacity(1);
+        let mut tables = Tables::default();
+        for local in ["198.18.0.0/15:53", "[2001:2::]/48:53"] {
+            let (entry, target) = udp(local);
+            tables
+                .insert(&mut dataplane, &entry, target)
+                .unwrap_or_else(|error| panic!("{local}: {error}"));
+        }
+        for (local, table) in [
+            ("198.18.0.0/16:54", "PREFIX_V4"),
+            ("[2001:2::]/64:54", "PREFIX_V6"),
+        ] {
+            let (entry, target) = udp(local);
+            let error = tables
+                .insert(&mut dataplane, &entry, target)
+                .expect_err("full");
+            assert!(
+                matches!(error, TableError::Full { table: t } if t == table),
+                "{local}: {error}"
+            );
+        }
         assert_kept_promises(&dataplane);
     }
 

@@ -1,5 +1,5 @@
 //! The binding tables, `CONNECTED`, `BOUND` (hash maps), `PREFIX_V4`/`PREFIX_V6` (LPM tries, one
-//! per family; errors name them `PREFIX`) and `PORTS`
+//! per family, each of `--max-bindings` entries; errors name the family's trie) and `PORTS`
 //! (the port table holding wildcard bindings, `ports.rs`), as typed handles taken at load: one
 //! insert (`BPF_NOEXIST`) or remove per binding (two ordered writes for a wildcard).
 

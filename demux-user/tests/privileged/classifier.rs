@@ -33,6 +33,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         fixtures_agree_with_the_program,
         differential_frames,
         full_table_is_refused_by_name_and_rolled_back,
+        each_prefix_family_holds_the_table_size,
         each_load_draws_its_own_key,
         destination_checks_are_off_only_in_the_benchmarks_load,
         local_cache_slots_shared_by_addresses,
@@ -729,6 +730,53 @@ pub(crate) fn full_table_is_refused_by_name_and_rolled_back() -> anyhow::Result<
     // And the table is whole again: four bindings fit.
     tables.insert_all(&mut maps, &bindings[..4])?;
     ensure!(run_frame(&mut loaded, &maps, &frame)?.verdict == Verdict::PassNoSocket);
+    Ok(())
+}
+
+/// The kernel's two prefix tries hold `--max-bindings` entries each, as the in-memory
+/// dataplane counts them (`tables::tests::each_family_has_its_own_prefix_table`): with both
+/// IPv4 slots taken, IPv6 prefixes still fit, and the next IPv4 prefix is refused naming
+/// `PREFIX_V4`.
+pub(crate) fn each_prefix_family_holds_the_table_size() -> anyhow::Result<()> {
+    let (_loaded, mut maps) = Loaded::load_with(LoadOptions {
+        bindings: Some(2),
+        ..LoadOptions::default()
+    })?;
+    let prefix = |local: &str| {
+        Binding {
+            protocol: Protocol::Udp,
+            local: local.parse::<Local>().expect("a valid prefix"),
+            remote: None,
+            v6only: false,
+        }
+        .encode(Receiver::Endpoint(1))
+        .expect("valid binding")
+    };
+    let mut tables = Tables::default();
+    for local in [
+        "198.18.0.0/15:53",
+        "198.18.0.0/16:54",
+        "[2001:2::]/48:53",
+        "[2001:2::]/64:54",
+    ] {
+        let (entry, target) = prefix(local);
+        tables
+            .insert(&mut maps, &entry, target)
+            .with_context(|| format!("{local} in tables of 2 per family"))?;
+    }
+    for (local, table) in [
+        ("198.18.0.0/24:55", "PREFIX_V4"),
+        ("[2001:2::]/96:55", "PREFIX_V6"),
+    ] {
+        let (entry, target) = prefix(local);
+        let error = tables
+            .insert(&mut maps, &entry, target)
+            .expect_err("a third prefix of the family");
+        ensure!(
+            matches!(error, tables::TableError::Full { table: t } if t == table),
+            "{local}: unexpected error: {error}"
+        );
+    }
     Ok(())
 }
 
