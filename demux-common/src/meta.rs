@@ -57,6 +57,7 @@ impl PacketMeta {
 
     /// Reads the metadata from the [`PacketMeta::LEN`] bytes before a frame (native byte order,
     /// the layout above); `None` if `bytes` is not exactly that long.
+    #[inline]
     pub fn read(bytes: &[u8]) -> Option<Self> {
         let bytes: &[u8; Self::LEN] = bytes.try_into().ok()?;
         let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);

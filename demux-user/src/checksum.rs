@@ -87,6 +87,7 @@ pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
 }
 
 /// Whether the IPv4 header `header` (options included) carries a correct checksum.
+#[inline]
 pub fn ipv4_header_ok(header: &[u8]) -> bool {
     Sum::default().add(header).fold() == 0xffff
 }
@@ -94,6 +95,7 @@ pub fn ipv4_header_ok(header: &[u8]) -> bool {
 /// Whether the UDP or TCP `segment` (header and payload, the checksum field included) sums to
 /// all ones with its pseudo-header. `addresses` is the source and destination address, as they
 /// lie in the IP header (8 bytes for IPv4, 32 for IPv6).
+#[inline]
 pub fn transport_ok(addresses: &[u8], protocol: u8, segment: &[u8]) -> bool {
     let len = segment.len() as u32;
     let sum = Sum::default().add(addresses);
@@ -110,6 +112,7 @@ pub fn transport_ok(addresses: &[u8], protocol: u8, segment: &[u8]) -> bool {
 /// Checks a steered frame's checksums as the kernel would before a socket sees it: the IPv4
 /// header's, then the UDP datagram's (its length field's bytes) or the TCP segment's (to the end
 /// of the IP packet), at the offsets the XDP program put in `meta`.
+#[inline]
 pub fn verify(frame: &[u8], meta: &PacketMeta) -> Result<(), BadChecksum> {
     use BadChecksum::Malformed;
     let l3 = usize::from(meta.l3_offset);

@@ -24,6 +24,7 @@ pub struct Datagram<'a> {
 impl<'a> Datagram<'a> {
     /// Reads a steered frame. `None` if the metadata does not fit the frame (which the program
     /// never produces; the worker counts it as a drop).
+    #[inline]
     pub fn from_frame(frame: &'a [u8], meta: &PacketMeta) -> Option<Self> {
         let l3 = usize::from(meta.l3_offset);
         let l4 = usize::from(meta.l4_offset);

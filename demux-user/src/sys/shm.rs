@@ -103,6 +103,7 @@ impl Mapping {
         NonNull::slice_from_raw_parts(self.base, self.len)
     }
 
+    #[inline]
     fn checked(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         assert!(
             offset.is_multiple_of(align)
@@ -115,6 +116,7 @@ impl Mapping {
     }
 
     /// The `u32` at `offset` (4-aligned, inside the mapping).
+    #[inline]
     pub fn u32_at(&self, offset: usize) -> &AtomicU32 {
         let at = self.checked(offset, 4, 4);
         // SAFETY: in bounds and 4-aligned (the mapping is page aligned); any bit pattern is a
@@ -123,6 +125,7 @@ impl Mapping {
     }
 
     /// The `u64` at `offset` (8-aligned, inside the mapping).
+    #[inline]
     pub fn u64_at(&self, offset: usize) -> &AtomicU64 {
         let at = self.checked(offset, 8, 8);
         // SAFETY: as `u32_at`, 8-aligned.
@@ -130,6 +133,7 @@ impl Mapping {
     }
 
     /// `len` bytes at `offset`.
+    #[inline]
     pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         let at = self.checked(offset, len, 1);
         // SAFETY: in bounds; bytes are valid in any pattern (see the module comment for memory
