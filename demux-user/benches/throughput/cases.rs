@@ -231,6 +231,13 @@ impl Sample {
     pub(crate) fn lossless(&self) -> bool {
         self.accounted() && self.delivered == self.sent
     }
+
+    /// The `p` (0..100) percentile of the latencies, in ns.
+    pub(crate) fn latency_percentile(&self, p: f64) -> Option<u64> {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        percentile(&sorted, p)
+    }
 }
 
 /// `p` (0..100) of sorted values.
@@ -242,8 +249,13 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// The median of some values.
+/// The median of some values (of an even count, the mean of the middle two).
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }

@@ -14,10 +14,12 @@
 //! `baseline_pass` program attached (about 5 ns a packet, see `bench classifier`).
 //!
 //! Three phases: every case flat out, in interleaved rounds (A B C … A B C) so drift hits all
-//! alike; every case again at half of its own flat-out delivered rate, for the receiving CPU's
-//! cost per packet and the latency percentiles (send stamp to the reader, for receivers that
-//! read payloads); and for the kernel sockets and demux, a binary search over the offered rate
-//! for the highest rate without loss (RFC 2544 style). Every sample checks the accounting:
+//! alike; every case again, in interleaved rounds, at one fixed offered load per traffic (half
+//! the best kernel case's flat-out delivered rate, `half_load`), for the receiving CPU's cost per
+//! packet and the latency percentiles (send stamp to the reader, for receivers that read
+//! payloads), medians over the rounds; and for the kernel sockets and demux, binary searches
+//! over the offered rate for the highest rate without loss (RFC 2544 style), repeated and
+//! interleaved, their median and range reported. Every sample checks the accounting:
 //! sent = delivered + passed + dropped by named reason (veth ring, AF_XDP rx ring, socket
 //! buffer, full sink, …); a mismatch fails the run.
 //!
@@ -29,8 +31,8 @@
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
 //! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--scale`
-//! (only `demux_count` with one endpoint and the scale cases; their half-load runs are all
-//! offered the one-endpoint case's half load).
+//! (only `demux_count` with one endpoint and the scale cases; with no kernel case, their
+//! half-load runs are all offered the one-endpoint case's half load).
 //!
 //! `--soak MINUTES [--rate PPS]` runs the soak instead (`soak`, `cargo xtask soak`): the daemon
 //! for that long at a sustained rate while endpoints bind and close every second, checking
@@ -94,12 +96,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// How long and how often: flat-out rounds and seconds, half-load seconds, search steps and
-/// seconds per trial.
+/// How long and how often: flat-out rounds and seconds, half-load rounds and seconds, zero-loss
+/// searches, their steps and seconds per trial.
 struct Plan {
     rounds: usize,
     secs: f64,
+    half_rounds: usize,
     half_secs: f64,
+    searches: usize,
     search_steps: usize,
     search_secs: f64,
 }
@@ -283,6 +287,39 @@ fn measure(
     }
 }
 
+/// The one offered load every case under `case`'s traffic gets at half load: half the flat-out
+/// delivered rate of the best kernel case under the same traffic (one endpoint, no fillers;
+/// the issue's fixed load, so per-packet CPU and latency compare at the same rate); without a
+/// kernel case in the run, half the one-endpoint `demux_count` case's; without either, half
+/// the case's own.
+fn half_load(results: &[CaseResult], case: &Case) -> u64 {
+    let base = Traffic {
+        ports: 1,
+        sources: 1,
+        ..case.traffic
+    };
+    let one = |receiver: Receiver| {
+        results
+            .iter()
+            .find(|r| r.case.receiver == receiver && r.case.fillers == 0 && r.case.traffic == base)
+            .map(CaseResult::delivered_pps)
+    };
+    let kernel = Receiver::KERNEL
+        .iter()
+        .filter_map(|k| one(*k))
+        .reduce(f64::max);
+    let own = || {
+        results
+            .iter()
+            .find(|r| r.case == *case)
+            .map_or(0.0, CaseResult::delivered_pps)
+    };
+    let rate = kernel
+        .or_else(|| one(Receiver::DemuxCount))
+        .unwrap_or_else(own);
+    (rate / 2.0) as u64
+}
+
 fn per_run(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
     let runs = after.1.saturating_sub(before.1);
     (runs > 0).then(|| after.0.saturating_sub(before.0) as f64 / runs as f64)
@@ -315,17 +352,23 @@ fn run() -> anyhow::Result<bool> {
         Plan {
             rounds: 1,
             secs: 1.5,
+            half_rounds: 3,
             half_secs: 1.0,
+            searches: 2,
             search_steps: 4,
             search_secs: 0.5,
         }
     } else {
+        // Under 12 minutes on the 2-core testbed: 3 s flat-out rounds became 2.5 s to make room
+        // for three half-load rounds and two searches.
         Plan {
             rounds: 3,
-            secs: 3.0,
-            half_secs: 2.0,
+            secs: 2.5,
+            half_rounds: 3,
+            half_secs: 1.0,
+            searches: 2,
             search_steps: 7,
-            search_secs: 1.0,
+            search_secs: 0.75,
         }
     };
     if let Some(rounds) = rounds {
@@ -354,15 +397,15 @@ fn run() -> anyhow::Result<bool> {
         .map(|case| CaseResult {
             case,
             max: Vec::new(),
-            half: None,
+            half: Vec::new(),
             search: Vec::new(),
         })
         .collect();
     let searched = |c: &Case| {
         c.receiver != Receiver::XdpDrop && c.traffic == Traffic::new(false, 60) && c.fillers == 0
     };
-    let steps = results.len() * (plan.rounds + 1)
-        + results.iter().filter(|r| searched(&r.case)).count() * plan.search_steps;
+    let steps = results.len() * (plan.rounds + plan.half_rounds)
+        + results.iter().filter(|r| searched(&r.case)).count() * plan.searches * plan.search_steps;
     let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("template")
@@ -388,53 +431,57 @@ fn run() -> anyhow::Result<bool> {
             r.max.push(sample);
         }
     }
-    // The scale cases run at the one-endpoint case's half load, so that their receiving CPU
-    // per packet compares at one fixed offered load (a slower case at its own half load would
-    // be offered less).
-    let one_endpoint_half = results
+    // One fixed offered load per traffic for every case (`half_load`), in interleaved rounds.
+    let rates: Vec<u64> = results
         .iter()
-        .find(|r| {
-            r.case.receiver == Receiver::DemuxCount
-                && r.case.traffic == Traffic::new(false, 60)
-                && r.case.fillers == 0
-        })
-        .map(|r| (r.delivered_pps() / 2.0) as u64);
-    for r in &mut results {
-        let scale = r.case.receiver == Receiver::DemuxCount
-            && (r.case.traffic.ports > 1 || r.case.fillers > 0 || r.case.traffic.sources > 1);
-        let rate = match one_endpoint_half {
-            Some(rate) if scale => rate,
-            _ => (r.delivered_pps() / 2.0) as u64,
-        };
-        step(&bar, format!("{} at {rate} pps", r.case.name()));
-        let latency = r.case.receiver.reads_payloads();
-        r.half = Some(
-            measure(&r.case, &mut testbed, rate, plan.half_secs, latency)
-                .with_context(|| r.case.name())?,
-        );
-    }
-    for r in results.iter_mut().filter(|r| searched(&r.case)) {
-        // The zero-loss rate lies between 0 and the highest rate the sender offered.
-        let case = r.case;
-        let (_, trials) = search::zero_loss(r.offered_pps() as u64, plan.search_steps, |rate| {
+        .map(|r| half_load(&results, &r.case))
+        .collect();
+    for round in 0..plan.half_rounds {
+        for (r, rate) in results.iter_mut().zip(&rates) {
             step(
                 &bar,
-                format!("{} zero-loss search at {rate} pps", case.name()),
+                format!(
+                    "half-load round {} {} at {rate} pps",
+                    round + 1,
+                    r.case.name()
+                ),
             );
-            measure(&case, &mut testbed, rate, plan.search_secs, false).with_context(|| case.name())
-        })?;
-        r.search = trials;
+            let latency = r.case.receiver.reads_payloads();
+            let sample = measure(&r.case, &mut testbed, *rate, plan.half_secs, latency)
+                .with_context(|| r.case.name())?;
+            r.half.push(sample);
+        }
+    }
+    // The zero-loss searches, interleaved too: search 1 of every case, then search 2, ….
+    for _ in 0..plan.searches {
+        for r in results.iter_mut().filter(|r| searched(&r.case)) {
+            // The zero-loss rate lies between 0 and the highest rate the sender offered.
+            let case = r.case;
+            let (_, trials) =
+                search::zero_loss(r.offered_pps() as u64, plan.search_steps, |rate| {
+                    step(
+                        &bar,
+                        format!("{} zero-loss search at {rate} pps", case.name()),
+                    );
+                    measure(&case, &mut testbed, rate, plan.search_secs, false)
+                        .with_context(|| case.name())
+                })?;
+            r.search.push(trials);
+        }
     }
     bar.finish_and_clear();
     drop(testbed);
 
     let accounted = report::print(&results);
     println!(
-        "\n({} round(s) of {} s flat out per case, medians; half load {} s; zero-loss search {} \
-         steps of {} s; {} flows; took {:.0} s)",
+        "\n({} round(s) of {} s flat out per case, medians; half load {} round(s) of {} s, \
+         medians; {} zero-loss search(es) of {} steps of {} s, median (range); {} flows; took \
+         {:.0} s)",
         plan.rounds,
         plan.secs,
+        plan.half_rounds,
         plan.half_secs,
+        plan.searches,
         plan.search_steps,
         plan.search_secs,
         cases::FLOWS,
