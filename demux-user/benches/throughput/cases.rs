@@ -195,6 +195,10 @@ pub(crate) struct Sample {
     pub cpu_busy: f64,
     /// Busy seconds of the receiving CPU while the generator ran.
     pub cpu_secs: f64,
+    /// CPU seconds of the receiving side's own threads while the generator ran: the NAPI thread
+    /// and the receiver threads (kernel cases) or every daemon thread and the client's (demux
+    /// cases); spinning counts.
+    pub threads_cpu_secs: Option<f64>,
     /// Mean run time of the XDP program per packet (BPF_STATS_RUN_TIME), when known.
     pub bpf_ns: Option<f64>,
     /// Send-to-read latencies in ns, for receivers that read payloads at a set rate.

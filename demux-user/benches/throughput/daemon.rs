@@ -39,7 +39,7 @@ use demux_common::{
 use crate::{
     cases::{Case, Receiver, Sample, PORT},
     generator::{generate, DEMUX},
-    probes::{bpf_run_stats, map_ids, CpuTimes, Testbed, RX_CPU},
+    probes::{bpf_run_stats, map_ids, threads_cpu_ns, CpuTimes, Testbed, RX_CPU},
     sys::pin_cpu,
     syscalls::{thread_id, threads_of},
 };
@@ -234,16 +234,21 @@ fn run_daemon_case(
             fill_connected(pid, &endpoints, case)?;
         }
     }
-    testbed.threaded_napi()?;
+    let napi = testbed.threaded_napi()?;
     let (veth_before, cpu_before, bpf_before) =
         (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
     // The receiving side: every thread of the daemon, and the client's.
     let mut threads = threads_of(pid);
     threads.extend(ring.as_ref().and_then(|r| r.tid));
     testbed.count_syscalls(&threads);
+    // Their CPU time, with the NAPI thread's.
+    threads.extend_from_slice(&napi);
+    let threads_before = threads_cpu_ns(&threads);
     let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
     let syscalls = testbed.syscalls_counted();
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+    let threads_cpu_secs =
+        Some(threads_cpu_ns(&threads).saturating_sub(threads_before) as f64 / 1e9);
     thread::sleep(Duration::from_millis(300));
     let bpf_after = bpf_run_stats(pid);
     let (read, latencies) = ring.map(RingClient::finish).unwrap_or_default();
@@ -272,6 +277,7 @@ fn run_daemon_case(
         passed: s.passed(),
         cpu_busy,
         cpu_secs,
+        threads_cpu_secs,
         bpf_ns: (runs > 0).then(|| (bpf_after.0 - bpf_before.0) as f64 / runs as f64),
         latencies,
         daemon_kib,

@@ -30,7 +30,9 @@
 //!
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
-//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--scale`
+//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--half-load PPS` (this
+//! offered load for every half-load run instead, to compare builds run one after the other),
+//! `--scale`
 //! (only `demux_count` with one endpoint and the scale cases; with no kernel case, their
 //! half-load runs are all offered the one-endpoint case's half load).
 //!
@@ -75,7 +77,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     cases::{Case, Receiver, Sample, Sender, Traffic},
     generator::generate,
-    probes::{bpf_run_stats, CpuTimes, Testbed},
+    probes::{bpf_run_stats, threads_cpu_ns, CpuTimes, Testbed},
     report::CaseResult,
 };
 
@@ -201,11 +203,17 @@ fn measure(
     match case.receiver {
         Receiver::XdpDrop => {
             let ebpf = attach_plain(testbed, bench_object::DROP_PROGRAM)?;
-            testbed.threaded_napi()?;
-            let (veth_before, cpu_before, bpf_before) =
-                (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(me));
+            let napi = testbed.threaded_napi()?;
+            let (veth_before, cpu_before, bpf_before, threads_before) = (
+                testbed.veth_drops(),
+                CpuTimes::now(),
+                bpf_run_stats(me),
+                threads_cpu_ns(&napi),
+            );
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+            let threads_cpu_secs =
+                Some(threads_cpu_ns(&napi).saturating_sub(threads_before) as f64 / 1e9);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let drops: PerCpuArray<_, u64> =
@@ -218,13 +226,14 @@ fn measure(
                 dropped: BTreeMap::from([("veth", testbed.veth_drops() - veth_before)]),
                 cpu_busy,
                 cpu_secs,
+                threads_cpu_secs,
                 bpf_ns: per_run(bpf_before, bpf),
                 ..Sample::default()
             })
         }
         Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::KernelIouring => {
             let _ebpf = attach_plain(testbed, bench_object::BASELINE_PROGRAM)?;
-            testbed.threaded_napi()?;
+            let mut threads = testbed.threaded_napi()?;
             let sockets = if case.receiver == Receiver::KernelReuseport {
                 thread::available_parallelism().map_or(2, |n| n.get())
             } else {
@@ -242,7 +251,9 @@ fn measure(
                 case.traffic.dst(),
                 latency,
             )?;
+            threads.extend_from_slice(receivers.thread_ids());
             let ipv6 = case.traffic.ipv6;
+            let threads_before = threads_cpu_ns(&threads);
             let (udp_before, veth_before, cpu_before, bpf_before) = (
                 testbed.udp_counters(ipv6),
                 testbed.veth_drops(),
@@ -253,6 +264,8 @@ fn measure(
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
             let syscalls = testbed.syscalls_counted();
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+            let threads_cpu_secs =
+                Some(threads_cpu_ns(&threads).saturating_sub(threads_before) as f64 / 1e9);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let (read, latencies) = receivers.finish();
@@ -274,6 +287,7 @@ fn measure(
                 passed: delta("InDatagrams") - read,
                 cpu_busy,
                 cpu_secs,
+                threads_cpu_secs,
                 bpf_ns: per_run(bpf_before, bpf),
                 latencies,
                 daemon_kib: None,
@@ -342,6 +356,10 @@ fn run() -> anyhow::Result<bool> {
     let scale_only = args.iter().any(|a| a == "--scale");
     let rounds: Option<usize> = match value("--rounds") {
         Some(n) => Some(n.parse().context("--rounds: not a number")?),
+        None => None,
+    };
+    let half_rate: Option<u64> = match value("--half-load") {
+        Some(n) => Some(n.parse().context("--half-load: not a number of pps")?),
         None => None,
     };
     ensure!(
@@ -431,10 +449,11 @@ fn run() -> anyhow::Result<bool> {
             r.max.push(sample);
         }
     }
-    // One fixed offered load per traffic for every case (`half_load`), in interleaved rounds.
+    // One fixed offered load per traffic for every case (`half_load`), in interleaved rounds;
+    // `--half-load PPS` sets it by hand (to compare builds run one after the other at one load).
     let rates: Vec<u64> = results
         .iter()
-        .map(|r| half_load(&results, &r.case))
+        .map(|r| half_rate.unwrap_or_else(|| half_load(&results, &r.case)))
         .collect();
     for round in 0..plan.half_rounds {
         for (r, rate) in results.iter_mut().zip(&rates) {
