@@ -29,7 +29,13 @@ pub(crate) enum Receiver {
     /// The same client on the fast path: it leases the interface's queues and reads their
     /// AF_XDP rings itself, no daemon thread in between (`Endpoint::fast_path`).
     DemuxClientFast,
+    /// The fast-path client with a batch wait of [`BATCH_WAIT`] (`Endpoint::set_batch_wait`:
+    /// interrupt moderation in user space, off by default).
+    DemuxClientFastWait,
 }
+
+/// The batch wait of `demux_client_fast_wait`.
+pub(crate) const BATCH_WAIT: std::time::Duration = std::time::Duration::from_micros(30);
 
 impl Receiver {
     pub(crate) fn name(self) -> &'static str {
@@ -42,6 +48,7 @@ impl Receiver {
             Receiver::DemuxCountBacked => "demux_count_backed",
             Receiver::DemuxRing => "demux_ring",
             Receiver::DemuxClientFast => "demux_client_fast",
+            Receiver::DemuxClientFastWait => "demux_client_fast_wait",
         }
     }
 
@@ -54,6 +61,7 @@ impl Receiver {
                 | Receiver::KernelIouring
                 | Receiver::DemuxRing
                 | Receiver::DemuxClientFast
+                | Receiver::DemuxClientFastWait
         )
     }
 

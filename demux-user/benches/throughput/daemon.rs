@@ -37,7 +37,7 @@ use demux_common::{
 };
 
 use crate::{
-    cases::{Case, Receiver, Sample, PORT},
+    cases::{Case, Receiver, Sample, BATCH_WAIT, PORT},
     generator::{generate, DEMUX},
     probes::{bpf_run_stats, map_ids, threads_cpu_ns, CpuTimes, Testbed, RX_CPU},
     sys::pin_cpu,
@@ -121,13 +121,15 @@ pub(crate) struct RingClient {
 
 impl RingClient {
     /// Binds `local` from a thread in namespace `netns` (its backing socket must be there);
-    /// with `fast`, also leases that interface's queues (the fast path), failing if refused.
+    /// with `fast`, also leases that interface's queues (the fast path), failing if refused,
+    /// and sets `batch_wait` if given.
     pub(crate) fn start(
         control: &Path,
         netns: &str,
         local: String,
         latency: bool,
         fast: Option<String>,
+        batch_wait: Option<Duration>,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -138,6 +140,9 @@ impl RingClient {
                 let mut endpoint = Endpoint::bind(&control, Protocol::Udp, &local)?;
                 if let Some(iface) = &fast {
                     endpoint.fast_path(iface)?;
+                }
+                if let Some(wait) = batch_wait {
+                    endpoint.set_batch_wait(wait);
                 }
                 Ok(endpoint)
             });
@@ -199,10 +204,14 @@ fn run_daemon_case(
     let mut ring = None;
     // Held until the case ends: the endpoints' backing sockets, for the backed count case.
     let mut backing_sockets = Vec::new();
-    let fast = case.receiver == Receiver::DemuxClientFast;
+    let fast = matches!(
+        case.receiver,
+        Receiver::DemuxClientFast | Receiver::DemuxClientFastWait
+    );
+    let batch_wait = (case.receiver == Receiver::DemuxClientFastWait).then_some(BATCH_WAIT);
     if matches!(
         case.receiver,
-        Receiver::DemuxRing | Receiver::DemuxClientFast
+        Receiver::DemuxRing | Receiver::DemuxClientFast | Receiver::DemuxClientFastWait
     ) {
         ring = Some(RingClient::start(
             control,
@@ -210,6 +219,7 @@ fn run_daemon_case(
             wildcard(case, PORT),
             latency,
             fast.then(|| testbed.pair.b_if.clone()),
+            batch_wait,
         )?);
     } else {
         let mut endpoints = Vec::new();

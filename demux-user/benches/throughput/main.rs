@@ -110,7 +110,7 @@ struct Plan {
     search_secs: f64,
 }
 
-const ALL_RECEIVERS: [Receiver; 8] = [
+const ALL_RECEIVERS: [Receiver; 9] = [
     Receiver::XdpDrop,
     Receiver::KernelRecvmmsg,
     Receiver::KernelReuseport,
@@ -119,6 +119,7 @@ const ALL_RECEIVERS: [Receiver; 8] = [
     Receiver::DemuxCountBacked,
     Receiver::DemuxRing,
     Receiver::DemuxClientFast,
+    Receiver::DemuxClientFastWait,
 ];
 
 fn cases(quick: bool) -> Vec<Case> {
@@ -136,12 +137,17 @@ fn cases(quick: bool) -> Vec<Case> {
     let mut cases: Vec<Case> = variants
         .iter()
         .flat_map(|traffic| {
-            ALL_RECEIVERS.map(|receiver| Case {
-                receiver,
-                traffic: *traffic,
-                fillers: 0,
-                fillers_on_own_ports: false,
-            })
+            ALL_RECEIVERS
+                .into_iter()
+                // The batch wait only under the base traffic (it is about moderate rates of
+                // small datagrams; and the full run keeps under 12 minutes).
+                .filter(|r| *r != Receiver::DemuxClientFastWait || *traffic == base)
+                .map(|receiver| Case {
+                    receiver,
+                    traffic: *traffic,
+                    fillers: 0,
+                    fillers_on_own_ports: false,
+                })
         })
         .collect();
     let scale = |ports, fillers, fillers_on_own_ports| Case {
@@ -297,7 +303,8 @@ fn measure(
         Receiver::DemuxCount
         | Receiver::DemuxCountBacked
         | Receiver::DemuxRing
-        | Receiver::DemuxClientFast => daemon::measure(case, testbed, rate, secs, latency),
+        | Receiver::DemuxClientFast
+        | Receiver::DemuxClientFastWait => daemon::measure(case, testbed, rate, secs, latency),
     }
 }
 

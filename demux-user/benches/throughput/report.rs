@@ -302,6 +302,7 @@ fn print_targets(results: &[CaseResult]) {
         Receiver::DemuxCount,
         Receiver::DemuxRing,
         Receiver::DemuxClientFast,
+        Receiver::DemuxClientFastWait,
     ] {
         let Some(r) = find(receiver, 1, 0) else {
             continue;
@@ -509,6 +510,7 @@ fn color_of(receiver: Receiver) -> RGBAColor {
         Receiver::DemuxCountBacked,
         Receiver::KernelIouring,
         Receiver::DemuxClientFast,
+        Receiver::DemuxClientFastWait,
     ]
     .iter()
     .position(|r| *r == receiver)
