@@ -145,9 +145,10 @@ pub const KERNEL_EVERY: Duration = Duration::from_millis(2);
 
 /// How long a fast-path endpoint spins on its leased rx rings before it sleeps in poll(2):
 /// long enough to catch the next batch NAPI hands over under load (no system call, no
-/// wakeup), short enough that an idle endpoint costs next to nothing.
+/// wakeup), short enough that an idle endpoint costs next to nothing. Only while spinning
+/// pays (`fastwait::AdaptiveSpin`).
 #[cfg(feature = "fast-path")]
-pub const FAST_SPIN: Duration = Duration::from_micros(20);
+pub const FAST_SPIN: Duration = crate::fastwait::SPIN;
 
 /// How soon an endpoint whose daemon went away tries to bind again.
 pub const REBIND_EVERY: Duration = Duration::from_millis(200);
@@ -177,6 +178,11 @@ pub struct Endpoint {
     /// The interface whose queues this endpoint asks to lease, again after every rebind.
     #[cfg(feature = "fast-path")]
     fast_iface: Option<String>,
+    /// Whether to spin before the next sleep, and the batch wait (both fast path only).
+    #[cfg(feature = "fast-path")]
+    spin: crate::fastwait::AdaptiveSpin,
+    #[cfg(feature = "fast-path")]
+    batch_wait: crate::fastwait::BatchWait,
 }
 
 /// The daemon's side of an endpoint: its control connection, descriptor and ring. Without a
@@ -245,6 +251,10 @@ impl Endpoint {
             buf: vec![0; MAX_DATAGRAM],
             #[cfg(feature = "fast-path")]
             fast_iface: None,
+            #[cfg(feature = "fast-path")]
+            spin: Default::default(),
+            #[cfg(feature = "fast-path")]
+            batch_wait: Default::default(),
         };
         match endpoint.register(client) {
             Ok(session) => endpoint.session = Some(session),
@@ -329,6 +339,17 @@ impl Endpoint {
             .map_or((0, 0), |f| (f.dropped_foreign, f.dropped_bad_checksum))
     }
 
+    /// Interrupt moderation in user space (`fastwait::BatchWait`, off by default): while the
+    /// fast path serves, after a receive that found datagrams the next empty look sleeps
+    /// `wait` (at most `fastwait::MAX_BATCH_WAIT`; zero turns it off) before the blocking
+    /// receive sleeps in poll(2), so that NAPI hands over a batch instead of waking the thread
+    /// for every few datagrams. Less CPU per datagram at moderate rates, for up to `wait` plus
+    /// the thread's timer slack of latency. Measured in docs/BENCHMARKS.md ("Half load").
+    #[cfg(feature = "fast-path")]
+    pub fn set_batch_wait(&mut self, wait: Duration) {
+        self.batch_wait.set(wait);
+    }
+
     /// Whether the fast path serves this endpoint now.
     #[cfg(feature = "fast-path")]
     pub fn is_fast(&self) -> bool {
@@ -407,7 +428,9 @@ impl Endpoint {
         #[cfg(feature = "fast-path")]
         if let Some(queues) = self.session.as_mut().and_then(|s| s.fast.as_mut()) {
             fast = true;
-            n += queues.receive(max - n, &mut each);
+            let got = queues.receive(max - n, &mut each);
+            self.batch_wait.received(got);
+            n += got;
         }
         if let Some(session) = &mut self.session {
             let mut bad = None;
@@ -554,16 +577,28 @@ impl Endpoint {
                 sys::poll(&mut fds, wait_ms).map_err(Error::Wait)?;
                 continue;
             };
-            // A fast path spins a little on its rx rings (and the ring) before it sleeps: the
-            // first look at an empty ring; the second is below, after the wakeup request.
+            // A fast path may first wait for a batch (if asked to, after a busy stretch), then
+            // spins a little on its rx rings (and the ring) before it sleeps, while spinning
+            // pays: the first look at an empty ring; the second is below, after the wakeup
+            // request.
             #[cfg(feature = "fast-path")]
             if let Some(fast) = &session.fast {
-                let ring = &mut session.ring;
-                let budget = deadline.map_or(FAST_SPIN, |d| {
-                    FAST_SPIN.min(d.saturating_duration_since(now))
-                });
-                if spin_until(budget, || fast.has_frames() || !ring.is_empty()) {
+                if let Some(wait) = self.batch_wait.before_sleep() {
+                    let wait =
+                        deadline.map_or(wait, |d| wait.min(d.saturating_duration_since(now)));
+                    std::thread::sleep(wait);
                     continue;
+                }
+                if self.spin.should_spin() {
+                    let ring = &mut session.ring;
+                    let budget = deadline.map_or(FAST_SPIN, |d| {
+                        FAST_SPIN.min(d.saturating_duration_since(now))
+                    });
+                    let found = spin_until(budget, || fast.has_frames() || !ring.is_empty());
+                    self.spin.spun(found);
+                    if found {
+                        continue;
+                    }
                 }
             }
             if session.ring.prepare_to_sleep() {

@@ -45,6 +45,8 @@ pub mod dataplane;
 pub mod endpoint_stats;
 #[cfg(feature = "fast-path")]
 pub mod fastpath;
+#[cfg(feature = "fast-path")]
+pub mod fastwait;
 #[cfg(feature = "daemon")]
 pub mod multiprog;
 #[cfg(feature = "daemon")]

@@ -21,6 +21,10 @@ pub(crate) struct BenchArgs {
     /// Throughput: flat-out rounds (interleaved), for a tighter spread.
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
+    /// Throughput: offer this rate (pps) in every half-load run instead of half the best kernel
+    /// case's flat-out rate (to compare builds run one after the other at one load).
+    #[arg(long, value_name = "PPS")]
+    half_load: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -66,6 +70,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(rounds) = args.rounds {
         cmd.args(["--rounds", &rounds.to_string()]);
+    }
+    if let Some(pps) = args.half_load {
+        cmd.args(["--half-load", &pps.to_string()]);
     }
     step(&mut cmd)
 }

@@ -29,7 +29,13 @@ pub(crate) enum Receiver {
     /// The same client on the fast path: it leases the interface's queues and reads their
     /// AF_XDP rings itself, no daemon thread in between (`Endpoint::fast_path`).
     DemuxClientFast,
+    /// The fast-path client with a batch wait of [`BATCH_WAIT`] (`Endpoint::set_batch_wait`:
+    /// interrupt moderation in user space, off by default).
+    DemuxClientFastWait,
 }
+
+/// The batch wait of `demux_client_fast_wait`.
+pub(crate) const BATCH_WAIT: std::time::Duration = std::time::Duration::from_micros(30);
 
 impl Receiver {
     pub(crate) fn name(self) -> &'static str {
@@ -42,6 +48,7 @@ impl Receiver {
             Receiver::DemuxCountBacked => "demux_count_backed",
             Receiver::DemuxRing => "demux_ring",
             Receiver::DemuxClientFast => "demux_client_fast",
+            Receiver::DemuxClientFastWait => "demux_client_fast_wait",
         }
     }
 
@@ -54,6 +61,7 @@ impl Receiver {
                 | Receiver::KernelIouring
                 | Receiver::DemuxRing
                 | Receiver::DemuxClientFast
+                | Receiver::DemuxClientFastWait
         )
     }
 
@@ -195,6 +203,10 @@ pub(crate) struct Sample {
     pub cpu_busy: f64,
     /// Busy seconds of the receiving CPU while the generator ran.
     pub cpu_secs: f64,
+    /// CPU seconds of the receiving side's own threads while the generator ran: the NAPI thread
+    /// and the receiver threads (kernel cases) or every daemon thread and the client's (demux
+    /// cases); spinning counts.
+    pub threads_cpu_secs: Option<f64>,
     /// Mean run time of the XDP program per packet (BPF_STATS_RUN_TIME), when known.
     pub bpf_ns: Option<f64>,
     /// Send-to-read latencies in ns, for receivers that read payloads at a set rate.
@@ -231,6 +243,13 @@ impl Sample {
     pub(crate) fn lossless(&self) -> bool {
         self.accounted() && self.delivered == self.sent
     }
+
+    /// The `p` (0..100) percentile of the latencies, in ns.
+    pub(crate) fn latency_percentile(&self, p: f64) -> Option<u64> {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        percentile(&sorted, p)
+    }
 }
 
 /// `p` (0..100) of sorted values.
@@ -242,8 +261,13 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// The median of some values.
+/// The median of some values (of an even count, the mean of the middle two).
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }

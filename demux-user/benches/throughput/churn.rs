@@ -165,7 +165,7 @@ fn churn(
 /// One cycle: bind everything, hold it, close everything.
 fn cycle(control: &Path, netns: &str, counts: &mut Counts) {
     let local = |port: u16| format!("198.18.0.2:{port}");
-    let ring = match RingClient::start(control, netns, local(RING_PORT), false, None) {
+    let ring = match RingClient::start(control, netns, local(RING_PORT), false, None, None) {
         Ok(ring) => {
             counts.bound += 1;
             Some(ring)
@@ -291,7 +291,7 @@ impl Drop for Held {
 /// searched; fails if any bind fails.
 pub(crate) fn hold(control: &Path, netns: &str) -> anyhow::Result<Held> {
     let local = |port: u16| format!("198.18.0.2:{port}");
-    let ring = RingClient::start(control, netns, local(RING_PORT), false, None)?;
+    let ring = RingClient::start(control, netns, local(RING_PORT), false, None, None)?;
     let (reuseport, named, counts) = thread::scope(|scope| {
         scope
             .spawn(|| {

@@ -37,9 +37,9 @@ use demux_common::{
 };
 
 use crate::{
-    cases::{Case, Receiver, Sample, PORT},
+    cases::{Case, Receiver, Sample, BATCH_WAIT, PORT},
     generator::{generate, DEMUX},
-    probes::{bpf_run_stats, map_ids, CpuTimes, Testbed, RX_CPU},
+    probes::{bpf_run_stats, map_ids, threads_cpu_ns, CpuTimes, Testbed, RX_CPU},
     sys::pin_cpu,
     syscalls::{thread_id, threads_of},
 };
@@ -121,13 +121,15 @@ pub(crate) struct RingClient {
 
 impl RingClient {
     /// Binds `local` from a thread in namespace `netns` (its backing socket must be there);
-    /// with `fast`, also leases that interface's queues (the fast path), failing if refused.
+    /// with `fast`, also leases that interface's queues (the fast path), failing if refused,
+    /// and sets `batch_wait` if given.
     pub(crate) fn start(
         control: &Path,
         netns: &str,
         local: String,
         latency: bool,
         fast: Option<String>,
+        batch_wait: Option<Duration>,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -138,6 +140,9 @@ impl RingClient {
                 let mut endpoint = Endpoint::bind(&control, Protocol::Udp, &local)?;
                 if let Some(iface) = &fast {
                     endpoint.fast_path(iface)?;
+                }
+                if let Some(wait) = batch_wait {
+                    endpoint.set_batch_wait(wait);
                 }
                 Ok(endpoint)
             });
@@ -199,10 +204,14 @@ fn run_daemon_case(
     let mut ring = None;
     // Held until the case ends: the endpoints' backing sockets, for the backed count case.
     let mut backing_sockets = Vec::new();
-    let fast = case.receiver == Receiver::DemuxClientFast;
+    let fast = matches!(
+        case.receiver,
+        Receiver::DemuxClientFast | Receiver::DemuxClientFastWait
+    );
+    let batch_wait = (case.receiver == Receiver::DemuxClientFastWait).then_some(BATCH_WAIT);
     if matches!(
         case.receiver,
-        Receiver::DemuxRing | Receiver::DemuxClientFast
+        Receiver::DemuxRing | Receiver::DemuxClientFast | Receiver::DemuxClientFastWait
     ) {
         ring = Some(RingClient::start(
             control,
@@ -210,6 +219,7 @@ fn run_daemon_case(
             wildcard(case, PORT),
             latency,
             fast.then(|| testbed.pair.b_if.clone()),
+            batch_wait,
         )?);
     } else {
         let mut endpoints = Vec::new();
@@ -234,16 +244,21 @@ fn run_daemon_case(
             fill_connected(pid, &endpoints, case)?;
         }
     }
-    testbed.threaded_napi()?;
+    let napi = testbed.threaded_napi()?;
     let (veth_before, cpu_before, bpf_before) =
         (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(pid));
     // The receiving side: every thread of the daemon, and the client's.
     let mut threads = threads_of(pid);
     threads.extend(ring.as_ref().and_then(|r| r.tid));
     testbed.count_syscalls(&threads);
+    // Their CPU time, with the NAPI thread's.
+    threads.extend_from_slice(&napi);
+    let threads_before = threads_cpu_ns(&threads);
     let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
     let syscalls = testbed.syscalls_counted();
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+    let threads_cpu_secs =
+        Some(threads_cpu_ns(&threads).saturating_sub(threads_before) as f64 / 1e9);
     thread::sleep(Duration::from_millis(300));
     let bpf_after = bpf_run_stats(pid);
     let (read, latencies) = ring.map(RingClient::finish).unwrap_or_default();
@@ -272,6 +287,7 @@ fn run_daemon_case(
         passed: s.passed(),
         cpu_busy,
         cpu_secs,
+        threads_cpu_secs,
         bpf_ns: (runs > 0).then(|| (bpf_after.0 - bpf_before.0) as f64 / runs as f64),
         latencies,
         daemon_kib,

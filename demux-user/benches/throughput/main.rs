@@ -14,10 +14,12 @@
 //! `baseline_pass` program attached (about 5 ns a packet, see `bench classifier`).
 //!
 //! Three phases: every case flat out, in interleaved rounds (A B C … A B C) so drift hits all
-//! alike; every case again at half of its own flat-out delivered rate, for the receiving CPU's
-//! cost per packet and the latency percentiles (send stamp to the reader, for receivers that
-//! read payloads); and for the kernel sockets and demux, a binary search over the offered rate
-//! for the highest rate without loss (RFC 2544 style). Every sample checks the accounting:
+//! alike; every case again, in interleaved rounds, at one fixed offered load per traffic (half
+//! the best kernel case's flat-out delivered rate, `half_load`), for the receiving CPU's cost per
+//! packet and the latency percentiles (send stamp to the reader, for receivers that read
+//! payloads), medians over the rounds; and for the kernel sockets and demux, binary searches
+//! over the offered rate for the highest rate without loss (RFC 2544 style), repeated and
+//! interleaved, their median and range reported. Every sample checks the accounting:
 //! sent = delivered + passed + dropped by named reason (veth ring, AF_XDP rx ring, socket
 //! buffer, full sink, …); a mismatch fails the run.
 //!
@@ -28,9 +30,11 @@
 //!
 //! Flags: `--quick` (a short run for a first look), `--json PATH` (also writes PATH with
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
-//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--scale`
-//! (only `demux_count` with one endpoint and the scale cases; their half-load runs are all
-//! offered the one-endpoint case's half load).
+//! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--half-load PPS` (this
+//! offered load for every half-load run instead, to compare builds run one after the other),
+//! `--scale`
+//! (only `demux_count` with one endpoint and the scale cases; with no kernel case, their
+//! half-load runs are all offered the one-endpoint case's half load).
 //!
 //! `--soak MINUTES [--rate PPS]` runs the soak instead (`soak`, `cargo xtask soak`): the daemon
 //! for that long at a sustained rate while endpoints bind and close every second, checking
@@ -73,7 +77,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     cases::{Case, Receiver, Sample, Sender, Traffic},
     generator::generate,
-    probes::{bpf_run_stats, CpuTimes, Testbed},
+    probes::{bpf_run_stats, threads_cpu_ns, CpuTimes, Testbed},
     report::CaseResult,
 };
 
@@ -94,17 +98,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// How long and how often: flat-out rounds and seconds, half-load seconds, search steps and
-/// seconds per trial.
+/// How long and how often: flat-out rounds and seconds, half-load rounds and seconds, zero-loss
+/// searches, their steps and seconds per trial.
 struct Plan {
     rounds: usize,
     secs: f64,
+    half_rounds: usize,
     half_secs: f64,
+    searches: usize,
     search_steps: usize,
     search_secs: f64,
 }
 
-const ALL_RECEIVERS: [Receiver; 8] = [
+const ALL_RECEIVERS: [Receiver; 9] = [
     Receiver::XdpDrop,
     Receiver::KernelRecvmmsg,
     Receiver::KernelReuseport,
@@ -113,6 +119,7 @@ const ALL_RECEIVERS: [Receiver; 8] = [
     Receiver::DemuxCountBacked,
     Receiver::DemuxRing,
     Receiver::DemuxClientFast,
+    Receiver::DemuxClientFastWait,
 ];
 
 fn cases(quick: bool) -> Vec<Case> {
@@ -130,12 +137,17 @@ fn cases(quick: bool) -> Vec<Case> {
     let mut cases: Vec<Case> = variants
         .iter()
         .flat_map(|traffic| {
-            ALL_RECEIVERS.map(|receiver| Case {
-                receiver,
-                traffic: *traffic,
-                fillers: 0,
-                fillers_on_own_ports: false,
-            })
+            ALL_RECEIVERS
+                .into_iter()
+                // The batch wait only under the base traffic (it is about moderate rates of
+                // small datagrams; and the full run keeps under 12 minutes).
+                .filter(|r| *r != Receiver::DemuxClientFastWait || *traffic == base)
+                .map(|receiver| Case {
+                    receiver,
+                    traffic: *traffic,
+                    fillers: 0,
+                    fillers_on_own_ports: false,
+                })
         })
         .collect();
     let scale = |ports, fillers, fillers_on_own_ports| Case {
@@ -197,11 +209,17 @@ fn measure(
     match case.receiver {
         Receiver::XdpDrop => {
             let ebpf = attach_plain(testbed, bench_object::DROP_PROGRAM)?;
-            testbed.threaded_napi()?;
-            let (veth_before, cpu_before, bpf_before) =
-                (testbed.veth_drops(), CpuTimes::now(), bpf_run_stats(me));
+            let napi = testbed.threaded_napi()?;
+            let (veth_before, cpu_before, bpf_before, threads_before) = (
+                testbed.veth_drops(),
+                CpuTimes::now(),
+                bpf_run_stats(me),
+                threads_cpu_ns(&napi),
+            );
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+            let threads_cpu_secs =
+                Some(threads_cpu_ns(&napi).saturating_sub(threads_before) as f64 / 1e9);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let drops: PerCpuArray<_, u64> =
@@ -214,13 +232,14 @@ fn measure(
                 dropped: BTreeMap::from([("veth", testbed.veth_drops() - veth_before)]),
                 cpu_busy,
                 cpu_secs,
+                threads_cpu_secs,
                 bpf_ns: per_run(bpf_before, bpf),
                 ..Sample::default()
             })
         }
         Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::KernelIouring => {
             let _ebpf = attach_plain(testbed, bench_object::BASELINE_PROGRAM)?;
-            testbed.threaded_napi()?;
+            let mut threads = testbed.threaded_napi()?;
             let sockets = if case.receiver == Receiver::KernelReuseport {
                 thread::available_parallelism().map_or(2, |n| n.get())
             } else {
@@ -238,7 +257,9 @@ fn measure(
                 case.traffic.dst(),
                 latency,
             )?;
+            threads.extend_from_slice(receivers.thread_ids());
             let ipv6 = case.traffic.ipv6;
+            let threads_before = threads_cpu_ns(&threads);
             let (udp_before, veth_before, cpu_before, bpf_before) = (
                 testbed.udp_counters(ipv6),
                 testbed.veth_drops(),
@@ -249,6 +270,8 @@ fn measure(
             let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
             let syscalls = testbed.syscalls_counted();
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
+            let threads_cpu_secs =
+                Some(threads_cpu_ns(&threads).saturating_sub(threads_before) as f64 / 1e9);
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let (read, latencies) = receivers.finish();
@@ -270,6 +293,7 @@ fn measure(
                 passed: delta("InDatagrams") - read,
                 cpu_busy,
                 cpu_secs,
+                threads_cpu_secs,
                 bpf_ns: per_run(bpf_before, bpf),
                 latencies,
                 daemon_kib: None,
@@ -279,8 +303,42 @@ fn measure(
         Receiver::DemuxCount
         | Receiver::DemuxCountBacked
         | Receiver::DemuxRing
-        | Receiver::DemuxClientFast => daemon::measure(case, testbed, rate, secs, latency),
+        | Receiver::DemuxClientFast
+        | Receiver::DemuxClientFastWait => daemon::measure(case, testbed, rate, secs, latency),
     }
+}
+
+/// The one offered load every case under `case`'s traffic gets at half load: half the flat-out
+/// delivered rate of the best kernel case under the same traffic (one endpoint, no fillers;
+/// the issue's fixed load, so per-packet CPU and latency compare at the same rate); without a
+/// kernel case in the run, half the one-endpoint `demux_count` case's; without either, half
+/// the case's own.
+fn half_load(results: &[CaseResult], case: &Case) -> u64 {
+    let base = Traffic {
+        ports: 1,
+        sources: 1,
+        ..case.traffic
+    };
+    let one = |receiver: Receiver| {
+        results
+            .iter()
+            .find(|r| r.case.receiver == receiver && r.case.fillers == 0 && r.case.traffic == base)
+            .map(CaseResult::delivered_pps)
+    };
+    let kernel = Receiver::KERNEL
+        .iter()
+        .filter_map(|k| one(*k))
+        .reduce(f64::max);
+    let own = || {
+        results
+            .iter()
+            .find(|r| r.case == *case)
+            .map_or(0.0, CaseResult::delivered_pps)
+    };
+    let rate = kernel
+        .or_else(|| one(Receiver::DemuxCount))
+        .unwrap_or_else(own);
+    (rate / 2.0) as u64
 }
 
 fn per_run(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
@@ -307,6 +365,10 @@ fn run() -> anyhow::Result<bool> {
         Some(n) => Some(n.parse().context("--rounds: not a number")?),
         None => None,
     };
+    let half_rate: Option<u64> = match value("--half-load") {
+        Some(n) => Some(n.parse().context("--half-load: not a number of pps")?),
+        None => None,
+    };
     ensure!(
         demux::sys::euid() == 0,
         "needs root: namespaces, XDP and AF_XDP"
@@ -315,17 +377,24 @@ fn run() -> anyhow::Result<bool> {
         Plan {
             rounds: 1,
             secs: 1.5,
+            half_rounds: 3,
             half_secs: 1.0,
+            searches: 2,
             search_steps: 4,
             search_secs: 0.5,
         }
     } else {
+        // About 12 minutes on the 2-core testbed (731 s on a saturated machine with 0.75 s
+        // trials): 3 s flat-out rounds became 2 s, and the search 6 trials of 0.5 s (7 of 1 s
+        // before), to make room for three half-load rounds and two searches.
         Plan {
             rounds: 3,
-            secs: 3.0,
-            half_secs: 2.0,
-            search_steps: 7,
-            search_secs: 1.0,
+            secs: 2.0,
+            half_rounds: 3,
+            half_secs: 1.0,
+            searches: 2,
+            search_steps: 6,
+            search_secs: 0.5,
         }
     };
     if let Some(rounds) = rounds {
@@ -354,15 +423,15 @@ fn run() -> anyhow::Result<bool> {
         .map(|case| CaseResult {
             case,
             max: Vec::new(),
-            half: None,
+            half: Vec::new(),
             search: Vec::new(),
         })
         .collect();
     let searched = |c: &Case| {
         c.receiver != Receiver::XdpDrop && c.traffic == Traffic::new(false, 60) && c.fillers == 0
     };
-    let steps = results.len() * (plan.rounds + 1)
-        + results.iter().filter(|r| searched(&r.case)).count() * plan.search_steps;
+    let steps = results.len() * (plan.rounds + plan.half_rounds)
+        + results.iter().filter(|r| searched(&r.case)).count() * plan.searches * plan.search_steps;
     let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("template")
@@ -388,53 +457,58 @@ fn run() -> anyhow::Result<bool> {
             r.max.push(sample);
         }
     }
-    // The scale cases run at the one-endpoint case's half load, so that their receiving CPU
-    // per packet compares at one fixed offered load (a slower case at its own half load would
-    // be offered less).
-    let one_endpoint_half = results
+    // One fixed offered load per traffic for every case (`half_load`), in interleaved rounds;
+    // `--half-load PPS` sets it by hand (to compare builds run one after the other at one load).
+    let rates: Vec<u64> = results
         .iter()
-        .find(|r| {
-            r.case.receiver == Receiver::DemuxCount
-                && r.case.traffic == Traffic::new(false, 60)
-                && r.case.fillers == 0
-        })
-        .map(|r| (r.delivered_pps() / 2.0) as u64);
-    for r in &mut results {
-        let scale = r.case.receiver == Receiver::DemuxCount
-            && (r.case.traffic.ports > 1 || r.case.fillers > 0 || r.case.traffic.sources > 1);
-        let rate = match one_endpoint_half {
-            Some(rate) if scale => rate,
-            _ => (r.delivered_pps() / 2.0) as u64,
-        };
-        step(&bar, format!("{} at {rate} pps", r.case.name()));
-        let latency = r.case.receiver.reads_payloads();
-        r.half = Some(
-            measure(&r.case, &mut testbed, rate, plan.half_secs, latency)
-                .with_context(|| r.case.name())?,
-        );
-    }
-    for r in results.iter_mut().filter(|r| searched(&r.case)) {
-        // The zero-loss rate lies between 0 and the highest rate the sender offered.
-        let case = r.case;
-        let (_, trials) = search::zero_loss(r.offered_pps() as u64, plan.search_steps, |rate| {
+        .map(|r| half_rate.unwrap_or_else(|| half_load(&results, &r.case)))
+        .collect();
+    for round in 0..plan.half_rounds {
+        for (r, rate) in results.iter_mut().zip(&rates) {
             step(
                 &bar,
-                format!("{} zero-loss search at {rate} pps", case.name()),
+                format!(
+                    "half-load round {} {} at {rate} pps",
+                    round + 1,
+                    r.case.name()
+                ),
             );
-            measure(&case, &mut testbed, rate, plan.search_secs, false).with_context(|| case.name())
-        })?;
-        r.search = trials;
+            let latency = r.case.receiver.reads_payloads();
+            let sample = measure(&r.case, &mut testbed, *rate, plan.half_secs, latency)
+                .with_context(|| r.case.name())?;
+            r.half.push(sample);
+        }
+    }
+    // The zero-loss searches, interleaved too: search 1 of every case, then search 2, ….
+    for _ in 0..plan.searches {
+        for r in results.iter_mut().filter(|r| searched(&r.case)) {
+            // The zero-loss rate lies between 0 and the highest rate the sender offered.
+            let case = r.case;
+            let (_, trials) =
+                search::zero_loss(r.offered_pps() as u64, plan.search_steps, |rate| {
+                    step(
+                        &bar,
+                        format!("{} zero-loss search at {rate} pps", case.name()),
+                    );
+                    measure(&case, &mut testbed, rate, plan.search_secs, false)
+                        .with_context(|| case.name())
+                })?;
+            r.search.push(trials);
+        }
     }
     bar.finish_and_clear();
     drop(testbed);
 
     let accounted = report::print(&results);
     println!(
-        "\n({} round(s) of {} s flat out per case, medians; half load {} s; zero-loss search {} \
-         steps of {} s; {} flows; took {:.0} s)",
+        "\n({} round(s) of {} s flat out per case, medians; half load {} round(s) of {} s, \
+         medians; {} zero-loss search(es) of {} steps of {} s, median (range); {} flows; took \
+         {:.0} s)",
         plan.rounds,
         plan.secs,
+        plan.half_rounds,
         plan.half_secs,
+        plan.searches,
         plan.search_steps,
         plan.search_secs,
         cases::FLOWS,

@@ -68,8 +68,10 @@ impl Testbed {
     }
 
     /// Makes the receiving veth's NAPI threaded and pins its thread to the receiving CPU
-    /// (veth takes threaded NAPI only while an XDP program is attached).
-    pub(crate) fn threaded_napi(&self) -> anyhow::Result<()> {
+    /// (veth takes threaded NAPI only while an XDP program is attached); returns the NAPI
+    /// threads' ids.
+    pub(crate) fn threaded_napi(&self) -> anyhow::Result<Vec<u32>> {
+        let mut napi = Vec::new();
         let b_if = &self.pair.b_if;
         self.pair.b.exec(&[
             "sh",
@@ -86,9 +88,10 @@ impl Testbed {
                     &RX_CPU.to_string(),
                     &pid,
                 ]))?;
+                napi.extend(pid.parse::<u32>());
             }
         }
-        Ok(())
+        Ok(napi)
     }
 
     /// Runs `f` on a thread inside namespace B (and on the receiving CPU if `pin`).
@@ -201,4 +204,21 @@ pub(crate) fn map_ids(pid: u32) -> Vec<u32> {
                 .and_then(|v| v.trim().parse().ok())
         })
         .collect()
+}
+
+/// The time `threads` (ids) have run on a CPU so far, in ns (`/proc/TID/schedstat`'s first
+/// field: precise, and unlike the CPU's busy share it does not count other processes that
+/// happen to run on the receiving CPU). A thread gone since counts 0.
+pub(crate) fn threads_cpu_ns(threads: &[u32]) -> u64 {
+    threads
+        .iter()
+        .filter_map(|tid| {
+            std::fs::read_to_string(format!("/proc/{tid}/schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }

@@ -35,6 +35,7 @@ pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
         only_the_configured_uid_may_take_a_fast_path,
         demux_recv_takes_the_fast_path,
         an_idle_fast_path_receive_sleeps_instead_of_spinning,
+        a_batch_wait_keeps_every_datagram_and_never_naps_while_idle,
     ]
 }
 
@@ -680,6 +681,46 @@ pub(crate) fn an_idle_fast_path_receive_sleeps_instead_of_spinning() -> anyhow::
     ensure!(
         endpoint.via_kernel() == 1,
         "the fragmented datagram did not come through the kernel socket"
+    );
+    Ok(())
+}
+
+/// This thread's voluntary context switches so far (each a sleep it went into).
+fn thread_sleeps() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .context("no voluntary_ctxt_switches in status")?;
+    Ok(line.trim().parse()?)
+}
+
+/// With a batch wait set (`Endpoint::set_batch_wait`), a burst arrives whole and in order, and
+/// an idle receive sleeps in poll once instead of napping again and again.
+pub(crate) fn a_batch_wait_keeps_every_datagram_and_never_naps_while_idle() -> anyhow::Result<()> {
+    let (net, _dir, daemon) = daemon_for_nobodys_fast_path(&[])?;
+    let mut endpoint = fast_endpoint_as_nobody(&net, &daemon, 9861)?;
+    ensure!(endpoint.is_fast(), "the fast path is not on");
+    endpoint.set_batch_wait(Duration::from_micros(200));
+    let burst: Vec<Vec<u8>> = (0..200).map(|i| payload(9861, i, 64)).collect();
+    send_payloads(&net.a, 41061, 9861, &burst)?;
+    let got = receive(&mut endpoint, burst.len())?;
+    exactly("the fast path with a batch wait", &got, &burst, 41061, 9861)?;
+    // Idle after the burst: one batch wait at most, then a sleep in poll until the timeout.
+    let (sleeps, cpu) = (thread_sleeps()?, thread_cpu()?);
+    let idle = endpoint.recv_from(Some(Duration::from_secs(1)))?;
+    let (sleeps, cpu) = (
+        thread_sleeps()?.saturating_sub(sleeps),
+        thread_cpu()?.saturating_sub(cpu),
+    );
+    ensure!(idle.is_none(), "a datagram arrived with no traffic");
+    ensure!(
+        sleeps <= 20,
+        "an idle receive of 1 s went to sleep {sleeps} times: it napped instead of polling"
+    );
+    ensure!(
+        cpu <= Duration::from_millis(200),
+        "an idle receive of 1 s used {cpu:?} of CPU"
     );
     Ok(())
 }
