@@ -7,8 +7,12 @@
 
 use std::time::Duration;
 
-/// The longest spin before a sleep.
-pub const SPIN: Duration = Duration::from_micros(20);
+/// The longest spin before a sleep: about what one sleep in poll(2) and its wakeup cost the
+/// thread, so a spin never costs more than the sleep it may save. A spin that "finds" frames
+/// often found them only because NAPI preempted it, so longer spins mostly add CPU: at 50,000
+/// datagrams/s 20 µs cost 14,000 ns a datagram against 6,000 with 5 µs or none (docs/BENCHMARKS.md,
+/// "Full run after the third merge").
+pub const SPIN: Duration = Duration::from_micros(5);
 
 /// After this many spins in a row found nothing, the spin is skipped for up to this many
 /// waits (the back-off doubles from 1).
