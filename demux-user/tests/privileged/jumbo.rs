@@ -17,20 +17,17 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use demux::{
     attach::{attach, AttachMode},
-    binding::{Binding, Local, Protocol, Receiver},
     client::Endpoint,
     control::{BindRequest, SinkSpec},
     control::{Request, Response, SocketInfo, Stats},
-    daemon::{kernel_features::Release, local_addrs},
-    dataplane::Dataplane as _,
+    daemon::kernel_features::Release,
     program::{BpfLogLevel, Loaded},
-    tables::Tables,
     testing::testbed::{PairSpec, TempDir, VethPair, A_ADDR, B_ADDR},
     xsk::{BindMode, QueueSocket, Received},
 };
 use demux_common::{meta::MAX_XSK_FRAME, Verdict};
 
-use crate::daemon::RunningDaemon;
+use crate::{daemon::RunningDaemon, large::receive, steer::host_view_and_binding};
 
 pub(crate) fn tests() -> Vec<libtest_mimic::Trial> {
     trials![
@@ -116,23 +113,6 @@ fn send_sizes(net: &VethPair, port: u16, sizes: &[usize]) -> anyhow::Result<Vec<
 
 fn verdict(stats: &Stats, name: &str) -> u64 {
     stats.verdicts.get(name).copied().unwrap_or(0)
-}
-
-/// Receives up to `n` datagrams within five seconds, sorted.
-fn receive(endpoint: &mut Endpoint, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut got = Vec::new();
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        if let Some(d) = endpoint.recv_from(Some(left))? {
-            got.push(d.payload);
-        }
-    }
-    got.sort();
-    Ok(got)
 }
 
 pub(crate) fn jumbo_datagrams_arrive_whole_through_the_ring() -> anyhow::Result<()> {
@@ -263,19 +243,7 @@ pub(crate) fn a_frame_longer_than_its_socket_takes_passes_to_the_kernel() -> any
                     "{} (a kernel ≥ 6.6 takes XDP_USE_SG)",
                     socket.describe()
                 );
-                let ifindex = demux::attach::ifindex(&net.b_if)?;
-                let routes = local_addrs::dump_blocking()?;
-                local_addrs::apply(&mut maps, &mut Default::default(), &routes)?;
-                let mac = demux::sys::netlink::hardware_address(&net.b_if)?;
-                maps.set_iface(ifindex, 0, mac)?;
-                let binding = Binding {
-                    protocol: Protocol::Udp,
-                    local: Local::Addr(format!("{B_ADDR}:9000").parse()?),
-                    remote: None,
-                    v6only: false,
-                };
-                let (entry, target) = binding.encode(Receiver::Endpoint(ENDPOINT))?;
-                Tables::default().insert(&mut maps, &entry, target)?;
+                host_view_and_binding(&mut maps, &net.b_if, ENDPOINT)?;
 
                 // Per round: the slot's limit, and the payload sizes the socket must get and
                 // the kernel socket must get.

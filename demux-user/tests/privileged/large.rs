@@ -53,7 +53,7 @@ fn send_sizes(
 
 /// Receives up to `n` datagrams within five seconds, sorted (ring and backing socket are two
 /// paths, and their order between each other is not kept).
-fn receive(endpoint: &mut Endpoint, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(super) fn receive(endpoint: &mut Endpoint, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = Vec::new();
     while got.len() < n {

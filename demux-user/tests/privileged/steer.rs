@@ -13,7 +13,7 @@ use demux::{
     attach::{attach, AttachMode},
     binding::{Binding, Local, Protocol, Receiver},
     daemon::local_addrs,
-    dataplane::Dataplane as _,
+    dataplane::{maps::Maps, Dataplane as _},
     program::{BpfLogLevel, Loaded},
     tables::Tables,
     xsk::{BindMode, QueueSocket, Received},
@@ -30,6 +30,28 @@ const STEERED: u64 = 20;
 const UNBOUND: u64 = 3;
 const ENDPOINT: u32 = 7;
 
+/// Writes the host view as the daemon does (local routes; `iface`'s MAC, its slot block at 0)
+/// and binds UDP `B_ADDR:9000` to `endpoint`.
+pub(super) fn host_view_and_binding(
+    maps: &mut Maps,
+    iface: &str,
+    endpoint: u32,
+) -> anyhow::Result<()> {
+    let routes = local_addrs::dump_blocking()?;
+    local_addrs::apply(maps, &mut Default::default(), &routes)?;
+    let mac = demux::sys::netlink::hardware_address(iface)?;
+    maps.set_iface(demux::attach::ifindex(iface)?, 0, mac)?;
+    let binding = Binding {
+        protocol: Protocol::Udp,
+        local: Local::Addr(format!("{B_ADDR}:9000").parse()?),
+        remote: None,
+        v6only: false,
+    };
+    let (entry, target) = binding.encode(Receiver::Endpoint(endpoint))?;
+    Tables::default().insert(maps, &entry, target)?;
+    Ok(())
+}
+
 pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result<()> {
     let net = VethPair::standard()?;
     thread::scope(|scope| {
@@ -39,21 +61,8 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                 let (mut loaded, mut maps) = Loaded::load(BpfLogLevel::Off)?;
                 attach(loaded.program_mut(), &net.b_if, AttachMode::Driver)?;
                 let mut socket = QueueSocket::open(&net.b_if, 0, 256, BindMode::Copy)?;
-                let ifindex = demux::attach::ifindex(&net.b_if)?;
                 loaded.register_socket(0, 0, socket.fd(), socket.frame_limit())?;
-                // The host view, as the daemon writes it: local routes and the MAC.
-                let routes = local_addrs::dump_blocking()?;
-                local_addrs::apply(&mut maps, &mut Default::default(), &routes)?;
-                let mac = demux::sys::netlink::hardware_address(&net.b_if)?;
-                maps.set_iface(ifindex, 0, mac)?;
-                let binding = Binding {
-                    protocol: Protocol::Udp,
-                    local: Local::Addr(format!("{B_ADDR}:9000").parse()?),
-                    remote: None,
-                    v6only: false,
-                };
-                let (entry, target) = binding.encode(Receiver::Endpoint(ENDPOINT))?;
-                Tables::default().insert(&mut maps, &entry, target)?;
+                host_view_and_binding(&mut maps, &net.b_if, ENDPOINT)?;
 
                 // Send from namespace a, on a thread of its own.
                 let a = &net.a;
