@@ -221,6 +221,12 @@ impl Sink {
         }
     }
 
+    /// Whether [`Sink::flush`] does anything: only a ring wakes its client after a batch.
+    #[inline]
+    pub fn wakes(&self) -> bool {
+        matches!(self, Sink::Ring(_))
+    }
+
     /// Ends a batch of deliveries: wakes a ring's client if it sleeps (once per batch).
     pub fn flush(&self) {
         if let Sink::Ring(producer) = self {
