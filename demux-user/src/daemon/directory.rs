@@ -4,10 +4,11 @@
 //! A worker looks up the endpoint of every frame it delivers. With traffic spread over
 //! thousands of endpoints a hash map costs a hash of the id and a random bucket of a table
 //! that is cold by the time the next batch comes (the kernel's copy into the UMEM and the NAPI
-//! thread share the CPU's caches): the throughput bench measured that bucket as a fifth of the
-//! worker's time at 4,096 endpoints (docs/BENCHMARKS.md, "Scale, part 4"). Ids are small
+//! thread share the CPU's caches): at 4,096 endpoints that bucket was the worker's largest
+//! single cost (docs/BENCHMARKS.md, "Scale, part 4"). Ids are small
 //! (below `MAX_ENDPOINTS`, handed out in order and reused), so a vector indexed by id holds
-//! them densely — eight bytes per id up to the highest id bound — and a lookup is one load.
+//! them densely — eight bytes per id up to the highest id bound, 512 KiB at most — and a lookup
+//! is one load.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
