@@ -500,6 +500,20 @@ mod tests {
     }
 
     #[test]
+    fn only_a_ring_wakes_its_reader_after_a_batch() {
+        // The worker flushes after a batch only the endpoints whose sink says so.
+        let (ring, fds) = Sink::open(&SinkSpec::Ring { slots: 64 }).expect("ring");
+        assert!(fds.is_some() && ring.wakes());
+        assert!(!Sink::open(&SinkSpec::Count).expect("count").0.wakes());
+        let (socket, _peer) = UnixDatagram::pair().expect("socketpair");
+        let unix = Sink::Unix {
+            socket,
+            creds: None,
+        };
+        assert!(!unix.wakes());
+    }
+
+    #[test]
     fn unix_sink_delivers_and_reports_a_full_buffer() {
         let dir = scratch("full");
         let path = dir.join("s.sock");
