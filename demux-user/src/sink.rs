@@ -221,6 +221,12 @@ impl Sink {
         }
     }
 
+    /// Whether [`Sink::flush`] does anything: only a ring wakes its client after a batch.
+    #[inline]
+    pub fn wakes(&self) -> bool {
+        matches!(self, Sink::Ring(_))
+    }
+
     /// Ends a batch of deliveries: wakes a ring's client if it sleeps (once per batch).
     pub fn flush(&self) {
         if let Sink::Ring(producer) = self {
@@ -491,6 +497,20 @@ mod tests {
             }
             Ok(_) => panic!("accepted"),
         }
+    }
+
+    #[test]
+    fn only_a_ring_wakes_its_reader_after_a_batch() {
+        // The worker flushes after a batch only the endpoints whose sink says so.
+        let (ring, fds) = Sink::open(&SinkSpec::Ring { slots: 64 }).expect("ring");
+        assert!(fds.is_some() && ring.wakes());
+        assert!(!Sink::open(&SinkSpec::Count).expect("count").0.wakes());
+        let (socket, _peer) = UnixDatagram::pair().expect("socketpair");
+        let unix = Sink::Unix {
+            socket,
+            creds: None,
+        };
+        assert!(!unix.wakes());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! detaches, stops the workers, hands its client endpoints to the service manager for the
 //! next daemon (`handover`) and removes the control socket.
 
+pub mod directory;
 pub mod error;
 pub mod handover;
 pub mod ifaces;

@@ -40,7 +40,7 @@ use std::{
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, PoisonError, RwLock,
+        Arc, PoisonError,
     },
 };
 
@@ -110,8 +110,7 @@ pub struct Passed {
     pub sink: Option<CallerSink>,
 }
 
-/// Endpoint id → handle, read by the queue workers for every batch.
-pub type Directory = RwLock<HashMap<u32, Arc<EndpointHandle>>>;
+pub use super::directory::Directory;
 
 /// Drops the workers count that belong to no endpoint.
 #[derive(Default)]
@@ -433,13 +432,10 @@ impl<D: Dataplane> State<D> {
     /// records, backing sockets and rings. Call once the workers have stopped (the producer
     /// indexes are final).
     pub fn handover(&self) -> Vec<Handed> {
-        let directory = self
-            .directory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let directory = self.directory.read();
         let mut handed = Vec::new();
         for (id, endpoint) in &self.endpoints {
-            let (Some(backing), Some(handle)) = (&endpoint.backing, directory.get(id)) else {
+            let (Some(backing), Some(handle)) = (&endpoint.backing, directory.get(*id)) else {
                 continue;
             };
             let Sink::Ring(producer) = &handle.sink else {
@@ -578,7 +574,7 @@ impl<D: Dataplane> State<D> {
         let placement = match placement {
             Ok(placement) => placement,
             Err(error) => {
-                self.directory_mut().remove(&id);
+                self.directory_mut().remove(id);
                 return Err(error);
             }
         };
@@ -867,7 +863,7 @@ impl<D: Dataplane> State<D> {
                 self.leave_group(name, id, kernel)
             }
         };
-        self.directory_mut().remove(&id);
+        self.directory_mut().remove(id);
         // The worker no longer sees the endpoint: its counters are final.
         self.view.retire(id);
         info!(id, "endpoint closed");
@@ -1102,10 +1098,8 @@ impl<D: Dataplane> State<D> {
         self.view.add_socket(cell);
     }
 
-    fn directory_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<EndpointHandle>>> {
-        self.directory
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn directory_mut(&self) -> std::sync::RwLockWriteGuard<'_, super::directory::Table> {
+        self.directory.write()
     }
 }
 
@@ -1309,16 +1303,10 @@ mod tests {
             "{:?}",
             state.dataplane.violations()
         );
-        let directory: BTreeMap<u32, ()> = state
-            .directory
-            .read()
-            .expect("directory")
-            .keys()
-            .map(|id| (*id, ()))
-            .collect();
+        let directory: Vec<u32> = state.directory.read().ids().collect();
         let records: Vec<u32> = state.endpoints.keys().copied().collect();
         let listed: Vec<u32> = state.view.list().iter().map(|e| e.id).collect();
-        assert_eq!(directory.into_keys().collect::<Vec<_>>(), records);
+        assert_eq!(directory, records);
         assert_eq!(listed, records);
         assert_eq!(state.dataplane.len(), state.holders.len());
     }
@@ -2335,7 +2323,12 @@ mod tests {
     fn closed_endpoints_keep_counting_in_the_stats() {
         let mut state = state();
         let id = bind(&mut state, request("198.18.0.2:5000"), ALICE);
-        let handle = state.directory.read().expect("directory")[&id].clone();
+        let handle = state
+            .directory
+            .read()
+            .get(id)
+            .expect("in the directory")
+            .clone();
         handle.delivered.store(5, Relaxed);
         handle.dropped_sink_full.store(2, Relaxed);
         assert_eq!((state.stats().delivered(), state.stats().dropped()), (5, 2));

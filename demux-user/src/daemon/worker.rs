@@ -216,7 +216,8 @@ struct Worker {
     /// Busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL) needs the socket to know its NAPI
     /// instance: logged once, after the first frames.
     napi_logged: bool,
-    /// Endpoints delivered to in a batch, to flush (wake) once each after it.
+    /// Endpoints delivered to in a batch whose sink wakes a reader ([`crate::sink::Sink::wakes`]), to flush
+    /// once each after it.
     touched: Vec<u32>,
     /// The kernel counters of the queue's earlier sockets (replaced when a lease starts and
     /// ends), added to the current socket's so that `stats` never goes back.
@@ -248,7 +249,15 @@ impl Worker {
         }
         loop {
             let now = SystemTime::now();
-            let endpoints = directory.read().expect("directory lock");
+            let endpoints = directory.read();
+            // Spread over many endpoints, each frame's handle is a cache miss: ask for them
+            // all first, so that the misses overlap (docs/BENCHMARKS.md, "Scale, part 4").
+            socket.peek_endpoints(BATCH, |id| {
+                if let Some(endpoint) = endpoints.get(id) {
+                    crate::sys::prefetch(&endpoint.sink);
+                    crate::sys::prefetch(&endpoint.delivered);
+                }
+            });
             let read = socket.receive(BATCH, |packet| {
                 let (frame, meta) = match packet {
                     Received::Frame(frame, meta) => (frame, meta),
@@ -262,7 +271,7 @@ impl Worker {
                     counters.dropped_bad_metadata.fetch_add(1, Relaxed);
                     return;
                 };
-                let Some(endpoint) = endpoints.get(&meta.endpoint) else {
+                let Some(endpoint) = endpoints.get(meta.endpoint) else {
                     counters.dropped_no_endpoint.fetch_add(1, Relaxed);
                     return;
                 };
@@ -282,7 +291,7 @@ impl Worker {
                         return;
                     }
                 }
-                if !touched.contains(&meta.endpoint) {
+                if endpoint.sink.wakes() && !touched.contains(&meta.endpoint) {
                     touched.push(meta.endpoint);
                 }
                 match endpoint.sink.deliver(meta.endpoint, &datagram, frame, now) {
@@ -301,7 +310,7 @@ impl Worker {
                 }
             });
             for id in touched.drain(..) {
-                if let Some(endpoint) = endpoints.get(&id) {
+                if let Some(endpoint) = endpoints.get(id) {
                     endpoint.sink.flush();
                 }
             }

@@ -1,6 +1,7 @@
 //! Steering for real: the program attached to a veth in a namespace, an AF_XDP socket on its
 //! queue in `XSKS`, a UDP binding, and datagrams sent from the peer namespace. Every datagram
-//! must arrive in the socket with its metadata, and the counters must add up.
+//! must arrive in the socket with its metadata (a peek at the waiting frames names their
+//! endpoint and takes none), and the counters must add up.
 
 use std::{
     net::UdpSocket,
@@ -83,10 +84,28 @@ pub(crate) fn datagrams_reach_an_af_xdp_socket_with_metadata() -> anyhow::Result
                         .expect("sender panicked")
                 })?;
 
+                // A peek (the worker's prefetch pass) names every waiting frame's endpoint and
+                // takes none of them: the receive below still gets all.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while u64::from(socket.ring_frames().1) < STEERED && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                for _ in 0..2 {
+                    let mut peeked = Vec::new();
+                    socket.peek_endpoints(64, |id| peeked.push(id));
+                    ensure!(
+                        peeked == vec![ENDPOINT; STEERED as usize],
+                        "peeked endpoints {peeked:?}"
+                    );
+                    ensure!(
+                        u64::from(socket.ring_frames().1) == STEERED,
+                        "a peek took frames"
+                    );
+                }
+
                 let mut payloads = Vec::new();
                 let mut frame_bytes = 0u64;
                 let mut problems = Vec::new();
-                let deadline = Instant::now() + Duration::from_secs(5);
                 while (payloads.len() as u64) < STEERED && Instant::now() < deadline {
                     let read = socket.receive(64, |packet| match packet {
                         Received::Frame(frame, Some(meta)) if meta.endpoint == ENDPOINT => {
