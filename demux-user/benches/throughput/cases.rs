@@ -216,6 +216,9 @@ pub(crate) struct Sample {
     /// System calls of the receiving side while the generator ran: the receiver threads (kernel
     /// cases), the daemon's threads and the client's receiving thread (demux cases).
     pub syscalls: Option<u64>,
+    /// Frames the generator did not send because it fell behind the rate (stalled longer than
+    /// its `--max-burst` allows it to catch up); `sent` excludes them.
+    pub forgiven: u64,
 }
 
 impl Sample {

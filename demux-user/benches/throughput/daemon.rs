@@ -254,7 +254,7 @@ fn run_daemon_case(
     // Their CPU time, with the NAPI thread's.
     threads.extend_from_slice(&napi);
     let threads_before = threads_cpu_ns(&threads);
-    let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+    let (sent, secs, forgiven) = generate(testbed, &case.traffic, rate, secs)?;
     let syscalls = testbed.syscalls_counted();
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
     let threads_cpu_secs =
@@ -281,6 +281,7 @@ fn run_daemon_case(
     Ok(Sample {
         rate,
         sent,
+        forgiven,
         delivered,
         secs,
         dropped,

@@ -12,13 +12,14 @@ pub(crate) const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
 pub(crate) const DEMUX_GEN: &str = env!("CARGO_BIN_EXE_demux-gen");
 
 /// Sends `traffic` for `secs` seconds at `rate` pps (0: as fast as it goes); returns frames
-/// sent and the seconds the generator took.
+/// sent, the seconds the generator took and the frames it did not send because it fell behind
+/// (`demux-gen --max-burst`: a stalled sender does not catch up in a burst).
 pub(crate) fn generate(
     testbed: &Testbed,
     traffic: &Traffic,
     rate: u64,
     secs: f64,
-) -> anyhow::Result<(u64, f64)> {
+) -> anyhow::Result<(u64, f64, u64)> {
     let mode = match traffic.sender {
         Sender::Xdp => "xdp",
         Sender::Sendmmsg => "sendmmsg",
@@ -62,5 +63,6 @@ pub(crate) fn generate(
     let seconds = report["seconds"]
         .as_f64()
         .context("the generator's report has no `seconds`")?;
-    Ok((sent, seconds))
+    let forgiven = report["forgiven"].as_u64().unwrap_or(0);
+    Ok((sent, seconds, forgiven))
 }

@@ -216,7 +216,7 @@ fn measure(
                 bpf_run_stats(me),
                 threads_cpu_ns(&napi),
             );
-            let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+            let (sent, secs, forgiven) = generate(testbed, &case.traffic, rate, secs)?;
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             let threads_cpu_secs =
                 Some(threads_cpu_ns(&napi).saturating_sub(threads_before) as f64 / 1e9);
@@ -227,6 +227,7 @@ fn measure(
             Ok(Sample {
                 rate,
                 sent,
+                forgiven,
                 delivered: drops.get(&0, 0)?.iter().sum(),
                 secs,
                 dropped: BTreeMap::from([("veth", testbed.veth_drops() - veth_before)]),
@@ -267,7 +268,7 @@ fn measure(
                 bpf_run_stats(me),
             );
             testbed.count_syscalls(receivers.thread_ids());
-            let (sent, secs) = generate(testbed, &case.traffic, rate, secs)?;
+            let (sent, secs, forgiven) = generate(testbed, &case.traffic, rate, secs)?;
             let syscalls = testbed.syscalls_counted();
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             let threads_cpu_secs =
@@ -286,6 +287,7 @@ fn measure(
             Ok(Sample {
                 rate,
                 sent,
+                forgiven,
                 delivered: read,
                 secs,
                 dropped,

@@ -30,7 +30,8 @@ impl CaseResult {
         median(self.max.iter().map(Sample::offered_pps).collect())
     }
 
-    /// Each search's highest offered rate with no loss (0 if none), in order.
+    /// Each search's highest offered rate with no loss (0 if none), in order: what the generator
+    /// sent over the time it took, which is below the rate asked when it fell behind.
     pub(crate) fn zero_loss_each(&self) -> Vec<f64> {
         self.search
             .iter()
@@ -38,7 +39,7 @@ impl CaseResult {
                 trials
                     .iter()
                     .filter(|s| s.lossless())
-                    .map(|s| s.rate as f64)
+                    .map(Sample::offered_pps)
                     .fold(0.0, f64::max)
             })
             .collect()
@@ -232,6 +233,17 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
                 .map_or("-".to_owned(), |s| format!("{s:.0}")),
         );
     }
+    let paced = results
+        .iter()
+        .flat_map(CaseResult::samples)
+        .filter(|s| s.rate > 0);
+    let (sent, forgiven) = paced.fold((0, 0), |(a, b), s| (a + s.sent, b + s.forgiven));
+    println!(
+        "paced runs: the generator fell behind its rate and skipped {forgiven} of {} frames \
+         ({:.3}%; demux-gen --max-burst: a stalled sender sends a gap, not a burst)",
+        sent + forgiven,
+        100.0 * forgiven as f64 / (sent + forgiven).max(1) as f64
+    );
     print_targets(results);
     all_accounted
 }
@@ -439,6 +451,7 @@ fn sample_json(s: &Sample) -> serde_json::Value {
         "cpu_busy": s.cpu_busy, "cpu_seconds": s.cpu_secs,
         "receiving_threads_cpu_seconds": s.threads_cpu_secs, "bpf_ns_per_packet": s.bpf_ns,
         "daemon_kib_beyond_umem": s.daemon_kib, "syscalls": s.syscalls,
+        "forgiven": s.forgiven,
         "latency_ns": (!sorted.is_empty()).then(|| json!({
             "count": sorted.len(), "p50": percentile(&sorted, 50.0),
             "p99": percentile(&sorted, 99.0), "p99.9": percentile(&sorted, 99.9),

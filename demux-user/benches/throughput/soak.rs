@@ -151,7 +151,7 @@ fn search_rate(testbed: &Testbed, config: &Path) -> anyhow::Result<u64> {
     let mut trial = |rate: u64, secs: f64| -> anyhow::Result<Sample> {
         let before = ask_stats(&mut client)?;
         let (d0, p0, x0) = accounting(&before, testbed.veth_drops() - veth_start);
-        let (sent, secs) = generate(testbed, &TRAFFIC, rate, secs)?;
+        let (sent, secs, _) = generate(testbed, &TRAFFIC, rate, secs)?;
         thread::sleep(Duration::from_millis(300));
         let after = ask_stats(&mut client)?;
         let (d1, p1, x1) = accounting(&after, testbed.veth_drops() - veth_start);
@@ -401,7 +401,7 @@ fn run(minutes: f64, rate: Option<u64>) -> anyhow::Result<Vec<String>> {
     let mut churned = churn::Counts::default();
     while secs < total - 0.5 {
         let chunk = interval.min(total - secs);
-        let (n, _) = generate(&testbed, &TRAFFIC, rate, chunk)?;
+        let (n, _, _) = generate(&testbed, &TRAFFIC, rate, chunk)?;
         sent += n;
         secs += chunk;
         if let Ok(Some(status)) = daemon.child().try_wait() {

@@ -56,6 +56,11 @@ pub(crate) struct GenArgs {
     /// Target rate in packets per second; 0 sends as fast as possible.
     #[arg(long, value_name = "PPS", default_value_t = 0)]
     pub(crate) rate: u64,
+    /// With `--rate`: the most overdue frames sent back to back after the sender fell behind
+    /// (preempted, or its vCPU taken); the rest of the backlog is not sent and is counted
+    /// (`forgiven`), so a stall of the sender reaches the receiver as a gap, not as a burst.
+    #[arg(long, value_name = "FRAMES", default_value_t = 64)]
+    pub(crate) max_burst: u64,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,

@@ -33,6 +33,7 @@ use frame::FrameSpec;
 mod sys;
 
 mod args;
+mod pace;
 
 use args::{BadChecksum, GenArgs, Mode};
 
@@ -161,15 +162,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let mut sent = 0u64;
-    // Frames allowed by now: everything, or `rate` per second since the start.
-    let allowed = |sent: u64| -> u64 {
-        if args.rate == 0 {
-            args.count
-        } else {
-            let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
-            due.min(args.count).max(sent)
-        }
-    };
+    let mut pacer = pace::Pacer::new(args.rate, args.count, args.max_burst);
     let fill = |buf: &mut [u8], seq: u64| -> usize {
         let frame = &frames[(seq % frames.len() as u64) as usize];
         buf[..frame.len()].copy_from_slice(frame);
@@ -184,7 +177,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
     match &mut output {
         Output::Xdp(socket) => {
             while sent < args.count && Instant::now() < deadline {
-                let burst = (allowed(sent) - sent).min(64) as u32;
+                let burst = (pacer.allowed(sent) - sent).min(64) as u32;
                 if burst == 0 {
                     std::hint::spin_loop();
                     continue;
@@ -206,7 +199,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
             let addr = sys::LinkAddr::new(ifindex, spec.dst_mac);
             let mut buf = vec![0u8; 2048];
             while sent < args.count && Instant::now() < deadline {
-                if allowed(sent) == sent {
+                if pacer.allowed(sent) == sent {
                     std::hint::spin_loop();
                     continue;
                 }
@@ -221,7 +214,7 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
             }
         }
         Output::Sendmmsg(sockets) => {
-            sent = sendmmsg(&args, sockets, deadline, allowed)?;
+            sent = sendmmsg(&args, sockets, deadline, &mut pacer)?;
         }
     }
     let secs = started.elapsed().as_secs_f64();
@@ -229,10 +222,19 @@ fn run(args: GenArgs) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "sent": sent, "seconds": secs, "pps": pps })
+            serde_json::json!({
+                "sent": sent, "seconds": secs, "pps": pps, "forgiven": pacer.forgiven()
+            })
         );
     } else {
         println!("sent {sent} frames in {secs:.3} s ({pps:.0} pps)");
+        if pacer.forgiven() > 0 {
+            println!(
+                "{} frames not sent: the sender fell behind by more than --max-burst {}",
+                pacer.forgiven(),
+                args.max_burst
+            );
+        }
     }
     if sent < args.count {
         bail!(
@@ -300,7 +302,7 @@ fn sendmmsg(
     args: &GenArgs,
     sockets: &[std::net::UdpSocket],
     deadline: Instant,
-    allowed: impl Fn(u64) -> u64,
+    pacer: &mut pace::Pacer,
 ) -> anyhow::Result<u64> {
     const BATCH: usize = 64;
     let destinations: Vec<SocketAddr> = (0..args.dst_ports)
@@ -314,7 +316,7 @@ fn sendmmsg(
     let mut sent = 0u64;
     let mut batch_no = 0usize;
     while sent < args.count && Instant::now() < deadline {
-        let burst = (allowed(sent) - sent).min(BATCH as u64) as usize;
+        let burst = (pacer.allowed(sent) - sent).min(BATCH as u64) as usize;
         if burst == 0 {
             std::hint::spin_loop();
             continue;
