@@ -1,7 +1,7 @@
 //! The presence filter `PRESENCE`: a blocked Bloom filter that says, for a `CONNECTED` or
 //! `BOUND` key, "perhaps bound" or "certainly not", so that a packet whose port has bindings in
 //! those tables (the `PORTS` bits) but none for its own tuple skips the hash probe: a few
-//! multiplications and two inlined array loads instead of a helper call, jhash of a 20–40-byte
+//! multiplications and one inlined array load instead of a helper call, jhash of a 20–40-byte
 //! key and a bucket walk in a table of up to millions of buckets.
 //!
 //! A key's [`Probe`] is one `u64` word of the filter and three bits in it (`mask`; they may
@@ -18,47 +18,28 @@
 //! words), then one multiply-xorshift finish; IPv4 addresses are the same formula with three
 //! zero words. The bound key's sum is the first part of the connected key's.
 //!
-//! Shards: the filter is `2^shards_log2` arrays ("shards") of [`SHARD_WORDS`] words each, held
-//! by the array of maps `PRESENCE`; a probe names its shard and its word in the shard. A shard
-//! is sized so that the kernel allocates it with `kmalloc`, in the direct map, which this
-//! architecture maps with huge pages: a BPF array of more than 32 KiB (header included) is
-//! `vmalloc`ed in 4 KiB pages (`__bpf_map_area_alloc`, `PAGE_ALLOC_COSTLY_ORDER`), so a random
-//! word of a one-piece 1 MiB filter costs a TLB miss (a nested page walk in a VM) on top of the
-//! cache miss (measured in docs/BENCHMARKS.md, "Scale, part 4").
-//!
-//! Size: the daemon chooses the shards at load from the table size (`--max-bindings`,
-//! [`Filter::for_bindings`]: [`BITS_PER_BINDING`] bits per binding over shards of a nominal
-//! [`NOMINAL_SHARD_WORDS`] words, at least one shard, at most [`MAX_SHARDS`]), sets `PRESENCE`'s
-//! entries to that and writes its log2 to the program's read-only global
-//! [`SHARDS_LOG2_GLOBAL`] (frozen, so the mask is a constant to the verifier). At 1,000,000
-//! keys in the default filter (32 shards, 1 MiB less 1.6%) about 4% of absent tuples find all
+//! Size: `PRESENCE` has `2^words_log2` words, chosen by the daemon at load from the table size
+//! (`--max-bindings`, [`Filter::for_bindings`]: [`BITS_PER_BINDING`] bits per binding, at least
+//! [`MIN_WORDS_LOG2`], at most [`MAX_WORDS_LOG2`]), and written to the program's read-only
+//! global [`WORDS_LOG2_GLOBAL`] (frozen, so the shift is a constant to the verifier). At
+//! 1,000,000 keys in the default 1 MiB filter (8 bits a key) about 4% of absent tuples find all
 //! bits set; a filter that fits the CPU's cache beats a sparser one that does not (measured in
 //! docs/BENCHMARKS.md). A word is written whole by `memcpy`; a reader sees each byte old or new,
 //! and a write changes only one key's bits, so every other bit reads as it was.
 
 use crate::binding::{FAMILY_IPV4, MAX_BINDINGS};
 
-/// Name of the program's `u32` global holding the filter's `shards_log2`.
-pub const SHARDS_LOG2_GLOBAL: &str = "DEMUX_PRESENCE_SHARDS_LOG2";
+/// Name of the program's `u32` global holding the filter's `words_log2`.
+pub const WORDS_LOG2_GLOBAL: &str = "DEMUX_PRESENCE_WORDS_LOG2";
 
-/// Filter bits per binding of a table's capacity (over nominal shards).
+/// Filter bits per binding of a table's capacity.
 pub const BITS_PER_BINDING: u32 = 8;
-/// Words a shard stands for when the filter is sized: 32 KiB.
-pub const NOMINAL_SHARD_WORDS: u32 = 4096;
-/// Words of one shard (an inner array of `PRESENCE`): as many as fit, with the kernel's
-/// `struct bpf_array` header in front (312 bytes on Linux 6.x; [`KMALLOC_ARRAY_HEADER`] leaves
-/// room for it to grow), in the 32 KiB that the kernel still allocates with `kmalloc`.
-pub const SHARD_WORDS: u32 = 4032;
-/// The room left for the kernel's array header in a 32 KiB allocation.
-pub const KMALLOC_ARRAY_HEADER: u32 = 512;
-/// The largest `BPF_MAP_TYPE_ARRAY` the kernel allocates with `kmalloc`:
-/// `PAGE_SIZE << PAGE_ALLOC_COSTLY_ORDER` (4 KiB << 3).
-pub const KMALLOC_ARRAY_LIMIT: u32 = 32 * 1024;
-const _: () = assert!(SHARD_WORDS * 8 + KMALLOC_ARRAY_HEADER <= KMALLOC_ARRAY_LIMIT);
-/// The largest filter: 2^7 shards (4 MiB less 1.6%).
-pub const MAX_SHARDS_LOG2: u32 = 7;
+/// The smallest filter: 64 words (512 bytes).
+pub const MIN_WORDS_LOG2: u32 = 6;
+/// The largest filter: 2^19 words (4 MiB).
+pub const MAX_WORDS_LOG2: u32 = 19;
 /// `PRESENCE`'s entries in the object (the largest filter); the daemon sizes it at load.
-pub const MAX_SHARDS: u32 = 1 << MAX_SHARDS_LOG2;
+pub const MAX_WORDS: u32 = 1 << MAX_WORDS_LOG2;
 
 /// Constants of the sum of products (random odd 64-bit values).
 const K: [u64; 12] = [
@@ -79,31 +60,17 @@ const SEED_BOUND: u64 = 0xbb67_ae85_84ca_a73b;
 const SEED_CONNECTED: u64 = 0x6a09_e667_f3bc_c908;
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// A filter's geometry: `2^shards_log2` shards of [`SHARD_WORDS`] words of 64 bits.
+/// A filter's geometry: `2^words_log2` words of 64 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
-    pub shards_log2: u32,
+    pub words_log2: u32,
 }
 
-/// Where a key's bits are: word `word` of shard `shard`, the (up to three) bits of `mask`.
+/// Where a key's bits are: `word` of the filter, the (up to three) bits of `mask`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Probe {
-    pub shard: u32,
     pub word: u32,
     pub mask: u64,
-}
-
-impl Probe {
-    /// The word's place in the whole filter, shards end to end (`shard * SHARD_WORDS + word`):
-    /// how user space counts and addresses words.
-    pub const fn index(self) -> u32 {
-        self.shard * SHARD_WORDS + self.word
-    }
-
-    /// The (shard, word) of a whole-filter `index` ([`Probe::index`]).
-    pub const fn split(index: u32) -> (u32, u32) {
-        (index / SHARD_WORDS, index % SHARD_WORDS)
-    }
 }
 
 impl Default for Filter {
@@ -114,27 +81,20 @@ impl Default for Filter {
 }
 
 impl Filter {
-    /// The filter for tables of `bindings` entries each: [`BITS_PER_BINDING`] bits per binding
-    /// over shards of [`NOMINAL_SHARD_WORDS`], rounded up to a power of two of shards, from one
-    /// to [`MAX_SHARDS`].
+    /// The filter for tables of `bindings` entries each: [`BITS_PER_BINDING`] bits per binding,
+    /// rounded up to a power of two of words, within [`MIN_WORDS_LOG2`]–[`MAX_WORDS_LOG2`].
     pub const fn for_bindings(bindings: u32) -> Self {
         let words = (bindings as u64 * BITS_PER_BINDING as u64).div_ceil(64);
-        let mut shards_log2 = 0;
-        while shards_log2 < MAX_SHARDS_LOG2 && ((NOMINAL_SHARD_WORDS as u64) << shards_log2) < words
-        {
-            shards_log2 += 1;
+        let mut words_log2 = MIN_WORDS_LOG2;
+        while words_log2 < MAX_WORDS_LOG2 && (1u64 << words_log2) < words {
+            words_log2 += 1;
         }
-        Self { shards_log2 }
+        Self { words_log2 }
     }
 
-    /// Shards of the filter (entries of `PRESENCE`, each an array of [`SHARD_WORDS`]).
-    pub const fn shards(self) -> u32 {
-        1 << self.shards_log2
-    }
-
-    /// Words of the whole filter.
+    /// Words of the filter (entries of `PRESENCE`).
     pub const fn words(self) -> u32 {
-        self.shards() * SHARD_WORDS
+        1 << self.words_log2
     }
 
     /// The probe of a `BOUND` key.
@@ -165,17 +125,15 @@ impl Filter {
         self.probe(SEED_CONNECTED ^ sum)
     }
 
-    /// The shard, word and three bits of hash sum `h` (three bits, not two: 3.8% false
-    /// positives instead of 5.4% at 8 bits a key, `structured_keys_spread_like_random_ones`).
-    /// The bits come from bits 0–17 of the finished hash, the shard from bits 18–24, the word
-    /// from the top 32 bits scaled to [`SHARD_WORDS`] (a multiply and a shift, no division).
+    /// The word and three bits of hash sum `h` (three, not two: 3.8% false positives instead of
+    /// 5.4% at 8 bits a key, `structured_keys_spread_like_random_ones`).
     #[inline(always)]
     fn probe(self, h: u64) -> Probe {
         let h = (h ^ (h >> 29)).wrapping_mul(MULTIPLIER);
         let h = h ^ (h >> 32);
+        let word = ((h >> 32) & (u64::from(self.words()) - 1)) as u32;
         Probe {
-            shard: (h >> 18) as u32 & (self.shards() - 1),
-            word: (((h >> 32) * u64::from(SHARD_WORDS)) >> 32) as u32,
+            word,
             mask: 1 << (h & 63) | 1 << ((h >> 6) & 63) | 1 << ((h >> 12) & 63),
         }
     }
@@ -230,75 +188,24 @@ mod tests {
 
     #[test]
     fn sizes_follow_the_bindings_within_bounds() {
-        assert_eq!(Filter::for_bindings(0).shards_log2, 0);
-        assert_eq!(Filter::for_bindings(1).shards_log2, 0);
-        // 32,768 bindings × 8 bits = 4,096 words: one shard.
-        assert_eq!(Filter::for_bindings(1 << 15).shards_log2, 0);
-        assert_eq!(Filter::for_bindings((1 << 15) + 8).shards_log2, 1);
-        // 1,048,576 bindings × 8 bits = 2^17 words = 32 shards (1 MiB less 1.6%).
-        assert_eq!(Filter::for_bindings(1 << 20).shards_log2, 5);
-        assert_eq!(Filter::for_bindings(1 << 20).words(), 32 * 4032);
-        assert_eq!(Filter::for_bindings((1 << 20) + 1).shards_log2, 6);
-        assert_eq!(Filter::for_bindings(u32::MAX).shards_log2, MAX_SHARDS_LOG2);
+        assert_eq!(Filter::for_bindings(0).words_log2, MIN_WORDS_LOG2);
+        assert_eq!(Filter::for_bindings(1).words_log2, MIN_WORDS_LOG2);
+        // 1,048,576 bindings × 8 bits = 2^23 bits = 2^17 words (1 MiB).
+        assert_eq!(Filter::for_bindings(1 << 20).words_log2, 17);
+        assert_eq!(Filter::for_bindings((1 << 20) + 1).words_log2, 18);
+        assert_eq!(Filter::for_bindings(u32::MAX).words_log2, MAX_WORDS_LOG2);
         assert_eq!(Filter::default(), Filter::for_bindings(MAX_BINDINGS));
     }
 
-    /// A shard with the kernel's 312-byte array header (Linux 6.x: `sizeof(struct bpf_array)`,
-    /// the `memlock` of a one-entry array less its 8-byte value) fits the 32 KiB the kernel
-    /// still allocates with `kmalloc`; one more nominal word per shard would not.
     #[test]
-    fn a_shard_with_the_kernels_header_fits_kmalloc() {
-        assert!(SHARD_WORDS * 8 + 312 <= KMALLOC_ARRAY_LIMIT);
-        assert!(NOMINAL_SHARD_WORDS * 8 + 312 > KMALLOC_ARRAY_LIMIT);
-    }
-
-    #[test]
-    fn probes_fall_inside_their_shard_with_one_to_three_bits() {
-        for log2 in [0, 3, 5, MAX_SHARDS_LOG2] {
-            let filter = Filter { shards_log2: log2 };
+    fn probes_fall_inside_the_filter_with_one_to_three_bits() {
+        for log2 in [MIN_WORDS_LOG2, 10, 17, MAX_WORDS_LOG2] {
+            let filter = Filter { words_log2: log2 };
             for i in 0..2000u32 {
                 let probe = filter.connected(17, 4, 53, i as u16, &v4(0xc612_0002), &v4(i));
-                assert!(probe.shard < filter.shards());
-                assert!(probe.word < SHARD_WORDS);
-                assert!(probe.index() < filter.words());
-                assert_eq!(Probe::split(probe.index()), (probe.shard, probe.word));
+                assert!(probe.word < filter.words());
                 assert!((1..=3).contains(&probe.mask.count_ones()));
             }
-        }
-    }
-
-    /// Keys spread evenly over the shards and over the words of a shard, first to last (the
-    /// word's multiply-shift reaches both ends; the shard bits do not collapse).
-    #[test]
-    fn keys_spread_evenly_over_shards_and_words() {
-        let filter = Filter { shards_log2: 5 };
-        const KEYS: u32 = 1 << 18;
-        let mut per_shard = std::vec![0u32; filter.shards() as usize];
-        let mut per_eighth = [0u32; 8];
-        for i in 0..KEYS {
-            let probe = filter.connected(
-                17,
-                4,
-                7000 + (i >> 6) as u16,
-                40000 + (i & 63) as u16,
-                &v4(0xc612_0002),
-                &v4(0xc612_0001),
-            );
-            per_shard[probe.shard as usize] += 1;
-            per_eighth[(probe.word * 8 / SHARD_WORDS) as usize] += 1;
-        }
-        let even = KEYS / filter.shards();
-        for (shard, n) in per_shard.iter().enumerate() {
-            assert!(
-                n.abs_diff(even) < even / 10,
-                "shard {shard}: {n} keys, {even} expected"
-            );
-        }
-        for (eighth, n) in per_eighth.iter().enumerate() {
-            assert!(
-                n.abs_diff(KEYS / 8) < KEYS / 80,
-                "eighth {eighth} of the words: {n}"
-            );
         }
     }
 
@@ -333,12 +240,12 @@ mod tests {
         };
         for i in 0..N {
             let p = probe(i);
-            words[p.index() as usize] |= p.mask;
+            words[p.word as usize] |= p.mask;
         }
         let hits = (N..2 * N)
             .filter(|&i| {
                 let p = probe(i);
-                words[p.index() as usize] & p.mask == p.mask
+                words[p.word as usize] & p.mask == p.mask
             })
             .count();
         hits as f64 / f64::from(N)

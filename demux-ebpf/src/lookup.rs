@@ -16,8 +16,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array as BtfArray, ArrayOfMaps},
-    macros::{btf_map, map},
+    macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
     Global,
 };
@@ -31,7 +30,7 @@ use demux_common::ports::{
     TABLE_CONNECTED, TABLE_PREFIX,
 };
 
-use demux_common::presence::{Filter, Probe, MAX_SHARDS, MAX_SHARDS_LOG2, SHARD_WORDS};
+use demux_common::presence::{Filter, Probe, MAX_WORDS, MAX_WORDS_LOG2};
 
 use crate::parse::Packet;
 
@@ -59,19 +58,16 @@ static PREFIX_V6: LpmTrie<PrefixKey, Target> =
 #[map(name = "PORTS")]
 static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 
-/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys, in shards of
-/// at most 32 KiB (`kmalloc`ed by the kernel: no TLB miss per probe); the daemon sizes the
-/// outer array at load and fills it with its shards (`demux_common::presence::Filter`). A BTF
-/// map: the kernel needs the inner arrays' definition, which only BTF carries.
-#[btf_map(name = "PRESENCE")]
-static PRESENCE: ArrayOfMaps<BtfArray<u64, { SHARD_WORDS as usize }>, { MAX_SHARDS as usize }> =
-    ArrayOfMaps::new();
+/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys; the daemon
+/// sizes it at load (`demux_common::presence::Filter`).
+#[map(name = "PRESENCE")]
+static PRESENCE: Array<u64> = Array::with_max_entries(MAX_WORDS, 0);
 
-/// log2 of `PRESENCE`'s shards, written by the daemon at load with the map's size (name
-/// `demux_common::presence::SHARDS_LOG2_GLOBAL`, required); frozen, so a constant to the
+/// log2 of `PRESENCE`'s words, written by the daemon at load with the map's size (name
+/// `demux_common::presence::WORDS_LOG2_GLOBAL`, required); frozen, so a constant to the
 /// verifier.
 #[unsafe(no_mangle)]
-static DEMUX_PRESENCE_SHARDS_LOG2: Global<u32> = Global::new(MAX_SHARDS_LOG2);
+static DEMUX_PRESENCE_WORDS_LOG2: Global<u32> = Global::new(MAX_WORDS_LOG2);
 
 /// Group id → members (SO_REUSEPORT-style).
 #[map(name = "GROUPS")]
@@ -83,7 +79,7 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
     let entry = port_entry(port_index(packet.protocol, packet.dst_port));
     let has = |table| u32::from(entry.tables) & port_bit(table, packet.family) != 0;
     let filter = Filter {
-        shards_log2: DEMUX_PRESENCE_SHARDS_LOG2.load(),
+        words_log2: DEMUX_PRESENCE_WORDS_LOG2.load(),
     };
     if has(TABLE_CONNECTED)
         && present(filter.connected(
@@ -160,13 +156,12 @@ fn port_entry(index: u32) -> PortEntry {
     PortEntry::from_u64(raw)
 }
 
-/// Whether all bits of `probe` are set in the presence filter ("perhaps bound"): the shard's
-/// array from `PRESENCE`, then the word from it (both lookups inlined by the verifier); a
-/// missing shard or a word beyond it, yes.
+/// Whether all bits of `probe` are set in the presence filter ("perhaps bound"); beyond the
+/// array, yes.
 #[inline(always)]
 fn present(probe: Probe) -> bool {
     PRESENCE
-        .get_value(probe.shard, &probe.word)
+        .get(probe.word)
         .is_none_or(|bits| bits & probe.mask == probe.mask)
 }
 

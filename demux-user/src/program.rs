@@ -11,7 +11,7 @@
 //! key nobody outside it knows.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -120,16 +120,6 @@ pub enum LoadError {
         expected: &'static str,
         /// The kernel's map type number in the object.
         found: u32,
-    },
-    /// A shard of the presence filter (`PRESENCE`'s inner arrays) could not be created or
-    /// installed.
-    #[error("map PRESENCE: creating or installing shard {shard}: {source}")]
-    PresenceShard {
-        /// The shard's index in `PRESENCE`.
-        shard: u32,
-        /// What aya reported.
-        #[source]
-        source: MapError,
     },
     /// Any other failure to open a map.
     #[error("map {map}: {source}")]
@@ -243,9 +233,8 @@ pub struct Loaded {
     /// the extension lives).
     template: Option<crate::multiprog::Dispatcher>,
     /// Every map of the object by name, through a duplicate of its descriptor (most are taken
-    /// out of `ebpf` by their typed owners), for [`Loaded::map_memory`]; `PRESENCE` with the
-    /// descriptors of its shards after its own.
-    map_fds: Vec<(String, Vec<OwnedFd>)>,
+    /// out of `ebpf` by their typed owners), for [`Loaded::map_memory`].
+    map_fds: Vec<(String, OwnedFd)>,
 }
 
 /// `XSKS`: which AF_XDP socket receives an (interface, rx queue), and `XSK_FRAME_LIMITS`: how
@@ -361,8 +350,8 @@ impl Loaded {
         }
         // The presence filter sized to the tables (`demux_common::presence`).
         let filter = presence::Filter::for_bindings(options.bindings.unwrap_or(MAX_BINDINGS));
-        loader.map_max_entries(maps::PRESENCE, filter.shards());
-        loader.override_global(presence::SHARDS_LOG2_GLOBAL, &filter.shards_log2, true);
+        loader.map_max_entries(maps::PRESENCE, filter.words());
+        loader.override_global(presence::WORDS_LOG2_GLOBAL, &filter.words_log2, true);
         if options.extension {
             loader.extension(maps::PROGRAM);
         }
@@ -402,11 +391,11 @@ impl Loaded {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
             .map_err(verify_reuseport)?;
-        let mut map_fds: Vec<(String, Vec<OwnedFd>)> = ebpf
+        let map_fds = ebpf
             .maps()
             .filter_map(|(name, map)| {
                 let fd = map_data(map)?.fd().as_fd().try_clone_to_owned().ok()?;
-                Some((name.to_owned(), vec![fd]))
+                Some((name.to_owned(), fd))
             })
             .collect();
         let slots = SocketSlots {
@@ -416,14 +405,6 @@ impl Loaded {
             })),
         };
         let dataplane = Maps::take(&mut ebpf, reuseport, filter)?;
-        // The presence filter's memory is the outer array's and its shards'.
-        if let Some((_, fds)) = map_fds.iter_mut().find(|(name, _)| name == maps::PRESENCE) {
-            fds.extend(
-                dataplane
-                    .presence_shard_fds()
-                    .filter_map(|fd| fd.try_clone_to_owned().ok()),
-            );
-        }
         Ok((
             Self {
                 ebpf,
@@ -514,20 +495,19 @@ impl Loaded {
     pub fn map_memory(&self) -> Vec<(String, u64)> {
         self.map_fds
             .iter()
-            .map(|(name, fds)| (name.clone(), fds.iter().map(|fd| memlock(fd.as_fd())).sum()))
+            .map(|(name, fd)| {
+                let fdinfo =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                        .unwrap_or_default();
+                let bytes = fdinfo
+                    .lines()
+                    .find_map(|line| line.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (name.clone(), bytes)
+            })
             .collect()
     }
-}
-
-/// The kernel memory of map `fd` (`memlock` in its fdinfo), 0 if unreadable.
-fn memlock(fd: BorrowedFd<'_>) -> u64 {
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-        .unwrap_or_default();
-    fdinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The map's handle, for the kinds of map the programs declare.
@@ -542,8 +522,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::XskMap(data)
         | Map::ReusePortSockArray(data)
         | Map::RingBuf(data)
-        | Map::PerfEventArray(data)
-        | Map::ArrayOfMaps(data) => Some(data),
+        | Map::PerfEventArray(data) => Some(data),
         _ => None,
     }
 }

@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use demux::{
     backing,
     binding::{addr16, Protocol},
@@ -364,9 +364,9 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
     // The presence filter's words as the fillers set them: the program skips the connected
     // probe for a tuple whose bit is clear, so the fillers' bits are set as the daemon would.
     let mut presence_words: std::collections::BTreeMap<u32, u64> = Default::default();
-    // The filter's geometry is its number of shards, which the daemon chose at load.
+    // The filter's geometry is its size, which the daemon chose at load.
     let filter = presence::Filter {
-        shards_log2: daemon_map_info(pid, maps::PRESENCE)?
+        words_log2: daemon_map_info(pid, maps::PRESENCE)?
             .max_entries()
             .trailing_zeros(),
     };
@@ -413,21 +413,12 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
             &key.local_addr,
             &key.remote_addr,
         );
-        *presence_words.entry(probe.index()).or_default() |= probe.mask;
+        *presence_words.entry(probe.word).or_default() |= probe.mask;
     }
-    // The shards, through the daemon's outer array (each `get` opens the shard by id).
-    let outer: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(daemon_map(pid, maps::PRESENCE)?)?;
-    let mut shards = (0..filter.shards())
-        .map(|shard| {
-            let map = Map::from_map_data(outer.get(&shard, 0)?)?;
-            Ok(Array::<_, u64>::try_from(map)?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for (index, bits) in presence_words {
-        let (shard, word) = presence::Probe::split(index);
-        let shard = &mut shards[shard as usize];
-        let old = shard.get(&word, 0)?;
-        shard.set(word, old | bits, 0)?;
+    let mut filter: Array<_, u64> = Array::try_from(daemon_map(pid, maps::PRESENCE)?)?;
+    for (word, bits) in presence_words {
+        let old = filter.get(&word, 0)?;
+        filter.set(word, old | bits, 0)?;
     }
     let mut ports: Array<_, PortEntry> = Array::try_from(daemon_map(pid, maps::PORTS)?)?;
     for &(port, _) in &endpoints {

@@ -60,7 +60,7 @@ impl Maps {
         Ok(Self {
             bindings: BindingMaps::take(ebpf)?,
             groups: GroupsMap::take(ebpf)?,
-            presence: PresenceMap::take(ebpf, filter)?,
+            presence: PresenceMap::take(ebpf)?,
             filter,
             reuseport_sockets: ReuseportSocketsMap::take(ebpf)?,
             reuseport_cookies: ReuseportCookiesMap::take(ebpf)?,
@@ -73,12 +73,6 @@ impl Maps {
                 endpoint_stats: reader,
             }),
         })
-    }
-
-    /// The presence filter's shards (`PRESENCE`'s inner arrays, which the daemon creates), for
-    /// the kernel memory report.
-    pub(crate) fn presence_shard_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        self.presence.shard_fds()
     }
 
     /// The verdict counters, summed over CPUs.
