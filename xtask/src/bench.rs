@@ -25,6 +25,14 @@ pub(crate) struct BenchArgs {
     /// case's flat-out rate (to compare builds run one after the other at one load).
     #[arg(long, value_name = "PPS")]
     half_load: Option<u64>,
+    /// Throughput: NAPI moderation on the receiving veth for every case of the run, kernel
+    /// cases included (the interface's `napi_defer_hard_irqs`; needs --gro-flush-timeout).
+    #[arg(long, value_name = "N", requires = "gro_flush_timeout")]
+    napi_defer_hard_irqs: Option<u32>,
+    /// Throughput: with --napi-defer-hard-irqs, the timer (ns) that polls NAPI while its
+    /// interrupt stays masked (the interface's `gro_flush_timeout`).
+    #[arg(long, value_name = "NS", requires = "napi_defer_hard_irqs")]
+    gro_flush_timeout: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -73,6 +81,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(pps) = args.half_load {
         cmd.args(["--half-load", &pps.to_string()]);
+    }
+    if let (Some(defer), Some(timeout)) = (args.napi_defer_hard_irqs, args.gro_flush_timeout) {
+        cmd.args([
+            "--napi-defer-hard-irqs",
+            &defer.to_string(),
+            "--gro-flush-timeout",
+            &timeout.to_string(),
+        ]);
     }
     step(&mut cmd)
 }
