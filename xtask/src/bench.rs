@@ -25,6 +25,14 @@ pub(crate) struct BenchArgs {
     /// case's flat-out rate (to compare builds run one after the other at one load).
     #[arg(long, value_name = "PPS")]
     half_load: Option<u64>,
+    /// Throughput: NAPI moderation on the receiving veth for every case of the run, kernel
+    /// cases included (the interface's `napi_defer_hard_irqs`; needs --gro-flush-timeout).
+    #[arg(long, value_name = "N", requires = "gro_flush_timeout")]
+    napi_defer_hard_irqs: Option<u32>,
+    /// Throughput: with --napi-defer-hard-irqs, the timer (ns) that polls NAPI while its
+    /// interrupt stays masked (the interface's `gro_flush_timeout`).
+    #[arg(long, value_name = "NS", requires = "napi_defer_hard_irqs")]
+    gro_flush_timeout: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -50,29 +58,71 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     // Absolute: cargo runs a bench in its package's directory.
     let json = crate::workspace_root().join(format!("target/bench/{name}.json"));
-    let json = json.to_string_lossy();
     let mut cmd = cargo();
-    cmd.args([
-        "bench",
-        "--package",
-        "demux-user",
-        "--bench",
-        name,
-        "--",
-        "--json",
-        &json,
-    ]);
-    if args.quick {
-        cmd.arg("--quick");
-    }
-    if let Some(receivers) = &args.receivers {
-        cmd.args(["--receivers", receivers]);
-    }
-    if let Some(rounds) = args.rounds {
-        cmd.args(["--rounds", &rounds.to_string()]);
-    }
-    if let Some(pps) = args.half_load {
-        cmd.args(["--half-load", &pps.to_string()]);
-    }
+    cmd.args(["bench", "--package", "demux-user", "--bench", name, "--"]);
+    cmd.args(bench_flags(&args, &json.to_string_lossy()));
     step(&mut cmd)
+}
+
+/// The flags the benchmark binary gets (after `--`).
+fn bench_flags(args: &BenchArgs, json: &str) -> Vec<String> {
+    let mut flags = vec!["--json".to_owned(), json.to_owned()];
+    if args.quick {
+        flags.push("--quick".to_owned());
+    }
+    let mut pass = |flag: &str, value: Option<String>| {
+        if let Some(value) = value {
+            flags.extend([flag.to_owned(), value]);
+        }
+    };
+    pass("--receivers", args.receivers.clone());
+    pass("--rounds", args.rounds.map(|n| n.to_string()));
+    pass("--half-load", args.half_load.map(|n| n.to_string()));
+    // Both or neither (clap's `requires`): one alone moderates nothing.
+    pass(
+        "--napi-defer-hard-irqs",
+        args.napi_defer_hard_irqs.map(|n| n.to_string()),
+    );
+    pass(
+        "--gro-flush-timeout",
+        args.gro_flush_timeout.map(|n| n.to_string()),
+    );
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Cmd};
+
+    fn parse(line: &str) -> Result<BenchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(line.split_whitespace())?;
+        match cli.command {
+            Cmd::Bench(args) => Ok(args),
+            other => panic!("not a bench command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn napi_moderation_reaches_the_bench_only_as_a_pair() {
+        let args = parse(
+            "xtask bench throughput --quick --napi-defer-hard-irqs 2 --gro-flush-timeout 50000",
+        )
+        .expect("both flags");
+        let flags = bench_flags(&args, "out.json").join(" ");
+        assert!(
+            flags.contains("--napi-defer-hard-irqs 2 --gro-flush-timeout 50000"),
+            "not passed through: {flags}"
+        );
+        for half in [
+            "xtask bench throughput --napi-defer-hard-irqs 2",
+            "xtask bench throughput --gro-flush-timeout 50000",
+        ] {
+            assert!(parse(half).is_err(), "accepted alone: {half}");
+        }
+        let plain = bench_flags(&parse("xtask bench throughput").expect("plain"), "o.json");
+        assert_eq!(plain, ["--json", "o.json"]);
+    }
 }

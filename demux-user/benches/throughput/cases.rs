@@ -207,6 +207,12 @@ pub(crate) struct Sample {
     /// and the receiver threads (kernel cases) or every daemon thread and the client's (demux
     /// cases); spinning counts.
     pub threads_cpu_secs: Option<f64>,
+    /// The part of `threads_cpu_secs` that the receiving veth's NAPI thread ran.
+    pub napi_cpu_secs: Option<f64>,
+    /// How many times the threads of `threads_cpu_secs`, and the NAPI thread alone, were
+    /// switched onto the CPU while the generator ran (`probes::threads_runs`).
+    pub threads_runs: Option<u64>,
+    pub napi_runs: Option<u64>,
     /// Mean run time of the XDP program per packet (BPF_STATS_RUN_TIME), when known.
     pub bpf_ns: Option<f64>,
     /// Send-to-read latencies in ns, for receivers that read payloads at a set rate.

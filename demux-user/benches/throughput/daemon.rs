@@ -39,7 +39,7 @@ use demux_common::{
 use crate::{
     cases::{Case, Receiver, Sample, BATCH_WAIT, PORT},
     generator::{generate, DEMUX},
-    probes::{bpf_run_stats, map_ids, threads_cpu_ns, CpuTimes, Testbed, RX_CPU},
+    probes::{bpf_run_stats, map_ids, threads_cpu_ns, threads_runs, CpuTimes, Testbed, RX_CPU},
     sys::pin_cpu,
     syscalls::{thread_id, threads_of},
 };
@@ -253,12 +253,16 @@ fn run_daemon_case(
     testbed.count_syscalls(&threads);
     // Their CPU time, with the NAPI thread's.
     threads.extend_from_slice(&napi);
-    let threads_before = threads_cpu_ns(&threads);
+    let (threads_before, napi_before) = (threads_cpu_ns(&threads), threads_cpu_ns(&napi));
+    let (runs_before, napi_runs_before) = (threads_runs(&threads), threads_runs(&napi));
     let (sent, secs, forgiven) = generate(testbed, &case.traffic, rate, secs)?;
     let syscalls = testbed.syscalls_counted();
     let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
     let threads_cpu_secs =
         Some(threads_cpu_ns(&threads).saturating_sub(threads_before) as f64 / 1e9);
+    let napi_cpu_secs = Some(threads_cpu_ns(&napi).saturating_sub(napi_before) as f64 / 1e9);
+    let napi_runs = Some(threads_runs(&napi).saturating_sub(napi_runs_before));
+    let threads_runs = Some(threads_runs(&threads).saturating_sub(runs_before));
     thread::sleep(Duration::from_millis(300));
     let bpf_after = bpf_run_stats(pid);
     let (read, latencies) = ring.map(RingClient::finish).unwrap_or_default();
@@ -289,6 +293,9 @@ fn run_daemon_case(
         cpu_busy,
         cpu_secs,
         threads_cpu_secs,
+        napi_cpu_secs,
+        threads_runs,
+        napi_runs,
         bpf_ns: (runs > 0).then(|| (bpf_after.0 - bpf_before.0) as f64 / runs as f64),
         latencies,
         daemon_kib,
@@ -299,17 +306,20 @@ fn run_daemon_case(
 /// Frames dropped by named reason: the daemon's counters (`stats`: AF_XDP rx ring, sinks,
 /// closed endpoints' sinks, workers) and `veth`, the veth pair's own drops over the same time.
 pub(crate) fn dropped(s: &Stats, veth: u64) -> BTreeMap<&'static str, u64> {
-    // veth counts a failed redirect (the AF_XDP rx ring full) as its own rx drop too: count
-    // those once, under the socket.
+    // veth counts a failed redirect as its own rx drop too: count those once, under the
+    // socket. The kernel counts a full rx ring as `rx_ring_full` and everything else it could
+    // not deliver (an empty fill ring, a frame too large) as `rx_dropped`, never both.
     let xsk_rx: u64 = s.sockets.iter().map(|x| x.rx_dropped).sum();
+    let xsk_rx_full: u64 = s.sockets.iter().map(|x| x.rx_ring_full).sum();
     let sink: u64 = s
         .endpoints
         .iter()
         .map(|e| e.dropped_sink_full + e.dropped_sink_error)
         .sum();
     BTreeMap::from([
-        ("veth", veth.saturating_sub(xsk_rx)),
+        ("veth", veth.saturating_sub(xsk_rx + xsk_rx_full)),
         ("xsk_rx", xsk_rx),
+        ("xsk_rx_full", xsk_rx_full),
         ("sink", sink + s.closed_dropped),
         (
             "worker",

@@ -32,7 +32,8 @@
 //! `.svg` and `.png`: the plot), `--receivers A,B` (only the one-endpoint cases of these
 //! receivers, e.g. `demux_count,demux_count_backed`), `--rounds N` (flat-out rounds), `--half-load PPS` (this
 //! offered load for every half-load run instead, to compare builds run one after the other),
-//! `--scale`
+//! `--napi-defer-hard-irqs N --gro-flush-timeout NS` (NAPI moderation on the receiving veth
+//! for the whole run, every case alike: `probes::NapiModeration`), `--scale`
 //! (only `demux_count` with one endpoint and the scale cases; with no kernel case, their
 //! half-load runs are all offered the one-endpoint case's half load).
 //!
@@ -77,7 +78,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     cases::{Case, Receiver, Sample, Sender, Traffic},
     generator::generate,
-    probes::{bpf_run_stats, threads_cpu_ns, CpuTimes, Testbed},
+    probes::{bpf_run_stats, threads_cpu_ns, threads_runs, CpuTimes, NapiModeration, Testbed},
     report::CaseResult,
 };
 
@@ -210,16 +211,18 @@ fn measure(
         Receiver::XdpDrop => {
             let ebpf = attach_plain(testbed, bench_object::DROP_PROGRAM)?;
             let napi = testbed.threaded_napi()?;
-            let (veth_before, cpu_before, bpf_before, threads_before) = (
+            let (veth_before, cpu_before, bpf_before, threads_before, runs_before) = (
                 testbed.veth_drops(),
                 CpuTimes::now(),
                 bpf_run_stats(me),
                 threads_cpu_ns(&napi),
+                threads_runs(&napi),
             );
             let (sent, secs, forgiven) = generate(testbed, &case.traffic, rate, secs)?;
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             let threads_cpu_secs =
                 Some(threads_cpu_ns(&napi).saturating_sub(threads_before) as f64 / 1e9);
+            let napi_runs = Some(threads_runs(&napi).saturating_sub(runs_before));
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let drops: PerCpuArray<_, u64> =
@@ -234,13 +237,18 @@ fn measure(
                 cpu_busy,
                 cpu_secs,
                 threads_cpu_secs,
+                // The NAPI thread is the only receiving thread here.
+                napi_cpu_secs: threads_cpu_secs,
+                threads_runs: napi_runs,
+                napi_runs,
                 bpf_ns: per_run(bpf_before, bpf),
                 ..Sample::default()
             })
         }
         Receiver::KernelRecvmmsg | Receiver::KernelReuseport | Receiver::KernelIouring => {
             let _ebpf = attach_plain(testbed, bench_object::BASELINE_PROGRAM)?;
-            let mut threads = testbed.threaded_napi()?;
+            let napi = testbed.threaded_napi()?;
+            let mut threads = napi.clone();
             let sockets = if case.receiver == Receiver::KernelReuseport {
                 thread::available_parallelism().map_or(2, |n| n.get())
             } else {
@@ -260,7 +268,8 @@ fn measure(
             )?;
             threads.extend_from_slice(receivers.thread_ids());
             let ipv6 = case.traffic.ipv6;
-            let threads_before = threads_cpu_ns(&threads);
+            let (threads_before, napi_before) = (threads_cpu_ns(&threads), threads_cpu_ns(&napi));
+            let (runs_before, napi_runs_before) = (threads_runs(&threads), threads_runs(&napi));
             let (udp_before, veth_before, cpu_before, bpf_before) = (
                 testbed.udp_counters(ipv6),
                 testbed.veth_drops(),
@@ -273,6 +282,10 @@ fn measure(
             let (cpu_busy, cpu_secs) = CpuTimes::now().since(cpu_before);
             let threads_cpu_secs =
                 Some(threads_cpu_ns(&threads).saturating_sub(threads_before) as f64 / 1e9);
+            let napi_cpu_secs =
+                Some(threads_cpu_ns(&napi).saturating_sub(napi_before) as f64 / 1e9);
+            let napi_runs = Some(threads_runs(&napi).saturating_sub(napi_runs_before));
+            let threads_runs = Some(threads_runs(&threads).saturating_sub(runs_before));
             thread::sleep(drain);
             let bpf = bpf_run_stats(me);
             let (read, latencies) = receivers.finish();
@@ -296,6 +309,9 @@ fn measure(
                 cpu_busy,
                 cpu_secs,
                 threads_cpu_secs,
+                napi_cpu_secs,
+                threads_runs,
+                napi_runs,
                 bpf_ns: per_run(bpf_before, bpf),
                 latencies,
                 daemon_kib: None,
@@ -371,6 +387,25 @@ fn run() -> anyhow::Result<bool> {
         Some(n) => Some(n.parse().context("--half-load: not a number of pps")?),
         None => None,
     };
+    let number = |flag: &str| -> anyhow::Result<Option<u64>> {
+        value(flag)
+            .map(|n| n.parse().with_context(|| format!("{flag}: not a number")))
+            .transpose()
+    };
+    let moderation = match (
+        number("--napi-defer-hard-irqs")?,
+        number("--gro-flush-timeout")?,
+    ) {
+        (None, None) => None,
+        (Some(defer), Some(timeout)) if defer > 0 && timeout > 0 => Some(NapiModeration {
+            defer_hard_irqs: u32::try_from(defer).context("--napi-defer-hard-irqs: too large")?,
+            gro_flush_timeout_ns: timeout,
+        }),
+        _ => anyhow::bail!(
+            "--napi-defer-hard-irqs N and --gro-flush-timeout NS go together, both above 0 \
+             (one alone moderates nothing)"
+        ),
+    };
     ensure!(
         demux::sys::euid() == 0,
         "needs root: namespaces, XDP and AF_XDP"
@@ -405,7 +440,7 @@ fn run() -> anyhow::Result<bool> {
     demux::testing::testbed::remove_on_signal("bench throughput");
     // BPF_STATS_RUN_TIME: the kernel times every program run while this fd is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let mut testbed = probes::setup()?;
+    let mut testbed = probes::setup(moderation)?;
     let mut results: Vec<CaseResult> = cases(quick)
         .into_iter()
         .filter(|case| {
@@ -516,9 +551,16 @@ fn run() -> anyhow::Result<bool> {
         cases::FLOWS,
         started.elapsed().as_secs_f64()
     );
+    match moderation {
+        Some(m) => println!(
+            "(NAPI moderation on the receiving veth for every case of this run, kernel cases \
+             included: {m})"
+        ),
+        None => println!("(no NAPI moderation: the receiving veth's defaults)"),
+    }
     if let Some(path) = json_path {
         let path = Path::new(&path);
-        report::write_json(path, quick, &results)?;
+        report::write_json(path, quick, moderation, &results)?;
         report::plot(path, &results)?;
         println!(
             "wrote {}, {} and {}",

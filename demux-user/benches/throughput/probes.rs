@@ -19,9 +19,32 @@ pub(crate) struct Testbed {
     pub syscalls: Option<SyscallCounter>,
 }
 
+/// NAPI-level interrupt moderation on the receiving veth (Documentation/networking/napi.rst):
+/// after a poll that found work, NAPI keeps veth's "interrupt" (its rx notification) masked
+/// for up to `defer_hard_irqs` empty polls, each `gro_flush_timeout_ns` later from a timer,
+/// so a sender's frames queue up instead of waking the NAPI thread one burst at a time. Set
+/// once on the interface (`/sys/class/net/DEV/napi_defer_hard_irqs`, `gro_flush_timeout`),
+/// which every NAPI instance veth creates afterwards (on each XDP attach) copies: so it holds
+/// for every case of the run, the kernel's included.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct NapiModeration {
+    pub defer_hard_irqs: u32,
+    pub gro_flush_timeout_ns: u64,
+}
+
+impl std::fmt::Display for NapiModeration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "napi_defer_hard_irqs {} and gro_flush_timeout {} ns",
+            self.defer_hard_irqs, self.gro_flush_timeout_ns
+        )
+    }
+}
+
 /// Builds the testbed, printing each step so it can be rebuilt by hand: the sender sends
 /// nothing but the generator's frames (IPv6 off, static neighbours).
-pub(crate) fn setup() -> anyhow::Result<Testbed> {
+pub(crate) fn setup(moderation: Option<NapiModeration>) -> anyhow::Result<Testbed> {
     let dir = TempDir::new("demux-bench")?;
     println!("testbed (to reproduce by hand):");
     let mut pair = VethPair::new(PairSpec {
@@ -39,6 +62,20 @@ pub(crate) fn setup() -> anyhow::Result<Testbed> {
         b = pair.b_if,
         ns = pair.b.name()
     );
+    if let Some(m) = moderation {
+        // Printed like the other steps (the pair echoes its commands here).
+        let b_if = &pair.b_if;
+        pair.b.exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "echo {} > /sys/class/net/{b_if}/napi_defer_hard_irqs && \
+                 echo {} > /sys/class/net/{b_if}/gro_flush_timeout",
+                m.defer_hard_irqs, m.gro_flush_timeout_ns
+            ),
+        ])?;
+        println!("  (NAPI moderation on {b_if}, every case: {m})");
+    }
     // Only the steps that build it: the probes run quietly.
     pair.a.set_echo(Echo::Quiet);
     pair.b.set_echo(Echo::Quiet);
@@ -217,6 +254,23 @@ pub(crate) fn threads_cpu_ns(threads: &[u32]) -> u64 {
                 .ok()?
                 .split_whitespace()
                 .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// How many times `threads` (ids) were switched onto a CPU so far (`/proc/TID/schedstat`'s
+/// third field): each wakeup is one, and so is each return after a preemption. Per datagram,
+/// the wakeups a receiver pays for. A thread gone since counts 0.
+pub(crate) fn threads_runs(threads: &[u32]) -> u64 {
+    threads
+        .iter()
+        .filter_map(|tid| {
+            std::fs::read_to_string(format!("/proc/{tid}/schedstat"))
+                .ok()?
+                .split_whitespace()
+                .nth(2)?
                 .parse::<u64>()
                 .ok()
         })

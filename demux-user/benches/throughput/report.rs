@@ -7,7 +7,10 @@ use anyhow::{anyhow, Context as _};
 use plotters::{coord::Shift, prelude::*};
 use serde_json::json;
 
-use crate::cases::{median, percentile, Case, Receiver, Sample, Traffic};
+use crate::{
+    cases::{median, percentile, Case, Receiver, Sample, Traffic},
+    probes::NapiModeration,
+};
 
 /// Everything measured for one case.
 pub(crate) struct CaseResult {
@@ -73,6 +76,11 @@ impl CaseResult {
     /// processes on the receiving CPU do not count), median over the rounds.
     pub(crate) fn threads_ns_per_packet(&self) -> Option<f64> {
         self.half_median(|s| Some(s.threads_cpu_secs? * 1e9 / s.delivered.max(1) as f64))
+    }
+
+    /// The NAPI thread's part of `threads_ns_per_packet`, median over the rounds.
+    pub(crate) fn napi_ns_per_packet(&self) -> Option<f64> {
+        self.half_median(|s| Some(s.napi_cpu_secs? * 1e9 / s.delivered.max(1) as f64))
     }
 
     /// Offered rate, loss % and system calls per million datagrams at half load (medians).
@@ -189,12 +197,13 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
         );
     }
     println!(
-        "\n{:<40} {:>11} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>23} {:>9}",
+        "\n{:<40} {:>11} {:>7} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>23} {:>9}",
         "case (half load, medians)",
         "offered pps",
         "loss %",
         "rx ns/pkt",
         "thr ns/pkt",
+        "napi ns/pkt",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
@@ -218,12 +227,14 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
             ),
         };
         println!(
-            "{:<40} {:>11.0} {:>7.2} {:>9.0} {:>10} {:>8} {:>8} {:>8} {:>23} {:>9}",
+            "{:<40} {:>11.0} {:>7.2} {:>9.0} {:>10} {:>10} {:>8} {:>8} {:>8} {:>23} {:>9}",
             r.case.name(),
             offered,
             r.half_loss_percent().unwrap_or(0.0),
             r.rx_ns_per_packet().unwrap_or(0.0),
             r.threads_ns_per_packet()
+                .map_or("-".to_owned(), |t| format!("{t:.0}")),
+            r.napi_ns_per_packet()
                 .map_or("-".to_owned(), |t| format!("{t:.0}")),
             show(0),
             show(1),
@@ -449,7 +460,10 @@ fn sample_json(s: &Sample) -> serde_json::Value {
         "rate": s.rate, "sent": s.sent, "delivered": s.delivered, "passed": s.passed,
         "dropped": s.dropped, "seconds": s.secs, "accounted": s.accounted(),
         "cpu_busy": s.cpu_busy, "cpu_seconds": s.cpu_secs,
-        "receiving_threads_cpu_seconds": s.threads_cpu_secs, "bpf_ns_per_packet": s.bpf_ns,
+        "receiving_threads_cpu_seconds": s.threads_cpu_secs,
+        "napi_thread_cpu_seconds": s.napi_cpu_secs,
+        "receiving_threads_runs": s.threads_runs, "napi_thread_runs": s.napi_runs,
+        "bpf_ns_per_packet": s.bpf_ns,
         "daemon_kib_beyond_umem": s.daemon_kib, "syscalls": s.syscalls,
         "forgiven": s.forgiven,
         "latency_ns": (!sorted.is_empty()).then(|| json!({
@@ -460,7 +474,12 @@ fn sample_json(s: &Sample) -> serde_json::Value {
     })
 }
 
-pub(crate) fn write_json(path: &Path, quick: bool, results: &[CaseResult]) -> anyhow::Result<()> {
+pub(crate) fn write_json(
+    path: &Path,
+    quick: bool,
+    moderation: Option<NapiModeration>,
+    results: &[CaseResult],
+) -> anyhow::Result<()> {
     let cases: Vec<_> = results
         .iter()
         .map(|r| {
@@ -485,9 +504,14 @@ pub(crate) fn write_json(path: &Path, quick: bool, results: &[CaseResult]) -> an
     }
     std::fs::write(
         path,
-        serde_json::to_string_pretty(
-            &json!({"bench": "throughput", "quick": quick, "cases": cases}),
-        )?,
+        serde_json::to_string_pretty(&json!({
+            "bench": "throughput", "quick": quick,
+            "napi_moderation": moderation.map(|m| json!({
+                "napi_defer_hard_irqs": m.defer_hard_irqs,
+                "gro_flush_timeout_ns": m.gro_flush_timeout_ns,
+            })),
+            "cases": cases,
+        }))?,
     )?;
     Ok(())
 }

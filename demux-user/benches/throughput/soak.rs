@@ -365,7 +365,7 @@ fn run(minutes: f64, rate: Option<u64>) -> anyhow::Result<Vec<String>> {
     );
     let started = Instant::now();
     demux::testing::testbed::remove_on_signal("soak");
-    let testbed = probes::setup()?;
+    let testbed = probes::setup(None)?;
     let config = testbed.dir.join("soak.toml");
     std::fs::write(&config, CONFIG).context("writing the soak's configuration")?;
     println!("load average at the start: {}", load_average());
