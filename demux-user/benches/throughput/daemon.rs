@@ -341,8 +341,9 @@ fn daemon_map(pid: u32, name: &str) -> anyhow::Result<Map> {
 }
 
 /// Writes the case's filler bindings, spread evenly over the endpoints, on their ports or on as
-/// many other ports, from remote addresses the generator never uses, and sets their port-index
-/// bits.
+/// many other ports, from remote ports the generator never uses (IPv4: their addresses, in
+/// 198.19.0.0/16, are those of the 65,536-sources traffic, so its source presence probes say
+/// "perhaps"), and sets their port-index and presence bits.
 fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Result<()> {
     let ipv6 = case.traffic.ipv6;
     // Other ports: 20000 and up, never a destination of the traffic.
