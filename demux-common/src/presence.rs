@@ -4,6 +4,17 @@
 //! multiplications and one inlined array load instead of a helper call, jhash of a 20–40-byte
 //! key and a bucket walk in a table of up to millions of buckets.
 //!
+//! It also holds a third kind of key, the source of every `CONNECTED` binding (protocol,
+//! family, remote address: [`Filter::source`]), which the program probes before the tuple's:
+//! a packet from an address with no connected binding anywhere reads one word per source
+//! address instead of one per tuple (a cache miss when traffic spreads over many tuples). The
+//! source keys' words are the filter's first sixteenth ([`SOURCE_REGION_LOG2`], 64 KiB at the
+//! default size), which stays in cache even when every packet comes from another source that
+//! has connected bindings: then the source probe costs one cached read, not a second miss
+//! (measured in docs/BENCHMARKS.md, "Scale, part 6"). Their false positives are higher than
+//! the other keys' (about 14% with the benchmark's million fillers from 62,500 sources): a
+//! false positive only costs the tuple's word, as before.
+//!
 //! A key's [`Probe`] is one `u64` word of the filter and three bits in it (`mask`; they may
 //! coincide), from one 64-bit hash of the key's fields ([`Filter::bound`],
 //! [`Filter::connected`]). The key is "perhaps bound" when all its bits are set. The bits may stand
@@ -60,7 +71,17 @@ const K: [u64; 12] = [
 ];
 const SEED_BOUND: u64 = 0xbb67_ae85_84ca_a73b;
 const SEED_CONNECTED: u64 = 0x6a09_e667_f3bc_c908;
+const SEED_SOURCE: u64 = 0x3c6e_f372_fe94_f82b;
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The source keys' words are the first `1/2^SOURCE_REGION_LOG2` of the filter (64 KiB of the
+/// default 1 MiB), so that a packet's source word stays in cache even when every packet comes
+/// from another source that has connected bindings (one more cached read, not one more miss).
+pub const SOURCE_REGION_LOG2: u32 = 4;
+const _: () = assert!(
+    SOURCE_REGION_LOG2 <= MIN_WORDS_LOG2,
+    "the region has a word"
+);
 
 /// A filter's geometry: `2^words_log2` words of 64 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +126,14 @@ impl Filter {
         self.probe(SEED_BOUND ^ local_sum(protocol, family, port, local))
     }
 
+    /// The probe of the source of a `CONNECTED` key: its protocol, family and remote address
+    /// (the bound key's sum with port 0 and the remote address, under its own seed).
+    #[inline(always)]
+    pub fn source(self, protocol: u8, family: u8, remote: &[u8; 16]) -> Probe {
+        let h = SEED_SOURCE ^ local_sum(protocol, family, 0, remote);
+        self.probe_in(h, self.words_log2 - SOURCE_REGION_LOG2)
+    }
+
     /// The probe of a `CONNECTED` key.
     #[inline(always)]
     pub fn connected(
@@ -131,9 +160,15 @@ impl Filter {
     /// 5.4% at 8 bits a key, `structured_keys_spread_like_random_ones`).
     #[inline(always)]
     fn probe(self, h: u64) -> Probe {
+        self.probe_in(h, self.words_log2)
+    }
+
+    /// The probe of hash sum `h` among the first `2^words_log2` words.
+    #[inline(always)]
+    fn probe_in(self, h: u64, words_log2: u32) -> Probe {
         let h = (h ^ (h >> 29)).wrapping_mul(MULTIPLIER);
         let h = h ^ (h >> 32);
-        let word = ((h >> 32) & (u64::from(self.words()) - 1)) as u32;
+        let word = ((h >> 32) & ((1u64 << words_log2) - 1)) as u32;
         Probe {
             word,
             mask: 1 << (h & 63) | 1 << ((h >> 6) & 63) | 1 << ((h >> 12) & 63),
@@ -207,6 +242,9 @@ mod tests {
                 let probe = filter.connected(17, 4, 53, i as u16, &v4(0xc612_0002), &v4(i));
                 assert!(probe.word < filter.words());
                 assert!((1..=3).contains(&probe.mask.count_ones()));
+                let source = filter.source(17, 4, &v4(i));
+                assert!(source.word < filter.words() >> SOURCE_REGION_LOG2);
+                assert!((1..=3).contains(&source.mask.count_ones()));
             }
         }
     }
@@ -290,5 +328,48 @@ mod tests {
             );
         }
         assert_ne!(f.bound(17, 4, 53, &v4(1)), f.bound(17, 4, 54, &v4(1)));
+        // The source key: every address byte, the protocol and the family move it, and it is
+        // not the bound key of the same address on port 0.
+        for byte in 0..16 {
+            let mut c = b;
+            c[byte] ^= 1;
+            assert_ne!(f.source(17, 6, &b), f.source(17, 6, &c), "byte {byte}");
+        }
+        assert_ne!(f.source(17, 6, &b), f.source(6, 6, &b));
+        assert_ne!(f.source(17, 4, &v4(1)), f.source(17, 6, &v4(1)));
+        assert_ne!(f.source(17, 6, &b), f.bound(17, 6, 0, &b));
+    }
+
+    #[test]
+    fn source_keys_stay_in_their_region_and_spread_like_random_ones() {
+        // Sequential client addresses, as many as fill the source region to 8 bits a key:
+        // about 3.7%, as the other keys in the whole filter.
+        const N: u32 = 1 << 16;
+        let filter = Filter::for_bindings(N << SOURCE_REGION_LOG2);
+        assert_eq!(filter.words() >> SOURCE_REGION_LOG2, N * 8 / 64);
+        let mut words = std::vec![0u64; filter.words() as usize];
+        for family in [FAMILY_IPV4, FAMILY_IPV6] {
+            words.fill(0);
+            let addr = |i: u32| {
+                if family == FAMILY_IPV4 {
+                    v4(0xc613_0000 + i)
+                } else {
+                    v6(0x2001_0002_0000_0001_0000_0000_0000_0000 + u128::from(i))
+                }
+            };
+            for i in 0..N {
+                let p = filter.source(PROTO_UDP, family, &addr(i));
+                assert!(p.word < filter.words() >> SOURCE_REGION_LOG2);
+                words[p.word as usize] |= p.mask;
+            }
+            let hits = (N..2 * N)
+                .filter(|&i| {
+                    let p = filter.source(PROTO_UDP, family, &addr(i));
+                    words[p.word as usize] & p.mask == p.mask
+                })
+                .count();
+            let rate = hits as f64 / f64::from(N);
+            assert!(rate < 0.045, "family {family}: {:.1}%", rate * 100.0);
+        }
     }
 }

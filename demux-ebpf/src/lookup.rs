@@ -8,7 +8,8 @@
 //!    IPv6 wildcard that is not v6-only (dual-stack; the IPv4 one wins when both exist).
 //!
 //! `CONNECTED` and `BOUND` are probed only when the presence filter (`PRESENCE`) has all the bits
-//! of the packet's key set.
+//! of the packet's key set; for `CONNECTED`, first those of its source (protocol, family, remote
+//! address), so that a packet from an address with no connected binding reads no per-tuple word.
 //!
 //! A group target picks its member by flow hash. The port's `PORTS` entry, one inlined array
 //! load, holds both wildcard bindings and says which other tables hold bindings on the
@@ -58,7 +59,8 @@ static PREFIX_V6: LpmTrie<PrefixKey, Target> =
 #[map(name = "PORTS")]
 static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 
-/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys; the daemon
+/// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys and the
+/// sources of `CONNECTED` keys; the daemon
 /// sizes it at load (`demux_common::presence::Filter`).
 #[map(name = "PRESENCE")]
 static PRESENCE: Array<u64> = Array::with_max_entries(MAX_WORDS, 0);
@@ -82,6 +84,7 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
         words_log2: DEMUX_PRESENCE_WORDS_LOG2.load(),
     };
     if has(TABLE_CONNECTED)
+        && present(filter.source(packet.protocol, packet.family, &packet.src_addr))
         && present(filter.connected(
             packet.protocol,
             packet.family,

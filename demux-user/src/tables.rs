@@ -70,7 +70,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Tables {
     counts: std::collections::HashMap<(u32, u32), u32>,
-    /// Keys per presence filter bit (`demux_common::presence`), by (word, bit number).
+    /// Keys per presence filter bit (`demux_common::presence`), by (word, bit number): tuple,
+    /// source and bound keys alike, so a bit is cleared only when no key of any kind is left.
     presence: std::collections::HashMap<(u32, u32), u32>,
 }
 
@@ -92,9 +93,12 @@ impl Tables {
             dataplane.set_port_bits(index, bits | bit)?;
         }
         *self.counts.entry((index, bit)).or_default() += 1;
-        let presence = entry.presence_probe(dataplane.presence_filter());
-        if let Some(presence) = presence {
-            if let Err(error) = self.claim_presence(dataplane, presence) {
+        let probes = entry.presence_probes(dataplane.presence_filter());
+        for (claimed, &probe) in probes.iter().enumerate() {
+            if let Err(error) = self.claim_presence(dataplane, probe) {
+                for &probe in &probes[..claimed] {
+                    let _ = self.release_presence(dataplane, probe);
+                }
                 let _ = self.release(dataplane, index, bit);
                 return Err(error);
             }
@@ -102,8 +106,8 @@ impl Tables {
         let result = dataplane.insert(entry, target);
         if result.is_err() {
             // Should clearing a bit fail, it stays set: a wasted probe, never a wrong match.
-            if let Some(presence) = presence {
-                let _ = self.release_presence(dataplane, presence);
+            for &probe in probes.iter() {
+                let _ = self.release_presence(dataplane, probe);
             }
             let _ = self.release(dataplane, index, bit);
         }
@@ -117,9 +121,13 @@ impl Tables {
         entry: &Entry,
     ) -> Result<(), TableError> {
         dataplane.remove(entry)?;
-        if let Some(presence) = entry.presence_probe(dataplane.presence_filter()) {
-            self.release_presence(dataplane, presence)?;
+        // Every key's count drops even if a write fails (its bits then stay set: wasted probes).
+        let mut result = Ok(());
+        for &probe in entry.presence_probes(dataplane.presence_filter()).iter() {
+            let released = self.release_presence(dataplane, probe);
+            result = result.and(released);
         }
+        result?;
         match entry.port_slot() {
             Some((index, bit)) => self.release(dataplane, index, bit),
             None => Ok(()),
@@ -209,29 +217,66 @@ impl Tables {
     }
 }
 
+/// A binding's presence filter keys (at most two), without an allocation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PresenceProbes {
+    probes: [Probe; 2],
+    len: usize,
+}
+
+impl Default for PresenceProbes {
+    fn default() -> Self {
+        Self {
+            probes: [Probe { word: 0, mask: 0 }; 2],
+            len: 0,
+        }
+    }
+}
+
+impl PresenceProbes {
+    fn push(&mut self, probe: Probe) {
+        self.probes[self.len] = probe;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for PresenceProbes {
+    type Target = [Probe];
+
+    fn deref(&self) -> &[Probe] {
+        &self.probes[..self.len]
+    }
+}
+
 /// The bit numbers (0–63) set in `mask`.
 fn bits(mask: u64) -> impl Iterator<Item = u32> {
     (0..64).filter(move |bit| mask & (1 << bit) != 0)
 }
 
 impl Entry {
-    /// The presence filter word and bits of a `CONNECTED` or `BOUND` key in `filter`; `None`
-    /// for the other tables.
-    pub(crate) fn presence_probe(&self, filter: Filter) -> Option<Probe> {
+    /// The presence filter keys of this binding in `filter`, each counted on its own: a
+    /// `CONNECTED` key's tuple and its source (protocol, family, remote address), a `BOUND`
+    /// key; none for the other tables.
+    pub(crate) fn presence_probes(&self, filter: Filter) -> PresenceProbes {
+        let mut probes = PresenceProbes::default();
         match self {
-            Entry::Connected(k) => Some(filter.connected(
-                k.protocol,
-                k.family,
-                k.local_port,
-                k.remote_port,
-                &k.local_addr,
-                &k.remote_addr,
-            )),
-            Entry::Bound(k) => {
-                Some(filter.bound(k.protocol, k.family, k.local_port, &k.local_addr))
+            Entry::Connected(k) => {
+                probes.push(filter.connected(
+                    k.protocol,
+                    k.family,
+                    k.local_port,
+                    k.remote_port,
+                    &k.local_addr,
+                    &k.remote_addr,
+                ));
+                probes.push(filter.source(k.protocol, k.family, &k.remote_addr));
             }
-            Entry::Prefix(..) | Entry::Wildcard(_) => None,
+            Entry::Bound(k) => {
+                probes.push(filter.bound(k.protocol, k.family, k.local_port, &k.local_addr));
+            }
+            Entry::Prefix(..) | Entry::Wildcard(_) => {}
         }
+        probes
     }
 
     /// The port index entry and bit that announce this binding; `None` for a wildcard, which
@@ -326,8 +371,8 @@ mod tests {
             [
                 Event::SetPortBits { index, bits: bit },
                 Event::SetPresence {
-                    index: a.presence_probe(Filter::default()).expect("bound").word,
-                    word: a.presence_probe(Filter::default()).expect("bound").mask,
+                    index: a.presence_probes(Filter::default())[0].word,
+                    word: a.presence_probes(Filter::default())[0].mask,
                 },
                 Event::Insert(a, target)
             ],
@@ -481,23 +526,27 @@ mod tests {
         }
         .encode(Receiver::Endpoint(1))
         .expect("encodable");
-        let Probe { word, mask } = entry.presence_probe(Filter::default()).expect("connected");
-        // A failed filter write: nothing inserted, the port bit cleared again.
-        dataplane.fail(Op::SetPresence, 0);
-        let error = tables
-            .insert(&mut dataplane, &entry, target)
-            .expect_err("injected");
-        assert!(
-            matches!(
-                error,
-                TableError::Map {
-                    table: "PRESENCE",
-                    ..
-                }
-            ),
-            "{error}"
-        );
-        assert!(dataplane.is_empty() && !dataplane.any_port_bits());
+        let Probe { word, mask } = entry.presence_probes(Filter::default())[0];
+        // A failed filter write, of the tuple's word and then of the source's: nothing
+        // inserted, the port bit and the bits already set cleared again.
+        for after in [0, 1] {
+            dataplane.fail(Op::SetPresence, after);
+            let error = tables
+                .insert(&mut dataplane, &entry, target)
+                .expect_err("injected");
+            assert!(
+                matches!(
+                    error,
+                    TableError::Map {
+                        table: "PRESENCE",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(dataplane.is_empty() && !dataplane.any_port_bits());
+            assert!(!dataplane.any_presence_bits(), "failing write {after}");
+        }
         tables
             .insert(&mut dataplane, &entry, target)
             .expect("insert");
@@ -508,8 +557,8 @@ mod tests {
         assert_kept_promises(&dataplane);
     }
 
-    /// In a filter of 64 words, 600 keys share words and bits: each bit stays set while any
-    /// key behind it is bound (the dataplane checks every key after every write) and goes with
+    /// In a filter of 64 words, 600 keys (bound, connected and the connected keys' 10
+    /// sources) share words and bits: each bit stays set while any key behind it is bound (the dataplane checks every key after every write) and goes with
     /// the last; every key is found "perhaps bound" throughout.
     #[test]
     fn shared_presence_bits_stay_until_their_last_key_goes() {
@@ -528,7 +577,7 @@ mod tests {
                     protocol: Protocol::Udp,
                     local: local.parse::<Local>().expect("local"),
                     remote: (i % 3 == 0).then(|| {
-                        format!("198.18.2.{}:{}", i % 200, 1024 + i)
+                        format!("198.18.2.{}:{}", i % 20, 1024 + i)
                             .parse()
                             .expect("remote")
                     }),
@@ -541,7 +590,7 @@ mod tests {
             .collect();
         let probes: std::collections::HashSet<Probe> = entries
             .iter()
-            .filter_map(|(entry, _)| entry.presence_probe(filter))
+            .flat_map(|(entry, _)| entry.presence_probes(filter).to_vec())
             .collect();
         let words: std::collections::HashSet<u32> = probes.iter().map(|p| p.word).collect();
         assert!(words.len() < probes.len(), "keys must share words");
@@ -559,6 +608,64 @@ mod tests {
             !dataplane.any_presence_bits(),
             "every bit cleared at the end"
         );
+    }
+
+    /// A connected binding's UDP entry from `remote` to `local`.
+    fn connected(local: &str, remote: &str) -> (Entry, Target) {
+        Binding {
+            protocol: Protocol::Udp,
+            local: local.parse::<Local>().expect("local"),
+            remote: Some(remote.parse().expect("remote")),
+            v6only: false,
+        }
+        .encode(Receiver::Endpoint(1))
+        .expect("encodable")
+    }
+
+    /// Whether all bits of `probe` are set.
+    fn present(dataplane: &MemoryDataplane, probe: Probe) -> bool {
+        dataplane.presence(probe.word) & probe.mask == probe.mask
+    }
+
+    /// The source key (protocol, family, remote address) is set while any connected binding
+    /// from that address exists, whatever its local half, and cleared after the last.
+    #[test]
+    fn a_source_key_stays_until_its_last_connected_binding_goes() {
+        let filter = Filter::default();
+        let mut dataplane = MemoryDataplane::with_presence_filter(filter);
+        let mut tables = Tables::default();
+        let remote = [198, 18, 0, 1];
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&remote);
+        let source = filter.source(demux_common::binding::PROTO_UDP, FAMILY_IPV4, &addr);
+        let a = connected("198.18.0.2:53", "198.18.0.1:40000");
+        let b = connected("198.18.0.3:54", "198.18.0.1:40001");
+        let other = connected("198.18.0.2:53", "198.18.0.9:40000");
+        tables.insert(&mut dataplane, &a.0, a.1).expect("insert a");
+        assert!(present(&dataplane, source), "set before the first binding");
+        tables.insert(&mut dataplane, &b.0, b.1).expect("insert b");
+        tables
+            .insert(&mut dataplane, &other.0, other.1)
+            .expect("insert other");
+        tables.remove(&mut dataplane, &a.0).expect("remove a");
+        assert!(present(&dataplane, source), "b still comes from it");
+        tables.remove(&mut dataplane, &b.0).expect("remove b");
+        let other_probes = other.0.presence_probes(filter);
+        let others_bits = other_probes
+            .iter()
+            .filter(|probe| probe.word == source.word)
+            .fold(0, |bits, probe| bits | probe.mask);
+        assert_eq!(
+            dataplane.presence(source.word) & source.mask & !others_bits,
+            0,
+            "cleared after the last binding from it (but for bits the other binding's keys hold)"
+        );
+        assert!(other_probes.iter().all(|&probe| present(&dataplane, probe)));
+        tables
+            .remove(&mut dataplane, &other.0)
+            .expect("remove other");
+        assert!(!dataplane.any_presence_bits());
+        assert_kept_promises(&dataplane);
     }
 
     #[test]

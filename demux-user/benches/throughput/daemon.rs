@@ -351,8 +351,9 @@ fn daemon_map(pid: u32, name: &str) -> anyhow::Result<Map> {
 }
 
 /// Writes the case's filler bindings, spread evenly over the endpoints, on their ports or on as
-/// many other ports, from remote addresses the generator never uses, and sets their port-index
-/// bits.
+/// many other ports, from remote ports the generator never uses (IPv4: their addresses, in
+/// 198.19.0.0/16, are those of the 65,536-sources traffic, so its source presence probes say
+/// "perhaps"), and sets their port-index and presence bits.
 fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Result<()> {
     let ipv6 = case.traffic.ipv6;
     // Other ports: 20000 and up, never a destination of the traffic.
@@ -372,8 +373,9 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
     } else {
         (FAMILY_IPV4, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)))
     };
-    // The presence filter's words as the fillers set them: the program skips the connected
-    // probe for a tuple whose bit is clear, so the fillers' bits are set as the daemon would.
+    // The presence filter's words as the fillers set them (each one's tuple and source keys):
+    // the program skips the connected probe for a tuple or source whose bits are clear, so the
+    // fillers' bits are set as the daemon would.
     let mut presence_words: std::collections::BTreeMap<u32, u64> = Default::default();
     // The filter's geometry is its size, which the daemon chose at load.
     let filter = presence::Filter {
@@ -425,6 +427,8 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
             &key.remote_addr,
         );
         *presence_words.entry(probe.word).or_default() |= probe.mask;
+        let source = filter.source(key.protocol, key.family, &key.remote_addr);
+        *presence_words.entry(source.word).or_default() |= source.mask;
     }
     let mut filter: Array<_, u64> = Array::try_from(daemon_map(pid, maps::PRESENCE)?)?;
     for (word, bits) in presence_words {

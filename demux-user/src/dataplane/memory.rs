@@ -253,8 +253,9 @@ impl MemoryDataplane {
                 .port_slot()
                 .is_some_and(|(index, bit)| self.bits(index) & bit == 0);
             let without_presence = entry
-                .presence_probe(self.presence_filter())
-                .is_some_and(|probe| self.presence(probe.word) & probe.mask != probe.mask);
+                .presence_probes(self.presence_filter())
+                .iter()
+                .any(|probe| self.presence(probe.word) & probe.mask != probe.mask);
             if without_presence {
                 self.violations.push(format!(
                     "after {event:?}: {entry:?} is bound without its presence bit"
