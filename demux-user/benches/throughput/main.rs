@@ -207,6 +207,7 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let drain = Duration::from_millis(300);
     let me = std::process::id();
+    probes::wait_until_quiet();
     match case.receiver {
         Receiver::XdpDrop => {
             let ebpf = attach_plain(testbed, bench_object::DROP_PROGRAM)?;

@@ -4,6 +4,8 @@
 //! the `Testbed` stops what it started, by PID, and deletes the namespaces; so does Ctrl-C
 //! (`testbed::remove_on_signal`).
 
+use std::time::{Duration, Instant};
+
 use demux::testing::testbed::{Echo, PairSpec, TempDir, VethPair};
 
 use crate::syscalls::SyscallCounter;
@@ -172,11 +174,16 @@ pub(crate) struct CpuTimes {
 }
 
 impl CpuTimes {
+    /// The receiving CPU's times.
     pub(crate) fn now() -> Self {
+        Self::of(RX_CPU)
+    }
+
+    fn of(cpu: usize) -> Self {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let line = stat
             .lines()
-            .find(|l| l.starts_with(&format!("cpu{RX_CPU} ")))
+            .find(|l| l.starts_with(&format!("cpu{cpu} ")))
             .unwrap_or("");
         // user nice system idle iowait irq softirq steal
         let v: Vec<u64> = line
@@ -201,6 +208,40 @@ impl CpuTimes {
             busy / ((self.total - before.total) as f64).max(1.0),
             busy / hz,
         )
+    }
+}
+
+/// Waits (at most `MAX_SETTLE`) until both CPUs have been nearly idle for a while, so that a
+/// case does not start while the kernel still tears down the previous one: a daemon that held
+/// 1,000,000 bindings leaves seconds of map freeing behind it, which took CPU from the next
+/// case's sender and receiver (the first cases of rounds 2 and 3 read ~45% low before this
+/// wait). Says so when it gives up.
+pub(crate) fn wait_until_quiet() {
+    const WINDOW: Duration = Duration::from_millis(200);
+    const IDLE_WINDOWS: u32 = 2;
+    const MAX_BUSY: f64 = 0.10;
+    const MAX_SETTLE: Duration = Duration::from_secs(20);
+    let started = Instant::now();
+    let mut quiet = 0;
+    while quiet < IDLE_WINDOWS {
+        if started.elapsed() > MAX_SETTLE {
+            eprintln!(
+                "warning: the CPUs were still busy after {} s; the next case starts anyway",
+                MAX_SETTLE.as_secs()
+            );
+            break;
+        }
+        let before = [CpuTimes::of(0), CpuTimes::of(RX_CPU)];
+        std::thread::sleep(WINDOW);
+        let busy = [
+            CpuTimes::of(0).since(before[0]).0,
+            CpuTimes::of(RX_CPU).since(before[1]).0,
+        ];
+        quiet = if busy.iter().all(|&b| b <= MAX_BUSY) {
+            quiet + 1
+        } else {
+            0
+        };
     }
 }
 
