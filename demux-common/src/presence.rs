@@ -37,8 +37,9 @@
 //! bits set; a filter that fits the CPU's cache beats a sparser one that does not (measured in
 //! docs/BENCHMARKS.md). One array, although the kernel `vmalloc`s it in 4 KiB pages: shards of
 //! at most 32 KiB under an array of maps (`kmalloc`ed, huge-page mapped) cost the same per
-//! packet at scale and more in cache ("Scale, part 5"). A word is written whole by `memcpy`; a reader sees each byte old or new,
-//! and a write changes only one key's bits, so every other bit reads as it was.
+//! packet at scale and more in cache ("Scale, part 5"). A word is written whole by `memcpy`; a
+//! reader sees each byte old or new, and a write changes only one key's bits, so every other bit
+//! reads as it was.
 
 use crate::binding::{FAMILY_IPV4, MAX_BINDINGS};
 

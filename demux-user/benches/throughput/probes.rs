@@ -288,30 +288,25 @@ pub(crate) fn map_ids(pid: u32) -> Vec<u32> {
 /// field: precise, and unlike the CPU's busy share it does not count other processes that
 /// happen to run on the receiving CPU). A thread gone since counts 0.
 pub(crate) fn threads_cpu_ns(threads: &[u32]) -> u64 {
-    threads
-        .iter()
-        .filter_map(|tid| {
-            std::fs::read_to_string(format!("/proc/{tid}/schedstat"))
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    schedstat_sum(threads, 0)
 }
 
 /// How many times `threads` (ids) were switched onto a CPU so far (`/proc/TID/schedstat`'s
 /// third field): each wakeup is one, and so is each return after a preemption. Per datagram,
 /// the wakeups a receiver pays for. A thread gone since counts 0.
 pub(crate) fn threads_runs(threads: &[u32]) -> u64 {
+    schedstat_sum(threads, 2)
+}
+
+/// The sum over `threads` of field `field` of `/proc/TID/schedstat`.
+fn schedstat_sum(threads: &[u32], field: usize) -> u64 {
     threads
         .iter()
         .filter_map(|tid| {
             std::fs::read_to_string(format!("/proc/{tid}/schedstat"))
                 .ok()?
                 .split_whitespace()
-                .nth(2)?
+                .nth(field)?
                 .parse::<u64>()
                 .ok()
         })
