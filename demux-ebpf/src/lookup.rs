@@ -60,8 +60,7 @@ static PREFIX_V6: LpmTrie<PrefixKey, Target> =
 static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 
 /// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys and the
-/// sources of `CONNECTED` keys; the daemon
-/// sizes it at load (`demux_common::presence::Filter`).
+/// sources of `CONNECTED` keys; the daemon sizes it at load (`demux_common::presence::Filter`).
 #[map(name = "PRESENCE")]
 static PRESENCE: Array<u64> = Array::with_max_entries(MAX_WORDS, 0);
 

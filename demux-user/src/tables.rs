@@ -217,37 +217,6 @@ impl Tables {
     }
 }
 
-/// A binding's presence filter keys (at most two), without an allocation.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PresenceProbes {
-    probes: [Probe; 2],
-    len: usize,
-}
-
-impl Default for PresenceProbes {
-    fn default() -> Self {
-        Self {
-            probes: [Probe { word: 0, mask: 0 }; 2],
-            len: 0,
-        }
-    }
-}
-
-impl PresenceProbes {
-    fn push(&mut self, probe: Probe) {
-        self.probes[self.len] = probe;
-        self.len += 1;
-    }
-}
-
-impl std::ops::Deref for PresenceProbes {
-    type Target = [Probe];
-
-    fn deref(&self) -> &[Probe] {
-        &self.probes[..self.len]
-    }
-}
-
 /// The bit numbers (0–63) set in `mask`.
 fn bits(mask: u64) -> impl Iterator<Item = u32> {
     (0..64).filter(move |bit| mask & (1 << bit) != 0)
@@ -257,26 +226,24 @@ impl Entry {
     /// The presence filter keys of this binding in `filter`, each counted on its own: a
     /// `CONNECTED` key's tuple and its source (protocol, family, remote address), a `BOUND`
     /// key; none for the other tables.
-    pub(crate) fn presence_probes(&self, filter: Filter) -> PresenceProbes {
-        let mut probes = PresenceProbes::default();
+    pub(crate) fn presence_probes(&self, filter: Filter) -> Vec<Probe> {
         match self {
-            Entry::Connected(k) => {
-                probes.push(filter.connected(
+            Entry::Connected(k) => vec![
+                filter.connected(
                     k.protocol,
                     k.family,
                     k.local_port,
                     k.remote_port,
                     &k.local_addr,
                     &k.remote_addr,
-                ));
-                probes.push(filter.source(k.protocol, k.family, &k.remote_addr));
-            }
+                ),
+                filter.source(k.protocol, k.family, &k.remote_addr),
+            ],
             Entry::Bound(k) => {
-                probes.push(filter.bound(k.protocol, k.family, k.local_port, &k.local_addr));
+                vec![filter.bound(k.protocol, k.family, k.local_port, &k.local_addr)]
             }
-            Entry::Prefix(..) | Entry::Wildcard(_) => {}
+            Entry::Prefix(..) | Entry::Wildcard(_) => Vec::new(),
         }
-        probes
     }
 
     /// The port index entry and bit that announce this binding; `None` for a wildcard, which
@@ -590,7 +557,7 @@ mod tests {
             .collect();
         let probes: std::collections::HashSet<Probe> = entries
             .iter()
-            .flat_map(|(entry, _)| entry.presence_probes(filter).to_vec())
+            .flat_map(|(entry, _)| entry.presence_probes(filter))
             .collect();
         let words: std::collections::HashSet<u32> = probes.iter().map(|p| p.word).collect();
         assert!(words.len() < probes.len(), "keys must share words");

@@ -176,11 +176,11 @@ pub(crate) struct CpuTimes {
 impl CpuTimes {
     /// The receiving CPU's times.
     pub(crate) fn now() -> Self {
-        Self::of(RX_CPU)
+        Self::of(&read_stat(), RX_CPU)
     }
 
-    fn of(cpu: usize) -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    /// CPU `cpu`'s times in `stat`, the text of /proc/stat.
+    fn of(stat: &str, cpu: usize) -> Self {
         let line = stat
             .lines()
             .find(|l| l.starts_with(&format!("cpu{cpu} ")))
@@ -211,6 +211,10 @@ impl CpuTimes {
     }
 }
 
+fn read_stat() -> String {
+    std::fs::read_to_string("/proc/stat").unwrap_or_default()
+}
+
 /// Waits (at most `MAX_SETTLE`) until both CPUs have been nearly idle for a while, so that a
 /// case does not start while the kernel still tears down the previous one: a daemon that held
 /// 1,000,000 bindings leaves seconds of map freeing behind it, which took CPU from the next
@@ -231,12 +235,14 @@ pub(crate) fn wait_until_quiet() {
             );
             break;
         }
-        let before = [CpuTimes::of(0), CpuTimes::of(RX_CPU)];
+        let before = read_stat();
         std::thread::sleep(WINDOW);
-        let busy = [
-            CpuTimes::of(0).since(before[0]).0,
-            CpuTimes::of(RX_CPU).since(before[1]).0,
-        ];
+        let after = read_stat();
+        let busy = [0, RX_CPU].map(|cpu| {
+            CpuTimes::of(&after, cpu)
+                .since(CpuTimes::of(&before, cpu))
+                .0
+        });
         quiet = if busy.iter().all(|&b| b <= MAX_BUSY) {
             quiet + 1
         } else {

@@ -22,8 +22,8 @@ pub struct Directory(RwLock<Table>);
 /// The table behind the lock: slot `id` holds endpoint `id`'s handle.
 #[derive(Default)]
 pub struct Table {
+    /// Ends at the highest id present: `remove` drops the empty slots behind it.
     slots: Vec<Option<Arc<EndpointHandle>>>,
-    len: usize,
 }
 
 impl Directory {
@@ -51,21 +51,14 @@ impl Table {
         if self.slots.len() <= index {
             self.slots.resize(index + 1, None);
         }
-        let old = self.slots[index].replace(handle);
-        if old.is_none() {
-            self.len += 1;
-        }
-        old
+        self.slots[index].replace(handle)
     }
 
     /// Takes `id` out; returns its handle. The table shrinks to its highest id left.
     pub fn remove(&mut self, id: u32) -> Option<Arc<EndpointHandle>> {
         let old = self.slots.get_mut(id as usize)?.take();
-        if old.is_some() {
-            self.len -= 1;
-            while matches!(self.slots.last(), Some(None)) {
-                self.slots.pop();
-            }
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
         }
         old
     }
@@ -81,12 +74,12 @@ impl Table {
 
     /// How many endpoints the directory holds.
     pub fn len(&self) -> usize {
-        self.len
+        self.ids().count()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.slots.is_empty()
     }
 }
 
