@@ -8,12 +8,13 @@
 //! family, remote address: [`Filter::source`]), which the program probes before the tuple's:
 //! a packet from an address with no connected binding anywhere reads one word per source
 //! address instead of one per tuple (a cache miss when traffic spreads over many tuples). The
-//! source keys' words are the filter's first sixteenth ([`SOURCE_REGION_LOG2`], 64 KiB at the
-//! default size), which stays in cache even when every packet comes from another source that
-//! has connected bindings: then the source probe costs one cached read, not a second miss
-//! (measured in docs/BENCHMARKS.md, "Scale, part 6"). Their false positives are higher than
-//! the other keys' (about 14% with the benchmark's million fillers from 62,500 sources): a
-//! false positive only costs the tuple's word, as before.
+//! source keys have words of their own after the others' ([`Filter::source_words`]: a quarter
+//! as many, 256 KiB at the default size): room for 8 bits a source when the connected bindings
+//! come from up to a quarter as many sources as the tables hold bindings, without making the
+//! other keys' words any fuller, in a region that stays in the CPU's caches better than the
+//! whole filter when every packet comes from another source that has connected bindings
+//! (measured in docs/BENCHMARKS.md, "Scale, part 6" and "Scale, part 7"). A false positive
+//! only costs the tuple's word, as before the source keys.
 //!
 //! A key's [`Probe`] is one `u64` word of the filter and three bits in it (`mask`; they may
 //! coincide), from one 64-bit hash of the key's fields ([`Filter::bound`],
@@ -27,9 +28,12 @@
 //! The hash is a sum of products of independent 32-bit words (each plus a constant), so its
 //! multiplications run in parallel rather than in a chain (the IPv6 connected key has ten
 //! words), then one multiply-xorshift finish; IPv4 addresses are the same formula with three
-//! zero words. The bound key's sum is the first part of the connected key's.
+//! zero words. A connected key's sum is its local half's ([`LocalSum`], the bound key's sum)
+//! plus its remote half's ([`RemoteSum`], the source key's sum) plus a product for the remote
+//! port, so a packet computes each half once for its three probes.
 //!
-//! Size: `PRESENCE` has `2^words_log2` words, chosen by the daemon at load from the table size
+//! Size: `PRESENCE` has `2^words_log2` words for the tuple and bound keys and a quarter as many
+//! for the source keys ([`Filter::entries`]), chosen by the daemon at load from the table size
 //! (`--max-bindings`, [`Filter::for_bindings`]: [`BITS_PER_BINDING`] bits per binding, at least
 //! [`MIN_WORDS_LOG2`], at most [`MAX_WORDS_LOG2`]), and written to the program's read-only
 //! global [`WORDS_LOG2_GLOBAL`] (frozen, so the shift is a constant to the verifier). At
@@ -52,17 +56,24 @@ pub const BITS_PER_BINDING: u32 = 8;
 pub const MIN_WORDS_LOG2: u32 = 6;
 /// The largest filter: 2^19 words (4 MiB).
 pub const MAX_WORDS_LOG2: u32 = 19;
-/// `PRESENCE`'s entries in the object (the largest filter); the daemon sizes it at load.
-pub const MAX_WORDS: u32 = 1 << MAX_WORDS_LOG2;
+/// `PRESENCE`'s entries in the object (the largest filter, [`Filter::entries`]); the daemon
+/// sizes it at load.
+pub const MAX_ENTRIES: u32 = Filter {
+    words_log2: MAX_WORDS_LOG2,
+}
+.entries();
 
-/// Constants of the sum of products (random odd 64-bit values).
-const K: [u64; 12] = [
+/// Constants of the sums of products (random odd 64-bit values): the local half's, the remote
+/// half's and the remote port's.
+const K_LOCAL: [u64; 6] = [
     0x9e37_79b9_7f4a_7c15,
     0xbf58_476d_1ce4_e5b9,
     0x94d0_49bb_1331_11eb,
     0xd6e8_feb8_6659_fd93,
     0xa076_1d64_78bd_642f,
     0xe703_7ed1_a0b4_28db,
+];
+const K_REMOTE: [u64; 6] = [
     0x8ebc_6af0_9c88_c6e3,
     0x5899_65cc_7537_4cc3,
     0x1d8e_4e27_c47d_124f,
@@ -70,18 +81,22 @@ const K: [u64; 12] = [
     0xc4ce_b9fe_1a85_ec53,
     0x2545_f491_4f6c_dd1d,
 ];
+const K_PORT: [u64; 2] = [0xd1b5_4a32_d192_ed03, 0xaef1_7502_108e_f2d9];
 const SEED_BOUND: u64 = 0xbb67_ae85_84ca_a73b;
 const SEED_CONNECTED: u64 = 0x6a09_e667_f3bc_c908;
 const SEED_SOURCE: u64 = 0x3c6e_f372_fe94_f82b;
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The source keys' words are the first `1/2^SOURCE_REGION_LOG2` of the filter (64 KiB of the
-/// default 1 MiB), so that a packet's source word stays in cache even when every packet comes
-/// from another source that has connected bindings (one more cached read, not one more miss).
-pub const SOURCE_REGION_LOG2: u32 = 4;
+/// The source keys have `1/2^SOURCE_SHARE_LOG2` as many words as the tuple and bound keys, after
+/// theirs (256 KiB after the default 1 MiB): 8 bits a source for up to a quarter as many sources
+/// as bindings, in a region that stays in the CPU's caches better than the whole filter. A
+/// sixteenth (64 KiB) shared with the other keys filled to 78% of its bits with the classifier
+/// benchmark's 265,000 sources, so that a packet from another address paid both words about half
+/// the time; a quarter shared with them made their words there fuller ("Scale, part 7").
+pub const SOURCE_SHARE_LOG2: u32 = 2;
 const _: () = assert!(
-    SOURCE_REGION_LOG2 <= MIN_WORDS_LOG2,
-    "the region has a word"
+    SOURCE_SHARE_LOG2 <= MIN_WORDS_LOG2,
+    "the source region has a word"
 );
 
 /// A filter's geometry: `2^words_log2` words of 64 bits.
@@ -116,23 +131,38 @@ impl Filter {
         Self { words_log2 }
     }
 
-    /// Words of the filter (entries of `PRESENCE`).
+    /// Words of the tuple and bound keys: `PRESENCE`'s first.
     pub const fn words(self) -> u32 {
         1 << self.words_log2
+    }
+
+    /// Words of the source keys: `PRESENCE`'s last, after [`Filter::words`].
+    pub const fn source_words(self) -> u32 {
+        self.words() >> SOURCE_SHARE_LOG2
+    }
+
+    /// Entries of `PRESENCE`: both kinds of words.
+    pub const fn entries(self) -> u32 {
+        self.words() + self.source_words()
+    }
+
+    /// The filter whose map has `entries` entries, if one has.
+    pub fn of_entries(entries: u32) -> Option<Self> {
+        (MIN_WORDS_LOG2..=MAX_WORDS_LOG2)
+            .map(|words_log2| Self { words_log2 })
+            .find(|filter| filter.entries() == entries)
     }
 
     /// The probe of a `BOUND` key.
     #[inline(always)]
     pub fn bound(self, protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> Probe {
-        self.probe(SEED_BOUND ^ local_sum(protocol, family, port, local))
+        self.bound_of(LocalSum::of(protocol, family, port, local))
     }
 
-    /// The probe of the source of a `CONNECTED` key: its protocol, family and remote address
-    /// (the bound key's sum with port 0 and the remote address, under its own seed).
+    /// The probe of the source of a `CONNECTED` key: its protocol, family and remote address.
     #[inline(always)]
     pub fn source(self, protocol: u8, family: u8, remote: &[u8; 16]) -> Probe {
-        let h = SEED_SOURCE ^ local_sum(protocol, family, 0, remote);
-        self.probe_in(h, self.words_log2 - SOURCE_REGION_LOG2)
+        self.source_of(RemoteSum::of(protocol, family, remote))
     }
 
     /// The probe of a `CONNECTED` key.
@@ -146,15 +176,37 @@ impl Filter {
         local: &[u8; 16],
         remote: &[u8; 16],
     ) -> Probe {
-        let local = local_sum(protocol, family, local_port, local);
-        let [r0, r1, r2, r3] = words(remote);
-        let mut sum = local.wrapping_add(pair(u32::from(remote_port), K[6], r0, K[7]));
-        if family != FAMILY_IPV4 {
-            sum = sum
-                .wrapping_add(pair(r1, K[8], r2, K[9]))
-                .wrapping_add(u64::from(r3).wrapping_add(K[10]).wrapping_mul(K[11]));
+        self.connected_of(
+            LocalSum::of(protocol, family, local_port, local),
+            RemoteSum::of(protocol, family, remote),
+            remote_port,
+        )
+    }
+
+    /// The probe of the `BOUND` key whose sum is `local`.
+    #[inline(always)]
+    pub fn bound_of(self, local: LocalSum) -> Probe {
+        self.probe(SEED_BOUND ^ local.0)
+    }
+
+    /// The probe of the source whose sum is `remote`, among the source words.
+    #[inline(always)]
+    pub fn source_of(self, remote: RemoteSum) -> Probe {
+        let probe = self.probe_in(SEED_SOURCE ^ remote.0, self.words_log2 - SOURCE_SHARE_LOG2);
+        Probe {
+            word: self.words() + probe.word,
+            ..probe
         }
-        self.probe(SEED_CONNECTED ^ sum)
+    }
+
+    /// The probe of the `CONNECTED` key made of the bound key `local`, the source `remote` and
+    /// the remote port: the sums of both halves plus one product for the port.
+    #[inline(always)]
+    pub fn connected_of(self, local: LocalSum, remote: RemoteSum, remote_port: u16) -> Probe {
+        let port = u64::from(remote_port)
+            .wrapping_add(K_PORT[0])
+            .wrapping_mul(K_PORT[1]);
+        self.probe(SEED_CONNECTED ^ local.0.wrapping_add(remote.0).wrapping_add(port))
     }
 
     /// The word and three bits of hash sum `h` (three, not two: 3.8% false positives instead of
@@ -192,19 +244,43 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
     [w(0), w(4), w(8), w(12)]
 }
 
-/// The sum of products of protocol, family, port and local address: the bound key's, and the
-/// first half of the connected key's.
+/// The sum of products of a key's local half (protocol, family, port, local address): the
+/// bound key's, and a part of the connected key's; computed once per packet for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalSum(u64);
+
+impl LocalSum {
+    #[inline(always)]
+    pub fn of(protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> Self {
+        let head = u32::from(protocol) | u32::from(family) << 8 | u32::from(port) << 16;
+        Self(address_sum(head, words(local), family, &K_LOCAL))
+    }
+}
+
+/// The sum of products of a key's remote half (protocol, family, remote address): the source
+/// key's, and a part of the connected key's; computed once per packet for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteSum(u64);
+
+impl RemoteSum {
+    #[inline(always)]
+    pub fn of(protocol: u8, family: u8, remote: &[u8; 16]) -> Self {
+        let head = u32::from(protocol) | u32::from(family) << 8;
+        Self(address_sum(head, words(remote), family, &K_REMOTE))
+    }
+}
+
+/// `(head + k0)(a0 + k1)`, and for IPv6 `+ (a1 + k2)(a2 + k3) + (a3 + k4)·k5`: three
+/// independent products (an IPv4 address's other 12 bytes are zero: their products, a
+/// constant, are skipped).
 #[inline(always)]
-fn local_sum(protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> u64 {
-    let head = u32::from(protocol) | u32::from(family) << 8 | u32::from(port) << 16;
-    let [l0, l1, l2, l3] = words(local);
-    let sum = pair(head, K[0], l0, K[1]);
+fn address_sum(head: u32, [a0, a1, a2, a3]: [u32; 4], family: u8, k: &[u64; 6]) -> u64 {
+    let sum = pair(head, k[0], a0, k[1]);
     if family == FAMILY_IPV4 {
-        // The other 12 bytes are zero: skip their products (a constant).
         return sum;
     }
-    sum.wrapping_add(pair(l1, K[2], l2, K[3]))
-        .wrapping_add(u64::from(l3).wrapping_add(K[4]).wrapping_mul(K[5]))
+    sum.wrapping_add(pair(a1, k[2], a2, k[3]))
+        .wrapping_add(u64::from(a3).wrapping_add(k[4]).wrapping_mul(k[5]))
 }
 
 #[cfg(test)]
@@ -233,6 +309,13 @@ mod tests {
         assert_eq!(Filter::for_bindings((1 << 20) + 1).words_log2, 18);
         assert_eq!(Filter::for_bindings(u32::MAX).words_log2, MAX_WORDS_LOG2);
         assert_eq!(Filter::default(), Filter::for_bindings(MAX_BINDINGS));
+        // The default's map: 1 MiB of tuple and bound words, 256 KiB of source words.
+        assert_eq!(Filter::default().entries(), (1 << 17) + (1 << 15));
+        for log2 in MIN_WORDS_LOG2..=MAX_WORDS_LOG2 {
+            let filter = Filter { words_log2: log2 };
+            assert_eq!(Filter::of_entries(filter.entries()), Some(filter));
+        }
+        assert_eq!(Filter::of_entries(1 << 17), None);
     }
 
     #[test]
@@ -244,7 +327,7 @@ mod tests {
                 assert!(probe.word < filter.words());
                 assert!((1..=3).contains(&probe.mask.count_ones()));
                 let source = filter.source(17, 4, &v4(i));
-                assert!(source.word < filter.words() >> SOURCE_REGION_LOG2);
+                assert!((filter.words()..filter.entries()).contains(&source.word));
                 assert!((1..=3).contains(&source.mask.count_ones()));
             }
         }
@@ -346,9 +429,9 @@ mod tests {
         // Sequential client addresses, as many as fill the source region to 8 bits a key:
         // about 3.7%, as the other keys in the whole filter.
         const N: u32 = 1 << 16;
-        let filter = Filter::for_bindings(N << SOURCE_REGION_LOG2);
-        assert_eq!(filter.words() >> SOURCE_REGION_LOG2, N * 8 / 64);
-        let mut words = std::vec![0u64; filter.words() as usize];
+        let filter = Filter::for_bindings(N << SOURCE_SHARE_LOG2);
+        assert_eq!(filter.source_words(), N * 8 / 64);
+        let mut words = std::vec![0u64; filter.entries() as usize];
         for family in [FAMILY_IPV4, FAMILY_IPV6] {
             words.fill(0);
             let addr = |i: u32| {
@@ -360,7 +443,7 @@ mod tests {
             };
             for i in 0..N {
                 let p = filter.source(PROTO_UDP, family, &addr(i));
-                assert!(p.word < filter.words() >> SOURCE_REGION_LOG2);
+                assert!((filter.words()..filter.entries()).contains(&p.word));
                 words[p.word as usize] |= p.mask;
             }
             let hits = (N..2 * N)

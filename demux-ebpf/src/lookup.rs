@@ -31,7 +31,7 @@ use demux_common::ports::{
     TABLE_CONNECTED, TABLE_PREFIX,
 };
 
-use demux_common::presence::{Filter, Probe, MAX_WORDS, MAX_WORDS_LOG2};
+use demux_common::presence::{Filter, LocalSum, Probe, RemoteSum, MAX_ENTRIES, MAX_WORDS_LOG2};
 
 use crate::parse::Packet;
 
@@ -62,11 +62,11 @@ static PORTS: Array<PortEntry> = Array::with_max_entries(PORT_INDEX_ENTRIES, 0);
 /// Bit array: "perhaps bound" or "certainly not" for `CONNECTED` and `BOUND` keys and the
 /// sources of `CONNECTED` keys; the daemon sizes it at load (`demux_common::presence::Filter`).
 #[map(name = "PRESENCE")]
-static PRESENCE: Array<u64> = Array::with_max_entries(MAX_WORDS, 0);
+static PRESENCE: Array<u64> = Array::with_max_entries(MAX_ENTRIES, 0);
 
-/// log2 of `PRESENCE`'s words, written by the daemon at load with the map's size (name
-/// `demux_common::presence::WORDS_LOG2_GLOBAL`, required); frozen, so a constant to the
-/// verifier.
+/// log2 of `PRESENCE`'s tuple and bound words, written by the daemon at load with the map's
+/// size (name `demux_common::presence::WORDS_LOG2_GLOBAL`, required); frozen, so a constant to
+/// the verifier.
 #[unsafe(no_mangle)]
 static DEMUX_PRESENCE_WORDS_LOG2: Global<u32> = Global::new(MAX_WORDS_LOG2);
 
@@ -82,38 +82,36 @@ pub(crate) fn lookup(packet: &Packet) -> Option<Target> {
     let filter = Filter {
         words_log2: DEMUX_PRESENCE_WORDS_LOG2.load(),
     };
-    if has(TABLE_CONNECTED)
-        && present(filter.source(packet.protocol, packet.family, &packet.src_addr))
-        && present(filter.connected(
+    // The local half of the connected and bound keys, computed once for both.
+    let local = || {
+        LocalSum::of(
             packet.protocol,
             packet.family,
             packet.dst_port,
-            packet.src_port,
             &packet.dst_addr,
-            &packet.src_addr,
-        ))
-    {
-        let key = ConnectedKey {
-            protocol: packet.protocol,
-            family: packet.family,
-            local_port: packet.dst_port,
-            remote_port: packet.src_port,
-            _pad: [0; 2],
-            local_addr: packet.dst_addr,
-            remote_addr: packet.src_addr,
-        };
-        if let Some(target) = get(&CONNECTED, key) {
-            return Some(target);
+        )
+    };
+    let mut local_sum = None;
+    if has(TABLE_CONNECTED) {
+        let remote = RemoteSum::of(packet.protocol, packet.family, &packet.src_addr);
+        if present(filter.source_of(remote))
+            && present(filter.connected_of(*local_sum.insert(local()), remote, packet.src_port))
+        {
+            let key = ConnectedKey {
+                protocol: packet.protocol,
+                family: packet.family,
+                local_port: packet.dst_port,
+                remote_port: packet.src_port,
+                _pad: [0; 2],
+                local_addr: packet.dst_addr,
+                remote_addr: packet.src_addr,
+            };
+            if let Some(target) = get(&CONNECTED, key) {
+                return Some(target);
+            }
         }
     }
-    if has(TABLE_BOUND)
-        && present(filter.bound(
-            packet.protocol,
-            packet.family,
-            packet.dst_port,
-            &packet.dst_addr,
-        ))
-    {
+    if has(TABLE_BOUND) && present(filter.bound_of(local_sum.unwrap_or_else(local))) {
         let key = BoundKey {
             protocol: packet.protocol,
             family: packet.family,

@@ -350,7 +350,7 @@ impl Loaded {
         }
         // The presence filter sized to the tables (`demux_common::presence`).
         let filter = presence::Filter::for_bindings(options.bindings.unwrap_or(MAX_BINDINGS));
-        loader.map_max_entries(maps::PRESENCE, filter.words());
+        loader.map_max_entries(maps::PRESENCE, filter.entries());
         loader.override_global(presence::WORDS_LOG2_GLOBAL, &filter.words_log2, true);
         if options.extension {
             loader.extension(maps::PROGRAM);

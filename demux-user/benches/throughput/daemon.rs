@@ -378,11 +378,9 @@ fn fill_connected(pid: u32, endpoints: &[(u16, u32)], case: &Case) -> anyhow::Re
     // fillers' bits are set as the daemon would.
     let mut presence_words: std::collections::BTreeMap<u32, u64> = Default::default();
     // The filter's geometry is its size, which the daemon chose at load.
-    let filter = presence::Filter {
-        words_log2: daemon_map_info(pid, maps::PRESENCE)?
-            .max_entries()
-            .trailing_zeros(),
-    };
+    let entries = daemon_map_info(pid, maps::PRESENCE)?.max_entries();
+    let filter = presence::Filter::of_entries(entries)
+        .with_context(|| format!("no presence filter has {entries} words"))?;
     for i in 0..case.fillers {
         let (port, id) = endpoints[i as usize % endpoints.len()];
         // 198.19.0.0/16 (or 2001:2:0:1::/64) and 16 ports: a million distinct remotes.
