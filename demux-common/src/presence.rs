@@ -250,6 +250,7 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 pub struct LocalSum(u64);
 
 impl LocalSum {
+    /// The sum of a bound key, or of a connected key's local half.
     #[inline(always)]
     pub fn of(protocol: u8, family: u8, port: u16, local: &[u8; 16]) -> Self {
         let head = u32::from(protocol) | u32::from(family) << 8 | u32::from(port) << 16;
@@ -263,6 +264,7 @@ impl LocalSum {
 pub struct RemoteSum(u64);
 
 impl RemoteSum {
+    /// The sum of a source key, or of a connected key's remote half.
     #[inline(always)]
     pub fn of(protocol: u8, family: u8, remote: &[u8; 16]) -> Self {
         let head = u32::from(protocol) | u32::from(family) << 8;
