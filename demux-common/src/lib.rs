@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md`; any change to it bumps [`ABI_VERSION`].
 #![no_std]
 
+pub mod bench;
 pub mod binding;
 pub mod hash;
 pub mod local;
@@ -32,6 +33,8 @@ mod pod {
         meta::PacketMeta,
     };
 
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for crate::bench::SendState {}
     // SAFETY: see the module comment.
     unsafe impl aya::Pod for ConnectedKey {}
     // SAFETY: see the module comment.
@@ -82,6 +85,9 @@ mod layout {
         };
     }
 
+    assert_layout!(crate::bench::SendState, 72; interval_ns @ 0, max_lag_ns @ 8, next_ns @ 16,
+        seq @ 24, forgiven @ 32, distinct @ 40, flows @ 44, dst_ports @ 48, src_addrs @ 52,
+        src_low @ 56, src_port @ 60, dst_port @ 62, family @ 64, _pad @ 65);
     assert_layout!(ConnectedKey, 40; protocol @ 0, family @ 1, local_port @ 2,
         remote_port @ 4, _pad @ 6, local_addr @ 8, remote_addr @ 24);
     assert_layout!(BoundKey, 20; protocol @ 0, family @ 1, local_port @ 2, local_addr @ 4);

@@ -33,6 +33,19 @@ pub(crate) struct BenchArgs {
     /// interrupt stays masked (the interface's `gro_flush_timeout`).
     #[arg(long, value_name = "NS", requires = "napi_defer_hard_irqs")]
     gro_flush_timeout: Option<u64>,
+    /// Throughput: how every case's traffic is sent. `xdp` (default): demux-gen over AF_XDP in
+    /// copy mode, whose frames reach the receiving veth as skbs that veth copies before any XDP
+    /// program runs (every case pays it, the kernel's included). `live`: BPF_PROG_RUN live
+    /// frames of an XDP_TX program on the sender's veth, so the receiving veth gets xdp_frames
+    /// with no copy, as from a NIC (rates of 20,000 pps and more).
+    #[arg(long, value_enum, value_name = "HOW")]
+    sender: Option<Sender>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Sender {
+    Xdp,
+    Live,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,6 +100,10 @@ fn bench_flags(args: &BenchArgs, json: &str) -> Vec<String> {
         "--gro-flush-timeout",
         args.gro_flush_timeout.map(|n| n.to_string()),
     );
+    pass(
+        "--sender",
+        args.sender.map(|s| format!("{s:?}").to_lowercase()),
+    );
     flags
 }
 
@@ -124,5 +141,15 @@ mod tests {
         }
         let plain = bench_flags(&parse("xtask bench throughput").expect("plain"), "o.json");
         assert_eq!(plain, ["--json", "o.json"]);
+    }
+
+    #[test]
+    fn the_sender_reaches_the_bench_by_name() {
+        for name in ["xdp", "live"] {
+            let args = parse(&format!("xtask bench throughput --sender {name}")).expect(name);
+            let flags = bench_flags(&args, "o.json");
+            assert_eq!(flags[2..], ["--sender", name]);
+        }
+        assert!(parse("xtask bench throughput --sender packet").is_err());
     }
 }

@@ -80,6 +80,10 @@ pub(crate) enum Sender {
     Xdp,
     /// UDP sockets with sendmmsg, through the sender namespace's stack.
     Sendmmsg,
+    /// BPF_PROG_RUN live frames (`live.rs`): the receiving veth gets `xdp_frame`s, no skb to
+    /// copy before XDP, as from a NIC (`--sender live`, every case of the run but the
+    /// sendmmsg one).
+    Live,
 }
 
 /// The traffic of a case.

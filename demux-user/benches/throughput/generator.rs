@@ -23,6 +23,7 @@ pub(crate) fn generate(
     let mode = match traffic.sender {
         Sender::Xdp => "xdp",
         Sender::Sendmmsg => "sendmmsg",
+        Sender::Live => return crate::live::send(testbed, traffic, rate, secs),
     };
     let pair = &testbed.pair;
     let output = pair

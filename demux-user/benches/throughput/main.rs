@@ -35,7 +35,9 @@
 //! `--napi-defer-hard-irqs N --gro-flush-timeout NS` (NAPI moderation on the receiving veth
 //! for the whole run, every case alike: `probes::NapiModeration`), `--scale`
 //! (only `demux_count` with one endpoint and the scale cases; with no kernel case, their
-//! half-load runs are all offered the one-endpoint case's half load).
+//! half-load runs are all offered the one-endpoint case's half load), `--sender xdp|live`
+//! (how every case but the sendmmsg one is sent: `demux-gen` over AF_XDP, whose skbs veth copies
+//! before XDP, or live frames that reach the receiving veth as `xdp_frame`s: `live`).
 //!
 //! `--soak MINUTES [--rate PPS]` runs the soak instead (`soak`, `cargo xtask soak`): the daemon
 //! for that long at a sustained rate while endpoints bind and close every second, checking
@@ -48,6 +50,7 @@ mod churn;
 mod daemon;
 mod generator;
 mod kernel;
+mod live;
 mod probes;
 mod report;
 mod search;
@@ -380,6 +383,15 @@ fn run() -> anyhow::Result<bool> {
     // Only the one-endpoint demux_count case and the scale cases (demux_count at 4,096
     // endpoints, 1,000,000 bindings, 65,536 sources), interleaved.
     let scale_only = args.iter().any(|a| a == "--scale");
+    // The sender of every case but the sendmmsg one.
+    let sender = match value("--sender").as_deref() {
+        None | Some("xdp") => Sender::Xdp,
+        Some("live") => Sender::Live,
+        Some(other) => anyhow::bail!(
+            "--sender {other}: `xdp` (AF_XDP in copy mode, the default) or `live` (BPF_PROG_RUN \
+             live frames: no skb reaches the receiving veth)"
+        ),
+    };
     let rounds: Option<usize> = match value("--rounds") {
         Some(n) => Some(n.parse().context("--rounds: not a number")?),
         None => None,
@@ -444,10 +456,16 @@ fn run() -> anyhow::Result<bool> {
     let mut testbed = probes::setup(moderation)?;
     let mut results: Vec<CaseResult> = cases(quick)
         .into_iter()
+        .map(|mut case| {
+            if case.traffic.sender == Sender::Xdp {
+                case.traffic.sender = sender;
+            }
+            case
+        })
         .filter(|case| {
             !scale_only
                 || case.receiver == Receiver::DemuxCount
-                    && case.traffic.sender == Sender::Xdp
+                    && case.traffic.sender != Sender::Sendmmsg
                     && !case.traffic.ipv6
                     && case.traffic.frame == 60
         })
@@ -466,7 +484,13 @@ fn run() -> anyhow::Result<bool> {
         })
         .collect();
     let searched = |c: &Case| {
-        c.receiver != Receiver::XdpDrop && c.traffic == Traffic::new(false, 60) && c.fillers == 0
+        c.receiver != Receiver::XdpDrop
+            && c.traffic
+                == Traffic {
+                    sender,
+                    ..Traffic::new(false, 60)
+                }
+            && c.fillers == 0
     };
     let steps = results.len() * (plan.rounds + plan.half_rounds)
         + results.iter().filter(|r| searched(&r.case)).count() * plan.searches * plan.search_steps;
@@ -558,6 +582,15 @@ fn run() -> anyhow::Result<bool> {
              included: {m})"
         ),
         None => println!("(no NAPI moderation: the receiving veth's defaults)"),
+    }
+    match sender {
+        Sender::Live => println!(
+            "(sender: live frames, BPF_PROG_RUN of `bench_send` on the sender's veth: the \
+             receiving veth gets xdp_frames, no skb)"
+        ),
+        _ => {
+            println!("(sender: demux-gen, AF_XDP in copy mode: veth copies each frame before XDP)")
+        }
     }
     if let Some(path) = json_path {
         let path = Path::new(&path);

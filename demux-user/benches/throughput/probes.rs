@@ -155,8 +155,27 @@ impl Testbed {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0)
         };
-        read(&self.pair.a, &self.pair.a_if, "tx_dropped")
-            + read(&self.pair.b, &self.pair.b_if, "rx_dropped")
+        // A frame the sender's veth could not hand on with XDP_TX (the live sender's, when the
+        // receiving ring is full) is in both counters: once only.
+        (read(&self.pair.a, &self.pair.a_if, "tx_dropped")
+            + read(&self.pair.b, &self.pair.b_if, "rx_dropped"))
+        .saturating_sub(self.xdp_xmit_errors())
+    }
+
+    /// Frames the sender's veth refused to hand on with XDP_TX (its
+    /// `tx_queue_N_xdp_xmit_errors`); 0 if unread.
+    fn xdp_xmit_errors(&self) -> u64 {
+        let stats = self
+            .pair
+            .a
+            .exec(&["ethtool", "-S", &self.pair.a_if])
+            .unwrap_or_default();
+        stats
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .filter(|(name, _)| name.starts_with("tx_queue_") && name.ends_with("_xdp_xmit_errors"))
+            .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+            .sum()
     }
 
     /// The UDP counters of namespace B for one family, under the IPv4 names (InDatagrams,

@@ -284,7 +284,7 @@ fn print_targets(results: &[CaseResult]) {
                 && r.case.fillers == fillers
                 && !r.case.traffic.ipv6
                 && r.case.traffic.frame == 60
-                && r.case.traffic.sender == crate::cases::Sender::Xdp
+                && r.case.traffic.sender != crate::cases::Sender::Sendmmsg
         })
     };
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
@@ -487,6 +487,7 @@ pub(crate) fn write_json(
                 "case": r.case.name(), "receiver": r.case.receiver.name(),
                 "ipv6": r.case.traffic.ipv6, "frame_bytes": r.case.traffic.frame_len() + 4,
                 "endpoints": r.case.traffic.ports, "filler_bindings": r.case.fillers,
+                "sender": format!("{:?}", r.case.traffic.sender).to_lowercase(),
                 "offered_pps": r.offered_pps(), "delivered_pps": r.delivered_pps(),
                 "zero_loss_pps": r.zero_loss_pps(), "zero_loss_pps_each_search": r.zero_loss_each(),
                 "latency_us_p50_p99_p999": r.latency_us(), "rx_ns_per_packet_half_load": r.rx_ns_per_packet(),

@@ -1,7 +1,8 @@
 //! The benchmarks' XDP object, built by `build.rs` from `demux-ebpf/src/bin/bench.rs` and kept
 //! apart from the daemon's object ([`crate::program::OBJECT`] holds only `demux` and
 //! `demux_reuseport`): a bare
-//! XDP_PASS baseline and a counting XDP_DROP. Load it with `aya::Ebpf::load(OBJECT)`.
+//! XDP_PASS baseline, a counting XDP_DROP, and the live-frames sender `bench_send`
+//! ([`demux_common::bench`]). Load it with `aya::Ebpf::load(OBJECT)`.
 
 /// The benchmarks' object.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
@@ -26,8 +27,20 @@ mod tests {
         let bench = Object::parse(OBJECT).expect("the bench object parses");
         let mut names: Vec<&str> = bench.programs.keys().map(String::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, [BASELINE_PROGRAM, DROP_PROGRAM]);
+        assert_eq!(
+            names,
+            [
+                BASELINE_PROGRAM,
+                DROP_PROGRAM,
+                demux_common::bench::SEND_PROGRAM
+            ]
+        );
         assert!(bench.maps.contains_key(DROPS), "{:?}", bench.maps.keys());
+        assert!(
+            bench.maps.contains_key(demux_common::bench::SEND_MAP),
+            "{:?}",
+            bench.maps.keys()
+        );
 
         let daemon = Object::parse(crate::program::OBJECT).expect("the daemon's object parses");
         let mut names: Vec<&str> = daemon.programs.keys().map(String::as_str).collect();
