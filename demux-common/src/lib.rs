@@ -18,7 +18,7 @@ pub mod verdict;
 pub use verdict::Verdict;
 
 /// Version of the byte layout of every type and map in this crate: bumped on any change.
-pub const ABI_VERSION: u32 = 16;
+pub const ABI_VERSION: u32 = 17;
 
 /// `aya::Pod` for every map key and value, for the daemon side. Each is #[repr(C)] plain
 /// integers and byte arrays with explicit padding fields, so every bit pattern is valid and
