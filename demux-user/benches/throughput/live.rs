@@ -13,7 +13,10 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf,
 };
-use demux::testing::{bench_object, frame::FrameSpec};
+use demux::testing::{
+    bench_object,
+    frame::{self, FrameSpec},
+};
 use demux_common::bench::{SendState, SEND_MAP, SEND_PROGRAM};
 
 use crate::{
@@ -45,23 +48,15 @@ pub(crate) fn send(
         "the live sender paces {MIN_RATE} pps and more, not {rate}"
     );
     let pair = &testbed.pair;
-    let mac = |text: &str| -> anyhow::Result<[u8; 6]> {
-        let bytes: Vec<u8> = text
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("MAC address {text}"))?;
-        bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("MAC address {text}: not 6 bytes"))
-    };
+    let mac =
+        |text: &str| frame::parse_mac(text).with_context(|| format!("`{text}`: not a MAC address"));
     let mut spec = FrameSpec::udp(traffic.src(), traffic.dst(), &vec![0x5a; traffic.payload()]);
     spec.dst_mac = mac(&pair.b_mac)?;
     spec.src_mac = mac(&pair.a_mac)?;
-    let mut frame = spec.build();
+    let mut template = spec.build();
     // The generator's frames: a stamp in the payload, and over IPv4 no UDP checksum (the
     // program keeps an IPv6 one right as it changes the frame).
-    demux::testing::frame::stamp_udp(&mut frame, 0, 0);
+    frame::stamp_udp(&mut template, 0, 0);
     let src_low = match traffic.src().ip() {
         std::net::IpAddr::V4(a) => u32::from(a),
         std::net::IpAddr::V6(a) => u128::from(a) as u32,
@@ -93,7 +88,7 @@ pub(crate) fn send(
         .context("the sender veth's ifindex")?;
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
     // egress_ifindex.
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+    let ctx: Vec<u8> = [0, template.len() as u32, 0, ifindex, 0, 0]
         .iter()
         .flat_map(|v: &u32| v.to_ne_bytes())
         .collect();
@@ -123,7 +118,7 @@ pub(crate) fn send(
             });
             program
                 .test_run(TestRunOptions {
-                    data_in: Some(&frame),
+                    data_in: Some(&template),
                     ctx_in: Some(&ctx),
                     repeat: repeat as u32,
                     attrs: TestRunAttrs::new().xdp_live_frames(if rate == 0 {

@@ -251,7 +251,8 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
     let (sent, forgiven) = paced.fold((0, 0), |(a, b), s| (a + s.sent, b + s.forgiven));
     println!(
         "paced runs: the generator fell behind its rate and skipped {forgiven} of {} frames \
-         ({:.3}%; demux-gen --max-burst: a stalled sender sends a gap, not a burst)",
+         ({:.3}%; a sender more than 64 frames behind sends a gap, not a burst: \
+         demux-gen --max-burst, the live sender's catch-up bound)",
         sent + forgiven,
         100.0 * forgiven as f64 / (sent + forgiven).max(1) as f64
     );

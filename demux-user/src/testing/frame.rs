@@ -178,6 +178,16 @@ pub fn stamp_udp(frame: &mut [u8], seq: u64, sent_ns: u64) {
     }
 }
 
+/// The six bytes of a MAC address written `02:00:00:00:00:0a`; `None` for anything else.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    bytes.try_into().ok()
+}
+
 /// A checksum [`corrupt_checksum`] breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Corrupt {

@@ -56,16 +56,8 @@ fn benchmarking_range(ip: IpAddr) -> bool {
 }
 
 fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|part| u8::from_str_radix(part, 16))
-        .collect::<Result<_, _>>()
-        .ok()
-        .filter(|b: &Vec<u8>| b.len() == 6)
-        .with_context(|| {
-            format!("--dst-mac: `{text}` is not a MAC address like 02:00:00:00:00:02")
-        })?;
-    Ok(bytes.try_into().expect("six bytes"))
+    frame::parse_mac(text)
+        .with_context(|| format!("--dst-mac: `{text}` is not a MAC address like 02:00:00:00:00:02"))
 }
 
 fn main() -> ExitCode {
