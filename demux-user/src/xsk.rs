@@ -466,19 +466,10 @@ impl QueueSocket {
     /// costs a useless prefetch and nothing else.
     pub fn peek_endpoints(&mut self, max: u32, mut each: impl FnMut(u32)) {
         let memory = self.umem.bytes();
-        let frame_size = u64::from(FRAME_SIZE);
         let mut reader = self.rx.receive(max);
         while let Some(desc) = reader.read() {
-            let chunk = desc.addr - desc.addr % frame_size;
-            let start = desc.addr as usize;
-            if chunk + frame_size <= memory.len() as u64
-                && start >= PacketMeta::LEN + chunk as usize
-            {
-                if let Some(meta) = PacketMeta::read(&memory[start - PacketMeta::LEN..start]) {
-                    if meta.version == PacketMeta::VERSION {
-                        each(meta.endpoint);
-                    }
-                }
+            if let Some(meta) = meta_before(memory, desc.addr) {
+                each(meta.endpoint);
             }
         }
         // Dropped unreleased: the ring's consumer index stays where it was.
@@ -499,13 +490,7 @@ impl QueueSocket {
             let end = desc.addr + u64::from(desc.len);
             let bytes = (in_umem && end <= chunk + frame_size)
                 .then(|| &memory[desc.addr as usize..end as usize]);
-            let start = desc.addr as usize;
-            let meta = || {
-                (bytes.is_some() && start >= PacketMeta::LEN + chunk as usize)
-                    .then(|| PacketMeta::read(&memory[start - PacketMeta::LEN..start]))
-                    .flatten()
-                    .filter(|meta| meta.version == PacketMeta::VERSION)
-            };
+            let meta = || bytes.and_then(|_| meta_before(memory, desc.addr));
             let last = desc.options & libc::XDP_PKT_CONTD == 0;
             match bytes {
                 // The common case: a frame in one descriptor, handed over where it lies.
@@ -824,6 +809,19 @@ impl TxSocket {
     pub fn in_flight(&self) -> usize {
         self.frames as usize - self.free.len()
     }
+}
+
+/// The metadata the program wrote right before the frame at `addr` of the UMEM `memory`, in the
+/// same chunk, if it reads as this ABI's; `None` for a chunk outside the UMEM or no room for it.
+fn meta_before(memory: &[u8], addr: u64) -> Option<PacketMeta> {
+    let frame_size = u64::from(FRAME_SIZE);
+    let chunk = addr - addr % frame_size;
+    let start = addr as usize;
+    if chunk + frame_size > memory.len() as u64 || start < PacketMeta::LEN + chunk as usize {
+        return None;
+    }
+    PacketMeta::read(&memory[start - PacketMeta::LEN..start])
+        .filter(|meta| meta.version == PacketMeta::VERSION)
 }
 
 #[cfg(test)]
