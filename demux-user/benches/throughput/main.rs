@@ -19,7 +19,9 @@
 //! packet and the latency percentiles (send stamp to the reader, for receivers that read
 //! payloads), medians over the rounds; and for the kernel sockets and demux, binary searches
 //! over the offered rate for the highest rate without loss (RFC 2544 style), repeated and
-//! interleaved, their median and range reported. Every sample checks the accounting:
+//! interleaved, their median and range reported. Each case's peak is the most it delivered in
+//! any of these runs: the kernel's sockets livelock when offered far more than they take, and
+//! then peak at a paced rate. Every sample checks the accounting:
 //! sent = delivered + passed + dropped by named reason (veth ring, AF_XDP rx ring, socket
 //! buffer, full sink, …); a mismatch fails the run.
 //!
@@ -85,8 +87,53 @@ use crate::{
     report::CaseResult,
 };
 
+/// The flags this binary takes (the module comment says what each does): those followed by a
+/// value, and those alone. `cargo bench` adds `--bench`.
+const VALUE_FLAGS: [&str; 9] = [
+    "--json",
+    "--receivers",
+    "--rounds",
+    "--half-load",
+    "--napi-defer-hard-irqs",
+    "--gro-flush-timeout",
+    "--sender",
+    "--soak",
+    "--rate",
+];
+const SWITCHES: [&str; 3] = ["--quick", "--scale", "--bench"];
+
+const USAGE: &str = "usage: throughput [--quick] [--scale] [--receivers A,B] [--rounds N] \
+    [--half-load PPS] [--sender xdp|live] [--napi-defer-hard-irqs N --gro-flush-timeout NS] \
+    [--json PATH]\n       throughput --soak MINUTES [--rate PPS]\n\
+    (as root; `cargo xtask bench throughput --help` and `cargo xtask soak --help` explain each flag)";
+
+/// Refuses what this binary does not take, naming it: an unknown flag must not start a
+/// 14-minute run that ignores it.
+fn check_args(args: &[String]) -> Result<(), String> {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        if VALUE_FLAGS.contains(&arg.as_str()) {
+            if rest.next().is_none() {
+                return Err(format!("{arg} needs a value"));
+            }
+        } else if !SWITCHES.contains(&arg.as_str()) {
+            return Err(format!("unknown argument `{arg}`"));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--soak") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = check_args(&args) {
+        eprintln!("bench throughput: {e}\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    if args.iter().any(|a| a == "--soak") {
         return soak::main();
     }
     match run() {
