@@ -38,7 +38,9 @@ impl CaseResult {
     /// kernel's sockets under the live sender, when NAPI takes the reader's CPU) peaks at a paced
     /// rate, above what it delivers flat out.
     pub(crate) fn peak_pps(&self) -> f64 {
-        self.samples().map(Sample::delivered_pps).fold(0.0, f64::max)
+        self.samples()
+            .map(Sample::delivered_pps)
+            .fold(0.0, f64::max)
     }
 
     /// Each search's highest offered rate with no loss (0 if none), in order: what the generator
