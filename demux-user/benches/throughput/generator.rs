@@ -10,6 +10,9 @@ use crate::{
 pub(crate) const DEMUX: &str = env!("CARGO_BIN_EXE_demux");
 /// The traffic generator binary.
 pub(crate) const DEMUX_GEN: &str = env!("CARGO_BIN_EXE_demux-gen");
+/// Frames either sender may send back to back to catch up when it fell behind its rate
+/// (`demux-gen --max-burst`, the live sender's `max_lag_ns`); beyond them it forgives frames.
+pub(crate) const MAX_BURST: u64 = 64;
 
 /// Sends `traffic` for `secs` seconds at `rate` pps (0: as fast as it goes); returns frames
 /// sent, the seconds the generator took and the frames it did not send because it fell behind
@@ -45,6 +48,7 @@ pub(crate) fn generate(
         .args(["--src-addrs", &traffic.sources.to_string()])
         .args(["--payload", &traffic.payload().to_string()])
         .args(["--rate", &rate.to_string(), "--count", "100000000"])
+        .args(["--max-burst", &MAX_BURST.to_string()])
         .args(["--duration", &secs.to_string(), "--json"])
         .output()
         .context("starting the generator")?;

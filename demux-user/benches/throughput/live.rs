@@ -21,13 +21,12 @@ use demux_common::bench::{SendState, SEND_MAP, SEND_PROGRAM};
 
 use crate::{
     cases::{Traffic, FLOWS},
+    generator::MAX_BURST,
     probes::Testbed,
 };
 
 /// The slowest rate the program paces (its wait spins at most about 100 µs).
 pub(crate) const MIN_RATE: u64 = 20_000;
-/// Frames the sender may send back to back to catch up, as `demux-gen --max-burst`.
-const MAX_BURST: u64 = 64;
 /// Frames XDP_TX hands the veth at a time (the live-frames batch) flat out. A paced run hands
 /// each frame on alone: a batch leaves when its last frame is made, so its first would wait
 /// (and read as latency) up to a batch's worth of intervals.

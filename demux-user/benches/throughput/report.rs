@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::{
     cases::{median, percentile, Case, Receiver, Sample, Traffic},
+    generator::MAX_BURST,
     probes::NapiModeration,
 };
 
@@ -263,7 +264,7 @@ pub(crate) fn print(results: &[CaseResult]) -> bool {
     let (sent, forgiven) = paced.fold((0, 0), |(a, b), s| (a + s.sent, b + s.forgiven));
     println!(
         "paced runs: the generator fell behind its rate and skipped {forgiven} of {} frames \
-         ({:.3}%; a sender more than 64 frames behind sends a gap, not a burst: \
+         ({:.3}%; a sender more than {MAX_BURST} frames behind sends a gap, not a burst: \
          demux-gen --max-burst, the live sender's catch-up bound)",
         sent + forgiven,
         100.0 * forgiven as f64 / (sent + forgiven).max(1) as f64
